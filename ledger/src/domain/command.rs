@@ -1,0 +1,138 @@
+//! Commands: what a caller asks the ledger to do, in the imperative. Every
+//! field is already parsed (see `types`), so `decide` only checks business
+//! rules.
+
+use super::types::*;
+use seatledger_schema::{Role, Timestamp};
+use std::fmt;
+use uuid::Uuid;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    RegisterOrganization {
+        org_id: Uuid,
+        name: Name,
+    },
+    RegisterUser {
+        org_id: Uuid,
+        user_id: Uuid,
+        email: Email,
+        full_name: Name,
+        role: Role,
+    },
+    IssueLicense {
+        license_id: Uuid,
+        name: Name,
+        seats: SeatCount,
+        expires_at: Option<Timestamp>,
+        heartbeat_ttl_s: HeartbeatTtl,
+        max_overage_percent: OveragePercent,
+    },
+    ChangeSeats {
+        license_id: Uuid,
+        seats: SeatCount,
+    },
+    RenewLicense {
+        license_id: Uuid,
+        expires_at: Option<Timestamp>,
+    },
+    SuspendLicense {
+        license_id: Uuid,
+        reason: Option<Reason>,
+    },
+    ReinstateLicense {
+        license_id: Uuid,
+        reason: Option<Reason>,
+    },
+    RevokeLicense {
+        license_id: Uuid,
+        reason: Option<Reason>,
+    },
+    /// `session_id` is used if a new lease is granted; a re-acquire keeps
+    /// the existing lease's id.
+    AcquireSeat {
+        license_id: Uuid,
+        session_id: Uuid,
+        user_id: Uuid,
+        hardware_id: HardwareId,
+    },
+    Heartbeat {
+        license_id: Uuid,
+        session_id: Uuid,
+    },
+    ReleaseSeat {
+        license_id: Uuid,
+        session_id: Uuid,
+    },
+    /// The reaper's: expires the lease if its `expires_at` has passed.
+    ExpireSeat {
+        license_id: Uuid,
+        session_id: Uuid,
+    },
+}
+
+/// The stream a command is decided on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamId {
+    Org(Uuid),
+    License(Uuid),
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamId::Org(id) => write!(f, "org-{id}"),
+            StreamId::License(id) => write!(f, "license-{id}"),
+        }
+    }
+}
+
+impl StreamId {
+    pub fn parse(text: &str) -> Option<StreamId> {
+        if let Some(id) = text.strip_prefix("org-") {
+            return Uuid::parse_str(id).ok().map(StreamId::Org);
+        }
+        if let Some(id) = text.strip_prefix("license-") {
+            return Uuid::parse_str(id).ok().map(StreamId::License);
+        }
+        None
+    }
+}
+
+impl Command {
+    pub fn stream_id(&self) -> StreamId {
+        match self {
+            Command::RegisterOrganization { org_id, .. } | Command::RegisterUser { org_id, .. } => {
+                StreamId::Org(*org_id)
+            }
+            Command::IssueLicense { license_id, .. }
+            | Command::ChangeSeats { license_id, .. }
+            | Command::RenewLicense { license_id, .. }
+            | Command::SuspendLicense { license_id, .. }
+            | Command::ReinstateLicense { license_id, .. }
+            | Command::RevokeLicense { license_id, .. }
+            | Command::AcquireSeat { license_id, .. }
+            | Command::Heartbeat { license_id, .. }
+            | Command::ReleaseSeat { license_id, .. }
+            | Command::ExpireSeat { license_id, .. } => StreamId::License(*license_id),
+        }
+    }
+
+    /// A stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterOrganization { .. } => "register_organization",
+            Command::RegisterUser { .. } => "register_user",
+            Command::IssueLicense { .. } => "issue_license",
+            Command::ChangeSeats { .. } => "change_seats",
+            Command::RenewLicense { .. } => "renew_license",
+            Command::SuspendLicense { .. } => "suspend_license",
+            Command::ReinstateLicense { .. } => "reinstate_license",
+            Command::RevokeLicense { .. } => "revoke_license",
+            Command::AcquireSeat { .. } => "acquire_seat",
+            Command::Heartbeat { .. } => "heartbeat",
+            Command::ReleaseSeat { .. } => "release_seat",
+            Command::ExpireSeat { .. } => "expire_seat",
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The domain: commands, rejections and the pure `decide`/`evolve` pair per
+//! stream kind (DESIGN §2). Nothing here does I/O, reads a clock or draws a
+//! random number: `now` and every id come in as arguments.
+
+pub mod command;
+pub mod license;
+pub mod org;
+pub mod rejection;
+pub mod types;
+
+pub use command::{Command, StreamId};
+pub use license::{Lease, LicenseState, LicenseStatus, LicenseTerms, LicenseView};
+pub use org::OrgState;
+pub use rejection::Rejection;
+pub use types::*;
+
+use seatledger_schema::{Event, Timestamp};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What `decide` answers: the events to append and, when the command was
+/// refused, why. A denial can carry events (`SeatDenied`, and the
+/// `SeatExpired` of stale leases it cleaned up); a plain rejection has none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub rejection: Option<Rejection>,
+}
+
+impl Decision {
+    pub fn accept(events: Vec<Event>) -> Self {
+        Decision {
+            events,
+            rejection: None,
+        }
+    }
+
+    pub fn reject(rejection: Rejection) -> Self {
+        Decision {
+            events: Vec::new(),
+            rejection: Some(rejection),
+        }
+    }
+
+    pub fn deny(events: Vec<Event>, rejection: Rejection) -> Self {
+        Decision {
+            events,
+            rejection: Some(rejection),
+        }
+    }
+}
+
+/// The state of one stream, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StreamState {
+    #[default]
+    Empty,
+    Org(OrgState),
+    License(LicenseState),
+}
+
+/// Decides `command` for the tenant `tenant_id` against its stream's state.
+pub fn decide(state: &StreamState, tenant_id: Uuid, command: &Command, now: Timestamp) -> Decision {
+    match command.stream_id() {
+        StreamId::Org(_) => {
+            let empty = OrgState::default();
+            let org = match state {
+                StreamState::Org(org) => org,
+                _ => &empty,
+            };
+            org::decide(org, tenant_id, command, now)
+        }
+        StreamId::License(_) => {
+            let empty = LicenseState::default();
+            let license = match state {
+                StreamState::License(license) => license,
+                _ => &empty,
+            };
+            license::decide(license, tenant_id, command, now)
+        }
+    }
+}
+
+/// Applies one recorded event to its stream's state.
+pub fn evolve(state: StreamState, event: &Event) -> StreamState {
+    match event {
+        Event::OrganizationRegistered(_) | Event::UserRegistered(_) => {
+            let org = match state {
+                StreamState::Org(org) => org,
+                _ => OrgState::default(),
+            };
+            StreamState::Org(org::evolve(org, event))
+        }
+        _ => {
+            let license = match state {
+                StreamState::License(license) => license,
+                _ => LicenseState::default(),
+            };
+            StreamState::License(license::evolve(license, event))
+        }
+    }
+}

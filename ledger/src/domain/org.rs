@@ -1,0 +1,87 @@
+//! The organization stream: registration and its users.
+
+use super::command::Command;
+use super::rejection::Rejection;
+use super::Decision;
+use seatledger_schema::{Event, OrganizationRegistered, Role, Timestamp, UserRegistered};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgUser {
+    pub email: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgState {
+    pub org_id: Option<Uuid>,
+    pub name: String,
+    pub users: BTreeMap<Uuid, OrgUser>,
+}
+
+pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timestamp) -> Decision {
+    match command {
+        Command::RegisterOrganization { org_id, name } => {
+            if state.org_id.is_some() {
+                return Decision::reject(Rejection::OrganizationAlreadyExists);
+            }
+            if *org_id != tenant_id {
+                return Decision::reject(Rejection::OrganizationNotFound);
+            }
+            Decision::accept(vec![Event::OrganizationRegistered(
+                OrganizationRegistered {
+                    org_id: *org_id,
+                    name: name.as_str().to_owned(),
+                },
+            )])
+        }
+        Command::RegisterUser {
+            org_id,
+            user_id,
+            email,
+            full_name,
+            role,
+        } => {
+            if state.org_id != Some(*org_id) || *org_id != tenant_id {
+                return Decision::reject(Rejection::OrganizationNotFound);
+            }
+            let taken = state.users.contains_key(user_id)
+                || state
+                    .users
+                    .values()
+                    .any(|user| user.email == email.as_str());
+            if taken {
+                return Decision::reject(Rejection::UserAlreadyExists);
+            }
+            Decision::accept(vec![Event::UserRegistered(UserRegistered {
+                user_id: *user_id,
+                email: email.as_str().to_owned(),
+                full_name: full_name.as_str().to_owned(),
+                role: *role,
+            })])
+        }
+        _ => Decision::reject(Rejection::OrganizationNotFound),
+    }
+}
+
+pub fn evolve(mut state: OrgState, event: &Event) -> OrgState {
+    match event {
+        Event::OrganizationRegistered(registered) => {
+            state.org_id = Some(registered.org_id);
+            state.name = registered.name.clone();
+        }
+        Event::UserRegistered(user) => {
+            state.users.insert(
+                user.user_id,
+                OrgUser {
+                    email: user.email.clone(),
+                    role: user.role,
+                },
+            );
+        }
+        _ => {}
+    }
+    state
+}

@@ -1,0 +1,179 @@
+//! The ledger's Ed25519 key: signs checkpoints (and, in the API, seat
+//! tokens). Loaded from a PKCS#8 file, or generated on first start and kept
+//! with the database so every replica signs with the same key. The private
+//! key is never logged: `Debug` shows only the key id.
+
+use crate::store::{Store, StoreError};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use seatledger_schema::{key_id_of, ChainHash, Checkpoint, Timestamp};
+use std::fmt;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the signing key is not a valid Ed25519 PKCS#8 document")]
+    InvalidKey,
+    #[error("cannot generate a signing key")]
+    Generate,
+    #[error("signing key file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct SigningKey {
+    pair: Ed25519KeyPair,
+    key_id: String,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A new key as a PKCS#8 document.
+    pub fn generate_pkcs8() -> Result<Vec<u8>, KeyError> {
+        let document =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
+        Ok(document.as_ref().to_vec())
+    }
+
+    pub fn generate() -> Result<SigningKey, KeyError> {
+        SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()?)
+    }
+
+    pub fn from_pkcs8(document: &[u8]) -> Result<SigningKey, KeyError> {
+        let pair = Ed25519KeyPair::from_pkcs8(document).map_err(|_| KeyError::InvalidKey)?;
+        let key_id = key_id_of(pair.public_key().as_ref());
+        Ok(SigningKey { pair, key_id })
+    }
+
+    /// The key from `path` (generated there with mode 0600 if the file does
+    /// not exist), or without a path the one stored in the database.
+    pub async fn load(path: Option<&Path>, store: &Store) -> Result<SigningKey, KeyError> {
+        let file_error = |path: &Path, source| KeyError::File {
+            path: path.display().to_string(),
+            source,
+        };
+        match path {
+            Some(path) if path.exists() => {
+                let document = std::fs::read(path).map_err(|e| file_error(path, e))?;
+                SigningKey::from_pkcs8(&document)
+            }
+            Some(path) => {
+                let document = SigningKey::generate_pkcs8()?;
+                write_private(path, &document).map_err(|e| file_error(path, e))?;
+                SigningKey::from_pkcs8(&document)
+            }
+            None => {
+                let generated = SigningKey::generate_pkcs8()?;
+                let candidate = SigningKey::from_pkcs8(&generated)?;
+                let document = store
+                    .load_or_store_signing_key(candidate.key_id(), &generated)
+                    .await?;
+                SigningKey::from_pkcs8(&document)
+            }
+        }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The raw 32-byte Ed25519 public key.
+    pub fn public_key(&self) -> &[u8] {
+        self.pair.public_key().as_ref()
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
+    }
+
+    pub fn sign_checkpoint(
+        &self,
+        partition: i16,
+        position: i64,
+        hash: ChainHash,
+        signed_at: Timestamp,
+    ) -> Checkpoint {
+        let message =
+            Checkpoint::signed_message(partition, position, &hash, signed_at, &self.key_id);
+        Checkpoint {
+            partition,
+            position,
+            hash,
+            signed_at,
+            key_id: self.key_id.clone(),
+            signature: self.sign(&message),
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_signatures_verify_and_fail_after_any_change() {
+        let key = SigningKey::generate().unwrap();
+        let hash = ChainHash([7; 32]);
+        let checkpoint = key.sign_checkpoint(0, 1000, hash, Timestamp::from_micros(42));
+        checkpoint.verify(key.key_id(), key.public_key()).unwrap();
+
+        let mut changed = checkpoint.clone();
+        changed.position += 1;
+        assert!(changed.verify(key.key_id(), key.public_key()).is_err());
+        let mut changed = checkpoint.clone();
+        changed.hash.0[31] ^= 1;
+        assert!(changed.verify(key.key_id(), key.public_key()).is_err());
+        let mut changed = checkpoint.clone();
+        changed.signed_at = Timestamp::from_micros(43);
+        assert!(changed.verify(key.key_id(), key.public_key()).is_err());
+        let mut changed = checkpoint.clone();
+        changed.partition = 1;
+        assert!(changed.verify(key.key_id(), key.public_key()).is_err());
+        for index in 0..checkpoint.signature.len() {
+            let mut changed = checkpoint.clone();
+            changed.signature[index] ^= 0x01;
+            assert!(
+                changed.verify(key.key_id(), key.public_key()).is_err(),
+                "signature byte {index}"
+            );
+        }
+        let other = SigningKey::generate().unwrap();
+        assert!(checkpoint.verify(key.key_id(), other.public_key()).is_err());
+        assert!(checkpoint
+            .verify(other.key_id(), other.public_key())
+            .is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let key = SigningKey::generate().unwrap();
+        let text = format!("{key:?}");
+        assert!(text.contains(key.key_id()));
+        assert!(!text.contains("pair"));
+    }
+}

@@ -1,0 +1,18 @@
+//! seatledger-ledger: the domain (`decide`/`evolve`), the event store
+//! (PostgreSQL and embedded SQLite), the group-commit appender with its hash
+//! chain and signed checkpoints, and reading and tailing the log.
+#![forbid(unsafe_code)]
+
+pub mod appender;
+pub mod clock;
+pub mod domain;
+pub mod keys;
+pub mod listen;
+pub mod store;
+
+pub use appender::{
+    request_hash, AppendError, Appender, AppenderConfig, CommandResult, CommitNotifier, Submission,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use keys::SigningKey;
+pub use store::{Backend, Store, StoreError};

@@ -1,0 +1,433 @@
+//! The event store: PostgreSQL (the production truth) and SQLite (the
+//! embedded default), behind one type. Only this module writes SQL; only the
+//! appender writes events, through `BatchTx`, under the partition lock.
+//!
+//! The same events give the same rows on both backends and the same hashes:
+//! hashes are computed from `RecordedEvent`, never from a backend's text.
+
+mod postgres;
+mod sqlite;
+
+use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What a store can fail with. Rejections are not errors; these are.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or timed out: callers may retry.
+    #[error("event store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database refused a statement.
+    #[error("event store error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("event store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row cannot be read back: a bug or tampering.
+    #[error("corrupt row in event store: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(error),
+            sqlx::Error::Database(ref db) if is_unavailable_code(db.code().as_deref()) => {
+                StoreError::Unavailable(error)
+            }
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+/// PostgreSQL: admin shutdown, cannot connect now, too many connections;
+/// SQLite: busy, locked.
+fn is_unavailable_code(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("57P01" | "57P02" | "57P03" | "53300" | "5" | "6" | "517")
+    )
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Which backend a store uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(sqlx::PgPool),
+    /// The mutex is the in-process partition lock: one batch at a time.
+    Sqlite(sqlx::SqlitePool, Arc<tokio::sync::Mutex<()>>),
+}
+
+/// A stream's snapshot and the events recorded after it.
+pub(crate) struct LoadedStream {
+    pub snapshot: Option<(i64, serde_json::Value)>,
+    pub events: Vec<RecordedEvent>,
+}
+
+pub(crate) struct StreamWrite {
+    pub stream_id: String,
+    pub partition: i16,
+    pub version: i64,
+    /// `(snapshot_version, state)` when the version crossed a snapshot mark.
+    pub snapshot: Option<(i64, serde_json::Value)>,
+}
+
+pub(crate) struct CommandWrite {
+    pub tenant_id: Uuid,
+    pub command_id: String,
+    pub request_hash: Vec<u8>,
+    pub result: serde_json::Value,
+}
+
+/// A recorded command: its request hash and result.
+pub(crate) type RecordedCommands = HashMap<(Uuid, String), (Vec<u8>, serde_json::Value)>;
+
+/// Maximum connections per pool.
+const POSTGRES_POOL_MAX: u32 = 16;
+const SQLITE_POOL_MAX: u32 = 8;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Connects to `url`: `postgres://…`/`postgresql://…` for PostgreSQL,
+    /// `sqlite:PATH` or a plain file path for SQLite (created if missing,
+    /// WAL mode, full fsync).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options =
+                sqlx::postgres::PgConnectOptions::from_str(url)?.application_name("seatledger");
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(POSTGRES_POOL_MAX)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            return Ok(Store::Postgres(pool));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            .busy_timeout(ACQUIRE_TIMEOUT);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(SQLITE_POOL_MAX)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(()))))
+    }
+
+    pub fn from_pg_pool(pool: sqlx::PgPool) -> Store {
+        Store::Postgres(pool)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Postgres(_) => Backend::Postgres,
+            Store::Sqlite(..) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies the backend's migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::migrate!("../schema/migrations/postgres")
+                    .run(pool)
+                    .await?
+            }
+            Store::Sqlite(pool, _) => {
+                sqlx::migrate!("../schema/migrations/sqlite")
+                    .run(pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL pool, for code that shares the database (followers).
+    pub fn pg_pool(&self) -> Option<&sqlx::PgPool> {
+        match self {
+            Store::Postgres(pool) => Some(pool),
+            Store::Sqlite(..) => None,
+        }
+    }
+
+    pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        match self {
+            Store::Sqlite(pool, _) => Some(pool),
+            Store::Postgres(_) => None,
+        }
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+            Store::Sqlite(pool, _) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// The last `(position, hash)` of a partition; `(0, GENESIS)` when empty.
+    pub async fn head(&self, partition: i16) -> Result<(i64, ChainHash), StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::head(&mut *pool.acquire().await?, partition).await,
+            Store::Sqlite(pool, _) => sqlite::head(&mut *pool.acquire().await?, partition).await,
+        }
+    }
+
+    /// Up to `limit` events of `partition` with `position > after`, in order.
+    pub async fn read_after(
+        &self,
+        partition: i16,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
+        match self {
+            Store::Postgres(pool) => postgres::read_after(pool, partition, after, limit).await,
+            Store::Sqlite(pool, _) => sqlite::read_after(pool, partition, after, limit).await,
+        }
+    }
+
+    /// Up to `limit` events of one tenant with `position > after`, in order.
+    pub async fn read_tenant_after(
+        &self,
+        tenant_id: Uuid,
+        partition: i16,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
+        match self {
+            Store::Postgres(pool) => {
+                postgres::read_tenant_after(pool, tenant_id, partition, after, limit).await
+            }
+            Store::Sqlite(pool, _) => {
+                sqlite::read_tenant_after(pool, tenant_id, partition, after, limit).await
+            }
+        }
+    }
+
+    /// Every event of one stream, in stream order.
+    pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                postgres::read_stream(&mut *pool.acquire().await?, stream_id, 0).await
+            }
+            Store::Sqlite(pool, _) => {
+                sqlite::read_stream(&mut *pool.acquire().await?, stream_id, 0).await
+            }
+        }
+    }
+
+    /// The license stream a session was granted on, and its tenant.
+    pub async fn find_session(
+        &self,
+        session_id: Uuid,
+    ) -> Result<Option<(String, Uuid)>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::find_session(pool, session_id).await,
+            Store::Sqlite(pool, _) => sqlite::find_session(pool, session_id).await,
+        }
+    }
+
+    /// Signed checkpoints of a partition, by position.
+    pub async fn checkpoints(&self, partition: i16) -> Result<Vec<Checkpoint>, StoreError> {
+        match self {
+            Store::Postgres(pool) => postgres::checkpoints(pool, partition).await,
+            Store::Sqlite(pool, _) => sqlite::checkpoints(pool, partition).await,
+        }
+    }
+
+    /// The stored signing key (PKCS#8), inserting `generated` if there is
+    /// none yet. Concurrent first starts agree on the oldest key.
+    pub async fn load_or_store_signing_key(
+        &self,
+        key_id: &str,
+        generated: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let now = seatledger_schema::Timestamp::now();
+        match self {
+            Store::Postgres(pool) => {
+                postgres::load_or_store_signing_key(pool, key_id, generated, now).await
+            }
+            Store::Sqlite(pool, _) => {
+                sqlite::load_or_store_signing_key(pool, key_id, generated, now).await
+            }
+        }
+    }
+
+    /// Opens the batch transaction of `partition` and takes its lock.
+    pub(crate) async fn begin_batch(&self, partition: i16) -> Result<BatchTx<'_>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(postgres::partition_lock_key(partition))
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(BatchTx::Postgres(tx))
+            }
+            Store::Sqlite(pool, lock) => {
+                let guard = lock.lock().await;
+                let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(BatchTx::Sqlite(tx, guard))
+            }
+        }
+    }
+}
+
+/// One appender batch: a transaction holding the partition lock.
+pub(crate) enum BatchTx<'a> {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+        tokio::sync::MutexGuard<'a, ()>,
+    ),
+}
+
+impl BatchTx<'_> {
+    pub async fn head(&mut self, partition: i16) -> Result<(i64, ChainHash), StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => postgres::head(&mut **tx, partition).await,
+            BatchTx::Sqlite(tx, _) => sqlite::head(&mut **tx, partition).await,
+        }
+    }
+
+    pub async fn stream_versions(
+        &mut self,
+        stream_ids: &[String],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => postgres::stream_versions(&mut **tx, stream_ids).await,
+            BatchTx::Sqlite(tx, _) => sqlite::stream_versions(&mut **tx, stream_ids).await,
+        }
+    }
+
+    /// The snapshot and later events of a stream; with `after_version`, only
+    /// the events after it (the caller holds that state already).
+    pub async fn load_stream(
+        &mut self,
+        stream_id: &str,
+        after_version: Option<i64>,
+    ) -> Result<LoadedStream, StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => {
+                postgres::load_stream(&mut **tx, stream_id, after_version).await
+            }
+            BatchTx::Sqlite(tx, _) => {
+                sqlite::load_stream(&mut **tx, stream_id, after_version).await
+            }
+        }
+    }
+
+    pub async fn recorded_commands(
+        &mut self,
+        keys: &[(Uuid, String)],
+    ) -> Result<RecordedCommands, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        match self {
+            BatchTx::Postgres(tx) => postgres::recorded_commands(&mut **tx, keys).await,
+            BatchTx::Sqlite(tx, _) => sqlite::recorded_commands(&mut **tx, keys).await,
+        }
+    }
+
+    pub async fn insert_events(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        match self {
+            BatchTx::Postgres(tx) => postgres::insert_events(&mut **tx, events).await,
+            BatchTx::Sqlite(tx, _) => sqlite::insert_events(&mut **tx, events).await,
+        }
+    }
+
+    pub async fn upsert_streams(&mut self, writes: &[StreamWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            BatchTx::Postgres(tx) => postgres::upsert_streams(&mut **tx, writes).await,
+            BatchTx::Sqlite(tx, _) => sqlite::upsert_streams(&mut **tx, writes).await,
+        }
+    }
+
+    pub async fn insert_commands(&mut self, writes: &[CommandWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            BatchTx::Postgres(tx) => postgres::insert_commands(&mut **tx, writes).await,
+            BatchTx::Sqlite(tx, _) => sqlite::insert_commands(&mut **tx, writes).await,
+        }
+    }
+
+    pub async fn last_checkpoint_position(&mut self, partition: i16) -> Result<i64, StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => postgres::last_checkpoint_position(&mut **tx, partition).await,
+            BatchTx::Sqlite(tx, _) => sqlite::last_checkpoint_position(&mut **tx, partition).await,
+        }
+    }
+
+    pub async fn insert_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => postgres::insert_checkpoint(&mut **tx, checkpoint).await,
+            BatchTx::Sqlite(tx, _) => sqlite::insert_checkpoint(&mut **tx, checkpoint).await,
+        }
+    }
+
+    /// Wakes followers in other processes when this transaction commits
+    /// (PostgreSQL `NOTIFY`; in-process followers are woken by the appender).
+    pub async fn notify(&mut self, partition: i16, position: i64) -> Result<(), StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => postgres::notify(&mut **tx, partition, position).await,
+            BatchTx::Sqlite(..) => Ok(()),
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => tx.commit().await?,
+            BatchTx::Sqlite(tx, guard) => {
+                tx.commit().await?;
+                drop(guard);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hash_from(bytes: &[u8], what: &str) -> Result<ChainHash, StoreError> {
+    ChainHash::from_slice(bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("{what} is not 32 bytes")))
+}
+
+/// The PostgreSQL `NOTIFY` channel followers `LISTEN` on; the payload is
+/// `partition:position`.
+pub const NOTIFY_CHANNEL: &str = "seatledger_events";

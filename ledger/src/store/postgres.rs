@@ -1,0 +1,406 @@
+//! PostgreSQL statements of the store. Batches are written with one
+//! `INSERT … SELECT FROM UNNEST(arrays)` per table.
+
+use super::{
+    hash_from, CommandWrite, LoadedStream, RecordedCommands, StoreError, StreamWrite,
+    NOTIFY_CHANNEL,
+};
+use chrono::{DateTime, Utc};
+use seatledger_schema::{ChainHash, Checkpoint, Metadata, RecordedEvent, Timestamp};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Row};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// Advisory-lock keys: a namespace so seatledger's locks never collide with
+/// another application's in the same database.
+const LOCK_NAMESPACE: i64 = 0x5EA7_1ED6_0000_0000;
+
+pub(crate) fn partition_lock_key(partition: i16) -> i64 {
+    LOCK_NAMESPACE + i64::from(partition)
+}
+
+const EVENT_COLUMNS: &str =
+    "partition, position, event_id, stream_id, stream_version, tenant_id, event_type, \
+     schema_version, payload, metadata, occurred_at, recorded_at, prev_hash, hash";
+
+fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let metadata: Json<Metadata> = row.try_get("metadata")?;
+    let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
+    let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
+    let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
+    let hash: Vec<u8> = row.try_get("hash")?;
+    Ok(RecordedEvent {
+        partition: row.try_get("partition")?,
+        position: row.try_get("position")?,
+        event_id: row.try_get("event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get("stream_version")?,
+        tenant_id: row.try_get("tenant_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        payload: row.try_get("payload")?,
+        metadata: metadata.0,
+        occurred_at: occurred_at.into(),
+        recorded_at: recorded_at.into(),
+        prev_hash: hash_from(&prev_hash, "prev_hash")?,
+        hash: hash_from(&hash, "hash")?,
+    })
+}
+
+pub(crate) async fn head(
+    conn: &mut PgConnection,
+    partition: i16,
+) -> Result<(i64, ChainHash), StoreError> {
+    let row = sqlx::query(
+        "SELECT position, hash FROM events WHERE partition = $1 ORDER BY position DESC LIMIT 1",
+    )
+    .bind(partition)
+    .fetch_optional(conn)
+    .await?;
+    match row {
+        Some(row) => {
+            let hash: Vec<u8> = row.try_get("hash")?;
+            Ok((row.try_get("position")?, hash_from(&hash, "hash")?))
+        }
+        None => Ok((0, ChainHash::GENESIS)),
+    }
+}
+
+pub(crate) async fn read_after(
+    pool: &PgPool,
+    partition: i16,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE partition = $1 AND position > $2 ORDER BY position LIMIT $3");
+    let rows = sqlx::query(&sql)
+        .bind(partition)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn read_tenant_after(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    partition: i16,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND partition = $2 AND position > $3 ORDER BY position LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(tenant_id)
+        .bind(partition)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn read_stream(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    after_version: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version");
+    let rows = sqlx::query(&sql)
+        .bind(stream_id)
+        .bind(after_version)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn find_session(
+    pool: &PgPool,
+    session_id: Uuid,
+) -> Result<Option<(String, Uuid)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT stream_id, tenant_id FROM events WHERE event_type = 'SeatAcquired' AND payload->>'session_id' = $1 LIMIT 1",
+    )
+    .bind(session_id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(row) => Ok(Some((row.try_get("stream_id")?, row.try_get("tenant_id")?))),
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn stream_versions(
+    conn: &mut PgConnection,
+    stream_ids: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let rows = sqlx::query("SELECT stream_id, version FROM streams WHERE stream_id = ANY($1)")
+        .bind(stream_ids)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("stream_id")?, row.try_get("version")?)))
+        .collect()
+}
+
+pub(crate) async fn load_stream(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    after_version: Option<i64>,
+) -> Result<LoadedStream, StoreError> {
+    let mut snapshot = None;
+    let mut from_version = after_version.unwrap_or(0);
+    if after_version.is_none() {
+        let row = sqlx::query("SELECT snapshot_version, state FROM streams WHERE stream_id = $1")
+            .bind(stream_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            let version: Option<i64> = row.try_get("snapshot_version")?;
+            let state: Option<serde_json::Value> = row.try_get("state")?;
+            if let (Some(version), Some(state)) = (version, state) {
+                from_version = version;
+                snapshot = Some((version, state));
+            }
+        }
+    }
+    let events = read_stream(conn, stream_id, from_version).await?;
+    Ok(LoadedStream { snapshot, events })
+}
+
+pub(crate) async fn recorded_commands(
+    conn: &mut PgConnection,
+    keys: &[(Uuid, String)],
+) -> Result<RecordedCommands, StoreError> {
+    let tenants: Vec<Uuid> = keys.iter().map(|(tenant, _)| *tenant).collect();
+    let ids: Vec<&str> = keys.iter().map(|(_, id)| id.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT c.tenant_id, c.command_id, c.request_hash, c.result FROM commands c \
+         JOIN UNNEST($1::uuid[], $2::text[]) AS k(tenant_id, command_id) \
+           ON c.tenant_id = k.tenant_id AND c.command_id = k.command_id",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    let mut recorded = HashMap::with_capacity(rows.len());
+    for row in rows {
+        recorded.insert(
+            (row.try_get("tenant_id")?, row.try_get("command_id")?),
+            (row.try_get("request_hash")?, row.try_get("result")?),
+        );
+    }
+    Ok(recorded)
+}
+
+pub(crate) async fn insert_events(
+    conn: &mut PgConnection,
+    events: &[RecordedEvent],
+) -> Result<(), StoreError> {
+    let count = events.len();
+    let mut partitions = Vec::with_capacity(count);
+    let mut positions = Vec::with_capacity(count);
+    let mut event_ids = Vec::with_capacity(count);
+    let mut stream_ids = Vec::with_capacity(count);
+    let mut stream_versions = Vec::with_capacity(count);
+    let mut tenant_ids = Vec::with_capacity(count);
+    let mut event_types = Vec::with_capacity(count);
+    let mut schema_versions = Vec::with_capacity(count);
+    let mut payloads = Vec::with_capacity(count);
+    let mut metadatas = Vec::with_capacity(count);
+    let mut occurred = Vec::with_capacity(count);
+    let mut recorded = Vec::with_capacity(count);
+    let mut prev_hashes = Vec::with_capacity(count);
+    let mut hashes = Vec::with_capacity(count);
+    for event in events {
+        partitions.push(event.partition);
+        positions.push(event.position);
+        event_ids.push(event.event_id);
+        stream_ids.push(event.stream_id.as_str());
+        stream_versions.push(event.stream_version);
+        tenant_ids.push(event.tenant_id);
+        event_types.push(event.event_type.as_str());
+        schema_versions.push(event.schema_version);
+        payloads.push(event.payload.to_string());
+        metadatas.push(
+            serde_json::to_string(&event.metadata)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        occurred.push(event.occurred_at.to_datetime());
+        recorded.push(event.recorded_at.to_datetime());
+        prev_hashes.push(event.prev_hash.as_bytes().to_vec());
+        hashes.push(event.hash.as_bytes().to_vec());
+    }
+    sqlx::query(
+        "INSERT INTO events (partition, position, event_id, stream_id, stream_version, tenant_id, event_type, \
+             schema_version, payload, metadata, occurred_at, recorded_at, prev_hash, hash) \
+         SELECT p, pos, id, s, sv, t, et, v, pl::jsonb, md::jsonb, oa, ra, ph, h FROM UNNEST( \
+             $1::smallint[], $2::bigint[], $3::uuid[], $4::text[], $5::bigint[], $6::uuid[], $7::text[], \
+             $8::int[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::bytea[], $14::bytea[]) \
+           AS x(p, pos, id, s, sv, t, et, v, pl, md, oa, ra, ph, h)",
+    )
+    .bind(&partitions)
+    .bind(&positions)
+    .bind(&event_ids)
+    .bind(&stream_ids)
+    .bind(&stream_versions)
+    .bind(&tenant_ids)
+    .bind(&event_types)
+    .bind(&schema_versions)
+    .bind(&payloads)
+    .bind(&metadatas)
+    .bind(&occurred)
+    .bind(&recorded)
+    .bind(&prev_hashes)
+    .bind(&hashes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn upsert_streams(
+    conn: &mut PgConnection,
+    writes: &[StreamWrite],
+) -> Result<(), StoreError> {
+    let ids: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
+    let partitions: Vec<i16> = writes.iter().map(|w| w.partition).collect();
+    let versions: Vec<i64> = writes.iter().map(|w| w.version).collect();
+    let snapshot_versions: Vec<Option<i64>> = writes
+        .iter()
+        .map(|w| w.snapshot.as_ref().map(|s| s.0))
+        .collect();
+    let states: Vec<Option<String>> = writes
+        .iter()
+        .map(|w| w.snapshot.as_ref().map(|s| s.1.to_string()))
+        .collect();
+    sqlx::query(
+        "INSERT INTO streams (stream_id, partition, version, snapshot_version, state) \
+         SELECT s, p, v, sv, st::jsonb FROM UNNEST($1::text[], $2::smallint[], $3::bigint[], $4::bigint[], $5::text[]) \
+           AS x(s, p, v, sv, st) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+           snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
+           state = COALESCE(excluded.state, streams.state)",
+    )
+    .bind(&ids)
+    .bind(&partitions)
+    .bind(&versions)
+    .bind(&snapshot_versions)
+    .bind(&states)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn insert_commands(
+    conn: &mut PgConnection,
+    writes: &[CommandWrite],
+) -> Result<(), StoreError> {
+    let tenants: Vec<Uuid> = writes.iter().map(|w| w.tenant_id).collect();
+    let ids: Vec<&str> = writes.iter().map(|w| w.command_id.as_str()).collect();
+    let hashes: Vec<&[u8]> = writes.iter().map(|w| w.request_hash.as_slice()).collect();
+    let results: Vec<String> = writes.iter().map(|w| w.result.to_string()).collect();
+    sqlx::query(
+        "INSERT INTO commands (tenant_id, command_id, request_hash, result) \
+         SELECT t, c, h, r::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) AS x(t, c, h, r)",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(&hashes)
+    .bind(&results)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn last_checkpoint_position(
+    conn: &mut PgConnection,
+    partition: i16,
+) -> Result<i64, StoreError> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT max(position) FROM checkpoints WHERE partition = $1")
+            .bind(partition)
+            .fetch_one(conn)
+            .await?;
+    Ok(position.unwrap_or(0))
+}
+
+pub(crate) async fn insert_checkpoint(
+    conn: &mut PgConnection,
+    checkpoint: &Checkpoint,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO checkpoints (partition, position, hash, signed_at, key_id, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(checkpoint.partition)
+    .bind(checkpoint.position)
+    .bind(checkpoint.hash.as_bytes().as_slice())
+    .bind(checkpoint.signed_at.to_datetime())
+    .bind(&checkpoint.key_id)
+    .bind(&checkpoint.signature)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn checkpoints(
+    pool: &PgPool,
+    partition: i16,
+) -> Result<Vec<Checkpoint>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT partition, position, hash, signed_at, key_id, signature FROM checkpoints WHERE partition = $1 ORDER BY position",
+    )
+    .bind(partition)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let hash: Vec<u8> = row.try_get("hash")?;
+            let signed_at: DateTime<Utc> = row.try_get("signed_at")?;
+            Ok(Checkpoint {
+                partition: row.try_get("partition")?,
+                position: row.try_get("position")?,
+                hash: hash_from(&hash, "checkpoint hash")?,
+                signed_at: Timestamp::from(signed_at),
+                key_id: row.try_get("key_id")?,
+                signature: row.try_get("signature")?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn notify(
+    conn: &mut PgConnection,
+    partition: i16,
+    position: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(format!("{partition}:{position}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn load_or_store_signing_key(
+    pool: &PgPool,
+    key_id: &str,
+    generated: &[u8],
+    now: Timestamp,
+) -> Result<Vec<u8>, StoreError> {
+    sqlx::query("INSERT INTO signing_keys (key_id, pkcs8, created_at) SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)")
+        .bind(key_id)
+        .bind(generated)
+        .bind(now.to_datetime())
+        .execute(pool)
+        .await?;
+    let key: Vec<u8> =
+        sqlx::query_scalar("SELECT pkcs8 FROM signing_keys ORDER BY created_at, key_id LIMIT 1")
+            .fetch_one(pool)
+            .await?;
+    Ok(key)
+}

@@ -1,0 +1,359 @@
+//! SQLite statements of the store (the embedded default). Uuids are text,
+//! timestamps microseconds since the epoch, JSON text; rows are inserted one
+//! prepared statement at a time inside the batch transaction, which in
+//! process costs microseconds each.
+
+use super::{hash_from, CommandWrite, LoadedStream, RecordedCommands, StoreError, StreamWrite};
+use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent, Timestamp};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+const EVENT_COLUMNS: &str =
+    "partition, position, event_id, stream_id, stream_version, tenant_id, event_type, \
+     schema_version, payload, metadata, occurred_at, recorded_at, prev_hash, hash";
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {error}"))
+}
+
+fn uuid_from(text: &str, what: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| corrupt(what, e))
+}
+
+fn json_from<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let event_id: String = row.try_get("event_id")?;
+    let tenant_id: String = row.try_get("tenant_id")?;
+    let payload: String = row.try_get("payload")?;
+    let metadata: String = row.try_get("metadata")?;
+    let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
+    let hash: Vec<u8> = row.try_get("hash")?;
+    Ok(RecordedEvent {
+        partition: row.try_get("partition")?,
+        position: row.try_get("position")?,
+        event_id: uuid_from(&event_id, "event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get("stream_version")?,
+        tenant_id: uuid_from(&tenant_id, "tenant_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        payload: json_from(&payload, "payload")?,
+        metadata: json_from(&metadata, "metadata")?,
+        occurred_at: Timestamp::from_micros(row.try_get("occurred_at")?),
+        recorded_at: Timestamp::from_micros(row.try_get("recorded_at")?),
+        prev_hash: hash_from(&prev_hash, "prev_hash")?,
+        hash: hash_from(&hash, "hash")?,
+    })
+}
+
+pub(crate) async fn head(
+    conn: &mut SqliteConnection,
+    partition: i16,
+) -> Result<(i64, ChainHash), StoreError> {
+    let row = sqlx::query(
+        "SELECT position, hash FROM events WHERE partition = ? ORDER BY position DESC LIMIT 1",
+    )
+    .bind(partition)
+    .fetch_optional(conn)
+    .await?;
+    match row {
+        Some(row) => {
+            let hash: Vec<u8> = row.try_get("hash")?;
+            Ok((row.try_get("position")?, hash_from(&hash, "hash")?))
+        }
+        None => Ok((0, ChainHash::GENESIS)),
+    }
+}
+
+pub(crate) async fn read_after(
+    pool: &SqlitePool,
+    partition: i16,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE partition = ? AND position > ? ORDER BY position LIMIT ?");
+    let rows = sqlx::query(&sql)
+        .bind(partition)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn read_tenant_after(
+    pool: &SqlitePool,
+    tenant_id: Uuid,
+    partition: i16,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND partition = ? AND position > ? ORDER BY position LIMIT ?"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(tenant_id.to_string())
+        .bind(partition)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn read_stream(
+    conn: &mut SqliteConnection,
+    stream_id: &str,
+    after_version: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND stream_version > ? ORDER BY stream_version");
+    let rows = sqlx::query(&sql)
+        .bind(stream_id)
+        .bind(after_version)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn find_session(
+    pool: &SqlitePool,
+    session_id: Uuid,
+) -> Result<Option<(String, Uuid)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT stream_id, tenant_id FROM events \
+         WHERE event_type = 'SeatAcquired' AND json_extract(payload, '$.session_id') = ? LIMIT 1",
+    )
+    .bind(session_id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(row) => {
+            let tenant: String = row.try_get("tenant_id")?;
+            Ok(Some((
+                row.try_get("stream_id")?,
+                uuid_from(&tenant, "tenant_id")?,
+            )))
+        }
+        None => Ok(None),
+    }
+}
+
+pub(crate) async fn stream_versions(
+    conn: &mut SqliteConnection,
+    stream_ids: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut versions = HashMap::with_capacity(stream_ids.len());
+    for stream_id in stream_ids {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(version) = version {
+            versions.insert(stream_id.clone(), version);
+        }
+    }
+    Ok(versions)
+}
+
+pub(crate) async fn load_stream(
+    conn: &mut SqliteConnection,
+    stream_id: &str,
+    after_version: Option<i64>,
+) -> Result<LoadedStream, StoreError> {
+    let mut snapshot = None;
+    let mut from_version = after_version.unwrap_or(0);
+    if after_version.is_none() {
+        let row = sqlx::query("SELECT snapshot_version, state FROM streams WHERE stream_id = ?")
+            .bind(stream_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            let version: Option<i64> = row.try_get("snapshot_version")?;
+            let state: Option<String> = row.try_get("state")?;
+            if let (Some(version), Some(state)) = (version, state) {
+                from_version = version;
+                snapshot = Some((version, json_from(&state, "stream state")?));
+            }
+        }
+    }
+    let events = read_stream(conn, stream_id, from_version).await?;
+    Ok(LoadedStream { snapshot, events })
+}
+
+pub(crate) async fn recorded_commands(
+    conn: &mut SqliteConnection,
+    keys: &[(Uuid, String)],
+) -> Result<RecordedCommands, StoreError> {
+    let mut recorded = HashMap::new();
+    for (tenant_id, command_id) in keys {
+        let row = sqlx::query(
+            "SELECT request_hash, result FROM commands WHERE tenant_id = ? AND command_id = ?",
+        )
+        .bind(tenant_id.to_string())
+        .bind(command_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            let result: String = row.try_get("result")?;
+            recorded.insert(
+                (*tenant_id, command_id.clone()),
+                (
+                    row.try_get("request_hash")?,
+                    json_from(&result, "command result")?,
+                ),
+            );
+        }
+    }
+    Ok(recorded)
+}
+
+pub(crate) async fn insert_events(
+    conn: &mut SqliteConnection,
+    events: &[RecordedEvent],
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    );
+    for event in events {
+        let metadata =
+            serde_json::to_string(&event.metadata).map_err(|e| corrupt("metadata", e))?;
+        sqlx::query(&sql)
+            .bind(event.partition)
+            .bind(event.position)
+            .bind(event.event_id.to_string())
+            .bind(&event.stream_id)
+            .bind(event.stream_version)
+            .bind(event.tenant_id.to_string())
+            .bind(&event.event_type)
+            .bind(event.schema_version)
+            .bind(event.payload.to_string())
+            .bind(metadata)
+            .bind(event.occurred_at.as_micros())
+            .bind(event.recorded_at.as_micros())
+            .bind(event.prev_hash.as_bytes().as_slice())
+            .bind(event.hash.as_bytes().as_slice())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn upsert_streams(
+    conn: &mut SqliteConnection,
+    writes: &[StreamWrite],
+) -> Result<(), StoreError> {
+    for write in writes {
+        sqlx::query(
+            "INSERT INTO streams (stream_id, partition, version, snapshot_version, state) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+               snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
+               state = COALESCE(excluded.state, streams.state)",
+        )
+        .bind(&write.stream_id)
+        .bind(write.partition)
+        .bind(write.version)
+        .bind(write.snapshot.as_ref().map(|s| s.0))
+        .bind(write.snapshot.as_ref().map(|s| s.1.to_string()))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn insert_commands(
+    conn: &mut SqliteConnection,
+    writes: &[CommandWrite],
+) -> Result<(), StoreError> {
+    for write in writes {
+        sqlx::query("INSERT INTO commands (tenant_id, command_id, request_hash, result, recorded_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(write.tenant_id.to_string())
+            .bind(&write.command_id)
+            .bind(write.request_hash.as_slice())
+            .bind(write.result.to_string())
+            .bind(Timestamp::now().as_micros())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn last_checkpoint_position(
+    conn: &mut SqliteConnection,
+    partition: i16,
+) -> Result<i64, StoreError> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT max(position) FROM checkpoints WHERE partition = ?")
+            .bind(partition)
+            .fetch_one(conn)
+            .await?;
+    Ok(position.unwrap_or(0))
+}
+
+pub(crate) async fn insert_checkpoint(
+    conn: &mut SqliteConnection,
+    checkpoint: &Checkpoint,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO checkpoints (partition, position, hash, signed_at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(checkpoint.partition)
+    .bind(checkpoint.position)
+    .bind(checkpoint.hash.as_bytes().as_slice())
+    .bind(checkpoint.signed_at.as_micros())
+    .bind(&checkpoint.key_id)
+    .bind(&checkpoint.signature)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn checkpoints(
+    pool: &SqlitePool,
+    partition: i16,
+) -> Result<Vec<Checkpoint>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT partition, position, hash, signed_at, key_id, signature FROM checkpoints WHERE partition = ? ORDER BY position",
+    )
+    .bind(partition)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let hash: Vec<u8> = row.try_get("hash")?;
+            Ok(Checkpoint {
+                partition: row.try_get("partition")?,
+                position: row.try_get("position")?,
+                hash: hash_from(&hash, "checkpoint hash")?,
+                signed_at: Timestamp::from_micros(row.try_get("signed_at")?),
+                key_id: row.try_get("key_id")?,
+                signature: row.try_get("signature")?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn load_or_store_signing_key(
+    pool: &SqlitePool,
+    key_id: &str,
+    generated: &[u8],
+    now: Timestamp,
+) -> Result<Vec<u8>, StoreError> {
+    sqlx::query("INSERT INTO signing_keys (key_id, pkcs8, created_at) SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys)")
+        .bind(key_id)
+        .bind(generated)
+        .bind(now.as_micros())
+        .execute(pool)
+        .await?;
+    let key: Vec<u8> =
+        sqlx::query_scalar("SELECT pkcs8 FROM signing_keys ORDER BY created_at, key_id LIMIT 1")
+            .fetch_one(pool)
+            .await?;
+    Ok(key)
+}

@@ -1,0 +1,45 @@
+//! Every bound of seatledger in one place (TigerBeetle style): queues,
+//! batches, sizes, ranges. Relations between them are checked at compile time.
+
+/// Seats a license may have.
+pub const SEATS_MIN: u32 = 1;
+pub const SEATS_MAX: u32 = 100_000;
+/// Seconds a lease lives without a heartbeat.
+pub const HEARTBEAT_TTL_S_MIN: u32 = 10;
+pub const HEARTBEAT_TTL_S_MAX: u32 = 86_400;
+pub const HEARTBEAT_TTL_S_DEFAULT: u32 = 360;
+/// Extra seats allowed above `seats`, in percent.
+pub const MAX_OVERAGE_PERCENT_MAX: u32 = 100;
+/// Lengths of free-text fields carried in events.
+pub const HARDWARE_ID_LEN_MAX: usize = 256;
+pub const NAME_LEN_MAX: usize = 200;
+pub const EMAIL_LEN_MAX: usize = 254;
+pub const REASON_LEN_MAX: usize = 500;
+pub const COMMAND_ID_LEN_MAX: usize = 200;
+/// Released/expired sessions a license remembers, so that a late heartbeat
+/// answers `session_expired` (and a late release succeeds) instead of
+/// `session_not_found`. Bounded so license state cannot grow without limit
+/// under churn; older sessions are forgotten first-in first-out.
+pub const ENDED_SESSIONS_REMEMBERED: usize = 4_096;
+/// A stream's state snapshot is rewritten when its version crosses a
+/// multiple of this (DESIGN §3).
+pub const SNAPSHOT_EVERY_EVENTS: i64 = 1_000;
+/// A signed checkpoint is written when the position crosses a multiple of
+/// this, or after `CHECKPOINT_EVERY_S` with new events.
+pub const CHECKPOINT_EVERY_EVENTS: i64 = 1_000;
+pub const CHECKPOINT_EVERY_S: u64 = 10;
+/// Commands waiting for the appender; senders wait when it is full.
+pub const APPENDER_QUEUE_CAPACITY: usize = 16_384;
+/// Commands decided in one transaction.
+pub const APPENDER_BATCH_MAX: usize = 1_024;
+/// License/org states the appender keeps in memory.
+pub const APPENDER_CACHED_STREAMS_MAX: usize = 10_000;
+/// Events returned by one read of the log.
+pub const READ_BATCH_MAX: i64 = 10_000;
+
+const _: () = assert!(SEATS_MIN >= 1 && SEATS_MIN <= SEATS_MAX);
+const _: () = assert!(HEARTBEAT_TTL_S_MIN <= HEARTBEAT_TTL_S_DEFAULT);
+const _: () = assert!(HEARTBEAT_TTL_S_DEFAULT <= HEARTBEAT_TTL_S_MAX);
+const _: () = assert!(APPENDER_BATCH_MAX <= APPENDER_QUEUE_CAPACITY);
+// SQLite binds at most 32,766 parameters per statement; a batch row has 14.
+const _: () = assert!(APPENDER_BATCH_MAX * 14 < 32_766);
