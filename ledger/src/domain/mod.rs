@@ -101,3 +101,6 @@ pub fn evolve(state: StreamState, event: &Event) -> StreamState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
