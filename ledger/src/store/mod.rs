@@ -63,6 +63,18 @@ impl StoreError {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the events do not continue this store's chain: {0}")]
+    Chain(#[from] seatledger_schema::ChainError),
+    #[error("event at position {position} does not follow its stream's version")]
+    StreamVersion { position: i64 },
+    #[error("the events belong to another partition")]
+    WrongPartition,
+}
+
 /// Which backend a store uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -279,6 +291,54 @@ impl Store {
                 sqlite::load_or_store_signing_key(pool, key_id, generated, now).await
             }
         }
+    }
+
+    /// Appends already-recorded events (an export of another store) after
+    /// checking that they continue this store's chain exactly: positions
+    /// follow the head, `prev_hash` links, every hash recomputes, stream
+    /// versions follow. Streams' versions are updated; snapshots are left to
+    /// the appender. Returns the new head position.
+    pub async fn import(
+        &self,
+        partition: i16,
+        events: &[RecordedEvent],
+    ) -> Result<i64, ImportError> {
+        let mut tx = self.begin_batch(partition).await?;
+        let (head_position, head_hash) = tx.head(partition).await?;
+        if events.iter().any(|event| event.partition != partition) {
+            return Err(ImportError::WrongPartition);
+        }
+        let (position, _) = seatledger_schema::verify_chain(head_position, head_hash, events)?;
+        let mut stream_ids: Vec<String> = events.iter().map(|e| e.stream_id.clone()).collect();
+        stream_ids.sort();
+        stream_ids.dedup();
+        let mut versions = tx.stream_versions(&stream_ids).await?;
+        for event in events {
+            let version = versions.entry(event.stream_id.clone()).or_insert(0);
+            if event.stream_version != *version + 1 {
+                return Err(ImportError::StreamVersion {
+                    position: event.position,
+                });
+            }
+            *version = event.stream_version;
+        }
+        tx.insert_events(events).await?;
+        let writes: Vec<StreamWrite> = versions
+            .into_iter()
+            .filter(|(stream_id, _)| stream_ids.binary_search(stream_id).is_ok())
+            .map(|(stream_id, version)| StreamWrite {
+                stream_id,
+                partition,
+                version,
+                snapshot: None,
+            })
+            .collect();
+        tx.upsert_streams(&writes).await?;
+        if let Some(last) = events.last() {
+            tx.notify(partition, last.position).await?;
+        }
+        tx.commit().await?;
+        Ok(position)
     }
 
     /// Opens the batch transaction of `partition` and takes its lock.

@@ -1,0 +1,402 @@
+//! The ledger against a real PostgreSQL: a fresh database per test
+//! (`#[sqlx::test]`), so tests run in parallel.
+
+mod common;
+
+use common::*;
+use futures::future::join_all;
+use seatledger_ledger::domain::{Command, Rejection};
+use seatledger_ledger::{
+    request_hash, AppenderConfig, CommitNotifier, Store, Submission, SystemClock,
+};
+use seatledger_schema::limits::SNAPSHOT_EVERY_EVENTS;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+async fn migrated(pool: sqlx::PgPool) -> Store {
+    let store = Store::from_pg_pool(pool);
+    store.migrate().await.unwrap();
+    store
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_appenders_on_separate_pools_grant_exactly_the_seat_limit(pool: sqlx::PgPool) {
+    let store_a = migrated(pool.clone()).await;
+    let store_b = second_pg_store(&pool).await;
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    let replica_a = start(
+        &store_a,
+        key.clone(),
+        Arc::new(SystemClock),
+        AppenderConfig::default(),
+    );
+    let replica_b = start(
+        &store_b,
+        key,
+        Arc::new(SystemClock),
+        AppenderConfig::default(),
+    );
+    let license = Uuid::now_v7();
+    assert!(submit(&replica_a, issue(license, 10)).await.is_accepted());
+
+    let attempts = (0..200).map(|machine| {
+        let replica = if machine % 2 == 0 {
+            replica_a.clone()
+        } else {
+            replica_b.clone()
+        };
+        tokio::spawn(async move { submit(&replica, acquire(license, machine)).await })
+    });
+    let results: Vec<_> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let granted = results.iter().filter(|r| r.is_accepted()).count();
+    let denied = results
+        .iter()
+        .filter(|r| r.rejection == Some(Rejection::NoSeatsAvailable))
+        .count();
+    assert_eq!((granted, denied), (10, 190));
+
+    let events = assert_chain_verifies(&store_a).await;
+    let count = |kind: &str| events.iter().filter(|e| e.event_type == kind).count();
+    assert_eq!(count("SeatAcquired"), 10);
+    assert_eq!(count("SeatDenied"), 190);
+    assert_eq!(events.len(), 1 + 200);
+    // Generations are 1..=10, each once.
+    let mut generations: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event_type == "SeatAcquired")
+        .map(|e| e.payload["generation"].as_u64().unwrap())
+        .collect();
+    generations.sort();
+    assert_eq!(generations, (1..=10).collect::<Vec<_>>());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_tailing_reader_never_sees_a_gap_or_a_later_position_first(pool: sqlx::PgPool) {
+    let store_a = migrated(pool.clone()).await;
+    let store_b = second_pg_store(&pool).await;
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    let config = AppenderConfig {
+        batch_max: 8,
+        ..AppenderConfig::default()
+    };
+    let replicas = [
+        start(&store_a, key.clone(), Arc::new(SystemClock), config.clone()),
+        start(&store_b, key, Arc::new(SystemClock), config),
+    ];
+    const WRITERS: usize = 8;
+    const COMMANDS_PER_WRITER: usize = 60;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let replica = replicas[writer % 2].clone();
+            tokio::spawn(async move {
+                let license = Uuid::now_v7();
+                submit(&replica, issue(license, 1000)).await;
+                for machine in 1..COMMANDS_PER_WRITER {
+                    assert!(submit(&replica, acquire(license, machine))
+                        .await
+                        .is_accepted());
+                }
+            })
+        })
+        .collect();
+    let expected = (WRITERS * COMMANDS_PER_WRITER) as i64;
+    let reader_store = second_pg_store(&pool).await;
+    let reader = tokio::spawn(async move {
+        let mut seen = 0i64;
+        let mut reads = 0u64;
+        while seen < expected {
+            let batch = reader_store.read_after(0, seen, 7).await.unwrap();
+            for event in &batch {
+                assert_eq!(event.position, seen + 1, "gap or reorder after {seen}");
+                seen = event.position;
+            }
+            reads += 1;
+            if batch.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        }
+        reads
+    });
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let reads = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reads > 1);
+    assert_chain_verifies(&store_a).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_idempotent_command_returns_the_same_result_and_appends_nothing(pool: sqlx::PgPool) {
+    let store = migrated(pool).await;
+    idempotency_scenario(&store).await;
+}
+
+#[tokio::test]
+async fn idempotency_holds_on_sqlite_too() {
+    let dir = tempfile::tempdir().unwrap();
+    idempotency_scenario(&sqlite_store(&dir).await).await;
+}
+
+async fn idempotency_scenario(store: &Store) {
+    let (appender, _) = start_default(store);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 2)).await;
+    let hash = request_hash(&[b"POST /acquire", b"{machine-1}"]);
+    let first = appender
+        .submit(Submission::new(ORG, acquire(license, 1)).with_command_id("key-1", hash))
+        .await
+        .unwrap();
+    assert!(first.is_accepted() && !first.replayed);
+    let before = read_all(store).await.len();
+    // A retry carries a fresh session id: the request hash, not the
+    // command, identifies the request.
+    let again = appender
+        .submit(Submission::new(ORG, acquire(license, 1)).with_command_id("key-1", hash))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.events, first.events);
+    assert_eq!(again.license, first.license);
+    assert_eq!(read_all(store).await.len(), before);
+
+    let other = request_hash(&[b"POST /acquire", b"{machine-2}"]);
+    let reused = appender
+        .submit(Submission::new(ORG, acquire(license, 2)).with_command_id("key-1", other))
+        .await
+        .unwrap();
+    assert_eq!(reused.rejection, Some(Rejection::IdempotencyKeyReused));
+    assert_eq!(read_all(store).await.len(), before);
+
+    // Two identical submissions in flight at once: one result, recorded once.
+    let hash = request_hash(&[b"release"]);
+    let session = first.events[0].payload["session_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let release = || {
+        Submission::new(
+            ORG,
+            Command::ReleaseSeat {
+                license_id: license,
+                session_id: session,
+            },
+        )
+        .with_command_id("key-2", hash)
+    };
+    let (a, b) = tokio::join!(appender.submit(release()), appender.submit(release()));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.events, b.events);
+    assert!(a.replayed ^ b.replayed);
+    assert_eq!(read_all(store).await.len(), before + 1);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_database_rejects_update_delete_and_truncate_of_events(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let (appender, _) = start_default(&store);
+    submit(&appender, issue(Uuid::now_v7(), 1)).await;
+    for statement in [
+        "UPDATE events SET event_type = 'X'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let error = sqlx::query(statement).execute(&pool).await.unwrap_err();
+        assert!(
+            error.to_string().contains("append-only"),
+            "{statement}: {error}"
+        );
+    }
+    assert_eq!(read_all(&store).await.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_rejects_update_and_delete_of_events_and_runs_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let (appender, _) = start_default(&store);
+    submit(&appender, issue(Uuid::now_v7(), 1)).await;
+    let pool = store.sqlite_pool().unwrap();
+    for statement in ["UPDATE events SET event_type = 'X'", "DELETE FROM events"] {
+        let error = sqlx::query(statement).execute(pool).await.unwrap_err();
+        assert!(
+            error.to_string().contains("append-only"),
+            "{statement}: {error}"
+        );
+    }
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert_eq!(read_all(&store).await.len(), 1);
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_export_from_sqlite_imports_into_postgres_with_identical_hashes(pool: sqlx::PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite_store(&dir).await;
+    let (appender, _) = start_default(&sqlite);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 3)).await;
+    for machine in 0..5 {
+        submit(&appender, acquire(license, machine)).await;
+    }
+    let exported = assert_chain_verifies(&sqlite).await;
+
+    let postgres = migrated(pool).await;
+    postgres.import(0, &exported).await.unwrap();
+    let imported = assert_chain_verifies(&postgres).await;
+    assert_eq!(
+        imported, exported,
+        "same rows, same hashes on both backends"
+    );
+    // Importing again does not continue the chain: refused.
+    assert!(postgres.import(0, &exported).await.is_err());
+
+    // Both continue from the same state: the next acquire is denied on both.
+    let (pg_appender, _) = start_default(&postgres);
+    let on_pg = submit(&pg_appender, acquire(license, 99)).await;
+    let on_sqlite = submit(&appender, acquire(license, 99)).await;
+    assert_eq!(on_pg.rejection, Some(Rejection::NoSeatsAvailable));
+    assert_eq!(on_sqlite.rejection, Some(Rejection::NoSeatsAvailable));
+}
+
+#[sqlx::test(migrations = false)]
+async fn checkpoints_are_signed_every_n_events_and_verify_against_the_chain(pool: sqlx::PgPool) {
+    let store = migrated(pool).await;
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    // Small batches, so that each mark is crossed by its own batch.
+    let config = AppenderConfig {
+        checkpoint_every_events: 50,
+        batch_max: 10,
+        ..AppenderConfig::default()
+    };
+    let appender = start(&store, key.clone(), Arc::new(SystemClock), config);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 1000)).await;
+    let acquires = (0..180).map(|machine| {
+        let appender = appender.clone();
+        tokio::spawn(async move { submit(&appender, acquire(license, machine)).await })
+    });
+    join_all(acquires).await;
+    let events = assert_chain_verifies(&store).await;
+    let checkpoints = store.checkpoints(0).await.unwrap();
+    // 181 events cross the marks 50, 100 and 150.
+    assert!(checkpoints.len() >= 3, "{checkpoints:?}");
+    for checkpoint in &checkpoints {
+        checkpoint.verify(key.key_id(), key.public_key()).unwrap();
+        assert_eq!(
+            events[checkpoint.position as usize - 1].hash,
+            checkpoint.hash
+        );
+        let mut forged = checkpoint.clone();
+        forged.position -= 1;
+        assert!(forged.verify(key.key_id(), key.public_key()).is_err());
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_long_stream_is_snapshotted_and_a_fresh_appender_continues_from_snapshot_and_tail(
+    pool: sqlx::PgPool,
+) {
+    let store = migrated(pool.clone()).await;
+    let (appender, _) = start_default(&store);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 2000)).await;
+    let total = SNAPSHOT_EVERY_EVENTS as usize + 200;
+    let acquires = (1..total).map(|machine| {
+        let appender = appender.clone();
+        tokio::spawn(async move { submit(&appender, acquire(license, machine)).await })
+    });
+    join_all(acquires).await;
+    let (snapshot_version, version): (Option<i64>, i64) =
+        sqlx::query_as("SELECT snapshot_version, version FROM streams WHERE stream_id = $1")
+            .bind(format!("license-{license}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(version, total as i64);
+    let snapshot_version = snapshot_version.expect("a snapshot was written");
+    assert!(snapshot_version >= SNAPSHOT_EVERY_EVENTS && snapshot_version < version);
+
+    // Another replica (no cache) loads snapshot + tail and sees every lease.
+    let (fresh, _) = start_default(&second_pg_store(&pool).await);
+    let again = submit(&fresh, acquire(license, 1)).await;
+    assert!(
+        matches!(again.events[0].event_type.as_str(), "SeatHeartbeat"),
+        "re-acquire is recognised"
+    );
+    assert_eq!(again.license.unwrap().seats_used, (total - 1) as u32);
+    assert_chain_verifies(&store).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_commit_notifies_a_listener_on_another_pool(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let listener_store = second_pg_store(&pool).await;
+    let notifier = CommitNotifier::default();
+    let mut woken = notifier.subscribe();
+    let listener = tokio::spawn(seatledger_ledger::listen::listen(
+        listener_store.pg_pool().unwrap().clone(),
+        0,
+        notifier,
+    ));
+    let (appender, _) = start_default(&store);
+    // The listener may not have subscribed yet: keep appending until woken.
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 100)).await;
+    let wait = async {
+        let mut machine = 0;
+        loop {
+            tokio::select! {
+                changed = woken.changed() => { changed.unwrap(); return *woken.borrow(); }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    machine += 1;
+                    submit(&appender, acquire(license, machine)).await;
+                }
+            }
+        }
+    };
+    let position = tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .expect("woken by NOTIFY");
+    assert!(position >= 1);
+    listener.abort();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_store_failure_fails_the_batch_and_writes_nothing(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let (appender, _) = start_default(&store);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 5)).await;
+    // Make the next insert fail inside the transaction.
+    sqlx::query("ALTER TABLE events ADD CONSTRAINT no_more CHECK (position < 2) NOT VALID")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let error = appender
+        .submit(Submission::new(ORG, acquire(license, 1)))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no_more"), "{error}");
+    sqlx::query("ALTER TABLE events DROP CONSTRAINT no_more")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(read_all(&store).await.len(), 1);
+    // The appender recovers; the failed command left no state behind.
+    let retried = submit(&appender, acquire(license, 1)).await;
+    assert_eq!(retried.events[0].event_type, "SeatAcquired");
+    assert_eq!(retried.license.unwrap().seats_used, 1);
+    assert_chain_verifies(&store).await;
+}
