@@ -1,1 +1,2 @@
-//! placeholder
+//! seatledger benchmarks: criterion micro-benchmarks and load tools.
+#![forbid(unsafe_code)]

@@ -50,7 +50,9 @@ impl Decision {
     }
 }
 
-/// The state of one stream, by kind.
+/// The state of one stream, by kind. Not boxed: one per cached stream,
+/// moved (not copied) through `evolve`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StreamState {

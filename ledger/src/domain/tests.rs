@@ -543,7 +543,7 @@ fn organizations_register_once_and_users_once_per_email() {
         name: "Acme".into(),
     });
     assert_eq!(decision, Decision::accept(vec![registered.clone()]));
-    let state = given(&[registered.clone()]);
+    let state = given(std::slice::from_ref(&registered));
     assert_eq!(
         when(&state, register, at(0)),
         Decision::reject(Rejection::OrganizationAlreadyExists)

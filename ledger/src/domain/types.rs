@@ -139,19 +139,22 @@ ranged_newtype!(
     HeartbeatTtl, "heartbeat_ttl_s", limits::HEARTBEAT_TTL_S_MIN, limits::HEARTBEAT_TTL_S_MAX
 );
 ranged_newtype!(
-    /// Extra seats allowed above `seats`, in percent.
+    /// Extra seats allowed above `seats`, in percent (default 0).
     OveragePercent, "max_overage_percent", 0, limits::MAX_OVERAGE_PERCENT_MAX
 );
+
+// Written out rather than derived by the macro: a derived zero would be an
+// invalid `SeatCount` and the wrong `HeartbeatTtl`.
+#[allow(clippy::derivable_impls)]
+impl Default for OveragePercent {
+    fn default() -> Self {
+        OveragePercent(0)
+    }
+}
 
 impl Default for HeartbeatTtl {
     fn default() -> Self {
         HeartbeatTtl(limits::HEARTBEAT_TTL_S_DEFAULT)
-    }
-}
-
-impl Default for OveragePercent {
-    fn default() -> Self {
-        OveragePercent(0)
     }
 }
 

@@ -373,8 +373,8 @@ pub(crate) enum BatchTx<'a> {
 impl BatchTx<'_> {
     pub async fn head(&mut self, partition: i16) -> Result<(i64, ChainHash), StoreError> {
         match self {
-            BatchTx::Postgres(tx) => postgres::head(&mut **tx, partition).await,
-            BatchTx::Sqlite(tx, _) => sqlite::head(&mut **tx, partition).await,
+            BatchTx::Postgres(tx) => postgres::head(tx, partition).await,
+            BatchTx::Sqlite(tx, _) => sqlite::head(tx, partition).await,
         }
     }
 
@@ -383,8 +383,8 @@ impl BatchTx<'_> {
         stream_ids: &[String],
     ) -> Result<HashMap<String, i64>, StoreError> {
         match self {
-            BatchTx::Postgres(tx) => postgres::stream_versions(&mut **tx, stream_ids).await,
-            BatchTx::Sqlite(tx, _) => sqlite::stream_versions(&mut **tx, stream_ids).await,
+            BatchTx::Postgres(tx) => postgres::stream_versions(tx, stream_ids).await,
+            BatchTx::Sqlite(tx, _) => sqlite::stream_versions(tx, stream_ids).await,
         }
     }
 
@@ -396,12 +396,8 @@ impl BatchTx<'_> {
         after_version: Option<i64>,
     ) -> Result<LoadedStream, StoreError> {
         match self {
-            BatchTx::Postgres(tx) => {
-                postgres::load_stream(&mut **tx, stream_id, after_version).await
-            }
-            BatchTx::Sqlite(tx, _) => {
-                sqlite::load_stream(&mut **tx, stream_id, after_version).await
-            }
+            BatchTx::Postgres(tx) => postgres::load_stream(tx, stream_id, after_version).await,
+            BatchTx::Sqlite(tx, _) => sqlite::load_stream(tx, stream_id, after_version).await,
         }
     }
 
@@ -413,8 +409,8 @@ impl BatchTx<'_> {
             return Ok(HashMap::new());
         }
         match self {
-            BatchTx::Postgres(tx) => postgres::recorded_commands(&mut **tx, keys).await,
-            BatchTx::Sqlite(tx, _) => sqlite::recorded_commands(&mut **tx, keys).await,
+            BatchTx::Postgres(tx) => postgres::recorded_commands(tx, keys).await,
+            BatchTx::Sqlite(tx, _) => sqlite::recorded_commands(tx, keys).await,
         }
     }
 
@@ -423,8 +419,8 @@ impl BatchTx<'_> {
             return Ok(());
         }
         match self {
-            BatchTx::Postgres(tx) => postgres::insert_events(&mut **tx, events).await,
-            BatchTx::Sqlite(tx, _) => sqlite::insert_events(&mut **tx, events).await,
+            BatchTx::Postgres(tx) => postgres::insert_events(tx, events).await,
+            BatchTx::Sqlite(tx, _) => sqlite::insert_events(tx, events).await,
         }
     }
 
@@ -433,8 +429,8 @@ impl BatchTx<'_> {
             return Ok(());
         }
         match self {
-            BatchTx::Postgres(tx) => postgres::upsert_streams(&mut **tx, writes).await,
-            BatchTx::Sqlite(tx, _) => sqlite::upsert_streams(&mut **tx, writes).await,
+            BatchTx::Postgres(tx) => postgres::upsert_streams(tx, writes).await,
+            BatchTx::Sqlite(tx, _) => sqlite::upsert_streams(tx, writes).await,
         }
     }
 
@@ -443,22 +439,22 @@ impl BatchTx<'_> {
             return Ok(());
         }
         match self {
-            BatchTx::Postgres(tx) => postgres::insert_commands(&mut **tx, writes).await,
-            BatchTx::Sqlite(tx, _) => sqlite::insert_commands(&mut **tx, writes).await,
+            BatchTx::Postgres(tx) => postgres::insert_commands(tx, writes).await,
+            BatchTx::Sqlite(tx, _) => sqlite::insert_commands(tx, writes).await,
         }
     }
 
     pub async fn last_checkpoint_position(&mut self, partition: i16) -> Result<i64, StoreError> {
         match self {
-            BatchTx::Postgres(tx) => postgres::last_checkpoint_position(&mut **tx, partition).await,
-            BatchTx::Sqlite(tx, _) => sqlite::last_checkpoint_position(&mut **tx, partition).await,
+            BatchTx::Postgres(tx) => postgres::last_checkpoint_position(tx, partition).await,
+            BatchTx::Sqlite(tx, _) => sqlite::last_checkpoint_position(tx, partition).await,
         }
     }
 
     pub async fn insert_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         match self {
-            BatchTx::Postgres(tx) => postgres::insert_checkpoint(&mut **tx, checkpoint).await,
-            BatchTx::Sqlite(tx, _) => sqlite::insert_checkpoint(&mut **tx, checkpoint).await,
+            BatchTx::Postgres(tx) => postgres::insert_checkpoint(tx, checkpoint).await,
+            BatchTx::Sqlite(tx, _) => sqlite::insert_checkpoint(tx, checkpoint).await,
         }
     }
 
@@ -466,7 +462,7 @@ impl BatchTx<'_> {
     /// (PostgreSQL `NOTIFY`; in-process followers are woken by the appender).
     pub async fn notify(&mut self, partition: i16, position: i64) -> Result<(), StoreError> {
         match self {
-            BatchTx::Postgres(tx) => postgres::notify(&mut **tx, partition, position).await,
+            BatchTx::Postgres(tx) => postgres::notify(tx, partition, position).await,
             BatchTx::Sqlite(..) => Ok(()),
         }
     }

@@ -1,0 +1,66 @@
+//! Configuration: CLI flags with `SEATLEDGER_*` environment twins and
+//! embedded defaults. Secrets (database passwords, keys) are never logged:
+//! use `redacted_url` to show a URL.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The embedded default: SQLite in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:seatledger.db";
+
+#[derive(Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// `postgres://user:pass@host/db` for PostgreSQL, or `sqlite:PATH` (the
+    /// default keeps the log in ./seatledger.db).
+    #[arg(long, env = "SEATLEDGER_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SEATLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Ed25519 signing key (PKCS#8 file). Created there if missing; without
+    /// this flag the key is generated on first start and kept in the database.
+    #[arg(long, env = "SEATLEDGER_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// Redis for hot seat counts (absent: in memory).
+    #[arg(long, env = "SEATLEDGER_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// NATS with JetStream for event delivery (absent: in-process bus).
+    #[arg(long, env = "SEATLEDGER_NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redacted_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redacted_url("sqlite:seatledger.db"), "sqlite:seatledger.db");
+    }
+}

@@ -1,0 +1,137 @@
+//! The one HTTP error type: every failure becomes `application/problem+json`
+//! with a stable `code`. 5xx causes are logged with their chain and never
+//! sent to the client; 503 carries `Retry-After`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use seatledger_ledger::domain::Rejection;
+use seatledger_ledger::AppendError;
+use serde::Serialize;
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_S: u32 = 2;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    pub fn store_unavailable() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the event store is unavailable; retry later",
+        )
+    }
+
+    /// An unexpected failure: logged here with its cause, opaque to the client.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error_chain(cause), "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an internal error occurred",
+        )
+    }
+
+    pub fn rejection(rejection: Rejection) -> Self {
+        let status = match rejection {
+            Rejection::OrganizationNotFound
+            | Rejection::LicenseNotFound
+            | Rejection::SessionNotFound => StatusCode::NOT_FOUND,
+            Rejection::NoSeatsAvailable
+            | Rejection::OrganizationAlreadyExists
+            | Rejection::UserAlreadyExists
+            | Rejection::LicenseAlreadyExists
+            | Rejection::LicenseNotSuspended => StatusCode::CONFLICT,
+            Rejection::LicenseExpired | Rejection::LicenseSuspended | Rejection::LicenseRevoked => {
+                StatusCode::FORBIDDEN
+            }
+            Rejection::SessionExpired => StatusCode::GONE,
+            Rejection::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, rejection.code(), rejection.message())
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(error: AppendError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(error = %error_chain(&error), "store unavailable");
+            ApiError::store_unavailable()
+        } else {
+            ApiError::internal(&error)
+        }
+    }
+}
+
+impl From<seatledger_ledger::StoreError> for ApiError {
+    fn from(error: seatledger_ledger::StoreError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(error = %error_chain(&error), "store unavailable");
+            ApiError::store_unavailable()
+        } else {
+            ApiError::internal(&error)
+        }
+    }
+}
+
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let problem = Problem {
+            kind: format!("https://seatledger.dev/problems/{}", self.code),
+            title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        response
+    }
+}

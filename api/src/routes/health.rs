@@ -1,0 +1,37 @@
+//! Liveness and readiness; no auth.
+
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+pub async fn live() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 when the event store answers; redis and nats are reported but never
+/// make the service unready (the ledger works without them).
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let backend = match state.store.backend() {
+        seatledger_ledger::Backend::Postgres => "postgres",
+        seatledger_ledger::Backend::Sqlite => "sqlite",
+    };
+    match state.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(
+                json!({ "status": "ok", "store": { "backend": backend, "status": "ok" }, "redis": "not_configured", "nats": "not_configured" }),
+            ),
+        ),
+        Err(error) => {
+            tracing::warn!(error = %error, "readiness: event store unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({ "status": "unavailable", "store": { "backend": backend, "status": "unavailable" } }),
+                ),
+            )
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Starting and stopping the server: connect and migrate the store, load the
+//! signing key, start the appender, serve until SIGTERM/ctrl-c, then stop
+//! accepting, finish in-flight requests and drain the appender.
+
+use crate::config::{redacted_url, ServeArgs};
+use crate::routes;
+use crate::state::AppState;
+use anyhow::Context;
+use seatledger_ledger::{
+    Appender, AppenderConfig, Clock, CommitNotifier, SigningKey, Store, SystemClock,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+/// A server bound to its address, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    appender_task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Connects, migrates, loads the key and binds. `clock` is injected so
+    /// tests can move time.
+    pub async fn build(args: &ServeArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Server> {
+        tracing::info!(database = %redacted_url(&args.database.database_url), "opening the event store");
+        let store = Store::connect(&args.database.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the event store at {}",
+                    redacted_url(&args.database.database_url)
+                )
+            })?;
+        Server::start(store, args, clock).await
+    }
+
+    /// Like `build`, on a store that is already open.
+    pub async fn start(
+        store: Store,
+        args: &ServeArgs,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Server> {
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the event store")?;
+        let signer = Arc::new(
+            SigningKey::load(args.signing_key.as_deref(), &store)
+                .await
+                .context("cannot load the signing key")?,
+        );
+        tracing::info!(key_id = signer.key_id(), "signing key loaded");
+        let notifier = CommitNotifier::default();
+        if let Some(pool) = store.pg_pool() {
+            tokio::spawn(seatledger_ledger::listen::listen(
+                pool.clone(),
+                0,
+                notifier.clone(),
+            ));
+        }
+        let (appender, appender_task) = Appender::start(
+            store.clone(),
+            signer.clone(),
+            clock.clone(),
+            notifier,
+            AppenderConfig::default(),
+        );
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let state = AppState {
+            store,
+            appender,
+            signer,
+            clock,
+        };
+        Ok(Server {
+            listener,
+            state,
+            appender_task,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            state,
+            appender_task,
+        } = self;
+        let app = NormalizePathLayer::trim_trailing_slash().layer(routes::router(state));
+        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+        axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("server failed")?;
+        // The router (and every appender handle in it) is dropped: the
+        // appender commits what is queued and stops.
+        appender_task.await.context("appender task failed")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// `seatledger serve`.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let server = Server::build(&args, Arc::new(SystemClock)).await?;
+    tracing::info!(address = %server.local_addr()?, "seatledger listening");
+    server.serve(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests and draining the appender");
+}

@@ -1,0 +1,204 @@
+//! Durable append throughput of the group-commit appender, straight into
+//! the ledger (no HTTP): N client tasks each submit acquire/release pairs on
+//! their own license as fast as they can, for each batch size given.
+//!
+//! ```text
+//! cargo run --release -p seatledger-benches --bin append_throughput -- \
+//!     --database-url postgres://postgres:postgres@127.0.0.1:5432/postgres \
+//!     --clients 1,16,64,256 --batch-max 1,64,1024 --seconds 5
+//! ```
+//! On PostgreSQL each run uses a fresh database (created and dropped); the
+//! URL names the server and a database to connect to for that. Loopback
+//! only; every run stops by itself after `--seconds`.
+
+use anyhow::Context;
+use clap::Parser;
+use seatledger_ledger::domain::{
+    Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
+};
+use seatledger_ledger::{
+    Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
+};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[derive(Parser)]
+struct Args {
+    /// PostgreSQL server URL (a fresh database is created per run), or `sqlite:PATH`.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+    batch_max: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.database_url.contains("127.0.0.1")
+            || args.database_url.contains("localhost")
+            || args.database_url.starts_with("sqlite:"),
+        "loopback only"
+    );
+    println!("| batch_max | clients | events/s | mean batch | commit ms (mean) |");
+    println!("|---:|---:|---:|---:|---:|");
+    for &batch_max in &args.batch_max {
+        for &clients in &args.clients {
+            let (store, cleanup) = fresh_store(&args.database_url).await?;
+            let result = run(
+                &store,
+                batch_max,
+                clients,
+                Duration::from_secs(args.seconds),
+            )
+            .await;
+            drop(store);
+            cleanup.await?;
+            let (events_per_s, mean_batch, commit_ms) = result?;
+            println!("| {batch_max} | {clients} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} |");
+        }
+    }
+    Ok(())
+}
+
+type Cleanup = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+
+async fn fresh_store(url: &str) -> anyhow::Result<(Store, Cleanup)> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = format!("{path}.bench-{}", Uuid::new_v4());
+        let store = Store::connect(&format!("sqlite:{path}")).await?;
+        store.migrate().await?;
+        let cleanup: Cleanup = Box::pin(async move {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+            Ok(())
+        });
+        return Ok((store, cleanup));
+    }
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .context("connect to PostgreSQL")?;
+    let name = format!("seatledger_bench_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await?;
+    let (base, _) = url.rsplit_once('/').context("URL has no database")?;
+    let store = Store::connect(&format!("{base}/{name}")).await?;
+    store.migrate().await?;
+    let cleanup: Cleanup = Box::pin(async move {
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await?;
+        Ok(())
+    });
+    Ok((store, cleanup))
+}
+
+async fn run(
+    store: &Store,
+    batch_max: usize,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let key = Arc::new(SigningKey::generate()?);
+    let config = AppenderConfig {
+        batch_max,
+        ..AppenderConfig::default()
+    };
+    let (appender, task) = Appender::start(
+        store.clone(),
+        key,
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        config,
+    );
+    let tenant = Uuid::now_v7();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut licenses = Vec::new();
+    for _ in 0..clients {
+        let license_id = Uuid::now_v7();
+        let issue = Command::IssueLicense {
+            license_id,
+            name: Name::parse("bench")?,
+            seats: SeatCount::new(10)?,
+            expires_at: None,
+            heartbeat_ttl_s: HeartbeatTtl::default(),
+            max_overage_percent: OveragePercent::default(),
+        };
+        licenses.push((license_id, appender.submit(Submission::new(tenant, issue))));
+    }
+    let mut ready = Vec::new();
+    for (license_id, issued) in licenses {
+        issued.await?;
+        ready.push(license_id);
+    }
+    let before_events = appender.stats().events.load(Ordering::Relaxed);
+    let before_batches = appender.stats().batches.load(Ordering::Relaxed);
+    let before_commit = appender.stats().commit_micros_total.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let workers: Vec<_> = ready
+        .into_iter()
+        .enumerate()
+        .map(|(client, license_id)| {
+            let appender = appender.clone();
+            let stop = stop.clone();
+            let failures = failures.clone();
+            tokio::spawn(async move {
+                let hardware_id = HardwareId::parse(&format!("machine-{client}"))
+                    .unwrap_or_else(|_| unreachable!());
+                let user_id = Uuid::now_v7();
+                while !stop.load(Ordering::Relaxed) {
+                    let session_id = Uuid::now_v7();
+                    let acquire = Command::AcquireSeat {
+                        license_id,
+                        session_id,
+                        user_id,
+                        hardware_id: hardware_id.clone(),
+                    };
+                    let release = Command::ReleaseSeat {
+                        license_id,
+                        session_id,
+                    };
+                    for command in [acquire, release] {
+                        match appender.submit(Submission::new(tenant, command)).await {
+                            Ok(result) if result.is_accepted() => {}
+                            _ => {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let events = appender.stats().events.load(Ordering::Relaxed) - before_events;
+    let batches = appender.stats().batches.load(Ordering::Relaxed) - before_batches;
+    let commit = appender.stats().commit_micros_total.load(Ordering::Relaxed) - before_commit;
+    drop(appender);
+    task.await?;
+    anyhow::ensure!(
+        failures.load(Ordering::Relaxed) == 0,
+        "{} commands failed",
+        failures.load(Ordering::Relaxed)
+    );
+    let batches = batches.max(1) as f64;
+    Ok((
+        events as f64 / elapsed,
+        events as f64 / batches,
+        commit as f64 / batches / 1000.0,
+    ))
+}
