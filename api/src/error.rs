@@ -18,6 +18,19 @@ pub struct ApiError {
     pub detail: String,
 }
 
+/// The problem+json body every error has (RFC 9457), for the OpenAPI
+/// document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProblemDoc {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable code, e.g. `no_seats_available`.
+    pub code: String,
+}
+
 #[derive(Serialize)]
 struct Problem<'a> {
     #[serde(rename = "type")]
@@ -98,6 +111,29 @@ impl From<seatledger_ledger::StoreError> for ApiError {
         } else {
             ApiError::internal(&error)
         }
+    }
+}
+
+impl From<crate::directory::DirectoryError> for ApiError {
+    fn from(error: crate::directory::DirectoryError) -> Self {
+        match error {
+            crate::directory::DirectoryError::EmailTaken => ApiError::new(
+                StatusCode::CONFLICT,
+                "email_taken",
+                "a user with this email is already registered",
+            ),
+            crate::directory::DirectoryError::Store(error) => ApiError::from(error),
+        }
+    }
+}
+
+impl From<seatledger_ledger::domain::InvalidField> for ApiError {
+    fn from(error: seatledger_ledger::domain::InvalidField) -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            error.to_string(),
+        )
     }
 }
 

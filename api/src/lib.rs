@@ -3,11 +3,17 @@
 //! build a command, one call into the ledger, answer.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod cache;
 pub mod config;
+pub mod directory;
 pub mod error;
+pub mod extract;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod tokens;
 
 pub use config::{DatabaseArgs, ServeArgs};
 pub use error::ApiError;

@@ -73,10 +73,13 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let state = AppState {
+            directory: crate::directory::Directory::new(store.clone()),
             store,
             appender,
+            caches: Default::default(),
             signer,
             clock,
+            metrics: Default::default(),
         };
         Ok(Server {
             listener,

@@ -1,13 +1,47 @@
 //! What every handler can reach: the store (reads), the appender (writes),
-//! the signing key and the clock.
+//! the credentials directory and its caches, the signing key, the clock and
+//! the metrics.
 
+use crate::auth::Principal;
+use crate::cache::TtlCache;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
 use seatledger_ledger::{Appender, Clock, SigningKey, Store};
 use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Entries each look-up cache holds, and how long a token or key stays
+/// trusted without asking the database again.
+pub const CACHE_CAPACITY: usize = 100_000;
+pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
+
+pub struct Caches {
+    /// Token hash → principal.
+    pub tokens: TtlCache<[u8; 32], Principal>,
+    /// License key hash → (license id, org id).
+    pub license_keys: TtlCache<[u8; 32], (Uuid, Uuid)>,
+    /// Session id → (license id, org id); never changes once granted.
+    pub sessions: TtlCache<Uuid, (Uuid, Uuid)>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Caches {
+            tokens: TtlCache::new(CACHE_CAPACITY, CREDENTIAL_CACHE_TTL),
+            license_keys: TtlCache::new(CACHE_CAPACITY, CREDENTIAL_CACHE_TTL),
+            sessions: TtlCache::new(CACHE_CAPACITY, Duration::from_secs(24 * 3600)),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub appender: Appender,
+    pub directory: Directory,
+    pub caches: Arc<Caches>,
     pub signer: Arc<SigningKey>,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
 }

@@ -16,7 +16,7 @@
 //! failure fails the whole batch and nothing of it is written.
 
 use crate::clock::Clock;
-use crate::domain::{decide, evolve, Command, LicenseView, Rejection, StreamState};
+use crate::domain::{decide, evolve, Command, Lease, LicenseView, Rejection, StreamState};
 use crate::keys::SigningKey;
 use crate::store::{CommandWrite, Store, StoreError, StreamWrite};
 use seatledger_schema::canonical::expected_hash;
@@ -91,6 +91,9 @@ pub struct CommandResult {
     pub events: Vec<RecordedEvent>,
     pub rejection: Option<Rejection>,
     pub license: Option<LicenseView>,
+    /// The lease the command granted or extended (acquire, heartbeat), as
+    /// it stands after the command.
+    pub lease: Option<Lease>,
     /// True when this is the recorded result of an earlier identical
     /// request with the same idempotency key.
     #[serde(skip)]
@@ -103,6 +106,7 @@ impl CommandResult {
             events: Vec::new(),
             rejection: Some(rejection),
             license: None,
+            lease: None,
             replayed: false,
         }
     }
@@ -481,14 +485,28 @@ impl Worker {
                 stream.state = evolve(std::mem::take(&mut stream.state), &event);
                 events.push(record);
             }
-            let license = match &stream.state {
-                StreamState::License(license) => license.view(now),
-                _ => None,
+            let (license, lease) = match &stream.state {
+                StreamState::License(license) => {
+                    let touched = events[first..].iter().rev().find_map(|record| {
+                        match record.event_type.as_str() {
+                            "SeatAcquired" | "SeatHeartbeat" => {
+                                record.payload["session_id"].as_str()?.parse::<Uuid>().ok()
+                            }
+                            _ => None,
+                        }
+                    });
+                    (
+                        license.view(now),
+                        touched.and_then(|session_id| license.lease(session_id).cloned()),
+                    )
+                }
+                _ => (None, None),
             };
             let result = CommandResult {
                 events: events[first..].to_vec(),
                 rejection: decision.rejection,
                 license,
+                lease,
                 replayed: false,
             };
             if let Some(key) = key {

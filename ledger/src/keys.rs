@@ -28,6 +28,9 @@ pub enum KeyError {
 pub struct SigningKey {
     pair: Ed25519KeyPair,
     key_id: String,
+    /// HMAC key derived from the private key, for values that must be
+    /// reproducible by this ledger and unguessable by anyone else.
+    derivation: ring::hmac::Key,
 }
 
 impl fmt::Debug for SigningKey {
@@ -53,7 +56,15 @@ impl SigningKey {
     pub fn from_pkcs8(document: &[u8]) -> Result<SigningKey, KeyError> {
         let pair = Ed25519KeyPair::from_pkcs8(document).map_err(|_| KeyError::InvalidKey)?;
         let key_id = key_id_of(pair.public_key().as_ref());
-        Ok(SigningKey { pair, key_id })
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"seatledger derivation key v1\0");
+        context.update(document);
+        let derivation = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, context.finish().as_ref());
+        Ok(SigningKey {
+            pair,
+            key_id,
+            derivation,
+        })
     }
 
     /// The key from `path` (generated there with mode 0600 if the file does
@@ -95,6 +106,19 @@ impl SigningKey {
 
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         self.pair.sign(message).as_ref().to_vec()
+    }
+
+    /// HMAC-SHA-256 of `parts` (length-prefixed) under a key derived from
+    /// the private key, separated by `label`.
+    pub fn derive(&self, label: &str, parts: &[&[u8]]) -> [u8; 32] {
+        let mut context = ring::hmac::Context::with_key(&self.derivation);
+        for part in std::iter::once(label.as_bytes()).chain(parts.iter().copied()) {
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part);
+        }
+        let mut out = [0; 32];
+        out.copy_from_slice(context.sign().as_ref());
+        out
     }
 
     pub fn sign_checkpoint(
@@ -167,6 +191,20 @@ mod tests {
         assert!(checkpoint
             .verify(other.key_id(), other.public_key())
             .is_err());
+    }
+
+    #[test]
+    fn derivations_are_reproducible_per_key_and_label() {
+        let document = SigningKey::generate_pkcs8().unwrap();
+        let a = SigningKey::from_pkcs8(&document).unwrap();
+        let b = SigningKey::from_pkcs8(&document).unwrap();
+        assert_eq!(a.derive("x", &[b"1"]), b.derive("x", &[b"1"]));
+        assert_ne!(a.derive("x", &[b"1"]), a.derive("y", &[b"1"]));
+        assert_ne!(a.derive("x", &[b"1", b"2"]), a.derive("x", &[b"12"]));
+        assert_ne!(
+            a.derive("x", &[b"1"]),
+            SigningKey::generate().unwrap().derive("x", &[b"1"])
+        );
     }
 
     #[test]

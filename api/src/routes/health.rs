@@ -6,12 +6,23 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/api/v1/health", tag = "health", responses((status = 200, description = "alive", body = Object)))]
 pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when the event store answers; redis and nats are reported but never
-/// make the service unready (the ledger works without them).
+/// Readiness: 200 when the event store answers; redis and nats are reported
+/// but never make the service unready (the ledger works without them).
+#[utoipa::path(
+    get,
+    path = "/api/v1/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "the event store answers", body = Object),
+        (status = 503, description = "the event store does not answer", body = Object)
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let backend = match state.store.backend() {
         seatledger_ledger::Backend::Postgres => "postgres",
@@ -20,9 +31,12 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(
-                json!({ "status": "ok", "store": { "backend": backend, "status": "ok" }, "redis": "not_configured", "nats": "not_configured" }),
-            ),
+            Json(json!({
+                "status": "ok",
+                "store": { "backend": backend, "status": "ok" },
+                "redis": "not_configured",
+                "nats": "not_configured"
+            })),
         ),
         Err(error) => {
             tracing::warn!(error = %error, "readiness: event store unavailable");

@@ -1,22 +1,93 @@
-//! The router (DESIGN §5). Trailing slashes are trimmed before routing.
+//! The router (DESIGN §5). Every API route is registered through
+//! utoipa-axum, so the router and `/openapi.json` come from the same list
+//! and cannot drift apart. Trailing slashes are trimmed before routing (see
+//! `server`).
 
+mod auth;
+mod events;
 mod health;
+mod keys;
+mod licenses;
+mod meta;
+mod seats;
+mod users;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::{middleware, Extension, Router};
+use seatledger_ledger::domain::Command;
+use seatledger_ledger::{CommandResult, Submission};
+use seatledger_schema::Metadata;
+use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "seatledger",
+        description = "An event-sourced licensing ledger: acquire, heartbeat and release license seats. \
+            Errors are application/problem+json with a stable `code`.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(crate::error::ProblemDoc)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The documented API: router and OpenAPI document from one list.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(users::add_user))
+        .routes(routes!(licenses::issue, licenses::list))
+        .routes(routes!(licenses::get, licenses::update))
+        .routes(routes!(licenses::suspend))
+        .routes(routes!(licenses::reinstate))
+        .routes(routes!(licenses::revoke))
+        .routes(routes!(licenses::sessions))
+        .routes(routes!(seats::acquire))
+        .routes(routes!(seats::heartbeat))
+        .routes(routes!(seats::release))
+        .routes(routes!(events::feed))
+        .routes(routes!(keys::keys))
+        .routes(routes!(meta::openapi_json))
+        .routes(routes!(meta::metrics))
+        .split_for_parts()
+}
+
+/// The served document, rendered once.
+#[derive(Clone)]
+pub struct OpenApiJson(pub Arc<String>);
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health::live))
-        .route("/api/v1/health/ready", get(health::ready))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+    let (api, document) = api();
+    let document = OpenApiJson(Arc::new(document.to_pretty_json().unwrap_or_default()));
+    api.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -24,6 +95,53 @@ pub fn router(state: AppState) -> Router {
                 "this route does not accept that method",
             )
         })
+        .layer(Extension(document))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
+}
+
+/// Event metadata for a request: who, and the client's request id if it
+/// sent a sane one.
+pub(crate) fn metadata(principal: Option<&Principal>, headers: &HeaderMap) -> Metadata {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| {
+            !value.is_empty() && value.len() <= 100 && value.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned);
+    Metadata {
+        actor: principal.map(|p| format!("user:{}", p.user_id)),
+        correlation_id: None,
+        request_id,
+    }
+}
+
+/// One command through the appender, with the request's idempotency key
+/// (hashed with the route and raw body).
+pub(crate) async fn submit(
+    state: &AppState,
+    tenant_id: Uuid,
+    command: Command,
+    metadata: Metadata,
+    idempotency: Option<(String, &'static str, &[u8])>,
+) -> Result<CommandResult, ApiError> {
+    let mut submission = Submission::new(tenant_id, command).with_metadata(metadata);
+    if let Some((key, route, body)) = idempotency {
+        let hash = seatledger_ledger::request_hash(&[route.as_bytes(), body]);
+        submission = submission.with_command_id(key, hash);
+    }
+    Ok(state.appender.submit(submission).await?)
+}
+
+/// The result's rejection as an error, else the result.
+pub(crate) fn accepted(result: CommandResult) -> Result<CommandResult, ApiError> {
+    match result.rejection {
+        Some(rejection) => Err(ApiError::rejection(rejection)),
+        None => Ok(result),
+    }
 }

@@ -9,9 +9,12 @@ use uuid::Uuid;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
+    /// Registers an organization, and with `owner` its first user, in one
+    /// append.
     RegisterOrganization {
         org_id: Uuid,
         name: Name,
+        owner: Option<NewUser>,
     },
     RegisterUser {
         org_id: Uuid,
@@ -35,6 +38,13 @@ pub enum Command {
     RenewLicense {
         license_id: Uuid,
         expires_at: Option<Timestamp>,
+    },
+    /// Seats and/or expiry in one append (an admin's PATCH); absent fields
+    /// are left as they are, `Some(None)` removes the expiry.
+    UpdateLicense {
+        license_id: Uuid,
+        seats: Option<SeatCount>,
+        expires_at: Option<Option<Timestamp>>,
     },
     SuspendLicense {
         license_id: Uuid,
@@ -69,6 +79,15 @@ pub enum Command {
         license_id: Uuid,
         session_id: Uuid,
     },
+}
+
+/// A user registered together with a new organization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewUser {
+    pub user_id: Uuid,
+    pub email: Email,
+    pub full_name: Name,
+    pub role: Role,
 }
 
 /// The stream a command is decided on.
@@ -108,6 +127,7 @@ impl Command {
             Command::IssueLicense { license_id, .. }
             | Command::ChangeSeats { license_id, .. }
             | Command::RenewLicense { license_id, .. }
+            | Command::UpdateLicense { license_id, .. }
             | Command::SuspendLicense { license_id, .. }
             | Command::ReinstateLicense { license_id, .. }
             | Command::RevokeLicense { license_id, .. }
@@ -126,6 +146,7 @@ impl Command {
             Command::IssueLicense { .. } => "issue_license",
             Command::ChangeSeats { .. } => "change_seats",
             Command::RenewLicense { .. } => "renew_license",
+            Command::UpdateLicense { .. } => "update_license",
             Command::SuspendLicense { .. } => "suspend_license",
             Command::ReinstateLicense { .. } => "reinstate_license",
             Command::RevokeLicense { .. } => "revoke_license",

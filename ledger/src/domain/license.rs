@@ -300,6 +300,22 @@ pub fn decide(
                 expires_at: *expires_at,
             })])
         }),
+        Command::UpdateLicense {
+            seats, expires_at, ..
+        } => admin(state, tenant_id, |terms| {
+            let mut events = Vec::new();
+            if let Some(seats) = seats.filter(|seats| seats.get() != terms.seats) {
+                events.push(Event::LicenseSeatsChanged(LicenseSeatsChanged {
+                    seats: seats.get(),
+                }));
+            }
+            if let Some(expires_at) =
+                expires_at.filter(|expires_at| *expires_at != terms.expires_at)
+            {
+                events.push(Event::LicenseRenewed(LicenseRenewed { expires_at }));
+            }
+            Ok(events)
+        }),
         Command::SuspendLicense { reason, .. } => admin(state, tenant_id, |_| {
             if state.status == LicenseStatus::Suspended {
                 return Ok(vec![]);

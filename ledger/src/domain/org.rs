@@ -23,19 +23,30 @@ pub struct OrgState {
 
 pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timestamp) -> Decision {
     match command {
-        Command::RegisterOrganization { org_id, name } => {
+        Command::RegisterOrganization {
+            org_id,
+            name,
+            owner,
+        } => {
             if state.org_id.is_some() {
                 return Decision::reject(Rejection::OrganizationAlreadyExists);
             }
             if *org_id != tenant_id {
                 return Decision::reject(Rejection::OrganizationNotFound);
             }
-            Decision::accept(vec![Event::OrganizationRegistered(
-                OrganizationRegistered {
-                    org_id: *org_id,
-                    name: name.as_str().to_owned(),
-                },
-            )])
+            let mut events = vec![Event::OrganizationRegistered(OrganizationRegistered {
+                org_id: *org_id,
+                name: name.as_str().to_owned(),
+            })];
+            if let Some(owner) = owner {
+                events.push(Event::UserRegistered(UserRegistered {
+                    user_id: owner.user_id,
+                    email: owner.email.as_str().to_owned(),
+                    full_name: owner.full_name.as_str().to_owned(),
+                    role: owner.role,
+                }));
+            }
+            Decision::accept(events)
         }
         Command::RegisterUser {
             org_id,

@@ -482,6 +482,51 @@ fn changing_seats_lowers_the_limit_for_new_grants_only() {
 }
 
 #[test]
+fn registering_with_an_owner_records_both_in_one_decision() {
+    let owner = command::NewUser {
+        user_id: user(1),
+        email: Email::parse("ada@example.com").unwrap(),
+        full_name: Name::parse("Ada").unwrap(),
+        role: seatledger_schema::Role::Owner,
+    };
+    let register = Command::RegisterOrganization {
+        org_id: ORG,
+        name: Name::parse("Acme").unwrap(),
+        owner: Some(owner),
+    };
+    let decision = when(&StreamState::Empty, register, at(0));
+    assert_eq!(decision.events.len(), 2);
+    assert!(matches!(&decision.events[1], Event::UserRegistered(u) if u.user_id == user(1)));
+}
+
+#[test]
+fn update_license_changes_seats_and_expiry_together_and_only_what_differs() {
+    let state = given(&[issued(3, 0, Some(at(100)))]);
+    let update =
+        |seats: Option<u32>, expires_at: Option<Option<Timestamp>>| Command::UpdateLicense {
+            license_id: LICENSE,
+            seats: seats.map(|n| SeatCount::new(n).unwrap()),
+            expires_at,
+        };
+    let decision = when(&state, update(Some(5), Some(None)), at(1));
+    assert_eq!(
+        decision.events,
+        vec![
+            Event::LicenseSeatsChanged(seatledger_schema::LicenseSeatsChanged { seats: 5 }),
+            Event::LicenseRenewed(seatledger_schema::LicenseRenewed { expires_at: None }),
+        ]
+    );
+    assert_eq!(
+        when(&state, update(Some(3), Some(Some(at(100)))), at(1)),
+        Decision::accept(vec![])
+    );
+    assert_eq!(
+        when(&state, update(None, None), at(1)),
+        Decision::accept(vec![])
+    );
+}
+
+#[test]
 fn another_tenants_license_is_not_found_for_every_command() {
     let state = given(&[issued(3, 0, None), acquired(1, 1, 0, false)]);
     let commands = vec![
@@ -495,6 +540,11 @@ fn another_tenants_license_is_not_found_for_every_command() {
         Command::ChangeSeats {
             license_id: LICENSE,
             seats: SeatCount::new(5).unwrap(),
+        },
+        Command::UpdateLicense {
+            license_id: LICENSE,
+            seats: None,
+            expires_at: None,
         },
         Command::RenewLicense {
             license_id: LICENSE,
@@ -536,6 +586,7 @@ fn organizations_register_once_and_users_once_per_email() {
     let register = Command::RegisterOrganization {
         org_id: ORG,
         name: Name::parse("Acme").unwrap(),
+        owner: None,
     };
     let decision = when(&StreamState::Empty, register.clone(), at(0));
     let registered = Event::OrganizationRegistered(OrganizationRegistered {

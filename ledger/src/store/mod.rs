@@ -256,6 +256,31 @@ impl Store {
         }
     }
 
+    /// A stream's current version and state, from its snapshot and the
+    /// events after it (the read path; the appender keeps its own cache).
+    pub async fn stream_state(
+        &self,
+        stream_id: &str,
+    ) -> Result<(i64, crate::domain::StreamState), StoreError> {
+        let loaded = match self {
+            Store::Postgres(pool) => {
+                postgres::load_stream(&mut *pool.acquire().await?, stream_id, None).await?
+            }
+            Store::Sqlite(pool, _) => {
+                sqlite::load_stream(&mut *pool.acquire().await?, stream_id, None).await?
+            }
+        };
+        let (version, state) = match loaded.snapshot {
+            Some((version, state)) => (
+                version,
+                serde_json::from_value(state)
+                    .map_err(|e| StoreError::Corrupt(format!("snapshot of {stream_id}: {e}")))?,
+            ),
+            None => (0, crate::domain::StreamState::Empty),
+        };
+        fold_records(version, state, &loaded.events)
+    }
+
     /// The license stream a session was granted on, and its tenant.
     pub async fn find_session(
         &self,
@@ -482,6 +507,28 @@ impl BatchTx<'_> {
 fn hash_from(bytes: &[u8], what: &str) -> Result<ChainHash, StoreError> {
     ChainHash::from_slice(bytes)
         .ok_or_else(|| StoreError::Corrupt(format!("{what} is not 32 bytes")))
+}
+
+/// Applies `events` (one stream, consecutive versions after `version`).
+pub(crate) fn fold_records(
+    mut version: i64,
+    mut state: crate::domain::StreamState,
+    events: &[RecordedEvent],
+) -> Result<(i64, crate::domain::StreamState), StoreError> {
+    for record in events {
+        if record.stream_version != version + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "{}: version {} follows {version}",
+                record.stream_id, record.stream_version
+            )));
+        }
+        let event = record
+            .event()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        state = crate::domain::evolve(state, &event);
+        version = record.stream_version;
+    }
+    Ok((version, state))
 }
 
 /// The PostgreSQL `NOTIFY` channel followers `LISTEN` on; the payload is

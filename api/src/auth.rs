@@ -1,0 +1,188 @@
+//! Authentication: opaque bearer tokens and license keys drawn from ring's
+//! `SystemRandom`, shown once and stored as SHA-256; passwords hashed with
+//! argon2id. A missing or unknown token is 401; another org's resources
+//! answer 404 elsewhere (never 403, never a hint they exist).
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use base64::Engine;
+use ring::rand::SecureRandom;
+use std::sync::OnceLock;
+
+pub use crate::directory::Principal;
+
+pub const TOKEN_PREFIX: &str = "slt_";
+pub const LICENSE_KEY_PREFIX: &str = "slk_";
+const SECRET_BYTES: usize = 32;
+
+/// A fresh random secret: `prefix` + base64url of 32 random bytes.
+pub fn random_secret(prefix: &str) -> Result<String, ApiError> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "no randomness available",
+            )
+        })?;
+    Ok(secret_from_bytes(prefix, &bytes))
+}
+
+pub fn secret_from_bytes(prefix: &str, bytes: &[u8]) -> String {
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// What is stored for a token or key.
+pub fn secret_hash(secret: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn argon2() -> Argon2<'static> {
+    // argon2id, version 0x13, m = 19 MiB, t = 2, p = 1 (OWASP's baseline).
+    Argon2::default()
+}
+
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    let mut salt = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "no randomness available",
+            )
+        })?;
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(&e))?;
+        argon2()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|e| ApiError::internal(&e))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+}
+
+/// Verifies `password` against a stored hash, or against a dummy hash when
+/// there is no user, so that unknown emails take as long as wrong passwords.
+pub async fn verify_password(password: String, stored: Option<String>) -> bool {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let stored = stored.unwrap_or_else(|| {
+        DUMMY
+            .get_or_init(|| {
+                let salt = SaltString::encode_b64(b"seatledger-dummy")
+                    .unwrap_or_else(|_| unreachable!("valid salt"));
+                argon2()
+                    .hash_password(b"not a password", &salt)
+                    .map(|h| h.to_string())
+                    .unwrap_or_default()
+            })
+            .clone()
+    });
+    tokio::task::spawn_blocking(move || match PasswordHash::new(&stored) {
+        Ok(parsed) => argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn unauthorized(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("an Authorization: Bearer token is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty() && token.len() <= 200)
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        let hash = secret_hash(token);
+        if let Some(principal) = state.caches.tokens.get(&hash) {
+            return Ok(principal);
+        }
+        let principal = state
+            .directory
+            .principal_by_token(&hash)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+        state.caches.tokens.insert(hash, principal);
+        Ok(principal)
+    }
+}
+
+/// A principal allowed to administer its org (owner or admin).
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if !principal.role.is_admin() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs an owner or admin of the organization",
+            ));
+        }
+        Ok(Admin(principal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_prefixed_random_and_hashed() {
+        let a = random_secret(TOKEN_PREFIX).unwrap();
+        let b = random_secret(TOKEN_PREFIX).unwrap();
+        assert!(a.starts_with(TOKEN_PREFIX));
+        assert_ne!(a, b);
+        assert_eq!(a.len(), TOKEN_PREFIX.len() + 43);
+        assert_eq!(secret_hash(&a), secret_hash(&a));
+        assert_ne!(secret_hash(&a), secret_hash(&b));
+    }
+
+    #[tokio::test]
+    async fn passwords_verify_only_with_the_right_password() {
+        let hash = hash_password("correct horse".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse".into(), Some(hash.clone())).await);
+        assert!(!verify_password("wrong".into(), Some(hash)).await);
+        assert!(!verify_password("anything".into(), None).await);
+    }
+}

@@ -1,0 +1,250 @@
+//! Credentials and look-ups kept beside the log, in ordinary tables: users
+//! with password hashes, API token hashes, license key hashes. The log
+//! never holds a secret. The same SQL runs on PostgreSQL and SQLite (ids as
+//! text, times as microseconds, `$n` placeholders).
+
+use seatledger_ledger::{Store, StoreError};
+use seatledger_schema::{Role, Timestamp};
+use sqlx::Row;
+use uuid::Uuid;
+
+/// Runs `$body` with `$pool` bound to whichever pool the store has.
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool, _) => $body,
+        }
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub org_id: Uuid,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub principal: Principal,
+    pub email: String,
+    pub password_hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("email already registered")]
+    EmailTaken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn store_error(error: sqlx::Error) -> DirectoryError {
+    DirectoryError::Store(StoreError::from(error))
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid, DirectoryError> {
+    Uuid::parse_str(text)
+        .map_err(|e| DirectoryError::Store(StoreError::Corrupt(format!("directory id: {e}"))))
+}
+
+fn parse_role(text: &str) -> Result<Role, DirectoryError> {
+    match text {
+        "owner" => Ok(Role::Owner),
+        "admin" => Ok(Role::Admin),
+        "member" => Ok(Role::Member),
+        other => Err(DirectoryError::Store(StoreError::Corrupt(format!(
+            "unknown role {other}"
+        )))),
+    }
+}
+
+#[derive(Clone)]
+pub struct Directory {
+    store: Store,
+}
+
+impl Directory {
+    pub fn new(store: Store) -> Self {
+        Directory { store }
+    }
+
+    /// Fails with `EmailTaken` if the (lower-cased) email is registered.
+    pub async fn insert_user(&self, user: &UserRecord) -> Result<(), DirectoryError> {
+        let result = with_pool!(&self.store, |pool| {
+            sqlx::query(
+            "INSERT INTO users (user_id, org_id, email, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)"
+        )
+        .bind(user.principal.user_id.to_string())
+        .bind(user.principal.org_id.to_string())
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(user.principal.role.as_str())
+        .bind(Timestamp::now().as_micros())
+        .execute(pool)
+        .await
+        .map(drop)
+        });
+        match result {
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                Err(DirectoryError::EmailTaken)
+            }
+            other => other.map_err(store_error),
+        }
+    }
+
+    /// Undoes `insert_user` when the registration could not be recorded.
+    pub async fn delete_user(&self, user_id: Uuid) -> Result<(), DirectoryError> {
+        with_pool!(&self.store, |pool| sqlx::query(
+            "DELETE FROM users WHERE user_id = $1"
+        )
+        .bind(user_id.to_string())
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(store_error)
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, DirectoryError> {
+        let row = with_pool!(&self.store, |pool| {
+            match sqlx::query(
+                "SELECT user_id, org_id, email, password_hash, role FROM users WHERE email = $1",
+            )
+            .bind(email)
+            .fetch_optional(pool)
+            .await
+            .map_err(store_error)?
+            {
+                Some(row) => Some((
+                    row.try_get::<String, _>("user_id").map_err(store_error)?,
+                    row.try_get::<String, _>("org_id").map_err(store_error)?,
+                    row.try_get::<String, _>("email").map_err(store_error)?,
+                    row.try_get::<String, _>("password_hash")
+                        .map_err(store_error)?,
+                    row.try_get::<String, _>("role").map_err(store_error)?,
+                )),
+                None => None,
+            }
+        });
+        let Some((user_id, org_id, email, password_hash, role)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(UserRecord {
+            principal: Principal {
+                user_id: parse_uuid(&user_id)?,
+                org_id: parse_uuid(&org_id)?,
+                role: parse_role(&role)?,
+            },
+            email,
+            password_hash,
+        }))
+    }
+
+    pub async fn insert_token(
+        &self,
+        token_hash: &[u8; 32],
+        principal: &Principal,
+    ) -> Result<(), DirectoryError> {
+        with_pool!(&self.store, |pool| sqlx::query(
+            "INSERT INTO api_tokens (token_hash, user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4, $5)"
+        )
+        .bind(token_hash.as_slice())
+        .bind(principal.user_id.to_string())
+        .bind(principal.org_id.to_string())
+        .bind(principal.role.as_str())
+        .bind(Timestamp::now().as_micros())
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(store_error)
+    }
+
+    pub async fn principal_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<Principal>, DirectoryError> {
+        let row = with_pool!(&self.store, |pool| {
+            match sqlx::query("SELECT user_id, org_id, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+                .bind(token_hash.as_slice())
+                .fetch_optional(pool)
+                .await
+                .map_err(store_error)?
+            {
+                Some(row) => Some((
+                    row.try_get::<String, _>("user_id").map_err(store_error)?,
+                    row.try_get::<String, _>("org_id").map_err(store_error)?,
+                    row.try_get::<String, _>("role").map_err(store_error)?,
+                )),
+                None => None,
+            }
+        });
+        let Some((user_id, org_id, role)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Principal {
+            user_id: parse_uuid(&user_id)?,
+            org_id: parse_uuid(&org_id)?,
+            role: parse_role(&role)?,
+        }))
+    }
+
+    /// Records a license key's hash. Idempotent for the same key and license.
+    pub async fn insert_license_key(
+        &self,
+        key_hash: &[u8; 32],
+        license_id: Uuid,
+        org_id: Uuid,
+    ) -> Result<(), DirectoryError> {
+        with_pool!(&self.store, |pool| sqlx::query(
+            "INSERT INTO license_keys (key_hash, license_id, org_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+        )
+        .bind(key_hash.as_slice())
+        .bind(license_id.to_string())
+        .bind(org_id.to_string())
+        .bind(Timestamp::now().as_micros())
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(store_error)
+    }
+
+    /// The license a key opens, and its org.
+    pub async fn license_by_key(
+        &self,
+        key_hash: &[u8; 32],
+    ) -> Result<Option<(Uuid, Uuid)>, DirectoryError> {
+        let row = with_pool!(&self.store, |pool| {
+            match sqlx::query("SELECT license_id, org_id FROM license_keys WHERE key_hash = $1")
+                .bind(key_hash.as_slice())
+                .fetch_optional(pool)
+                .await
+                .map_err(store_error)?
+            {
+                Some(row) => Some((
+                    row.try_get::<String, _>("license_id")
+                        .map_err(store_error)?,
+                    row.try_get::<String, _>("org_id").map_err(store_error)?,
+                )),
+                None => None,
+            }
+        });
+        let Some((license_id, org_id)) = row else {
+            return Ok(None);
+        };
+        Ok(Some((parse_uuid(&license_id)?, parse_uuid(&org_id)?)))
+    }
+
+    /// The org's licenses, oldest first, at most `limit`.
+    pub async fn licenses_of(&self, org_id: Uuid, limit: i64) -> Result<Vec<Uuid>, DirectoryError> {
+        let ids: Vec<String> = with_pool!(&self.store, |pool| sqlx::query_scalar(
+            "SELECT license_id FROM license_keys WHERE org_id = $1 ORDER BY created_at, license_id LIMIT $2"
+        )
+        .bind(org_id.to_string())
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .map_err(store_error)?;
+        ids.iter().map(|id| parse_uuid(id)).collect()
+    }
+}

@@ -1,0 +1,178 @@
+//! Request extractors whose every failure is a problem+json `ApiError`:
+//! JSON bodies (keeping the raw bytes for idempotency hashing), optional
+//! JSON bodies, ids in paths, query strings, and the `Idempotency-Key`.
+
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use seatledger_schema::limits::COMMAND_ID_LEN_MAX;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+/// A JSON body, parsed, with the bytes it came from.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+async fn body_bytes<S: Send + Sync>(
+    request: Request,
+    state: &S,
+) -> Result<(HeaderMap, Bytes), ApiError> {
+    let headers = request.headers().clone();
+    let bytes = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than 64 KiB",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    rejection.body_text(),
+                )
+            }
+        })?;
+    Ok((headers, bytes))
+}
+
+fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON with Content-Type: application/json",
+        ))
+    }
+}
+
+/// Parses JSON: syntax errors are 400 `malformed_json`; wrong types,
+/// missing or unknown fields are 422 `invalid_request`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            error.to_string(),
+        ),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string()),
+    })
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (headers, raw) = body_bytes(request, state).await?;
+        require_json_content_type(&headers)?;
+        Ok(JsonBody {
+            value: parse_json(&raw)?,
+            raw,
+        })
+    }
+}
+
+/// A JSON body that may be absent (empty).
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (headers, raw) = body_bytes(request, state).await?;
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(None));
+        }
+        require_json_content_type(&headers)?;
+        Ok(OptionalJsonBody(Some(parse_json(&raw)?)))
+    }
+}
+
+/// A license id in the path; anything that is not a uuid cannot name a
+/// license, so it is 404 `license_not_found`.
+pub struct LicenseIdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for LicenseIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let not_found =
+            || ApiError::rejection(seatledger_ledger::domain::Rejection::LicenseNotFound);
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_found())?;
+        Uuid::parse_str(&text)
+            .map(LicenseIdPath)
+            .map_err(|_| not_found())
+    }
+}
+
+/// A query string; errors are 400 `invalid_query`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    rejection.body_text(),
+                )
+            })
+    }
+}
+
+/// The optional `Idempotency-Key` header: 1 to 200 visible ASCII characters.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let invalid = || {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                format!(
+                    "Idempotency-Key must be 1 to {COMMAND_ID_LEN_MAX} visible ASCII characters"
+                ),
+            )
+        };
+        let text = value.to_str().map_err(|_| invalid())?;
+        if text.is_empty()
+            || text.len() > COMMAND_ID_LEN_MAX
+            || !text.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid());
+        }
+        Ok(IdempotencyKey(Some(text.to_owned())))
+    }
+}

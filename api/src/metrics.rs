@@ -1,0 +1,183 @@
+//! Prometheus metrics in text format, kept by hand (a few counters and
+//! histograms need no framework): requests and latency per route and
+//! status, the appender's batches and commit time, seats granted and denied.
+//! Labels are bounded: routes are the router's patterns, methods the
+//! standard ones.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use seatledger_ledger::appender::AppenderStats;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+const LATENCY_BUCKETS_S: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS_S.len()],
+    sum_s: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    pub seats_granted: AtomicU64,
+    pub seats_denied: AtomicU64,
+}
+
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PATCH" => "PATCH",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+impl Metrics {
+    fn observe(&self, route: String, method: &'static str, status: u16, seconds: f64) {
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            *requests.entry((route.clone(), method, status)).or_default() += 1;
+        }
+        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let histogram = latency.entry(route).or_default();
+        for (index, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+            if seconds <= *bound {
+                histogram.buckets[index] += 1;
+            }
+        }
+        histogram.sum_s += seconds;
+        histogram.count += 1;
+    }
+
+    pub fn render(&self, appender: &AppenderStats) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str(
+            "# HELP seatledger_http_requests_total HTTP requests by route, method and status.\n",
+        );
+        out.push_str("# TYPE seatledger_http_requests_total counter\n");
+        for ((route, method, status), count) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "seatledger_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}");
+        }
+        out.push_str(
+            "# HELP seatledger_http_request_duration_seconds HTTP request latency by route.\n",
+        );
+        out.push_str("# TYPE seatledger_http_request_duration_seconds histogram\n");
+        for (route, histogram) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            for (bound, count) in LATENCY_BUCKETS_S.iter().zip(histogram.buckets) {
+                let _ = writeln!(out, "seatledger_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}");
+            }
+            let _ = writeln!(out, "seatledger_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", histogram.count);
+            let _ = writeln!(
+                out,
+                "seatledger_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                histogram.sum_s
+            );
+            let _ = writeln!(
+                out,
+                "seatledger_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                histogram.count
+            );
+        }
+        let counters = [
+            (
+                "seatledger_appender_batches_total",
+                "Appender batches committed.",
+                appender.batches.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_commands_total",
+                "Commands decided in committed batches.",
+                appender.commands.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_events_total",
+                "Events appended.",
+                appender.events.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_failed_batches_total",
+                "Batches that failed and wrote nothing.",
+                appender.failed_batches.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_checkpoints_total",
+                "Signed checkpoints written.",
+                appender.checkpoints.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_seats_granted_total",
+                "Seats granted by acquire.",
+                self.seats_granted.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_seats_denied_total",
+                "Acquires denied.",
+                self.seats_denied.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let batches = appender.batches.load(Ordering::Relaxed);
+        let commit_s = appender.commit_micros_total.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "# HELP seatledger_appender_commit_seconds Time spent committing batches (sum and count: mean commit latency).\n\
+             # TYPE seatledger_appender_commit_seconds summary\n\
+             seatledger_appender_commit_seconds_sum {commit_s}\nseatledger_appender_commit_seconds_count {batches}"
+        );
+        let commands = appender.commands.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP seatledger_appender_batch_size Commands per batch (sum and count: mean batch size).\n\
+             # TYPE seatledger_appender_batch_size summary\n\
+             seatledger_appender_batch_size_sum {commands}\nseatledger_appender_batch_size_count {batches}"
+        );
+        out
+    }
+}
+
+/// Middleware: counts and times every request by its route pattern.
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = method_label(request.method());
+    let response = next.run(request).await;
+    metrics.observe(
+        route,
+        method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

@@ -1,0 +1,212 @@
+//! Registration and login.
+
+use super::{metadata, submit};
+use crate::auth::{
+    hash_password, random_secret, secret_hash, verify_password, Principal, TOKEN_PREFIX,
+};
+use crate::directory::UserRecord;
+use crate::error::{ApiError, ProblemDoc};
+use crate::extract::JsonBody;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use seatledger_ledger::domain::{Command, Email, Name, NewUser};
+use seatledger_schema::Role;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub const PASSWORD_LEN_MIN: usize = 8;
+pub const PASSWORD_LEN_MAX: usize = 1024;
+
+pub(crate) fn check_password(password: &str) -> Result<(), ApiError> {
+    let length = password.chars().count();
+    if !(PASSWORD_LEN_MIN..=PASSWORD_LEN_MAX).contains(&length) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("password: must be {PASSWORD_LEN_MIN} to {PASSWORD_LEN_MAX} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A new bearer token for `principal`, stored as its hash.
+pub(crate) async fn issue_token(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<String, ApiError> {
+    let token = random_secret(TOKEN_PREFIX)?;
+    state
+        .directory
+        .insert_token(&secret_hash(&token), principal)
+        .await?;
+    Ok(token)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub full_name: String,
+    pub company_name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrganizationSummary {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RegisterResponse {
+    /// The new user's id.
+    pub id: Uuid,
+    pub email: String,
+    pub full_name: String,
+    pub organization: OrganizationSummary,
+    /// Bearer token, shown once.
+    pub api_token: String,
+}
+
+/// Registers an organization and its owner; answers with the owner's token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, body = RegisterResponse),
+        (status = 400, description = "`malformed_json`", body = ProblemDoc),
+        (status = 409, description = "`email_taken`", body = ProblemDoc),
+        (status = 413, description = "`payload_too_large`", body = ProblemDoc),
+        (status = 415, description = "`unsupported_media_type`", body = ProblemDoc),
+        (status = 422, description = "`invalid_request`", body = ProblemDoc),
+        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+    )
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let request = body.value;
+    let email = Email::parse(&request.email)?;
+    let full_name = Name::parse(&request.full_name)?;
+    let company = Name::parse(&request.company_name).map_err(|e| {
+        ApiError::from(seatledger_ledger::domain::InvalidField::new(
+            "company_name",
+            e.message,
+        ))
+    })?;
+    check_password(&request.password)?;
+    let principal = Principal {
+        user_id: Uuid::now_v7(),
+        org_id: Uuid::now_v7(),
+        role: Role::Owner,
+    };
+    let password_hash = hash_password(request.password).await?;
+    state
+        .directory
+        .insert_user(&UserRecord {
+            principal,
+            email: email.as_str().to_owned(),
+            password_hash,
+        })
+        .await?;
+    let command = Command::RegisterOrganization {
+        org_id: principal.org_id,
+        name: company.clone(),
+        owner: Some(NewUser {
+            user_id: principal.user_id,
+            email: email.clone(),
+            full_name: full_name.clone(),
+            role: Role::Owner,
+        }),
+    };
+    let recorded = submit(
+        &state,
+        principal.org_id,
+        command,
+        metadata(Some(&principal), &headers),
+        None,
+    )
+    .await;
+    if !matches!(&recorded, Ok(result) if result.is_accepted()) {
+        // Not recorded: free the email again.
+        if let Err(error) = state.directory.delete_user(principal.user_id).await {
+            tracing::error!(error = %error, "cannot undo a registration that was not recorded");
+        }
+        super::accepted(recorded?)?;
+    }
+    let api_token = issue_token(&state, &principal).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            id: principal.user_id,
+            email: email.as_str().to_owned(),
+            full_name: full_name.as_str().to_owned(),
+            organization: OrganizationSummary {
+                id: principal.org_id,
+                name: company.as_str().to_owned(),
+            },
+            api_token,
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    /// A new bearer token, shown once.
+    pub api_token: String,
+}
+
+/// Exchanges email and password for a new bearer token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = LoginResponse),
+        (status = 400, description = "`malformed_json`", body = ProblemDoc),
+        (status = 401, description = "`invalid_credentials`", body = ProblemDoc),
+        (status = 422, description = "`invalid_request`", body = ProblemDoc),
+        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    body: JsonBody<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let request = body.value;
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong email or password",
+        )
+    };
+    let user = match Email::parse(&request.email) {
+        Ok(email) => state.directory.user_by_email(email.as_str()).await?,
+        Err(_) => None,
+    };
+    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    if request.password.len() > PASSWORD_LEN_MAX * 4
+        || !verify_password(request.password, stored).await
+    {
+        return Err(invalid());
+    }
+    let user = user.ok_or_else(invalid)?;
+    let api_token = issue_token(&state, &user.principal).await?;
+    Ok(Json(LoginResponse { api_token }))
+}

@@ -1,0 +1,476 @@
+//! Licenses: issue, list, read, change, suspend, reinstate, revoke, and
+//! their active sessions. Reads fold the license's stream (snapshot + tail);
+//! another org's license is 404 `license_not_found`.
+
+use super::{accepted, metadata, submit};
+use crate::auth::{
+    random_secret, secret_from_bytes, secret_hash, Admin, Principal, LICENSE_KEY_PREFIX,
+};
+use crate::error::{ApiError, ProblemDoc};
+use crate::extract::{IdempotencyKey, JsonBody, LicenseIdPath, OptionalJsonBody};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use seatledger_ledger::domain::{
+    Command, HeartbeatTtl, LicenseState, LicenseView, Name, OveragePercent, Reason, Rejection,
+    SeatCount, StreamState,
+};
+use seatledger_schema::Timestamp;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Licenses listed per request.
+pub const LICENSES_LIST_MAX: i64 = 1_000;
+
+#[derive(Serialize, ToSchema)]
+pub struct LicenseResponse {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub name: String,
+    /// `active`, `suspended` or `revoked`.
+    pub status: String,
+    pub seats: u32,
+    /// `seats` plus the overage allowance.
+    pub seat_limit: u32,
+    /// Leases currently live.
+    pub seats_used: u32,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    pub heartbeat_ttl_s: u32,
+    pub max_overage_percent: u32,
+    /// The license key, shown once: only in the answer to issuing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl From<LicenseView> for LicenseResponse {
+    fn from(view: LicenseView) -> Self {
+        LicenseResponse {
+            id: view.license_id,
+            org_id: view.org_id,
+            name: view.name,
+            status: view.status.as_str().to_owned(),
+            seats: view.seats,
+            seat_limit: view.seat_limit,
+            seats_used: view.seats_used,
+            expires_at: view.expires_at,
+            heartbeat_ttl_s: view.heartbeat_ttl_s,
+            max_overage_percent: view.max_overage_percent,
+            key: None,
+        }
+    }
+}
+
+/// The license's state if it belongs to `org_id`, else `license_not_found`.
+pub(crate) async fn load_license(
+    state: &AppState,
+    org_id: Uuid,
+    license_id: Uuid,
+) -> Result<LicenseState, ApiError> {
+    let (_, stream) = state
+        .store
+        .stream_state(&format!("license-{license_id}"))
+        .await?;
+    match stream {
+        StreamState::License(license)
+            if license
+                .terms
+                .as_ref()
+                .is_some_and(|terms| terms.org_id == org_id) =>
+        {
+            Ok(license)
+        }
+        _ => Err(ApiError::rejection(Rejection::LicenseNotFound)),
+    }
+}
+
+fn view_of(result: seatledger_ledger::CommandResult) -> Result<Json<LicenseResponse>, ApiError> {
+    let view = accepted(result)?
+        .license
+        .ok_or_else(|| ApiError::rejection(Rejection::LicenseNotFound))?;
+    Ok(Json(view.into()))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueLicenseRequest {
+    pub name: String,
+    /// 1 to 100000.
+    pub seats: u32,
+    /// 10 to 86400 (default 360).
+    pub heartbeat_ttl_s: Option<u32>,
+    /// 0 to 100 (default 0).
+    pub max_overage_percent: Option<u32>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+const ISSUE_ROUTE: &str = "POST /api/v1/licenses";
+
+/// Issues a license (owner or admin). The key is shown once. With an
+/// `Idempotency-Key`, a retry answers the same license and key.
+#[utoipa::path(
+    post,
+    path = "/api/v1/licenses",
+    tag = "licenses",
+    security(("bearer" = [])),
+    request_body = IssueLicenseRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
+    responses(
+        (status = 201, body = LicenseResponse),
+        (status = 400, description = "`malformed_json`, `invalid_idempotency_key`", body = ProblemDoc),
+        (status = 401, description = "`unauthorized`", body = ProblemDoc),
+        (status = 403, description = "`forbidden`", body = ProblemDoc),
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
+        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+    )
+)]
+pub async fn issue(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    headers: HeaderMap,
+    body: JsonBody<IssueLicenseRequest>,
+) -> Result<(StatusCode, Json<LicenseResponse>), ApiError> {
+    let request = &body.value;
+    let name = Name::parse(&request.name)?;
+    let seats = SeatCount::new(request.seats)?;
+    let heartbeat_ttl_s = request
+        .heartbeat_ttl_s
+        .map(HeartbeatTtl::new)
+        .transpose()?
+        .unwrap_or_default();
+    let max_overage_percent = request
+        .max_overage_percent
+        .map(OveragePercent::new)
+        .transpose()?
+        .unwrap_or_default();
+    // With an idempotency key the license id and key are derived from it
+    // (keyed by the ledger's secret), so a retry reproduces them without the
+    // key ever being stored.
+    let (license_id, key) = match &idempotency_key {
+        Some(idempotency) => {
+            let org = admin.org_id.as_bytes().as_slice();
+            let id_bytes = state
+                .signer
+                .derive("license-id", &[org, idempotency.as_bytes()]);
+            let mut random = [0u8; 16];
+            random.copy_from_slice(&id_bytes[..16]);
+            let key_bytes = state
+                .signer
+                .derive("license-key", &[org, idempotency.as_bytes()]);
+            (
+                uuid::Builder::from_random_bytes(random).into_uuid(),
+                secret_from_bytes(LICENSE_KEY_PREFIX, &key_bytes),
+            )
+        }
+        None => (Uuid::now_v7(), random_secret(LICENSE_KEY_PREFIX)?),
+    };
+    state
+        .directory
+        .insert_license_key(&secret_hash(&key), license_id, admin.org_id)
+        .await?;
+    let command = Command::IssueLicense {
+        license_id,
+        name,
+        seats,
+        expires_at: request.expires_at,
+        heartbeat_ttl_s,
+        max_overage_percent,
+    };
+    let idempotency = idempotency_key.map(|k| (k, ISSUE_ROUTE, body.raw.as_ref()));
+    let result = submit(
+        &state,
+        admin.org_id,
+        command,
+        metadata(Some(&admin), &headers),
+        idempotency,
+    )
+    .await?;
+    let Json(mut response) = view_of(result)?;
+    response.key = Some(key);
+    Ok((StatusCode::CREATED, Json(response)))
+}
+
+/// The organization's licenses with live seat counts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/licenses",
+    tag = "licenses",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<LicenseResponse>),
+        (status = 401, description = "`unauthorized`", body = ProblemDoc),
+        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<LicenseResponse>>, ApiError> {
+    let now = state.clock.now();
+    let mut licenses = Vec::new();
+    for license_id in state
+        .directory
+        .licenses_of(principal.org_id, LICENSES_LIST_MAX)
+        .await?
+    {
+        // A key recorded for an issue that never committed names no license.
+        if let Ok(license) = load_license(&state, principal.org_id, license_id).await {
+            if let Some(view) = license.view(now) {
+                licenses.push(view.into());
+            }
+        }
+    }
+    Ok(Json(licenses))
+}
+
+/// One license with its live seat count.
+#[utoipa::path(
+    get,
+    path = "/api/v1/licenses/{id}",
+    tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = LicenseResponse),
+        (status = 401, description = "`unauthorized`", body = ProblemDoc),
+        (status = 404, description = "`license_not_found`", body = ProblemDoc)
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    LicenseIdPath(license_id): LicenseIdPath,
+) -> Result<Json<LicenseResponse>, ApiError> {
+    let license = load_license(&state, principal.org_id, license_id).await?;
+    let view = license
+        .view(state.clock.now())
+        .ok_or_else(|| ApiError::rejection(Rejection::LicenseNotFound))?;
+    Ok(Json(view.into()))
+}
+
+fn present<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<Timestamp>>, D::Error> {
+    Option::<Timestamp>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateLicenseRequest {
+    pub seats: Option<u32>,
+    /// A new expiry; `null` makes the license perpetual; absent leaves it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<Timestamp>>,
+}
+
+/// Changes seats and/or expiry in one append (owner or admin). Lowering
+/// seats never evicts a held lease; it limits new grants.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/licenses/{id}",
+    tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    request_body = UpdateLicenseRequest,
+    responses(
+        (status = 200, body = LicenseResponse),
+        (status = 400, description = "`malformed_json`", body = ProblemDoc),
+        (status = 401, description = "`unauthorized`", body = ProblemDoc),
+        (status = 403, description = "`forbidden`, `license_revoked`", body = ProblemDoc),
+        (status = 404, description = "`license_not_found`", body = ProblemDoc),
+        (status = 422, description = "`invalid_request`", body = ProblemDoc)
+    )
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    LicenseIdPath(license_id): LicenseIdPath,
+    headers: HeaderMap,
+    body: JsonBody<UpdateLicenseRequest>,
+) -> Result<Json<LicenseResponse>, ApiError> {
+    let seats = body.value.seats.map(SeatCount::new).transpose()?;
+    let command = Command::UpdateLicense {
+        license_id,
+        seats,
+        expires_at: body.value.expires_at,
+    };
+    view_of(
+        submit(
+            &state,
+            admin.org_id,
+            command,
+            metadata(Some(&admin), &headers),
+            None,
+        )
+        .await?,
+    )
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    pub reason: Option<String>,
+}
+
+fn reason(body: OptionalJsonBody<ReasonRequest>) -> Result<Option<Reason>, ApiError> {
+    Ok(body
+        .0
+        .and_then(|request| request.reason)
+        .map(|text| Reason::parse(&text))
+        .transpose()?)
+}
+
+async fn status_change(
+    state: &AppState,
+    admin: &Principal,
+    headers: &HeaderMap,
+    command: Command,
+) -> Result<Json<LicenseResponse>, ApiError> {
+    view_of(
+        submit(
+            state,
+            admin.org_id,
+            command,
+            metadata(Some(admin), headers),
+            None,
+        )
+        .await?,
+    )
+}
+
+/// Suspends a license: it grants nothing and every active lease is released.
+#[utoipa::path(
+    post,
+    path = "/api/v1/licenses/{id}/suspend",
+    tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    request_body(content = Option<ReasonRequest>, description = "optional"),
+    responses(
+        (status = 200, body = LicenseResponse),
+        (status = 403, description = "`forbidden`, `license_revoked`", body = ProblemDoc),
+        (status = 404, description = "`license_not_found`", body = ProblemDoc)
+    )
+)]
+pub async fn suspend(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    LicenseIdPath(license_id): LicenseIdPath,
+    headers: HeaderMap,
+    body: OptionalJsonBody<ReasonRequest>,
+) -> Result<Json<LicenseResponse>, ApiError> {
+    let command = Command::SuspendLicense {
+        license_id,
+        reason: reason(body)?,
+    };
+    status_change(&state, &admin, &headers, command).await
+}
+
+/// Reinstates a suspended license.
+#[utoipa::path(
+    post,
+    path = "/api/v1/licenses/{id}/reinstate",
+    tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    request_body(content = Option<ReasonRequest>, description = "optional"),
+    responses(
+        (status = 200, body = LicenseResponse),
+        (status = 403, description = "`forbidden`, `license_revoked`", body = ProblemDoc),
+        (status = 404, description = "`license_not_found`", body = ProblemDoc),
+        (status = 409, description = "`license_not_suspended`", body = ProblemDoc)
+    )
+)]
+pub async fn reinstate(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    LicenseIdPath(license_id): LicenseIdPath,
+    headers: HeaderMap,
+    body: OptionalJsonBody<ReasonRequest>,
+) -> Result<Json<LicenseResponse>, ApiError> {
+    let command = Command::ReinstateLicense {
+        license_id,
+        reason: reason(body)?,
+    };
+    status_change(&state, &admin, &headers, command).await
+}
+
+/// Revokes a license for good: every active lease is released.
+#[utoipa::path(
+    post,
+    path = "/api/v1/licenses/{id}/revoke",
+    tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    request_body(content = Option<ReasonRequest>, description = "optional"),
+    responses(
+        (status = 200, body = LicenseResponse),
+        (status = 403, description = "`forbidden`", body = ProblemDoc),
+        (status = 404, description = "`license_not_found`", body = ProblemDoc)
+    )
+)]
+pub async fn revoke(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    LicenseIdPath(license_id): LicenseIdPath,
+    headers: HeaderMap,
+    body: OptionalJsonBody<ReasonRequest>,
+) -> Result<Json<LicenseResponse>, ApiError> {
+    let command = Command::RevokeLicense {
+        license_id,
+        reason: reason(body)?,
+    };
+    status_change(&state, &admin, &headers, command).await
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionResponse {
+    pub session_id: Uuid,
+    pub user_id: Uuid,
+    pub hardware_id: String,
+    pub generation: u64,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+    pub overage: bool,
+}
+
+/// The license's live leases, oldest grant first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/licenses/{id}/sessions",
+    tag = "licenses",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Vec<SessionResponse>),
+        (status = 401, description = "`unauthorized`", body = ProblemDoc),
+        (status = 404, description = "`license_not_found`", body = ProblemDoc)
+    )
+)]
+pub async fn sessions(
+    State(state): State<AppState>,
+    principal: Principal,
+    LicenseIdPath(license_id): LicenseIdPath,
+) -> Result<Json<Vec<SessionResponse>>, ApiError> {
+    let license = load_license(&state, principal.org_id, license_id).await?;
+    let now = state.clock.now();
+    let mut sessions: Vec<SessionResponse> = license
+        .leases()
+        .filter(|lease| lease.expires_at > now)
+        .map(|lease| SessionResponse {
+            session_id: lease.session_id,
+            user_id: lease.user_id,
+            hardware_id: lease.hardware_id.clone(),
+            generation: lease.generation,
+            expires_at: lease.expires_at,
+            overage: lease.overage,
+        })
+        .collect();
+    sessions.sort_by_key(|session| session.generation);
+    Ok(Json(sessions))
+}

@@ -1,0 +1,319 @@
+//! Seats: acquire, heartbeat, release — the client apps' three calls. Each
+//! answers from the appender's result, so a replay with the same
+//! `Idempotency-Key` answers the same status and body.
+
+use super::{accepted, metadata, submit};
+use crate::auth::{secret_hash, Principal};
+use crate::error::{ApiError, ProblemDoc};
+use crate::extract::{IdempotencyKey, JsonBody};
+use crate::state::AppState;
+use crate::tokens::{self, SeatClaims, SignedLicense};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use seatledger_ledger::domain::{Command, HardwareId, Rejection, StreamId};
+use seatledger_ledger::CommandResult;
+use seatledger_schema::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    pub license_key: String,
+    /// Identifies this machine (1 to 256 characters).
+    pub hardware_id: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub session_id: Uuid,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SeatResponse {
+    pub session_id: Uuid,
+    pub license_id: Uuid,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+    /// Heartbeat at least this often (a third of the lease's TTL).
+    pub heartbeat_interval_s: u32,
+    pub seats_used: u32,
+    pub seats_total: u32,
+    /// Fencing token: increases with every grant on this license.
+    pub generation: u64,
+    pub signed_license: SignedLicense,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReleaseResponse {
+    pub session_id: Uuid,
+    pub released: bool,
+}
+
+/// The seat answer for an accepted acquire or heartbeat.
+fn seat_response(state: &AppState, result: &CommandResult) -> Result<SeatResponse, ApiError> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the seat was not found in the result",
+        )
+    };
+    let view = result.license.as_ref().ok_or_else(missing)?;
+    let lease = result.lease.as_ref().ok_or_else(missing)?;
+    let issued_at = result
+        .events
+        .iter()
+        .rev()
+        .find(|event| matches!(event.event_type.as_str(), "SeatAcquired" | "SeatHeartbeat"))
+        .map(|event| event.recorded_at)
+        .ok_or_else(missing)?;
+    state
+        .caches
+        .sessions
+        .insert(lease.session_id, (view.license_id, view.org_id));
+    let claims = SeatClaims {
+        license_id: view.license_id,
+        session_id: lease.session_id,
+        org_id: view.org_id,
+        user_id: lease.user_id,
+        hardware_id: lease.hardware_id.clone(),
+        seats_total: view.seats,
+        issued_at,
+        expires_at: lease.expires_at,
+    };
+    Ok(SeatResponse {
+        session_id: lease.session_id,
+        license_id: view.license_id,
+        expires_at: lease.expires_at,
+        heartbeat_interval_s: view.heartbeat_ttl_s / 3,
+        seats_used: view.seats_used,
+        seats_total: view.seats,
+        generation: lease.generation,
+        signed_license: tokens::sign(&state.signer, &claims),
+    })
+}
+
+/// The license a key opens, if it is the caller's org's.
+async fn license_for_key(
+    state: &AppState,
+    principal: &Principal,
+    key: &str,
+) -> Result<Uuid, ApiError> {
+    let not_found = || ApiError::rejection(Rejection::LicenseNotFound);
+    if key.is_empty() || key.len() > 200 {
+        return Err(not_found());
+    }
+    let hash = secret_hash(key);
+    let found = match state.caches.license_keys.get(&hash) {
+        Some(found) => Some(found),
+        None => {
+            let found = state.directory.license_by_key(&hash).await?;
+            if let Some(found) = found {
+                state.caches.license_keys.insert(hash, found);
+            }
+            found
+        }
+    };
+    match found {
+        Some((license_id, org_id)) if org_id == principal.org_id => Ok(license_id),
+        _ => Err(not_found()),
+    }
+}
+
+/// The license a session is on, if it is the caller's org's.
+async fn license_for_session(
+    state: &AppState,
+    principal: &Principal,
+    session_id: Uuid,
+) -> Result<Uuid, ApiError> {
+    let found = match state.caches.sessions.get(&session_id) {
+        Some(found) => Some(found),
+        None => {
+            let found =
+                state
+                    .store
+                    .find_session(session_id)
+                    .await?
+                    .and_then(|(stream_id, org_id)| match StreamId::parse(&stream_id) {
+                        Some(StreamId::License(license_id)) => Some((license_id, org_id)),
+                        _ => None,
+                    });
+            if let Some(found) = found {
+                state.caches.sessions.insert(session_id, found);
+            }
+            found
+        }
+    };
+    match found {
+        Some((license_id, org_id)) if org_id == principal.org_id => Ok(license_id),
+        _ => Err(ApiError::rejection(Rejection::SessionNotFound)),
+    }
+}
+
+const ACQUIRE_ROUTE: &str = "POST /api/v1/licenses/acquire";
+const HEARTBEAT_ROUTE: &str = "POST /api/v1/licenses/heartbeat";
+const RELEASE_ROUTE: &str = "POST /api/v1/licenses/release";
+
+/// Acquires a seat for this user on this machine. The same user and
+/// machine with a live lease get that lease back (200), never a second seat.
+/// A denial is recorded as `SeatDenied`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/licenses/acquire",
+    tag = "seats",
+    security(("bearer" = [])),
+    request_body = AcquireRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
+    responses(
+        (status = 201, description = "a new lease", body = SeatResponse),
+        (status = 200, description = "this machine's existing lease, extended", body = SeatResponse),
+        (status = 400, description = "`malformed_json`, `invalid_idempotency_key`", body = ProblemDoc),
+        (status = 401, description = "`unauthorized`", body = ProblemDoc),
+        (status = 403, description = "`license_expired`, `license_suspended`, `license_revoked`", body = ProblemDoc),
+        (status = 404, description = "`license_not_found`", body = ProblemDoc),
+        (status = 409, description = "`no_seats_available`", body = ProblemDoc),
+        (status = 413, description = "`payload_too_large`", body = ProblemDoc),
+        (status = 415, description = "`unsupported_media_type`", body = ProblemDoc),
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
+        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+    )
+)]
+pub async fn acquire(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    headers: HeaderMap,
+    body: JsonBody<AcquireRequest>,
+) -> Result<(StatusCode, Json<SeatResponse>), ApiError> {
+    let hardware_id = HardwareId::parse(&body.value.hardware_id)?;
+    let license_id = license_for_key(&state, &principal, &body.value.license_key).await?;
+    let command = Command::AcquireSeat {
+        license_id,
+        session_id: Uuid::now_v7(),
+        user_id: principal.user_id,
+        hardware_id,
+    };
+    let idempotency = idempotency_key.map(|key| (key, ACQUIRE_ROUTE, body.raw.as_ref()));
+    let result = submit(
+        &state,
+        principal.org_id,
+        command,
+        metadata(Some(&principal), &headers),
+        idempotency,
+    )
+    .await?;
+    if result.rejection.is_some() {
+        state.metrics.seats_denied.fetch_add(1, Ordering::Relaxed);
+    }
+    let result = accepted(result)?;
+    let granted = result
+        .events
+        .iter()
+        .any(|event| event.event_type == "SeatAcquired");
+    let status = if granted {
+        state.metrics.seats_granted.fetch_add(1, Ordering::Relaxed);
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(seat_response(&state, &result)?)))
+}
+
+/// Extends a live lease by its TTL. A released or expired session is 410
+/// `session_expired`: acquire again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/licenses/heartbeat",
+    tag = "seats",
+    security(("bearer" = [])),
+    request_body = SessionRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
+    responses(
+        (status = 200, body = SeatResponse),
+        (status = 400, description = "`malformed_json`", body = ProblemDoc),
+        (status = 401, description = "`unauthorized`", body = ProblemDoc),
+        (status = 403, description = "`license_expired`", body = ProblemDoc),
+        (status = 404, description = "`session_not_found`", body = ProblemDoc),
+        (status = 410, description = "`session_expired`", body = ProblemDoc),
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
+        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+    )
+)]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    headers: HeaderMap,
+    body: JsonBody<SessionRequest>,
+) -> Result<Json<SeatResponse>, ApiError> {
+    let session_id = body.value.session_id;
+    let license_id = license_for_session(&state, &principal, session_id).await?;
+    let idempotency = idempotency_key.map(|key| (key, HEARTBEAT_ROUTE, body.raw.as_ref()));
+    let command = Command::Heartbeat {
+        license_id,
+        session_id,
+    };
+    let result = accepted(
+        submit(
+            &state,
+            principal.org_id,
+            command,
+            metadata(Some(&principal), &headers),
+            idempotency,
+        )
+        .await?,
+    )?;
+    Ok(Json(seat_response(&state, &result)?))
+}
+
+/// Releases a seat. Releasing a released or expired session succeeds again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/licenses/release",
+    tag = "seats",
+    security(("bearer" = [])),
+    request_body = SessionRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
+    responses(
+        (status = 200, body = ReleaseResponse),
+        (status = 400, description = "`malformed_json`", body = ProblemDoc),
+        (status = 401, description = "`unauthorized`", body = ProblemDoc),
+        (status = 404, description = "`session_not_found`", body = ProblemDoc),
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
+        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+    )
+)]
+pub async fn release(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    headers: HeaderMap,
+    body: JsonBody<SessionRequest>,
+) -> Result<Json<ReleaseResponse>, ApiError> {
+    let session_id = body.value.session_id;
+    let license_id = license_for_session(&state, &principal, session_id).await?;
+    let idempotency = idempotency_key.map(|key| (key, RELEASE_ROUTE, body.raw.as_ref()));
+    let command = Command::ReleaseSeat {
+        license_id,
+        session_id,
+    };
+    accepted(
+        submit(
+            &state,
+            principal.org_id,
+            command,
+            metadata(Some(&principal), &headers),
+            idempotency,
+        )
+        .await?,
+    )?;
+    Ok(Json(ReleaseResponse {
+        session_id,
+        released: true,
+    }))
+}
