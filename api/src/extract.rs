@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use seatledger_schema::limits::COMMAND_ID_LEN_MAX;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use uuid::Uuid;
 
 /// A JSON body, parsed, with the bytes it came from.
@@ -66,16 +67,20 @@ fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Parses JSON: syntax errors are 400 `malformed_json`; wrong types,
-/// missing or unknown fields are 422 `invalid_request`.
+/// Parses JSON: syntax errors (including truncated bodies) are 400
+/// `malformed_json`; wrong types, missing or unknown fields are 422
+/// `invalid_request`. Syntax is checked on the whole body first, so a
+/// truncated body is never reported as a type error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
-        serde_json::error::Category::Data => ApiError::new(
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string())
+    })?;
+    T::deserialize(value).map_err(|error| {
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
             error.to_string(),
-        ),
-        _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string()),
+        )
     })
 }
 

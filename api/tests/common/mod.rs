@@ -61,6 +61,11 @@ impl TestApp {
         }
     }
 
+    pub fn clock_now(&self) -> Timestamp {
+        use seatledger_ledger::Clock;
+        self.clock.now()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -73,5 +78,110 @@ impl TestApp {
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
+    }
+}
+
+pub struct Org {
+    pub token: String,
+    pub org_id: String,
+    pub user_id: String,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl TestApp {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
+        let mut request = self.client.request(method.parse().unwrap(), self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Self::reply(request.send().await.unwrap()).await
+    }
+
+    pub async fn reply(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: serde_json::Value) -> Reply {
+        self.send("POST", path, Some(token), Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send("GET", path, Some(token), None).await
+    }
+
+    pub async fn register(&self, email: &str) -> Org {
+        let reply = self
+            .send(
+                "POST",
+                "/api/v1/auth/register",
+                None,
+                Some(serde_json::json!({
+                    "email": email, "password": "correct horse battery", "full_name": "Ada Lovelace", "company_name": "Acme"
+                })),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        Org {
+            token: reply.body["api_token"].as_str().unwrap().to_owned(),
+            org_id: reply.body["organization"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            user_id: reply.body["id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Issues a license; returns (id, key).
+    pub async fn issue(&self, org: &Org, body: serde_json::Value) -> (String, String) {
+        let reply = self.post("/api/v1/licenses", &org.token, body).await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        (
+            reply.body["id"].as_str().unwrap().to_owned(),
+            reply.body["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn acquire(&self, org: &Org, key: &str, machine: &str) -> Reply {
+        self.post(
+            "/api/v1/licenses/acquire",
+            &org.token,
+            serde_json::json!({"license_key": key, "hardware_id": machine}),
+        )
+        .await
+    }
+
+    /// Every event in the log, in order.
+    pub async fn events(&self) -> Vec<seatledger_schema::RecordedEvent> {
+        self.store.read_after(0, 0, 10_000).await.unwrap()
+    }
+
+    pub async fn event_types(&self) -> Vec<String> {
+        self.events()
+            .await
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect()
     }
 }
