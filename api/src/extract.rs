@@ -9,7 +9,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use seatledger_schema::limits::COMMAND_ID_LEN_MAX;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use uuid::Uuid;
 
 /// A JSON body, parsed, with the bytes it came from.
