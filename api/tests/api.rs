@@ -115,6 +115,7 @@ async fn seed_flow(app: &TestApp) {
             "SeatAcquired",
             "SeatAcquired",
             "SeatDenied",
+            "SeatHeartbeat",
             "SeatReleased",
             "SeatAcquired",
             "SeatHeartbeat",
