@@ -59,6 +59,12 @@ async fn seed_flow(app: &TestApp) {
         (409, Some("no_seats_available"))
     );
     assert_eq!(denied.headers["content-type"], "application/problem+json");
+    // The same user on the same machine gets its own lease back: 200, same session.
+    let again = app.acquire(&org, &key, "m2").await;
+    assert_eq!(
+        (again.status, session_of(&again)),
+        (200, sessions[1].clone())
+    );
 
     let listed = app
         .get(&format!("/api/v1/licenses/{license_id}"), &org.token)
