@@ -1,0 +1,97 @@
+//! `verify` on a real log: accepts an intact one, rejects a tampered one.
+
+use seatledger_ledger::domain::{
+    Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
+};
+use seatledger_ledger::{
+    Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
+};
+use std::sync::Arc;
+use uuid::Uuid;
+
+async fn ledger_with_events(store: &Store, key: Arc<SigningKey>) {
+    let config = AppenderConfig {
+        checkpoint_every_events: 5,
+        batch_max: 1,
+        ..AppenderConfig::default()
+    };
+    let (appender, task) = Appender::start(
+        store.clone(),
+        key,
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        config,
+    );
+    let org = Uuid::now_v7();
+    let license_id = Uuid::now_v7();
+    let issue = Command::IssueLicense {
+        license_id,
+        name: Name::parse("IDE").unwrap(),
+        seats: SeatCount::new(50).unwrap(),
+        expires_at: None,
+        heartbeat_ttl_s: HeartbeatTtl::default(),
+        max_overage_percent: OveragePercent::default(),
+    };
+    appender.submit(Submission::new(org, issue)).await.unwrap();
+    for machine in 0..20 {
+        let acquire = Command::AcquireSeat {
+            license_id,
+            session_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
+        };
+        appender
+            .submit(Submission::new(org, acquire))
+            .await
+            .unwrap();
+    }
+    drop(appender);
+    task.await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn verify_accepts_an_intact_log_and_its_checkpoints(pool: sqlx::PgPool) {
+    let store = Store::from_pg_pool(pool);
+    store.migrate().await.unwrap();
+    let key = Arc::new(SigningKey::generate().unwrap());
+    ledger_with_events(&store, key.clone()).await;
+    let verified = seatledger_replay::verify(&store, 0, (key.key_id(), key.public_key()))
+        .await
+        .unwrap();
+    assert_eq!(verified.events, 21);
+    assert!(verified.checkpoints >= 4, "{verified:?}");
+    let other = SigningKey::generate().unwrap();
+    assert!(
+        seatledger_replay::verify(&store, 0, (key.key_id(), other.public_key()))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn verify_rejects_an_edited_event_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let store = Store::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let key = Arc::new(SigningKey::generate().unwrap());
+    ledger_with_events(&store, key.clone()).await;
+    let pool = store.sqlite_pool().unwrap();
+    // A tamperer who can drop the guard trigger edits a payload.
+    sqlx::query("DROP TRIGGER events_no_update")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE events SET payload = replace(payload, '\"m7\"', '\"m8\"') WHERE position = 9",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let error = seatledger_replay::verify(&store, 0, (key.key_id(), key.public_key()))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("position 9"), "{error}");
+}
