@@ -369,7 +369,6 @@ impl Worker {
     ) -> Result<Vec<CommandResult>, StoreError> {
         let partition = self.config.partition;
         let mut tx = self.store.begin_batch(partition).await?;
-        let (head_position, head_hash) = tx.head(partition).await?;
 
         let mut stream_ids: Vec<String> = Vec::new();
         for submission in submissions {
@@ -378,7 +377,8 @@ impl Worker {
                 stream_ids.push(id);
             }
         }
-        let versions = tx.stream_versions(&stream_ids).await?;
+        let ((head_position, head_hash), versions) =
+            tx.head_and_versions(partition, &stream_ids).await?;
         let mut working: HashMap<String, CachedStream> = HashMap::with_capacity(stream_ids.len());
         for stream_id in &stream_ids {
             let stored_version = versions.get(stream_id).copied().unwrap_or(0);
@@ -529,7 +529,6 @@ impl Worker {
             .windows(2)
             .all(|pair| pair[1].position == pair[0].position + 1));
 
-        tx.insert_events(&events).await?;
         let mut stream_writes = Vec::new();
         for (stream_id, stream) in &working {
             let stored_version = versions.get(stream_id).copied().unwrap_or(0);
@@ -552,8 +551,6 @@ impl Worker {
                 snapshot,
             });
         }
-        tx.upsert_streams(&stream_writes).await?;
-        tx.insert_commands(&command_writes).await?;
         let mut checkpointed = false;
         if position > head_position {
             let every = self.config.checkpoint_every_events.max(1);
@@ -568,8 +565,10 @@ impl Worker {
                 .await?;
                 checkpointed = true;
             }
-            tx.notify(partition, position).await?;
         }
+        let notify = (position > head_position).then_some((partition, position));
+        tx.write_batch(&events, &stream_writes, &command_writes, notify)
+            .await?;
         tx.commit().await?;
 
         self.stats

@@ -370,11 +370,12 @@ impl Store {
     pub(crate) async fn begin_batch(&self, partition: i16) -> Result<BatchTx<'_>, StoreError> {
         match self {
             Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(postgres::partition_lock_key(partition))
-                    .execute(&mut *tx)
-                    .await?;
+                // BEGIN and the lock in one simple query: one round trip.
+                let begin = format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({})",
+                    postgres::partition_lock_key(partition)
+                );
+                let tx = pool.begin_with(begin).await?;
                 Ok(BatchTx::Postgres(tx))
             }
             Store::Sqlite(pool, lock) => {
@@ -400,6 +401,41 @@ impl BatchTx<'_> {
         match self {
             BatchTx::Postgres(tx) => postgres::head(tx, partition).await,
             BatchTx::Sqlite(tx, _) => sqlite::head(tx, partition).await,
+        }
+    }
+
+    /// The partition head and the stored versions of `stream_ids`.
+    pub async fn head_and_versions(
+        &mut self,
+        partition: i16,
+        stream_ids: &[String],
+    ) -> Result<((i64, ChainHash), HashMap<String, i64>), StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => postgres::head_and_versions(tx, partition, stream_ids).await,
+            BatchTx::Sqlite(tx, _) => {
+                let head = sqlite::head(tx, partition).await?;
+                Ok((head, sqlite::stream_versions(tx, stream_ids).await?))
+            }
+        }
+    }
+
+    /// Everything a batch writes; on PostgreSQL in one statement.
+    pub async fn write_batch(
+        &mut self,
+        events: &[RecordedEvent],
+        streams: &[StreamWrite],
+        commands: &[CommandWrite],
+        notify: Option<(i16, i64)>,
+    ) -> Result<(), StoreError> {
+        match self {
+            BatchTx::Postgres(tx) => {
+                postgres::write_batch(tx, events, streams, commands, notify).await
+            }
+            BatchTx::Sqlite(tx, _) => {
+                sqlite::insert_events(tx, events).await?;
+                sqlite::upsert_streams(tx, streams).await?;
+                sqlite::insert_commands(tx, commands).await
+            }
         }
     }
 
@@ -456,16 +492,6 @@ impl BatchTx<'_> {
         match self {
             BatchTx::Postgres(tx) => postgres::upsert_streams(tx, writes).await,
             BatchTx::Sqlite(tx, _) => sqlite::upsert_streams(tx, writes).await,
-        }
-    }
-
-    pub async fn insert_commands(&mut self, writes: &[CommandWrite]) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        match self {
-            BatchTx::Postgres(tx) => postgres::insert_commands(tx, writes).await,
-            BatchTx::Sqlite(tx, _) => sqlite::insert_commands(tx, writes).await,
         }
     }
 

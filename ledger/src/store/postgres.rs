@@ -197,69 +197,195 @@ pub(crate) async fn recorded_commands(
     Ok(recorded)
 }
 
+/// Column arrays of a batch of events, for `UNNEST`.
+struct EventColumns<'a> {
+    partitions: Vec<i16>,
+    positions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    stream_ids: Vec<&'a str>,
+    stream_versions: Vec<i64>,
+    tenant_ids: Vec<Uuid>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    payloads: Vec<String>,
+    metadatas: Vec<String>,
+    occurred: Vec<DateTime<Utc>>,
+    recorded: Vec<DateTime<Utc>>,
+    prev_hashes: Vec<Vec<u8>>,
+    hashes: Vec<Vec<u8>>,
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+impl<'a> EventColumns<'a> {
+    fn new(events: &'a [RecordedEvent]) -> Result<Self, StoreError> {
+        let mut columns = EventColumns {
+            partitions: Vec::with_capacity(events.len()),
+            positions: Vec::with_capacity(events.len()),
+            event_ids: Vec::with_capacity(events.len()),
+            stream_ids: Vec::with_capacity(events.len()),
+            stream_versions: Vec::with_capacity(events.len()),
+            tenant_ids: Vec::with_capacity(events.len()),
+            event_types: Vec::with_capacity(events.len()),
+            schema_versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadatas: Vec::with_capacity(events.len()),
+            occurred: Vec::with_capacity(events.len()),
+            recorded: Vec::with_capacity(events.len()),
+            prev_hashes: Vec::with_capacity(events.len()),
+            hashes: Vec::with_capacity(events.len()),
+        };
+        for event in events {
+            columns.partitions.push(event.partition);
+            columns.positions.push(event.position);
+            columns.event_ids.push(event.event_id);
+            columns.stream_ids.push(event.stream_id.as_str());
+            columns.stream_versions.push(event.stream_version);
+            columns.tenant_ids.push(event.tenant_id);
+            columns.event_types.push(event.event_type.as_str());
+            columns.schema_versions.push(event.schema_version);
+            columns.payloads.push(event.payload.to_string());
+            columns.metadatas.push(
+                serde_json::to_string(&event.metadata)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+            columns.occurred.push(event.occurred_at.to_datetime());
+            columns.recorded.push(event.recorded_at.to_datetime());
+            columns
+                .prev_hashes
+                .push(event.prev_hash.as_bytes().to_vec());
+            columns.hashes.push(event.hash.as_bytes().to_vec());
+        }
+        Ok(columns)
+    }
+
+    /// Binds `$1`..`$14`.
+    fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.partitions)
+            .bind(&self.positions)
+            .bind(&self.event_ids)
+            .bind(&self.stream_ids)
+            .bind(&self.stream_versions)
+            .bind(&self.tenant_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.payloads)
+            .bind(&self.metadatas)
+            .bind(&self.occurred)
+            .bind(&self.recorded)
+            .bind(&self.prev_hashes)
+            .bind(&self.hashes)
+    }
+}
+
+/// `$1`..`$14` are the event column arrays.
+const INSERT_EVENTS: &str = "INSERT INTO events (partition, position, event_id, stream_id, stream_version, \
+     tenant_id, event_type, schema_version, payload, metadata, occurred_at, recorded_at, prev_hash, hash) \
+     SELECT p, pos, id, s, sv, t, et, v, pl::jsonb, md::jsonb, oa, ra, ph, h FROM UNNEST( \
+     $1::smallint[], $2::bigint[], $3::uuid[], $4::text[], $5::bigint[], $6::uuid[], $7::text[], \
+     $8::int[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::bytea[], $14::bytea[]) \
+     AS x(p, pos, id, s, sv, t, et, v, pl, md, oa, ra, ph, h)";
+
 pub(crate) async fn insert_events(
     conn: &mut PgConnection,
     events: &[RecordedEvent],
 ) -> Result<(), StoreError> {
-    let count = events.len();
-    let mut partitions = Vec::with_capacity(count);
-    let mut positions = Vec::with_capacity(count);
-    let mut event_ids = Vec::with_capacity(count);
-    let mut stream_ids = Vec::with_capacity(count);
-    let mut stream_versions = Vec::with_capacity(count);
-    let mut tenant_ids = Vec::with_capacity(count);
-    let mut event_types = Vec::with_capacity(count);
-    let mut schema_versions = Vec::with_capacity(count);
-    let mut payloads = Vec::with_capacity(count);
-    let mut metadatas = Vec::with_capacity(count);
-    let mut occurred = Vec::with_capacity(count);
-    let mut recorded = Vec::with_capacity(count);
-    let mut prev_hashes = Vec::with_capacity(count);
-    let mut hashes = Vec::with_capacity(count);
-    for event in events {
-        partitions.push(event.partition);
-        positions.push(event.position);
-        event_ids.push(event.event_id);
-        stream_ids.push(event.stream_id.as_str());
-        stream_versions.push(event.stream_version);
-        tenant_ids.push(event.tenant_id);
-        event_types.push(event.event_type.as_str());
-        schema_versions.push(event.schema_version);
-        payloads.push(event.payload.to_string());
-        metadatas.push(
-            serde_json::to_string(&event.metadata)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        );
-        occurred.push(event.occurred_at.to_datetime());
-        recorded.push(event.recorded_at.to_datetime());
-        prev_hashes.push(event.prev_hash.as_bytes().to_vec());
-        hashes.push(event.hash.as_bytes().to_vec());
-    }
-    sqlx::query(
-        "INSERT INTO events (partition, position, event_id, stream_id, stream_version, tenant_id, event_type, \
-             schema_version, payload, metadata, occurred_at, recorded_at, prev_hash, hash) \
-         SELECT p, pos, id, s, sv, t, et, v, pl::jsonb, md::jsonb, oa, ra, ph, h FROM UNNEST( \
-             $1::smallint[], $2::bigint[], $3::uuid[], $4::text[], $5::bigint[], $6::uuid[], $7::text[], \
-             $8::int[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::bytea[], $14::bytea[]) \
-           AS x(p, pos, id, s, sv, t, et, v, pl, md, oa, ra, ph, h)",
-    )
-    .bind(&partitions)
-    .bind(&positions)
-    .bind(&event_ids)
-    .bind(&stream_ids)
-    .bind(&stream_versions)
-    .bind(&tenant_ids)
-    .bind(&event_types)
-    .bind(&schema_versions)
-    .bind(&payloads)
-    .bind(&metadatas)
-    .bind(&occurred)
-    .bind(&recorded)
-    .bind(&prev_hashes)
-    .bind(&hashes)
-    .execute(conn)
-    .await?;
+    let columns = EventColumns::new(events)?;
+    columns
+        .bind(sqlx::query(INSERT_EVENTS))
+        .execute(conn)
+        .await?;
     Ok(())
+}
+
+/// Everything a batch writes, in one statement (one round trip): events,
+/// stream versions and snapshots, idempotent command results, and the
+/// `NOTIFY` that wakes followers in other processes at commit.
+pub(crate) async fn write_batch(
+    conn: &mut PgConnection,
+    events: &[RecordedEvent],
+    streams: &[StreamWrite],
+    commands: &[CommandWrite],
+    notify: Option<(i16, i64)>,
+) -> Result<(), StoreError> {
+    let columns = EventColumns::new(events)?;
+    let stream_ids: Vec<&str> = streams.iter().map(|w| w.stream_id.as_str()).collect();
+    let stream_partitions: Vec<i16> = streams.iter().map(|w| w.partition).collect();
+    let versions: Vec<i64> = streams.iter().map(|w| w.version).collect();
+    let snapshot_versions: Vec<Option<i64>> = streams
+        .iter()
+        .map(|w| w.snapshot.as_ref().map(|s| s.0))
+        .collect();
+    let states: Vec<Option<String>> = streams
+        .iter()
+        .map(|w| w.snapshot.as_ref().map(|s| s.1.to_string()))
+        .collect();
+    let tenants: Vec<Uuid> = commands.iter().map(|w| w.tenant_id).collect();
+    let command_ids: Vec<&str> = commands.iter().map(|w| w.command_id.as_str()).collect();
+    let request_hashes: Vec<&[u8]> = commands.iter().map(|w| w.request_hash.as_slice()).collect();
+    let results: Vec<String> = commands.iter().map(|w| w.result.to_string()).collect();
+    let sql = format!(
+        "WITH inserted AS ({INSERT_EVENTS}), \
+         streamed AS (INSERT INTO streams (stream_id, partition, version, snapshot_version, state) \
+           SELECT s, p, v, sv, st::jsonb \
+           FROM UNNEST($15::text[], $16::smallint[], $17::bigint[], $18::bigint[], $19::text[]) AS y(s, p, v, sv, st) \
+           ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+             snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
+             state = COALESCE(excluded.state, streams.state)), \
+         recorded AS (INSERT INTO commands (tenant_id, command_id, request_hash, result) \
+           SELECT t, c, h, r::jsonb FROM UNNEST($20::uuid[], $21::text[], $22::bytea[], $23::text[]) AS z(t, c, h, r)) \
+         SELECT pg_notify($24, $25) WHERE $25::text IS NOT NULL"
+    );
+    columns
+        .bind(sqlx::query(&sql))
+        .bind(&stream_ids)
+        .bind(&stream_partitions)
+        .bind(&versions)
+        .bind(&snapshot_versions)
+        .bind(&states)
+        .bind(&tenants)
+        .bind(&command_ids)
+        .bind(&request_hashes)
+        .bind(&results)
+        .bind(NOTIFY_CHANNEL)
+        .bind(notify.map(|(partition, position)| format!("{partition}:{position}")))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The partition head and the versions of `stream_ids`, in one round trip.
+pub(crate) async fn head_and_versions(
+    conn: &mut PgConnection,
+    partition: i16,
+    stream_ids: &[String],
+) -> Result<((i64, ChainHash), HashMap<String, i64>), StoreError> {
+    let row = sqlx::query(
+        "SELECT h.position, h.hash, v.ids, v.versions FROM (SELECT 1) AS one \
+         LEFT JOIN LATERAL (SELECT position, hash FROM events WHERE partition = $1 \
+                            ORDER BY position DESC LIMIT 1) h ON true \
+         LEFT JOIN LATERAL (SELECT array_agg(stream_id) AS ids, array_agg(version) AS versions \
+                            FROM streams WHERE stream_id = ANY($2)) v ON true",
+    )
+    .bind(partition)
+    .bind(stream_ids)
+    .fetch_one(conn)
+    .await?;
+    let position: Option<i64> = row.try_get("position")?;
+    let hash: Option<Vec<u8>> = row.try_get("hash")?;
+    let head = match (position, hash) {
+        (Some(position), Some(hash)) => (position, hash_from(&hash, "hash")?),
+        _ => (0, ChainHash::GENESIS),
+    };
+    let ids: Option<Vec<String>> = row.try_get("ids")?;
+    let versions: Option<Vec<i64>> = row.try_get("versions")?;
+    let versions = ids
+        .unwrap_or_default()
+        .into_iter()
+        .zip(versions.unwrap_or_default())
+        .collect();
+    Ok((head, versions))
 }
 
 pub(crate) async fn upsert_streams(
@@ -290,27 +416,6 @@ pub(crate) async fn upsert_streams(
     .bind(&versions)
     .bind(&snapshot_versions)
     .bind(&states)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-pub(crate) async fn insert_commands(
-    conn: &mut PgConnection,
-    writes: &[CommandWrite],
-) -> Result<(), StoreError> {
-    let tenants: Vec<Uuid> = writes.iter().map(|w| w.tenant_id).collect();
-    let ids: Vec<&str> = writes.iter().map(|w| w.command_id.as_str()).collect();
-    let hashes: Vec<&[u8]> = writes.iter().map(|w| w.request_hash.as_slice()).collect();
-    let results: Vec<String> = writes.iter().map(|w| w.result.to_string()).collect();
-    sqlx::query(
-        "INSERT INTO commands (tenant_id, command_id, request_hash, result) \
-         SELECT t, c, h, r::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::text[]) AS x(t, c, h, r)",
-    )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&hashes)
-    .bind(&results)
     .execute(conn)
     .await?;
     Ok(())
