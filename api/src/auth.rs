@@ -16,6 +16,20 @@ use std::sync::OnceLock;
 
 pub use crate::directory::Principal;
 
+/// Password hashes computed at once. Each argon2id run holds 19 MiB, so
+/// unbounded concurrent logins would be a memory-exhaustion vector; excess
+/// requests wait their turn.
+pub const PASSWORD_HASHING_CONCURRENCY: usize = 2;
+static PASSWORD_HASHING: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(PASSWORD_HASHING_CONCURRENCY);
+
+async fn hashing_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    PASSWORD_HASHING
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(&e))
+}
+
 pub const TOKEN_PREFIX: &str = "slt_";
 pub const LICENSE_KEY_PREFIX: &str = "slk_";
 const SECRET_BYTES: usize = 32;
@@ -66,6 +80,7 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
                 "no randomness available",
             )
         })?;
+    let _permit = hashing_permit().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(&e))?;
         argon2()
@@ -93,6 +108,9 @@ pub async fn verify_password(password: String, stored: Option<String>) -> bool {
             })
             .clone()
     });
+    let Ok(_permit) = hashing_permit().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || match PasswordHash::new(&stored) {
         Ok(parsed) => argon2()
             .verify_password(password.as_bytes(), &parsed)
