@@ -32,6 +32,41 @@ pub(crate) fn check_password(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Creates a user: the credentials row first (its unique email settles
+/// races), then `command` records the user in the log; if that is not
+/// recorded, the row is removed again so the email is free.
+pub(crate) async fn create_user(
+    state: &AppState,
+    principal: &Principal,
+    email: &Email,
+    password: String,
+    command: Command,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let password_hash = hash_password(password).await?;
+    let record = UserRecord {
+        principal: *principal,
+        email: email.as_str().to_owned(),
+        password_hash,
+    };
+    state.directory.insert_user(&record).await?;
+    let recorded = submit(
+        state,
+        principal.org_id,
+        command,
+        metadata(Some(principal), headers),
+        None,
+    )
+    .await;
+    if !matches!(&recorded, Ok(result) if result.is_accepted()) {
+        if let Err(error) = state.directory.delete_user(principal.user_id).await {
+            tracing::error!(error = %error, "cannot undo a user that was not recorded");
+        }
+        super::accepted(recorded?)?;
+    }
+    Ok(())
+}
+
 /// A new bearer token for `principal`, stored as its hash.
 pub(crate) async fn issue_token(
     state: &AppState,
@@ -107,15 +142,6 @@ pub async fn register(
         org_id: Uuid::now_v7(),
         role: Role::Owner,
     };
-    let password_hash = hash_password(request.password).await?;
-    state
-        .directory
-        .insert_user(&UserRecord {
-            principal,
-            email: email.as_str().to_owned(),
-            password_hash,
-        })
-        .await?;
     let command = Command::RegisterOrganization {
         org_id: principal.org_id,
         name: company.clone(),
@@ -126,21 +152,15 @@ pub async fn register(
             role: Role::Owner,
         }),
     };
-    let recorded = submit(
+    create_user(
         &state,
-        principal.org_id,
+        &principal,
+        &email,
+        request.password,
         command,
-        metadata(Some(&principal), &headers),
-        None,
+        &headers,
     )
-    .await;
-    if !matches!(&recorded, Ok(result) if result.is_accepted()) {
-        // Not recorded: free the email again.
-        if let Err(error) = state.directory.delete_user(principal.user_id).await {
-            tracing::error!(error = %error, "cannot undo a registration that was not recorded");
-        }
-        super::accepted(recorded?)?;
-    }
+    .await?;
     let api_token = issue_token(&state, &principal).await?;
     Ok((
         StatusCode::CREATED,

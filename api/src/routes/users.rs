@@ -1,8 +1,6 @@
 //! Adding users to an organization.
 
-use super::{accepted, metadata, submit};
-use crate::auth::{hash_password, Admin, Principal};
-use crate::directory::UserRecord;
+use crate::auth::{Admin, Principal};
 use crate::error::{ApiError, ProblemDoc};
 use crate::extract::JsonBody;
 use crate::state::AppState;
@@ -79,15 +77,6 @@ pub async fn add_user(
         org_id: admin.org_id,
         role,
     };
-    let password_hash = hash_password(request.password).await?;
-    state
-        .directory
-        .insert_user(&UserRecord {
-            principal,
-            email: email.as_str().to_owned(),
-            password_hash,
-        })
-        .await?;
     let command = Command::RegisterUser {
         org_id: admin.org_id,
         user_id: principal.user_id,
@@ -95,20 +84,15 @@ pub async fn add_user(
         full_name: full_name.clone(),
         role,
     };
-    let recorded = submit(
+    super::auth::create_user(
         &state,
-        admin.org_id,
+        &principal,
+        &email,
+        request.password,
         command,
-        metadata(Some(&admin), &headers),
-        None,
+        &headers,
     )
-    .await;
-    if !matches!(&recorded, Ok(result) if result.is_accepted()) {
-        if let Err(error) = state.directory.delete_user(principal.user_id).await {
-            tracing::error!(error = %error, "cannot undo a user that was not recorded");
-        }
-        accepted(recorded?)?;
-    }
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(UserResponse {
