@@ -327,14 +327,54 @@ impl Worker {
     }
 
     async fn process(&mut self, batch: Vec<Job>) {
-        let now = self.clock.now();
-        let started = std::time::Instant::now();
         let (submissions, replies): (Vec<Submission>, Vec<_>) = batch
             .into_iter()
             .map(|job| (job.submission, job.reply))
             .unzip();
-        match self.commit(&submissions, now).await {
+        match self.commit_timed(&submissions).await {
             Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that gave up still had its command committed.
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            // The database refused something in the batch (not an outage):
+            // retry each command alone, so one poisonous command fails by
+            // itself instead of failing its neighbours every time.
+            Err(error) if !error.is_unavailable() && submissions.len() > 1 => {
+                tracing::warn!(error = %error, commands = submissions.len(), "appender batch failed; retrying its commands one by one");
+                for (submission, reply) in submissions.into_iter().zip(replies) {
+                    let result = self
+                        .commit_timed(std::slice::from_ref(&submission))
+                        .await
+                        .map(|mut results| results.remove(0))
+                        .map_err(|error| {
+                            tracing::warn!(error = %error, command = submission.command.kind(), "command failed alone; nothing of it was written");
+                            AppendError::Store(Arc::new(error))
+                        });
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, commands = submissions.len(), "appender batch failed; nothing of it was written");
+                let error = AppendError::Store(Arc::new(error));
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// `commit` with the batch counters.
+    async fn commit_timed(
+        &mut self,
+        submissions: &[Submission],
+    ) -> Result<Vec<CommandResult>, StoreError> {
+        let now = self.clock.now();
+        let started = std::time::Instant::now();
+        let result = self.commit(submissions, now).await;
+        match &result {
+            Ok(_) => {
                 let elapsed = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -343,20 +383,12 @@ impl Worker {
                 self.stats
                     .commit_micros_total
                     .fetch_add(elapsed, Ordering::Relaxed);
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // A caller that gave up still had its command committed.
-                    let _ = reply.send(Ok(result));
-                }
             }
-            Err(error) => {
+            Err(_) => {
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %error, commands = submissions.len(), "appender batch failed; nothing of it was written");
-                let error = AppendError::Store(Arc::new(error));
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
             }
         }
+        result
     }
 
     /// One batch in one transaction. States taken out of the cache are put

@@ -400,3 +400,53 @@ async fn a_store_failure_fails_the_batch_and_writes_nothing(pool: sqlx::PgPool) 
     assert_eq!(retried.license.unwrap().seats_used, 1);
     assert_chain_verifies(&store).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_command_the_database_refuses_fails_alone_not_its_batch(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    // A long linger gathers the concurrent submissions into one batch.
+    let config = AppenderConfig {
+        linger: Duration::from_millis(200),
+        ..AppenderConfig::default()
+    };
+    let appender = start(&store, key, Arc::new(SystemClock), config);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 100)).await;
+    // The database refuses one particular machine's event.
+    sqlx::query("ALTER TABLE events ADD CONSTRAINT no_poison CHECK (payload->>'hardware_id' IS DISTINCT FROM 'machine-13')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let attempts = (0..20).map(|machine| {
+        let appender = appender.clone();
+        tokio::spawn(async move {
+            appender
+                .submit(Submission::new(ORG, acquire(license, machine)))
+                .await
+        })
+    });
+    let results: Vec<_> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for (machine, result) in results.iter().enumerate() {
+        match result {
+            Err(error) => {
+                assert_eq!(machine, 13, "only the poisonous command fails");
+                assert!(error.to_string().contains("no_poison"), "{error}");
+            }
+            Ok(result) => assert!(result.is_accepted(), "machine {machine}"),
+        }
+    }
+    assert!(results[13].is_err());
+    let events = assert_chain_verifies(&store).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "SeatAcquired")
+            .count(),
+        19
+    );
+}
