@@ -450,3 +450,52 @@ async fn a_command_the_database_refuses_fails_alone_not_its_batch(pool: sqlx::Pg
         19
     );
 }
+
+/// A concurrent burst commits in real batches and no batch fails: the
+/// retry-alone path for refused batches must never hide a statement that
+/// fails whenever a batch has more than one row.
+async fn burst_commits_in_batches_without_failures(store: &Store) {
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    let config = AppenderConfig {
+        linger: Duration::from_millis(100),
+        ..AppenderConfig::default()
+    };
+    let appender = start(store, key, Arc::new(SystemClock), config);
+    let licenses: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for license in &licenses {
+        submit(&appender, issue(*license, 100)).await;
+    }
+    let stats = appender.stats();
+    let before = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+    let attempts = (0..60).map(|machine| {
+        let appender = appender.clone();
+        let license = licenses[machine % licenses.len()];
+        tokio::spawn(async move { submit(&appender, acquire(license, machine)).await })
+    });
+    for result in join_all(attempts).await {
+        assert!(result.unwrap().is_accepted());
+    }
+    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(
+        stats
+            .failed_batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(
+        batches < 60 / 2,
+        "60 concurrent commands took {batches} batches"
+    );
+    assert_chain_verifies(store).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_burst_commits_in_batches_without_failures_on_postgres(pool: sqlx::PgPool) {
+    burst_commits_in_batches_without_failures(&migrated(pool).await).await;
+}
+
+#[tokio::test]
+async fn a_burst_commits_in_batches_without_failures_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    burst_commits_in_batches_without_failures(&sqlite_store(&dir).await).await;
+}

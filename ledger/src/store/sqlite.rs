@@ -1,14 +1,19 @@
 //! SQLite statements of the store (the embedded default). Uuids are text,
-//! timestamps microseconds since the epoch, JSON text; rows are inserted one
-//! prepared statement at a time inside the batch transaction, which in
-//! process costs microseconds each.
+//! timestamps microseconds since the epoch, JSON text. A batch writes each
+//! table with multi-row statements: every statement is a round trip to
+//! sqlx's SQLite worker thread.
 
 use super::{hash_from, CommandWrite, LoadedStream, RecordedCommands, StoreError, StreamWrite};
 use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent, Timestamp};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
 use uuid::Uuid;
+
+/// Rows per multi-row statement: 14 binds a row stays under SQLite's
+/// 32,766 bind parameters.
+const ROWS_PER_STATEMENT: usize = 1_000;
+const _: () = assert!(ROWS_PER_STATEMENT * 14 < 32_766);
 
 const EVENT_COLUMNS: &str =
     "partition, position, event_id, stream_id, stream_version, tenant_id, event_type, \
@@ -148,14 +153,17 @@ pub(crate) async fn stream_versions(
     stream_ids: &[String],
 ) -> Result<HashMap<String, i64>, StoreError> {
     let mut versions = HashMap::with_capacity(stream_ids.len());
-    for stream_id in stream_ids {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = ?")
-                .bind(stream_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some(version) = version {
-            versions.insert(stream_id.clone(), version);
+    for chunk in stream_ids.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT stream_id, version FROM streams WHERE stream_id IN (",
+        );
+        let mut ids = query.separated(", ");
+        for id in chunk {
+            ids.push_bind(id.as_str());
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            versions.insert(row.try_get("stream_id")?, row.try_get("version")?);
         }
     }
     Ok(versions)
@@ -217,29 +225,32 @@ pub(crate) async fn insert_events(
     conn: &mut SqliteConnection,
     events: &[RecordedEvent],
 ) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    );
-    for event in events {
-        let metadata =
-            serde_json::to_string(&event.metadata).map_err(|e| corrupt("metadata", e))?;
-        sqlx::query(&sql)
-            .bind(event.partition)
-            .bind(event.position)
-            .bind(event.event_id.to_string())
-            .bind(&event.stream_id)
-            .bind(event.stream_version)
-            .bind(event.tenant_id.to_string())
-            .bind(&event.event_type)
-            .bind(event.schema_version)
-            .bind(event.payload.to_string())
-            .bind(metadata)
-            .bind(event.occurred_at.as_micros())
-            .bind(event.recorded_at.as_micros())
-            .bind(event.prev_hash.as_bytes().as_slice())
-            .bind(event.hash.as_bytes().as_slice())
-            .execute(&mut *conn)
-            .await?;
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            let metadata =
+                serde_json::to_string(&event.metadata).map_err(|e| corrupt("metadata", e))?;
+            rows.push((event, metadata));
+        }
+        let mut query =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+        query.push_values(rows, |mut row, (event, metadata)| {
+            row.push_bind(event.partition)
+                .push_bind(event.position)
+                .push_bind(event.event_id.to_string())
+                .push_bind(event.stream_id.as_str())
+                .push_bind(event.stream_version)
+                .push_bind(event.tenant_id.to_string())
+                .push_bind(event.event_type.as_str())
+                .push_bind(event.schema_version)
+                .push_bind(event.payload.to_string())
+                .push_bind(metadata)
+                .push_bind(event.occurred_at.as_micros())
+                .push_bind(event.recorded_at.as_micros())
+                .push_bind(event.prev_hash.as_bytes().as_slice())
+                .push_bind(event.hash.as_bytes().as_slice());
+        });
+        query.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -248,20 +259,23 @@ pub(crate) async fn upsert_streams(
     conn: &mut SqliteConnection,
     writes: &[StreamWrite],
 ) -> Result<(), StoreError> {
-    for write in writes {
-        sqlx::query(
-            "INSERT INTO streams (stream_id, partition, version, snapshot_version, state) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-               snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
-               state = COALESCE(excluded.state, streams.state)",
-        )
-        .bind(&write.stream_id)
-        .bind(write.partition)
-        .bind(write.version)
-        .bind(write.snapshot.as_ref().map(|s| s.0))
-        .bind(write.snapshot.as_ref().map(|s| s.1.to_string()))
-        .execute(&mut *conn)
-        .await?;
+    for chunk in writes.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO streams (stream_id, partition, version, snapshot_version, state) ",
+        );
+        query.push_values(chunk, |mut row, write| {
+            row.push_bind(write.stream_id.as_str())
+                .push_bind(write.partition)
+                .push_bind(write.version)
+                .push_bind(write.snapshot.as_ref().map(|s| s.0))
+                .push_bind(write.snapshot.as_ref().map(|s| s.1.to_string()));
+        });
+        query.push(
+            " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+             snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
+             state = COALESCE(excluded.state, streams.state)",
+        );
+        query.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -270,15 +284,19 @@ pub(crate) async fn insert_commands(
     conn: &mut SqliteConnection,
     writes: &[CommandWrite],
 ) -> Result<(), StoreError> {
-    for write in writes {
-        sqlx::query("INSERT INTO commands (tenant_id, command_id, request_hash, result, recorded_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(write.tenant_id.to_string())
-            .bind(&write.command_id)
-            .bind(write.request_hash.as_slice())
-            .bind(write.result.to_string())
-            .bind(Timestamp::now().as_micros())
-            .execute(&mut *conn)
-            .await?;
+    let recorded_at = Timestamp::now().as_micros();
+    for chunk in writes.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO commands (tenant_id, command_id, request_hash, result, recorded_at) ",
+        );
+        query.push_values(chunk, |mut row, write| {
+            row.push_bind(write.tenant_id.to_string())
+                .push_bind(write.command_id.as_str())
+                .push_bind(write.request_hash.as_slice())
+                .push_bind(write.result.to_string())
+                .push_bind(recorded_at);
+        });
+        query.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
