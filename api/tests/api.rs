@@ -950,12 +950,31 @@ async fn every_route_of_the_router_is_in_the_openapi_document() {
     for (path, item) in paths {
         for method in ["get", "post", "patch", "put", "delete"] {
             if let Some(operation) = item.get(method) {
-                assert!(
-                    operation["responses"]
-                        .as_object()
-                        .is_some_and(|r| !r.is_empty()),
-                    "{method} {path} has no responses"
-                );
+                let responses = operation["responses"].as_object().expect("responses");
+                assert!(!responses.is_empty(), "{method} {path} has no responses");
+                if operation.get("security").is_some() {
+                    assert!(
+                        responses.contains_key("401"),
+                        "{method} {path} needs a token but does not document 401"
+                    );
+                }
+                if operation.get("requestBody").is_some() {
+                    for status in ["400", "413", "415", "422"] {
+                        assert!(
+                            responses.contains_key(status),
+                            "{method} {path} takes JSON but does not document {status}"
+                        );
+                    }
+                }
+                if path.starts_with("/api/v1/licenses")
+                    || path.starts_with("/api/v1/users")
+                    || path.starts_with("/api/v1/auth")
+                {
+                    assert!(
+                        responses.contains_key("503"),
+                        "{method} {path} reaches the store but does not document 503"
+                    );
+                }
                 operations.push((method.to_uppercase(), path.clone()));
             }
         }

@@ -56,9 +56,76 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Documents the problems every route of a kind can answer, derived from
+/// the operation itself so no route can forget one: 401 for routes that
+/// need a token; 400/413/415/422 for routes with a JSON body; 503 for
+/// routes that reach the event store. Route-specific codes stay on the
+/// routes (an existing entry is never replaced).
+struct CommonProblems;
+
+impl utoipa::Modify for CommonProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::Operation;
+        fn add(operation: &mut Operation, status: &str, codes: &str) {
+            operation
+                .responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| {
+                    utoipa::openapi::ResponseBuilder::new()
+                        .description(codes)
+                        .content(
+                            "application/problem+json",
+                            utoipa::openapi::Content::new(Some(
+                                utoipa::openapi::Ref::from_schema_name("ProblemDoc"),
+                            )),
+                        )
+                        .build()
+                        .into()
+                });
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let reaches_store = path.starts_with("/api/v1/")
+                && !path.starts_with("/api/v1/health")
+                && path != "/api/v1/keys";
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if operation.security.is_some() {
+                    add(
+                        operation,
+                        "401",
+                        "`unauthorized`: missing, malformed or unknown bearer token",
+                    );
+                }
+                if operation.request_body.is_some() {
+                    add(operation, "400", "`malformed_json`");
+                    add(operation, "413", "`payload_too_large`: body over 64 KiB");
+                    add(
+                        operation,
+                        "415",
+                        "`unsupported_media_type`: the body must be application/json",
+                    );
+                    add(operation, "422", "`invalid_request`: wrong types, missing or unknown fields, values out of range");
+                }
+                if reaches_store {
+                    add(operation, "503", "`store_unavailable`, with Retry-After");
+                }
+            }
+        }
+    }
+}
+
 /// The documented API: router and OpenAPI document from one list.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(auth::register))
@@ -77,7 +144,11 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::keys))
         .routes(routes!(meta::openapi_json))
         .routes(routes!(meta::metrics))
-        .split_for_parts()
+        .split_for_parts();
+    // After the paths exist: `ApiDoc`'s own modifiers run before any route
+    // is added.
+    utoipa::Modify::modify(&CommonProblems, &mut document);
+    (router, document)
 }
 
 /// The served document, rendered once.
