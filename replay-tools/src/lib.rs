@@ -8,11 +8,13 @@
 #![forbid(unsafe_code)]
 
 use seatledger_ledger::Store;
-use seatledger_schema::{verify_chain, ChainError, ChainHash, Checkpoint, CheckpointError};
+use seatledger_schema::canonical::expected_hash;
+use seatledger_schema::{ChainError, ChainHash, Checkpoint, CheckpointError, RecordedEvent};
 use std::collections::HashMap;
 
-/// Events read per batch.
+/// Events read per batch, and batches read at once.
 pub const VERIFY_BATCH: i64 = 10_000;
+pub const READS_IN_FLIGHT: usize = 3;
 
 #[derive(Debug)]
 pub struct Verified {
@@ -39,6 +41,31 @@ pub enum VerifyError {
     Signature(#[from] CheckpointError),
 }
 
+/// The position of the first event whose stored hash is not the hash of
+/// its content and `prev_hash`, computed on all cores.
+fn first_hash_mismatch(events: &[RecordedEvent]) -> Option<i64> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
+    let chunk = events.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = events
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .find(|event| expected_hash(event) != event.hash)
+                        .map(|e| e.position)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|worker| worker.join().ok().flatten())
+            .min()
+    })
+}
+
 /// Verifies partition `partition` of `store` from position 0. `key` is the
 /// `(key_id, raw Ed25519 public key)` checkpoints must be signed with.
 pub async fn verify(
@@ -55,20 +82,63 @@ pub async fn verify(
     let mut position = 0i64;
     let mut hash = ChainHash::GENESIS;
     let mut checked = 0usize;
-    let reader = store.clone();
-    let mut next = tokio::spawn(async move { reader.read_after(partition, 0, VERIFY_BATCH).await });
-    loop {
+    // Positions are meant to be gap-free (that is what is verified), so the
+    // ranges of the next batches are known: keep several reads in flight.
+    // A gap or reorder still shows up below, as a position out of sequence.
+    let (head_position, _) = store.head(partition).await?;
+    let mut pending = std::collections::VecDeque::new();
+    let mut next_after = 0i64;
+    let mut refill = |pending: &mut std::collections::VecDeque<tokio::task::JoinHandle<_>>| {
+        while pending.len() < READS_IN_FLIGHT && next_after < head_position {
+            let reader = store.clone();
+            let after = next_after;
+            pending.push_back(tokio::spawn(async move {
+                reader.read_after(partition, after, VERIFY_BATCH).await
+            }));
+            next_after += VERIFY_BATCH;
+        }
+    };
+    refill(&mut pending);
+    while let Some(next) = pending.pop_front() {
         let batch = next
             .await
             .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))??;
+        refill(&mut pending);
         if batch.is_empty() {
-            break;
+            continue;
         }
-        let last = batch.last().map_or(position, |event| event.position);
-        let reader = store.clone();
-        next = tokio::spawn(async move { reader.read_after(partition, last, VERIFY_BATCH).await });
-        for event in &batch {
-            (position, hash) = verify_chain(position, hash, std::slice::from_ref(event))?;
+        // Hashes are independent given each event's own `prev_hash`:
+        // recompute them on every core, then check positions and links in
+        // order (cheap).
+        let batch = std::sync::Arc::new(batch);
+        let mismatch = tokio::task::spawn_blocking({
+            let batch = batch.clone();
+            move || first_hash_mismatch(&batch)
+        })
+        .await
+        .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
+        for event in batch.iter() {
+            if event.position != position + 1 {
+                return Err(ChainError::PositionGap {
+                    position: event.position,
+                    expected: position + 1,
+                }
+                .into());
+            }
+            if event.prev_hash != hash {
+                return Err(ChainError::BrokenLink {
+                    position: event.position,
+                }
+                .into());
+            }
+            if mismatch == Some(event.position) {
+                return Err(ChainError::HashMismatch {
+                    position: event.position,
+                }
+                .into());
+            }
+            position = event.position;
+            hash = event.hash;
             if let Some(checkpoint) = checkpoints.get(&position) {
                 if checkpoint.hash != hash {
                     return Err(VerifyError::CheckpointMismatch {

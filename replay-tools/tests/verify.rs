@@ -95,3 +95,33 @@ async fn verify_rejects_an_edited_event_in_sqlite() {
         .unwrap_err();
     assert!(error.to_string().contains("position 9"), "{error}");
 }
+
+#[tokio::test]
+async fn verify_rejects_a_deleted_event_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let store = Store::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let key = Arc::new(SigningKey::generate().unwrap());
+    ledger_with_events(&store, key.clone()).await;
+    let pool = store.sqlite_pool().unwrap();
+    sqlx::query("DROP TRIGGER events_no_delete")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM events WHERE position = 9")
+        .execute(pool)
+        .await
+        .unwrap();
+    let error = seatledger_replay::verify(&store, 0, (key.key_id(), key.public_key()))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("position 10: expected position 9"),
+        "{error}"
+    );
+}
