@@ -68,18 +68,24 @@ fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Parses JSON: syntax errors (including truncated bodies) are 400
 /// `malformed_json`; wrong types, missing or unknown fields are 422
-/// `invalid_request`. Syntax is checked on the whole body first, so a
-/// truncated body is never reported as a type error.
+/// `invalid_request`. A body is parsed once; only a body that fails is
+/// parsed again, without types, to tell a syntax error from a type error
+/// (serde reports whichever it meets first, so `[1,2` would look like a
+/// type error).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string())
-    })?;
-    T::deserialize(value).map_err(|error| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            error.to_string(),
-        )
+    serde_json::from_slice(bytes).map_err(|error| {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                syntax.to_string(),
+            ),
+            Ok(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                error.to_string(),
+            ),
+        }
     })
 }
 
