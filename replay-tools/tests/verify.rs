@@ -68,60 +68,47 @@ async fn verify_accepts_an_intact_log_and_its_checkpoints(pool: sqlx::PgPool) {
     );
 }
 
-#[tokio::test]
-async fn verify_rejects_an_edited_event_in_sqlite() {
+/// Builds a SQLite ledger, lets a tamperer who can drop the guard
+/// `trigger` run `tampering`, and returns what `verify` says.
+async fn verify_after_tampering(trigger: &str, tampering: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.db");
-    let store = Store::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
+    let store = Store::connect(&format!(
+        "sqlite:{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .unwrap();
     store.migrate().await.unwrap();
     let key = Arc::new(SigningKey::generate().unwrap());
     ledger_with_events(&store, key.clone()).await;
     let pool = store.sqlite_pool().unwrap();
-    // A tamperer who can drop the guard trigger edits a payload.
-    sqlx::query("DROP TRIGGER events_no_update")
+    sqlx::query(&format!("DROP TRIGGER {trigger}"))
         .execute(pool)
         .await
         .unwrap();
-    sqlx::query(
-        "UPDATE events SET payload = replace(payload, '\"m7\"', '\"m8\"') WHERE position = 9",
-    )
-    .execute(pool)
-    .await
-    .unwrap();
+    sqlx::query(tampering).execute(pool).await.unwrap();
     let error = seatledger_replay::verify(&store, 0, (key.key_id(), key.public_key()))
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("position 9"), "{error}");
+    error.to_string()
+}
+
+#[tokio::test]
+async fn verify_rejects_an_edited_event_in_sqlite() {
+    let error = verify_after_tampering(
+        "events_no_update",
+        "UPDATE events SET payload = replace(payload, '\"m7\"', '\"m8\"') WHERE position = 9",
+    )
+    .await;
+    assert!(error.contains("position 9"), "{error}");
 }
 
 #[tokio::test]
 async fn verify_rejects_a_deleted_event_in_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.db");
-    let store = Store::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let key = Arc::new(SigningKey::generate().unwrap());
-    ledger_with_events(&store, key.clone()).await;
-    let pool = store.sqlite_pool().unwrap();
-    sqlx::query("DROP TRIGGER events_no_delete")
-        .execute(pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM events WHERE position = 9")
-        .execute(pool)
-        .await
-        .unwrap();
-    let error = seatledger_replay::verify(&store, 0, (key.key_id(), key.public_key()))
-        .await
-        .unwrap_err();
+    let error =
+        verify_after_tampering("events_no_delete", "DELETE FROM events WHERE position = 9").await;
     assert!(
-        error
-            .to_string()
-            .contains("position 10: expected position 9"),
+        error.contains("position 10: expected position 9"),
         "{error}"
     );
 }
