@@ -1,9 +1,7 @@
 //! Criterion micro-benchmarks of the hot pure paths: decide + evolve per
-//! command kind, canonical encoding + chain hash per event, and the Ed25519
-//! seat token. `cargo bench -p seatledger-benches`.
-//!
-//! Billing folds are not benchmarked yet: the billing projection does not
-//! exist.
+//! command kind, canonical encoding + chain hash per event, the Ed25519
+//! seat token, and the billing fold per event.
+//! `cargo bench -p seatledger-benches`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use seatledger_api::tokens::{self, SeatClaims};
@@ -11,8 +9,12 @@ use seatledger_ledger::domain::{
     decide, evolve, Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount, StreamState,
 };
 use seatledger_ledger::SigningKey;
+use seatledger_projections::{BillingFold, Granularity};
 use seatledger_schema::canonical::{canonical_bytes, expected_hash};
-use seatledger_schema::{ChainHash, Metadata, RecordedEvent, Timestamp};
+use seatledger_schema::{
+    ChainHash, Event, Metadata, RecordedEvent, ReleaseReason, SeatAcquired, SeatHeartbeat,
+    SeatReleased, Timestamp,
+};
 use std::hint::black_box;
 use uuid::Uuid;
 
@@ -180,5 +182,96 @@ fn seat_tokens(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decide_and_evolve, hashing, seat_tokens);
+/// A day of seat traffic on one license: 500 machines, each session an
+/// acquire, a heartbeat a minute for an hour, and a release; sessions
+/// start a minute apart, so about 60 leases are held at once.
+fn seat_traffic() -> Vec<RecordedEvent> {
+    let mut timed: Vec<(Timestamp, Event)> = Vec::new();
+    for machine in 0..500u128 {
+        let session_id = Uuid::from_u128(0x10_0000 + machine);
+        let start = now().plus_seconds(60 * machine as i64);
+        timed.push((
+            start,
+            Event::SeatAcquired(SeatAcquired {
+                session_id,
+                generation: machine as u64 + 1,
+                user_id: Uuid::from_u128(machine % 50),
+                hardware_id: format!("machine-{machine}"),
+                expires_at: start.plus_seconds(360),
+                overage: false,
+            }),
+        ));
+        for minute in 1..=60 {
+            let at = start.plus_seconds(60 * minute);
+            timed.push((
+                at,
+                Event::SeatHeartbeat(SeatHeartbeat {
+                    session_id,
+                    expires_at: at.plus_seconds(360),
+                }),
+            ));
+        }
+        timed.push((
+            start.plus_seconds(3_630),
+            Event::SeatReleased(SeatReleased {
+                session_id,
+                reason: ReleaseReason::Client,
+            }),
+        ));
+    }
+    timed.sort_by_key(|(at, _)| *at);
+    timed
+        .into_iter()
+        .enumerate()
+        .map(|(i, (at, event))| RecordedEvent {
+            partition: 0,
+            position: i as i64 + 1,
+            event_id: Uuid::from_u128(i as u128),
+            stream_id: format!("license-{LICENSE}"),
+            stream_version: i as i64 + 1,
+            tenant_id: ORG,
+            event_type: event.event_type().into(),
+            schema_version: event.schema_version(),
+            payload: event.payload(),
+            metadata: Metadata::default(),
+            occurred_at: at,
+            recorded_at: at,
+            prev_hash: ChainHash::GENESIS,
+            hash: ChainHash::GENESIS,
+        })
+        .collect()
+}
+
+fn billing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("billing fold");
+    let records = seat_traffic();
+    let events: Vec<Event> = records.iter().map(|r| r.event().unwrap()).collect();
+    group.throughput(Throughput::Elements(records.len() as u64));
+    for granularity in [Granularity::Hour, Granularity::Month] {
+        group.bench_function(
+            format!("apply recorded event ({granularity:?} periods)"),
+            |b| {
+                b.iter(|| {
+                    let mut fold = BillingFold::new(granularity);
+                    for record in &records {
+                        fold.apply(black_box(record)).unwrap();
+                    }
+                    fold
+                })
+            },
+        );
+    }
+    group.bench_function("apply decoded event (Hour periods)", |b| {
+        b.iter(|| {
+            let mut fold = BillingFold::new(Granularity::Hour);
+            for (record, event) in records.iter().zip(&events) {
+                fold.apply_event(ORG, LICENSE, record.occurred_at, black_box(event));
+            }
+            fold
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decide_and_evolve, hashing, seat_tokens, billing);
 criterion_main!(benches);

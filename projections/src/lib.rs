@@ -2,7 +2,12 @@
 //! the follower runner with checkpoints, hot seat counts, the zombie
 //! reaper, billing and the NATS JetStream publisher.
 //!
-//! Empty for now: no open issue has built a follower yet. The
-//! `follower_checkpoints` table (schema migrations) and the ledger's
-//! `CommitNotifier` / `listen` wake-ups are in place for them.
+//! Built so far: the billing fold ([`billing`]), pure and replayable. The
+//! followers that run it and the others against the live log (with the
+//! `follower_checkpoints` table and the ledger's `CommitNotifier` / `listen`
+//! wake-ups, already in place) are not built yet.
 #![forbid(unsafe_code)]
+
+pub mod billing;
+
+pub use billing::{BillingFold, Granularity, UsageRow};
