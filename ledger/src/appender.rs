@@ -228,7 +228,7 @@ impl Appender {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let stats = Arc::new(AppenderStats::default());
         let worker = Worker {
-            store,
+            store: store.for_appender(),
             signer,
             clock,
             notifier: notifier.clone(),
@@ -570,7 +570,7 @@ impl Worker {
             let crossed = stored_version / limits::SNAPSHOT_EVERY_EVENTS
                 != stream.version / limits::SNAPSHOT_EVERY_EVENTS;
             let snapshot = if crossed {
-                let state = serde_json::to_value(&stream.state)
+                let state = serde_json::to_string(&stream.state)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Some((stream.version, state))
             } else {

@@ -48,12 +48,15 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// PostgreSQL: admin shutdown, cannot connect now, too many connections;
+/// PostgreSQL: admin shutdown, crash shutdown, cannot connect now, too many
+/// connections, and 55000, which is what connecting answers while the
+/// database does not accept connections (`ALLOW_CONNECTIONS false`, during
+/// maintenance; no statement seatledger issues raises it otherwise);
 /// SQLite: busy, locked.
 fn is_unavailable_code(code: Option<&str>) -> bool {
     matches!(
         code,
-        Some("57P01" | "57P02" | "57P03" | "53300" | "5" | "6" | "517")
+        Some("57P01" | "57P02" | "57P03" | "53300" | "55000" | "5" | "6" | "517")
     )
 }
 
@@ -99,8 +102,11 @@ pub(crate) struct StreamWrite {
     pub stream_id: String,
     pub partition: i16,
     pub version: i64,
-    /// `(snapshot_version, state)` when the version crossed a snapshot mark.
-    pub snapshot: Option<(i64, serde_json::Value)>,
+    /// `(snapshot_version, state as JSON text)` when the version crossed a
+    /// snapshot mark. Text, not a `serde_json::Value`: a license holding
+    /// 100k leases serializes to ~30 MB, and the value tree would be several
+    /// times that on the heap for nothing.
+    pub snapshot: Option<(i64, String)>,
 }
 
 pub(crate) struct CommandWrite {
@@ -149,6 +155,29 @@ impl Store {
             .connect_with(options)
             .await?;
         Ok(Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(()))))
+    }
+
+    /// The store the appender writes through. On PostgreSQL it is a pool
+    /// of one connection of its own, with the shared pool's options: the
+    /// appender commits one batch at a time, so it needs no more, never
+    /// waits behind API reads for a connection, and the large write buffer
+    /// a batch carrying snapshots needs (sqlx keeps each connection's
+    /// buffer at the largest message it ever sent) stays on one connection
+    /// instead of growing on every connection of the shared pool. SQLite
+    /// shares the pool and its partition lock.
+    pub fn for_appender(&self) -> Store {
+        match self {
+            Store::Postgres(pool) => {
+                let options = (*pool.connect_options()).clone();
+                Store::Postgres(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .connect_lazy_with(options),
+                )
+            }
+            Store::Sqlite(..) => self.clone(),
+        }
     }
 
     pub fn from_pg_pool(pool: sqlx::PgPool) -> Store {

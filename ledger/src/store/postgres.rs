@@ -317,9 +317,9 @@ pub(crate) async fn write_batch(
         .iter()
         .map(|w| w.snapshot.as_ref().map(|s| s.0))
         .collect();
-    let states: Vec<Option<String>> = streams
+    let states: Vec<Option<&str>> = streams
         .iter()
-        .map(|w| w.snapshot.as_ref().map(|s| s.1.to_string()))
+        .map(|w| w.snapshot.as_ref().map(|s| s.1.as_str()))
         .collect();
     let tenants: Vec<Uuid> = commands.iter().map(|w| w.tenant_id).collect();
     let command_ids: Vec<&str> = commands.iter().map(|w| w.command_id.as_str()).collect();
@@ -399,9 +399,9 @@ pub(crate) async fn upsert_streams(
         .iter()
         .map(|w| w.snapshot.as_ref().map(|s| s.0))
         .collect();
-    let states: Vec<Option<String>> = writes
+    let states: Vec<Option<&str>> = writes
         .iter()
-        .map(|w| w.snapshot.as_ref().map(|s| s.1.to_string()))
+        .map(|w| w.snapshot.as_ref().map(|s| s.1.as_str()))
         .collect();
     sqlx::query(
         "INSERT INTO streams (stream_id, partition, version, snapshot_version, state) \

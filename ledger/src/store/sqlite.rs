@@ -268,7 +268,7 @@ pub(crate) async fn upsert_streams(
                 .push_bind(write.partition)
                 .push_bind(write.version)
                 .push_bind(write.snapshot.as_ref().map(|s| s.0))
-                .push_bind(write.snapshot.as_ref().map(|s| s.1.to_string()));
+                .push_bind(write.snapshot.as_ref().map(|s| s.1.as_str()));
         });
         query.push(
             " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
