@@ -93,7 +93,8 @@ pub async fn verify(
             let reader = store.clone();
             let after = next_after;
             pending.push_back(tokio::spawn(async move {
-                reader.read_after(partition, after, VERIFY_BATCH).await
+                let through = (after + VERIFY_BATCH).min(head_position);
+                reader.read_range(partition, after, through).await
             }));
             next_after += VERIFY_BATCH;
         }

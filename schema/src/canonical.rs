@@ -268,6 +268,29 @@ mod tests {
         assert_eq!(String::from_utf8(generic).unwrap(), text);
     }
 
+    /// The encoding is forever: these bytes and this hash were produced by
+    /// the first implementation and must never change.
+    #[test]
+    fn canonical_bytes_and_hash_are_pinned() {
+        let mut event = sample(1, ChainHash([0xab; 32]));
+        event.payload = serde_json::json!({
+            "b": [1, -2, 3.5, "x\"y\u{1}é", null, true, false],
+            "a": {"z": 1, "é": {}, "A": []},
+            "session_id": Uuid::nil(),
+        });
+        event.metadata.request_id = Some("req \\ 1".into());
+        event.occurred_at = Timestamp::from_micros(-1);
+        event.recorded_at = Timestamp::from_micros(253_402_300_799_999_999);
+        assert_eq!(
+            String::from_utf8(canonical_bytes(&event)).unwrap(),
+            GOLDEN_TEXT
+        );
+        assert_eq!(expected_hash(&event).to_hex(), GOLDEN_HASH);
+    }
+
+    const GOLDEN_TEXT: &str = r#"{"event_id":"00000000-0000-0000-0000-000000000001","event_type":"SeatReleased","metadata":{"actor":"user-1","correlation_id":null,"request_id":"req \\ 1"},"occurred_at":"1969-12-31T23:59:59.999999Z","partition":0,"payload":{"a":{"A":[],"z":1,"é":{}},"b":[1,-2,3.5,"x\"y\u0001é",null,true,false],"session_id":"00000000-0000-0000-0000-000000000000"},"position":1,"prev_hash":"abababababababababababababababababababababababababababababababab","recorded_at":"9999-12-31T23:59:59.999999Z","schema_version":1,"stream_id":"license-00000000-0000-0000-0000-000000000001","stream_version":1,"tenant_id":"00000000-0000-0000-0000-000000000009"}"#;
+    const GOLDEN_HASH: &str = "1610aac7138697be9f87221128d592211bbef410f905afcb07262b13ca3db90b";
+
     #[test]
     fn a_valid_chain_verifies() {
         let events = chain(5);

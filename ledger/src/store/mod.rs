@@ -247,10 +247,42 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_between(partition, after, i64::MAX, limit).await
+    }
+
+    /// The events of `partition` with `after < position <= through`, in
+    /// order, at most `READ_BATCH_MAX` of them. For readers that know the
+    /// range they want (`verify` reads up to the head it saw): the bound
+    /// lets PostgreSQL plan a range of the primary key even before the
+    /// table has statistics, where `read_after`'s open range on a never-
+    /// analyzed table is planned as a scan and sort of everything after
+    /// `after` (measured: 175 ms per 10,000-event batch on a fresh
+    /// 272k-event log, so reading it whole was quadratic).
+    pub async fn read_range(
+        &self,
+        partition: i16,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = through.saturating_sub(after);
+        self.read_between(partition, after, through, limit).await
+    }
+
+    async fn read_between(
+        &self,
+        partition: i16,
+        after: i64,
+        through: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
         match self {
-            Store::Postgres(pool) => postgres::read_after(pool, partition, after, limit).await,
-            Store::Sqlite(pool, _) => sqlite::read_after(pool, partition, after, limit).await,
+            Store::Postgres(pool) => {
+                postgres::read_after(pool, partition, after, through, limit).await
+            }
+            Store::Sqlite(pool, _) => {
+                sqlite::read_after(pool, partition, after, through, limit).await
+            }
         }
     }
 

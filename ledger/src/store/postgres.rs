@@ -72,12 +72,14 @@ pub(crate) async fn read_after(
     pool: &PgPool,
     partition: i16,
     after: i64,
+    through: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE partition = $1 AND position > $2 ORDER BY position LIMIT $3");
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE partition = $1 AND position > $2 AND position <= $3 ORDER BY position LIMIT $4");
     let rows = sqlx::query(&sql)
         .bind(partition)
         .bind(after)
+        .bind(through)
         .bind(limit)
         .fetch_all(pool)
         .await?;

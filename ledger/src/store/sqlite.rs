@@ -79,12 +79,14 @@ pub(crate) async fn read_after(
     pool: &SqlitePool,
     partition: i16,
     after: i64,
+    through: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE partition = ? AND position > ? ORDER BY position LIMIT ?");
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE partition = ? AND position > ? AND position <= ? ORDER BY position LIMIT ?");
     let rows = sqlx::query(&sql)
         .bind(partition)
         .bind(after)
+        .bind(through)
         .bind(limit)
         .fetch_all(pool)
         .await?;
