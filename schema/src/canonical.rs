@@ -95,7 +95,7 @@ pub fn write_canonical_json(out: &mut Vec<u8>, value: &Value) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(number) => out.extend_from_slice(number.to_string().as_bytes()),
+        Value::Number(number) => write_display(out, number),
     }
 }
 
@@ -111,7 +111,7 @@ pub fn canonical_bytes(event: &RecordedEvent) -> Vec<u8> {
     // Keys in sorted order, written directly (no intermediate map).
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"{\"event_id\":\"");
-    out.extend_from_slice(event.event_id.hyphenated().to_string().as_bytes());
+    write_uuid(&mut out, &event.event_id);
     out.extend_from_slice(b"\",\"event_type\":");
     write_json_string(&mut out, &event.event_type);
     out.extend_from_slice(b",\"metadata\":{\"actor\":");
@@ -121,27 +121,43 @@ pub fn canonical_bytes(event: &RecordedEvent) -> Vec<u8> {
     out.extend_from_slice(b",\"request_id\":");
     write_optional_string(&mut out, event.metadata.request_id.as_deref());
     out.extend_from_slice(b"},\"occurred_at\":\"");
-    out.extend_from_slice(event.occurred_at.to_string().as_bytes());
+    event.occurred_at.write_text(&mut out);
     out.extend_from_slice(b"\",\"partition\":");
-    out.extend_from_slice(event.partition.to_string().as_bytes());
+    write_display(&mut out, event.partition);
     out.extend_from_slice(b",\"payload\":");
     write_canonical_json(&mut out, &event.payload);
     out.extend_from_slice(b",\"position\":");
-    out.extend_from_slice(event.position.to_string().as_bytes());
+    write_display(&mut out, event.position);
     out.extend_from_slice(b",\"prev_hash\":\"");
-    out.extend_from_slice(event.prev_hash.to_hex().as_bytes());
+    let mut hex = [0u8; 64];
+    if hex::encode_to_slice(event.prev_hash.as_bytes(), &mut hex).is_ok() {
+        out.extend_from_slice(&hex);
+    }
     out.extend_from_slice(b"\",\"recorded_at\":\"");
-    out.extend_from_slice(event.recorded_at.to_string().as_bytes());
+    event.recorded_at.write_text(&mut out);
     out.extend_from_slice(b"\",\"schema_version\":");
-    out.extend_from_slice(event.schema_version.to_string().as_bytes());
+    write_display(&mut out, event.schema_version);
     out.extend_from_slice(b",\"stream_id\":");
     write_json_string(&mut out, &event.stream_id);
     out.extend_from_slice(b",\"stream_version\":");
-    out.extend_from_slice(event.stream_version.to_string().as_bytes());
+    write_display(&mut out, event.stream_version);
     out.extend_from_slice(b",\"tenant_id\":\"");
-    out.extend_from_slice(event.tenant_id.hyphenated().to_string().as_bytes());
+    write_uuid(&mut out, &event.tenant_id);
     out.extend_from_slice(b"\"}");
     out
+}
+
+/// Numbers in their `Display` form, written in place (no `String`).
+fn write_display(out: &mut Vec<u8>, value: impl fmt::Display) {
+    use std::io::Write as _;
+    if write!(out, "{value}").is_err() {
+        unreachable!("writing into a Vec cannot fail");
+    }
+}
+
+fn write_uuid(out: &mut Vec<u8>, id: &uuid::Uuid) {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
 }
 
 fn write_optional_string(out: &mut Vec<u8>, text: Option<&str>) {

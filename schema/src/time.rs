@@ -2,7 +2,7 @@
 //! PostgreSQL stores. Its text form (RFC 3339, UTC, exactly six fractional
 //! digits, `Z`) is part of the canonical encoding and must never change.
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -56,13 +56,45 @@ impl From<DateTime<Utc>> for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Appends the text form to `out` without allocating: the canonical
+    /// encoder writes two per event. Years 0–9999 are formatted here;
+    /// others (which RFC 3339 cannot spell plainly) go through chrono.
+    pub fn write_text(self, out: &mut Vec<u8>) {
+        let datetime = self.to_datetime();
+        let year = datetime.year();
+        if !(0..=9999).contains(&year) {
+            out.extend_from_slice(
+                datetime
+                    .to_rfc3339_opts(SecondsFormat::Micros, true)
+                    .as_bytes(),
+            );
+            return;
+        }
+        let micros = datetime.timestamp_subsec_micros();
+        let mut text = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, digits: usize, mut value: u32| {
+            for index in (at..at + digits).rev() {
+                text[index] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year as u32);
+        put(5, 2, datetime.month());
+        put(8, 2, datetime.day());
+        put(11, 2, datetime.hour());
+        put(14, 2, datetime.minute());
+        put(17, 2, datetime.second());
+        put(20, 6, micros);
+        out.extend_from_slice(&text);
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            &self
-                .to_datetime()
-                .to_rfc3339_opts(SecondsFormat::Micros, true),
-        )
+        let mut text = Vec::with_capacity(27);
+        self.write_text(&mut text);
+        f.write_str(&String::from_utf8_lossy(&text))
     }
 }
 
@@ -103,6 +135,24 @@ mod tests {
         fn text_form_round_trips(micros in -1_000_000_000_000_000i64..8_000_000_000_000_000i64) {
             let t = Timestamp::from_micros(micros);
             prop_assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
+        }
+
+        /// The hand-written formatter is chrono's RFC 3339 form exactly,
+        /// over the whole range of the type.
+        #[test]
+        fn text_form_is_chronos_rfc3339(micros in any::<i64>()) {
+            let t = Timestamp::from_micros(micros);
+            let chrono = t.to_datetime().to_rfc3339_opts(SecondsFormat::Micros, true);
+            prop_assert_eq!(t.to_string(), chrono);
+        }
+
+        #[test]
+        fn text_form_is_chronos_rfc3339_in_years_0_to_9999(
+            micros in -62_167_219_200_000_000i64..253_402_300_800_000_000i64,
+        ) {
+            let t = Timestamp::from_micros(micros);
+            let chrono = t.to_datetime().to_rfc3339_opts(SecondsFormat::Micros, true);
+            prop_assert_eq!(t.to_string(), chrono);
         }
     }
 }
