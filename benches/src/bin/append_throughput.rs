@@ -35,6 +35,10 @@ struct Args {
     batch_max: Vec<usize>,
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Microseconds a batch waits for more commands once the queue is dry
+    /// (the appender's `linger`), one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    linger_us: Vec<u64>,
 }
 
 #[tokio::main]
@@ -46,22 +50,23 @@ async fn main() -> anyhow::Result<()> {
             || args.database_url.starts_with("sqlite:"),
         "loopback only"
     );
-    println!("| batch_max | clients | events/s | mean batch | commit ms (mean) |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!("| batch_max | linger µs | clients | events/s | mean batch | commit ms (mean) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for &batch_max in &args.batch_max {
-        for &clients in &args.clients {
-            let (store, cleanup) = fresh_store(&args.database_url).await?;
-            let result = run(
-                &store,
-                batch_max,
-                clients,
-                Duration::from_secs(args.seconds),
-            )
-            .await;
-            drop(store);
-            cleanup.await?;
-            let (events_per_s, mean_batch, commit_ms) = result?;
-            println!("| {batch_max} | {clients} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} |");
+        for &linger_us in &args.linger_us {
+            for &clients in &args.clients {
+                let (store, cleanup) = fresh_store(&args.database_url).await?;
+                let config = AppenderConfig {
+                    batch_max,
+                    linger: Duration::from_micros(linger_us),
+                    ..AppenderConfig::default()
+                };
+                let result = run(&store, config, clients, Duration::from_secs(args.seconds)).await;
+                drop(store);
+                cleanup.await?;
+                let (events_per_s, mean_batch, commit_ms) = result?;
+                println!("| {batch_max} | {linger_us} | {clients} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} |");
+            }
         }
     }
     Ok(())
@@ -103,15 +108,11 @@ async fn fresh_store(url: &str) -> anyhow::Result<(Store, Cleanup)> {
 
 async fn run(
     store: &Store,
-    batch_max: usize,
+    config: AppenderConfig,
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let key = Arc::new(SigningKey::generate()?);
-    let config = AppenderConfig {
-        batch_max,
-        ..AppenderConfig::default()
-    };
     let (appender, task) = Appender::start(
         store.clone(),
         key,
