@@ -499,3 +499,39 @@ async fn a_burst_commits_in_batches_without_failures_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     burst_commits_in_batches_without_failures(&sqlite_store(&dir).await).await;
 }
+
+/// `read_range` returns exactly `after < position <= through`, capped at
+/// the head, and nothing for an empty or inverted range.
+async fn read_range_is_bounded_on_both_sides(store: &Store) {
+    let (appender, _) = start_default(store);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 10)).await;
+    for machine in 0..5 {
+        submit(&appender, acquire(license, machine)).await;
+    }
+    let positions = |events: Vec<seatledger_schema::RecordedEvent>| {
+        events.iter().map(|e| e.position).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        positions(store.read_range(0, 2, 5).await.unwrap()),
+        [3, 4, 5]
+    );
+    assert_eq!(
+        positions(store.read_range(0, 4, 100).await.unwrap()),
+        [5, 6]
+    );
+    assert!(store.read_range(0, 5, 5).await.unwrap().is_empty());
+    assert!(store.read_range(0, 5, 3).await.unwrap().is_empty());
+    assert_eq!(positions(store.read_after(0, 4, 1).await.unwrap()), [5]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn read_range_is_bounded_on_both_sides_on_postgres(pool: sqlx::PgPool) {
+    read_range_is_bounded_on_both_sides(&migrated(pool).await).await;
+}
+
+#[tokio::test]
+async fn read_range_is_bounded_on_both_sides_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    read_range_is_bounded_on_both_sides(&sqlite_store(&dir).await).await;
+}

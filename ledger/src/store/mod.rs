@@ -278,10 +278,10 @@ impl Store {
         let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
         match self {
             Store::Postgres(pool) => {
-                postgres::read_after(pool, partition, after, through, limit).await
+                postgres::read_between(pool, partition, after, through, limit).await
             }
             Store::Sqlite(pool, _) => {
-                sqlite::read_after(pool, partition, after, through, limit).await
+                sqlite::read_between(pool, partition, after, through, limit).await
             }
         }
     }

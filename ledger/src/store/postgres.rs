@@ -68,7 +68,7 @@ pub(crate) async fn head(
     }
 }
 
-pub(crate) async fn read_after(
+pub(crate) async fn read_between(
     pool: &PgPool,
     partition: i16,
     after: i64,

@@ -75,7 +75,7 @@ pub(crate) async fn head(
     }
 }
 
-pub(crate) async fn read_after(
+pub(crate) async fn read_between(
     pool: &SqlitePool,
     partition: i16,
     after: i64,
