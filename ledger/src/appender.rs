@@ -143,7 +143,17 @@ pub struct AppenderConfig {
     pub linger: Duration,
     pub checkpoint_every_events: i64,
     pub checkpoint_interval: Duration,
+    /// How long a batch waits for the partition lock (PostgreSQL
+    /// `lock_timeout` on the appender's connection) before it fails as
+    /// unavailable. Another replica holds the lock for one batch, well
+    /// under this; a holder stuck longer (a hung replica, an operator's
+    /// open transaction) turns into 503 + Retry-After for the callers
+    /// instead of requests that hang for as long as it does.
+    pub lock_timeout: Duration,
 }
+
+/// The default [`AppenderConfig::lock_timeout`].
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for AppenderConfig {
     fn default() -> Self {
@@ -154,6 +164,7 @@ impl Default for AppenderConfig {
             linger: Duration::ZERO,
             checkpoint_every_events: limits::CHECKPOINT_EVERY_EVENTS,
             checkpoint_interval: Duration::from_secs(limits::CHECKPOINT_EVERY_S),
+            lock_timeout: LOCK_TIMEOUT,
         }
     }
 }
@@ -228,7 +239,7 @@ impl Appender {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let stats = Arc::new(AppenderStats::default());
         let worker = Worker {
-            store: store.for_appender(),
+            store: store.for_appender(config.lock_timeout),
             signer,
             clock,
             notifier: notifier.clone(),

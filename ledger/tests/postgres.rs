@@ -535,3 +535,37 @@ async fn read_range_is_bounded_on_both_sides_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     read_range_is_bounded_on_both_sides(&sqlite_store(&dir).await).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_behind_a_stuck_lock_holder_fails_as_unavailable_then_recovers(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    let config = AppenderConfig {
+        lock_timeout: Duration::from_millis(200),
+        ..AppenderConfig::default()
+    };
+    let appender = start(&store, key, Arc::new(SystemClock), config);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 5)).await;
+    // A stuck writer (a hung replica, an operator's open transaction)
+    // holds the partition lock.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(seatledger_ledger::store::partition_lock_key(0))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let blocked = tokio::time::timeout(
+        Duration::from_secs(30),
+        appender.submit(Submission::new(ORG, acquire(license, 1))),
+    )
+    .await
+    .expect("the append gave up instead of waiting for the holder");
+    let error = blocked.unwrap_err();
+    assert!(error.is_unavailable(), "{error}");
+    assert_eq!(read_all(&store).await.len(), 1, "nothing was written");
+    holder.rollback().await.unwrap();
+    let retried = submit(&appender, acquire(license, 1)).await;
+    assert_eq!(retried.events[0].event_type, "SeatAcquired");
+    assert_chain_verifies(&store).await;
+}

@@ -48,15 +48,22 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The PostgreSQL advisory-lock key the appender of `partition` holds for
+/// the length of each batch (`pg_locks.classid`/`objid` are its high and low
+/// 32 bits): who holds it is who is writing.
+pub fn partition_lock_key(partition: i16) -> i64 {
+    postgres::partition_lock_key(partition)
+}
+
 /// PostgreSQL: admin shutdown, crash shutdown, cannot connect now, too many
-/// connections, and 55000, which is what connecting answers while the
-/// database does not accept connections (`ALLOW_CONNECTIONS false`, during
-/// maintenance; no statement seatledger issues raises it otherwise);
-/// SQLite: busy, locked.
+/// connections, a lock wait past `lock_timeout` (55P03), and 55000, which is
+/// what connecting answers while the database does not accept connections
+/// (`ALLOW_CONNECTIONS false`, during maintenance; no statement seatledger
+/// issues raises it otherwise); SQLite: busy, locked.
 fn is_unavailable_code(code: Option<&str>) -> bool {
     matches!(
         code,
-        Some("57P01" | "57P02" | "57P03" | "53300" | "55000" | "5" | "6" | "517")
+        Some("57P01" | "57P02" | "57P03" | "53300" | "55P03" | "55000" | "5" | "6" | "517")
     )
 }
 
@@ -163,12 +170,17 @@ impl Store {
     /// waits behind API reads for a connection, and the large write buffer
     /// a batch carrying snapshots needs (sqlx keeps each connection's
     /// buffer at the largest message it ever sent) stays on one connection
-    /// instead of growing on every connection of the shared pool. SQLite
-    /// shares the pool and its partition lock.
-    pub fn for_appender(&self) -> Store {
+    /// instead of growing on every connection of the shared pool. Its
+    /// statements wait at most `lock_timeout` for a lock (the partition
+    /// lock above all), then fail as unavailable. SQLite shares the pool
+    /// and its partition lock (its busy timeout bounds waits there).
+    pub fn for_appender(&self, lock_timeout: Duration) -> Store {
         match self {
             Store::Postgres(pool) => {
-                let options = (*pool.connect_options()).clone();
+                let options = (*pool.connect_options()).clone().options([(
+                    "lock_timeout",
+                    format!("{}ms", lock_timeout.as_millis().max(1)),
+                )]);
                 Store::Postgres(
                     sqlx::postgres::PgPoolOptions::new()
                         .max_connections(1)
@@ -430,15 +442,9 @@ impl Store {
     /// Opens the batch transaction of `partition` and takes its lock.
     pub(crate) async fn begin_batch(&self, partition: i16) -> Result<BatchTx<'_>, StoreError> {
         match self {
-            Store::Postgres(pool) => {
-                // BEGIN and the lock in one simple query: one round trip.
-                let begin = format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({})",
-                    postgres::partition_lock_key(partition)
-                );
-                let tx = pool.begin_with(begin).await?;
-                Ok(BatchTx::Postgres(tx))
-            }
+            Store::Postgres(pool) => Ok(BatchTx::Postgres(
+                PgBatch::begin(pool.acquire().await?, partition).await?,
+            )),
             Store::Sqlite(pool, lock) => {
                 let guard = lock.lock().await;
                 let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -448,9 +454,72 @@ impl Store {
     }
 }
 
+/// A PostgreSQL batch transaction: `BEGIN` and the partition lock in one
+/// simple query (one round trip), on a connection that is closed rather
+/// than reused unless the batch commits.
+///
+/// Not a `sqlx::Transaction`: when the statement given to its `begin_with`
+/// fails after `BEGIN` ran (here: the lock wait hits `lock_timeout`, or an
+/// operator cancels it), sqlx 0.8 queues no `ROLLBACK` and returns the
+/// connection to the pool inside the aborted transaction, where every later
+/// batch fails with 25P02. Closing the connection is the one cleanup that
+/// cannot itself fail half-way: PostgreSQL rolls back a transaction whose
+/// connection is gone.
+pub(crate) struct PgBatch {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    committed: bool,
+}
+
+impl PgBatch {
+    async fn begin(
+        conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+        partition: i16,
+    ) -> Result<PgBatch, StoreError> {
+        let mut batch = PgBatch {
+            conn,
+            committed: false,
+        };
+        let begin = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            postgres::partition_lock_key(partition)
+        );
+        // A `&str` without arguments runs as a simple query: both
+        // statements in one round trip.
+        sqlx::Executor::execute(&mut *batch.conn, begin.as_str()).await?;
+        Ok(batch)
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        sqlx::Executor::execute(&mut *self.conn, "COMMIT").await?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for PgBatch {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &sqlx::PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PgBatch {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for PgBatch {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// One appender batch: a transaction holding the partition lock.
 pub(crate) enum BatchTx<'a> {
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Postgres(PgBatch),
     Sqlite(
         sqlx::Transaction<'static, sqlx::Sqlite>,
         tokio::sync::MutexGuard<'a, ()>,
@@ -581,7 +650,7 @@ impl BatchTx<'_> {
 
     pub async fn commit(self) -> Result<(), StoreError> {
         match self {
-            BatchTx::Postgres(tx) => tx.commit().await?,
+            BatchTx::Postgres(batch) => batch.commit().await?,
             BatchTx::Sqlite(tx, guard) => {
                 tx.commit().await?;
                 drop(guard);
