@@ -5,12 +5,21 @@
 //!
 //! Reading and verifying overlap: one task reads the next batch while the
 //! caller verifies the current one.
+//!
+//! `usage` recomputes billing from the log with the billing fold
+//! (`seatledger-projections`), the same code a live billing follower runs,
+//! so a live report can be checked against a replayed one.
 #![forbid(unsafe_code)]
 
-use seatledger_ledger::Store;
+use seatledger_ledger::{Store, StoreError};
+use seatledger_projections::{BillingFold, Granularity, UsageRow};
 use seatledger_schema::canonical::expected_hash;
-use seatledger_schema::{ChainError, ChainHash, Checkpoint, CheckpointError, RecordedEvent};
-use std::collections::HashMap;
+use seatledger_schema::{
+    ChainError, ChainHash, Checkpoint, CheckpointError, DecodeError, RecordedEvent, Timestamp,
+};
+use std::collections::{HashMap, VecDeque};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 /// Events read per batch, and batches read at once.
 pub const VERIFY_BATCH: i64 = 10_000;
@@ -66,6 +75,60 @@ fn first_hash_mismatch(events: &[RecordedEvent]) -> Option<i64> {
     })
 }
 
+/// Reads a partition in position order up to a head, in bounded ranges of
+/// `VERIFY_BATCH` events with `READS_IN_FLIGHT` reads under way.
+///
+/// Positions are meant to be gap-free (verify checks it), so the ranges of
+/// the next batches are known in advance; a gap or reorder still shows up
+/// to the caller as a position out of sequence.
+pub struct LogReader {
+    store: Store,
+    partition: i16,
+    through: i64,
+    next_after: i64,
+    pending: VecDeque<JoinHandle<Result<Vec<RecordedEvent>, StoreError>>>,
+}
+
+impl LogReader {
+    /// A reader of positions `1..=through` of `partition`.
+    pub fn new(store: &Store, partition: i16, through: i64) -> LogReader {
+        let mut reader = LogReader {
+            store: store.clone(),
+            partition,
+            through,
+            next_after: 0,
+            pending: VecDeque::new(),
+        };
+        reader.refill();
+        reader
+    }
+
+    fn refill(&mut self) {
+        while self.pending.len() < READS_IN_FLIGHT && self.next_after < self.through {
+            let reader = self.store.clone();
+            let (partition, after) = (self.partition, self.next_after);
+            let through = (after + VERIFY_BATCH).min(self.through);
+            self.pending.push_back(tokio::spawn(async move {
+                reader.read_range(partition, after, through).await
+            }));
+            self.next_after = through;
+        }
+    }
+
+    /// The next batch (possibly empty where the log has a gap), or `None`
+    /// past `through`.
+    pub async fn next(&mut self) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        let Some(next) = self.pending.pop_front() else {
+            return Ok(None);
+        };
+        let batch = next
+            .await
+            .map_err(|e| StoreError::Corrupt(e.to_string()))??;
+        self.refill();
+        Ok(Some(batch))
+    }
+}
+
 /// Verifies partition `partition` of `store` from position 0. `key` is the
 /// `(key_id, raw Ed25519 public key)` checkpoints must be signed with.
 pub async fn verify(
@@ -82,29 +145,9 @@ pub async fn verify(
     let mut position = 0i64;
     let mut hash = ChainHash::GENESIS;
     let mut checked = 0usize;
-    // Positions are meant to be gap-free (that is what is verified), so the
-    // ranges of the next batches are known: keep several reads in flight.
-    // A gap or reorder still shows up below, as a position out of sequence.
     let (head_position, _) = store.head(partition).await?;
-    let mut pending = std::collections::VecDeque::new();
-    let mut next_after = 0i64;
-    let mut refill = |pending: &mut std::collections::VecDeque<tokio::task::JoinHandle<_>>| {
-        while pending.len() < READS_IN_FLIGHT && next_after < head_position {
-            let reader = store.clone();
-            let after = next_after;
-            pending.push_back(tokio::spawn(async move {
-                let through = (after + VERIFY_BATCH).min(head_position);
-                reader.read_range(partition, after, through).await
-            }));
-            next_after += VERIFY_BATCH;
-        }
-    };
-    refill(&mut pending);
-    while let Some(next) = pending.pop_front() {
-        let batch = next
-            .await
-            .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))??;
-        refill(&mut pending);
+    let mut reader = LogReader::new(store, partition, head_position);
+    while let Some(batch) = reader.next().await? {
         if batch.is_empty() {
             continue;
         }
@@ -161,4 +204,83 @@ pub async fn verify(
         head_hash: hash,
         checkpoints: checked,
     })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("event at position {position}: {source}")]
+    Decode {
+        position: i64,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+/// Usage recomputed from the log: the billing fold over every event of
+/// `partition` up to its head, reported as of `as_of`. Without `as_of`, as
+/// of the last event's `occurred_at`, so the same log always gives the same
+/// report (leases still open count up to that instant, or their expiry).
+pub async fn usage(
+    store: &Store,
+    partition: i16,
+    granularity: Granularity,
+    as_of: Option<Timestamp>,
+) -> Result<Vec<UsageRow>, UsageError> {
+    let (head, _) = store.head(partition).await?;
+    let mut fold = BillingFold::new(granularity);
+    let mut last = None;
+    let mut reader = LogReader::new(store, partition, head);
+    while let Some(batch) = reader.next().await? {
+        for record in &batch {
+            fold.apply(record).map_err(|source| UsageError::Decode {
+                position: record.position,
+                source,
+            })?;
+            last = Some(record.occurred_at);
+        }
+    }
+    let as_of = as_of.or(last).unwrap_or(Timestamp::UNIX_EPOCH);
+    Ok(fold.report(as_of))
+}
+
+/// The rows of one organization (all without `org`) whose period overlaps
+/// `[from, to)` (unbounded where absent).
+pub fn select_usage(
+    rows: Vec<UsageRow>,
+    org: Option<Uuid>,
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+) -> Vec<UsageRow> {
+    rows.into_iter()
+        .filter(|row| org.is_none_or(|org| row.org_id == org))
+        .filter(|row| from.is_none_or(|from| row.period_end > from))
+        .filter(|row| to.is_none_or(|to| row.period_start < to))
+        .collect()
+}
+
+/// CSV with a header line; seat time in seconds with six exact decimals.
+pub fn usage_csv(rows: &[UsageRow]) -> String {
+    let seconds = |micros: u64| format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    let mut out = String::from(
+        "org_id,license_id,period_start,period_end,seat_seconds,overage_seat_seconds,\
+         peak_seats,distinct_users,distinct_machines,denials\n",
+    );
+    for row in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            row.org_id,
+            row.license_id,
+            row.period_start,
+            row.period_end,
+            seconds(row.seat_micros),
+            seconds(row.overage_seat_micros),
+            row.peak_seats,
+            row.distinct_users,
+            row.distinct_machines,
+            row.denials
+        ));
+    }
+    out
 }
