@@ -129,6 +129,15 @@ impl LogReader {
     }
 }
 
+impl Drop for LogReader {
+    /// Reads still under way when the caller stops early are not needed.
+    fn drop(&mut self) {
+        for read in &self.pending {
+            read.abort();
+        }
+    }
+}
+
 /// Verifies partition `partition` of `store` from position 0. `key` is the
 /// `(key_id, raw Ed25519 public key)` checkpoints must be signed with.
 pub async fn verify(

@@ -2,6 +2,8 @@
 //! PostgreSQL and on SQLite: the recomputed figures are the ones the
 //! history implies.
 
+mod common;
+
 use seatledger_ledger::domain::{
     Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
 };
@@ -141,20 +143,11 @@ async fn usage_is_recomputed_from_the_log(store: &Store) {
 
 #[sqlx::test(migrations = false)]
 async fn usage_is_recomputed_from_the_log_on_postgres(pool: sqlx::PgPool) {
-    let store = Store::from_pg_pool(pool);
-    store.migrate().await.unwrap();
-    usage_is_recomputed_from_the_log(&store).await;
+    usage_is_recomputed_from_the_log(&common::pg_store(pool).await).await;
 }
 
 #[tokio::test]
 async fn usage_is_recomputed_from_the_log_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!(
-        "sqlite:{}",
-        dir.path().join("ledger.db").display()
-    ))
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
-    usage_is_recomputed_from_the_log(&store).await;
+    usage_is_recomputed_from_the_log(&common::sqlite_store(&dir).await).await;
 }

@@ -1,5 +1,7 @@
 //! `verify` on a real log: accepts an intact one, rejects a tampered one.
 
+mod common;
+
 use seatledger_ledger::domain::{
     Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
 };
@@ -51,8 +53,7 @@ async fn ledger_with_events(store: &Store, key: Arc<SigningKey>) {
 
 #[sqlx::test(migrations = false)]
 async fn verify_accepts_an_intact_log_and_its_checkpoints(pool: sqlx::PgPool) {
-    let store = Store::from_pg_pool(pool);
-    store.migrate().await.unwrap();
+    let store = common::pg_store(pool).await;
     let key = Arc::new(SigningKey::generate().unwrap());
     ledger_with_events(&store, key.clone()).await;
     let verified = seatledger_replay::verify(&store, 0, (key.key_id(), key.public_key()))
@@ -72,13 +73,7 @@ async fn verify_accepts_an_intact_log_and_its_checkpoints(pool: sqlx::PgPool) {
 /// `trigger` run `tampering`, and returns what `verify` says.
 async fn verify_after_tampering(trigger: &str, tampering: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!(
-        "sqlite:{}",
-        dir.path().join("ledger.db").display()
-    ))
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = common::sqlite_store(&dir).await;
     let key = Arc::new(SigningKey::generate().unwrap());
     ledger_with_events(&store, key.clone()).await;
     let pool = store.sqlite_pool().unwrap();
