@@ -34,6 +34,17 @@ pub struct ServeArgs {
     /// NATS with JetStream for event delivery (absent: in-process bus).
     #[arg(long, env = "SEATLEDGER_NATS_URL")]
     pub nats_url: Option<String>,
+    /// Seconds a request may take before it is answered 503
+    /// `request_timeout` (with Retry-After) instead of hanging.
+    #[arg(long, env = "SEATLEDGER_REQUEST_TIMEOUT_S", default_value_t = 30.0, value_parser = parse_request_timeout)]
+    pub request_timeout_s: f64,
+}
+
+fn parse_request_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0 => Ok(seconds),
+        _ => Err("expected seconds, more than 0 and at most 3600".into()),
+    }
 }
 
 /// `url` with any password replaced by `***`.

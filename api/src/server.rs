@@ -80,6 +80,7 @@ impl Server {
             signer,
             clock,
             metrics: Default::default(),
+            request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
         };
         Ok(Server {
             listener,

@@ -44,4 +44,6 @@ pub struct AppState {
     pub signer: Arc<SigningKey>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// How long a request may take before it is answered 503.
+    pub request_timeout: std::time::Duration,
 }

@@ -859,6 +859,52 @@ async fn a_write_answers_503_with_retry_after_when_the_store_is_gone(pool: sqlx:
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_request_stuck_behind_the_store_answers_503_request_timeout(pool: sqlx::PgPool) {
+    // Shorter than the appender's 5 s wait for the partition lock.
+    let app = TestApp::postgres_with_request_timeout(pool.clone(), 2.0).await;
+    let org = app.register("stuck@example.com").await;
+    let (_, key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
+    // Another writer holds the partition lock and does not let go.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(seatledger_ledger::store::partition_lock_key(0))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let acquire = || {
+        app.client
+            .post(app.url("/api/v1/licenses/acquire"))
+            .bearer_auth(&org.token)
+            .header("idempotency-key", "stuck-1")
+            .json(&json!({"license_key": key, "hardware_id": "m1"}))
+            .send()
+    };
+    let reply = TestApp::reply(acquire().await.unwrap()).await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (503, Some("request_timeout"))
+    );
+    assert_eq!(reply.headers["retry-after"], "2");
+    assert_eq!(
+        reply.headers["content-type"], "application/problem+json",
+        "{:?}",
+        reply.body
+    );
+    // The holder lets go; the write that was cut short commits after all,
+    // and the retry with its Idempotency-Key answers what it did.
+    holder.rollback().await.unwrap();
+    let retried = TestApp::reply(acquire().await.unwrap()).await;
+    assert_eq!(retried.status, 201, "{:?}", retried.body);
+    let acquired = app
+        .event_types()
+        .await
+        .iter()
+        .filter(|t| *t == "SeatAcquired")
+        .count();
+    assert_eq!(acquired, 1, "one seat, granted once");
+}
+
+#[sqlx::test(migrations = false)]
 async fn idempotency_keys_replay_the_original_answer_and_refuse_reuse(pool: sqlx::PgPool) {
     let app = TestApp::postgres(pool).await;
     let org = app.register("idem@example.com").await;

@@ -116,7 +116,11 @@ impl utoipa::Modify for CommonProblems {
                     add(operation, "422", "`invalid_request`: wrong types, missing or unknown fields, values out of range");
                 }
                 if reaches_store {
-                    add(operation, "503", "`store_unavailable`, with Retry-After");
+                    add(
+                        operation,
+                        "503",
+                        "`store_unavailable` or `request_timeout`, with Retry-After",
+                    );
                 }
             }
         }
@@ -169,10 +173,39 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(document))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn_with_state(
+            state.request_timeout,
+            time_limit,
+        ))
+        .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
         ))
         .with_state(state)
+}
+
+/// Answers 503 `request_timeout` (with Retry-After) when a request takes
+/// longer than the limit, instead of letting it hang with a stuck store.
+/// A write cut short this way may still commit afterwards: a retry with the
+/// same `Idempotency-Key` answers what it did.
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_s = limit.as_secs_f64(), "request timed out");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                "the request took longer than the server allows; retry later \
+                 (with the same Idempotency-Key, if it had one)",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Event metadata for a request: who, and the client's request id if it

@@ -23,6 +23,7 @@ fn args(database_url: String) -> ServeArgs {
         signing_key: None,
         redis_url: None,
         nats_url: None,
+        request_timeout_s: 30.0,
     }
 }
 
@@ -38,6 +39,18 @@ impl TestApp {
     /// PostgreSQL, on a test's own database.
     pub async fn postgres(pool: sqlx::PgPool) -> TestApp {
         TestApp::spawn(Store::from_pg_pool(pool), args(String::new()), None).await
+    }
+
+    /// PostgreSQL, with requests cut off after `request_timeout_s`.
+    pub async fn postgres_with_request_timeout(
+        pool: sqlx::PgPool,
+        request_timeout_s: f64,
+    ) -> TestApp {
+        let args = ServeArgs {
+            request_timeout_s,
+            ..args(String::new())
+        };
+        TestApp::spawn(Store::from_pg_pool(pool), args, None).await
     }
 
     async fn spawn(store: Store, args: ServeArgs, dir: Option<tempfile::TempDir>) -> TestApp {
