@@ -38,11 +38,22 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             .entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if entries.len() >= self.capacity {
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
             let ttl = self.ttl;
             entries.retain(|_, (_, at)| at.elapsed() < ttl);
             if entries.len() >= self.capacity {
-                entries.clear();
+                // Still full of live entries: drop the oldest tenth rather
+                // than everything, so a full cache keeps serving most
+                // look-ups (one O(n) pass per tenth of the capacity).
+                let mut ages: Vec<(Instant, K)> = entries
+                    .iter()
+                    .map(|(key, (_, at))| (*at, key.clone()))
+                    .collect();
+                let evict = (self.capacity / 10).clamp(1, ages.len());
+                ages.select_nth_unstable_by_key(evict - 1, |(at, _)| *at);
+                for (_, key) in &ages[..evict] {
+                    entries.remove(key);
+                }
             }
         }
         entries.insert(key, (value, Instant::now()));
@@ -73,5 +84,22 @@ mod tests {
         assert!(cache.entries.lock().unwrap().len() <= 2);
         cache.remove(&3);
         assert_eq!(cache.get(&3), None);
+    }
+
+    #[test]
+    fn a_full_cache_of_live_entries_evicts_its_oldest_not_everything() {
+        let cache = TtlCache::new(100, Duration::from_secs(60));
+        for key in 0..100 {
+            cache.insert(key, key);
+        }
+        cache.insert(100, 100);
+        assert_eq!(cache.entries.lock().unwrap().len(), 91, "10 of 100 evicted");
+        assert_eq!(cache.get(&0), None, "the oldest went");
+        assert_eq!(cache.get(&99), Some(99), "recent ones stay");
+        assert_eq!(cache.get(&100), Some(100));
+        // Refreshing a key that is already there evicts nothing.
+        let before = cache.entries.lock().unwrap().len();
+        cache.insert(99, 990);
+        assert_eq!(cache.entries.lock().unwrap().len(), before);
     }
 }
