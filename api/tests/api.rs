@@ -1047,6 +1047,11 @@ async fn every_route_of_the_router_is_in_the_openapi_document() {
                         responses.contains_key("503"),
                         "{method} {path} reaches the store but does not document 503"
                     );
+                    let unavailable = responses["503"]["description"].as_str().unwrap_or("");
+                    assert!(
+                        unavailable.contains("request_timeout"),
+                        "{method} {path} documents 503 without `request_timeout`: {unavailable}"
+                    );
                 }
                 operations.push((method.to_uppercase(), path.clone()));
             }

@@ -114,12 +114,8 @@ pub struct RegisterResponse {
     request_body = RegisterRequest,
     responses(
         (status = 201, body = RegisterResponse),
-        (status = 400, description = "`malformed_json`", body = ProblemDoc),
         (status = 409, description = "`email_taken`", body = ProblemDoc),
-        (status = 413, description = "`payload_too_large`", body = ProblemDoc),
-        (status = 415, description = "`unsupported_media_type`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
 )]
 pub async fn register(
@@ -198,10 +194,8 @@ pub struct LoginResponse {
     request_body = LoginRequest,
     responses(
         (status = 200, body = LoginResponse),
-        (status = 400, description = "`malformed_json`", body = ProblemDoc),
         (status = 401, description = "`invalid_credentials`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
 )]
 pub async fn login(

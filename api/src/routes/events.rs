@@ -68,9 +68,7 @@ pub struct EventsPage {
     responses(
         (status = 200, body = EventsPage),
         (status = 400, description = "`invalid_query`", body = ProblemDoc),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
-        (status = 403, description = "`forbidden`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 403, description = "`forbidden`", body = ProblemDoc)
     )
 )]
 pub async fn feed(

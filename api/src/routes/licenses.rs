@@ -121,10 +121,8 @@ const ISSUE_ROUTE: &str = "POST /api/v1/licenses";
     responses(
         (status = 201, body = LicenseResponse),
         (status = 400, description = "`malformed_json`, `invalid_idempotency_key`", body = ProblemDoc),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
         (status = 403, description = "`forbidden`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
     )
 )]
 pub async fn issue(
@@ -201,9 +199,7 @@ pub async fn issue(
     tag = "licenses",
     security(("bearer" = [])),
     responses(
-        (status = 200, body = Vec<LicenseResponse>),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 200, body = Vec<LicenseResponse>)
     )
 )]
 pub async fn list(
@@ -236,7 +232,6 @@ pub async fn list(
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = LicenseResponse),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
         (status = 404, description = "`license_not_found`", body = ProblemDoc)
     )
 )]
@@ -279,8 +274,6 @@ pub struct UpdateLicenseRequest {
     request_body = UpdateLicenseRequest,
     responses(
         (status = 200, body = LicenseResponse),
-        (status = 400, description = "`malformed_json`", body = ProblemDoc),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
         (status = 403, description = "`forbidden`, `license_revoked`", body = ProblemDoc),
         (status = 404, description = "`license_not_found`", body = ProblemDoc),
         (status = 422, description = "`invalid_request`", body = ProblemDoc)
@@ -448,7 +441,6 @@ pub struct SessionResponse {
     params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = Vec<SessionResponse>),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
         (status = 404, description = "`license_not_found`", body = ProblemDoc)
     )
 )]

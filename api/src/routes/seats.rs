@@ -173,14 +173,10 @@ const RELEASE_ROUTE: &str = "POST /api/v1/licenses/release";
         (status = 201, description = "a new lease", body = SeatResponse),
         (status = 200, description = "this machine's existing lease, extended", body = SeatResponse),
         (status = 400, description = "`malformed_json`, `invalid_idempotency_key`", body = ProblemDoc),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
         (status = 403, description = "`license_expired`, `license_suspended`, `license_revoked`", body = ProblemDoc),
         (status = 404, description = "`license_not_found`", body = ProblemDoc),
         (status = 409, description = "`no_seats_available`", body = ProblemDoc),
-        (status = 413, description = "`payload_too_large`", body = ProblemDoc),
-        (status = 415, description = "`unsupported_media_type`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
     )
 )]
 pub async fn acquire(
@@ -235,13 +231,10 @@ pub async fn acquire(
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
     responses(
         (status = 200, body = SeatResponse),
-        (status = 400, description = "`malformed_json`", body = ProblemDoc),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
         (status = 403, description = "`license_expired`", body = ProblemDoc),
         (status = 404, description = "`session_not_found`", body = ProblemDoc),
         (status = 410, description = "`session_expired`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
     )
 )]
 pub async fn heartbeat(
@@ -281,11 +274,8 @@ pub async fn heartbeat(
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
     responses(
         (status = 200, body = ReleaseResponse),
-        (status = 400, description = "`malformed_json`", body = ProblemDoc),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
         (status = 404, description = "`session_not_found`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
     )
 )]
 pub async fn release(

@@ -50,12 +50,9 @@ pub struct UserResponse {
     request_body = AddUserRequest,
     responses(
         (status = 201, body = UserResponse),
-        (status = 400, description = "`malformed_json`", body = ProblemDoc),
-        (status = 401, description = "`unauthorized`", body = ProblemDoc),
         (status = 403, description = "`forbidden` (not an admin)", body = ProblemDoc),
         (status = 409, description = "`email_taken`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`", body = ProblemDoc),
-        (status = 503, description = "`store_unavailable`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
 )]
 pub async fn add_user(
