@@ -92,8 +92,24 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 500 `stream_unreadable`: this license's (or organization's) history
+    /// cannot be read back. The cause is logged by whoever found it (once
+    /// per stream by the appender); the client learns no internals.
+    pub fn stream_unreadable() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "stream_unreadable",
+            "this resource's history cannot be read; the operator has been alerted",
+        )
+    }
+}
+
 impl From<AppendError> for ApiError {
     fn from(error: AppendError) -> Self {
+        if let AppendError::StreamUnreadable { .. } | AppendError::Unencodable { .. } = error {
+            return ApiError::stream_unreadable();
+        }
         if error.is_unavailable() {
             tracing::warn!(error = %error_chain(&error), "store unavailable");
             ApiError::store_unavailable()

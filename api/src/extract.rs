@@ -72,19 +72,32 @@ fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 /// parsed again, without types, to tell a syntax error from a type error
 /// (serde reports whichever it meets first, so `[1,2` would look like a
 /// type error).
+///
+/// A type error names the field it is in (`expires_at: must lie between
+/// …`), so a client can tell which value was refused.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| (error.path().to_string(), error.into_inner()))
+        .and_then(|value| {
+            deserializer
+                .end()
+                .map(|()| value)
+                .map_err(|error| (String::new(), error))
+        });
+    parsed.map_err(|(path, error)| {
+        let detail = if path.is_empty() || path == "." {
+            error.to_string()
+        } else {
+            format!("{path}: {error}")
+        };
         match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
             Err(syntax) => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
                 syntax.to_string(),
             ),
-            Ok(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                error.to_string(),
-            ),
+            Ok(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail),
         }
     })
 }

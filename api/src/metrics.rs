@@ -31,6 +31,8 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     pub seats_granted: AtomicU64,
     pub seats_denied: AtomicU64,
+    /// Reads (GET) that found a stream unreadable.
+    pub unreadable_reads: AtomicU64,
 }
 
 fn method_label(method: &axum::http::Method) -> &'static str {
@@ -129,6 +131,21 @@ impl Metrics {
                 appender.checkpoints.load(Ordering::Relaxed),
             ),
             (
+                "seatledger_stream_loads_failed_total",
+                "Appender loads that found a stream unreadable (one per stream per retry, not per request).",
+                appender.stream_loads_failed.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_commands_on_unreadable_streams_total",
+                "Commands answered 500 stream_unreadable.",
+                appender.commands_on_unreadable_streams.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_unreadable_reads_total",
+                "Reads answered 500 stream_unreadable.",
+                self.unreadable_reads.load(Ordering::Relaxed),
+            ),
+            (
                 "seatledger_seats_granted_total",
                 "Seats granted by acquire.",
                 self.seats_granted.load(Ordering::Relaxed),
@@ -145,6 +162,13 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP seatledger_unreadable_streams Streams the appender currently remembers as unreadable.\n\
+             # TYPE seatledger_unreadable_streams gauge\n\
+             seatledger_unreadable_streams {}",
+            appender.unreadable_streams.load(Ordering::Relaxed)
+        );
         let batches = appender.batches.load(Ordering::Relaxed);
         let commit_s = appender.commit_micros_total.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(

@@ -22,7 +22,7 @@ const ORG: Uuid = Uuid::from_u128(1);
 const LICENSE: Uuid = Uuid::from_u128(2);
 
 fn now() -> Timestamp {
-    Timestamp::from_micros(1_800_000_000_000_000)
+    Timestamp::from_micros_saturating(1_800_000_000_000_000)
 }
 
 fn acquire(machine: u128) -> Command {

@@ -18,9 +18,9 @@
 use crate::clock::Clock;
 use crate::domain::{decide, evolve, Command, Lease, LicenseView, Rejection, StreamState};
 use crate::keys::SigningKey;
-use crate::store::{CommandWrite, Store, StoreError, StreamWrite};
+use crate::store::{BatchTx, CommandWrite, RecordedCommands, Store, StoreError, StreamWrite};
 use seatledger_schema::canonical::expected_hash;
-use seatledger_schema::{limits, ChainHash, Metadata, RecordedEvent, Timestamp};
+use seatledger_schema::{limits, ChainHash, Event, Metadata, RecordedEvent, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +120,15 @@ impl CommandResult {
 pub enum AppendError {
     #[error(transparent)]
     Store(Arc<StoreError>),
+    /// The command's stream cannot be loaded (a corrupt snapshot, an
+    /// undecodable event): the command fails alone; the stream is logged
+    /// once and tried again later (see `UnreadableStreams`).
+    #[error("stream {stream_id} cannot be read")]
+    StreamUnreadable { stream_id: String },
+    /// The decider produced an event that would not decode to itself (a
+    /// bug): the command fails alone and nothing of it is written.
+    #[error("a {event_type} event of this command would not decode to itself")]
+    Unencodable { event_type: &'static str },
     #[error("the appender has shut down")]
     ShutDown,
 }
@@ -129,6 +138,7 @@ impl AppendError {
         match self {
             AppendError::Store(error) => error.is_unavailable(),
             AppendError::ShutDown => true,
+            AppendError::StreamUnreadable { .. } | AppendError::Unencodable { .. } => false,
         }
     }
 }
@@ -178,6 +188,14 @@ pub struct AppenderStats {
     pub failed_batches: AtomicU64,
     pub commit_micros_total: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Loads of a stream that found it unreadable. A stream remembered as
+    /// unreadable is not loaded again until its retry is due, so this
+    /// grows by one per stream per retry, not per request.
+    pub stream_loads_failed: AtomicU64,
+    /// Commands answered `StreamUnreadable`.
+    pub commands_on_unreadable_streams: AtomicU64,
+    /// Streams currently remembered as unreadable.
+    pub unreadable_streams: AtomicU64,
 }
 
 /// Tells followers the last committed position they may read up to.
@@ -245,6 +263,7 @@ impl Appender {
             notifier: notifier.clone(),
             stats: stats.clone(),
             cache: HashMap::new(),
+            unreadable: UnreadableStreams::default(),
             last_checkpoint_at: Instant::now(),
             uncheckpointed: false,
             config,
@@ -291,6 +310,7 @@ struct Worker {
     notifier: CommitNotifier,
     stats: Arc<AppenderStats>,
     cache: HashMap<String, CachedStream>,
+    unreadable: UnreadableStreams,
     last_checkpoint_at: Instant,
     /// Events were committed since the last checkpoint this worker wrote.
     uncheckpointed: bool,
@@ -346,7 +366,7 @@ impl Worker {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     // A caller that gave up still had its command committed.
-                    let _ = reply.send(Ok(result));
+                    let _ = reply.send(result);
                 }
             }
             // The database refused something in the batch (not an outage):
@@ -355,14 +375,13 @@ impl Worker {
             Err(error) if !error.is_unavailable() && submissions.len() > 1 => {
                 tracing::warn!(error = %error, commands = submissions.len(), "appender batch failed; retrying its commands one by one");
                 for (submission, reply) in submissions.into_iter().zip(replies) {
-                    let result = self
-                        .commit_timed(std::slice::from_ref(&submission))
-                        .await
-                        .map(|mut results| results.remove(0))
-                        .map_err(|error| {
+                    let result = match self.commit_timed(std::slice::from_ref(&submission)).await {
+                        Ok(mut results) => results.pop().unwrap_or(Err(AppendError::ShutDown)),
+                        Err(error) => {
                             tracing::warn!(error = %error, command = submission.command.kind(), "command failed alone; nothing of it was written");
-                            AppendError::Store(Arc::new(error))
-                        });
+                            Err(AppendError::Store(Arc::new(error)))
+                        }
+                    };
                     let _ = reply.send(result);
                 }
             }
@@ -377,15 +396,22 @@ impl Worker {
     }
 
     /// `commit` with the batch counters.
-    async fn commit_timed(
-        &mut self,
-        submissions: &[Submission],
-    ) -> Result<Vec<CommandResult>, StoreError> {
+    async fn commit_timed(&mut self, submissions: &[Submission]) -> Result<Vec<Reply>, StoreError> {
         let now = self.clock.now();
         let started = std::time::Instant::now();
         let result = self.commit(submissions, now).await;
         match &result {
-            Ok(_) => {
+            Ok(replies) => {
+                let unreadable = replies
+                    .iter()
+                    .filter(|reply| matches!(reply, Err(AppendError::StreamUnreadable { .. })))
+                    .count();
+                self.stats
+                    .commands_on_unreadable_streams
+                    .fetch_add(unreadable as u64, Ordering::Relaxed);
+                self.stats
+                    .unreadable_streams
+                    .store(self.unreadable.len() as u64, Ordering::Relaxed);
                 let elapsed = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -402,232 +428,137 @@ impl Worker {
         result
     }
 
-    /// One batch in one transaction. States taken out of the cache are put
-    /// back only after the commit, so a failed batch leaves no trace in
-    /// memory either.
+    /// One batch in one transaction, in four phases: load the states the
+    /// batch needs, decide every command (assigning positions and hashes),
+    /// write, commit. States taken out of the cache are put back only after
+    /// the commit, so a failed batch leaves no trace in memory either.
     async fn commit(
         &mut self,
         submissions: &[Submission],
         now: Timestamp,
-    ) -> Result<Vec<CommandResult>, StoreError> {
+    ) -> Result<Vec<Reply>, StoreError> {
         let partition = self.config.partition;
-        let mut tx = self.store.begin_batch(partition).await?;
-
-        let mut stream_ids: Vec<String> = Vec::new();
-        for submission in submissions {
-            let id = submission.command.stream_id().to_string();
-            if !stream_ids.contains(&id) {
-                stream_ids.push(id);
-            }
-        }
-        let ((head_position, head_hash), versions) =
-            tx.head_and_versions(partition, &stream_ids).await?;
-        let mut working: HashMap<String, CachedStream> = HashMap::with_capacity(stream_ids.len());
-        for stream_id in &stream_ids {
-            let stored_version = versions.get(stream_id).copied().unwrap_or(0);
-            let stream = match self.cache.remove(stream_id) {
-                Some(cached) if cached.version == stored_version => cached,
-                Some(cached) if cached.version < stored_version => {
-                    // Another replica appended: apply only what we missed.
-                    let loaded = tx.load_stream(stream_id, Some(cached.version)).await?;
-                    fold(cached, &loaded.events)?
-                }
-                _ => {
-                    let loaded = tx.load_stream(stream_id, None).await?;
-                    let start = match loaded.snapshot {
-                        Some((version, state)) => CachedStream {
-                            version,
-                            state: serde_json::from_value(state).map_err(|e| {
-                                StoreError::Corrupt(format!("snapshot of {stream_id}: {e}"))
-                            })?,
-                        },
-                        None => CachedStream {
-                            version: 0,
-                            state: StreamState::Empty,
-                        },
-                    };
-                    fold(start, &loaded.events)?
-                }
-            };
-            if stream.version != stored_version {
-                return Err(StoreError::Corrupt(format!(
-                    "{stream_id}: streams.version is {stored_version} but its events end at {}",
-                    stream.version
-                )));
-            }
-            working.insert(stream_id.clone(), stream);
-        }
-
-        let mut keys: Vec<(Uuid, String)> = Vec::new();
-        for submission in submissions {
-            if let Some(command_id) = &submission.command_id {
-                let key = (submission.tenant_id, command_id.clone());
-                if !keys.contains(&key) {
-                    keys.push(key);
-                }
-            }
-        }
+        let store = self.store.clone();
+        let mut tx = store.begin_batch(partition).await?;
+        let stream_ids = distinct(
+            submissions
+                .iter()
+                .map(|s| s.command.stream_id().to_string()),
+        );
+        let (head, versions) = tx.head_and_versions(partition, &stream_ids).await?;
+        let mut working = self.load_states(&mut tx, &stream_ids, &versions).await?;
+        let keys = distinct(
+            submissions
+                .iter()
+                .filter_map(|s| s.command_id.as_ref().map(|id| (s.tenant_id, id.clone()))),
+        );
         let mut recorded = tx.recorded_commands(&keys).await?;
 
-        let mut position = head_position;
-        let mut prev_hash = head_hash;
-        let mut events: Vec<RecordedEvent> = Vec::new();
-        let mut results = Vec::with_capacity(submissions.len());
-        let mut command_writes = Vec::new();
-        for submission in submissions {
-            let key = submission
-                .command_id
-                .as_ref()
-                .map(|id| (submission.tenant_id, id.clone()));
-            if let Some((hash, result)) = key.as_ref().and_then(|key| recorded.get(key)) {
-                let result = if hash.as_slice() == submission.request_hash.as_slice() {
-                    let mut result: CommandResult = serde_json::from_value(result.clone())
-                        .map_err(|e| {
-                            StoreError::Corrupt(format!("recorded command result: {e}"))
-                        })?;
-                    result.replayed = true;
-                    result
-                } else {
-                    CommandResult::rejected(Rejection::IdempotencyKeyReused)
-                };
-                results.push(result);
-                continue;
-            }
-            let stream_id = submission.command.stream_id().to_string();
-            let Some(stream) = working.get_mut(&stream_id) else {
-                return Err(StoreError::Corrupt(format!("{stream_id} was not loaded")));
-            };
-            let decision = decide(
-                &stream.state,
-                submission.tenant_id,
-                &submission.command,
-                now,
-            );
-            let first = events.len();
-            for event in decision.events {
-                position += 1;
-                stream.version += 1;
-                let mut record = RecordedEvent {
-                    partition,
-                    position,
-                    event_id: Uuid::now_v7(),
-                    stream_id: stream_id.clone(),
-                    stream_version: stream.version,
-                    tenant_id: submission.tenant_id,
-                    event_type: event.event_type().to_owned(),
-                    schema_version: event.schema_version(),
-                    payload: event.payload(),
-                    metadata: submission.metadata.clone(),
-                    occurred_at: now,
-                    recorded_at: now,
-                    prev_hash,
-                    hash: ChainHash::GENESIS,
-                };
-                record.hash = expected_hash(&record);
-                prev_hash = record.hash;
-                stream.state = evolve(std::mem::take(&mut stream.state), &event);
-                events.push(record);
-            }
-            let (license, lease) = match &stream.state {
-                StreamState::License(license) => {
-                    let touched = events[first..].iter().rev().find_map(|record| {
-                        match record.event_type.as_str() {
-                            "SeatAcquired" | "SeatHeartbeat" => {
-                                record.payload["session_id"].as_str()?.parse::<Uuid>().ok()
-                            }
-                            _ => None,
-                        }
-                    });
-                    (
-                        license.view(now),
-                        touched.and_then(|session_id| license.lease(session_id).cloned()),
-                    )
-                }
-                _ => (None, None),
-            };
-            let result = CommandResult {
-                events: events[first..].to_vec(),
-                rejection: decision.rejection,
-                license,
-                lease,
-                replayed: false,
-            };
-            if let Some(key) = key {
-                let value = serde_json::to_value(&result)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                recorded.insert(
-                    key.clone(),
-                    (submission.request_hash.to_vec(), value.clone()),
-                );
-                command_writes.push(CommandWrite {
-                    tenant_id: key.0,
-                    command_id: key.1,
-                    request_hash: submission.request_hash.to_vec(),
-                    result: value,
-                });
-            }
-            results.push(result);
-        }
-        debug_assert!(events
-            .windows(2)
-            .all(|pair| pair[1].position == pair[0].position + 1));
+        let mut batch = DecidedBatch::after(partition, head);
+        let replies = submissions
+            .iter()
+            .map(|submission| batch.decide(submission, &mut working, &mut recorded, now))
+            .collect::<Result<Vec<Reply>, StoreError>>()?;
+        let stream_writes = stream_writes(partition, &working, &versions)?;
 
-        let mut stream_writes = Vec::new();
-        for (stream_id, stream) in &working {
-            let stored_version = versions.get(stream_id).copied().unwrap_or(0);
-            if stream.version == stored_version {
-                continue;
-            }
-            let crossed = stored_version / limits::SNAPSHOT_EVERY_EVENTS
-                != stream.version / limits::SNAPSHOT_EVERY_EVENTS;
-            let snapshot = if crossed {
-                let state = serde_json::to_string(&stream.state)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Some((stream.version, state))
-            } else {
-                None
-            };
-            stream_writes.push(StreamWrite {
-                stream_id: stream_id.clone(),
-                partition,
-                version: stream.version,
-                snapshot,
-            });
-        }
-        let mut checkpointed = false;
-        if position > head_position {
-            let every = self.config.checkpoint_every_events.max(1);
-            let crossed = head_position / every != position / every;
-            let due = self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval;
-            if crossed || due {
-                tx.insert_checkpoint(
-                    &self
-                        .signer
-                        .sign_checkpoint(partition, position, prev_hash, now),
-                )
-                .await?;
-                checkpointed = true;
-            }
-        }
-        let notify = (position > head_position).then_some((partition, position));
-        tx.write_batch(&events, &stream_writes, &command_writes, notify)
+        let checkpointed = self.checkpoint_if_due(&mut tx, head.0, &batch, now).await?;
+        let notify = (batch.position > head.0).then_some((partition, batch.position));
+        tx.write_batch(&batch.events, &stream_writes, &batch.command_writes, notify)
             .await?;
         tx.commit().await?;
 
+        self.after_commit(head.0, &batch, checkpointed, working);
+        Ok(replies)
+    }
+
+    /// Phase 1: each stream's state at its stored version, from the cache
+    /// when it is current, else from the store (snapshot + later events).
+    /// A stream that cannot be read (corrupt snapshot, undecodable event,
+    /// versions that do not add up) is set aside as unreadable: its
+    /// commands fail alone and the rest of the batch goes on. A store
+    /// failure still fails the whole batch.
+    async fn load_states(
+        &mut self,
+        tx: &mut BatchTx<'_>,
+        stream_ids: &[String],
+        versions: &HashMap<String, i64>,
+    ) -> Result<Working, StoreError> {
+        let mut working = Working::default();
+        for stream_id in stream_ids {
+            if self.unreadable.is_remembered(stream_id) {
+                working.unreadable.push(stream_id.clone());
+                continue;
+            }
+            let stored_version = versions.get(stream_id).copied().unwrap_or(0);
+            let cached = self.cache.remove(stream_id);
+            match load_state(tx, stream_id, cached, stored_version).await {
+                Ok(stream) => {
+                    self.unreadable.forget(stream_id);
+                    working.streams.insert(stream_id.clone(), stream);
+                }
+                Err(StoreError::Corrupt(reason)) => {
+                    self.stats
+                        .stream_loads_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.unreadable.remember(stream_id, &reason);
+                    working.unreadable.push(stream_id.clone());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(working)
+    }
+
+    /// Phase 3a: a signed checkpoint in the batch's transaction when the
+    /// batch crosses a multiple of `checkpoint_every_events` or the last
+    /// one is older than `checkpoint_interval`.
+    async fn checkpoint_if_due(
+        &self,
+        tx: &mut BatchTx<'_>,
+        head_position: i64,
+        batch: &DecidedBatch,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        if batch.position <= head_position {
+            return Ok(false);
+        }
+        let every = self.config.checkpoint_every_events.max(1);
+        let crossed = head_position / every != batch.position / every;
+        let due = self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval;
+        if !(crossed || due) {
+            return Ok(false);
+        }
+        let checkpoint = self.signer.sign_checkpoint(
+            self.config.partition,
+            batch.position,
+            batch.prev_hash,
+            now,
+        );
+        tx.insert_checkpoint(&checkpoint).await?;
+        Ok(true)
+    }
+
+    /// Phase 4: counters, the cache and followers learn of the commit.
+    fn after_commit(
+        &mut self,
+        head_position: i64,
+        batch: &DecidedBatch,
+        checkpointed: bool,
+        working: Working,
+    ) {
         self.stats
             .events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
         if checkpointed {
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             self.last_checkpoint_at = Instant::now();
             self.uncheckpointed = false;
-        } else if position > head_position {
+        } else if batch.position > head_position {
             self.uncheckpointed = true;
         }
-        self.cache.extend(working);
+        self.cache.extend(working.streams);
         self.bound_cache();
-        self.notifier.advance(position);
-        Ok(results)
+        self.notifier.advance(batch.position);
     }
 
     /// Signs the head if events were committed since the last checkpoint
@@ -691,4 +622,320 @@ fn fold(mut stream: CachedStream, events: &[RecordedEvent]) -> Result<CachedStre
         stream.version = record.stream_version;
     }
     Ok(stream)
+}
+
+/// What a caller is answered: its command's result, or why it could not be
+/// decided.
+type Reply = Result<CommandResult, AppendError>;
+
+/// The states a batch works on: readable streams, and the streams it could
+/// not read (their commands answer `StreamUnreadable`).
+#[derive(Default)]
+struct Working {
+    streams: HashMap<String, CachedStream>,
+    unreadable: Vec<String>,
+}
+
+/// `items` without repeats, in first-seen order (batches are small).
+fn distinct<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// A stream's state at `stored_version`: the cached state if current, the
+/// cached state plus what another replica appended, or snapshot + events.
+async fn load_state(
+    tx: &mut BatchTx<'_>,
+    stream_id: &str,
+    cached: Option<CachedStream>,
+    stored_version: i64,
+) -> Result<CachedStream, StoreError> {
+    let stream = match cached {
+        Some(cached) if cached.version == stored_version => cached,
+        Some(cached) if cached.version < stored_version => {
+            // Another replica appended: apply only what we missed.
+            let loaded = tx.load_stream(stream_id, Some(cached.version)).await?;
+            fold(cached, &loaded.events)?
+        }
+        _ => {
+            let loaded = tx.load_stream(stream_id, None).await?;
+            let start = match loaded.snapshot {
+                Some((version, state)) => CachedStream {
+                    version,
+                    state: serde_json::from_value(state).map_err(|e| {
+                        StoreError::Corrupt(format!("snapshot of {stream_id}: {e}"))
+                    })?,
+                },
+                None => CachedStream {
+                    version: 0,
+                    state: StreamState::Empty,
+                },
+            };
+            fold(start, &loaded.events)?
+        }
+    };
+    if stream.version != stored_version {
+        return Err(StoreError::Corrupt(format!(
+            "{stream_id}: streams.version is {stored_version} but its events end at {}",
+            stream.version
+        )));
+    }
+    Ok(stream)
+}
+
+/// Phase 2: the events a batch appends, with consecutive positions and
+/// chained hashes, and the idempotency records it writes.
+struct DecidedBatch {
+    partition: i16,
+    /// The last position and hash assigned (the head before any event).
+    position: i64,
+    prev_hash: ChainHash,
+    events: Vec<RecordedEvent>,
+    command_writes: Vec<CommandWrite>,
+}
+
+impl DecidedBatch {
+    fn after(partition: i16, (position, prev_hash): (i64, ChainHash)) -> Self {
+        DecidedBatch {
+            partition,
+            position,
+            prev_hash,
+            events: Vec::new(),
+            command_writes: Vec::new(),
+        }
+    }
+
+    /// Decides one command against its stream's evolving state: the
+    /// recorded result for a repeated idempotent request, a failure for an
+    /// unreadable stream, else `decide` and its events appended.
+    fn decide(
+        &mut self,
+        submission: &Submission,
+        working: &mut Working,
+        recorded: &mut RecordedCommands,
+        now: Timestamp,
+    ) -> Result<Reply, StoreError> {
+        let key = submission
+            .command_id
+            .as_ref()
+            .map(|id| (submission.tenant_id, id.clone()));
+        if let Some((hash, result)) = key.as_ref().and_then(|key| recorded.get(key)) {
+            if hash.as_slice() != submission.request_hash.as_slice() {
+                return Ok(Ok(CommandResult::rejected(Rejection::IdempotencyKeyReused)));
+            }
+            let mut result: CommandResult = serde_json::from_value(result.clone())
+                .map_err(|e| StoreError::Corrupt(format!("recorded command result: {e}")))?;
+            result.replayed = true;
+            return Ok(Ok(result));
+        }
+        let stream_id = submission.command.stream_id().to_string();
+        let Some(stream) = working.streams.get_mut(&stream_id) else {
+            if working.unreadable.contains(&stream_id) {
+                return Ok(Err(AppendError::StreamUnreadable { stream_id }));
+            }
+            return Err(StoreError::Corrupt(format!("{stream_id} was not loaded")));
+        };
+        let decision = decide(
+            &stream.state,
+            submission.tenant_id,
+            &submission.command,
+            now,
+        );
+        // The last guard of "never store what cannot be replayed": every
+        // event must decode back to itself before any of the command's
+        // events is appended. The edge parsers make this hold; if a bug
+        // ever breaks it, the command fails alone and the log stays clean.
+        let mut payloads = Vec::with_capacity(decision.events.len());
+        for event in &decision.events {
+            let payload = event.payload();
+            match Event::decode(event.event_type(), event.schema_version(), &payload) {
+                Ok(decoded) if decoded == *event => payloads.push(payload),
+                _ => {
+                    tracing::error!(stream_id, event_type = event.event_type(), "decided an event that does not decode to itself; nothing of its command was written");
+                    return Ok(Err(AppendError::Unencodable {
+                        event_type: event.event_type(),
+                    }));
+                }
+            }
+        }
+        let first = self.events.len();
+        for (event, payload) in decision.events.iter().zip(payloads) {
+            self.append(submission, &stream_id, stream, event, payload, now);
+        }
+        let (license, lease) = match &stream.state {
+            StreamState::License(license) => (
+                license.view(now),
+                touched_session(&self.events[first..])
+                    .and_then(|session_id| license.lease(session_id).cloned()),
+            ),
+            _ => (None, None),
+        };
+        let result = CommandResult {
+            events: self.events[first..].to_vec(),
+            rejection: decision.rejection,
+            license,
+            lease,
+            replayed: false,
+        };
+        if let Some(key) = key {
+            let value =
+                serde_json::to_value(&result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            recorded.insert(
+                key.clone(),
+                (submission.request_hash.to_vec(), value.clone()),
+            );
+            self.command_writes.push(CommandWrite {
+                tenant_id: key.0,
+                command_id: key.1,
+                request_hash: submission.request_hash.to_vec(),
+                result: value,
+            });
+        }
+        Ok(Ok(result))
+    }
+
+    /// Encodes, hashes and records one event, and evolves its stream.
+    fn append(
+        &mut self,
+        submission: &Submission,
+        stream_id: &str,
+        stream: &mut CachedStream,
+        event: &Event,
+        payload: serde_json::Value,
+        now: Timestamp,
+    ) {
+        self.position += 1;
+        stream.version += 1;
+        let mut record = RecordedEvent {
+            partition: self.partition,
+            position: self.position,
+            event_id: Uuid::now_v7(),
+            stream_id: stream_id.to_owned(),
+            stream_version: stream.version,
+            tenant_id: submission.tenant_id,
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            payload,
+            metadata: submission.metadata.clone(),
+            occurred_at: now,
+            recorded_at: now,
+            prev_hash: self.prev_hash,
+            hash: ChainHash::GENESIS,
+        };
+        record.hash = expected_hash(&record);
+        self.prev_hash = record.hash;
+        stream.state = evolve(std::mem::take(&mut stream.state), event);
+        self.events.push(record);
+    }
+}
+
+/// The session an acquire or heartbeat granted or extended, if any.
+fn touched_session(events: &[RecordedEvent]) -> Option<Uuid> {
+    events
+        .iter()
+        .rev()
+        .find_map(|record| match record.event_type.as_str() {
+            "SeatAcquired" | "SeatHeartbeat" => record.payload["session_id"].as_str()?.parse().ok(),
+            _ => None,
+        })
+}
+
+/// Phase 3: the `streams` rows of the streams the batch changed, with a
+/// snapshot for each that crossed a multiple of `SNAPSHOT_EVERY_EVENTS`.
+fn stream_writes(
+    partition: i16,
+    working: &Working,
+    versions: &HashMap<String, i64>,
+) -> Result<Vec<StreamWrite>, StoreError> {
+    let mut writes = Vec::new();
+    for (stream_id, stream) in &working.streams {
+        let stored_version = versions.get(stream_id).copied().unwrap_or(0);
+        if stream.version == stored_version {
+            continue;
+        }
+        let crossed = stored_version / limits::SNAPSHOT_EVERY_EVENTS
+            != stream.version / limits::SNAPSHOT_EVERY_EVENTS;
+        let snapshot = if crossed {
+            let state = serde_json::to_string(&stream.state)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Some((stream.version, state))
+        } else {
+            None
+        };
+        writes.push(StreamWrite {
+            stream_id: stream_id.clone(),
+            partition,
+            version: stream.version,
+            snapshot,
+        });
+    }
+    Ok(writes)
+}
+
+/// Streams found unreadable, remembered for a while so that commands on
+/// them fail at once instead of reloading them under the partition lock
+/// on every request (the blast radius of issue 8). Bounded; each is logged
+/// once when first found, and tried again after a delay that doubles.
+#[derive(Default)]
+struct UnreadableStreams {
+    streams: HashMap<String, UnreadableStream>,
+}
+
+struct UnreadableStream {
+    retry_at: Instant,
+    delay: Duration,
+}
+
+impl UnreadableStreams {
+    fn is_remembered(&self, stream_id: &str) -> bool {
+        self.streams
+            .get(stream_id)
+            .is_some_and(|stream| Instant::now() < stream.retry_at)
+    }
+
+    fn remember(&mut self, stream_id: &str, reason: &str) {
+        let max = Duration::from_secs(limits::UNREADABLE_STREAM_RETRY_MAX_S);
+        let delay = match self.streams.get(stream_id) {
+            Some(stream) => (stream.delay * 2).min(max),
+            None => {
+                tracing::error!(stream_id, reason, "stream unreadable: its commands fail with stream_unreadable until it can be read; see the README's recovery notes");
+                Duration::from_secs(limits::UNREADABLE_STREAM_RETRY_S)
+            }
+        };
+        if self.streams.len() >= limits::UNREADABLE_STREAMS_REMEMBERED
+            && !self.streams.contains_key(stream_id)
+        {
+            // Forget the one due soonest: it would be retried first anyway.
+            if let Some(oldest) = self
+                .streams
+                .iter()
+                .min_by_key(|(_, stream)| stream.retry_at)
+                .map(|(id, _)| id.clone())
+            {
+                self.streams.remove(&oldest);
+            }
+        }
+        self.streams.insert(
+            stream_id.to_owned(),
+            UnreadableStream {
+                retry_at: Instant::now() + delay,
+                delay,
+            },
+        );
+    }
+
+    fn forget(&mut self, stream_id: &str) {
+        if self.streams.remove(stream_id).is_some() {
+            tracing::info!(stream_id, "stream readable again");
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.streams.len()
+    }
 }

@@ -40,6 +40,6 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp::from_micros(self.0.load(Ordering::SeqCst))
+        Timestamp::from_micros_saturating(self.0.load(Ordering::SeqCst))
     }
 }

@@ -163,7 +163,7 @@ mod tests {
     fn checkpoint_signatures_verify_and_fail_after_any_change() {
         let key = SigningKey::generate().unwrap();
         let hash = ChainHash([7; 32]);
-        let checkpoint = key.sign_checkpoint(0, 1000, hash, Timestamp::from_micros(42));
+        let checkpoint = key.sign_checkpoint(0, 1000, hash, Timestamp::from_micros_saturating(42));
         checkpoint.verify(key.key_id(), key.public_key()).unwrap();
 
         let mut changed = checkpoint.clone();
@@ -173,7 +173,7 @@ mod tests {
         changed.hash.0[31] ^= 1;
         assert!(changed.verify(key.key_id(), key.public_key()).is_err());
         let mut changed = checkpoint.clone();
-        changed.signed_at = Timestamp::from_micros(43);
+        changed.signed_at = Timestamp::from_micros_saturating(43);
         assert!(changed.verify(key.key_id(), key.public_key()).is_err());
         let mut changed = checkpoint.clone();
         changed.partition = 1;

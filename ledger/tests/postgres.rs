@@ -7,9 +7,10 @@ use common::*;
 use futures::future::join_all;
 use seatledger_ledger::domain::{Command, Rejection};
 use seatledger_ledger::{
-    request_hash, AppenderConfig, CommitNotifier, Store, Submission, SystemClock,
+    request_hash, AppendError, AppenderConfig, CommitNotifier, Store, Submission, SystemClock,
 };
 use seatledger_schema::limits::SNAPSHOT_EVERY_EVENTS;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -568,4 +569,79 @@ async fn a_batch_behind_a_stuck_lock_holder_fails_as_unavailable_then_recovers(p
     let retried = submit(&appender, acquire(license, 1)).await;
     assert_eq!(retried.events[0].event_type, "SeatAcquired");
     assert_chain_verifies(&store).await;
+}
+
+/// Issue 8, point 3: one command on a stream that cannot be loaded fails
+/// alone with `StreamUnreadable`; the 50 commands on healthy licenses in
+/// the same batch commit; the next command on the broken stream fails at
+/// once without loading it again.
+#[sqlx::test(migrations = false)]
+async fn an_unreadable_stream_fails_alone_and_is_not_reloaded(pool: sqlx::PgPool) {
+    let store = migrated(pool).await;
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    // A long linger gathers the concurrent submissions into one batch.
+    let config = AppenderConfig {
+        linger: Duration::from_millis(200),
+        ..AppenderConfig::default()
+    };
+    let appender = start(&store, key, Arc::new(SystemClock), config);
+    let broken = Uuid::now_v7();
+    submit(&appender, issue(broken, 5)).await;
+    let healthy: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+    for license in &healthy {
+        submit(&appender, issue(*license, 5)).await;
+    }
+    let planted = plant_undecodable_event(&store, ORG, &format!("license-{broken}")).await;
+    let stats = appender.stats();
+    let batches_before = stats.batches.load(Ordering::Relaxed);
+
+    let mut commands = vec![acquire(broken, 0)];
+    commands.extend(healthy.iter().map(|license| acquire(*license, 1)));
+    let results = join_all(commands.into_iter().map(|command| {
+        let appender = appender.clone();
+        async move { appender.submit(Submission::new(ORG, command)).await }
+    }))
+    .await;
+
+    assert_eq!(
+        stats.batches.load(Ordering::Relaxed),
+        batches_before + 1,
+        "one batch"
+    );
+    assert_eq!(stats.failed_batches.load(Ordering::Relaxed), 0);
+    match &results[0] {
+        Err(AppendError::StreamUnreadable { stream_id }) => {
+            assert_eq!(stream_id, &format!("license-{broken}"))
+        }
+        other => panic!("expected StreamUnreadable, got {other:?}"),
+    }
+    for (index, result) in results[1..].iter().enumerate() {
+        let result = result.as_ref().expect("healthy licenses commit");
+        assert!(result.is_accepted(), "license {index}: {result:?}");
+        assert_eq!(result.events[0].event_type, "SeatAcquired");
+    }
+    assert_eq!(stats.stream_loads_failed.load(Ordering::Relaxed), 1);
+
+    // Again: answered at once from memory, no second load.
+    let again = appender
+        .submit(Submission::new(ORG, acquire(broken, 2)))
+        .await;
+    assert!(
+        matches!(again, Err(AppendError::StreamUnreadable { .. })),
+        "{again:?}"
+    );
+    assert_eq!(stats.stream_loads_failed.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.commands_on_unreadable_streams.load(Ordering::Relaxed),
+        2
+    );
+    assert_eq!(stats.unreadable_streams.load(Ordering::Relaxed), 1);
+
+    // Nothing was appended to the broken stream after the planted event.
+    let events = read_all(&store).await;
+    assert_eq!(events.last().map(|e| e.position), Some(planted + 50));
+    assert!(events
+        .iter()
+        .filter(|e| e.stream_id == format!("license-{broken}"))
+        .all(|e| e.position <= planted));
 }

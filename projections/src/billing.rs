@@ -55,9 +55,11 @@ impl Granularity {
         let micros = at.as_micros();
         match self {
             Granularity::Hour => {
-                Timestamp::from_micros(micros - micros.rem_euclid(MICROS_PER_HOUR))
+                Timestamp::from_micros_saturating(micros - micros.rem_euclid(MICROS_PER_HOUR))
             }
-            Granularity::Day => Timestamp::from_micros(micros - micros.rem_euclid(MICROS_PER_DAY)),
+            Granularity::Day => {
+                Timestamp::from_micros_saturating(micros - micros.rem_euclid(MICROS_PER_DAY))
+            }
             Granularity::Month => {
                 let date = at.to_datetime();
                 month_start(date.year(), date.month()).unwrap_or(at)
@@ -69,8 +71,12 @@ impl Granularity {
     /// Always later than `start`.
     pub fn next_period(self, start: Timestamp) -> Timestamp {
         let next = match self {
-            Granularity::Hour => Timestamp::from_micros(start.as_micros() + MICROS_PER_HOUR),
-            Granularity::Day => Timestamp::from_micros(start.as_micros() + MICROS_PER_DAY),
+            Granularity::Hour => {
+                Timestamp::from_micros_saturating(start.as_micros() + MICROS_PER_HOUR)
+            }
+            Granularity::Day => {
+                Timestamp::from_micros_saturating(start.as_micros() + MICROS_PER_DAY)
+            }
             Granularity::Month => {
                 let date = start.to_datetime();
                 let (year, month) = if date.month() == 12 {
@@ -78,14 +84,14 @@ impl Granularity {
                 } else {
                     (date.year(), date.month() + 1)
                 };
-                month_start(year, month).unwrap_or(Timestamp::from_micros(i64::MAX))
+                month_start(year, month).unwrap_or(Timestamp::MAX)
             }
         };
         // Out of chrono's calendar range: one last period to the end of time.
         if next > start {
             next
         } else {
-            Timestamp::from_micros(i64::MAX)
+            Timestamp::MAX
         }
     }
 }
@@ -93,7 +99,7 @@ impl Granularity {
 fn month_start(year: i32, month: u32) -> Option<Timestamp> {
     Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
         .single()
-        .map(Timestamp::from)
+        .and_then(|start| Timestamp::try_from(start).ok())
 }
 
 /// One row of a usage report: one license in one period.
@@ -201,17 +207,22 @@ impl BillingFold {
     /// Applies one recorded event. Events at or before the partition's
     /// last applied position are skipped (`Ok(false)`), so redelivery is
     /// harmless. Events of other streams than licenses change nothing but
-    /// the position.
+    /// the position. An event that cannot be decoded is an `Err`, and its
+    /// position counts as applied all the same.
     pub fn apply(&mut self, record: &RecordedEvent) -> Result<bool, DecodeError> {
         if record.position <= self.position(record.partition) {
             return Ok(false);
         }
-        if let Some(StreamId::License(license_id)) = StreamId::parse(&record.stream_id) {
-            let event = record.event()?;
-            self.apply_event(record.tenant_id, license_id, record.occurred_at, &event);
-        }
+        let result = match StreamId::parse(&record.stream_id) {
+            Some(StreamId::License(license_id)) => record.event().map(|event| {
+                self.apply_event(record.tenant_id, license_id, record.occurred_at, &event);
+            }),
+            _ => Ok(()),
+        };
+        // Past an undecodable event too: it is reported to the caller, who
+        // decides what its tenant's report is worth; the fold goes on.
         self.applied.insert(record.partition, record.position);
-        Ok(true)
+        result.map(|()| true)
     }
 
     /// Applies one license event that happened at `at`. Callers that use

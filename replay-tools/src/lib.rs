@@ -48,11 +48,25 @@ pub enum VerifyError {
     CheckpointBeyondHead(i64),
     #[error(transparent)]
     Signature(#[from] CheckpointError),
+    #[error("event at position {position} cannot be decoded: {source}")]
+    Undecodable {
+        position: i64,
+        #[source]
+        source: DecodeError,
+    },
 }
 
-/// The position of the first event whose stored hash is not the hash of
-/// its content and `prev_hash`, computed on all cores.
-fn first_hash_mismatch(events: &[RecordedEvent]) -> Option<i64> {
+/// What is wrong with one event, found without looking at its neighbours.
+#[derive(Debug)]
+enum BadEvent {
+    HashMismatch,
+    Undecodable(DecodeError),
+}
+
+/// The first event whose stored hash is not the hash of its content and
+/// `prev_hash`, or that does not decode into an event seatledger can
+/// replay, computed on all cores.
+fn first_bad_event(events: &[RecordedEvent]) -> Option<(i64, BadEvent)> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .max(1);
@@ -62,16 +76,22 @@ fn first_hash_mismatch(events: &[RecordedEvent]) -> Option<i64> {
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
-                    part.iter()
-                        .find(|event| expected_hash(event) != event.hash)
-                        .map(|e| e.position)
+                    part.iter().find_map(|event| {
+                        if expected_hash(event) != event.hash {
+                            return Some((event.position, BadEvent::HashMismatch));
+                        }
+                        event
+                            .event()
+                            .err()
+                            .map(|error| (event.position, BadEvent::Undecodable(error)))
+                    })
                 })
             })
             .collect();
         workers
             .into_iter()
             .filter_map(|worker| worker.join().ok().flatten())
-            .min()
+            .min_by_key(|(position, _)| *position)
     })
 }
 
@@ -164,9 +184,9 @@ pub async fn verify(
         // recompute them on every core, then check positions and links in
         // order (cheap).
         let batch = std::sync::Arc::new(batch);
-        let mismatch = tokio::task::spawn_blocking({
+        let mut bad = tokio::task::spawn_blocking({
             let batch = batch.clone();
-            move || first_hash_mismatch(&batch)
+            move || first_bad_event(&batch)
         })
         .await
         .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
@@ -184,11 +204,19 @@ pub async fn verify(
                 }
                 .into());
             }
-            if mismatch == Some(event.position) {
-                return Err(ChainError::HashMismatch {
-                    position: event.position,
-                }
-                .into());
+            if let Some((_, problem)) = bad.take_if(|(at, _)| *at == event.position) {
+                return Err(match problem {
+                    BadEvent::HashMismatch => ChainError::HashMismatch {
+                        position: event.position,
+                    }
+                    .into(),
+                    // The chain may be intact, but an event no version can
+                    // replay makes the log unusable for billing and audit.
+                    BadEvent::Undecodable(source) => VerifyError::Undecodable {
+                        position: event.position,
+                        source,
+                    },
+                });
             }
             position = event.position;
             hash = event.hash;
@@ -215,43 +243,74 @@ pub async fn verify(
     })
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("event at position {position}: {source}")]
-    Decode {
-        position: i64,
-        #[source]
-        source: DecodeError,
-    },
+/// An event the billing fold could not read: its tenant's usage is
+/// incomplete, every other tenant's is not affected.
+#[derive(Debug)]
+pub struct UndecodableEvent {
+    pub position: i64,
+    pub tenant_id: Uuid,
+    pub error: DecodeError,
+}
+
+/// Usage rows of the tenants whose every event was read, and the events
+/// that could not be (their tenants have no rows: a partial bill is worse
+/// than none).
+#[derive(Debug, Default)]
+pub struct UsageReport {
+    pub rows: Vec<UsageRow>,
+    pub undecodable: Vec<UndecodableEvent>,
+}
+
+impl UsageReport {
+    /// Tenants with an undecodable event, in position order, once each.
+    pub fn incomplete_tenants(&self) -> Vec<Uuid> {
+        let mut tenants = Vec::new();
+        for event in &self.undecodable {
+            if !tenants.contains(&event.tenant_id) {
+                tenants.push(event.tenant_id);
+            }
+        }
+        tenants
+    }
 }
 
 /// Usage recomputed from the log: the billing fold over every event of
 /// `partition` up to its head, reported as of `as_of`. Without `as_of`, as
 /// of the last event's `occurred_at`, so the same log always gives the same
 /// report (leases still open count up to that instant, or their expiry).
+/// An event that cannot be decoded is reported with its position and
+/// tenant; the fold goes on with every other tenant.
 pub async fn usage(
     store: &Store,
     partition: i16,
     granularity: Granularity,
     as_of: Option<Timestamp>,
-) -> Result<Vec<UsageRow>, UsageError> {
+) -> Result<UsageReport, StoreError> {
     let (head, _) = store.head(partition).await?;
     let mut fold = BillingFold::new(granularity);
     let mut last = None;
+    let mut undecodable = Vec::new();
     let mut reader = LogReader::new(store, partition, head);
     while let Some(batch) = reader.next().await? {
         for record in &batch {
-            fold.apply(record).map_err(|source| UsageError::Decode {
-                position: record.position,
-                source,
-            })?;
+            if let Err(error) = fold.apply(record) {
+                undecodable.push(UndecodableEvent {
+                    position: record.position,
+                    tenant_id: record.tenant_id,
+                    error,
+                });
+            }
             last = Some(record.occurred_at);
         }
     }
     let as_of = as_of.or(last).unwrap_or(Timestamp::UNIX_EPOCH);
-    Ok(fold.report(as_of))
+    let mut report = UsageReport {
+        rows: fold.report(as_of),
+        undecodable,
+    };
+    let incomplete = report.incomplete_tenants();
+    report.rows.retain(|row| !incomplete.contains(&row.org_id));
+    Ok(report)
 }
 
 /// The rows of one organization (all without `org`) whose period overlaps

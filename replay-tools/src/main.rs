@@ -134,14 +134,42 @@ async fn main() -> anyhow::Result<()> {
             let store = Store::connect(&database_url)
                 .await
                 .context("cannot open the event store")?;
-            let rows = seatledger_replay::usage(&store, 0, granularity, as_of).await?;
-            let rows = seatledger_replay::select_usage(rows, org, from, to);
+            let report = seatledger_replay::usage(&store, 0, granularity, as_of).await?;
+            let incomplete = report.incomplete_tenants();
+            for bad in &report.undecodable {
+                if org.is_none_or(|org| org == bad.tenant_id) {
+                    eprintln!(
+                        "seatledger-replay usage: event at position {} of organization {} cannot be decoded: {}",
+                        bad.position, bad.tenant_id, bad.error
+                    );
+                }
+            }
+            let rows = seatledger_replay::select_usage(report.rows, org, from, to);
             if format == "json" {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", seatledger_replay::usage_csv(&rows));
             }
-            Ok(())
+            // Other organizations' undecodable events do not make this
+            // organization's usage wrong; its own do.
+            let affected: Vec<_> = incomplete
+                .into_iter()
+                .filter(|tenant| org.is_none_or(|org| org == *tenant))
+                .collect();
+            if affected.is_empty() {
+                if !report.undecodable.is_empty() {
+                    eprintln!(
+                        "seatledger-replay usage: {} undecodable event(s) of other organizations skipped; run verify",
+                        report.undecodable.len()
+                    );
+                }
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "usage of {} organization(s) left out: they have undecodable events (see above); run verify",
+                    affected.len()
+                )
+            }
         }
     }
 }

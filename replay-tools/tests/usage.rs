@@ -96,9 +96,11 @@ async fn history(store: &Store) {
 
 async fn usage_is_recomputed_from_the_log(store: &Store) {
     history(store).await;
-    let rows = seatledger_replay::usage(store, 0, Granularity::Day, None)
+    let report = seatledger_replay::usage(store, 0, Granularity::Day, None)
         .await
         .unwrap();
+    assert!(report.undecodable.is_empty());
+    let rows = report.rows;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let day = &rows[0];
     assert_eq!((day.org_id, day.license_id), (ORG, LICENSE));
@@ -118,7 +120,8 @@ async fn usage_is_recomputed_from_the_log(store: &Store) {
     let later =
         seatledger_replay::usage(store, 0, Granularity::Hour, Some(t0().plus_seconds(10_000)))
             .await
-            .unwrap();
+            .unwrap()
+            .rows;
     assert_eq!(later.len(), 1, "all within 08:00-09:00: {later:?}");
     assert_eq!(later[0].seat_micros, (250 + 360 + 460 + 360) * SECOND);
 

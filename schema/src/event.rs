@@ -213,7 +213,33 @@ impl Event {
     }
 
     /// Decodes a stored `(event_type, schema_version, payload)`.
+    ///
+    /// Schema version 1 has one legacy reading: versions before the
+    /// timestamp range check could store an instant outside
+    /// [`Timestamp::MIN`, `Timestamp::MAX`] in a wider text form
+    /// (`+10000-01-01T…Z`, a year `-0001`). A payload that fails to decode
+    /// only because of such a timestamp is read with each `*_at` field
+    /// clamped to the nearest end of the range (see
+    /// [`Timestamp::parse_legacy`]), so the history stays readable without
+    /// editing it. The stored payload, and so the hash chain, is untouched.
     pub fn decode(
+        event_type: &str,
+        schema_version: i32,
+        payload: &serde_json::Value,
+    ) -> Result<Event, DecodeError> {
+        let strict = Event::decode_exactly(event_type, schema_version, payload);
+        match strict {
+            Err(error) if schema_version == 1 => match legacy_timestamps_clamped(payload) {
+                Some(clamped) => {
+                    Event::decode_exactly(event_type, schema_version, &clamped).map_err(|_| error)
+                }
+                None => Err(error),
+            },
+            other => other,
+        }
+    }
+
+    fn decode_exactly(
         event_type: &str,
         schema_version: i32,
         payload: &serde_json::Value,
@@ -227,6 +253,28 @@ impl Event {
     }
 }
 
+/// `payload` with every `*_at` string field that only the legacy reading
+/// accepts replaced by its clamped canonical text; `None` when there is
+/// none (nothing to retry).
+fn legacy_timestamps_clamped(payload: &serde_json::Value) -> Option<serde_json::Value> {
+    let serde_json::Value::Object(fields) = payload else {
+        return None;
+    };
+    let mut clamped = fields.clone();
+    let mut changed = false;
+    for (name, value) in clamped.iter_mut() {
+        let Some(text) = value.as_str() else { continue };
+        if !name.ends_with("_at") || Timestamp::parse(text).is_ok() {
+            continue;
+        }
+        if let Ok(timestamp) = Timestamp::parse_legacy(text) {
+            *value = serde_json::Value::String(timestamp.to_string());
+            changed = true;
+        }
+    }
+    changed.then_some(serde_json::Value::Object(clamped))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,7 +286,7 @@ mod tests {
             generation: 7,
             user_id: Uuid::nil(),
             hardware_id: "machine-1".into(),
-            expires_at: Timestamp::from_micros(1),
+            expires_at: Timestamp::from_micros_saturating(1),
             overage: false,
         });
         let payload = event.payload();
@@ -259,6 +307,32 @@ mod tests {
         assert_eq!(issued.heartbeat_ttl_s, 360);
         assert_eq!(issued.max_overage_percent, 0);
         assert_eq!(issued.expires_at, None);
+    }
+
+    /// The event issue 8's request wrote before the range check: it reads
+    /// back with its expiry clamped to the end of the range.
+    #[test]
+    fn legacy_out_of_range_expiries_decode_clamped() {
+        let payload = serde_json::json!({
+            "license_id": Uuid::nil(), "org_id": Uuid::nil(), "name": "ide", "seats": 3,
+            "expires_at": "+10000-01-01T23:58:59.000000Z"
+        });
+        let Event::LicenseIssued(issued) = Event::decode("LicenseIssued", 1, &payload).unwrap()
+        else {
+            panic!("wrong variant");
+        };
+        assert_eq!(issued.expires_at, Some(Timestamp::MAX));
+        let renewed = serde_json::json!({"expires_at": "-0001-12-31T00:01:00.000000Z"});
+        assert_eq!(
+            Event::decode("LicenseRenewed", 1, &renewed).unwrap(),
+            Event::LicenseRenewed(LicenseRenewed {
+                expires_at: Some(Timestamp::MIN)
+            })
+        );
+        // Only timestamps are read leniently, and only in schema version 1.
+        assert!(Event::decode("LicenseRenewed", 2, &renewed).is_err());
+        let garbage = serde_json::json!({"expires_at": "+10000-01-01T23:58:59Z", "seats": -1});
+        assert!(Event::decode("LicenseIssued", 1, &garbage).is_err());
     }
 
     #[test]

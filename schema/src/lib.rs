@@ -17,4 +17,4 @@ pub use canonical::{canonical_bytes, chain_hash, verify_chain, ChainError, Chain
 pub use checkpoint::{key_id_of, Checkpoint, CheckpointError};
 pub use envelope::{Metadata, RecordedEvent};
 pub use event::*;
-pub use time::Timestamp;
+pub use time::{Timestamp, TimestampError};

@@ -34,6 +34,16 @@ pub const APPENDER_QUEUE_CAPACITY: usize = 16_384;
 pub const APPENDER_BATCH_MAX: usize = 1_024;
 /// License/org states the appender keeps in memory.
 pub const APPENDER_CACHED_STREAMS_MAX: usize = 10_000;
+/// Streams the appender remembers as unreadable (a corrupt snapshot, an
+/// undecodable event), so that commands on them fail at once instead of
+/// reloading the stream under the partition lock on every request.
+pub const UNREADABLE_STREAMS_REMEMBERED: usize = 1_024;
+/// How long a stream stays remembered as unreadable before one command
+/// tries to load it again; doubled after each failed try, up to the max.
+pub const UNREADABLE_STREAM_RETRY_S: u64 = 30;
+pub const UNREADABLE_STREAM_RETRY_MAX_S: u64 = 900;
+/// Characters of a client's `X-Request-Id` kept in event metadata.
+pub const REQUEST_ID_LEN_MAX: usize = 100;
 /// Events returned by one read of the log.
 pub const READ_BATCH_MAX: i64 = 10_000;
 
@@ -41,5 +51,6 @@ const _: () = assert!(SEATS_MIN >= 1 && SEATS_MIN <= SEATS_MAX);
 const _: () = assert!(HEARTBEAT_TTL_S_MIN <= HEARTBEAT_TTL_S_DEFAULT);
 const _: () = assert!(HEARTBEAT_TTL_S_DEFAULT <= HEARTBEAT_TTL_S_MAX);
 const _: () = assert!(APPENDER_BATCH_MAX <= APPENDER_QUEUE_CAPACITY);
+const _: () = assert!(UNREADABLE_STREAM_RETRY_S <= UNREADABLE_STREAM_RETRY_MAX_S);
 // SQLite binds at most 32,766 parameters per statement; a batch row has 14.
 const _: () = assert!(APPENDER_BATCH_MAX * 14 < 32_766);

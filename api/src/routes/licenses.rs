@@ -16,8 +16,10 @@ use seatledger_ledger::domain::{
     Command, HeartbeatTtl, LicenseState, LicenseView, Name, OveragePercent, Reason, Rejection,
     SeatCount, StreamState,
 };
+use seatledger_ledger::StoreError;
 use seatledger_schema::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
+use std::sync::atomic::Ordering;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -69,10 +71,22 @@ pub(crate) async fn load_license(
     org_id: Uuid,
     license_id: Uuid,
 ) -> Result<LicenseState, ApiError> {
+    let stream_id = format!("license-{license_id}");
     let (_, stream) = state
         .store
-        .stream_state(&format!("license-{license_id}"))
-        .await?;
+        .stream_state(&stream_id)
+        .await
+        .map_err(|error| match error {
+            StoreError::Corrupt(reason) => {
+                tracing::error!(stream_id, reason, "stream unreadable on a read");
+                state
+                    .metrics
+                    .unreadable_reads
+                    .fetch_add(1, Ordering::Relaxed);
+                ApiError::stream_unreadable()
+            }
+            other => ApiError::from(other),
+        })?;
     match stream {
         StreamState::License(license)
             if license
@@ -103,6 +117,9 @@ pub struct IssueLicenseRequest {
     pub heartbeat_ttl_s: Option<u32>,
     /// 0 to 100 (default 0).
     pub max_overage_percent: Option<u32>,
+    /// RFC 3339 with any offset, normalized to UTC; once in UTC it must lie
+    /// between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z.
+    /// Absent or `null`: the license does not expire.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
 }
@@ -213,7 +230,10 @@ pub async fn list(
         .licenses_of(principal.org_id, LICENSES_LIST_MAX)
         .await?
     {
-        // A key recorded for an issue that never committed names no license.
+        // A key recorded for an issue that never committed names no
+        // license. An unreadable license is left out of the list (logged
+        // and counted by `load_license`) rather than failing the list of
+        // every other license of the organization.
         if let Ok(license) = load_license(&state, principal.org_id, license_id).await {
             if let Some(view) = license.view(now) {
                 licenses.push(view.into());
@@ -257,7 +277,9 @@ fn present<'de, D: Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 pub struct UpdateLicenseRequest {
     pub seats: Option<u32>,
-    /// A new expiry; `null` makes the license perpetual; absent leaves it.
+    /// A new expiry (RFC 3339 with any offset, normalized to UTC, between
+    /// 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z once in UTC);
+    /// `null` makes the license perpetual; absent leaves it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<Timestamp>>,

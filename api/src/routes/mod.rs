@@ -215,7 +215,9 @@ pub(crate) fn metadata(principal: Option<&Principal>, headers: &HeaderMap) -> Me
         .get("x-request-id")
         .and_then(|value| value.to_str().ok())
         .filter(|value| {
-            !value.is_empty() && value.len() <= 100 && value.bytes().all(|b| b.is_ascii_graphic())
+            !value.is_empty()
+                && value.len() <= seatledger_schema::limits::REQUEST_ID_LEN_MAX
+                && value.bytes().all(|b| b.is_ascii_graphic())
         })
         .map(str::to_owned);
     Metadata {

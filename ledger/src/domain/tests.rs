@@ -15,7 +15,7 @@ const T0: i64 = 1_800_000_000_000_000;
 const TTL: u32 = 60;
 
 fn at(seconds: i64) -> Timestamp {
-    Timestamp::from_micros(T0).plus_seconds(seconds)
+    Timestamp::from_micros_saturating(T0).plus_seconds(seconds)
 }
 
 fn user(n: u128) -> Uuid {

@@ -8,7 +8,7 @@
 mod postgres;
 mod sqlite;
 
-use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent};
+use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent, Timestamp};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -65,6 +65,13 @@ fn is_unavailable_code(code: Option<&str>) -> bool {
         code,
         Some("57P01" | "57P02" | "57P03" | "53300" | "55P03" | "55000" | "5" | "6" | "517")
     )
+}
+
+/// A stored instant, which must lie in `Timestamp`'s range: one outside
+/// it was not written by seatledger.
+pub(crate) fn stored_timestamp(micros: i64, what: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::try_from_micros(micros)
+        .map_err(|e| StoreError::Corrupt(format!("{what} {micros} µs: {e}")))
 }
 
 impl StoreError {

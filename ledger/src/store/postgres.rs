@@ -2,8 +2,8 @@
 //! `INSERT … SELECT FROM UNNEST(arrays)` per table.
 
 use super::{
-    hash_from, CommandWrite, LoadedStream, RecordedCommands, StoreError, StreamWrite,
-    NOTIFY_CHANNEL,
+    hash_from, stored_timestamp, CommandWrite, LoadedStream, RecordedCommands, StoreError,
+    StreamWrite, NOTIFY_CHANNEL,
 };
 use chrono::{DateTime, Utc};
 use seatledger_schema::{ChainHash, Checkpoint, Metadata, RecordedEvent, Timestamp};
@@ -42,8 +42,8 @@ fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         schema_version: row.try_get("schema_version")?,
         payload: row.try_get("payload")?,
         metadata: metadata.0,
-        occurred_at: occurred_at.into(),
-        recorded_at: recorded_at.into(),
+        occurred_at: stored_timestamp(occurred_at.timestamp_micros(), "occurred_at")?,
+        recorded_at: stored_timestamp(recorded_at.timestamp_micros(), "recorded_at")?,
         prev_hash: hash_from(&prev_hash, "prev_hash")?,
         hash: hash_from(&hash, "hash")?,
     })
@@ -472,7 +472,7 @@ pub(crate) async fn checkpoints(
                 partition: row.try_get("partition")?,
                 position: row.try_get("position")?,
                 hash: hash_from(&hash, "checkpoint hash")?,
-                signed_at: Timestamp::from(signed_at),
+                signed_at: stored_timestamp(signed_at.timestamp_micros(), "signed_at")?,
                 key_id: row.try_get("key_id")?,
                 signature: row.try_get("signature")?,
             })

@@ -3,7 +3,10 @@
 //! table with multi-row statements: every statement is a round trip to
 //! sqlx's SQLite worker thread.
 
-use super::{hash_from, CommandWrite, LoadedStream, RecordedCommands, StoreError, StreamWrite};
+use super::{
+    hash_from, stored_timestamp, CommandWrite, LoadedStream, RecordedCommands, StoreError,
+    StreamWrite,
+};
 use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent, Timestamp};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
@@ -49,8 +52,8 @@ fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
         schema_version: row.try_get("schema_version")?,
         payload: json_from(&payload, "payload")?,
         metadata: json_from(&metadata, "metadata")?,
-        occurred_at: Timestamp::from_micros(row.try_get("occurred_at")?),
-        recorded_at: Timestamp::from_micros(row.try_get("recorded_at")?),
+        occurred_at: stored_timestamp(row.try_get("occurred_at")?, "occurred_at")?,
+        recorded_at: stored_timestamp(row.try_get("recorded_at")?, "recorded_at")?,
         prev_hash: hash_from(&prev_hash, "prev_hash")?,
         hash: hash_from(&hash, "hash")?,
     })
@@ -351,7 +354,7 @@ pub(crate) async fn checkpoints(
                 partition: row.try_get("partition")?,
                 position: row.try_get("position")?,
                 hash: hash_from(&hash, "checkpoint hash")?,
-                signed_at: Timestamp::from_micros(row.try_get("signed_at")?),
+                signed_at: stored_timestamp(row.try_get("signed_at")?, "signed_at")?,
                 key_id: row.try_get("key_id")?,
                 signature: row.try_get("signature")?,
             })

@@ -104,3 +104,6 @@ pub async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
     store.migrate().await.unwrap();
     store
 }
+
+mod plant;
+pub use plant::plant_undecodable_event;
