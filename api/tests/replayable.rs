@@ -6,6 +6,8 @@
 //! default (SQLite) and on PostgreSQL, through the real server over HTTP.
 
 mod common;
+#[path = "../../ledger/tests/common/plant.rs"]
+mod plant;
 
 use common::{Org, TestApp};
 use proptest::prelude::*;
@@ -84,6 +86,54 @@ async fn out_of_range_expiries_are_refused_on_sqlite() {
 async fn out_of_range_expiries_are_refused_on_postgres(pool: sqlx::PgPool) {
     let app = TestApp::postgres(pool).await;
     out_of_range_expiries_are_refused(&app).await;
+    app.stop().await;
+}
+
+// --- Blast radius over HTTP ---
+
+/// An undecodable event on one license (planted as an older version's bug
+/// could have written it): that license answers 500 `stream_unreadable`
+/// without internals, another license of the same organization works, and
+/// `/metrics` counts it.
+#[sqlx::test(migrations = false)]
+async fn an_unreadable_license_fails_alone_over_http(pool: sqlx::PgPool) {
+    let app = TestApp::postgres(pool).await;
+    let org = app.register("ada@example.com").await;
+    let (broken_id, broken_key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
+    let (_, healthy_key) = app.issue(&org, json!({"name": "CLI", "seats": 2})).await;
+    let tenant = org.org_id.parse().unwrap();
+    plant::plant_undecodable_event(&app.store, tenant, &format!("license-{broken_id}")).await;
+
+    for _ in 0..3 {
+        let acquire = app.acquire(&org, &broken_key, "m1").await;
+        assert_eq!(acquire.status, 500, "{:?}", acquire.body);
+        assert_eq!(acquire.body["code"], "stream_unreadable");
+        assert!(!acquire.body["detail"].to_string().contains("decode"));
+        assert_eq!(acquire.headers["content-type"], "application/problem+json");
+    }
+    let get = app
+        .get(&format!("/api/v1/licenses/{broken_id}"), &org.token)
+        .await;
+    assert_eq!(
+        (get.status, &get.body["code"]),
+        (500, &json!("stream_unreadable"))
+    );
+    assert_eq!(app.acquire(&org, &healthy_key, "m1").await.status, 201);
+
+    let metrics = app.send("GET", "/metrics", None, None).await;
+    let metrics = metrics.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("seatledger_stream_loads_failed_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("seatledger_commands_on_unreadable_streams_total 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("seatledger_unreadable_streams 1\n"),
+        "{metrics}"
+    );
     app.stop().await;
 }
 

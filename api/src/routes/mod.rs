@@ -118,6 +118,11 @@ impl utoipa::Modify for CommonProblems {
                 if reaches_store {
                     add(
                         operation,
+                        "500",
+                        "`stream_unreadable`: the license's or organization's history cannot be read back (logged for the operator); other licenses are unaffected",
+                    );
+                    add(
+                        operation,
                         "503",
                         "`store_unavailable` or `request_timeout`, with Retry-After",
                     );
