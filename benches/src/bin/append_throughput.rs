@@ -10,6 +10,13 @@
 //! On PostgreSQL each run uses a fresh database (created and dropped); the
 //! URL names the server and a database to connect to for that. Loopback
 //! only; every run stops by itself after `--seconds`.
+//!
+//! `--broken-clients 0,16` adds that many tasks hammering acquire on a
+//! license whose stream holds an undecodable event (issue 8's blast
+//! radius): the healthy clients' events/s should not move.
+
+#[path = "../../../ledger/tests/common/plant.rs"]
+mod plant;
 
 use anyhow::Context;
 use clap::Parser;
@@ -39,6 +46,10 @@ struct Args {
     /// (the appender's `linger`), one run per value.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     linger_us: Vec<u64>,
+    /// Tasks submitting acquires on an unreadable license alongside the
+    /// healthy clients, one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    broken_clients: Vec<usize>,
 }
 
 #[tokio::main]
@@ -50,22 +61,29 @@ async fn main() -> anyhow::Result<()> {
             || args.database_url.starts_with("sqlite:"),
         "loopback only"
     );
-    println!("| batch_max | linger µs | clients | events/s | mean batch | commit ms (mean) |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| batch_max | linger µs | clients | broken clients | events/s | mean batch | commit ms (mean) | unreadable answers |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &batch_max in &args.batch_max {
         for &linger_us in &args.linger_us {
             for &clients in &args.clients {
-                let (store, cleanup) = fresh_store(&args.database_url).await?;
-                let config = AppenderConfig {
-                    batch_max,
-                    linger: Duration::from_micros(linger_us),
-                    ..AppenderConfig::default()
-                };
-                let result = run(&store, config, clients, Duration::from_secs(args.seconds)).await;
-                drop(store);
-                cleanup.await?;
-                let (events_per_s, mean_batch, commit_ms) = result?;
-                println!("| {batch_max} | {linger_us} | {clients} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} |");
+                for &broken_clients in &args.broken_clients {
+                    let (store, cleanup) = fresh_store(&args.database_url).await?;
+                    let config = AppenderConfig {
+                        batch_max,
+                        linger: Duration::from_micros(linger_us),
+                        ..AppenderConfig::default()
+                    };
+                    let load = Load {
+                        clients,
+                        broken_clients,
+                        duration: Duration::from_secs(args.seconds),
+                    };
+                    let result = run(&store, config, load).await;
+                    drop(store);
+                    cleanup.await?;
+                    let (events_per_s, mean_batch, commit_ms, unreadable) = result?;
+                    println!("| {batch_max} | {linger_us} | {clients} | {broken_clients} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} | {unreadable} |");
+                }
             }
         }
     }
@@ -106,12 +124,22 @@ async fn fresh_store(url: &str) -> anyhow::Result<(Store, Cleanup)> {
     Ok((store, cleanup))
 }
 
+struct Load {
+    clients: usize,
+    broken_clients: usize,
+    duration: Duration,
+}
+
 async fn run(
     store: &Store,
     config: AppenderConfig,
-    clients: usize,
-    duration: Duration,
-) -> anyhow::Result<(f64, f64, f64)> {
+    load: Load,
+) -> anyhow::Result<(f64, f64, f64, u64)> {
+    let Load {
+        clients,
+        broken_clients,
+        duration,
+    } = load;
     let key = Arc::new(SigningKey::generate()?);
     let (appender, task) = Appender::start(
         store.clone(),
@@ -140,6 +168,45 @@ async fn run(
     for (license_id, issued) in licenses {
         issued.await?;
         ready.push(license_id);
+    }
+    let broken_license = Uuid::now_v7();
+    let unreadable = Arc::new(AtomicU64::new(0));
+    let mut broken_workers = Vec::new();
+    if broken_clients > 0 {
+        let issue = Command::IssueLicense {
+            license_id: broken_license,
+            name: Name::parse("broken")?,
+            seats: SeatCount::new(10)?,
+            expires_at: None,
+            heartbeat_ttl_s: HeartbeatTtl::default(),
+            max_overage_percent: OveragePercent::default(),
+        };
+        appender.submit(Submission::new(tenant, issue)).await?;
+        plant::plant_undecodable_event(store, tenant, &format!("license-{broken_license}")).await;
+        for client in 0..broken_clients {
+            let appender = appender.clone();
+            let stop = stop.clone();
+            let unreadable = unreadable.clone();
+            broken_workers.push(tokio::spawn(async move {
+                let hardware_id = HardwareId::parse(&format!("broken-{client}"))
+                    .unwrap_or_else(|_| unreachable!());
+                while !stop.load(Ordering::Relaxed) {
+                    let acquire = Command::AcquireSeat {
+                        license_id: broken_license,
+                        session_id: Uuid::now_v7(),
+                        user_id: Uuid::now_v7(),
+                        hardware_id: hardware_id.clone(),
+                    };
+                    if appender
+                        .submit(Submission::new(tenant, acquire))
+                        .await
+                        .is_err()
+                    {
+                        unreadable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
     }
     let before_events = appender.stats().events.load(Ordering::Relaxed);
     let before_batches = appender.stats().batches.load(Ordering::Relaxed);
@@ -182,7 +249,7 @@ async fn run(
         .collect();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    for worker in workers {
+    for worker in workers.into_iter().chain(broken_workers) {
         worker.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -201,5 +268,6 @@ async fn run(
         events as f64 / elapsed,
         events as f64 / batches,
         commit as f64 / batches / 1000.0,
+        unreadable.load(Ordering::Relaxed),
     ))
 }
