@@ -137,6 +137,48 @@ async fn an_unreadable_license_fails_alone_over_http(pool: sqlx::PgPool) {
     app.stop().await;
 }
 
+/// The recovery path: a license whose expiry an older version stored in
+/// the wide form (`+10000-…`, the bug of issue 8) reads, sells seats and
+/// can be changed again, with its history untouched.
+#[sqlx::test(migrations = false)]
+async fn a_license_with_a_legacy_out_of_range_expiry_works_again(pool: sqlx::PgPool) {
+    let app = TestApp::postgres(pool).await;
+    let org = app.register("ada@example.com").await;
+    let (license_id, key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
+    let tenant = org.org_id.parse().unwrap();
+    plant::plant_event(
+        &app.store,
+        tenant,
+        &format!("license-{license_id}"),
+        "LicenseRenewed",
+        json!({ "expires_at": "+10000-01-01T23:58:59.000000Z" }),
+    )
+    .await;
+
+    let get = app
+        .get(&format!("/api/v1/licenses/{license_id}"), &org.token)
+        .await;
+    assert_eq!(get.status, 200, "{:?}", get.body);
+    assert_eq!(get.body["expires_at"], "9999-12-31T23:59:59.999999Z");
+    assert_eq!(app.acquire(&org, &key, "m1").await.status, 201);
+    let repaired = app
+        .send(
+            "PATCH",
+            &format!("/api/v1/licenses/{license_id}"),
+            Some(&org.token),
+            Some(json!({ "expires_at": null })),
+        )
+        .await;
+    assert_eq!(repaired.status, 200, "{:?}", repaired.body);
+    assert_eq!(repaired.body["expires_at"], Value::Null);
+    let events = app.events().await;
+    seatledger_schema::verify_chain(0, seatledger_schema::ChainHash::GENESIS, &events).unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.payload["expires_at"] == "+10000-01-01T23:58:59.000000Z"));
+    app.stop().await;
+}
+
 // --- Generators ---
 
 /// Timestamps as a careless or hostile client writes them: every field at

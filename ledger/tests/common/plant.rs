@@ -1,7 +1,7 @@
-//! Plants an event the log cannot decode (issue 8): what a bug of an older
-//! version could have written. Imported with a valid hash chain, so the
-//! only thing wrong with it is that no decoder reads it. Shared with the
-//! replay-tools tests (`#[path]`).
+//! Plants events a bug of an older version could have written (issue 8):
+//! one the log cannot decode, or one in a legacy form. Imported with a
+//! valid hash chain, so the only thing wrong with them is their payload.
+//! Shared with the replay-tools and API tests and a benchmark (`#[path]`).
 
 use seatledger_ledger::Store;
 use seatledger_schema::canonical::expected_hash;
@@ -11,6 +11,26 @@ use uuid::Uuid;
 /// Appends to `stream_id` of `tenant_id` a `SeatAcquired` whose payload no
 /// decoder accepts; returns its position.
 pub async fn plant_undecodable_event(store: &Store, tenant_id: Uuid, stream_id: &str) -> i64 {
+    let payload = serde_json::json!({ "session_id": "not a uuid", "generation": -1 });
+    let position = plant_event(store, tenant_id, stream_id, "SeatAcquired", payload).await;
+    let planted = store.read_after(0, position - 1, 1).await.unwrap();
+    assert!(
+        planted[0].event().is_err(),
+        "the planted event must not decode"
+    );
+    position
+}
+
+/// Appends `(event_type, payload)` to `stream_id` of `tenant_id` as-is,
+/// chained and hashed like any event, bypassing the decider and the edge
+/// parsers; returns its position.
+pub async fn plant_event(
+    store: &Store,
+    tenant_id: Uuid,
+    stream_id: &str,
+    event_type: &str,
+    payload: serde_json::Value,
+) -> i64 {
     let (head, prev_hash) = store.head(0).await.unwrap();
     let version = store.read_stream(stream_id).await.unwrap().len() as i64;
     let mut event = RecordedEvent {
@@ -20,9 +40,9 @@ pub async fn plant_undecodable_event(store: &Store, tenant_id: Uuid, stream_id: 
         stream_id: stream_id.to_owned(),
         stream_version: version + 1,
         tenant_id,
-        event_type: "SeatAcquired".to_owned(),
+        event_type: event_type.to_owned(),
         schema_version: 1,
-        payload: serde_json::json!({ "session_id": "not a uuid", "generation": -1 }),
+        payload,
         metadata: Metadata::default(),
         occurred_at: Timestamp::now(),
         recorded_at: Timestamp::now(),
@@ -30,7 +50,6 @@ pub async fn plant_undecodable_event(store: &Store, tenant_id: Uuid, stream_id: 
         hash: ChainHash::GENESIS,
     };
     event.hash = expected_hash(&event);
-    assert!(event.event().is_err(), "the planted event must not decode");
     store.import(0, &[event]).await.unwrap();
     head + 1
 }
