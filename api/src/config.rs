@@ -38,6 +38,17 @@ pub struct ServeArgs {
     /// `request_timeout` (with Retry-After) instead of hanging.
     #[arg(long, env = "SEATLEDGER_REQUEST_TIMEOUT_S", default_value_t = 30.0, value_parser = parse_request_timeout)]
     pub request_timeout_s: f64,
+    /// Seconds between rounds of the zombie reaper, which expires leases
+    /// whose clients stopped heartbeating (within TTL + this interval).
+    #[arg(long, env = "SEATLEDGER_REAPER_INTERVAL_S", default_value_t = 30.0, value_parser = parse_reaper_interval)]
+    pub reaper_interval_s: f64,
+}
+
+fn parse_reaper_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.01..=3600.0).contains(&seconds) => Ok(seconds),
+        _ => Err("expected seconds, from 0.01 to 3600".into()),
+    }
 }
 
 fn parse_request_timeout(text: &str) -> Result<f64, String> {

@@ -8,6 +8,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use seatledger_ledger::appender::AppenderStats;
+use seatledger_projections::{FollowerStatus, ReaperStats};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,11 @@ pub struct Metrics {
     pub seats_denied: AtomicU64,
     /// Reads (GET) that found a stream unreadable.
     pub unreadable_reads: AtomicU64,
+    /// License reads the hot counts could not serve in time (read from the
+    /// ledger instead).
+    pub hot_read_fallbacks: AtomicU64,
+    pub hot_licenses: FollowerStatus,
+    pub reaper: Arc<ReaperStats>,
 }
 
 fn method_label(method: &axum::http::Method) -> &'static str {
@@ -146,6 +152,26 @@ impl Metrics {
                 self.unreadable_reads.load(Ordering::Relaxed),
             ),
             (
+                "seatledger_hot_read_fallbacks_total",
+                "License reads served from the ledger because the hot counts had not caught up in time.",
+                self.hot_read_fallbacks.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_reaper_rounds_total",
+                "Rounds of the zombie reaper.",
+                self.reaper.rounds.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_reaper_leases_reaped_total",
+                "Leases the reaper expired.",
+                self.reaper.leases_reaped.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_reaper_failures_total",
+                "Reaper expiries that failed (retried next round).",
+                self.reaper.failures.load(Ordering::Relaxed),
+            ),
+            (
                 "seatledger_seats_granted_total",
                 "Seats granted by acquire.",
                 self.seats_granted.load(Ordering::Relaxed),
@@ -160,6 +186,23 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        for (name, help, value) in [
+            (
+                "seatledger_follower_position",
+                "The last log position a follower applied.",
+                self.hot_licenses.position.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_follower_lag",
+                "Positions a follower is behind the head it last saw.",
+                self.hot_licenses.lag.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{follower=\"hot_licenses\"}} {value}"
             );
         }
         let _ = writeln!(

@@ -1,6 +1,7 @@
 //! Starting and stopping the server: connect and migrate the store, load the
-//! signing key, start the appender, serve until SIGTERM/ctrl-c, then stop
-//! accepting, finish in-flight requests and drain the appender.
+//! signing key, start the appender and the followers (hot seat counts, the
+//! zombie reaper), serve until SIGTERM/ctrl-c, then stop accepting, finish
+//! in-flight requests, stop the followers and drain the appender.
 
 use crate::config::{redacted_url, ServeArgs};
 use crate::routes;
@@ -9,9 +10,12 @@ use anyhow::Context;
 use seatledger_ledger::{
     Appender, AppenderConfig, Clock, CommitNotifier, SigningKey, Store, SystemClock,
 };
+use seatledger_projections::{reaper, runner, HotLicenses, RunnerConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
@@ -20,6 +24,9 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     appender_task: tokio::task::JoinHandle<()>,
+    /// The hot-count follower and the reaper, stopped by `shutdown`.
+    followers: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
 }
 
 impl Server {
@@ -55,6 +62,14 @@ impl Server {
         );
         tracing::info!(key_id = signer.key_id(), "signing key loaded");
         let notifier = CommitNotifier::default();
+        // Reads wait for the hot counts to reach the notifier's position:
+        // start it at the head, so no read is served from counts still
+        // replaying the log at start-up.
+        let (head, _) = store
+            .head(0)
+            .await
+            .context("cannot read the event store's head")?;
+        notifier.advance(head);
         if let Some(pool) = store.pg_pool() {
             tokio::spawn(seatledger_ledger::listen::listen(
                 pool.clone(),
@@ -66,9 +81,30 @@ impl Server {
             store.clone(),
             signer.clone(),
             clock.clone(),
-            notifier,
+            notifier.clone(),
             AppenderConfig::default(),
         );
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let hot = HotLicenses::default();
+        let (shutdown, followers_shutdown) = watch::channel(false);
+        let followers = vec![
+            tokio::spawn(runner::run(
+                store.clone(),
+                hot.clone(),
+                notifier,
+                RunnerConfig::default(),
+                metrics.hot_licenses.clone(),
+                followers_shutdown.clone(),
+            )),
+            tokio::spawn(reaper::run(
+                hot.clone(),
+                appender.clone(),
+                clock.clone(),
+                Duration::from_secs_f64(args.reaper_interval_s),
+                metrics.reaper.clone(),
+                followers_shutdown,
+            )),
+        ];
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -76,16 +112,19 @@ impl Server {
             directory: crate::directory::Directory::new(store.clone()),
             store,
             appender,
+            hot,
             caches: Default::default(),
             signer,
             clock,
-            metrics: Default::default(),
+            metrics,
             request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
         };
         Ok(Server {
             listener,
             state,
             appender_task,
+            followers,
+            shutdown,
         })
     }
 
@@ -106,6 +145,8 @@ impl Server {
             listener,
             state,
             appender_task,
+            followers,
+            shutdown: stop_followers,
         } = self;
         let app = NormalizePathLayer::trim_trailing_slash().layer(routes::router(state));
         let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
@@ -113,8 +154,13 @@ impl Server {
             .with_graceful_shutdown(shutdown)
             .await
             .context("server failed")?;
-        // The router (and every appender handle in it) is dropped: the
-        // appender commits what is queued and stops.
+        // The followers stop (the reaper's appender handle with them); the
+        // router (and every appender handle in it) is dropped: the appender
+        // commits what is queued and stops.
+        let _ = stop_followers.send(true);
+        for follower in followers {
+            follower.await.context("follower task failed")?;
+        }
         appender_task.await.context("appender task failed")?;
         tracing::info!("stopped");
         Ok(())

@@ -1,12 +1,13 @@
 //! What every handler can reach: the store (reads), the appender (writes),
-//! the credentials directory and its caches, the signing key, the clock and
-//! the metrics.
+//! the hot seat counts, the credentials directory and its caches, the
+//! signing key, the clock and the metrics.
 
 use crate::auth::Principal;
 use crate::cache::TtlCache;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use seatledger_ledger::{Appender, Clock, SigningKey, Store};
+use seatledger_projections::HotLicenses;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -39,6 +40,8 @@ impl Default for Caches {
 pub struct AppState {
     pub store: Store,
     pub appender: Appender,
+    /// Hot seat counts: what license reads are served from.
+    pub hot: HotLicenses,
     pub directory: Directory,
     pub caches: Arc<Caches>,
     pub signer: Arc<SigningKey>,

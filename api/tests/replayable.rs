@@ -102,7 +102,8 @@ async fn an_unreadable_license_fails_alone_over_http(pool: sqlx::PgPool) {
     let (broken_id, broken_key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
     let (_, healthy_key) = app.issue(&org, json!({"name": "CLI", "seats": 2})).await;
     let tenant = org.org_id.parse().unwrap();
-    plant::plant_undecodable_event(&app.store, tenant, &format!("license-{broken_id}")).await;
+    let planted =
+        plant::plant_undecodable_event(&app.store, tenant, &format!("license-{broken_id}")).await;
 
     for _ in 0..3 {
         let acquire = app.acquire(&org, &broken_key, "m1").await;
@@ -111,6 +112,8 @@ async fn an_unreadable_license_fails_alone_over_http(pool: sqlx::PgPool) {
         assert!(!acquire.body["detail"].to_string().contains("decode"));
         assert_eq!(acquire.headers["content-type"], "application/problem+json");
     }
+    // Reads are served by the hot counts once they have seen the event.
+    app.await_follower_position(planted).await;
     let get = app
         .get(&format!("/api/v1/licenses/{broken_id}"), &org.token)
         .await;
@@ -118,6 +121,13 @@ async fn an_unreadable_license_fails_alone_over_http(pool: sqlx::PgPool) {
         (get.status, &get.body["code"]),
         (500, &json!("stream_unreadable"))
     );
+    let sessions = app
+        .get(
+            &format!("/api/v1/licenses/{broken_id}/sessions"),
+            &org.token,
+        )
+        .await;
+    assert_eq!(sessions.status, 500);
     assert_eq!(app.acquire(&org, &healthy_key, "m1").await.status, 201);
 
     let metrics = app.send("GET", "/metrics", None, None).await;
@@ -146,7 +156,7 @@ async fn a_license_with_a_legacy_out_of_range_expiry_works_again(pool: sqlx::PgP
     let org = app.register("ada@example.com").await;
     let (license_id, key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
     let tenant = org.org_id.parse().unwrap();
-    plant::plant_event(
+    let planted = plant::plant_event(
         &app.store,
         tenant,
         &format!("license-{license_id}"),
@@ -154,6 +164,9 @@ async fn a_license_with_a_legacy_out_of_range_expiry_works_again(pool: sqlx::PgP
         json!({ "expires_at": "+10000-01-01T23:58:59.000000Z" }),
     )
     .await;
+    // Written behind the server's back, like another replica's commit:
+    // reads see it once the hot counts have.
+    app.await_follower_position(planted).await;
 
     let get = app
         .get(&format!("/api/v1/licenses/{license_id}"), &org.token)

@@ -2,12 +2,18 @@
 //! the follower runner with checkpoints, hot seat counts, the zombie
 //! reaper, billing and the NATS JetStream publisher.
 //!
-//! Built so far: the billing fold ([`billing`]), pure and replayable. The
-//! followers that run it and the others against the live log (with the
-//! `follower_checkpoints` table and the ledger's `CommitNotifier` / `listen`
-//! wake-ups, already in place) are not built yet.
+//! Built so far: the billing fold ([`billing`]), pure and replayable; the
+//! follower [`runner`]; hot seat counts in memory ([`hot`]); the zombie
+//! [`reaper`]. Still to come: hot counts in Redis, live billing in tables
+//! (with `follower_checkpoints`) and the NATS publisher.
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod hot;
+pub mod reaper;
+pub mod runner;
 
 pub use billing::{BillingFold, Granularity, UsageRow};
+pub use hot::{HotLicenses, StaleLease, Unreadable};
+pub use reaper::{reap_once, ReaperStats, REAPER_INTERVAL};
+pub use runner::{Follower, FollowerError, FollowerStatus, RunnerConfig};

@@ -44,6 +44,14 @@ pub const UNREADABLE_STREAM_RETRY_S: u64 = 30;
 pub const UNREADABLE_STREAM_RETRY_MAX_S: u64 = 900;
 /// Characters of a client's `X-Request-Id` kept in event metadata.
 pub const REQUEST_ID_LEN_MAX: usize = 100;
+/// Stale leases one reaper round expires (the rest wait for the next).
+pub const REAPER_BATCH_MAX: usize = 1_000;
+/// Live sessions listed per page of `GET /licenses/{id}/sessions`.
+pub const SESSIONS_PAGE_MAX: usize = 1_000;
+/// How long a read waits for the hot counts to include the writes the
+/// server had committed when the read arrived, before it reads the ledger
+/// instead.
+pub const READ_YOUR_WRITES_WAIT_MS: u64 = 1_000;
 /// Events returned by one read of the log.
 pub const READ_BATCH_MAX: i64 = 10_000;
 

@@ -1,13 +1,15 @@
 //! Licenses: issue, list, read, change, suspend, reinstate, revoke, and
-//! their active sessions. Reads fold the license's stream (snapshot + tail);
-//! another org's license is 404 `license_not_found`.
+//! their active sessions. Reads come from the hot seat counts once they
+//! include the server's latest commit (read-your-writes), else from the
+//! ledger (snapshot + tail); another org's license is 404
+//! `license_not_found`.
 
 use super::{accepted, metadata, submit};
 use crate::auth::{
     random_secret, secret_from_bytes, secret_hash, Admin, Principal, LICENSE_KEY_PREFIX,
 };
 use crate::error::{ApiError, ProblemDoc};
-use crate::extract::{IdempotencyKey, JsonBody, LicenseIdPath, OptionalJsonBody};
+use crate::extract::{ApiQuery, IdempotencyKey, JsonBody, LicenseIdPath, OptionalJsonBody};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -17,10 +19,11 @@ use seatledger_ledger::domain::{
     SeatCount, StreamState,
 };
 use seatledger_ledger::StoreError;
-use seatledger_schema::Timestamp;
+use seatledger_schema::{limits, Timestamp};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::sync::atomic::Ordering;
-use utoipa::ToSchema;
+use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// Licenses listed per request.
@@ -209,6 +212,67 @@ pub async fn issue(
     Ok((StatusCode::CREATED, Json(response)))
 }
 
+/// The response header saying which log position a read is as of: every
+/// event up to it is reflected.
+pub const POSITION_HEADER: &str = "seatledger-position";
+
+/// Waits, at most `READ_YOUR_WRITES_WAIT_MS`, for the hot counts to
+/// include every write this server knew committed when the read arrived
+/// (its own commits, and other replicas' it was notified of): so a client
+/// reads its own writes. `Some(position)` when they do, else `None` and
+/// the read goes to the ledger (counted in `/metrics`).
+async fn hot_position(state: &AppState) -> Option<i64> {
+    let target = state.appender.notifier().position();
+    let wait = Duration::from_millis(limits::READ_YOUR_WRITES_WAIT_MS);
+    if state.hot.wait_for(target, wait).await {
+        Some(state.hot.position())
+    } else {
+        state
+            .metrics
+            .hot_read_fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// A license the hot counts hold as unreadable: 500 `stream_unreadable`
+/// (logged once by the follower that found it).
+fn unreadable(_: seatledger_projections::Unreadable) -> ApiError {
+    ApiError::stream_unreadable()
+}
+
+/// The position header: the hot counts' position, or for a read from the
+/// ledger the last commit this server knew of when it read.
+fn position_header(state: &AppState, hot: Option<i64>) -> [(&'static str, String); 1] {
+    let position = hot.unwrap_or_else(|| state.appender.notifier().position());
+    [(POSITION_HEADER, position.to_string())]
+}
+
+/// One license's view: from the hot counts when they are current, else
+/// (or when they do not know it, e.g. issued on another replica a moment
+/// ago) from the ledger.
+async fn license_view(
+    state: &AppState,
+    hot: Option<i64>,
+    org_id: Uuid,
+    license_id: Uuid,
+) -> Result<LicenseView, ApiError> {
+    let now = state.clock.now();
+    if hot.is_some() {
+        if let Some(view) = state
+            .hot
+            .view(org_id, license_id, now)
+            .map_err(unreadable)?
+        {
+            return Ok(view);
+        }
+    }
+    load_license(state, org_id, license_id)
+        .await?
+        .view(now)
+        .ok_or_else(|| ApiError::rejection(Rejection::LicenseNotFound))
+}
+
 /// The organization's licenses with live seat counts.
 #[utoipa::path(
     get,
@@ -216,14 +280,16 @@ pub async fn issue(
     tag = "licenses",
     security(("bearer" = [])),
     responses(
-        (status = 200, body = Vec<LicenseResponse>)
+        (status = 200, body = Vec<LicenseResponse>, headers(
+            ("seatledger-position" = i64, description = "the log position the counts are as of")
+        ))
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
-) -> Result<Json<Vec<LicenseResponse>>, ApiError> {
-    let now = state.clock.now();
+) -> Result<([(&'static str, String); 1], Json<Vec<LicenseResponse>>), ApiError> {
+    let hot = hot_position(&state).await;
     let mut licenses = Vec::new();
     for license_id in state
         .directory
@@ -234,13 +300,11 @@ pub async fn list(
         // license. An unreadable license is left out of the list (logged
         // and counted by `load_license`) rather than failing the list of
         // every other license of the organization.
-        if let Ok(license) = load_license(&state, principal.org_id, license_id).await {
-            if let Some(view) = license.view(now) {
-                licenses.push(view.into());
-            }
+        if let Ok(view) = license_view(&state, hot, principal.org_id, license_id).await {
+            licenses.push(view.into());
         }
     }
-    Ok(Json(licenses))
+    Ok((position_header(&state, hot), Json(licenses)))
 }
 
 /// One license with its live seat count.
@@ -251,7 +315,9 @@ pub async fn list(
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses(
-        (status = 200, body = LicenseResponse),
+        (status = 200, body = LicenseResponse, headers(
+            ("seatledger-position" = i64, description = "the log position the counts are as of")
+        )),
         (status = 404, description = "`license_not_found`", body = ProblemDoc)
     )
 )]
@@ -259,12 +325,10 @@ pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
     LicenseIdPath(license_id): LicenseIdPath,
-) -> Result<Json<LicenseResponse>, ApiError> {
-    let license = load_license(&state, principal.org_id, license_id).await?;
-    let view = license
-        .view(state.clock.now())
-        .ok_or_else(|| ApiError::rejection(Rejection::LicenseNotFound))?;
-    Ok(Json(view.into()))
+) -> Result<([(&'static str, String); 1], Json<LicenseResponse>), ApiError> {
+    let hot = hot_position(&state).await;
+    let view = license_view(&state, hot, principal.org_id, license_id).await?;
+    Ok((position_header(&state, hot), Json(view.into())))
 }
 
 fn present<'de, D: Deserializer<'de>>(
@@ -454,15 +518,30 @@ pub struct SessionResponse {
     pub overage: bool,
 }
 
-/// The license's live leases, oldest grant first.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsQuery {
+    /// Return sessions whose id sorts after this one (the last `session_id`
+    /// of the previous page).
+    pub after: Option<Uuid>,
+    /// 1 to 1000 (default 1000).
+    pub limit: Option<usize>,
+}
+
+/// The license's live leases, a page at a time, by session id (session ids
+/// are UUIDv7, so this is about grant order). A page has fewer than
+/// `limit` sessions only at the end.
 #[utoipa::path(
     get,
     path = "/api/v1/licenses/{id}/sessions",
     tag = "licenses",
     security(("bearer" = [])),
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path), SessionsQuery),
     responses(
-        (status = 200, body = Vec<SessionResponse>),
+        (status = 200, body = Vec<SessionResponse>, headers(
+            ("seatledger-position" = i64, description = "the log position the sessions are as of")
+        )),
+        (status = 400, description = "`invalid_query`", body = ProblemDoc),
         (status = 404, description = "`license_not_found`", body = ProblemDoc)
     )
 )]
@@ -470,21 +549,41 @@ pub async fn sessions(
     State(state): State<AppState>,
     principal: Principal,
     LicenseIdPath(license_id): LicenseIdPath,
-) -> Result<Json<Vec<SessionResponse>>, ApiError> {
-    let license = load_license(&state, principal.org_id, license_id).await?;
+    ApiQuery(query): ApiQuery<SessionsQuery>,
+) -> Result<([(&'static str, String); 1], Json<Vec<SessionResponse>>), ApiError> {
+    let limit = query.limit.unwrap_or(limits::SESSIONS_PAGE_MAX);
+    if !(1..=limits::SESSIONS_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {}", limits::SESSIONS_PAGE_MAX),
+        ));
+    }
     let now = state.clock.now();
-    let mut sessions: Vec<SessionResponse> = license
-        .leases()
-        .filter(|lease| lease.expires_at > now)
+    let hot = hot_position(&state).await;
+    let from_hot = match hot {
+        Some(_) => state
+            .hot
+            .sessions(principal.org_id, license_id, now, query.after, limit)
+            .map_err(unreadable)?,
+        None => None,
+    };
+    let leases = match from_hot {
+        Some(leases) => leases,
+        None => load_license(&state, principal.org_id, license_id)
+            .await?
+            .live_leases_after(now, query.after, limit),
+    };
+    let sessions = leases
+        .into_iter()
         .map(|lease| SessionResponse {
             session_id: lease.session_id,
             user_id: lease.user_id,
-            hardware_id: lease.hardware_id.clone(),
+            hardware_id: lease.hardware_id,
             generation: lease.generation,
             expires_at: lease.expires_at,
             overage: lease.overage,
         })
         .collect();
-    sessions.sort_by_key(|session| session.generation);
-    Ok(Json(sessions))
+    Ok((position_header(&state, hot), Json(sessions)))
 }

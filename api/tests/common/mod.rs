@@ -24,6 +24,7 @@ fn args(database_url: String) -> ServeArgs {
         redis_url: None,
         nats_url: None,
         request_timeout_s: 30.0,
+        reaper_interval_s: 30.0,
     }
 }
 
@@ -39,6 +40,15 @@ impl TestApp {
     /// PostgreSQL, on a test's own database.
     pub async fn postgres(pool: sqlx::PgPool) -> TestApp {
         TestApp::spawn(Store::from_pg_pool(pool), args(String::new()), None).await
+    }
+
+    /// PostgreSQL, with the reaper running every `reaper_interval_s`.
+    pub async fn postgres_with_reaper(pool: sqlx::PgPool, reaper_interval_s: f64) -> TestApp {
+        let args = ServeArgs {
+            reaper_interval_s,
+            ..args(String::new())
+        };
+        TestApp::spawn(Store::from_pg_pool(pool), args, None).await
     }
 
     /// PostgreSQL, with requests cut off after `request_timeout_s`.
@@ -77,6 +87,34 @@ impl TestApp {
     pub fn clock_now(&self) -> Timestamp {
         use seatledger_ledger::Clock;
         self.clock.now()
+    }
+
+    /// A sample of `/metrics` (`name` with its labels), 0 when absent.
+    pub async fn metric(&self, name: &str) -> i64 {
+        let metrics = self.send("GET", "/metrics", None, None).await;
+        let text = metrics.body.as_str().unwrap_or_default().to_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The hot-count follower's position, from `/metrics`.
+    pub async fn follower_position(&self) -> i64 {
+        self.metric("seatledger_follower_position{follower=\"hot_licenses\"}")
+            .await
+    }
+
+    /// Waits (polling, 10 s at most) until the hot counts applied `position`.
+    pub async fn await_follower_position(&self, position: i64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.follower_position().await < position {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the follower did not reach position {position}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

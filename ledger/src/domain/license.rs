@@ -10,7 +10,7 @@ use seatledger_schema::{
     ReleaseReason, SeatAcquired, SeatDenied, SeatExpired, SeatHeartbeat, SeatReleased, Timestamp,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +75,9 @@ pub struct LicenseState {
     pub status: LicenseStatus,
     /// The generation of the latest grant (0 before any).
     pub last_generation: u64,
-    leases: HashMap<Uuid, Lease>,
+    /// By session id, ordered: snapshots list them in order and the live
+    /// sessions are paged by session id without sorting.
+    leases: BTreeMap<Uuid, Lease>,
     by_machine: HashMap<(Uuid, String), Uuid>,
     by_expiry: BTreeSet<(Timestamp, Uuid)>,
     ended: VecDeque<Uuid>,
@@ -94,8 +96,7 @@ struct LicenseSnapshot {
 
 impl From<LicenseState> for LicenseSnapshot {
     fn from(state: LicenseState) -> Self {
-        let mut leases: Vec<Lease> = state.leases.into_values().collect();
-        leases.sort_by_key(|lease| lease.session_id);
+        let leases: Vec<Lease> = state.leases.into_values().collect();
         LicenseSnapshot {
             terms: state.terms,
             status: state.status,
@@ -158,6 +159,29 @@ impl LicenseState {
     pub fn seats_used(&self, now: Timestamp) -> u32 {
         let stale = self.by_expiry.range(..=(now, Uuid::max())).count();
         u32::try_from(self.leases.len() - stale).unwrap_or(u32::MAX)
+    }
+
+    /// Up to `limit` leases live at `now` (`expires_at` after it), by
+    /// session id, after `after` when given: one page of the license's
+    /// sessions, in time that grows with the page, not with the license.
+    pub fn live_leases_after(
+        &self,
+        now: Timestamp,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Vec<Lease> {
+        let range = match after {
+            Some(after) => self
+                .leases
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => self.leases.range(..),
+        };
+        range
+            .map(|(_, lease)| lease)
+            .filter(|lease| lease.expires_at > now)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Leases whose `expires_at` is at or before `now`, soonest first.

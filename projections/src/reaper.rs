@@ -1,0 +1,86 @@
+//! The zombie reaper (DESIGN §4): every interval it takes the leases past
+//! their `expires_at` from the hot counts and submits `ExpireSeat` for each
+//! through the appender. The decider makes a repeat a no-op (a lease that
+//! was heartbeated, released or already expired meanwhile appends
+//! nothing), so several replicas may reap at once. A lease whose client
+//! stopped heartbeating is expired within its TTL plus the interval.
+
+use crate::hot::HotLicenses;
+use seatledger_ledger::domain::Command;
+use seatledger_ledger::{Appender, Clock, Submission};
+use seatledger_schema::{limits, Metadata};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The default interval between rounds.
+pub const REAPER_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReaperStats {
+    pub rounds: AtomicU64,
+    /// Leases this reaper expired (its `ExpireSeat` appended `SeatExpired`).
+    pub leases_reaped: AtomicU64,
+    /// `ExpireSeat` commands that failed (store down): retried next round.
+    pub failures: AtomicU64,
+}
+
+/// Runs rounds every `interval` until `shutdown` turns true.
+pub async fn run(
+    hot: HotLicenses,
+    appender: Appender,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    stats: Arc<ReaperStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        reap_once(&hot, &appender, clock.as_ref(), &stats).await;
+    }
+}
+
+/// One round: at most `REAPER_BATCH_MAX` stale leases, submitted together
+/// (they commit in as few batches as the appender forms). Returns how many
+/// were expired by this round.
+pub async fn reap_once(
+    hot: &HotLicenses,
+    appender: &Appender,
+    clock: &dyn Clock,
+    stats: &ReaperStats,
+) -> u64 {
+    stats.rounds.fetch_add(1, Ordering::Relaxed);
+    let stale = hot.stale(clock.now(), limits::REAPER_BATCH_MAX);
+    let submissions = stale.into_iter().map(|lease| {
+        let command = Command::ExpireSeat {
+            license_id: lease.license_id,
+            session_id: lease.session_id,
+        };
+        let submission = Submission::new(lease.tenant_id, command).with_metadata(Metadata {
+            actor: Some("reaper".to_owned()),
+            ..Metadata::default()
+        });
+        appender.submit(submission)
+    });
+    let mut reaped = 0;
+    for result in futures::future::join_all(submissions).await {
+        match result {
+            Ok(result) if !result.events.is_empty() => reaped += 1,
+            Ok(_) => {}
+            Err(error) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %error, "reaper: expiring a lease failed; next round retries");
+            }
+        }
+    }
+    stats.leases_reaped.fetch_add(reaped, Ordering::Relaxed);
+    reaped
+}

@@ -1,0 +1,142 @@
+//! The follower runner (DESIGN §4): one loop any follower plugs into. It
+//! reads the log after the follower's position in bounded position ranges
+//! (`Store::read_range`), hands each range to the follower, and wakes on
+//! the commit notifier (this process's commits, and other replicas' through
+//! `LISTEN/NOTIFY`) and on a poll interval, so a missed notification only
+//! delays it. It reports how far behind the head it is.
+//!
+//! The runner owns no checkpoint: each follower keeps its position with its
+//! output (the same transaction, the same Redis call, or, for an in-memory
+//! follower, the same lock), so the two can never disagree. It never
+//! assumes one sequence across partitions: a runner follows one partition.
+
+use seatledger_ledger::{CommitNotifier, Store, StoreError};
+use seatledger_schema::{limits, RecordedEvent};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A follower of one partition of the log.
+pub trait Follower: Send {
+    /// A stable name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// The last position applied (0 before any).
+    fn position(&mut self) -> impl Future<Output = Result<i64, FollowerError>> + Send;
+
+    /// Applies `events` (consecutive, after `position()`) and advances the
+    /// position to the last of them, atomically with the follower's output.
+    fn apply(
+        &mut self,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), FollowerError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The follower's own output store failed (Redis, a projection table).
+    #[error("{0}")]
+    Output(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    pub partition: i16,
+    /// How often the runner looks for new events without a notification.
+    pub poll_interval: Duration,
+    /// Positions read per range.
+    pub batch: i64,
+    /// How long the runner waits after a failure before trying again.
+    pub retry_after: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            partition: 0,
+            poll_interval: Duration::from_secs(1),
+            batch: limits::READ_BATCH_MAX,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a running follower reports: its position and how many positions
+/// it is behind the head it last saw. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct FollowerStatus {
+    pub position: Arc<AtomicI64>,
+    pub lag: Arc<AtomicI64>,
+}
+
+/// Runs `follower` until `shutdown` turns true.
+pub async fn run<F: Follower>(
+    store: Store,
+    mut follower: F,
+    notifier: CommitNotifier,
+    config: RunnerConfig,
+    status: FollowerStatus,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut commits = notifier.subscribe();
+    let mut failing = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let wait = match catch_up(&store, &mut follower, &config, &status).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(follower = follower.name(), "follower recovered");
+                    failing = false;
+                }
+                config.poll_interval
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(follower = follower.name(), error = %error, "follower failed; retrying");
+                    failing = true;
+                }
+                config.retry_after
+            }
+        };
+        tokio::select! {
+            _ = commits.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Applies everything up to the current head, range by range.
+async fn catch_up<F: Follower>(
+    store: &Store,
+    follower: &mut F,
+    config: &RunnerConfig,
+    status: &FollowerStatus,
+) -> Result<(), FollowerError> {
+    let (head, _) = store.head(config.partition).await?;
+    let mut position = follower.position().await?;
+    status.position.store(position, Ordering::Relaxed);
+    while position < head {
+        let through = head.min(position.saturating_add(config.batch.max(1)));
+        let events = store
+            .read_range(config.partition, position, through)
+            .await?;
+        let Some(last) = events.last().map(|event| event.position) else {
+            break;
+        };
+        follower.apply(&events).await?;
+        position = last;
+        status.position.store(position, Ordering::Relaxed);
+        status.lag.store(head - position, Ordering::Relaxed);
+    }
+    status
+        .lag
+        .store((head - position).max(0), Ordering::Relaxed);
+    Ok(())
+}

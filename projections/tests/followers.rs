@@ -1,0 +1,309 @@
+//! The follower runner, the in-memory hot counts and the reaper against a
+//! real log (SQLite in a temporary directory; PostgreSQL per test through
+//! `#[sqlx::test]`).
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use seatledger_ledger::domain::{
+    Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount, StreamState,
+};
+use seatledger_ledger::{
+    Appender, AppenderConfig, Clock, CommitNotifier, ManualClock, SigningKey, Store, Submission,
+};
+use seatledger_projections::{
+    reap_once, runner, FollowerStatus, HotLicenses, ReaperStats, RunnerConfig,
+};
+use seatledger_schema::Timestamp;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+const ORG: Uuid = Uuid::from_u128(0x0a);
+const TTL_S: u32 = 60;
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+async fn pg_store(pool: sqlx::PgPool) -> Store {
+    let store = Store::from_pg_pool(pool);
+    store.migrate().await.unwrap();
+    store
+}
+
+fn start_appender(store: &Store, clock: &ManualClock, notifier: &CommitNotifier) -> Appender {
+    Appender::start(
+        store.clone(),
+        Arc::new(SigningKey::generate().unwrap()),
+        Arc::new(clock.clone()),
+        notifier.clone(),
+        AppenderConfig::default(),
+    )
+    .0
+}
+
+fn issue(license_id: Uuid, seats: u32) -> Command {
+    Command::IssueLicense {
+        license_id,
+        name: Name::parse("IDE").unwrap(),
+        seats: SeatCount::new(seats).unwrap(),
+        expires_at: None,
+        heartbeat_ttl_s: HeartbeatTtl::new(TTL_S).unwrap(),
+        max_overage_percent: OveragePercent::default(),
+    }
+}
+
+fn acquire(license_id: Uuid, session_id: Uuid, machine: u8) -> Command {
+    Command::AcquireSeat {
+        license_id,
+        session_id,
+        user_id: Uuid::from_u128(u128::from(machine)),
+        hardware_id: HardwareId::parse(&format!("machine-{machine}")).unwrap(),
+    }
+}
+
+/// A runner following `store` into `hot`, stopped by dropping the sender.
+fn follow(
+    store: &Store,
+    hot: &HotLicenses,
+    notifier: &CommitNotifier,
+    batch: i64,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, shutdown) = watch::channel(false);
+    let config = RunnerConfig {
+        batch,
+        poll_interval: Duration::from_millis(50),
+        ..RunnerConfig::default()
+    };
+    let task = tokio::spawn(runner::run(
+        store.clone(),
+        hot.clone(),
+        notifier.clone(),
+        config,
+        FollowerStatus::default(),
+        shutdown,
+    ));
+    (stop, task)
+}
+
+// --- Property: hot counts = the ledger's state replayed, live and rebuilt ---
+
+#[derive(Clone, Debug)]
+enum Step {
+    Acquire { license: usize, machine: u8 },
+    Heartbeat { license: usize, lease: usize },
+    Release { license: usize, lease: usize },
+    Expire { license: usize, lease: usize },
+    Suspend(usize),
+    Reinstate(usize),
+    ChangeSeats { license: usize, seats: u32 },
+    Advance(u16),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        5 => (0..3usize, 0..6u8).prop_map(|(license, machine)| Step::Acquire { license, machine }),
+        3 => (0..3usize, 0..8usize).prop_map(|(license, lease)| Step::Heartbeat { license, lease }),
+        2 => (0..3usize, 0..8usize).prop_map(|(license, lease)| Step::Release { license, lease }),
+        2 => (0..3usize, 0..8usize).prop_map(|(license, lease)| Step::Expire { license, lease }),
+        1 => (0..3usize).prop_map(Step::Suspend),
+        1 => (0..3usize).prop_map(Step::Reinstate),
+        1 => (0..3usize, 1..5u32).prop_map(|(license, seats)| Step::ChangeSeats { license, seats }),
+        2 => (0..90u16).prop_map(Step::Advance),
+    ]
+}
+
+async fn hot_counts_equal_the_ledger(store: Store) {
+    let clock = ManualClock::new(Timestamp::parse("2030-01-01T00:00:00Z").unwrap());
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &clock, &notifier);
+    let hot = HotLicenses::default();
+    // Ranges of 3 positions: the runner crosses many range boundaries.
+    let (stop, task) = follow(&store, &hot, &notifier, 3);
+    let licenses: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for license in &licenses {
+        appender
+            .submit(Submission::new(ORG, issue(*license, 2)))
+            .await
+            .unwrap();
+    }
+    let mut sessions: Vec<Vec<Uuid>> = vec![Vec::new(); licenses.len()];
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let steps = prop::collection::vec(step(), 40..80);
+    for _ in 0..12 {
+        for step in steps.new_tree(&mut runner).unwrap().current() {
+            let lease = |license: usize, lease: usize| {
+                let held = &sessions[license];
+                held.get(lease % held.len().max(1))
+                    .copied()
+                    .unwrap_or_else(Uuid::now_v7)
+            };
+            let command = match step {
+                Step::Acquire { license, machine } => {
+                    let session_id = Uuid::now_v7();
+                    sessions[license].push(session_id);
+                    acquire(licenses[license], session_id, machine)
+                }
+                Step::Heartbeat { license, lease: n } => Command::Heartbeat {
+                    license_id: licenses[license],
+                    session_id: lease(license, n),
+                },
+                Step::Release { license, lease: n } => Command::ReleaseSeat {
+                    license_id: licenses[license],
+                    session_id: lease(license, n),
+                },
+                Step::Expire { license, lease: n } => Command::ExpireSeat {
+                    license_id: licenses[license],
+                    session_id: lease(license, n),
+                },
+                Step::Suspend(license) => Command::SuspendLicense {
+                    license_id: licenses[license],
+                    reason: None,
+                },
+                Step::Reinstate(license) => Command::ReinstateLicense {
+                    license_id: licenses[license],
+                    reason: None,
+                },
+                Step::ChangeSeats { license, seats } => Command::ChangeSeats {
+                    license_id: licenses[license],
+                    seats: SeatCount::new(seats).unwrap(),
+                },
+                Step::Advance(seconds) => {
+                    clock.advance_seconds(i64::from(seconds));
+                    continue;
+                }
+            };
+            appender
+                .submit(Submission::new(ORG, command))
+                .await
+                .unwrap();
+        }
+        let (head, _) = store.head(0).await.unwrap();
+        assert!(
+            hot.wait_for(head, Duration::from_secs(10)).await,
+            "caught up"
+        );
+        let live = hot.snapshot();
+        for license in &licenses {
+            let (_, replayed) = store
+                .stream_state(&format!("license-{license}"))
+                .await
+                .unwrap();
+            let StreamState::License(replayed) = replayed else {
+                panic!("a license stream");
+            };
+            assert_eq!(
+                live.get(license),
+                Some(&replayed),
+                "live = the ledger's replay"
+            );
+        }
+        // Rebuilt from position 0, in one range, it equals the live one.
+        let rebuilt = HotLicenses::default();
+        let (stop_rebuild, rebuild) = follow(&store, &rebuilt, &CommitNotifier::default(), 10_000);
+        assert!(rebuilt.wait_for(head, Duration::from_secs(10)).await);
+        assert_eq!(rebuilt.snapshot(), hot.snapshot(), "rebuild = live");
+        let _ = stop_rebuild.send(true);
+        rebuild.await.unwrap();
+    }
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn hot_counts_equal_the_ledger_replayed_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    hot_counts_equal_the_ledger(sqlite_store(&dir).await).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn hot_counts_equal_the_ledger_replayed_on_postgres(pool: sqlx::PgPool) {
+    hot_counts_equal_the_ledger(pg_store(pool).await).await;
+}
+
+// --- The reaper ---
+
+/// Leases whose clients stopped heartbeating are expired once their TTL
+/// passed; two reapers running at once (two appenders on two pools, as two
+/// replicas) produce exactly one `SeatExpired` per lease.
+#[sqlx::test(migrations = false)]
+async fn two_reapers_expire_each_stale_lease_exactly_once(pool: sqlx::PgPool) {
+    let store = pg_store(pool.clone()).await;
+    let other = Store::from_pg_pool(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .unwrap(),
+    );
+    let clock = ManualClock::new(Timestamp::parse("2030-01-01T00:00:00Z").unwrap());
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &clock, &notifier);
+    let second = start_appender(&other, &clock, &CommitNotifier::default());
+    let hot = HotLicenses::default();
+    let (stop, task) = follow(&store, &hot, &notifier, 1_000);
+
+    let license = Uuid::now_v7();
+    appender
+        .submit(Submission::new(ORG, issue(license, 50)))
+        .await
+        .unwrap();
+    for machine in 0..20 {
+        let result = appender
+            .submit(Submission::new(
+                ORG,
+                acquire(license, Uuid::now_v7(), machine),
+            ))
+            .await
+            .unwrap();
+        assert!(result.is_accepted());
+    }
+    let (head, _) = store.head(0).await.unwrap();
+    assert!(hot.wait_for(head, Duration::from_secs(10)).await);
+    let stats = ReaperStats::default();
+    assert_eq!(
+        reap_once(&hot, &appender, &clock, &stats).await,
+        0,
+        "nothing is stale yet"
+    );
+
+    clock.advance_seconds(i64::from(TTL_S) + 1);
+    let (first, second) = tokio::join!(
+        reap_once(&hot, &appender, &clock, &stats),
+        reap_once(&hot, &second, &clock, &stats),
+    );
+    assert_eq!(first + second, 20, "every stale lease expired once");
+    let events = store.read_after(0, 0, 10_000).await.unwrap();
+    let expired: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == "SeatExpired")
+        .collect();
+    assert_eq!(expired.len(), 20);
+    let mut sessions: Vec<_> = expired
+        .iter()
+        .map(|e| e.payload["session_id"].clone())
+        .collect();
+    sessions.sort_by_key(|s| s.to_string());
+    sessions.dedup();
+    assert_eq!(sessions.len(), 20, "one SeatExpired per lease");
+    assert!(expired
+        .iter()
+        .all(|e| e.metadata.actor.as_deref() == Some("reaper")));
+
+    // The counts follow; the next round finds nothing.
+    let (head, _) = store.head(0).await.unwrap();
+    assert!(hot.wait_for(head, Duration::from_secs(10)).await);
+    assert!(hot.stale(clock.now(), 100).is_empty());
+    assert_eq!(stats.leases_reaped.load(Ordering::Relaxed), 20);
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
