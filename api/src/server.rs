@@ -51,6 +51,16 @@ impl Server {
         args: &ServeArgs,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Server> {
+        if args.redis_url.is_some() {
+            tracing::warn!(
+                "--redis-url is accepted but not used yet: hot seat counts are kept in memory"
+            );
+        }
+        if args.nats_url.is_some() {
+            tracing::warn!(
+                "--nats-url is accepted but not used yet: billing jobs read GET /api/v1/events"
+            );
+        }
         store
             .migrate()
             .await

@@ -11,7 +11,7 @@
 //! assumes one sequence across partitions: a runner follows one partition.
 
 use seatledger_ledger::{CommitNotifier, Store, StoreError};
-use seatledger_schema::{limits, RecordedEvent};
+use seatledger_schema::RecordedEvent;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -43,6 +43,11 @@ pub enum FollowerError {
     Output(String),
 }
 
+/// Positions a runner reads per range by default: small enough that a range
+/// of decoded events stays a few MiB while catching up, large enough that
+/// a range is one cheap query.
+pub const RUNNER_BATCH_DEFAULT: i64 = 1_000;
+
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
     pub partition: i16,
@@ -59,7 +64,7 @@ impl Default for RunnerConfig {
         RunnerConfig {
             partition: 0,
             poll_interval: Duration::from_secs(1),
-            batch: limits::READ_BATCH_MAX,
+            batch: RUNNER_BATCH_DEFAULT,
             retry_after: Duration::from_secs(1),
         }
     }
