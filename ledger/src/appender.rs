@@ -397,9 +397,8 @@ impl Worker {
 
     /// `commit` with the batch counters.
     async fn commit_timed(&mut self, submissions: &[Submission]) -> Result<Vec<Reply>, StoreError> {
-        let now = self.clock.now();
         let started = std::time::Instant::now();
-        let result = self.commit(submissions, now).await;
+        let result = self.commit(submissions).await;
         match &result {
             Ok(replies) => {
                 let unreadable = replies
@@ -432,14 +431,15 @@ impl Worker {
     /// batch needs, decide every command (assigning positions and hashes),
     /// write, commit. States taken out of the cache are put back only after
     /// the commit, so a failed batch leaves no trace in memory either.
-    async fn commit(
-        &mut self,
-        submissions: &[Submission],
-        now: Timestamp,
-    ) -> Result<Vec<Reply>, StoreError> {
+    async fn commit(&mut self, submissions: &[Submission]) -> Result<Vec<Reply>, StoreError> {
         let partition = self.config.partition;
         let store = self.store.clone();
         let mut tx = store.begin_batch(partition).await?;
+        // Read the clock only once the partition lock is held: a batch may
+        // wait up to `lock_timeout` behind another replica's, and deciding
+        // with the time from before that wait would make `recorded_at` go
+        // backwards in position order.
+        let now = self.clock.now();
         let stream_ids = distinct(
             submissions
                 .iter()

@@ -76,6 +76,63 @@ async fn two_appenders_on_separate_pools_grant_exactly_the_seat_limit(pool: sqlx
     assert_eq!(generations, (1..=10).collect::<Vec<_>>());
 }
 
+/// A batch reads the clock only once it holds the partition lock: a batch
+/// that waited behind another replica's decides with the time after the
+/// wait, so `recorded_at` never goes backwards in position order.
+#[sqlx::test(migrations = false)]
+async fn the_clock_is_read_after_the_partition_lock_is_taken(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    let start_at = seatledger_schema::Timestamp::parse("2030-01-01T00:00:00Z").unwrap();
+    let clock = seatledger_ledger::ManualClock::new(start_at);
+    let appender = start(
+        &store,
+        key,
+        Arc::new(clock.clone()),
+        AppenderConfig::default(),
+    );
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 5)).await;
+
+    // Another replica holds the partition lock.
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(seatledger_ledger::store::partition_lock_key(0))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let pending = tokio::spawn({
+        let appender = appender.clone();
+        async move { submit(&appender, acquire(license, 1)).await }
+    });
+    // Wait until the batch is queued behind the lock, then let time pass.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    clock.advance_seconds(10);
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(seatledger_ledger::store::partition_lock_key(0))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let result = pending.await.unwrap();
+    assert_eq!(result.events[0].recorded_at, start_at.plus_seconds(10));
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_tailing_reader_never_sees_a_gap_or_a_later_position_first(pool: sqlx::PgPool) {
     let store_a = migrated(pool.clone()).await;
