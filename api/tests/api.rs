@@ -1179,3 +1179,59 @@ async fn graceful_shutdown_records_every_answered_write(pool: sqlx::PgPool) {
         "every 201 is in the log, no more"
     );
 }
+
+/// An `Idempotency-Key` belongs to its caller: two members of one org who
+/// send the same key and body get a lease each, never each other's lease
+/// and seat token. The same body with other spacing and key order is the
+/// same request.
+#[sqlx::test(migrations = false)]
+async fn idempotency_keys_belong_to_their_caller_and_compare_parsed_json(pool: sqlx::PgPool) {
+    let app = TestApp::postgres(pool).await;
+    let owner = app.register("owner@example.com").await;
+    let added = app
+        .post(
+            "/api/v1/users",
+            &owner.token,
+            json!({"email": "bob@example.com", "password": "correct horse battery", "full_name": "Bob"}),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    let login = app
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": "bob@example.com", "password": "correct horse battery"})),
+        )
+        .await;
+    let bob = login.body["api_token"].as_str().unwrap().to_owned();
+    let (_, key) = app.issue(&owner, json!({"name": "IDE", "seats": 5})).await;
+
+    let acquire = |token: &str, body: String| {
+        app.client
+            .post(app.url("/api/v1/licenses/acquire"))
+            .bearer_auth(token)
+            .header("idempotency-key", "same-key")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let body = format!(r#"{{"license_key":"{key}","hardware_id":"shared-box"}}"#);
+    let first = TestApp::reply(acquire(&owner.token, body.clone()).send().await.unwrap()).await;
+    let second = TestApp::reply(acquire(&bob, body).send().await.unwrap()).await;
+    assert_eq!(
+        (first.status, second.status),
+        (201, 201),
+        "{:?}",
+        second.body
+    );
+    assert_ne!(first.body["session_id"], second.body["session_id"]);
+    assert_ne!(first.body["signed_license"], second.body["signed_license"]);
+
+    // The owner's retry, spaced and ordered differently, is the same request.
+    let before = app.events().await.len();
+    let respaced = format!("{{ \"hardware_id\" : \"shared-box\",\n  \"license_key\": \"{key}\" }}");
+    let retry = TestApp::reply(acquire(&owner.token, respaced).send().await.unwrap()).await;
+    assert_eq!((retry.status, &retry.body), (201, &first.body));
+    assert_eq!(app.events().await.len(), before);
+    app.stop().await;
+}

@@ -4,7 +4,7 @@
 //! ledger (snapshot + tail); another org's license is 404
 //! `license_not_found`.
 
-use super::{accepted, metadata, submit};
+use super::{accepted, metadata, submit, Idempotency};
 use crate::auth::{
     random_secret, secret_from_bytes, secret_hash, Admin, Principal, LICENSE_KEY_PREFIX,
 };
@@ -166,19 +166,20 @@ pub async fn issue(
         .transpose()?
         .unwrap_or_default();
     // With an idempotency key the license id and key are derived from it
-    // (keyed by the ledger's secret), so a retry reproduces them without the
-    // key ever being stored.
+    // and its caller (keyed by the ledger's secret), so a retry reproduces
+    // them without the key ever being stored.
     let (license_id, key) = match &idempotency_key {
         Some(idempotency) => {
             let org = admin.org_id.as_bytes().as_slice();
+            let caller = admin.user_id.as_bytes().as_slice();
             let id_bytes = state
                 .signer
-                .derive("license-id", &[org, idempotency.as_bytes()]);
+                .derive("license-id", &[org, caller, idempotency.as_bytes()]);
             let mut random = [0u8; 16];
             random.copy_from_slice(&id_bytes[..16]);
             let key_bytes = state
                 .signer
-                .derive("license-key", &[org, idempotency.as_bytes()]);
+                .derive("license-key", &[org, caller, idempotency.as_bytes()]);
             (
                 uuid::Builder::from_random_bytes(random).into_uuid(),
                 secret_from_bytes(LICENSE_KEY_PREFIX, &key_bytes),
@@ -198,7 +199,12 @@ pub async fn issue(
         heartbeat_ttl_s,
         max_overage_percent,
     };
-    let idempotency = idempotency_key.map(|k| (k, ISSUE_ROUTE, body.raw.as_ref()));
+    let idempotency = idempotency_key.map(|key| Idempotency {
+        key,
+        caller: admin.user_id,
+        route: ISSUE_ROUTE,
+        body: body.raw.as_ref(),
+    });
     let result = submit(
         &state,
         admin.org_id,

@@ -232,19 +232,51 @@ pub(crate) fn metadata(principal: Option<&Principal>, headers: &HeaderMap) -> Me
     }
 }
 
-/// One command through the appender, with the request's idempotency key
-/// (hashed with the route and raw body).
+/// A request's `Idempotency-Key` with what identifies the request.
+pub(crate) struct Idempotency<'a> {
+    pub key: String,
+    /// Who sent it: a key belongs to its caller, not to the organization,
+    /// so two users who pick the same key never get each other's result.
+    pub caller: Uuid,
+    pub route: &'static str,
+    /// The raw body; compared as parsed JSON (see `request_identity`).
+    pub body: &'a [u8],
+}
+
+impl Idempotency<'_> {
+    /// The key as the ledger records it: scoped to the caller.
+    fn command_id(&self) -> String {
+        format!("{}:{}", self.caller, self.key)
+    }
+
+    /// The route and the body as canonical JSON (sorted keys, no
+    /// whitespace), so the same body sent with other spacing or key order
+    /// is the same request; a body that is not JSON counts as its bytes.
+    fn request_hash(&self) -> [u8; 32] {
+        let body = match serde_json::from_slice::<serde_json::Value>(self.body) {
+            Ok(value) => {
+                let mut canonical = Vec::with_capacity(self.body.len());
+                seatledger_schema::canonical::write_canonical_json(&mut canonical, &value);
+                canonical
+            }
+            Err(_) => self.body.to_vec(),
+        };
+        seatledger_ledger::request_hash(&[self.route.as_bytes(), &body])
+    }
+}
+
+/// One command through the appender, with the request's idempotency key.
 pub(crate) async fn submit(
     state: &AppState,
     tenant_id: Uuid,
     command: Command,
     metadata: Metadata,
-    idempotency: Option<(String, &'static str, &[u8])>,
+    idempotency: Option<Idempotency<'_>>,
 ) -> Result<CommandResult, ApiError> {
     let mut submission = Submission::new(tenant_id, command).with_metadata(metadata);
-    if let Some((key, route, body)) = idempotency {
-        let hash = seatledger_ledger::request_hash(&[route.as_bytes(), body]);
-        submission = submission.with_command_id(key, hash);
+    if let Some(idempotency) = idempotency {
+        submission =
+            submission.with_command_id(idempotency.command_id(), idempotency.request_hash());
     }
     Ok(state.appender.submit(submission).await?)
 }

@@ -2,7 +2,7 @@
 //! answers from the appender's result, so a replay with the same
 //! `Idempotency-Key` answers the same status and body.
 
-use super::{accepted, metadata, submit};
+use super::{accepted, metadata, submit, Idempotency};
 use crate::auth::{secret_hash, Principal};
 use crate::error::{ApiError, ProblemDoc};
 use crate::extract::{IdempotencyKey, JsonBody};
@@ -194,7 +194,12 @@ pub async fn acquire(
         user_id: principal.user_id,
         hardware_id,
     };
-    let idempotency = idempotency_key.map(|key| (key, ACQUIRE_ROUTE, body.raw.as_ref()));
+    let idempotency = idempotency_key.map(|key| Idempotency {
+        key,
+        caller: principal.user_id,
+        route: ACQUIRE_ROUTE,
+        body: body.raw.as_ref(),
+    });
     let result = submit(
         &state,
         principal.org_id,
@@ -246,7 +251,12 @@ pub async fn heartbeat(
 ) -> Result<Json<SeatResponse>, ApiError> {
     let session_id = body.value.session_id;
     let license_id = license_for_session(&state, &principal, session_id).await?;
-    let idempotency = idempotency_key.map(|key| (key, HEARTBEAT_ROUTE, body.raw.as_ref()));
+    let idempotency = idempotency_key.map(|key| Idempotency {
+        key,
+        caller: principal.user_id,
+        route: HEARTBEAT_ROUTE,
+        body: body.raw.as_ref(),
+    });
     let command = Command::Heartbeat {
         license_id,
         session_id,
@@ -287,7 +297,12 @@ pub async fn release(
 ) -> Result<Json<ReleaseResponse>, ApiError> {
     let session_id = body.value.session_id;
     let license_id = license_for_session(&state, &principal, session_id).await?;
-    let idempotency = idempotency_key.map(|key| (key, RELEASE_ROUTE, body.raw.as_ref()));
+    let idempotency = idempotency_key.map(|key| Idempotency {
+        key,
+        caller: principal.user_id,
+        route: RELEASE_ROUTE,
+        body: body.raw.as_ref(),
+    });
     let command = Command::ReleaseSeat {
         license_id,
         session_id,
