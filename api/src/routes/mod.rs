@@ -185,7 +185,67 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             crate::metrics::track,
         ))
+        .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// The request id header, read from clients and sent on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A client's request id if it is 1 to `REQUEST_ID_LEN_MAX` visible ASCII
+/// characters.
+fn valid_request_id(value: &axum::http::HeaderValue) -> Option<&str> {
+    value.to_str().ok().filter(|text| {
+        !text.is_empty()
+            && text.len() <= seatledger_schema::limits::REQUEST_ID_LEN_MAX
+            && text.bytes().all(|b| b.is_ascii_graphic())
+    })
+}
+
+/// Gives every request an id (the client's `x-request-id` when it sends a
+/// usable one, else a new UUIDv7), which handlers carry into the metadata
+/// of the events they append and which every response returns; and logs
+/// one line per request with it.
+async fn request_id(
+    mut request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let id = match request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(valid_request_id)
+    {
+        Some(id) => id.to_owned(),
+        None => Uuid::now_v7().to_string(),
+    };
+    let header = axum::http::HeaderValue::from_str(&id).ok();
+    if let Some(header) = &header {
+        request
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, header.clone());
+    }
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |path| path.as_str().to_owned(),
+        );
+    let mut response = next.run(request).await;
+    if let Some(header) = header {
+        response.headers_mut().insert(REQUEST_ID_HEADER, header);
+    }
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        route = %route,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
 }
 
 /// Answers 503 `request_timeout` (with Retry-After) when a request takes
@@ -217,13 +277,8 @@ async fn time_limit(
 /// sent a sane one.
 pub(crate) fn metadata(principal: Option<&Principal>, headers: &HeaderMap) -> Metadata {
     let request_id = headers
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| {
-            !value.is_empty()
-                && value.len() <= seatledger_schema::limits::REQUEST_ID_LEN_MAX
-                && value.bytes().all(|b| b.is_ascii_graphic())
-        })
+        .get(REQUEST_ID_HEADER)
+        .and_then(valid_request_id)
         .map(str::to_owned);
     Metadata {
         actor: principal.map(|p| format!("user:{}", p.user_id)),
