@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// Redis for hot seat counts (absent: in memory).
     #[arg(long, env = "SEATLEDGER_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key seatledger writes.
+    #[arg(long, env = "SEATLEDGER_REDIS_PREFIX", default_value = "seatledger:")]
+    pub redis_prefix: String,
     /// NATS with JetStream for event delivery (absent: in-process bus).
     #[arg(long, env = "SEATLEDGER_NATS_URL")]
     pub nats_url: Option<String>,

@@ -10,7 +10,7 @@ use anyhow::Context;
 use seatledger_ledger::{
     Appender, AppenderConfig, Clock, CommitNotifier, SigningKey, Store, SystemClock,
 };
-use seatledger_projections::{reaper, runner, HotLicenses, RunnerConfig};
+use seatledger_projections::{reaper, runner, HotCounts, HotLicenses, RedisLicenses, RunnerConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,11 +51,6 @@ impl Server {
         args: &ServeArgs,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Server> {
-        if args.redis_url.is_some() {
-            tracing::warn!(
-                "--redis-url is accepted but not used yet: hot seat counts are kept in memory"
-            );
-        }
         if args.nats_url.is_some() {
             tracing::warn!(
                 "--nats-url is accepted but not used yet: billing jobs read GET /api/v1/events"
@@ -95,17 +90,37 @@ impl Server {
             AppenderConfig::default(),
         );
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let hot = HotLicenses::default();
         let (shutdown, followers_shutdown) = watch::channel(false);
+        let (hot, hot_follower) = match &args.redis_url {
+            Some(url) => {
+                let redis = RedisLicenses::new(url, &args.redis_prefix, signer.key_id(), 0)
+                    .with_context(|| format!("invalid --redis-url {}", redacted_url(url)))?;
+                tracing::info!(redis = %redacted_url(url), prefix = %args.redis_prefix, "hot seat counts in Redis");
+                let follower = tokio::spawn(runner::run(
+                    store.clone(),
+                    redis.clone(),
+                    notifier,
+                    RunnerConfig::default(),
+                    metrics.hot_licenses.clone(),
+                    followers_shutdown.clone(),
+                ));
+                (HotCounts::Redis(redis), follower)
+            }
+            None => {
+                let memory = HotLicenses::default();
+                let follower = tokio::spawn(runner::run(
+                    store.clone(),
+                    memory.clone(),
+                    notifier,
+                    RunnerConfig::default(),
+                    metrics.hot_licenses.clone(),
+                    followers_shutdown.clone(),
+                ));
+                (HotCounts::Memory(memory), follower)
+            }
+        };
         let followers = vec![
-            tokio::spawn(runner::run(
-                store.clone(),
-                hot.clone(),
-                notifier,
-                RunnerConfig::default(),
-                metrics.hot_licenses.clone(),
-                followers_shutdown.clone(),
-            )),
+            hot_follower,
             tokio::spawn(reaper::run(
                 hot.clone(),
                 appender.clone(),

@@ -7,7 +7,7 @@ use crate::cache::TtlCache;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use seatledger_ledger::{Appender, Clock, SigningKey, Store};
-use seatledger_projections::HotLicenses;
+use seatledger_projections::HotCounts;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -41,7 +41,7 @@ pub struct AppState {
     pub store: Store,
     pub appender: Appender,
     /// Hot seat counts: what license reads are served from.
-    pub hot: HotLicenses,
+    pub hot: HotCounts,
     pub directory: Directory,
     pub caches: Arc<Caches>,
     pub signer: Arc<SigningKey>,

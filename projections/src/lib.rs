@@ -9,11 +9,15 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod counts;
 pub mod hot;
 pub mod reaper;
+pub mod redis_hot;
 pub mod runner;
 
 pub use billing::{BillingFold, Granularity, UsageRow};
+pub use counts::{HotCounts, HotReadError};
 pub use hot::{HotLicenses, StaleLease, Unreadable};
 pub use reaper::{reap_once, ReaperStats, REAPER_INTERVAL};
+pub use redis_hot::{RedisLicenses, RedisReadError};
 pub use runner::{Follower, FollowerError, FollowerStatus, RunnerConfig};

@@ -1,11 +1,11 @@
 //! The zombie reaper (DESIGN §4): every interval it takes the leases past
-//! their `expires_at` from the hot counts and submits `ExpireSeat` for each
+//! their `expires_at` from the hot counts (in memory or Redis) and submits `ExpireSeat` for each
 //! through the appender. The decider makes a repeat a no-op (a lease that
 //! was heartbeated, released or already expired meanwhile appends
 //! nothing), so several replicas may reap at once. A lease whose client
 //! stopped heartbeating is expired within its TTL plus the interval.
 
-use crate::hot::HotLicenses;
+use crate::counts::HotCounts;
 use seatledger_ledger::domain::Command;
 use seatledger_ledger::{Appender, Clock, Submission};
 use seatledger_schema::{limits, Metadata};
@@ -29,7 +29,7 @@ pub struct ReaperStats {
 
 /// Runs rounds every `interval` until `shutdown` turns true.
 pub async fn run(
-    hot: HotLicenses,
+    hot: HotCounts,
     appender: Appender,
     clock: Arc<dyn Clock>,
     interval: Duration,
@@ -52,13 +52,23 @@ pub async fn run(
 /// (they commit in as few batches as the appender forms). Returns how many
 /// were expired by this round.
 pub async fn reap_once(
-    hot: &HotLicenses,
+    hot: &HotCounts,
     appender: &Appender,
     clock: &dyn Clock,
     stats: &ReaperStats,
 ) -> u64 {
     stats.rounds.fetch_add(1, Ordering::Relaxed);
-    let stale = hot.stale(clock.now(), limits::REAPER_BATCH_MAX);
+    let stale = match hot.stale(clock.now(), limits::REAPER_BATCH_MAX).await {
+        Ok(stale) => stale,
+        Err(error) => {
+            // Redis is down: this round is skipped. Availability does not
+            // wait for it (an acquire that would be denied expires stale
+            // leases itself); the next round catches up.
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %error, "reaper: hot counts unavailable; round skipped");
+            return 0;
+        }
+    };
     let submissions = stale.into_iter().map(|lease| {
         let command = Command::ExpireSeat {
             license_id: lease.license_id,

@@ -12,7 +12,8 @@ use seatledger_ledger::{
     Appender, AppenderConfig, Clock, CommitNotifier, ManualClock, SigningKey, Store, Submission,
 };
 use seatledger_projections::{
-    reap_once, runner, FollowerStatus, HotLicenses, ReaperStats, RunnerConfig,
+    reap_once, runner, Follower, FollowerStatus, HotCounts, HotLicenses, ReaperStats,
+    RedisLicenses, RunnerConfig,
 };
 use seatledger_schema::Timestamp;
 use std::sync::atomic::Ordering;
@@ -69,9 +70,9 @@ fn acquire(license_id: Uuid, session_id: Uuid, machine: u8) -> Command {
 }
 
 /// A runner following `store` into `hot`, stopped by dropping the sender.
-fn follow(
+fn follow<F: Follower + Clone + 'static>(
     store: &Store,
-    hot: &HotLicenses,
+    hot: &F,
     notifier: &CommitNotifier,
     batch: i64,
 ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
@@ -119,6 +120,75 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+fn redis_url() -> String {
+    std::env::var("SEATLEDGER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Redis hot counts under a key prefix of the test's own.
+fn redis_counts() -> RedisLicenses {
+    RedisLicenses::new(
+        &redis_url(),
+        &format!("test:{}:", Uuid::now_v7()),
+        "ledger-a",
+        0,
+    )
+    .unwrap()
+}
+
+/// Every key under the counts' prefix is deleted.
+async fn drop_redis_keys(counts: &RedisLicenses) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", counts.prefix()))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+}
+
+/// The Redis counts answer for every license what the in-memory ones do:
+/// the view, and every live session page by page.
+async fn assert_redis_equals_memory(
+    redis: &RedisLicenses,
+    memory: &HotLicenses,
+    licenses: &[Uuid],
+    now: Timestamp,
+) {
+    for license in licenses {
+        let expected = memory.view(ORG, *license, now).unwrap();
+        assert_eq!(redis.view(ORG, *license, now).await.unwrap(), expected);
+        let mut after = None;
+        let mut pages = Vec::new();
+        loop {
+            let page = redis
+                .sessions(ORG, *license, now, after, 2)
+                .await
+                .unwrap()
+                .unwrap();
+            after = page.last().map(|lease| lease.session_id);
+            let done = page.len() < 2;
+            pages.extend(page);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            pages,
+            memory
+                .sessions(ORG, *license, now, None, 1_000)
+                .unwrap()
+                .unwrap()
+        );
+    }
+}
+
 async fn hot_counts_equal_the_ledger(store: Store) {
     let clock = ManualClock::new(Timestamp::parse("2030-01-01T00:00:00Z").unwrap());
     let notifier = CommitNotifier::default();
@@ -126,6 +196,8 @@ async fn hot_counts_equal_the_ledger(store: Store) {
     let hot = HotLicenses::default();
     // Ranges of 3 positions: the runner crosses many range boundaries.
     let (stop, task) = follow(&store, &hot, &notifier, 3);
+    let redis = redis_counts();
+    let (stop_redis, redis_task) = follow(&store, &redis, &notifier, 5);
     let licenses: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     for license in &licenses {
         appender
@@ -207,6 +279,11 @@ async fn hot_counts_equal_the_ledger(store: Store) {
                 "live = the ledger's replay"
             );
         }
+        assert!(
+            redis.wait_for(head, Duration::from_secs(10)).await,
+            "redis caught up"
+        );
+        assert_redis_equals_memory(&redis, &hot, &licenses, clock.now()).await;
         // Rebuilt from position 0, in one range, it equals the live one.
         let rebuilt = HotLicenses::default();
         let (stop_rebuild, rebuild) = follow(&store, &rebuilt, &CommitNotifier::default(), 10_000);
@@ -217,6 +294,31 @@ async fn hot_counts_equal_the_ledger(store: Store) {
     }
     let _ = stop.send(true);
     task.await.unwrap();
+    let _ = stop_redis.send(true);
+    redis_task.await.unwrap();
+
+    // Redis emptied (a restart without persistence): the follower finds no
+    // checkpoint and rebuilds from position 0 by itself.
+    drop_redis_keys(&redis).await;
+    let (stop_redis, redis_task) = follow(&store, &redis, &notifier, 1_000);
+    let (head, _) = store.head(0).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while redis
+        .view(ORG, licenses[0], clock.now())
+        .await
+        .unwrap()
+        .is_none()
+        || !redis.wait_for(head, Duration::from_millis(100)).await
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis was not rebuilt"
+        );
+    }
+    assert_redis_equals_memory(&redis, &hot, &licenses, clock.now()).await;
+    let _ = stop_redis.send(true);
+    redis_task.await.unwrap();
+    drop_redis_keys(&redis).await;
 }
 
 #[tokio::test]
@@ -249,8 +351,9 @@ async fn two_reapers_expire_each_stale_lease_exactly_once(pool: sqlx::PgPool) {
     let notifier = CommitNotifier::default();
     let appender = start_appender(&store, &clock, &notifier);
     let second = start_appender(&other, &clock, &CommitNotifier::default());
-    let hot = HotLicenses::default();
-    let (stop, task) = follow(&store, &hot, &notifier, 1_000);
+    let memory = HotLicenses::default();
+    let (stop, task) = follow(&store, &memory, &notifier, 1_000);
+    let hot = HotCounts::Memory(memory.clone());
 
     let license = Uuid::now_v7();
     appender
@@ -268,7 +371,7 @@ async fn two_reapers_expire_each_stale_lease_exactly_once(pool: sqlx::PgPool) {
         assert!(result.is_accepted());
     }
     let (head, _) = store.head(0).await.unwrap();
-    assert!(hot.wait_for(head, Duration::from_secs(10)).await);
+    assert!(memory.wait_for(head, Duration::from_secs(10)).await);
     let stats = ReaperStats::default();
     assert_eq!(
         reap_once(&hot, &appender, &clock, &stats).await,
@@ -302,8 +405,25 @@ async fn two_reapers_expire_each_stale_lease_exactly_once(pool: sqlx::PgPool) {
     // The counts follow; the next round finds nothing.
     let (head, _) = store.head(0).await.unwrap();
     assert!(hot.wait_for(head, Duration::from_secs(10)).await);
-    assert!(hot.stale(clock.now(), 100).is_empty());
+    assert!(hot.stale(clock.now(), 100).await.unwrap().is_empty());
     assert_eq!(stats.leases_reaped.load(Ordering::Relaxed), 20);
     let _ = stop.send(true);
     task.await.unwrap();
+}
+
+/// Counts under a prefix belong to the ledger that claimed it: another
+/// ledger pointed at the same Redis and prefix refuses to follow (and so
+/// never serves them) instead of mixing two logs.
+#[tokio::test]
+async fn another_ledgers_counts_are_never_used() {
+    let ours = redis_counts();
+    let mut theirs = RedisLicenses::new(&redis_url(), ours.prefix(), "ledger-b", 0).unwrap();
+    let mut ours_follower = ours.clone();
+    assert_eq!(
+        Follower::position(&mut ours_follower).await.unwrap(),
+        0,
+        "claimed, empty"
+    );
+    assert!(Follower::position(&mut theirs).await.is_err());
+    drop_redis_keys(&ours).await;
 }

@@ -12,8 +12,9 @@ pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: 200 when the event store answers; redis and nats are reported
-/// but never make the service unready (the ledger works without them).
+/// Readiness: 200 when the event store answers; redis (`ok`, `degraded` or
+/// `not_configured`) and nats are reported but never make the service
+/// unready (the ledger works without them).
 #[utoipa::path(
     get,
     path = "/api/v1/health/ready",
@@ -34,7 +35,11 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             Json(json!({
                 "status": "ok",
                 "store": { "backend": backend, "status": "ok" },
-                "redis": "not_configured",
+                "redis": match state.hot.status() {
+                    "memory" => "not_configured",
+                    status => status,
+                },
+                "hot_counts": { "position": state.hot.position() },
                 "nats": "not_configured"
             })),
         ),

@@ -19,6 +19,7 @@ use seatledger_ledger::domain::{
     SeatCount, StreamState,
 };
 use seatledger_ledger::StoreError;
+use seatledger_projections::HotReadError;
 use seatledger_schema::{limits, Timestamp};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::sync::atomic::Ordering;
@@ -241,10 +242,24 @@ async fn hot_position(state: &AppState) -> Option<i64> {
     }
 }
 
-/// A license the hot counts hold as unreadable: 500 `stream_unreadable`
-/// (logged once by the follower that found it).
-fn unreadable(_: seatledger_projections::Unreadable) -> ApiError {
-    ApiError::stream_unreadable()
+/// What the hot counts answered: a license they hold as unreadable is 500
+/// `stream_unreadable` (logged by the follower that found it); counts that
+/// cannot answer (Redis down) are `None`, so the caller reads the ledger.
+fn hot_read<T>(
+    state: &AppState,
+    read: Result<Option<T>, HotReadError>,
+) -> Result<Option<T>, ApiError> {
+    match read {
+        Ok(found) => Ok(found),
+        Err(HotReadError::Unreadable(_)) => Err(ApiError::stream_unreadable()),
+        Err(HotReadError::Unavailable(_)) => {
+            state
+                .metrics
+                .hot_read_fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+    }
 }
 
 /// The position header: the hot counts' position, or for a read from the
@@ -265,11 +280,7 @@ async fn license_view(
 ) -> Result<LicenseView, ApiError> {
     let now = state.clock.now();
     if hot.is_some() {
-        if let Some(view) = state
-            .hot
-            .view(org_id, license_id, now)
-            .map_err(unreadable)?
-        {
+        if let Some(view) = hot_read(state, state.hot.view(org_id, license_id, now).await)? {
             return Ok(view);
         }
     }
@@ -568,10 +579,13 @@ pub async fn sessions(
     let now = state.clock.now();
     let hot = hot_position(&state).await;
     let from_hot = match hot {
-        Some(_) => state
-            .hot
-            .sessions(principal.org_id, license_id, now, query.after, limit)
-            .map_err(unreadable)?,
+        Some(_) => hot_read(
+            &state,
+            state
+                .hot
+                .sessions(principal.org_id, license_id, now, query.after, limit)
+                .await,
+        )?,
         None => None,
     };
     let leases = match from_hot {

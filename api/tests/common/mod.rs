@@ -22,6 +22,7 @@ fn args(database_url: String) -> ServeArgs {
         database: DatabaseArgs { database_url },
         signing_key: None,
         redis_url: None,
+        redis_prefix: "seatledger:".into(),
         nats_url: None,
         request_timeout_s: 30.0,
         reaper_interval_s: 30.0,
@@ -40,6 +41,21 @@ impl TestApp {
     /// PostgreSQL, on a test's own database.
     pub async fn postgres(pool: sqlx::PgPool) -> TestApp {
         TestApp::spawn(Store::from_pg_pool(pool), args(String::new()), None).await
+    }
+
+    /// PostgreSQL, with hot counts in the Redis at `redis_url` under
+    /// `redis_prefix`.
+    pub async fn postgres_with_redis(
+        pool: sqlx::PgPool,
+        redis_url: &str,
+        redis_prefix: &str,
+    ) -> TestApp {
+        let args = ServeArgs {
+            redis_url: Some(redis_url.to_owned()),
+            redis_prefix: redis_prefix.to_owned(),
+            ..args(String::new())
+        };
+        TestApp::spawn(Store::from_pg_pool(pool), args, None).await
     }
 
     /// PostgreSQL, with the reaper running every `reaper_interval_s`.
