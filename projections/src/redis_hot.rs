@@ -21,7 +21,9 @@
 //! applied once however many replicas follow. A Redis emptied by a restart
 //! without persistence or a flush has no checkpoint: the follower starts
 //! again from position 0 by itself. Redis must not evict keys
-//! (`maxmemory-policy noeviction`, the default).
+//! (`maxmemory-policy noeviction`, the default). The script touches keys it
+//! does not declare, so this is for a single Redis (or a primary with
+//! replicas), not Redis Cluster.
 //!
 //! Redis is never in the decision path: when it does not answer within
 //! `REDIS_TIMEOUT`, reads report it and the API reads the ledger instead.
@@ -121,7 +123,7 @@ impl RedisLicenses {
     /// at once while Redis is down.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
         if !self.is_healthy() {
-            return self.position() >= position && position == 0;
+            return false;
         }
         let mut receiver = self.position.subscribe();
         tokio::time::timeout(timeout, receiver.wait_for(|at| *at >= position))
