@@ -144,16 +144,21 @@ impl FromRequestParts<AppState> for Principal {
             .filter(|token| !token.is_empty() && token.len() <= 200)
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let hash = secret_hash(token);
-        if let Some(principal) = state.caches.tokens.get(&hash) {
-            return Ok(principal);
-        }
-        let principal = state
-            .directory
-            .principal_by_token(&hash)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| unauthorized("unknown or revoked token"))?;
-        state.caches.tokens.insert(hash, principal);
+        let principal = match state.caches.tokens.get(&hash) {
+            Some(principal) => principal,
+            None => {
+                let principal = state
+                    .directory
+                    .principal_by_token(&hash)
+                    .await
+                    .map_err(ApiError::from)?
+                    .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+                state.caches.tokens.insert(hash, principal);
+                principal
+            }
+        };
+        // The request's log line says whose request it was.
+        tracing::Span::current().record("org_id", tracing::field::display(principal.org_id));
         Ok(principal)
     }
 }

@@ -101,3 +101,81 @@ fn logs_to_a_pipe_are_plain_text() {
     );
     assert!(seen.iter().all(|l| !l.contains('\u{1b}')), "{seen:?}");
 }
+
+/// One HTTP/1.1 exchange over a plain socket (the test runs without an
+/// async runtime); returns the response body.
+fn http(address: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// `--log-format json`: every line is a JSON object, and a request's line
+/// names its route, status, request id and, once authenticated, its org.
+#[test]
+fn json_logs_parse_and_name_the_request_and_its_org() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", dir.path().join("seatledger.db").display());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_seatledger"))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--database-url", &database])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        let line = received
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a log line");
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let address = loop {
+        let line = next();
+        if line["fields"]["message"] == "seatledger listening" {
+            break line["fields"]["address"].as_str().unwrap().to_owned();
+        }
+    };
+    let body = r#"{"email":"ada@example.com","password":"correct horse battery","full_name":"Ada","company_name":"Acme"}"#;
+    let registered: serde_json::Value = serde_json::from_str(&http(
+        &address,
+        &format!(
+            "POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    ))
+    .unwrap();
+    let token = registered["api_token"].as_str().unwrap();
+    let org_id = registered["organization"]["id"].as_str().unwrap();
+    http(
+        &address,
+        &format!("GET /api/v1/licenses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nx-request-id: list-1\r\nConnection: close\r\n\r\n"),
+    );
+    let logged = loop {
+        let line = next();
+        if line["fields"]["route"] == "/api/v1/licenses" {
+            break line;
+        }
+    };
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(logged["fields"]["status"], 200, "{logged}");
+    assert_eq!(logged["span"]["request_id"], "list-1", "{logged}");
+    assert_eq!(logged["span"]["org_id"], org_id, "{logged}");
+}

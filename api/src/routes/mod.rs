@@ -22,6 +22,7 @@ use seatledger_ledger::domain::Command;
 use seatledger_ledger::{CommandResult, Submission};
 use seatledger_schema::Metadata;
 use std::sync::Arc;
+use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -233,18 +234,22 @@ async fn request_id(
             || request.uri().path().to_owned(),
             |path| path.as_str().to_owned(),
         );
-    let mut response = next.run(request).await;
+    // Everything logged while serving the request carries its id, and the
+    // org id once the caller is authenticated (recorded by `Principal`).
+    let span = tracing::info_span!("request", request_id = %id, org_id = tracing::field::Empty);
+    let mut response = next.run(request).instrument(span.clone()).await;
     if let Some(header) = header {
         response.headers_mut().insert(REQUEST_ID_HEADER, header);
     }
-    tracing::info!(
-        request_id = %id,
-        method = %method,
-        route = %route,
-        status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+    span.in_scope(|| {
+        tracing::info!(
+            method = %method,
+            route = %route,
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
+            "request"
+        )
+    });
     response
 }
 
