@@ -62,13 +62,12 @@ async fn every_response_has_a_request_id_and_events_carry_it(pool: sqlx::PgPool)
     app.stop().await;
 }
 
-/// The real binary with stderr on a pipe: its log lines carry no escape
-/// byte (no colour codes in log files and pipes).
-#[test]
-fn logs_to_a_pipe_are_plain_text() {
-    let dir = tempfile::tempdir().unwrap();
+/// The real `seatledger serve` on the embedded default in `dir`, on a free
+/// loopback port, with stderr on a pipe and `global_args` before `serve`.
+fn spawn_server(dir: &tempfile::TempDir, global_args: &[&str]) -> std::process::Child {
     let database = format!("sqlite:{}", dir.path().join("seatledger.db").display());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_seatledger"))
+    Command::new(env!("CARGO_BIN_EXE_seatledger"))
+        .args(global_args)
         .args([
             "serve",
             "--listen",
@@ -81,7 +80,15 @@ fn logs_to_a_pipe_are_plain_text() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// The real binary with stderr on a pipe: its log lines carry no escape
+/// byte (no colour codes in log files and pipes).
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn_server(&dir, &[]);
     let stderr = server.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let mut seen = Vec::new();
@@ -121,15 +128,7 @@ fn http(address: &str, request: &str) -> String {
 #[test]
 fn json_logs_parse_and_name_the_request_and_its_org() {
     let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite:{}", dir.path().join("seatledger.db").display());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_seatledger"))
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--database-url", &database])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = spawn_server(&dir, &["--log-format", "json"]);
     let stderr = server.stderr.take().unwrap();
     let (lines, received) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {

@@ -70,13 +70,14 @@ impl HotLicenses {
             .is_ok_and(|reached| reached.is_ok())
     }
 
-    /// The license as of now, if the counts know it and it is `org_id`'s.
-    pub fn view(
+    /// `read` of the license under the read lock, if the counts know it
+    /// and it is `org_id`'s; an unreadable license is an error.
+    fn read_license<T>(
         &self,
         org_id: Uuid,
         license_id: Uuid,
-        now: Timestamp,
-    ) -> Result<Option<LicenseView>, Unreadable> {
+        read: impl FnOnce(&LicenseState) -> T,
+    ) -> Result<Option<T>, Unreadable> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         if inner.unreadable.contains(&license_id) {
             return Err(Unreadable(license_id));
@@ -84,8 +85,20 @@ impl HotLicenses {
         Ok(inner
             .licenses
             .get(&license_id)
-            .and_then(|license| license.view(now))
-            .filter(|view| view.org_id == org_id))
+            .filter(|license| license.terms.as_ref().is_some_and(|t| t.org_id == org_id))
+            .map(read))
+    }
+
+    /// The license as of now, if the counts know it and it is `org_id`'s.
+    pub fn view(
+        &self,
+        org_id: Uuid,
+        license_id: Uuid,
+        now: Timestamp,
+    ) -> Result<Option<LicenseView>, Unreadable> {
+        Ok(self
+            .read_license(org_id, license_id, |license| license.view(now))?
+            .flatten())
     }
 
     /// Up to `limit` live leases of the license, by session id after
@@ -98,15 +111,9 @@ impl HotLicenses {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Option<Vec<Lease>>, Unreadable> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        if inner.unreadable.contains(&license_id) {
-            return Err(Unreadable(license_id));
-        }
-        Ok(inner
-            .licenses
-            .get(&license_id)
-            .filter(|license| license.terms.as_ref().is_some_and(|t| t.org_id == org_id))
-            .map(|license| license.live_leases_after(now, after, limit)))
+        self.read_license(org_id, license_id, |license| {
+            license.live_leases_after(now, after, limit)
+        })
     }
 
     /// Up to `limit` leases past their expiry at `now`, across licenses.

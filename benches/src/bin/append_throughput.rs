@@ -18,8 +18,8 @@
 #[path = "../../../ledger/tests/common/plant.rs"]
 mod plant;
 
-use anyhow::Context;
 use clap::Parser;
+use seatledger_benches::fresh_store;
 use seatledger_ledger::domain::{
     Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
 };
@@ -88,40 +88,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-type Cleanup = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
-
-async fn fresh_store(url: &str) -> anyhow::Result<(Store, Cleanup)> {
-    if let Some(path) = url.strip_prefix("sqlite:") {
-        let path = format!("{path}.bench-{}", Uuid::new_v4());
-        let store = Store::connect(&format!("sqlite:{path}")).await?;
-        store.migrate().await?;
-        let cleanup: Cleanup = Box::pin(async move {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{path}{suffix}"));
-            }
-            Ok(())
-        });
-        return Ok((store, cleanup));
-    }
-    let admin = sqlx::PgPool::connect(url)
-        .await
-        .context("connect to PostgreSQL")?;
-    let name = format!("seatledger_bench_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    let (base, _) = url.rsplit_once('/').context("URL has no database")?;
-    let store = Store::connect(&format!("{base}/{name}")).await?;
-    store.migrate().await?;
-    let cleanup: Cleanup = Box::pin(async move {
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await?;
-        Ok(())
-    });
-    Ok((store, cleanup))
 }
 
 struct Load {

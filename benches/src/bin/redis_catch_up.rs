@@ -13,8 +13,8 @@
 //!     --events 100000,1000000
 //! ```
 
-use anyhow::Context;
 use clap::Parser;
+use seatledger_benches::fresh_store;
 use seatledger_ledger::domain::{
     Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
 };
@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 #[derive(Parser)]
 struct Args {
-    /// PostgreSQL server URL (a fresh database is created per run).
+    /// PostgreSQL server URL (a fresh database is created per run), or `sqlite:PATH`.
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     for url in [&args.database_url, &args.redis_url] {
         anyhow::ensure!(
-            url.contains("127.0.0.1") || url.contains("localhost"),
+            url.contains("127.0.0.1") || url.contains("localhost") || url.starts_with("sqlite:"),
             "loopback only"
         );
     }
@@ -51,21 +51,10 @@ async fn main() -> anyhow::Result<()> {
     println!("|---:|---:|---:|---:|");
     for &events in &args.events {
         anyhow::ensure!(events <= 2_000_000, "--events at most 2,000,000");
-        let admin = sqlx::PgPool::connect(&args.database_url)
-            .await
-            .context("PostgreSQL")?;
-        let name = format!("seatledger_catch_up_{}", Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await?;
-        let (base, _) = args
-            .database_url
-            .rsplit_once('/')
-            .context("URL has no database")?;
-        let result = run(&format!("{base}/{name}"), &args.redis_url, events).await;
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await?;
+        let (store, cleanup) = fresh_store(&args.database_url).await?;
+        let result = run(&store, &args.redis_url, events).await;
+        drop(store);
+        cleanup.await?;
         let (fill_s, catch_up_s, head) = result?;
         println!(
             "| {head} | {fill_s:.1} | {catch_up_s:.2} | {:.0} |",
@@ -75,11 +64,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(database_url: &str, redis_url: &str, events: u64) -> anyhow::Result<(f64, f64, i64)> {
-    let store = Store::connect(database_url).await?;
-    store.migrate().await?;
+async fn run(store: &Store, redis_url: &str, events: u64) -> anyhow::Result<(f64, f64, i64)> {
     let started = Instant::now();
-    fill(&store, events).await?;
+    fill(store, events).await?;
     let fill_s = started.elapsed().as_secs_f64();
     let (head, _) = store.head(0).await?;
 
