@@ -40,7 +40,9 @@ const MICROS_PER_HOUR: i64 = 3_600 * 1_000_000;
 const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 
 /// The length of a billing period. Periods are UTC calendar units.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
     Hour,
@@ -50,6 +52,24 @@ pub enum Granularity {
 }
 
 impl Granularity {
+    pub const ALL: [Granularity; 3] = [Granularity::Hour, Granularity::Day, Granularity::Month];
+
+    /// `hour`, `day` or `month`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+            Granularity::Month => "month",
+        }
+    }
+
+    /// Parses `hour`, `day` or `month`.
+    pub fn parse(text: &str) -> Option<Granularity> {
+        Granularity::ALL
+            .into_iter()
+            .find(|granularity| granularity.as_str() == text)
+    }
+
     /// The first instant of the period holding `at`.
     pub fn period_start(self, at: Timestamp) -> Timestamp {
         let micros = at.as_micros();
@@ -129,34 +149,81 @@ impl UsageRow {
     }
 }
 
+/// Which row a period's usage belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct BucketKey {
-    org_id: Uuid,
-    license_id: Uuid,
-    period_start: Timestamp,
+pub struct PeriodKey {
+    pub granularity: Granularity,
+    pub org_id: Uuid,
+    pub license_id: Uuid,
+    pub period_start: Timestamp,
 }
 
-/// What closed leases, grants and denials left in one period.
+/// What closed leases, grants and denials left in one period. Periods
+/// merge: seat time, carried-in leases and denials add up, the peak at a
+/// grant is the larger, and the user and machine sets unite. A live
+/// follower stores these deltas batch by batch; merging them gives what
+/// one fold over the whole log holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Bucket {
-    seat_micros: u64,
-    overage_seat_micros: u64,
+pub struct PeriodUsage {
+    pub seat_micros: u64,
+    pub overage_seat_micros: u64,
     /// The most leases held right after a grant in this period.
-    peak_at_grant: u32,
-    /// Closed leases that were held at the period's first instant.
-    carried_in: u32,
-    users: BTreeSet<Uuid>,
-    machines: BTreeSet<String>,
-    denials: u64,
+    pub peak_at_grant: u32,
+    /// Leases that were held at the period's first instant.
+    pub carried_in: u32,
+    pub users: BTreeSet<Uuid>,
+    pub machines: BTreeSet<String>,
+    pub denials: u64,
 }
 
+impl PeriodUsage {
+    /// The report row of this period.
+    pub fn row(&self, key: &PeriodKey) -> UsageRow {
+        self.row_with_counts(key, self.users.len() as u64, self.machines.len() as u64)
+    }
+
+    /// The report row, with distinct counts computed elsewhere (a store
+    /// that counts its sets).
+    pub fn row_with_counts(&self, key: &PeriodKey, users: u64, machines: u64) -> UsageRow {
+        UsageRow {
+            org_id: key.org_id,
+            license_id: key.license_id,
+            period_start: key.period_start,
+            period_end: key.granularity.next_period(key.period_start),
+            seat_micros: self.seat_micros,
+            overage_seat_micros: self.overage_seat_micros,
+            peak_seats: self.peak_at_grant.max(self.carried_in),
+            distinct_users: u32::try_from(users).unwrap_or(u32::MAX),
+            distinct_machines: u32::try_from(machines).unwrap_or(u32::MAX),
+            denials: self.denials,
+        }
+    }
+
+    /// Adds `other` into `self` (see the type's docs).
+    pub fn merge(&mut self, other: &PeriodUsage) {
+        self.seat_micros = self.seat_micros.saturating_add(other.seat_micros);
+        self.overage_seat_micros = self
+            .overage_seat_micros
+            .saturating_add(other.overage_seat_micros);
+        self.peak_at_grant = self.peak_at_grant.max(other.peak_at_grant);
+        self.carried_in = self.carried_in.saturating_add(other.carried_in);
+        self.users.extend(other.users.iter().copied());
+        self.machines.extend(other.machines.iter().cloned());
+        self.denials = self.denials.saturating_add(other.denials);
+    }
+}
+
+/// A lease granted and not yet released or expired.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct OpenLease {
-    start: Timestamp,
-    expires_at: Timestamp,
-    user_id: Uuid,
-    hardware_id: String,
-    overage: bool,
+pub struct OpenLease {
+    pub org_id: Uuid,
+    pub license_id: Uuid,
+    pub session_id: Uuid,
+    pub start: Timestamp,
+    pub expires_at: Timestamp,
+    pub user_id: Uuid,
+    pub hardware_id: String,
+    pub overage: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -172,31 +239,94 @@ impl LicenseLeases {
         let stale = self.by_expiry.range(..=(at, Uuid::max())).count();
         self.open.len() - stale
     }
+
+    fn insert(&mut self, lease: OpenLease) -> Option<OpenLease> {
+        let entry = (lease.expires_at, lease.session_id);
+        let old = self.open.insert(lease.session_id, lease);
+        if let Some(old) = &old {
+            self.by_expiry.remove(&(old.expires_at, old.session_id));
+        }
+        self.by_expiry.insert(entry);
+        old
+    }
+}
+
+/// `(org_id, license_id, session_id)` of a lease.
+pub type LeaseKey = (Uuid, Uuid, Uuid);
+
+/// What a fold that tracks its changes accumulated since the last
+/// [`BillingFold::take_changes`]: period deltas to merge into the stored
+/// ones, and the open leases that changed (`None`: no longer open).
+#[derive(Debug, Default)]
+pub struct FoldChanges {
+    pub periods: BTreeMap<PeriodKey, PeriodUsage>,
+    pub leases: BTreeMap<LeaseKey, Option<OpenLease>>,
 }
 
 /// The billing projection's state. See the module docs for what it counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BillingFold {
-    granularity: Granularity,
+    granularities: Vec<Granularity>,
     /// The last position applied, per partition.
     applied: BTreeMap<i16, i64>,
     /// Open leases per `(org_id, license_id)`.
     licenses: HashMap<(Uuid, Uuid), LicenseLeases>,
-    buckets: BTreeMap<BucketKey, Bucket>,
+    buckets: BTreeMap<PeriodKey, PeriodUsage>,
+    /// Leases changed since the last `take_changes`, when tracked.
+    changed_leases: Option<BTreeSet<LeaseKey>>,
 }
 
 impl BillingFold {
     pub fn new(granularity: Granularity) -> Self {
+        Self::with_granularities(&[granularity])
+    }
+
+    /// A fold that keeps periods of each of `granularities` at once.
+    pub fn with_granularities(granularities: &[Granularity]) -> Self {
+        let mut granularities = granularities.to_vec();
+        granularities.sort();
+        granularities.dedup();
         BillingFold {
-            granularity,
+            granularities,
             applied: BTreeMap::new(),
             licenses: HashMap::new(),
             buckets: BTreeMap::new(),
+            changed_leases: None,
         }
     }
 
-    pub fn granularity(&self) -> Granularity {
-        self.granularity
+    /// A fold for a follower that stores its output as it goes: it keeps
+    /// only open leases between [`take_changes`](Self::take_changes), which
+    /// hands over the period deltas and changed leases to store.
+    pub fn tracking_changes(mut self) -> Self {
+        self.changed_leases = Some(BTreeSet::new());
+        self
+    }
+
+    /// Starts from stored state: `partition` applied up to `position`,
+    /// with `leases` open.
+    pub fn restore(
+        &mut self,
+        partition: i16,
+        position: i64,
+        leases: impl IntoIterator<Item = OpenLease>,
+    ) {
+        self.applied.insert(partition, position);
+        self.licenses.clear();
+        self.buckets.clear();
+        for lease in leases {
+            self.licenses
+                .entry((lease.org_id, lease.license_id))
+                .or_default()
+                .insert(lease);
+        }
+        if let Some(changed) = &mut self.changed_leases {
+            changed.clear();
+        }
+    }
+
+    pub fn granularities(&self) -> &[Granularity] {
+        &self.granularities
     }
 
     /// The last position applied in `partition` (0 before any).
@@ -230,30 +360,33 @@ impl BillingFold {
     pub fn apply_event(&mut self, org_id: Uuid, license_id: Uuid, at: Timestamp, event: &Event) {
         match event {
             Event::SeatAcquired(acquired) => {
-                let leases = self.licenses.entry((org_id, license_id)).or_default();
                 let lease = OpenLease {
+                    org_id,
+                    license_id,
+                    session_id: acquired.session_id,
                     start: at,
                     expires_at: acquired.expires_at,
                     user_id: acquired.user_id,
                     hardware_id: acquired.hardware_id.clone(),
                     overage: acquired.overage,
                 };
-                if let Some(old) = leases.open.insert(acquired.session_id, lease) {
+                self.changed(org_id, license_id, acquired.session_id);
+                let leases = self.licenses.entry((org_id, license_id)).or_default();
+                if let Some(old) = leases.insert(lease) {
                     // A session id granted twice cannot come from the decider;
                     // bill the first grant up to the second rather than lose it.
-                    leases
-                        .by_expiry
-                        .remove(&(old.expires_at, acquired.session_id));
                     let end = at.min(old.expires_at);
-                    self.close(org_id, license_id, &old, end);
+                    self.close(&old, end);
                 }
-                let leases = self.licenses.entry((org_id, license_id)).or_default();
-                leases
-                    .by_expiry
-                    .insert((acquired.expires_at, acquired.session_id));
-                let live = u32::try_from(leases.live_at(at)).unwrap_or(u32::MAX);
-                let bucket = self.bucket(org_id, license_id, at);
-                bucket.peak_at_grant = bucket.peak_at_grant.max(live);
+                let live = self
+                    .licenses
+                    .get(&(org_id, license_id))
+                    .map_or(0, |leases| leases.live_at(at));
+                let live = u32::try_from(live).unwrap_or(u32::MAX);
+                for granularity in self.granularities.clone() {
+                    let bucket = self.bucket(granularity, org_id, license_id, at);
+                    bucket.peak_at_grant = bucket.peak_at_grant.max(live);
+                }
             }
             Event::SeatHeartbeat(beat) => {
                 if let Some(leases) = self.licenses.get_mut(&(org_id, license_id)) {
@@ -263,21 +396,26 @@ impl BillingFold {
                             .remove(&(lease.expires_at, beat.session_id));
                         lease.expires_at = beat.expires_at;
                         leases.by_expiry.insert((beat.expires_at, beat.session_id));
+                        self.changed(org_id, license_id, beat.session_id);
                     }
                 }
             }
             Event::SeatReleased(released) => {
                 if let Some(lease) = self.take(org_id, license_id, released.session_id) {
                     let end = at.min(lease.expires_at);
-                    self.close(org_id, license_id, &lease, end);
+                    self.close(&lease, end);
                 }
             }
             Event::SeatExpired(expired) => {
                 if let Some(lease) = self.take(org_id, license_id, expired.session_id) {
-                    self.close(org_id, license_id, &lease, lease.expires_at);
+                    self.close(&lease, lease.expires_at);
                 }
             }
-            Event::SeatDenied(_) => self.bucket(org_id, license_id, at).denials += 1,
+            Event::SeatDenied(_) => {
+                for granularity in self.granularities.clone() {
+                    self.bucket(granularity, org_id, license_id, at).denials += 1;
+                }
+            }
             Event::OrganizationRegistered(_)
             | Event::UserRegistered(_)
             | Event::LicenseIssued(_)
@@ -289,75 +427,109 @@ impl BillingFold {
         }
     }
 
-    /// Usage per organization, license and period as of `as_of`, ordered by
-    /// organization, license and period. Leases still open count up to the
-    /// earlier of their `expires_at` and `as_of`.
+    /// Usage per granularity, organization, license and period as of
+    /// `as_of`, in that order. Leases still open count up to the earlier of
+    /// their `expires_at` and `as_of`.
     pub fn report(&self, as_of: Timestamp) -> Vec<UsageRow> {
         let mut buckets = self.buckets.clone();
-        for (&(org_id, license_id), leases) in &self.licenses {
-            for lease in leases.open.values() {
-                let end = as_of.min(lease.expires_at);
-                add_interval(
-                    &mut buckets,
-                    self.granularity,
-                    org_id,
-                    license_id,
-                    lease,
-                    end,
-                );
+        for granularity in &self.granularities {
+            let open = open_lease_usage(
+                *granularity,
+                self.licenses
+                    .values()
+                    .flat_map(|leases| leases.open.values()),
+                as_of,
+            );
+            for (key, usage) in open {
+                buckets.entry(key).or_default().merge(&usage);
             }
         }
-        buckets
-            .into_iter()
-            .map(|(key, bucket)| UsageRow {
-                org_id: key.org_id,
-                license_id: key.license_id,
-                period_start: key.period_start,
-                period_end: self.granularity.next_period(key.period_start),
-                seat_micros: bucket.seat_micros,
-                overage_seat_micros: bucket.overage_seat_micros,
-                peak_seats: bucket.peak_at_grant.max(bucket.carried_in),
-                distinct_users: u32::try_from(bucket.users.len()).unwrap_or(u32::MAX),
-                distinct_machines: u32::try_from(bucket.machines.len()).unwrap_or(u32::MAX),
-                denials: bucket.denials,
-            })
-            .collect()
+        buckets.iter().map(|(key, usage)| usage.row(key)).collect()
+    }
+
+    /// Hands over what changed since the last call (see [`FoldChanges`]);
+    /// the fold keeps only its open leases. Without
+    /// [`tracking_changes`](Self::tracking_changes), `leases` is empty.
+    pub fn take_changes(&mut self) -> FoldChanges {
+        let periods = std::mem::take(&mut self.buckets);
+        let mut leases = BTreeMap::new();
+        if let Some(changed) = &mut self.changed_leases {
+            for key in std::mem::take(changed) {
+                let (org_id, license_id, session_id) = key;
+                let lease = self
+                    .licenses
+                    .get(&(org_id, license_id))
+                    .and_then(|leases| leases.open.get(&session_id))
+                    .cloned();
+                leases.insert(key, lease);
+            }
+        }
+        FoldChanges { periods, leases }
+    }
+
+    fn changed(&mut self, org_id: Uuid, license_id: Uuid, session_id: Uuid) {
+        if let Some(changed) = &mut self.changed_leases {
+            changed.insert((org_id, license_id, session_id));
+        }
     }
 
     fn take(&mut self, org_id: Uuid, license_id: Uuid, session_id: Uuid) -> Option<OpenLease> {
         let leases = self.licenses.get_mut(&(org_id, license_id))?;
         let lease = leases.open.remove(&session_id)?;
         leases.by_expiry.remove(&(lease.expires_at, session_id));
+        if leases.open.is_empty() {
+            self.licenses.remove(&(org_id, license_id));
+        }
+        self.changed(org_id, license_id, session_id);
         Some(lease)
     }
 
-    fn close(&mut self, org_id: Uuid, license_id: Uuid, lease: &OpenLease, end: Timestamp) {
-        add_interval(
-            &mut self.buckets,
-            self.granularity,
-            org_id,
-            license_id,
-            lease,
-            end,
-        );
+    fn close(&mut self, lease: &OpenLease, end: Timestamp) {
+        for granularity in self.granularities.clone() {
+            add_interval(&mut self.buckets, granularity, lease, end);
+        }
     }
 
-    fn bucket(&mut self, org_id: Uuid, license_id: Uuid, at: Timestamp) -> &mut Bucket {
-        let key = BucketKey {
+    fn bucket(
+        &mut self,
+        granularity: Granularity,
+        org_id: Uuid,
+        license_id: Uuid,
+        at: Timestamp,
+    ) -> &mut PeriodUsage {
+        let key = PeriodKey {
+            granularity,
             org_id,
             license_id,
-            period_start: self.granularity.period_start(at),
+            period_start: granularity.period_start(at),
         };
         self.buckets.entry(key).or_default()
     }
 }
 
+/// What `leases`, still open, add to the periods of `granularity` when
+/// counted up to the earlier of their `expires_at` and `as_of`.
+pub fn open_lease_usage<'a>(
+    granularity: Granularity,
+    leases: impl IntoIterator<Item = &'a OpenLease>,
+    as_of: Timestamp,
+) -> BTreeMap<PeriodKey, PeriodUsage> {
+    let mut buckets = BTreeMap::new();
+    for lease in leases {
+        add_interval(
+            &mut buckets,
+            granularity,
+            lease,
+            as_of.min(lease.expires_at),
+        );
+    }
+    buckets
+}
+
 /// Adds the lease held from its start to `end` to every period it touches.
 fn add_interval(
-    buckets: &mut BTreeMap<BucketKey, Bucket>,
+    buckets: &mut BTreeMap<PeriodKey, PeriodUsage>,
     granularity: Granularity,
-    org_id: Uuid,
-    license_id: Uuid,
     lease: &OpenLease,
     end: Timestamp,
 ) {
@@ -371,9 +543,10 @@ fn add_interval(
         let held = end.min(next).micros_since(start.max(period));
         let held = u64::try_from(held).unwrap_or(0);
         let bucket = buckets
-            .entry(BucketKey {
-                org_id,
-                license_id,
+            .entry(PeriodKey {
+                granularity,
+                org_id: lease.org_id,
+                license_id: lease.license_id,
                 period_start: period,
             })
             .or_default();
@@ -390,6 +563,33 @@ fn add_interval(
         }
         period = next;
     }
+}
+
+/// Usage rows as CSV with a header line; seat time in seconds with six
+/// exact decimals. `seatledger-replay usage` and `GET /api/v1/usage` both
+/// write this.
+pub fn usage_csv(rows: &[UsageRow]) -> String {
+    let seconds = |micros: u64| format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    let mut out = String::from(
+        "org_id,license_id,period_start,period_end,seat_seconds,overage_seat_seconds,\
+         peak_seats,distinct_users,distinct_machines,denials\n",
+    );
+    for row in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            row.org_id,
+            row.license_id,
+            row.period_start,
+            row.period_end,
+            seconds(row.seat_micros),
+            seconds(row.overage_seat_micros),
+            row.peak_seats,
+            row.distinct_users,
+            row.distinct_machines,
+            row.denials
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -2,20 +2,23 @@
 //! the follower runner with checkpoints, hot seat counts, the zombie
 //! reaper, billing and the NATS JetStream publisher.
 //!
-//! Built so far: the billing fold ([`billing`]), pure and replayable; the
-//! follower [`runner`]; hot seat counts in memory ([`hot`]); the zombie
-//! [`reaper`]. Still to come: hot counts in Redis, live billing in tables
-//! (with `follower_checkpoints`) and the NATS publisher.
+//! Built so far: the billing fold ([`billing`]), pure and replayable, and
+//! live billing in the ledger's database ([`billing_live`]); the follower
+//! [`runner`]; hot seat counts in memory ([`hot`]) and Redis
+//! ([`redis_hot`]); the zombie [`reaper`]. Still to come: the NATS
+//! publisher.
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod billing_live;
 pub mod counts;
 pub mod hot;
 pub mod reaper;
 pub mod redis_hot;
 pub mod runner;
 
-pub use billing::{BillingFold, Granularity, UsageRow};
+pub use billing::{usage_csv, BillingFold, Granularity, UsageRow};
+pub use billing_live::{LiveBilling, LiveUsage, UsageError, UsageQuery};
 pub use counts::{HotCounts, HotReadError};
 pub use hot::{HotLicenses, StaleLease, Unreadable};
 pub use reaper::{reap_once, ReaperStats, REAPER_INTERVAL};

@@ -41,6 +41,10 @@ pub enum FollowerError {
     /// The follower's own output store failed (Redis, a projection table).
     #[error("{0}")]
     Output(String),
+    /// Another replica applied the range first: the follower reloaded its
+    /// state and the runner starts again from its position.
+    #[error("another replica applied these events first")]
+    Superseded,
 }
 
 /// Positions a runner reads per range by default: small enough that a range
@@ -101,6 +105,7 @@ pub async fn run<F: Follower>(
                 }
                 config.poll_interval
             }
+            Err(FollowerError::Superseded) => continue,
             Err(error) => {
                 if !failing {
                     tracing::warn!(follower = follower.name(), error = %error, "follower failed; retrying");

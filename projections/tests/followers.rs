@@ -1,4 +1,4 @@
-//! The follower runner, the in-memory hot counts and the reaper against a
+//! The follower runner, the hot counts, the reaper and live billing against a
 //! real log (SQLite in a temporary directory; PostgreSQL per test through
 //! `#[sqlx::test]`).
 
@@ -12,8 +12,8 @@ use seatledger_ledger::{
     Appender, AppenderConfig, Clock, CommitNotifier, ManualClock, SigningKey, Store, Submission,
 };
 use seatledger_projections::{
-    reap_once, runner, Follower, FollowerStatus, HotCounts, HotLicenses, ReaperStats,
-    RedisLicenses, RunnerConfig,
+    billing_live, reap_once, runner, BillingFold, Follower, FollowerStatus, Granularity, HotCounts,
+    HotLicenses, LiveBilling, ReaperStats, RedisLicenses, RunnerConfig, UsageQuery, UsageRow,
 };
 use seatledger_schema::Timestamp;
 use std::sync::atomic::Ordering;
@@ -426,4 +426,231 @@ async fn another_ledgers_counts_are_never_used() {
     );
     assert!(Follower::position(&mut theirs).await.is_err());
     drop_redis_keys(&ours).await;
+}
+
+// --- Live billing: stored in the ledger's database, equal to the fold ---
+
+/// A billing follower in the background, ranges of `batch` positions.
+fn follow_billing(
+    store: &Store,
+    notifier: &CommitNotifier,
+    batch: i64,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, shutdown) = watch::channel(false);
+    let config = RunnerConfig {
+        batch,
+        poll_interval: Duration::from_millis(50),
+        retry_after: Duration::from_millis(50),
+        ..RunnerConfig::default()
+    };
+    let task = tokio::spawn(runner::run(
+        store.clone(),
+        LiveBilling::new(store.clone(), 0),
+        notifier.clone(),
+        config,
+        FollowerStatus::default(),
+        shutdown,
+    ));
+    (stop, task)
+}
+
+/// Waits until the stored billing checkpoint reaches the head.
+async fn billing_caught_up(store: &Store) {
+    let (head, _) = store.head(0).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while billing_live::checkpoint(store, 0).await.unwrap() < head {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "billing did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The offline fold over the whole log, as `seatledger-replay usage` runs it.
+async fn replayed_usage(
+    store: &Store,
+    granularity: Granularity,
+    as_of: Timestamp,
+    from: Timestamp,
+    to: Timestamp,
+) -> Vec<UsageRow> {
+    let mut fold = BillingFold::new(granularity);
+    for record in store.read_after(0, 0, 1_000_000).await.unwrap() {
+        fold.apply(&record).unwrap();
+    }
+    fold.report(as_of)
+        .into_iter()
+        .filter(|row| row.org_id == ORG && row.period_end > from && row.period_start < to)
+        .collect()
+}
+
+/// Random seat traffic on three licenses with hours and days between some
+/// commands, followed by two billing followers at once (two replicas: each
+/// range is stored by one of them), and after each round the stored report
+/// equals the fold over the whole log, for every granularity, several
+/// ranges and `as_of` instants. Then the tables are emptied and rebuilt
+/// from position 0 to the same report.
+async fn live_billing_equals_the_fold(store: Store) {
+    let start = Timestamp::parse("2030-01-31T22:00:00Z").unwrap();
+    let clock = ManualClock::new(start);
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &clock, &notifier);
+    let (stop_a, task_a) = follow_billing(&store, &notifier, 3);
+    let (stop_b, task_b) = follow_billing(&store, &notifier, 7);
+    let licenses: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for license in &licenses {
+        appender
+            .submit(Submission::new(ORG, issue(*license, 2)))
+            .await
+            .unwrap();
+    }
+    let mut sessions: Vec<Vec<Uuid>> = vec![Vec::new(); licenses.len()];
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let steps = prop::collection::vec(step(), 30..60);
+    let long_gaps = prop::collection::vec(0..40_000i64, 60);
+    let compare = |store: Store, now: Timestamp| async move {
+        billing_caught_up(&store).await;
+        for granularity in Granularity::ALL {
+            for (from, to) in [
+                (Timestamp::UNIX_EPOCH, Timestamp::MAX),
+                (start.plus_seconds(3_600), start.plus_seconds(2 * 86_400)),
+            ] {
+                for as_of in [now, now.plus_seconds(-50), now.plus_seconds(5_000)] {
+                    let query = UsageQuery {
+                        org_id: ORG,
+                        license_id: None,
+                        granularity,
+                        from,
+                        to,
+                        as_of,
+                    };
+                    let live = billing_live::usage(&store, &query).await.unwrap();
+                    assert_eq!(
+                        live.rows,
+                        replayed_usage(&store, granularity, as_of, from, to).await,
+                        "{granularity:?} [{from}, {to}) as of {as_of}"
+                    );
+                }
+            }
+        }
+    };
+    for _ in 0..6 {
+        let gaps = long_gaps.new_tree(&mut runner).unwrap().current();
+        for (index, step) in steps
+            .new_tree(&mut runner)
+            .unwrap()
+            .current()
+            .into_iter()
+            .enumerate()
+        {
+            let lease = |license: usize, lease: usize| {
+                let held = &sessions[license];
+                held.get(lease % held.len().max(1))
+                    .copied()
+                    .unwrap_or_else(Uuid::now_v7)
+            };
+            let command = match step {
+                Step::Acquire { license, machine } => {
+                    let session_id = Uuid::now_v7();
+                    sessions[license].push(session_id);
+                    acquire(licenses[license], session_id, machine)
+                }
+                Step::Heartbeat { license, lease: n } => Command::Heartbeat {
+                    license_id: licenses[license],
+                    session_id: lease(license, n),
+                },
+                Step::Release { license, lease: n } => Command::ReleaseSeat {
+                    license_id: licenses[license],
+                    session_id: lease(license, n),
+                },
+                Step::Expire { license, lease: n } => Command::ExpireSeat {
+                    license_id: licenses[license],
+                    session_id: lease(license, n),
+                },
+                Step::Suspend(license) => Command::SuspendLicense {
+                    license_id: licenses[license],
+                    reason: None,
+                },
+                Step::Reinstate(license) => Command::ReinstateLicense {
+                    license_id: licenses[license],
+                    reason: None,
+                },
+                Step::ChangeSeats { license, seats } => Command::ChangeSeats {
+                    license_id: licenses[license],
+                    seats: SeatCount::new(seats).unwrap(),
+                },
+                Step::Advance(seconds) => {
+                    // Now and then hours, so leases cross hours, days and
+                    // the month's end.
+                    let long = if index % 7 == 0 {
+                        gaps[index % gaps.len()]
+                    } else {
+                        0
+                    };
+                    clock.advance_seconds(i64::from(seconds) + long);
+                    continue;
+                }
+            };
+            appender
+                .submit(Submission::new(ORG, command))
+                .await
+                .unwrap();
+        }
+        compare(store.clone(), clock.now()).await;
+    }
+    for (stop, task) in [(stop_a, task_a), (stop_b, task_b)] {
+        let _ = stop.send(true);
+        task.await.unwrap();
+    }
+    let before = billing_live::usage(
+        &store,
+        &UsageQuery {
+            org_id: ORG,
+            license_id: Some(licenses[0]),
+            granularity: Granularity::Hour,
+            from: Timestamp::UNIX_EPOCH,
+            to: Timestamp::MAX,
+            as_of: clock.now(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!before.rows.is_empty(), "the license was billed");
+    assert!(before.rows.iter().all(|row| row.license_id == licenses[0]));
+
+    // Rebuilt from position 0: the same report.
+    for table in [
+        "usage_periods",
+        "usage_users",
+        "usage_machines",
+        "usage_open_leases",
+        "usage_incomplete",
+        "follower_checkpoints",
+    ] {
+        let statement = format!("DELETE FROM {table}");
+        match &store {
+            Store::Postgres(pool) => sqlx::query(&statement).execute(pool).await.map(drop),
+            Store::Sqlite(pool, _) => sqlx::query(&statement).execute(pool).await.map(drop),
+        }
+        .unwrap();
+    }
+    let (stop, task) = follow_billing(&store, &notifier, 1_000);
+    compare(store.clone(), clock.now()).await;
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn live_billing_equals_the_fold_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    live_billing_equals_the_fold(sqlite_store(&dir).await).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn live_billing_equals_the_fold_on_postgres(pool: sqlx::PgPool) {
+    live_billing_equals_the_fold(pg_store(pool).await).await;
 }

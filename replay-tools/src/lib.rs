@@ -328,27 +328,4 @@ pub fn select_usage(
         .collect()
 }
 
-/// CSV with a header line; seat time in seconds with six exact decimals.
-pub fn usage_csv(rows: &[UsageRow]) -> String {
-    let seconds = |micros: u64| format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
-    let mut out = String::from(
-        "org_id,license_id,period_start,period_end,seat_seconds,overage_seat_seconds,\
-         peak_seats,distinct_users,distinct_machines,denials\n",
-    );
-    for row in rows {
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
-            row.org_id,
-            row.license_id,
-            row.period_start,
-            row.period_end,
-            seconds(row.seat_micros),
-            seconds(row.overage_seat_micros),
-            row.peak_seats,
-            row.distinct_users,
-            row.distinct_machines,
-            row.denials
-        ));
-    }
-    out
-}
+pub use seatledger_projections::billing::usage_csv;

@@ -578,4 +578,91 @@ proptest! {
         }
         prop_assert_eq!(redelivered, once);
     }
+
+    #[test]
+    fn changes_taken_at_any_split_and_merged_give_the_whole_fold(
+        steps in prop::collection::vec((step(), gap()), 1..80),
+        splits in prop::collection::btree_set(0usize..90, 0..8),
+        after in 0i64..20_000,
+    ) {
+        let records = history(2, 50, &steps);
+        let mut whole = BillingFold::with_granularities(&Granularity::ALL);
+        for record in &records {
+            whole.apply(record).unwrap();
+        }
+        // As the live follower stores it: period deltas merged batch by
+        // batch, open leases replaced by their last state.
+        let mut live = BillingFold::with_granularities(&Granularity::ALL).tracking_changes();
+        let mut periods: BTreeMap<PeriodKey, PeriodUsage> = BTreeMap::new();
+        let mut open: BTreeMap<LeaseKey, OpenLease> = BTreeMap::new();
+        let mut store = |changes: FoldChanges| {
+            for (key, usage) in changes.periods {
+                periods.entry(key).or_default().merge(&usage);
+            }
+            for (key, lease) in changes.leases {
+                match lease {
+                    Some(lease) => open.insert(key, lease),
+                    None => open.remove(&key),
+                };
+            }
+        };
+        for (index, record) in records.iter().enumerate() {
+            live.apply(record).unwrap();
+            if splits.contains(&index) {
+                store(live.take_changes());
+            }
+        }
+        store(live.take_changes());
+        let last = records.last().map_or(at(0), |r| r.occurred_at);
+        let as_of = last.plus_seconds(after);
+        let mut merged = periods.clone();
+        for granularity in Granularity::ALL {
+            for (key, usage) in open_lease_usage(granularity, open.values(), as_of) {
+                merged.entry(key).or_default().merge(&usage);
+            }
+        }
+        let rows: Vec<UsageRow> = merged.iter().map(|(key, usage)| usage.row(key)).collect();
+        prop_assert_eq!(rows, whole.report(as_of));
+        // A fold restored from what was stored goes on as the whole one.
+        let mut restored = BillingFold::with_granularities(&Granularity::ALL).tracking_changes();
+        restored.restore(0, live.position(0), open.into_values());
+        prop_assert_eq!(restored.position(0), whole.position(0));
+    }
+
+    #[test]
+    fn splitting_a_period_splits_its_seat_time_and_keeps_its_peak(
+        steps in prop::collection::vec((step(), gap()), 1..80),
+        after in 0i64..20_000,
+    ) {
+        let records = history(3, 100, &steps);
+        let last = records.last().map_or(at(0), |r| r.occurred_at);
+        let as_of = last.plus_seconds(after);
+        let of = |granularity: Granularity| -> Vec<UsageRow> {
+            let mut fold = BillingFold::new(granularity);
+            for record in &records {
+                fold.apply(record).unwrap();
+            }
+            fold.report(as_of)
+        };
+        // [a, c) = [a, b) + [b, c): a day is its hours, a month its days.
+        for (coarse, fine) in [(Granularity::Day, Granularity::Hour), (Granularity::Month, Granularity::Day)] {
+            let fine = of(fine);
+            for outer in of(coarse) {
+                let inner: Vec<&UsageRow> = fine
+                    .iter()
+                    .filter(|row| row.period_start >= outer.period_start && row.period_end <= outer.period_end)
+                    .collect();
+                let seat: u64 = inner.iter().map(|row| row.seat_micros).sum();
+                let overage: u64 = inner.iter().map(|row| row.overage_seat_micros).sum();
+                let denials: u64 = inner.iter().map(|row| row.denials).sum();
+                let peak = inner.iter().map(|row| row.peak_seats).max().unwrap_or(0);
+                let users = inner.iter().map(|row| row.distinct_users).max().unwrap_or(0);
+                prop_assert_eq!(outer.seat_micros, seat);
+                prop_assert_eq!(outer.overage_seat_micros, overage);
+                prop_assert_eq!(outer.denials, denials);
+                prop_assert_eq!(outer.peak_seats, peak);
+                prop_assert!(outer.distinct_users >= users);
+            }
+        }
+    }
 }
