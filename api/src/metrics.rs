@@ -11,7 +11,7 @@ use seatledger_ledger::appender::AppenderStats;
 use seatledger_projections::{FollowerStatus, ReaperStats};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -38,6 +38,8 @@ pub struct Metrics {
     /// ledger instead).
     pub hot_read_fallbacks: AtomicU64,
     pub hot_licenses: FollowerStatus,
+    /// The live billing follower.
+    pub billing: FollowerStatus,
     pub reaper: Arc<ReaperStats>,
 }
 
@@ -188,22 +190,26 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
-        for (name, help, value) in [
+        for (name, help, field) in [
             (
                 "seatledger_follower_position",
                 "The last log position a follower applied.",
-                self.hot_licenses.position.load(Ordering::Relaxed),
+                (|status: &FollowerStatus| &status.position) as fn(&FollowerStatus) -> &AtomicI64,
             ),
             (
                 "seatledger_follower_lag",
                 "Positions a follower is behind the head it last saw.",
-                self.hot_licenses.lag.load(Ordering::Relaxed),
+                |status: &FollowerStatus| &status.lag,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{follower=\"hot_licenses\"}} {value}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (follower, status) in [
+                ("hot_licenses", &self.hot_licenses),
+                ("billing", &self.billing),
+            ] {
+                let value = field(status).load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{follower=\"{follower}\"}} {value}");
+            }
         }
         let _ = writeln!(
             out,

@@ -10,7 +10,9 @@ use anyhow::Context;
 use seatledger_ledger::{
     Appender, AppenderConfig, Clock, CommitNotifier, SigningKey, Store, SystemClock,
 };
-use seatledger_projections::{reaper, runner, HotCounts, HotLicenses, RedisLicenses, RunnerConfig};
+use seatledger_projections::{
+    reaper, runner, HotCounts, HotLicenses, LiveBilling, RedisLicenses, RunnerConfig,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +26,8 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     appender_task: tokio::task::JoinHandle<()>,
-    /// The hot-count follower and the reaper, stopped by `shutdown`.
+    /// The hot-count and billing followers and the reaper, stopped by
+    /// `shutdown`.
     followers: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
@@ -99,7 +102,7 @@ impl Server {
                 let follower = tokio::spawn(runner::run(
                     store.clone(),
                     redis.clone(),
-                    notifier,
+                    notifier.clone(),
                     RunnerConfig::default(),
                     metrics.hot_licenses.clone(),
                     followers_shutdown.clone(),
@@ -111,7 +114,7 @@ impl Server {
                 let follower = tokio::spawn(runner::run(
                     store.clone(),
                     memory.clone(),
-                    notifier,
+                    notifier.clone(),
                     RunnerConfig::default(),
                     metrics.hot_licenses.clone(),
                     followers_shutdown.clone(),
@@ -121,8 +124,17 @@ impl Server {
         };
         let followers = vec![
             hot_follower,
+            tokio::spawn(runner::run(
+                store.clone(),
+                LiveBilling::new(store.clone(), 0),
+                notifier,
+                RunnerConfig::default(),
+                metrics.billing.clone(),
+                followers_shutdown.clone(),
+            )),
             tokio::spawn(reaper::run(
                 hot.clone(),
+                store.clone(),
                 appender.clone(),
                 clock.clone(),
                 Duration::from_secs_f64(args.reaper_interval_s),

@@ -35,6 +35,7 @@ use crate::billing::{
     open_lease_usage, BillingFold, FoldChanges, Granularity, OpenLease, PeriodKey, PeriodUsage,
     UsageRow,
 };
+use crate::hot::StaleLease;
 use crate::runner::{Follower, FollowerError};
 use seatledger_ledger::{Store, StoreError};
 use seatledger_schema::{RecordedEvent, Timestamp};
@@ -205,6 +206,21 @@ pub async fn checkpoint(store: &Store, partition: i16) -> Result<i64, StoreError
     }
 }
 
+/// Open leases past their `expires_at` at `now`, earliest first, at most
+/// `limit` (the reaper's source while Redis is down). They trail the log
+/// by the follower's lag: a lease heartbeated meanwhile may be listed.
+pub async fn stale_leases(
+    store: &Store,
+    partition: i16,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<StaleLease>, StoreError> {
+    match store {
+        Store::Postgres(pool) => postgres::stale_leases(pool, partition, now, limit).await,
+        Store::Sqlite(pool, _) => sqlite::stale_leases(pool, partition, now, limit).await,
+    }
+}
+
 async fn open_leases(
     store: &Store,
     partition: i16,
@@ -300,6 +316,32 @@ macro_rules! backend {
             ) -> Result<Vec<OpenLease>, StoreError> {
                 let mut conn = pool.acquire().await?;
                 read_open_leases(&mut conn, partition, org).await
+            }
+
+            pub(super) async fn stale_leases(
+                pool: &$pool,
+                partition: i16,
+                now: Timestamp,
+                limit: usize,
+            ) -> Result<Vec<StaleLease>, StoreError> {
+                let mut query = QueryBuilder::<Db>::new(
+                    "SELECT org_id, license_id, session_id FROM usage_open_leases WHERE partition = ",
+                );
+                query.push_bind(partition);
+                query.push(" AND expires_at <= ");
+                query.push_bind(now.as_micros());
+                query.push(" ORDER BY expires_at LIMIT ");
+                query.push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+                let rows = query.build().fetch_all(pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(StaleLease {
+                            tenant_id: uuid(row.try_get(0)?)?,
+                            license_id: uuid(row.try_get(1)?)?,
+                            session_id: uuid(row.try_get(2)?)?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn read_open_leases(

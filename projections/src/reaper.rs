@@ -1,13 +1,19 @@
 //! The zombie reaper (DESIGN §4): every interval it takes the leases past
-//! their `expires_at` from the hot counts (in memory or Redis) and submits `ExpireSeat` for each
-//! through the appender. The decider makes a repeat a no-op (a lease that
+//! their `expires_at` from the hot counts (in memory or Redis) and submits
+//! `ExpireSeat` for each through the appender. While Redis does not answer,
+//! it takes them from the billing follower's open leases instead, which
+//! live in the ledger's own database (so the reaper works whenever the
+//! ledger does; they may trail the log by moments, which the decider
+//! absorbs: a lease heartbeated meanwhile is live and its `ExpireSeat`
+//! appends nothing). The decider makes a repeat a no-op (a lease that
 //! was heartbeated, released or already expired meanwhile appends
 //! nothing), so several replicas may reap at once. A lease whose client
 //! stopped heartbeating is expired within its TTL plus the interval.
 
+use crate::billing_live;
 use crate::counts::HotCounts;
 use seatledger_ledger::domain::Command;
-use seatledger_ledger::{Appender, Clock, Submission};
+use seatledger_ledger::{Appender, Clock, Store, Submission};
 use seatledger_schema::{limits, Metadata};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +36,7 @@ pub struct ReaperStats {
 /// Runs rounds every `interval` until `shutdown` turns true.
 pub async fn run(
     hot: HotCounts,
+    store: Store,
     appender: Appender,
     clock: Arc<dyn Clock>,
     interval: Duration,
@@ -44,7 +51,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        reap_once(&hot, &appender, clock.as_ref(), &stats).await;
+        reap_once(&hot, &store, &appender, clock.as_ref(), &stats).await;
     }
 }
 
@@ -53,20 +60,27 @@ pub async fn run(
 /// were expired by this round.
 pub async fn reap_once(
     hot: &HotCounts,
+    store: &Store,
     appender: &Appender,
     clock: &dyn Clock,
     stats: &ReaperStats,
 ) -> u64 {
     stats.rounds.fetch_add(1, Ordering::Relaxed);
-    let stale = match hot.stale(clock.now(), limits::REAPER_BATCH_MAX).await {
+    let now = clock.now();
+    let stale = match hot.stale(now, limits::REAPER_BATCH_MAX).await {
         Ok(stale) => stale,
         Err(error) => {
-            // Redis is down: this round is skipped. Availability does not
-            // wait for it (an acquire that would be denied expires stale
-            // leases itself); the next round catches up.
-            stats.failures.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %error, "reaper: hot counts unavailable; round skipped");
-            return 0;
+            tracing::debug!(error = %error, "reaper: hot counts unavailable; reading the ledger's database");
+            match billing_live::stale_leases(store, 0, now, limits::REAPER_BATCH_MAX).await {
+                Ok(stale) => stale,
+                Err(error) => {
+                    // The database is down too: nothing can be expired
+                    // anyway; the next round catches up.
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %error, "reaper: round skipped");
+                    return 0;
+                }
+            }
         }
     };
     let submissions = stale.into_iter().map(|lease| {

@@ -374,15 +374,15 @@ async fn two_reapers_expire_each_stale_lease_exactly_once(pool: sqlx::PgPool) {
     assert!(memory.wait_for(head, Duration::from_secs(10)).await);
     let stats = ReaperStats::default();
     assert_eq!(
-        reap_once(&hot, &appender, &clock, &stats).await,
+        reap_once(&hot, &store, &appender, &clock, &stats).await,
         0,
         "nothing is stale yet"
     );
 
     clock.advance_seconds(i64::from(TTL_S) + 1);
     let (first, second) = tokio::join!(
-        reap_once(&hot, &appender, &clock, &stats),
-        reap_once(&hot, &second, &clock, &stats),
+        reap_once(&hot, &store, &appender, &clock, &stats),
+        reap_once(&hot, &store, &second, &clock, &stats),
     );
     assert_eq!(first + second, 20, "every stale lease expired once");
     let events = store.read_after(0, 0, 10_000).await.unwrap();

@@ -62,3 +62,7 @@ const _: () = assert!(APPENDER_BATCH_MAX <= APPENDER_QUEUE_CAPACITY);
 const _: () = assert!(UNREADABLE_STREAM_RETRY_S <= UNREADABLE_STREAM_RETRY_MAX_S);
 // SQLite binds at most 32,766 parameters per statement; a batch row has 14.
 const _: () = assert!(APPENDER_BATCH_MAX * 14 < 32_766);
+
+/// Periods one usage report may span (`GET /api/v1/usage`): 41 days by
+/// the hour, 2.7 years by the day, 83 years by the month.
+pub const USAGE_PERIODS_MAX: usize = 1_000;

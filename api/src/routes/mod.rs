@@ -10,6 +10,7 @@ mod keys;
 mod licenses;
 mod meta;
 mod seats;
+mod usage;
 mod users;
 
 use crate::auth::Principal;
@@ -151,6 +152,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(seats::heartbeat))
         .routes(routes!(seats::release))
         .routes(routes!(events::feed))
+        .routes(routes!(usage::usage))
         .routes(routes!(keys::keys))
         .routes(routes!(meta::openapi_json))
         .routes(routes!(meta::metrics))

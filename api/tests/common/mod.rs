@@ -44,7 +44,7 @@ impl TestApp {
     }
 
     /// PostgreSQL, with hot counts in the Redis at `redis_url` under
-    /// `redis_prefix`.
+    /// `redis_prefix`, and the reaper every 50 ms.
     pub async fn postgres_with_redis(
         pool: sqlx::PgPool,
         redis_url: &str,
@@ -53,6 +53,7 @@ impl TestApp {
         let args = ServeArgs {
             redis_url: Some(redis_url.to_owned()),
             redis_prefix: redis_prefix.to_owned(),
+            reaper_interval_s: 0.05,
             ..args(String::new())
         };
         TestApp::spawn(Store::from_pg_pool(pool), args, None).await

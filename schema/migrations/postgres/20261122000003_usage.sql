@@ -51,6 +51,8 @@ CREATE TABLE usage_open_leases (
     overage     boolean NOT NULL
 );
 CREATE INDEX usage_open_leases_org ON usage_open_leases (org_id, license_id);
+-- The reaper's source while Redis is down.
+CREATE INDEX usage_open_leases_expiry ON usage_open_leases (partition, expires_at);
 
 -- Events billing could not decode: their organization's report is refused
 -- rather than short.
