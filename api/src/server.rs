@@ -128,7 +128,7 @@ impl Server {
                 store.clone(),
                 LiveBilling::new(store.clone(), 0),
                 notifier,
-                RunnerConfig::default(),
+                seatledger_projections::billing_live::runner_config(),
                 metrics.billing.clone(),
                 followers_shutdown.clone(),
             )),

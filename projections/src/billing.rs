@@ -256,7 +256,8 @@ pub type LeaseKey = (Uuid, Uuid, Uuid);
 
 /// What a fold that tracks its changes accumulated since the last
 /// [`BillingFold::take_changes`]: period deltas to merge into the stored
-/// ones, and the open leases that changed (`None`: no longer open).
+/// ones, and the open leases that changed (`None`: no longer open). A lease
+/// granted and ended between two calls is in neither: it was never stored.
 #[derive(Debug, Default)]
 pub struct FoldChanges {
     pub periods: BTreeMap<PeriodKey, PeriodUsage>,
@@ -272,8 +273,9 @@ pub struct BillingFold {
     /// Open leases per `(org_id, license_id)`.
     licenses: HashMap<(Uuid, Uuid), LicenseLeases>,
     buckets: BTreeMap<PeriodKey, PeriodUsage>,
-    /// Leases changed since the last `take_changes`, when tracked.
-    changed_leases: Option<BTreeSet<LeaseKey>>,
+    /// Leases changed since the last `take_changes`, when tracked, and
+    /// whether each was open (so stored) before the first change.
+    changed_leases: Option<BTreeMap<LeaseKey, bool>>,
 }
 
 impl BillingFold {
@@ -299,7 +301,7 @@ impl BillingFold {
     /// only open leases between [`take_changes`](Self::take_changes), which
     /// hands over the period deltas and changed leases to store.
     pub fn tracking_changes(mut self) -> Self {
-        self.changed_leases = Some(BTreeSet::new());
+        self.changed_leases = Some(BTreeMap::new());
         self
     }
 
@@ -370,7 +372,11 @@ impl BillingFold {
                     hardware_id: acquired.hardware_id.clone(),
                     overage: acquired.overage,
                 };
-                self.changed(org_id, license_id, acquired.session_id);
+                let was_open = self
+                    .licenses
+                    .get(&(org_id, license_id))
+                    .is_some_and(|leases| leases.open.contains_key(&acquired.session_id));
+                self.changed(org_id, license_id, acquired.session_id, was_open);
                 let leases = self.licenses.entry((org_id, license_id)).or_default();
                 if let Some(old) = leases.insert(lease) {
                     // A session id granted twice cannot come from the decider;
@@ -396,7 +402,7 @@ impl BillingFold {
                             .remove(&(lease.expires_at, beat.session_id));
                         lease.expires_at = beat.expires_at;
                         leases.by_expiry.insert((beat.expires_at, beat.session_id));
-                        self.changed(org_id, license_id, beat.session_id);
+                        self.changed(org_id, license_id, beat.session_id, true);
                     }
                 }
             }
@@ -454,22 +460,26 @@ impl BillingFold {
         let periods = std::mem::take(&mut self.buckets);
         let mut leases = BTreeMap::new();
         if let Some(changed) = &mut self.changed_leases {
-            for key in std::mem::take(changed) {
+            for (key, was_open) in std::mem::take(changed) {
                 let (org_id, license_id, session_id) = key;
                 let lease = self
                     .licenses
                     .get(&(org_id, license_id))
                     .and_then(|leases| leases.open.get(&session_id))
                     .cloned();
-                leases.insert(key, lease);
+                if lease.is_some() || was_open {
+                    leases.insert(key, lease);
+                }
             }
         }
         FoldChanges { periods, leases }
     }
 
-    fn changed(&mut self, org_id: Uuid, license_id: Uuid, session_id: Uuid) {
+    fn changed(&mut self, org_id: Uuid, license_id: Uuid, session_id: Uuid, was_open: bool) {
         if let Some(changed) = &mut self.changed_leases {
-            changed.insert((org_id, license_id, session_id));
+            changed
+                .entry((org_id, license_id, session_id))
+                .or_insert(was_open);
         }
     }
 
@@ -480,7 +490,7 @@ impl BillingFold {
         if leases.open.is_empty() {
             self.licenses.remove(&(org_id, license_id));
         }
-        self.changed(org_id, license_id, session_id);
+        self.changed(org_id, license_id, session_id, true);
         Some(lease)
     }
 

@@ -61,6 +61,11 @@ pub struct RunnerConfig {
     pub batch: i64,
     /// How long the runner waits after a failure before trying again.
     pub retry_after: Duration,
+    /// The least time between two catch-ups, however often commits wake
+    /// it: a follower that need not be current to the millisecond (billing)
+    /// then applies fewer, larger ranges, one transaction each, instead of
+    /// one small one per commit. Zero: every commit wakes it at once.
+    pub coalesce: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -70,6 +75,7 @@ impl Default for RunnerConfig {
             poll_interval: Duration::from_secs(1),
             batch: RUNNER_BATCH_DEFAULT,
             retry_after: Duration::from_secs(1),
+            coalesce: Duration::ZERO,
         }
     }
 }
@@ -114,6 +120,12 @@ pub async fn run<F: Follower>(
                 config.retry_after
             }
         };
+        if !config.coalesce.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(config.coalesce) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
         tokio::select! {
             _ = commits.changed() => {}
             _ = tokio::time::sleep(wait) => {}

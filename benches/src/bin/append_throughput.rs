@@ -14,6 +14,10 @@
 //! `--broken-clients 0,16` adds that many tasks hammering acquire on a
 //! license whose stream holds an undecodable event (issue 8's blast
 //! radius): the healthy clients' events/s should not move.
+//!
+//! `--followers none,billing` runs each configuration without and with the
+//! live billing follower writing into the same database: what billing
+//! costs the appender.
 
 #[path = "../../../ledger/tests/common/plant.rs"]
 mod plant;
@@ -26,6 +30,7 @@ use seatledger_ledger::domain::{
 use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
 };
+use seatledger_projections::{billing_live, runner, FollowerStatus, LiveBilling};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +55,11 @@ struct Args {
     /// healthy clients, one run per value.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     broken_clients: Vec<usize>,
+    /// Followers running during the run, one run per value: `none`, or
+    /// `billing` (live billing writing to the same database, woken on
+    /// every commit, as under `seatledger serve`).
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    followers: Vec<String>,
 }
 
 #[tokio::main]
@@ -61,12 +71,22 @@ async fn main() -> anyhow::Result<()> {
             || args.database_url.starts_with("sqlite:"),
         "loopback only"
     );
-    println!("| batch_max | linger µs | clients | broken clients | events/s | mean batch | commit ms (mean) | unreadable answers |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for followers in &args.followers {
+        anyhow::ensure!(
+            followers == "none" || followers == "billing",
+            "--followers: none or billing, not {followers}"
+        );
+    }
+    println!("| batch_max | linger µs | clients | broken clients | followers | events/s | mean batch | commit ms (mean) | unreadable answers |");
+    println!("|---:|---:|---:|---:|---|---:|---:|---:|---:|");
     for &batch_max in &args.batch_max {
         for &linger_us in &args.linger_us {
             for &clients in &args.clients {
-                for &broken_clients in &args.broken_clients {
+                for (&broken_clients, followers) in args
+                    .broken_clients
+                    .iter()
+                    .flat_map(|broken| args.followers.iter().map(move |f| (broken, f)))
+                {
                     let (store, cleanup) = fresh_store(&args.database_url).await?;
                     let config = AppenderConfig {
                         batch_max,
@@ -77,12 +97,13 @@ async fn main() -> anyhow::Result<()> {
                         clients,
                         broken_clients,
                         duration: Duration::from_secs(args.seconds),
+                        billing: followers == "billing",
                     };
                     let result = run(&store, config, load).await;
                     drop(store);
                     cleanup.await?;
                     let (events_per_s, mean_batch, commit_ms, unreadable) = result?;
-                    println!("| {batch_max} | {linger_us} | {clients} | {broken_clients} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} | {unreadable} |");
+                    println!("| {batch_max} | {linger_us} | {clients} | {broken_clients} | {followers} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} | {unreadable} |");
                 }
             }
         }
@@ -94,6 +115,7 @@ struct Load {
     clients: usize,
     broken_clients: usize,
     duration: Duration,
+    billing: bool,
 }
 
 async fn run(
@@ -105,15 +127,28 @@ async fn run(
         clients,
         broken_clients,
         duration,
+        billing,
     } = load;
     let key = Arc::new(SigningKey::generate()?);
+    let notifier = CommitNotifier::default();
     let (appender, task) = Appender::start(
         store.clone(),
         key,
         Arc::new(SystemClock),
-        CommitNotifier::default(),
+        notifier.clone(),
         config,
     );
+    let (stop_followers, followers_shutdown) = tokio::sync::watch::channel(false);
+    let billing_task = billing.then(|| {
+        tokio::spawn(runner::run(
+            store.clone(),
+            LiveBilling::new(store.clone(), 0),
+            notifier.clone(),
+            billing_live::runner_config(),
+            FollowerStatus::default(),
+            followers_shutdown,
+        ))
+    });
     let tenant = Uuid::now_v7();
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
@@ -224,6 +259,10 @@ async fn run(
     let commit = appender.stats().commit_micros_total.load(Ordering::Relaxed) - before_commit;
     drop(appender);
     task.await?;
+    let _ = stop_followers.send(true);
+    if let Some(billing) = billing_task {
+        billing.await?;
+    }
     anyhow::ensure!(
         failures.load(Ordering::Relaxed) == 0,
         "{} commands failed",
