@@ -17,6 +17,56 @@ pub struct DatabaseArgs {
     pub database_url: String,
 }
 
+/// Event delivery to NATS JetStream (README "Event stream").
+#[derive(Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// NATS with JetStream: every event is published there (absent: no
+    /// publisher; billing jobs read `GET /api/v1/events`).
+    #[arg(long = "nats-url", env = "SEATLEDGER_NATS_URL")]
+    pub url: Option<String>,
+    /// The JetStream stream, created if missing.
+    #[arg(
+        long = "nats-stream",
+        env = "SEATLEDGER_NATS_STREAM",
+        default_value = "SEATLEDGER"
+    )]
+    pub stream: String,
+    /// Subjects are `<prefix>.<tenant_id>.<event_type>`; the stream takes `<prefix>.>`.
+    #[arg(
+        long = "nats-subject-prefix",
+        env = "SEATLEDGER_NATS_SUBJECT_PREFIX",
+        default_value = "seatledger"
+    )]
+    pub subject_prefix: String,
+    /// Replicas of the stream (a JetStream cluster of at least that many).
+    #[arg(long = "nats-replicas", env = "SEATLEDGER_NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+    /// How long JetStream keeps a message, in seconds (0: for ever).
+    #[arg(
+        long = "nats-max-age-s",
+        env = "SEATLEDGER_NATS_MAX_AGE_S",
+        default_value_t = 0
+    )]
+    pub max_age_s: u64,
+    /// Publishes in flight awaiting their ack.
+    #[arg(long = "nats-window", env = "SEATLEDGER_NATS_WINDOW", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub window: u16,
+}
+
+impl NatsArgs {
+    /// No publisher.
+    pub fn off() -> NatsArgs {
+        NatsArgs {
+            url: None,
+            stream: "SEATLEDGER".into(),
+            subject_prefix: "seatledger".into(),
+            replicas: 1,
+            max_age_s: 0,
+            window: 256,
+        }
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -34,9 +84,8 @@ pub struct ServeArgs {
     /// Prefix of every Redis key seatledger writes.
     #[arg(long, env = "SEATLEDGER_REDIS_PREFIX", default_value = "seatledger:")]
     pub redis_prefix: String,
-    /// NATS with JetStream for event delivery (absent: in-process bus).
-    #[arg(long, env = "SEATLEDGER_NATS_URL")]
-    pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// Seconds a request may take before it is answered 503
     /// `request_timeout` (with Retry-After) instead of hanging.
     #[arg(long, env = "SEATLEDGER_REQUEST_TIMEOUT_S", default_value_t = 30.0, value_parser = parse_request_timeout)]

@@ -15,7 +15,7 @@ pub mod server;
 pub mod state;
 pub mod tokens;
 
-pub use config::{DatabaseArgs, ServeArgs};
+pub use config::{DatabaseArgs, NatsArgs, ServeArgs};
 pub use error::ApiError;
 pub use server::{run, Server};
 pub use state::AppState;

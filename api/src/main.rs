@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run the HTTP API (migrates the event store first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the event store's migrations and exit.
     Migrate(DatabaseArgs),
 }
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         logs.with_ansi(colour).init();
     }
     match cli.command {
-        Commands::Serve(args) => seatledger_api::run(args).await,
+        Commands::Serve(args) => seatledger_api::run(*args).await,
         Commands::Migrate(args) => {
             let store = seatledger_ledger::Store::connect(&args.database_url)
                 .await

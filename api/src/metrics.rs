@@ -8,7 +8,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use seatledger_ledger::appender::AppenderStats;
-use seatledger_projections::{FollowerStatus, ReaperStats};
+use seatledger_projections::{FollowerStatus, PublisherStats, ReaperStats};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -40,6 +40,8 @@ pub struct Metrics {
     pub hot_licenses: FollowerStatus,
     /// The live billing follower.
     pub billing: FollowerStatus,
+    /// The NATS publisher.
+    pub nats: FollowerStatus,
     pub reaper: Arc<ReaperStats>,
 }
 
@@ -253,4 +255,47 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// The NATS publisher's metrics (only with `--nats-url`).
+pub fn render_nats(stats: &PublisherStats, now: seatledger_schema::Timestamp) -> String {
+    let mut out = String::new();
+    for (name, kind, help, value) in [
+        (
+            "seatledger_nats_published_total",
+            "counter",
+            "Events this replica published and JetStream acknowledged.",
+            stats.published.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "seatledger_nats_ack_failures_total",
+            "counter",
+            "Publish attempts that failed (no ack, or NATS unreachable); retried from the checkpoint.",
+            stats.ack_failures.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "seatledger_nats_publisher_active",
+            "gauge",
+            "1 when this replica holds the publisher lock and publishes.",
+            u8::from(stats.active.load(Ordering::Relaxed)).to_string(),
+        ),
+        (
+            "seatledger_nats_connected",
+            "gauge",
+            "1 when the NATS client is connected.",
+            u8::from(stats.connected.load(Ordering::Relaxed)).to_string(),
+        ),
+        (
+            "seatledger_nats_publish_lag_seconds",
+            "gauge",
+            "How long the oldest event not yet published has waited (0 when caught up).",
+            format!("{:.3}", stats.lag_seconds(now)),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    out
 }

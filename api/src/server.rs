@@ -11,7 +11,8 @@ use seatledger_ledger::{
     Appender, AppenderConfig, Clock, CommitNotifier, SigningKey, Store, SystemClock,
 };
 use seatledger_projections::{
-    reaper, runner, HotCounts, HotLicenses, LiveBilling, RedisLicenses, RunnerConfig,
+    nats, reaper, runner, HotCounts, HotLicenses, LiveBilling, NatsConfig, NatsPublisher,
+    PublisherStats, RedisLicenses, RunnerConfig,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,11 +55,6 @@ impl Server {
         args: &ServeArgs,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Server> {
-        if args.nats_url.is_some() {
-            tracing::warn!(
-                "--nats-url is accepted but not used yet: billing jobs read GET /api/v1/events"
-            );
-        }
         store
             .migrate()
             .await
@@ -122,7 +118,8 @@ impl Server {
                 (HotCounts::Memory(memory), follower)
             }
         };
-        let followers = vec![
+        let publisher_notifier = notifier.clone();
+        let mut followers = vec![
             hot_follower,
             tokio::spawn(runner::run(
                 store.clone(),
@@ -139,9 +136,36 @@ impl Server {
                 clock.clone(),
                 Duration::from_secs_f64(args.reaper_interval_s),
                 metrics.reaper.clone(),
-                followers_shutdown,
+                followers_shutdown.clone(),
             )),
         ];
+        let nats = match &args.nats.url {
+            Some(url) => {
+                let stats = Arc::new(PublisherStats::default());
+                let client = nats::connect(url, stats.clone())
+                    .await
+                    .map_err(|error| anyhow::anyhow!("{error} ({})", redacted_url(url)))?;
+                let config = NatsConfig {
+                    url: url.clone(),
+                    stream: args.nats.stream.clone(),
+                    subject_prefix: args.nats.subject_prefix.clone(),
+                    replicas: usize::from(args.nats.replicas),
+                    max_age: Duration::from_secs(args.nats.max_age_s),
+                    window: usize::from(args.nats.window),
+                };
+                tracing::info!(nats = %redacted_url(url), stream = %config.stream, "publishing events to NATS JetStream");
+                followers.push(tokio::spawn(runner::run(
+                    store.clone(),
+                    NatsPublisher::new(store.clone(), 0, config, client, stats.clone()),
+                    publisher_notifier,
+                    RunnerConfig::default(),
+                    metrics.nats.clone(),
+                    followers_shutdown.clone(),
+                )));
+                Some(stats)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -154,6 +178,7 @@ impl Server {
             signer,
             clock,
             metrics,
+            nats,
             request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
         };
         Ok(Server {

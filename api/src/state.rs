@@ -7,7 +7,7 @@ use crate::cache::TtlCache;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use seatledger_ledger::{Appender, Clock, SigningKey, Store};
-use seatledger_projections::HotCounts;
+use seatledger_projections::{HotCounts, PublisherStats};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -47,6 +47,8 @@ pub struct AppState {
     pub signer: Arc<SigningKey>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// The NATS publisher's state, when `--nats-url` is set.
+    pub nats: Option<Arc<PublisherStats>>,
     /// How long a request may take before it is answered 503.
     pub request_timeout: std::time::Duration,
 }

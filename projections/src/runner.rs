@@ -45,6 +45,9 @@ pub enum FollowerError {
     /// state and the runner starts again from its position.
     #[error("another replica applied these events first")]
     Superseded,
+    /// Another replica is the one that follows (it holds the lock): wait.
+    #[error("another replica is active")]
+    Standby,
 }
 
 /// Positions a runner reads per range by default: small enough that a range
@@ -112,6 +115,7 @@ pub async fn run<F: Follower>(
                 config.poll_interval
             }
             Err(FollowerError::Superseded) => continue,
+            Err(FollowerError::Standby) => config.retry_after,
             Err(error) => {
                 if !failing {
                     tracing::warn!(follower = follower.name(), error = %error, "follower failed; retrying");

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 
 /// Liveness: 200 while the process runs.
 #[utoipa::path(get, path = "/api/v1/health", tag = "health", responses((status = 200, description = "alive", body = Object)))]
@@ -13,8 +14,11 @@ pub async fn live() -> Json<Value> {
 }
 
 /// Readiness: 200 when the event store answers; redis (`ok`, `degraded` or
-/// `not_configured`) and nats are reported but never make the service
-/// unready (the ledger works without them).
+/// `not_configured`) and nats (`ok`, `standby`: another replica publishes,
+/// `degraded`: NATS unreachable or publishing failing, or `not_configured`,
+/// with the publisher's position and lag under `event_stream`) are
+/// reported but never make the service unready (the ledger works without
+/// them).
 #[utoipa::path(
     get,
     path = "/api/v1/health/ready",
@@ -40,7 +44,13 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
                     status => status,
                 },
                 "hot_counts": { "position": state.hot.position() },
-                "nats": "not_configured"
+                "nats": state.nats.as_ref().map_or("not_configured", |nats| nats.status()),
+                "event_stream": state.nats.as_ref().map(|nats| json!({
+                    "position": state.metrics.nats.position.load(Ordering::Relaxed),
+                    "lag": state.metrics.nats.lag.load(Ordering::Relaxed),
+                    "lag_seconds": nats.lag_seconds(state.clock.now()),
+                    "active": nats.active.load(Ordering::Relaxed),
+                }))
             })),
         ),
         Err(error) => {

@@ -19,8 +19,9 @@ pub async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> impl I
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.appender.stats()),
-    )
+    let mut text = state.metrics.render(state.appender.stats());
+    if let Some(nats) = &state.nats {
+        text.push_str(&crate::metrics::render_nats(nats, state.clock.now()));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -1,7 +1,7 @@
 //! Spawning the real server in-process on port 0 (zero2prod's `spawn_app`).
 #![allow(dead_code)]
 
-use seatledger_api::{DatabaseArgs, ServeArgs, Server};
+use seatledger_api::{DatabaseArgs, NatsArgs, ServeArgs, Server};
 use seatledger_ledger::{ManualClock, Store};
 use seatledger_schema::Timestamp;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ fn args(database_url: String) -> ServeArgs {
         signing_key: None,
         redis_url: None,
         redis_prefix: "seatledger:".into(),
-        nats_url: None,
+        nats: NatsArgs::off(),
         request_timeout_s: 30.0,
         reaper_interval_s: 30.0,
     }

@@ -1,0 +1,433 @@
+//! The NATS JetStream publisher (DESIGN §4): a follower that publishes
+//! every event of a partition, in position order, to JetStream.
+//!
+//! - Stream `SEATLEDGER` (name, subject prefix, replicas and max age
+//!   configurable) over subjects `seatledger.>`, file storage, duplicate
+//!   window [`DUPLICATE_WINDOW`]; created when missing.
+//! - Subject `seatledger.<tenant_id>.<event_type>`; headers `Nats-Msg-Id`
+//!   (the event id: JetStream drops a repeat within the duplicate window),
+//!   `Seatledger-Partition`, `Seatledger-Position`, `Seatledger-Stream-Id`,
+//!   `Seatledger-Event-Type`; body: the event envelope as JSON, the shape of
+//!   `GET /api/v1/events` items, hashes included.
+//! - Publishes are pipelined, at most `window` acks in flight; the
+//!   checkpoint (`follower_checkpoints ('nats', partition)`) moves only past
+//!   events whose ack came back, in order. After a crash between a publish
+//!   and its checkpoint, the repeat is dropped by JetStream's de-duplication
+//!   (within the window; consumers dedupe by `event_id` beyond it).
+//! - One publisher per partition across replicas: it publishes only while
+//!   it holds a PostgreSQL advisory lock on a connection of its own; the
+//!   others wait and one takes over within about a second of the holder's
+//!   connection closing (SQLite is one process: no lock).
+//!
+//! PostgreSQL stays the truth: while NATS is unreachable events wait in the
+//! log, the API is unaffected, and publishing resumes from the checkpoint.
+
+use crate::checkpoints;
+use crate::runner::{Follower, FollowerError};
+use async_nats::jetstream::{self, stream::StorageType};
+use seatledger_ledger::Store;
+use seatledger_schema::{RecordedEvent, Timestamp};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The follower's name in `follower_checkpoints`.
+pub const NATS_FOLLOWER: &str = "nats";
+/// JetStream's de-duplication window on the stream seatledger creates.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Acks in flight by default.
+pub const PUBLISH_WINDOW_DEFAULT: usize = 256;
+/// The most acks in flight allowed.
+pub const PUBLISH_WINDOW_MAX: usize = 4_096;
+/// How long an ack may take before the publish counts as failed.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The advisory lock of partition `p`'s publisher is this plus `p`
+/// (distinct from the appender's partition locks).
+const PUBLISHER_LOCK_NAMESPACE: i64 = 0x5EA7_4A75_0000_0000;
+
+/// Where and how to publish.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    pub url: String,
+    pub stream: String,
+    /// Subjects are `<prefix>.<tenant_id>.<event_type>`.
+    pub subject_prefix: String,
+    pub replicas: usize,
+    /// How long JetStream keeps a message; zero: for ever.
+    pub max_age: Duration,
+    /// Acks in flight.
+    pub window: usize,
+}
+
+impl NatsConfig {
+    pub fn new(url: &str) -> NatsConfig {
+        NatsConfig {
+            url: url.to_owned(),
+            stream: "SEATLEDGER".to_owned(),
+            subject_prefix: "seatledger".to_owned(),
+            replicas: 1,
+            max_age: Duration::ZERO,
+            window: PUBLISH_WINDOW_DEFAULT,
+        }
+    }
+
+    fn stream_config(&self) -> jetstream::stream::Config {
+        jetstream::stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.subject_prefix)],
+            storage: StorageType::File,
+            num_replicas: self.replicas.max(1),
+            max_age: self.max_age,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        }
+    }
+
+    /// The subject of `event`.
+    pub fn subject(&self, event: &RecordedEvent) -> String {
+        format!(
+            "{}.{}.{}",
+            self.subject_prefix, event.tenant_id, event.event_type
+        )
+    }
+}
+
+/// What `/metrics` and readiness show of a publisher. Shared.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    pub published: AtomicU64,
+    pub ack_failures: AtomicU64,
+    /// This replica holds the lock and publishes.
+    pub active: AtomicBool,
+    /// The client is connected to NATS.
+    pub connected: AtomicBool,
+    /// The last attempt to publish failed.
+    pub failing: AtomicBool,
+    /// `recorded_at` (µs) of the oldest event not yet published when the
+    /// publisher last looked, 0 when it was caught up.
+    pub oldest_unpublished_micros: AtomicI64,
+}
+
+impl PublisherStats {
+    /// `ok`, `standby` (another replica publishes) or `degraded`.
+    pub fn status(&self) -> &'static str {
+        if !self.connected.load(Ordering::Relaxed) || self.failing.load(Ordering::Relaxed) {
+            "degraded"
+        } else if self.active.load(Ordering::Relaxed) {
+            "ok"
+        } else {
+            "standby"
+        }
+    }
+
+    /// Seconds the oldest unpublished event has waited (0 when caught up).
+    pub fn lag_seconds(&self, now: Timestamp) -> f64 {
+        match self.oldest_unpublished_micros.load(Ordering::Relaxed) {
+            0 => 0.0,
+            micros => (now.as_micros() - micros).max(0) as f64 / 1e6,
+        }
+    }
+}
+
+/// Connects to NATS without waiting for it: the client reconnects by
+/// itself, and `stats.connected` follows its state.
+pub async fn connect(url: &str, stats: Arc<PublisherStats>) -> Result<async_nats::Client, String> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .request_timeout(Some(ACK_TIMEOUT))
+        .event_callback(move |event| {
+            let stats = stats.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => stats.connected.store(true, Ordering::Relaxed),
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        stats.connected.store(false, Ordering::Relaxed)
+                    }
+                    other => tracing::debug!(event = %other, "nats event"),
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|error| format!("cannot connect to NATS: {error}"))
+}
+
+/// The publisher follower of one partition.
+pub struct NatsPublisher {
+    store: Store,
+    partition: i16,
+    config: NatsConfig,
+    jetstream: jetstream::Context,
+    stream_ready: bool,
+    /// PostgreSQL: the connection holding the advisory lock.
+    lock: Option<sqlx::PgConnection>,
+    stats: Arc<PublisherStats>,
+}
+
+impl NatsPublisher {
+    pub fn new(
+        store: Store,
+        partition: i16,
+        config: NatsConfig,
+        client: async_nats::Client,
+        stats: Arc<PublisherStats>,
+    ) -> NatsPublisher {
+        NatsPublisher {
+            store,
+            partition,
+            config,
+            jetstream: jetstream::new(client),
+            stream_ready: false,
+            lock: None,
+            stats,
+        }
+    }
+
+    /// Whether this replica may publish: on PostgreSQL, it holds (or just
+    /// took) the partition's publisher lock on its own live connection.
+    async fn lead(&mut self) -> Result<bool, FollowerError> {
+        let Store::Postgres(pool) = &self.store else {
+            return Ok(true);
+        };
+        if let Some(connection) = &mut self.lock {
+            if sqlx::query("SELECT 1")
+                .execute(&mut *connection)
+                .await
+                .is_ok()
+            {
+                return Ok(true);
+            }
+            // The connection (and the lock with it) is gone.
+            self.lock = None;
+            self.stats.active.store(false, Ordering::Relaxed);
+            tracing::warn!("nats publisher: lost the publisher lock");
+        }
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect_with(&pool.connect_options())
+            .await
+            .map_err(seatledger_ledger::StoreError::from)?;
+        let key = PUBLISHER_LOCK_NAMESPACE + i64::from(self.partition);
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(seatledger_ledger::StoreError::from)?;
+        if held {
+            tracing::info!(partition = self.partition, "nats publisher: active");
+            self.lock = Some(connection);
+            self.stats.active.store(true, Ordering::Relaxed);
+        } else {
+            let _ = connection.close().await;
+        }
+        Ok(held)
+    }
+}
+
+impl Follower for NatsPublisher {
+    fn name(&self) -> &'static str {
+        NATS_FOLLOWER
+    }
+
+    async fn position(&mut self) -> Result<i64, FollowerError> {
+        if !self.lead().await? {
+            return Err(FollowerError::Standby);
+        }
+        Ok(checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?)
+    }
+
+    async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), FollowerError> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        if self.stats.oldest_unpublished_micros.load(Ordering::Relaxed) == 0 {
+            self.stats
+                .oldest_unpublished_micros
+                .store(first.recorded_at.as_micros().max(1), Ordering::Relaxed);
+        }
+        let result = self.publish(events).await;
+        self.stats.failing.store(result.is_err(), Ordering::Relaxed);
+        if result.is_ok() {
+            self.stats
+                .oldest_unpublished_micros
+                .store(0, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl NatsPublisher {
+    async fn publish(&mut self, events: &[RecordedEvent]) -> Result<(), FollowerError> {
+        if !self.stream_ready {
+            self.jetstream
+                .get_or_create_stream(self.config.stream_config())
+                .await
+                .map_err(|error| {
+                    FollowerError::Output(format!(
+                        "cannot create JetStream stream {}: {error}",
+                        self.config.stream
+                    ))
+                })?;
+            self.stream_ready = true;
+        }
+        let outcome = publish_range(&self.jetstream, &self.config, events).await;
+        if outcome.acked > 0 {
+            self.stats
+                .published
+                .fetch_add(outcome.acked, Ordering::Relaxed);
+        }
+        if let Some(position) = outcome.acked_through {
+            checkpoints::save(&self.store, NATS_FOLLOWER, self.partition, position).await?;
+        }
+        match outcome.error {
+            None => Ok(()),
+            Some(error) => {
+                self.stats.ack_failures.fetch_add(1, Ordering::Relaxed);
+                // The stream may be gone (deleted, or a new server): look
+                // again next time.
+                self.stream_ready = false;
+                Err(FollowerError::Output(error))
+            }
+        }
+    }
+}
+
+/// What publishing a range achieved.
+#[derive(Debug)]
+pub struct RangeOutcome {
+    /// Acks received, in order, before the first failure.
+    pub acked: u64,
+    /// The position of the last event acked with every earlier one.
+    pub acked_through: Option<i64>,
+    /// Of those, how many JetStream reported as duplicates.
+    pub duplicates: u64,
+    pub error: Option<String>,
+}
+
+/// Publishes `events` in order with at most `config.window` acks in
+/// flight, stopping at the first failure. Used by the publisher and by
+/// `seatledger-replay republish` (same subjects, headers and ids).
+pub async fn publish_range(
+    jetstream: &jetstream::Context,
+    config: &NatsConfig,
+    events: &[RecordedEvent],
+) -> RangeOutcome {
+    let window = config.window.clamp(1, PUBLISH_WINDOW_MAX);
+    let mut outcome = RangeOutcome {
+        acked: 0,
+        acked_through: None,
+        duplicates: 0,
+        error: None,
+    };
+    let mut in_flight = VecDeque::with_capacity(window);
+    let mut next = events.iter();
+    loop {
+        while outcome.error.is_none() && in_flight.len() < window {
+            let Some(event) = next.next() else { break };
+            let payload = match serde_json::to_vec(event) {
+                Ok(payload) => payload,
+                Err(error) => {
+                    outcome.error = Some(format!(
+                        "event {} cannot be encoded: {error}",
+                        event.position
+                    ));
+                    return outcome;
+                }
+            };
+            let sent = jetstream
+                .publish_with_headers(config.subject(event), headers(event), payload.into())
+                .await;
+            match sent {
+                Ok(ack) => in_flight.push_back((event.position, ack)),
+                Err(error) => {
+                    outcome.error =
+                        Some(format!("publishing position {}: {error}", event.position));
+                    break;
+                }
+            }
+        }
+        let Some((position, ack)) = in_flight.pop_front() else {
+            return outcome;
+        };
+        match ack.await {
+            Ok(ack) => {
+                outcome.acked += 1;
+                outcome.duplicates += u64::from(ack.duplicate);
+                outcome.acked_through = Some(position);
+            }
+            Err(error) => {
+                outcome.error = Some(format!("no ack for position {position}: {error}"));
+                return outcome;
+            }
+        }
+        if outcome.error.is_some() && in_flight.is_empty() {
+            return outcome;
+        }
+    }
+}
+
+/// The headers of `event`'s message.
+pub fn headers(event: &RecordedEvent) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
+    headers.insert("Seatledger-Partition", event.partition.to_string().as_str());
+    headers.insert("Seatledger-Position", event.position.to_string().as_str());
+    headers.insert("Seatledger-Stream-Id", event.stream_id.as_str());
+    headers.insert("Seatledger-Event-Type", event.event_type.as_str());
+    headers
+}
+
+/// What a republish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Republished {
+    /// Events sent and acknowledged.
+    pub events: u64,
+    /// Of those, how many JetStream already held (dropped as duplicates
+    /// within its window).
+    pub duplicates: u64,
+}
+
+/// Positions read from the log per range while republishing.
+const REPUBLISH_RANGE: i64 = 1_000;
+
+/// Resends positions `from..=to` of `partition` (to the head without `to`)
+/// from the log, with their original `Nats-Msg-Id`s, creating the stream
+/// if missing; `progress` is called with each position reached. For a
+/// JetStream that lost data, or a new one: consumers dedupe what they had.
+pub async fn republish(
+    store: &Store,
+    partition: i16,
+    jetstream: &jetstream::Context,
+    config: &NatsConfig,
+    from: i64,
+    to: Option<i64>,
+    mut progress: impl FnMut(i64),
+) -> Result<Republished, String> {
+    jetstream
+        .get_or_create_stream(config.stream_config())
+        .await
+        .map_err(|error| format!("cannot create JetStream stream {}: {error}", config.stream))?;
+    let (head, _) = store
+        .head(partition)
+        .await
+        .map_err(|error| error.to_string())?;
+    let to = to.unwrap_or(head).min(head);
+    let mut position = from.max(1) - 1;
+    let mut done = Republished::default();
+    while position < to {
+        let through = to.min(position + REPUBLISH_RANGE);
+        let events = store
+            .read_range(partition, position, through)
+            .await
+            .map_err(|error| error.to_string())?;
+        let outcome = publish_range(jetstream, config, &events).await;
+        done.events += outcome.acked;
+        done.duplicates += outcome.duplicates;
+        if let Some(error) = outcome.error {
+            return Err(error);
+        }
+        position = through;
+        progress(position);
+    }
+    Ok(done)
+}

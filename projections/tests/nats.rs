@@ -1,0 +1,468 @@
+//! The NATS JetStream publisher and consumer against real NATS: the shared
+//! server for the ordinary cases (each test with its own stream and subject
+//! prefix), a private `nats-server -js` for the ones that kill it.
+
+use async_nats::jetstream;
+use seatledger_ledger::domain::{
+    Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
+};
+use seatledger_ledger::{
+    Appender, AppenderConfig, CommitNotifier, ManualClock, SigningKey, Store, Submission,
+};
+use seatledger_projections::nats::{self, NATS_FOLLOWER};
+use seatledger_projections::{
+    checkpoints, runner, BillingFold, EventConsumer, FollowerStatus, Granularity, NatsConfig,
+    NatsPublisher, PublisherStats, RunnerConfig,
+};
+use seatledger_schema::{RecordedEvent, Timestamp};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+const ORG: Uuid = Uuid::from_u128(0x0a);
+
+fn nats_url() -> String {
+    std::env::var("SEATLEDGER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A stream and subject prefix of the test's own.
+fn own_config(url: &str) -> NatsConfig {
+    let id = Uuid::now_v7().simple().to_string();
+    NatsConfig {
+        stream: format!("TEST_{id}"),
+        subject_prefix: format!("test_{id}"),
+        window: 64,
+        ..NatsConfig::new(url)
+    }
+}
+
+async fn pg_store(pool: sqlx::PgPool) -> Store {
+    let store = Store::from_pg_pool(pool);
+    store.migrate().await.unwrap();
+    store
+}
+
+fn start_appender(store: &Store, notifier: &CommitNotifier) -> Appender {
+    let clock = ManualClock::new(Timestamp::parse("2030-01-01T00:00:00Z").unwrap());
+    Appender::start(
+        store.clone(),
+        Arc::new(SigningKey::generate().unwrap()),
+        Arc::new(clock),
+        notifier.clone(),
+        AppenderConfig::default(),
+    )
+    .0
+}
+
+/// A license and `acquires` acquires on it (about `acquires + 1` events),
+/// `concurrency` at a time.
+async fn workload(appender: &Appender, acquires: usize, concurrency: usize) {
+    let license_id = Uuid::now_v7();
+    let issue = Command::IssueLicense {
+        license_id,
+        name: Name::parse("IDE").unwrap(),
+        seats: SeatCount::new(100_000).unwrap(),
+        expires_at: None,
+        heartbeat_ttl_s: HeartbeatTtl::new(3_600).unwrap(),
+        max_overage_percent: OveragePercent::default(),
+    };
+    appender.submit(Submission::new(ORG, issue)).await.unwrap();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let appender = appender.clone();
+            tokio::spawn(async move {
+                for n in (worker..acquires).step_by(concurrency) {
+                    let acquire = Command::AcquireSeat {
+                        license_id,
+                        session_id: Uuid::now_v7(),
+                        user_id: Uuid::from_u128(n as u128 % 7),
+                        hardware_id: HardwareId::parse(&format!("m{n}")).unwrap(),
+                    };
+                    let result = appender
+                        .submit(Submission::new(ORG, acquire))
+                        .await
+                        .expect("every write is answered");
+                    assert!(result.is_accepted());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+struct Publisher {
+    stats: Arc<PublisherStats>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    async fn start(store: &Store, config: &NatsConfig, notifier: &CommitNotifier) -> Publisher {
+        let stats = Arc::new(PublisherStats::default());
+        let client = nats::connect(&config.url, stats.clone()).await.unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(runner::run(
+            store.clone(),
+            NatsPublisher::new(store.clone(), 0, config.clone(), client, stats.clone()),
+            notifier.clone(),
+            RunnerConfig {
+                poll_interval: Duration::from_millis(100),
+                retry_after: Duration::from_millis(100),
+                ..RunnerConfig::default()
+            },
+            FollowerStatus::default(),
+            shutdown,
+        ));
+        Publisher { stats, stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap();
+    }
+}
+
+/// Polls `condition` (every 20 ms, `seconds` at most).
+async fn eventually<F, Fut>(what: &str, seconds: u64, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn published_through_head(store: &Store) -> bool {
+    let (head, _) = store.head(0).await.unwrap();
+    checkpoints::load(store, NATS_FOLLOWER, 0).await.unwrap() >= head
+}
+
+/// Every message of the stream, in stream order, as raw messages.
+async fn stream_messages(url: &str, stream: &str) -> Vec<async_nats::jetstream::Message> {
+    use futures::StreamExt;
+    let client = async_nats::connect(url).await.unwrap();
+    let context = jetstream::new(client);
+    let mut stream = context.get_stream(stream).await.unwrap();
+    let total = stream.info().await.unwrap().state.messages as usize;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    while messages.len() < total {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1_000)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(message) = batch.next().await {
+            messages.push(message.unwrap());
+        }
+    }
+    messages
+}
+
+async fn delete_stream(url: &str, stream: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    let _ = jetstream::new(client).delete_stream(stream).await;
+}
+
+/// The log's events, and the stream's, must be the same list.
+async fn assert_stream_holds_the_log_once(store: &Store, url: &str, config: &NatsConfig) {
+    let log = store.read_after(0, 0, 1_000_000).await.unwrap();
+    let messages = stream_messages(url, &config.stream).await;
+    let bodies: Vec<RecordedEvent> = messages
+        .iter()
+        .map(|message| serde_json::from_slice(&message.payload).unwrap())
+        .collect();
+    let positions: Vec<i64> = bodies.iter().map(|event| event.position).collect();
+    let expected: Vec<i64> = log.iter().map(|event| event.position).collect();
+    assert_eq!(positions, expected, "every event once, in position order");
+    assert_eq!(bodies, log, "bodies are the log's envelopes");
+}
+
+/// Every appended event appears once in JetStream, in position order, with
+/// its subject, headers and body; a consumer reading the stream sees the
+/// log, and the usage computed from it equals the one from PostgreSQL.
+#[sqlx::test(migrations = false)]
+async fn every_event_is_published_once_in_order(pool: sqlx::PgPool) {
+    let url = nats_url();
+    let config = own_config(&url);
+    let store = pg_store(pool).await;
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &notifier);
+    let publisher = Publisher::start(&store, &config, &notifier).await;
+    workload(&appender, 300, 8).await;
+    eventually("everything is published", 20, || {
+        published_through_head(&store)
+    })
+    .await;
+    assert_eq!(publisher.stats.status(), "ok");
+    assert!(publisher.stats.active.load(Ordering::Relaxed));
+
+    let log = store.read_after(0, 0, 1_000_000).await.unwrap();
+    let messages = stream_messages(&url, &config.stream).await;
+    assert_eq!(messages.len(), log.len());
+    for (message, event) in messages.iter().zip(&log) {
+        assert_eq!(
+            message.subject.as_str(),
+            format!("{}.{}.{}", config.subject_prefix, ORG, event.event_type)
+        );
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_owned())
+        };
+        assert_eq!(header("Nats-Msg-Id"), Some(event.event_id.to_string()));
+        assert_eq!(header("Seatledger-Partition"), Some("0".to_owned()));
+        assert_eq!(
+            header("Seatledger-Position"),
+            Some(event.position.to_string())
+        );
+        assert_eq!(
+            header("Seatledger-Stream-Id"),
+            Some(event.stream_id.clone())
+        );
+        assert_eq!(
+            header("Seatledger-Event-Type"),
+            Some(event.event_type.clone())
+        );
+        let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(
+            body,
+            serde_json::to_value(event).unwrap(),
+            "the /events shape"
+        );
+        assert!(body["hash"].is_string() && body["prev_hash"].is_string());
+    }
+    assert_eq!(
+        publisher.stats.published.load(Ordering::Relaxed),
+        log.len() as u64
+    );
+
+    // The consumer library: the whole log, and the same usage.
+    let client = async_nats::connect(&url).await.unwrap();
+    let mut consumer = EventConsumer::durable(client, &config.stream, "billing-test")
+        .await
+        .unwrap();
+    let mut consumed = Vec::new();
+    while consumed.len() < log.len() {
+        let batch = consumer.fetch(100, Duration::from_secs(1)).await.unwrap();
+        consumed.extend(batch);
+        consumer.ack().await.unwrap();
+    }
+    assert_eq!(consumed, log);
+    let as_of = log.last().unwrap().occurred_at.plus_seconds(60);
+    let usage = |events: &[RecordedEvent]| {
+        let mut fold = BillingFold::new(Granularity::Hour);
+        for event in events {
+            fold.apply(event).unwrap();
+        }
+        fold.report(as_of)
+    };
+    assert_eq!(usage(&consumed), usage(&log));
+    assert!(!usage(&consumed).is_empty());
+
+    publisher.stop().await;
+    delete_stream(&url, &config.stream).await;
+}
+
+/// The publisher stopped after publishing but before its checkpoint: on
+/// restart it sends those events again, JetStream drops them as
+/// duplicates, and the stream holds each event once.
+#[sqlx::test(migrations = false)]
+async fn a_lost_checkpoint_repeats_nothing_in_the_stream(pool: sqlx::PgPool) {
+    let url = nats_url();
+    let config = own_config(&url);
+    let store = pg_store(pool).await;
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &notifier);
+    let publisher = Publisher::start(&store, &config, &notifier).await;
+    workload(&appender, 200, 4).await;
+    eventually("everything is published", 20, || {
+        published_through_head(&store)
+    })
+    .await;
+    publisher.stop().await;
+
+    // As if the last checkpoint writes had not happened.
+    checkpoints::save(&store, NATS_FOLLOWER, 0, 50)
+        .await
+        .unwrap();
+    let publisher = Publisher::start(&store, &config, &notifier).await;
+    workload(&appender, 20, 2).await;
+    eventually("everything is published again", 20, || {
+        published_through_head(&store)
+    })
+    .await;
+    assert_stream_holds_the_log_once(&store, &url, &config).await;
+    publisher.stop().await;
+    delete_stream(&url, &config.stream).await;
+}
+
+/// Two replicas: one publishes, the other waits; stopping the active one
+/// hands over within seconds, with nothing lost or repeated.
+#[sqlx::test(migrations = false)]
+async fn one_replica_publishes_and_the_other_takes_over(pool: sqlx::PgPool) {
+    let url = nats_url();
+    let config = own_config(&url);
+    let store = pg_store(pool.clone()).await;
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &notifier);
+    let first = Publisher::start(&store, &config, &notifier).await;
+    eventually("the first is active", 10, || async {
+        first.stats.active.load(Ordering::Relaxed)
+    })
+    .await;
+    let second = Publisher::start(&store, &config, &notifier).await;
+    workload(&appender, 200, 4).await;
+    eventually("everything is published", 20, || {
+        published_through_head(&store)
+    })
+    .await;
+    assert!(
+        !second.stats.active.load(Ordering::Relaxed),
+        "one at a time"
+    );
+    assert_eq!(second.stats.published.load(Ordering::Relaxed), 0);
+    assert_eq!(second.stats.status(), "standby");
+
+    first.stop().await;
+    workload(&appender, 200, 4).await;
+    eventually("the second takes over", 10, || async {
+        second.stats.active.load(Ordering::Relaxed)
+    })
+    .await;
+    eventually("everything is published", 20, || {
+        published_through_head(&store)
+    })
+    .await;
+    assert!(second.stats.published.load(Ordering::Relaxed) > 0);
+    assert_stream_holds_the_log_once(&store, &url, &config).await;
+    second.stop().await;
+    delete_stream(&url, &config.stream).await;
+}
+
+/// JetStream lost the stream (deleted and recreated empty): republish
+/// restores it from the log, and a consumer then sees every event.
+#[sqlx::test(migrations = false)]
+async fn republish_restores_a_lost_stream(pool: sqlx::PgPool) {
+    let url = nats_url();
+    let config = own_config(&url);
+    let store = pg_store(pool).await;
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &notifier);
+    let publisher = Publisher::start(&store, &config, &notifier).await;
+    workload(&appender, 150, 4).await;
+    eventually("everything is published", 20, || {
+        published_through_head(&store)
+    })
+    .await;
+    publisher.stop().await;
+
+    delete_stream(&url, &config.stream).await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let context = jetstream::new(client.clone());
+    let (head, _) = store.head(0).await.unwrap();
+    let mut reached = 0;
+    let done = nats::republish(&store, 0, &context, &config, 1, None, |position| {
+        reached = position;
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (done.events, done.duplicates, reached),
+        (head as u64, 0, head)
+    );
+    assert_stream_holds_the_log_once(&store, &url, &config).await;
+
+    // Republishing again within the window repeats nothing.
+    let again = nats::republish(&store, 0, &context, &config, 1, None, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(again.duplicates, head as u64);
+    assert_stream_holds_the_log_once(&store, &url, &config).await;
+
+    // A consumer that had read up to 100 resumes and sees the rest once.
+    let mut consumer = EventConsumer::from_start(client, &config.stream)
+        .await
+        .unwrap()
+        .resume_after(0, 100);
+    let mut positions = Vec::new();
+    while consumer.position(0) < head {
+        positions.extend(
+            consumer
+                .fetch(1_000, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|event| event.position),
+        );
+    }
+    assert_eq!(positions, (101..=head).collect::<Vec<_>>());
+    delete_stream(&url, &config.stream).await;
+}
+
+/// A consumer that meets a hole in the positions stops there with a gap
+/// error naming it, instead of folding a history with a hole.
+#[sqlx::test(migrations = false)]
+async fn a_consumer_stops_at_a_gap(pool: sqlx::PgPool) {
+    let url = nats_url();
+    let config = own_config(&url);
+    let store = pg_store(pool).await;
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &notifier);
+    workload(&appender, 30, 1).await;
+    let client = async_nats::connect(&url).await.unwrap();
+    let context = jetstream::new(client.clone());
+    // Positions 1..=10 and 12..: 11 is missing.
+    nats::republish(&store, 0, &context, &config, 1, Some(10), |_| {})
+        .await
+        .unwrap();
+    nats::republish(&store, 0, &context, &config, 12, None, |_| {})
+        .await
+        .unwrap();
+    let mut consumer = EventConsumer::from_start(client, &config.stream)
+        .await
+        .unwrap();
+    let first = consumer.fetch(1_000, Duration::from_secs(1)).await;
+    let error = match first {
+        Err(error) => error,
+        Ok(events) => {
+            assert_eq!(events.len(), 10);
+            consumer
+                .fetch(1_000, Duration::from_secs(1))
+                .await
+                .unwrap_err()
+        }
+    };
+    assert!(
+        matches!(
+            error,
+            seatledger_projections::ConsumerError::Gap {
+                partition: 0,
+                expected: 11,
+                got: 12
+            }
+        ),
+        "{error}"
+    );
+    delete_stream(&url, &config.stream).await;
+}
