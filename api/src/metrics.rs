@@ -208,6 +208,7 @@ impl Metrics {
             for (follower, status) in [
                 ("hot_licenses", &self.hot_licenses),
                 ("billing", &self.billing),
+                ("nats", &self.nats),
             ] {
                 let value = field(status).load(Ordering::Relaxed);
                 let _ = writeln!(out, "{name}{{follower=\"{follower}\"}} {value}");

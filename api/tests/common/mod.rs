@@ -59,6 +59,15 @@ impl TestApp {
         TestApp::spawn(Store::from_pg_pool(pool), args, None).await
     }
 
+    /// PostgreSQL, publishing to NATS as `nats` says.
+    pub async fn postgres_with_nats(pool: sqlx::PgPool, nats: NatsArgs) -> TestApp {
+        let args = ServeArgs {
+            nats,
+            ..args(String::new())
+        };
+        TestApp::spawn(Store::from_pg_pool(pool), args, None).await
+    }
+
     /// PostgreSQL, with the reaper running every `reaper_interval_s`.
     pub async fn postgres_with_reaper(pool: sqlx::PgPool, reaper_interval_s: f64) -> TestApp {
         let args = ServeArgs {

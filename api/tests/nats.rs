@@ -1,0 +1,198 @@
+//! Event delivery under `seatledger serve --nats-url`, against a private
+//! `nats-server -js` (own port, own store directory) that the test kills
+//! with SIGKILL and restarts.
+
+mod common;
+
+use common::TestApp;
+use seatledger_api::NatsArgs;
+use seatledger_projections::EventConsumer;
+use serde_json::json;
+use std::time::Duration;
+
+struct PrivateNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateNats {
+    async fn start() -> PrivateNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = PrivateNats {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it on its store directory and waits until it accepts.
+    async fn restart(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `condition` (every 50 ms, `seconds` at most).
+async fn eventually<F, Fut>(what: &str, seconds: u64, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// NATS killed (SIGKILL) in the middle of a workload of more than 5,000
+/// events and restarted: every write was answered meanwhile, ready said
+/// `degraded`, and the stream ends up holding every event exactly once,
+/// in position order.
+#[sqlx::test(migrations = false)]
+async fn nats_killed_mid_workload_loses_and_repeats_nothing(pool: sqlx::PgPool) {
+    let mut nats = PrivateNats::start().await;
+    let stream = "SEATLEDGER_FAULT";
+    let app = TestApp::postgres_with_nats(
+        pool,
+        NatsArgs {
+            url: Some(nats.url()),
+            stream: stream.into(),
+            ..NatsArgs::off()
+        },
+    )
+    .await;
+    let org = app.register("ada@example.com").await;
+    let (_, key) = app
+        .issue(&org, json!({"name": "IDE", "seats": 100_000}))
+        .await;
+    let published = || app.metric("seatledger_follower_position{follower=\"nats\"}");
+    eventually("the publisher runs", 20, || async {
+        let ready = app.send("GET", "/api/v1/health/ready", None, None).await;
+        ready.body["nats"] == "ok"
+    })
+    .await;
+
+    const ACQUIRES: usize = 5_200;
+    const CLIENTS: usize = 16;
+    let workload = {
+        let base = app.base.clone();
+        let token = org.token.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let tasks: Vec<_> = (0..CLIENTS)
+                .map(|worker| {
+                    let (client, base, token, key) =
+                        (client.clone(), base.clone(), token.clone(), key.clone());
+                    tokio::spawn(async move {
+                        for n in (worker..ACQUIRES).step_by(CLIENTS) {
+                            let reply = client
+                                .post(format!("{base}/api/v1/licenses/acquire"))
+                                .bearer_auth(&token)
+                                .json(&json!({"license_key": key, "hardware_id": format!("m{n}")}))
+                                .send()
+                                .await
+                                .expect("answered");
+                            assert_eq!(reply.status().as_u16(), 201, "every write is granted");
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    };
+    eventually("a thousand events are published", 60, || async {
+        published().await >= 1_000
+    })
+    .await;
+    nats.kill();
+    eventually("ready says nats is degraded", 20, || async {
+        let ready = app.send("GET", "/api/v1/health/ready", None, None).await;
+        ready.status == 200 && ready.body["nats"] == "degraded"
+    })
+    .await;
+    let during = published().await;
+    nats.restart().await;
+    workload.await.unwrap();
+    let (head, _) = app.store.head(0).await.unwrap();
+    assert!(head > 5_000, "{head} events");
+    assert!(during < head, "the outage was mid-workload");
+    eventually("everything is published", 90, || async {
+        published().await >= head
+    })
+    .await;
+    let ready = app.send("GET", "/api/v1/health/ready", None, None).await;
+    assert_eq!(ready.body["nats"], "ok");
+    assert_eq!(ready.body["event_stream"]["lag"], 0);
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut info = async_nats::jetstream::new(client.clone())
+        .get_stream(stream)
+        .await
+        .unwrap();
+    let messages = info.info().await.unwrap().state.messages;
+    assert_eq!(messages, head as u64, "no event twice, none missing");
+    let mut consumer = EventConsumer::from_start(client, stream).await.unwrap();
+    let mut seen = Vec::new();
+    while consumer.position(0) < head {
+        seen.extend(
+            consumer
+                .fetch(1_000, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|event| event.position),
+        );
+    }
+    assert_eq!(seen, (1..=head).collect::<Vec<_>>(), "in position order");
+    app.stop().await;
+}
