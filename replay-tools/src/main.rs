@@ -1,12 +1,14 @@
 //! `seatledger-replay verify`: prove the log was not altered.
-//! `seatledger-replay usage`: recompute billing usage from the log.
+//! `seatledger-replay usage`: recompute billing usage from the log (or from
+//! NATS JetStream). `seatledger-replay republish`: resend a range of the log
+//! to JetStream.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use seatledger_ledger::{SigningKey, Store};
-use seatledger_projections::Granularity;
+use seatledger_projections::{nats, Granularity, NatsConfig};
 use seatledger_schema::Timestamp;
 use std::time::Instant;
 use uuid::Uuid;
@@ -67,6 +69,40 @@ enum Commands {
         /// csv (seat time in seconds) or json (seat time in microseconds).
         #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
         format: String,
+        /// Read the events from this NATS JetStream (the stream
+        /// `--nats-stream`) instead of the database: the report billing
+        /// jobs consuming the stream would compute.
+        #[arg(long)]
+        from_nats: Option<String>,
+        #[arg(long, default_value = "SEATLEDGER")]
+        nats_stream: String,
+    },
+    /// Resend positions FROM..=TO (to the head without --to) of the log to
+    /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
+    /// if missing: for a JetStream that lost data, or a new one.
+    Republish {
+        #[arg(
+            long,
+            env = "SEATLEDGER_DATABASE_URL",
+            default_value = "sqlite:seatledger.db"
+        )]
+        database_url: String,
+        #[arg(long, env = "SEATLEDGER_NATS_URL")]
+        nats_url: String,
+        #[arg(long, env = "SEATLEDGER_NATS_STREAM", default_value = "SEATLEDGER")]
+        nats_stream: String,
+        #[arg(
+            long,
+            env = "SEATLEDGER_NATS_SUBJECT_PREFIX",
+            default_value = "seatledger"
+        )]
+        nats_subject_prefix: String,
+        /// The first position to resend.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
+        from: i64,
+        /// The last position to resend (default: the head).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        to: Option<i64>,
     },
 }
 
@@ -77,6 +113,40 @@ fn parse_granularity(text: &str) -> Result<Granularity, String> {
         "month" => Ok(Granularity::Month),
         _ => Err("expected hour, day or month".into()),
     }
+}
+
+async fn republish(
+    database_url: &str,
+    config: NatsConfig,
+    from: i64,
+    to: Option<i64>,
+) -> anyhow::Result<()> {
+    let store = Store::connect(database_url)
+        .await
+        .context("cannot open the event store")?;
+    let client = async_nats::connect(&config.url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.url))?;
+    let (head, _) = store.head(0).await?;
+    let last = to.unwrap_or(head).min(head);
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(u64::try_from(last).unwrap_or(0))
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_position(u64::try_from(from - 1).unwrap_or(0));
+    let context = async_nats::jetstream::new(client);
+    let done = nats::republish(&store, 0, &context, &config, from, Some(last), |position| {
+        bar.set_position(u64::try_from(position).unwrap_or(0));
+    })
+    .await
+    .map_err(|error| anyhow::anyhow!(error))?;
+    bar.finish_and_clear();
+    println!(
+        "republished positions {from}..={last} to stream {}: {} events acknowledged, {} of them already there (dropped as duplicates)",
+        config.stream, done.events, done.duplicates
+    );
+    Ok(())
 }
 
 fn parse_timestamp(text: &str) -> Result<Timestamp, String> {
@@ -130,11 +200,24 @@ async fn main() -> anyhow::Result<()> {
             from,
             to,
             format,
+            from_nats,
+            nats_stream,
         } => {
-            let store = Store::connect(&database_url)
-                .await
-                .context("cannot open the event store")?;
-            let report = seatledger_replay::usage(&store, 0, granularity, as_of).await?;
+            let report = match from_nats {
+                Some(url) => {
+                    let client = async_nats::connect(&url)
+                        .await
+                        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+                    seatledger_replay::usage_from_nats(client, &nats_stream, granularity, as_of)
+                        .await?
+                }
+                None => {
+                    let store = Store::connect(&database_url)
+                        .await
+                        .context("cannot open the event store")?;
+                    seatledger_replay::usage(&store, 0, granularity, as_of).await?
+                }
+            };
             let incomplete = report.incomplete_tenants();
             for bad in &report.undecodable {
                 if org.is_none_or(|org| org == bad.tenant_id) {
@@ -170,6 +253,21 @@ async fn main() -> anyhow::Result<()> {
                     affected.len()
                 )
             }
+        }
+        Commands::Republish {
+            database_url,
+            nats_url,
+            nats_stream,
+            nats_subject_prefix,
+            from,
+            to,
+        } => {
+            let config = NatsConfig {
+                stream: nats_stream,
+                subject_prefix: nats_subject_prefix,
+                ..NatsConfig::new(&nats_url)
+            };
+            republish(&database_url, config, from, to).await
         }
     }
 }

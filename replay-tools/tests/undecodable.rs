@@ -16,7 +16,6 @@ use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
 };
 use seatledger_projections::Granularity;
-use std::process::Command as Process;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -66,18 +65,6 @@ async fn two_orgs_one_broken(store: &Store, key: Arc<SigningKey>) -> (Uuid, i64)
     (licenses[0], position)
 }
 
-fn replay(args: &[&str]) -> (bool, String, String) {
-    let output = Process::new(env!("CARGO_BIN_EXE_seatledger-replay"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn usage_of_a_healthy_org_works_and_verify_names_the_undecodable_event() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,7 +75,7 @@ async fn usage_of_a_healthy_org_works_and_verify_names_the_undecodable_event() {
     let healthy = HEALTHY.to_string();
     let broken = BROKEN.to_string();
 
-    let (ok, stdout, stderr) = replay(&[
+    let (ok, stdout, stderr) = common::replay(&[
         "usage",
         "--database-url",
         &url,
@@ -103,7 +90,7 @@ async fn usage_of_a_healthy_org_works_and_verify_names_the_undecodable_event() {
     assert_eq!(rows[0]["license_id"], healthy_license.to_string());
     assert!(stderr.contains("other organizations skipped"), "{stderr}");
 
-    let (ok, stdout, stderr) = replay(&["usage", "--database-url", &url, "--org", &broken]);
+    let (ok, stdout, stderr) = common::replay(&["usage", "--database-url", &url, "--org", &broken]);
     assert!(!ok, "the broken org's usage is incomplete: {stdout}");
     assert!(stderr.contains(&format!("position {position}")), "{stderr}");
 
@@ -112,7 +99,7 @@ async fn usage_of_a_healthy_org_works_and_verify_names_the_undecodable_event() {
         key.key_id(),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key())
     );
-    let (ok, _, stderr) = replay(&[
+    let (ok, _, stderr) = common::replay(&[
         "verify",
         "--database-url",
         &url,

@@ -154,3 +154,60 @@ async fn usage_is_recomputed_from_the_log_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     usage_is_recomputed_from_the_log(&common::sqlite_store(&dir).await).await;
 }
+
+/// Billing jobs consuming JetStream compute what the log says: the log
+/// republished to a stream of the test's own, then `usage --from-nats`
+/// prints the same CSV as `usage` from PostgreSQL.
+#[sqlx::test(migrations = false)]
+async fn usage_from_nats_equals_usage_from_the_log(pool: sqlx::PgPool) {
+    let store = common::pg_store(pool.clone()).await;
+    history(&store).await;
+    let database = common::pg_url(&pool);
+    let nats = std::env::var("SEATLEDGER_TEST_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let id = Uuid::now_v7().simple().to_string();
+    let (stream, prefix) = (format!("TEST_{id}"), format!("test_{id}"));
+    let (ok, out, err) = common::replay(&[
+        "republish",
+        "--database-url",
+        &database,
+        "--nats-url",
+        &nats,
+        "--nats-stream",
+        &stream,
+        "--nats-subject-prefix",
+        &prefix,
+    ]);
+    assert!(ok, "{err}");
+    let (head, _) = store.head(0).await.unwrap();
+    assert!(out.contains(&format!("positions 1..={head}")), "{out}");
+    let (ok, from_nats, err) = common::replay(&[
+        "usage",
+        "--from-nats",
+        &nats,
+        "--nats-stream",
+        &stream,
+        "--granularity",
+        "hour",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, from_log, err) = common::replay(&[
+        "usage",
+        "--database-url",
+        &database,
+        "--granularity",
+        "hour",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(from_nats, from_log);
+    assert_eq!(
+        from_log.lines().count(),
+        2,
+        "a header and a row: {from_log}"
+    );
+    let client = async_nats::connect(&nats).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream(&stream)
+        .await
+        .unwrap();
+}

@@ -1,4 +1,6 @@
-//! Stores for the replay-tool tests: a migrated one per test.
+//! Stores for the replay-tool tests (a migrated one per test) and running
+//! the `seatledger-replay` binary.
+#![allow(dead_code)]
 
 use seatledger_ledger::Store;
 
@@ -19,4 +21,29 @@ pub async fn pg_store(pool: sqlx::PgPool) -> Store {
     let store = Store::from_pg_pool(pool);
     store.migrate().await.unwrap();
     store
+}
+
+/// Runs `seatledger-replay` with `args`: (success, stdout, stderr).
+pub fn replay(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_seatledger-replay"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A URL of the test's PostgreSQL database, for the binary.
+pub fn pg_url(pool: &sqlx::PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres")
+    )
 }
