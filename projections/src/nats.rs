@@ -188,6 +188,8 @@ impl NatsPublisher {
     /// took) the partition's publisher lock on its own live connection.
     async fn lead(&mut self) -> Result<bool, FollowerError> {
         let Store::Postgres(pool) = &self.store else {
+            // SQLite is one process: nobody to share with.
+            self.stats.active.store(true, Ordering::Relaxed);
             return Ok(true);
         };
         if let Some(connection) = &mut self.lock {

@@ -81,21 +81,22 @@ ensure_nats() {
   wait_for_port NATS 4222
 }
 
-# The Redis fault tests start private redis-server processes of their own
-# (on free loopback ports), so the binary is needed even when a Redis
-# already answers on 6379.
-ensure_redis_binary() {
-  command -v redis-server >/dev/null && return 0
+# The Redis and NATS fault tests start private redis-server and nats-server
+# processes of their own (on free loopback ports), so the binaries are
+# needed even when a Redis or a NATS already answers on the usual port.
+ensure_binary() { # command package
+  command -v "$1" >/dev/null && return 0
   if [ "$(id -u)" != 0 ]; then
-    say "redis-server is not installed (the Redis fault tests run their own), and installing it needs root."
+    say "$1 is not installed (the fault tests run their own), and installing it needs root."
     exit 1
   fi
-  apt_install redis-server
+  apt_install "$2"
 }
 
 ensure_services() {
   case "$DATABASE_URL" in *127.0.0.1:5432*|*localhost:5432*) ensure_postgres ;; esac
-  ensure_redis_binary
+  ensure_binary redis-server redis-server
+  ensure_binary nats-server nats-server
   case "${SEATLEDGER_TEST_REDIS_URL:-redis://127.0.0.1:6379}" in *127.0.0.1:6379*|*localhost:6379*) ensure_redis ;; esac
   case "${SEATLEDGER_TEST_NATS_URL:-nats://127.0.0.1:4222}" in *127.0.0.1:4222*|*localhost:4222*) ensure_nats ;; esac
 }
