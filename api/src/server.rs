@@ -158,7 +158,7 @@ impl Server {
                     store.clone(),
                     NatsPublisher::new(store.clone(), 0, config, client, stats.clone()),
                     publisher_notifier,
-                    RunnerConfig::default(),
+                    nats::runner_config(),
                     metrics.nats.clone(),
                     followers_shutdown.clone(),
                 )));

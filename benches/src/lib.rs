@@ -2,7 +2,13 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use seatledger_ledger::Store;
+use seatledger_ledger::domain::{
+    Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
+};
+use seatledger_ledger::{
+    Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
+};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Removes what `fresh_store` created.
@@ -41,4 +47,66 @@ pub async fn fresh_store(url: &str) -> anyhow::Result<(Store, Cleanup)> {
         Ok(())
     });
     Ok((store, cleanup))
+}
+
+/// About `events` events: per license, acquires that stay live and
+/// heartbeats, 256 submissions in flight.
+/// Returns the tenant and how many leases are open.
+pub async fn fill_live_leases(store: &Store, events: u64) -> anyhow::Result<(Uuid, u64)> {
+    let (appender, task) = Appender::start(
+        store.clone(),
+        Arc::new(SigningKey::generate()?),
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        AppenderConfig::default(),
+    );
+    let tenant = Uuid::now_v7();
+    let licenses: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
+    for license_id in &licenses {
+        let issue = Command::IssueLicense {
+            license_id: *license_id,
+            name: Name::parse("bench")?,
+            seats: SeatCount::new(100_000)?,
+            expires_at: None,
+            heartbeat_ttl_s: HeartbeatTtl::new(86_400)?,
+            max_overage_percent: OveragePercent::default(),
+        };
+        appender.submit(Submission::new(tenant, issue)).await?;
+    }
+    let per_client = events / 256 + 1;
+    let workers: Vec<_> = (0..256u64)
+        .map(|client| {
+            let appender = appender.clone();
+            let license_id = licenses[(client % 64) as usize];
+            tokio::spawn(async move {
+                let mut sessions: Vec<Uuid> = Vec::new();
+                for step in 0..per_client {
+                    let command = if step % 4 == 3 && !sessions.is_empty() {
+                        Command::Heartbeat {
+                            license_id,
+                            session_id: sessions[(step as usize / 4) % sessions.len()],
+                        }
+                    } else {
+                        let session_id = Uuid::now_v7();
+                        sessions.push(session_id);
+                        Command::AcquireSeat {
+                            license_id,
+                            session_id,
+                            user_id: Uuid::now_v7(),
+                            hardware_id: HardwareId::parse(&format!("m-{client}-{step}"))?,
+                        }
+                    };
+                    appender.submit(Submission::new(tenant, command)).await?;
+                }
+                anyhow::Ok(sessions.len() as u64)
+            })
+        })
+        .collect();
+    let mut open = 0;
+    for worker in workers {
+        open += worker.await??;
+    }
+    drop(appender);
+    task.await?;
+    Ok((tenant, open))
 }

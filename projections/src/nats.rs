@@ -42,6 +42,18 @@ pub const PUBLISH_WINDOW_DEFAULT: usize = 256;
 pub const PUBLISH_WINDOW_MAX: usize = 4_096;
 /// How long an ack may take before the publish counts as failed.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Positions the publisher reads per range: the ack pipeline drains at the
+/// end of each range (the checkpoint follows the acks), so ranges are long.
+pub const PUBLISHER_BATCH: i64 = 10_000;
+
+/// How `serve` runs the publisher.
+pub fn runner_config() -> crate::runner::RunnerConfig {
+    crate::runner::RunnerConfig {
+        batch: PUBLISHER_BATCH,
+        ..crate::runner::RunnerConfig::default()
+    }
+}
+
 /// The advisory lock of partition `p`'s publisher is this plus `p`
 /// (distinct from the appender's partition locks).
 const PUBLISHER_LOCK_NAMESPACE: i64 = 0x5EA7_4A75_0000_0000;
@@ -72,7 +84,8 @@ impl NatsConfig {
         }
     }
 
-    fn stream_config(&self) -> jetstream::stream::Config {
+    /// The stream seatledger creates when it is missing.
+    pub fn stream_config(&self) -> jetstream::stream::Config {
         jetstream::stream::Config {
             name: self.stream.clone(),
             subjects: vec![format!("{}.>", self.subject_prefix)],

@@ -138,7 +138,9 @@ pub async fn run<F: Follower>(
     }
 }
 
-/// Applies everything up to the current head, range by range.
+/// Applies everything up to the current head, range by range. The next
+/// range is read while the follower applies the current one, so reading
+/// the log and writing the output overlap.
 async fn catch_up<F: Follower>(
     store: &Store,
     follower: &mut F,
@@ -148,14 +150,23 @@ async fn catch_up<F: Follower>(
     let (head, _) = store.head(config.partition).await?;
     let mut position = follower.position().await?;
     status.position.store(position, Ordering::Relaxed);
-    while position < head {
-        let through = head.min(position.saturating_add(config.batch.max(1)));
-        let events = store
-            .read_range(config.partition, position, through)
-            .await?;
+    let read = |after: i64| {
+        let store = store.clone();
+        let partition = config.partition;
+        let through = head.min(after.saturating_add(config.batch.max(1)));
+        tokio::spawn(async move { store.read_range(partition, after, through).await })
+    };
+    let mut next = (position < head).then(|| read(position));
+    while let Some(reading) = next.take() {
+        let events = reading
+            .await
+            .map_err(|error| FollowerError::Output(format!("reading the log: {error}")))??;
         let Some(last) = events.last().map(|event| event.position) else {
             break;
         };
+        if last < head {
+            next = Some(read(last));
+        }
         follower.apply(&events).await?;
         position = last;
         status.position.store(position, Ordering::Relaxed);
