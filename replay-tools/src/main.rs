@@ -7,7 +7,7 @@
 use anyhow::Context;
 use base64::Engine;
 use clap::{Parser, Subcommand};
-use seatledger_ledger::{SigningKey, Store};
+use seatledger_ledger::{SigningKey, Store, StoreError};
 use seatledger_projections::{nats, Granularity, NatsConfig};
 use seatledger_schema::Timestamp;
 use std::time::Instant;
@@ -121,9 +121,7 @@ async fn republish(
     from: i64,
     to: Option<i64>,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(database_url)
-        .await
-        .context("cannot open the event store")?;
+    let store = open_read_only(database_url).await?;
     let client = async_nats::connect(&config.url)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.url))?;
@@ -149,6 +147,19 @@ async fn republish(
     Ok(())
 }
 
+/// Opens the event store read-only. A SQLite file that does not exist is a
+/// usage error (exit 2), never a new empty database.
+async fn open_read_only(database_url: &str) -> anyhow::Result<Store> {
+    match Store::connect_read_only(database_url).await {
+        Ok(store) => Ok(store),
+        Err(StoreError::Missing(path)) => {
+            eprintln!("seatledger-replay: no event store at {path}: the file does not exist");
+            std::process::exit(2);
+        }
+        Err(error) => Err(anyhow::Error::new(error).context("cannot open the event store")),
+    }
+}
+
 fn parse_timestamp(text: &str) -> Result<Timestamp, String> {
     Timestamp::parse(text).map_err(|e| format!("expected an RFC 3339 instant: {e}"))
 }
@@ -160,9 +171,7 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             public_key,
         } => {
-            let store = Store::connect(&database_url)
-                .await
-                .context("cannot open the event store")?;
+            let store = open_read_only(&database_url).await?;
             let (key_id, key) = match public_key {
                 Some(text) => {
                     let (id, encoded) = text
@@ -174,9 +183,10 @@ async fn main() -> anyhow::Result<()> {
                     (id.to_owned(), bytes)
                 }
                 None => {
-                    let stored = SigningKey::load(None, &store)
-                        .await
-                        .context("no key in the database")?;
+                    let document = store.stored_signing_key().await?.context(
+                        "the database holds no signing key: pass --public-key KEY_ID:BASE64URL",
+                    )?;
+                    let stored = SigningKey::from_pkcs8(&document)?;
                     (stored.key_id().to_owned(), stored.public_key().to_vec())
                 }
             };
@@ -212,9 +222,7 @@ async fn main() -> anyhow::Result<()> {
                         .await?
                 }
                 None => {
-                    let store = Store::connect(&database_url)
-                        .await
-                        .context("cannot open the event store")?;
+                    let store = open_read_only(&database_url).await?;
                     seatledger_replay::usage(&store, 0, granularity, as_of).await?
                 }
             };

@@ -107,3 +107,31 @@ async fn verify_rejects_a_deleted_event_in_sqlite() {
         "{error}"
     );
 }
+
+/// A SQLite path that does not exist is a usage error (exit 2) naming it,
+/// and no file appears: the tools never create a database.
+#[test]
+fn a_missing_sqlite_file_is_a_usage_error_and_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.db");
+    let url = format!("sqlite:{}", path.display());
+    for command in ["verify", "usage"] {
+        let (code, _, err) = common::replay_code(&[command, "--database-url", &url]);
+        assert_eq!(code, Some(2), "{command}: {err}");
+        assert!(err.contains("does not exist"), "{command}: {err}");
+        assert!(!path.exists(), "{command} created {}", path.display());
+    }
+}
+
+/// verify without --public-key on a database that holds no key refuses,
+/// and writes nothing (it used to insert a new key into what it audits).
+#[tokio::test]
+async fn verify_never_writes_a_key_into_the_database_it_audits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(&dir).await;
+    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let (ok, _, err) = common::replay(&["verify", "--database-url", &url]);
+    assert!(!ok);
+    assert!(err.contains("holds no signing key"), "{err}");
+    assert_eq!(store.stored_signing_key().await.unwrap(), None);
+}

@@ -29,6 +29,9 @@ pub enum StoreError {
     /// A stored row cannot be read back: a bug or tampering.
     #[error("corrupt row in event store: {0}")]
     Corrupt(String),
+    /// A read-only open of a SQLite file that does not exist.
+    #[error("no event store at {0}: the file does not exist")]
+    Missing(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -169,6 +172,51 @@ impl Store {
             .connect_with(options)
             .await?;
         Ok(Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(()))))
+    }
+
+    /// Opens `url` for reading only, for the auditor tools: PostgreSQL
+    /// sessions are read-only transactions (a write fails), and a SQLite
+    /// file is opened read-only and must exist (a typo is an error, never
+    /// a new empty database). Never migrates.
+    pub async fn connect_read_only(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = sqlx::postgres::PgConnectOptions::from_str(url)?
+                .application_name("seatledger-replay")
+                .options([("default_transaction_read_only", "on")]);
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(POSTGRES_POOL_MAX)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            return Ok(Store::Postgres(pool));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if !std::path::Path::new(path).is_file() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(ACQUIRE_TIMEOUT);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(SQLITE_POOL_MAX)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(()))))
+    }
+
+    /// The signing key kept in the database, if any (never creates one).
+    pub async fn stored_signing_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        const SELECT: &str = "SELECT pkcs8 FROM signing_keys ORDER BY created_at, key_id LIMIT 1";
+        Ok(match self {
+            Store::Postgres(pool) => sqlx::query_scalar(SELECT).fetch_optional(pool).await?,
+            Store::Sqlite(pool, _) => sqlx::query_scalar(SELECT).fetch_optional(pool).await?,
+        })
     }
 
     /// The store the appender writes through. On PostgreSQL it is a pool

@@ -25,12 +25,18 @@ pub async fn pg_store(pool: sqlx::PgPool) -> Store {
 
 /// Runs `seatledger-replay` with `args`: (success, stdout, stderr).
 pub fn replay(args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = replay_code(args);
+    (code == Some(0), out, err)
+}
+
+/// Runs `seatledger-replay` with `args`: (exit code, stdout, stderr).
+pub fn replay_code(args: &[&str]) -> (Option<i32>, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_seatledger-replay"))
         .args(args)
         .output()
         .unwrap();
     (
-        output.status.success(),
+        output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
