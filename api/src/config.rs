@@ -86,6 +86,11 @@ pub struct ServeArgs {
     pub redis_prefix: String,
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// `open`: anyone who reaches the server can register an organization
+    /// (`POST /api/v1/auth/register`); `closed`: register answers 403 and
+    /// the operator creates owners with `seatledger admin create-owner`.
+    #[arg(long, env = "SEATLEDGER_REGISTRATION", default_value = "open", value_parser = ["open", "closed"])]
+    pub registration: String,
     /// Seconds a request may take before it is answered 503
     /// `request_timeout` (with Retry-After) instead of hanging.
     #[arg(long, env = "SEATLEDGER_REQUEST_TIMEOUT_S", default_value_t = 30.0, value_parser = parse_request_timeout)]

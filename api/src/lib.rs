@@ -3,6 +3,7 @@
 //! build a command, one call into the ledger, answer.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;

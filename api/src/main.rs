@@ -1,4 +1,4 @@
-//! `seatledger serve | migrate`.
+//! `seatledger serve | migrate | admin create-owner`.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -26,6 +26,47 @@ enum Commands {
     Serve(Box<ServeArgs>),
     /// Apply the event store's migrations and exit.
     Migrate(DatabaseArgs),
+    /// Operator commands against the store (with or without a server running).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Register an organization and its owner (whatever `--registration`
+    /// says). The password is read from a prompt on a terminal, else from
+    /// the first line of standard input. Prints the owner's ids.
+    CreateOwner {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The same key file the server uses (`--signing-key`), if any.
+        #[arg(long, env = "SEATLEDGER_SIGNING_KEY")]
+        signing_key: Option<std::path::PathBuf>,
+        #[arg(long)]
+        email: String,
+        /// The organization's name.
+        #[arg(long)]
+        company: String,
+        /// The owner's name (default: the email).
+        #[arg(long)]
+        full_name: Option<String>,
+    },
+}
+
+/// The password: a prompt without echo on a terminal, else one line of
+/// standard input.
+fn read_password() -> anyhow::Result<String> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return rpassword::prompt_password("password for the new owner: ")
+            .context("cannot read the password");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 #[tokio::main]
@@ -55,6 +96,41 @@ async fn main() -> anyhow::Result<()> {
             store.migrate().await.context("migration failed")?;
             println!("migrated {}", redacted_url(&args.database_url));
             Ok(())
+        }
+        Commands::Admin {
+            command:
+                AdminCommand::CreateOwner {
+                    database,
+                    signing_key,
+                    email,
+                    company,
+                    full_name,
+                },
+        } => {
+            let password = read_password()?;
+            let store = seatledger_ledger::Store::connect(&database.database_url)
+                .await
+                .with_context(|| format!("cannot open {}", redacted_url(&database.database_url)))?;
+            let owner = seatledger_api::admin::NewOwner {
+                full_name: full_name.unwrap_or_else(|| email.clone()),
+                email,
+                company,
+                password,
+            };
+            match seatledger_api::admin::create_owner(store, signing_key.as_deref(), owner).await {
+                Ok(principal) => {
+                    println!(
+                        "created organization {} with owner {}",
+                        principal.org_id, principal.user_id
+                    );
+                    Ok(())
+                }
+                Err(seatledger_api::admin::AdminError::Invalid(detail)) => {
+                    eprintln!("seatledger admin create-owner: {detail}");
+                    std::process::exit(2);
+                }
+                Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
+            }
         }
     }
 }

@@ -179,6 +179,7 @@ impl Server {
             clock,
             metrics,
             nats,
+            registration_open: args.registration == "open",
             request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
         };
         Ok(Server {

@@ -47,6 +47,8 @@ pub struct AppState {
     pub signer: Arc<SigningKey>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// Whether `POST /api/v1/auth/register` is open (`--registration`).
+    pub registration_open: bool,
     /// The NATS publisher's state, when `--nats-url` is set.
     pub nats: Option<Arc<PublisherStats>>,
     /// How long a request may take before it is answered 503.

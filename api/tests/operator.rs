@@ -65,6 +65,15 @@ async fn every_response_has_a_request_id_and_events_carry_it(pool: sqlx::PgPool)
 /// The real `seatledger serve` on the embedded default in `dir`, on a free
 /// loopback port, with stderr on a pipe and `global_args` before `serve`.
 fn spawn_server(dir: &tempfile::TempDir, global_args: &[&str]) -> std::process::Child {
+    spawn_server_with(dir, global_args, &[])
+}
+
+/// [`spawn_server`] with `serve_args` after `serve`.
+fn spawn_server_with(
+    dir: &tempfile::TempDir,
+    global_args: &[&str],
+    serve_args: &[&str],
+) -> std::process::Child {
     let database = format!("sqlite:{}", dir.path().join("seatledger.db").display());
     Command::new(env!("CARGO_BIN_EXE_seatledger"))
         .args(global_args)
@@ -75,6 +84,7 @@ fn spawn_server(dir: &tempfile::TempDir, global_args: &[&str]) -> std::process::
             "--database-url",
             &database,
         ])
+        .args(serve_args)
         .env_remove("NO_COLOR")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -112,15 +122,7 @@ fn logs_to_a_pipe_are_plain_text() {
 /// One HTTP/1.1 exchange over a plain socket (the test runs without an
 /// async runtime); returns the response body.
 fn http(address: &str, request: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+    http_full(address, request).1
 }
 
 /// `--log-format json`: every line is a JSON object, and a request's line
@@ -177,4 +179,125 @@ fn json_logs_parse_and_name_the_request_and_its_org() {
     assert_eq!(logged["fields"]["status"], 200, "{logged}");
     assert_eq!(logged["span"]["request_id"], "list-1", "{logged}");
     assert_eq!(logged["span"]["org_id"], org_id, "{logged}");
+}
+
+/// `seatledger admin create-owner` with the password on standard input:
+/// (exit code, stdout, stderr).
+fn create_owner(
+    dir: &tempfile::TempDir,
+    email: &str,
+    password: &str,
+) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let database = format!("sqlite:{}", dir.path().join("seatledger.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seatledger"))
+        .args(["admin", "create-owner", "--database-url", &database])
+        .args([
+            "--email",
+            email,
+            "--company",
+            "Acme",
+            "--full-name",
+            "Root Admin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `--registration closed`: register answers 403 `registration_closed`
+/// and creates nothing; `seatledger admin create-owner` creates the first
+/// owner (and refuses bad input with exit 2), who then logs in.
+#[test]
+fn closed_registration_refuses_register_and_admin_creates_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = create_owner(&dir, "root@example.com", "correct horse battery");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("created organization "), "{out}");
+    let (code, _, err) = create_owner(&dir, "not-an-email", "correct horse battery");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("email"), "{err}");
+    let (code, _, err) = create_owner(&dir, "short@example.com", "short");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("password"), "{err}");
+
+    let mut server = spawn_server_with(
+        &dir,
+        &["--log-format", "json"],
+        &["--registration", "closed"],
+    );
+    let stderr = server.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if line["fields"]["message"] == "seatledger listening" {
+            break line["fields"]["address"].as_str().unwrap().to_owned();
+        }
+    };
+    let post = |path: &str, body: &str| {
+        http_full(
+            &address,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (status, body) = post(
+        "/api/v1/auth/register",
+        r#"{"email":"eve@example.com","password":"correct horse battery","full_name":"Eve","company_name":"Evil"}"#,
+    );
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("registration_closed")),
+        "{body}"
+    );
+    let (status, body) = post(
+        "/api/v1/auth/login",
+        r#"{"email":"eve@example.com","password":"correct horse battery"}"#,
+    );
+    assert_eq!(status, 401, "nothing was created: {body}");
+    let (status, body) = post(
+        "/api/v1/auth/login",
+        r#"{"email":"root@example.com","password":"correct horse battery"}"#,
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("api_token"), "{body}");
+}
+
+/// One HTTP/1.1 exchange: (status, body).
+fn http_full(address: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

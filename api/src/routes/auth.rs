@@ -1,6 +1,6 @@
 //! Registration and login.
 
-use super::{metadata, submit};
+use super::metadata;
 use crate::auth::{
     hash_password, random_secret, secret_hash, verify_password, Principal, TOKEN_PREFIX,
 };
@@ -43,28 +43,66 @@ pub(crate) async fn create_user(
     command: Command,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
+    record_user(
+        &state.directory,
+        &state.appender,
+        principal,
+        email,
+        password,
+        command,
+        metadata(Some(principal), headers),
+    )
+    .await
+}
+
+/// [`create_user`] without a server: the directory and appender given.
+pub async fn record_user(
+    directory: &crate::directory::Directory,
+    appender: &seatledger_ledger::Appender,
+    principal: &Principal,
+    email: &Email,
+    password: String,
+    command: Command,
+    metadata: seatledger_schema::Metadata,
+) -> Result<(), ApiError> {
     let password_hash = hash_password(password).await?;
     let record = UserRecord {
         principal: *principal,
         email: email.as_str().to_owned(),
         password_hash,
     };
-    state.directory.insert_user(&record).await?;
-    let recorded = submit(
-        state,
-        principal.org_id,
-        command,
-        metadata(Some(principal), headers),
-        None,
-    )
-    .await;
+    directory.insert_user(&record).await?;
+    let submission =
+        seatledger_ledger::Submission::new(principal.org_id, command).with_metadata(metadata);
+    let recorded = appender.submit(submission).await.map_err(ApiError::from);
     if !matches!(&recorded, Ok(result) if result.is_accepted()) {
-        if let Err(error) = state.directory.delete_user(principal.user_id).await {
+        if let Err(error) = directory.delete_user(principal.user_id).await {
             tracing::error!(error = %error, "cannot undo a user that was not recorded");
         }
         super::accepted(recorded?)?;
     }
     Ok(())
+}
+
+/// A new organization with its owner: the principal and the command that
+/// records both.
+pub fn new_organization(email: &Email, full_name: &Name, company: &Name) -> (Principal, Command) {
+    let principal = Principal {
+        user_id: Uuid::now_v7(),
+        org_id: Uuid::now_v7(),
+        role: Role::Owner,
+    };
+    let command = Command::RegisterOrganization {
+        org_id: principal.org_id,
+        name: company.clone(),
+        owner: Some(NewUser {
+            user_id: principal.user_id,
+            email: email.clone(),
+            full_name: full_name.clone(),
+            role: Role::Owner,
+        }),
+    };
+    (principal, command)
 }
 
 /// A new bearer token for `principal`, stored as its hash.
@@ -114,6 +152,7 @@ pub struct RegisterResponse {
     request_body = RegisterRequest,
     responses(
         (status = 201, body = RegisterResponse),
+        (status = 403, description = "`registration_closed`: the server runs with `--registration closed`", body = ProblemDoc),
         (status = 409, description = "`email_taken`", body = ProblemDoc),
         (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
@@ -123,6 +162,13 @@ pub async fn register(
     headers: HeaderMap,
     body: JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    if !state.registration_open {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "registration_closed",
+            "this server does not register organizations; its operator creates owners with `seatledger admin create-owner`",
+        ));
+    }
     let request = body.value;
     let email = Email::parse(&request.email)?;
     let full_name = Name::parse(&request.full_name)?;
@@ -133,21 +179,7 @@ pub async fn register(
         ))
     })?;
     check_password(&request.password)?;
-    let principal = Principal {
-        user_id: Uuid::now_v7(),
-        org_id: Uuid::now_v7(),
-        role: Role::Owner,
-    };
-    let command = Command::RegisterOrganization {
-        org_id: principal.org_id,
-        name: company.clone(),
-        owner: Some(NewUser {
-            user_id: principal.user_id,
-            email: email.clone(),
-            full_name: full_name.clone(),
-            role: Role::Owner,
-        }),
-    };
+    let (principal, command) = new_organization(&email, &full_name, &company);
     create_user(
         &state,
         &principal,

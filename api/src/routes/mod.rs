@@ -3,7 +3,7 @@
 //! and cannot drift apart. Trailing slashes are trimmed before routing (see
 //! `server`).
 
-mod auth;
+pub(crate) mod auth;
 mod events;
 mod health;
 mod keys;

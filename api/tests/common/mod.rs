@@ -24,6 +24,7 @@ fn args(database_url: String) -> ServeArgs {
         redis_url: None,
         redis_prefix: "seatledger:".into(),
         nats: NatsArgs::off(),
+        registration: "open".into(),
         request_timeout_s: 30.0,
         reaper_interval_s: 30.0,
     }
