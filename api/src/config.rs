@@ -129,6 +129,127 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
+impl ServeArgs {
+    /// The effective configuration as `key = value` lines of a config
+    /// file (keys are the flags without `--`; passwords in URLs redacted).
+    pub fn to_toml(&self) -> String {
+        let quoted = |text: &str| format!("{text:?}");
+        let optional = |value: Option<String>| match value {
+            Some(value) => quoted(&value),
+            None => "# (not set)".to_owned(),
+        };
+        let lines = [
+            ("listen", quoted(&self.listen.to_string())),
+            (
+                "database-url",
+                quoted(&redacted_url(&self.database.database_url)),
+            ),
+            (
+                "signing-key",
+                optional(
+                    self.signing_key
+                        .as_ref()
+                        .map(|path| path.display().to_string()),
+                ),
+            ),
+            (
+                "redis-url",
+                optional(self.redis_url.as_deref().map(redacted_url)),
+            ),
+            ("redis-prefix", quoted(&self.redis_prefix)),
+            (
+                "nats-url",
+                optional(self.nats.url.as_deref().map(redacted_url)),
+            ),
+            ("nats-stream", quoted(&self.nats.stream)),
+            ("nats-subject-prefix", quoted(&self.nats.subject_prefix)),
+            ("nats-replicas", self.nats.replicas.to_string()),
+            ("nats-max-age-s", self.nats.max_age_s.to_string()),
+            ("nats-window", self.nats.window.to_string()),
+            ("registration", quoted(&self.registration)),
+            ("request-timeout-s", format!("{:?}", self.request_timeout_s)),
+            ("reaper-interval-s", format!("{:?}", self.reaper_interval_s)),
+        ];
+        lines
+            .iter()
+            .map(|(key, value)| {
+                if value.starts_with('#') {
+                    format!("# {key} = {}\n", &value[2..])
+                } else {
+                    format!("{key} = {value}\n")
+                }
+            })
+            .collect()
+    }
+}
+
+/// The values of a config file (`--config FILE`, TOML, keys are the flags
+/// without `--`) as defaults of `command`'s arguments, so that a flag wins
+/// over its environment variable, which wins over the file, which wins
+/// over the built-in default. Applied to every subcommand (and nested
+/// subcommand) that has the argument; a key no subcommand has is an error.
+pub fn apply_config_file(
+    mut command: clap::Command,
+    path: &std::path::Path,
+) -> Result<clap::Command, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|error| format!("config file {}: {error}", path.display()))?;
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::Float(number) => number.to_string(),
+            toml::Value::Boolean(flag) => flag.to_string(),
+            other => {
+                return Err(format!(
+                    "config file {}: {key} must be a string, number or boolean, not {}",
+                    path.display(),
+                    other.type_str()
+                ))
+            }
+        };
+        // Start-up only, once per key: the value lives as long as the
+        // command does.
+        let value: &'static str = Box::leak(value.into_boxed_str());
+        let mut found = false;
+        command = set_default(command, &key, value, &mut found);
+        if !found {
+            return Err(format!(
+                "config file {}: unknown key {key:?} (keys are the flags of `seatledger serve` without --)",
+                path.display()
+            ));
+        }
+    }
+    Ok(command)
+}
+
+fn set_default(
+    mut command: clap::Command,
+    key: &str,
+    value: &'static str,
+    found: &mut bool,
+) -> clap::Command {
+    let id = command
+        .get_arguments()
+        .find(|argument| argument.get_long() == Some(key) && argument.get_id() != "config")
+        .map(|argument| argument.get_id().clone());
+    if let Some(id) = id {
+        *found = true;
+        command = command.mut_arg(id, |argument| argument.default_value(value));
+    }
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    for name in names {
+        command = command.mut_subcommand(name, |sub| set_default(sub, key, value, found));
+    }
+    command
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

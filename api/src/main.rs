@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use seatledger_api::config::redacted_url;
 use seatledger_api::{DatabaseArgs, ServeArgs};
 
@@ -16,6 +16,11 @@ struct Cli {
     /// Log lines as `text` (human-readable) or `json` (one object per line).
     #[arg(long, env = "SEATLEDGER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     log_format: String,
+    /// A TOML file of settings, keys named as the flags without `--`
+    /// (see seatledger.example.toml); a flag wins over its environment
+    /// variable, which wins over the file.
+    #[arg(long, env = "SEATLEDGER_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Commands,
 }
@@ -26,11 +31,23 @@ enum Commands {
     Serve(Box<ServeArgs>),
     /// Apply the event store's migrations and exit.
     Migrate(DatabaseArgs),
+    /// The configuration `serve` would run with.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Operator commands against the store (with or without a server running).
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the effective configuration (flags, environment, config file,
+    /// defaults) as a config file, passwords redacted; exits 2 on an error.
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Subcommand)]
@@ -55,6 +72,33 @@ enum AdminCommand {
     },
 }
 
+/// The command line, with a config file's values (`--config` or
+/// `SEATLEDGER_CONFIG`) as defaults below flags and environment.
+fn parse_cli() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut path = std::env::var_os("SEATLEDGER_CONFIG").map(std::path::PathBuf::from);
+    for (index, arg) in args.iter().enumerate() {
+        let text = arg.to_string_lossy();
+        if text == "--config" {
+            path = args.get(index + 1).map(std::path::PathBuf::from);
+        } else if let Some(value) = text.strip_prefix("--config=") {
+            path = Some(value.into());
+        }
+    }
+    let mut command = Cli::command();
+    if let Some(path) = path {
+        command = match seatledger_api::config::apply_config_file(command, &path) {
+            Ok(command) => command,
+            Err(error) => {
+                eprintln!("seatledger: {error}");
+                std::process::exit(2);
+            }
+        };
+    }
+    let matches = command.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
 /// The password: a prompt without echo on a terminal, else one line of
 /// standard input.
 fn read_password() -> anyhow::Result<String> {
@@ -71,7 +115,7 @@ fn read_password() -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // Logs go to stderr, in colour only on a terminal and without NO_COLOR:
     // a log file or a pipe gets plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -95,6 +139,12 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open {}", redacted_url(&args.database_url)))?;
             store.migrate().await.context("migration failed")?;
             println!("migrated {}", redacted_url(&args.database_url));
+            Ok(())
+        }
+        Commands::Config {
+            command: ConfigCommand::Check(args),
+        } => {
+            print!("{}", args.to_toml());
             Ok(())
         }
         Commands::Admin {

@@ -301,3 +301,91 @@ fn http_full(address: &str, request: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Config precedence: a flag wins over its environment variable, which
+/// wins over the config file, which wins over the default; `config check`
+/// prints the result with passwords redacted; an unknown key is exit 2.
+#[test]
+fn config_file_environment_and_flags_take_precedence_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seatledger.toml");
+    std::fs::write(
+        &file,
+        r#"
+listen = "127.0.0.1:9999"
+database-url = "postgres://app:s3cret@127.0.0.1:5432/ledger"
+redis-prefix = "from-file:"
+reaper-interval-s = 7
+registration = "closed"
+"#,
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)], flags: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_seatledger"))
+            .args(["--config", file.to_str().unwrap(), "config", "check"])
+            .args(flags)
+            .env_remove("SEATLEDGER_REDIS_PREFIX")
+            .env_remove("SEATLEDGER_REAPER_INTERVAL_S")
+            .env_remove("SEATLEDGER_LISTEN")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let from_file = check(&[], &[]);
+    for line in [
+        "listen = \"127.0.0.1:9999\"",
+        "database-url = \"postgres://app:***@127.0.0.1:5432/ledger\"",
+        "redis-prefix = \"from-file:\"",
+        "reaper-interval-s = 7.0",
+        "registration = \"closed\"",
+        "request-timeout-s = 30.0",
+    ] {
+        assert!(
+            from_file.lines().any(|l| l == line),
+            "{line} in\n{from_file}"
+        );
+    }
+    assert!(!from_file.contains("s3cret"));
+    let env = [
+        ("SEATLEDGER_REDIS_PREFIX", "from-env:"),
+        ("SEATLEDGER_REAPER_INTERVAL_S", "8"),
+        ("SEATLEDGER_LISTEN", "127.0.0.1:7777"),
+    ];
+    let overridden = check(
+        &env,
+        &["--reaper-interval-s", "9", "--listen", "127.0.0.1:6666"],
+    );
+    for line in [
+        "redis-prefix = \"from-env:\"",
+        "reaper-interval-s = 9.0",
+        "listen = \"127.0.0.1:6666\"",
+        "registration = \"closed\"",
+    ] {
+        assert!(
+            overridden.lines().any(|l| l == line),
+            "{line} in\n{overridden}"
+        );
+    }
+
+    std::fs::write(&file, "lissen = \"127.0.0.1:1\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_seatledger"))
+        .args(["--config", file.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("unknown key \"lissen\""), "{err}");
+}
+
+/// The example config file in the repository is valid.
+#[test]
+fn the_example_config_file_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../seatledger.example.toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_seatledger"))
+        .args(["--config", example, "config", "check"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
