@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Org, Reply, TestApp};
+use common::{eventually, Org, PrivateServer, Reply, TestApp};
 use seatledger_schema::Timestamp;
 use serde_json::json;
 use std::time::Duration;
@@ -169,90 +169,17 @@ async fn the_reaper_frees_the_seat_of_a_client_that_stopped_heartbeating(pool: s
     app.stop().await;
 }
 
-/// A redis-server of the test's own on a free loopback port, so it can be
-/// stopped and restarted empty without touching other tests.
-struct PrivateRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = PrivateRedis { port, child: None };
-        redis.restart().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it (empty: nothing is kept on disk) and waits until it answers.
-    async fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs it)");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Polls `condition` (every 20 ms, 20 s at most).
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Redis stopped mid-workload: seats keep being granted and denied exactly,
 /// reads come from the ledger, ready stays 200 and says `degraded`, the
 /// reaper still expires silent clients; Redis back, empty: the counts are
 /// rebuilt from position 0 and serve reads again, with the true figures.
 #[sqlx::test(migrations = false)]
 async fn seats_work_while_redis_is_down_and_the_counts_come_back(pool: sqlx::PgPool) {
-    let mut redis = PrivateRedis::start().await;
+    let mut redis = PrivateServer::start(common::redis_server).await;
     let prefix = format!("test:{}:", uuid::Uuid::now_v7());
-    let app = TestApp::postgres_with_redis(pool, &redis.url(), &prefix).await;
+    let app =
+        TestApp::postgres_with_redis(pool, &format!("redis://127.0.0.1:{}", redis.port), &prefix)
+            .await;
     let org = app.register("ada@example.com").await;
     let (license_id, key) = app.issue(&org, json!({"name": "IDE", "seats": 3})).await;
     assert_eq!(app.acquire(&org, &key, "m1").await.status, 201);
@@ -263,7 +190,7 @@ async fn seats_work_while_redis_is_down_and_the_counts_come_back(pool: sqlx::PgP
     assert_eq!((ready.status, &ready.body["redis"]), (200, &json!("ok")));
     assert_eq!(app.metric("seatledger_hot_read_fallbacks_total").await, 0);
 
-    redis.stop();
+    redis.kill();
     assert_eq!(app.acquire(&org, &key, "m2").await.status, 201);
     assert_eq!(app.acquire(&org, &key, "m3").await.status, 201);
     assert_eq!(
@@ -278,7 +205,7 @@ async fn seats_work_while_redis_is_down_and_the_counts_come_back(pool: sqlx::PgP
         .await;
     assert_eq!(sessions.body.as_array().map(Vec::len), Some(3));
     assert!(app.metric("seatledger_hot_read_fallbacks_total").await > 0);
-    eventually("ready says redis is degraded", || async {
+    eventually("ready says redis is degraded", 20, || async {
         let ready = app.send("GET", "/api/v1/health/ready", None, None).await;
         ready.status == 200 && ready.body["redis"] == "degraded"
     })
@@ -286,7 +213,7 @@ async fn seats_work_while_redis_is_down_and_the_counts_come_back(pool: sqlx::PgP
     // The clients go silent: the reaper, unable to ask Redis, finds their
     // stale leases in the ledger's database and expires them.
     app.clock.advance_seconds(400);
-    eventually("the reaper expires the three leases", || async {
+    eventually("the reaper expires the three leases", 20, || async {
         let expired = app.event_types().await;
         expired.iter().filter(|t| *t == "SeatExpired").count() == 3
     })
@@ -294,7 +221,7 @@ async fn seats_work_while_redis_is_down_and_the_counts_come_back(pool: sqlx::PgP
 
     redis.restart().await;
     let head = app.store.head(0).await.unwrap().0;
-    eventually("the counts are rebuilt in the new Redis", || async {
+    eventually("the counts are rebuilt in the new Redis", 20, || async {
         let ready = app.send("GET", "/api/v1/health/ready", None, None).await;
         ready.body["redis"] == "ok" && ready.body["hot_counts"]["position"].as_i64() >= Some(head)
     })

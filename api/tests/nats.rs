@@ -4,92 +4,11 @@
 
 mod common;
 
-use common::TestApp;
+use common::{eventually, PrivateServer, TestApp};
 use seatledger_api::NatsArgs;
 use seatledger_projections::EventConsumer;
 use serde_json::json;
 use std::time::Duration;
-
-struct PrivateNats {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateNats {
-    async fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut nats = PrivateNats {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        nats.restart().await;
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it on its store directory and waits until it accepts.
-    async fn restart(&mut self) {
-        let child = std::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-sd")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server (scripts/test installs it)");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `condition` (every 50 ms, `seconds` at most).
-async fn eventually<F, Fut>(what: &str, seconds: u64, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// NATS killed (SIGKILL) in the middle of a workload of more than 5,000
 /// events and restarted: every write was answered meanwhile, ready said
@@ -97,12 +16,13 @@ where
 /// in position order.
 #[sqlx::test(migrations = false)]
 async fn nats_killed_mid_workload_loses_and_repeats_nothing(pool: sqlx::PgPool) {
-    let mut nats = PrivateNats::start().await;
+    let mut nats = PrivateServer::start(common::nats_server).await;
+    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
     let stream = "SEATLEDGER_FAULT";
     let app = TestApp::postgres_with_nats(
         pool,
         NatsArgs {
-            url: Some(nats.url()),
+            url: Some(nats_url.clone()),
             stream: stream.into(),
             ..NatsArgs::off()
         },
@@ -174,7 +94,7 @@ async fn nats_killed_mid_workload_loses_and_repeats_nothing(pool: sqlx::PgPool) 
     assert_eq!(ready.body["nats"], "ok");
     assert_eq!(ready.body["event_stream"]["lag"], 0);
 
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = async_nats::connect(nats_url.clone()).await.unwrap();
     let mut info = async_nats::jetstream::new(client.clone())
         .get_stream(stream)
         .await

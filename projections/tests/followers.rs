@@ -120,6 +120,57 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The command a step stands for, or `None` for a step that only moves
+/// the clock (by calling `advance` with its seconds).
+fn command_of(
+    step: Step,
+    licenses: &[Uuid],
+    sessions: &mut [Vec<Uuid>],
+    advance: impl FnOnce(i64),
+) -> Option<Command> {
+    let lease = |sessions: &[Vec<Uuid>], license: usize, lease: usize| {
+        let held = &sessions[license];
+        held.get(lease % held.len().max(1))
+            .copied()
+            .unwrap_or_else(Uuid::now_v7)
+    };
+    Some(match step {
+        Step::Acquire { license, machine } => {
+            let session_id = Uuid::now_v7();
+            sessions[license].push(session_id);
+            acquire(licenses[license], session_id, machine)
+        }
+        Step::Heartbeat { license, lease: n } => Command::Heartbeat {
+            license_id: licenses[license],
+            session_id: lease(sessions, license, n),
+        },
+        Step::Release { license, lease: n } => Command::ReleaseSeat {
+            license_id: licenses[license],
+            session_id: lease(sessions, license, n),
+        },
+        Step::Expire { license, lease: n } => Command::ExpireSeat {
+            license_id: licenses[license],
+            session_id: lease(sessions, license, n),
+        },
+        Step::Suspend(license) => Command::SuspendLicense {
+            license_id: licenses[license],
+            reason: None,
+        },
+        Step::Reinstate(license) => Command::ReinstateLicense {
+            license_id: licenses[license],
+            reason: None,
+        },
+        Step::ChangeSeats { license, seats } => Command::ChangeSeats {
+            license_id: licenses[license],
+            seats: SeatCount::new(seats).unwrap(),
+        },
+        Step::Advance(seconds) => {
+            advance(i64::from(seconds));
+            return None;
+        }
+    })
+}
+
 fn redis_url() -> String {
     std::env::var("SEATLEDGER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -213,46 +264,10 @@ async fn hot_counts_equal_the_ledger(store: Store) {
     let steps = prop::collection::vec(step(), 40..80);
     for _ in 0..12 {
         for step in steps.new_tree(&mut runner).unwrap().current() {
-            let lease = |license: usize, lease: usize| {
-                let held = &sessions[license];
-                held.get(lease % held.len().max(1))
-                    .copied()
-                    .unwrap_or_else(Uuid::now_v7)
-            };
-            let command = match step {
-                Step::Acquire { license, machine } => {
-                    let session_id = Uuid::now_v7();
-                    sessions[license].push(session_id);
-                    acquire(licenses[license], session_id, machine)
-                }
-                Step::Heartbeat { license, lease: n } => Command::Heartbeat {
-                    license_id: licenses[license],
-                    session_id: lease(license, n),
-                },
-                Step::Release { license, lease: n } => Command::ReleaseSeat {
-                    license_id: licenses[license],
-                    session_id: lease(license, n),
-                },
-                Step::Expire { license, lease: n } => Command::ExpireSeat {
-                    license_id: licenses[license],
-                    session_id: lease(license, n),
-                },
-                Step::Suspend(license) => Command::SuspendLicense {
-                    license_id: licenses[license],
-                    reason: None,
-                },
-                Step::Reinstate(license) => Command::ReinstateLicense {
-                    license_id: licenses[license],
-                    reason: None,
-                },
-                Step::ChangeSeats { license, seats } => Command::ChangeSeats {
-                    license_id: licenses[license],
-                    seats: SeatCount::new(seats).unwrap(),
-                },
-                Step::Advance(seconds) => {
-                    clock.advance_seconds(i64::from(seconds));
-                    continue;
-                }
+            let Some(command) = command_of(step, &licenses, &mut sessions, |seconds| {
+                clock.advance_seconds(seconds)
+            }) else {
+                continue;
             };
             appender
                 .submit(Submission::new(ORG, command))
@@ -547,53 +562,17 @@ async fn live_billing_equals_the_fold(store: Store) {
             .into_iter()
             .enumerate()
         {
-            let lease = |license: usize, lease: usize| {
-                let held = &sessions[license];
-                held.get(lease % held.len().max(1))
-                    .copied()
-                    .unwrap_or_else(Uuid::now_v7)
-            };
-            let command = match step {
-                Step::Acquire { license, machine } => {
-                    let session_id = Uuid::now_v7();
-                    sessions[license].push(session_id);
-                    acquire(licenses[license], session_id, machine)
-                }
-                Step::Heartbeat { license, lease: n } => Command::Heartbeat {
-                    license_id: licenses[license],
-                    session_id: lease(license, n),
-                },
-                Step::Release { license, lease: n } => Command::ReleaseSeat {
-                    license_id: licenses[license],
-                    session_id: lease(license, n),
-                },
-                Step::Expire { license, lease: n } => Command::ExpireSeat {
-                    license_id: licenses[license],
-                    session_id: lease(license, n),
-                },
-                Step::Suspend(license) => Command::SuspendLicense {
-                    license_id: licenses[license],
-                    reason: None,
-                },
-                Step::Reinstate(license) => Command::ReinstateLicense {
-                    license_id: licenses[license],
-                    reason: None,
-                },
-                Step::ChangeSeats { license, seats } => Command::ChangeSeats {
-                    license_id: licenses[license],
-                    seats: SeatCount::new(seats).unwrap(),
-                },
-                Step::Advance(seconds) => {
-                    // Now and then hours, so leases cross hours, days and
-                    // the month's end.
-                    let long = if index % 7 == 0 {
-                        gaps[index % gaps.len()]
-                    } else {
-                        0
-                    };
-                    clock.advance_seconds(i64::from(seconds) + long);
-                    continue;
-                }
+            let Some(command) = command_of(step, &licenses, &mut sessions, |seconds| {
+                // Now and then hours, so leases cross hours, days and the
+                // month's end.
+                let long = if index % 7 == 0 {
+                    gaps[index % gaps.len()]
+                } else {
+                    0
+                };
+                clock.advance_seconds(seconds + long)
+            }) else {
+                continue;
             };
             appender
                 .submit(Submission::new(ORG, command))

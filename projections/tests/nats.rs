@@ -142,6 +142,48 @@ where
     }
 }
 
+/// What every publisher test starts from: its own stream, a store, an
+/// appender.
+struct Fixture {
+    url: String,
+    config: NatsConfig,
+    store: Store,
+    notifier: CommitNotifier,
+    appender: Appender,
+}
+
+impl Fixture {
+    async fn new(pool: sqlx::PgPool) -> Fixture {
+        let url = nats_url();
+        let config = own_config(&url);
+        let store = pg_store(pool).await;
+        let notifier = CommitNotifier::default();
+        let appender = start_appender(&store, &notifier);
+        Fixture {
+            url,
+            config,
+            store,
+            notifier,
+            appender,
+        }
+    }
+
+    async fn publisher(&self) -> Publisher {
+        Publisher::start(&self.store, &self.config, &self.notifier).await
+    }
+
+    async fn all_published(&self) {
+        eventually("everything is published", 20, || {
+            published_through_head(&self.store)
+        })
+        .await;
+    }
+
+    async fn delete_stream(&self) {
+        delete_stream(&self.url, &self.config.stream).await;
+    }
+}
+
 async fn published_through_head(store: &Store) -> bool {
     let (head, _) = store.head(0).await.unwrap();
     checkpoints::load(store, NATS_FOLLOWER, 0).await.unwrap() >= head
@@ -201,22 +243,22 @@ async fn assert_stream_holds_the_log_once(store: &Store, url: &str, config: &Nat
 /// log, and the usage computed from it equals the one from PostgreSQL.
 #[sqlx::test(migrations = false)]
 async fn every_event_is_published_once_in_order(pool: sqlx::PgPool) {
-    let url = nats_url();
-    let config = own_config(&url);
-    let store = pg_store(pool).await;
-    let notifier = CommitNotifier::default();
-    let appender = start_appender(&store, &notifier);
-    let publisher = Publisher::start(&store, &config, &notifier).await;
-    workload(&appender, 300, 8).await;
-    eventually("everything is published", 20, || {
-        published_through_head(&store)
-    })
-    .await;
+    let fixture = Fixture::new(pool).await;
+    let Fixture {
+        url,
+        config,
+        store,
+        appender,
+        ..
+    } = &fixture;
+    let publisher = fixture.publisher().await;
+    workload(appender, 300, 8).await;
+    fixture.all_published().await;
     assert_eq!(publisher.stats.status(), "ok");
     assert!(publisher.stats.active.load(Ordering::Relaxed));
 
     let log = store.read_after(0, 0, 1_000_000).await.unwrap();
-    let messages = stream_messages(&url, &config.stream).await;
+    let messages = stream_messages(url, &config.stream).await;
     assert_eq!(messages.len(), log.len());
     for (message, event) in messages.iter().zip(&log) {
         assert_eq!(
@@ -281,7 +323,7 @@ async fn every_event_is_published_once_in_order(pool: sqlx::PgPool) {
     assert!(!usage(&consumed).is_empty());
 
     publisher.stop().await;
-    delete_stream(&url, &config.stream).await;
+    fixture.delete_stream().await;
 }
 
 /// The publisher stopped after publishing but before its checkpoint: on
@@ -289,54 +331,54 @@ async fn every_event_is_published_once_in_order(pool: sqlx::PgPool) {
 /// duplicates, and the stream holds each event once.
 #[sqlx::test(migrations = false)]
 async fn a_lost_checkpoint_repeats_nothing_in_the_stream(pool: sqlx::PgPool) {
-    let url = nats_url();
-    let config = own_config(&url);
-    let store = pg_store(pool).await;
-    let notifier = CommitNotifier::default();
-    let appender = start_appender(&store, &notifier);
-    let publisher = Publisher::start(&store, &config, &notifier).await;
-    workload(&appender, 200, 4).await;
-    eventually("everything is published", 20, || {
-        published_through_head(&store)
-    })
-    .await;
+    let fixture = Fixture::new(pool).await;
+    let Fixture {
+        url,
+        config,
+        store,
+        appender,
+        ..
+    } = &fixture;
+    let publisher = fixture.publisher().await;
+    workload(appender, 200, 4).await;
+    fixture.all_published().await;
     publisher.stop().await;
 
     // As if the last checkpoint writes had not happened.
-    checkpoints::save(&store, NATS_FOLLOWER, 0, 50)
+    checkpoints::save(store, NATS_FOLLOWER, 0, 50)
         .await
         .unwrap();
-    let publisher = Publisher::start(&store, &config, &notifier).await;
-    workload(&appender, 20, 2).await;
+    let publisher = fixture.publisher().await;
+    workload(appender, 20, 2).await;
     eventually("everything is published again", 20, || {
-        published_through_head(&store)
+        published_through_head(store)
     })
     .await;
-    assert_stream_holds_the_log_once(&store, &url, &config).await;
+    assert_stream_holds_the_log_once(store, url, config).await;
     publisher.stop().await;
-    delete_stream(&url, &config.stream).await;
+    fixture.delete_stream().await;
 }
 
 /// Two replicas: one publishes, the other waits; stopping the active one
 /// hands over within seconds, with nothing lost or repeated.
 #[sqlx::test(migrations = false)]
 async fn one_replica_publishes_and_the_other_takes_over(pool: sqlx::PgPool) {
-    let url = nats_url();
-    let config = own_config(&url);
-    let store = pg_store(pool.clone()).await;
-    let notifier = CommitNotifier::default();
-    let appender = start_appender(&store, &notifier);
-    let first = Publisher::start(&store, &config, &notifier).await;
+    let fixture = Fixture::new(pool).await;
+    let Fixture {
+        url,
+        config,
+        store,
+        appender,
+        ..
+    } = &fixture;
+    let first = fixture.publisher().await;
     eventually("the first is active", 10, || async {
         first.stats.active.load(Ordering::Relaxed)
     })
     .await;
-    let second = Publisher::start(&store, &config, &notifier).await;
-    workload(&appender, 200, 4).await;
-    eventually("everything is published", 20, || {
-        published_through_head(&store)
-    })
-    .await;
+    let second = fixture.publisher().await;
+    workload(appender, 200, 4).await;
+    fixture.all_published().await;
     assert!(
         !second.stats.active.load(Ordering::Relaxed),
         "one at a time"
@@ -345,44 +387,41 @@ async fn one_replica_publishes_and_the_other_takes_over(pool: sqlx::PgPool) {
     assert_eq!(second.stats.status(), "standby");
 
     first.stop().await;
-    workload(&appender, 200, 4).await;
+    workload(appender, 200, 4).await;
     eventually("the second takes over", 10, || async {
         second.stats.active.load(Ordering::Relaxed)
     })
     .await;
-    eventually("everything is published", 20, || {
-        published_through_head(&store)
-    })
-    .await;
+    fixture.all_published().await;
     assert!(second.stats.published.load(Ordering::Relaxed) > 0);
-    assert_stream_holds_the_log_once(&store, &url, &config).await;
+    assert_stream_holds_the_log_once(store, url, config).await;
     second.stop().await;
-    delete_stream(&url, &config.stream).await;
+    fixture.delete_stream().await;
 }
 
 /// JetStream lost the stream (deleted and recreated empty): republish
 /// restores it from the log, and a consumer then sees every event.
 #[sqlx::test(migrations = false)]
 async fn republish_restores_a_lost_stream(pool: sqlx::PgPool) {
-    let url = nats_url();
-    let config = own_config(&url);
-    let store = pg_store(pool).await;
-    let notifier = CommitNotifier::default();
-    let appender = start_appender(&store, &notifier);
-    let publisher = Publisher::start(&store, &config, &notifier).await;
-    workload(&appender, 150, 4).await;
-    eventually("everything is published", 20, || {
-        published_through_head(&store)
-    })
-    .await;
+    let fixture = Fixture::new(pool).await;
+    let Fixture {
+        url,
+        config,
+        store,
+        appender,
+        ..
+    } = &fixture;
+    let publisher = fixture.publisher().await;
+    workload(appender, 150, 4).await;
+    fixture.all_published().await;
     publisher.stop().await;
 
-    delete_stream(&url, &config.stream).await;
+    delete_stream(url, &config.stream).await;
     let client = async_nats::connect(&url).await.unwrap();
     let context = jetstream::new(client.clone());
     let (head, _) = store.head(0).await.unwrap();
     let mut reached = 0;
-    let done = nats::republish(&store, 0, &context, &config, 1, None, |position| {
+    let done = nats::republish(store, 0, &context, config, 1, None, |position| {
         reached = position;
     })
     .await
@@ -391,14 +430,14 @@ async fn republish_restores_a_lost_stream(pool: sqlx::PgPool) {
         (done.events, done.duplicates, reached),
         (head as u64, 0, head)
     );
-    assert_stream_holds_the_log_once(&store, &url, &config).await;
+    assert_stream_holds_the_log_once(store, url, config).await;
 
     // Republishing again within the window repeats nothing.
-    let again = nats::republish(&store, 0, &context, &config, 1, None, |_| {})
+    let again = nats::republish(store, 0, &context, config, 1, None, |_| {})
         .await
         .unwrap();
     assert_eq!(again.duplicates, head as u64);
-    assert_stream_holds_the_log_once(&store, &url, &config).await;
+    assert_stream_holds_the_log_once(store, url, config).await;
 
     // A consumer that had read up to 100 resumes and sees the rest once.
     let mut consumer = EventConsumer::from_start(client, &config.stream)
@@ -417,26 +456,29 @@ async fn republish_restores_a_lost_stream(pool: sqlx::PgPool) {
         );
     }
     assert_eq!(positions, (101..=head).collect::<Vec<_>>());
-    delete_stream(&url, &config.stream).await;
+    fixture.delete_stream().await;
 }
 
 /// A consumer that meets a hole in the positions stops there with a gap
 /// error naming it, instead of folding a history with a hole.
 #[sqlx::test(migrations = false)]
 async fn a_consumer_stops_at_a_gap(pool: sqlx::PgPool) {
-    let url = nats_url();
-    let config = own_config(&url);
-    let store = pg_store(pool).await;
-    let notifier = CommitNotifier::default();
-    let appender = start_appender(&store, &notifier);
-    workload(&appender, 30, 1).await;
+    let fixture = Fixture::new(pool).await;
+    let Fixture {
+        url,
+        config,
+        store,
+        appender,
+        ..
+    } = &fixture;
+    workload(appender, 30, 1).await;
     let client = async_nats::connect(&url).await.unwrap();
     let context = jetstream::new(client.clone());
     // Positions 1..=10 and 12..: 11 is missing.
-    nats::republish(&store, 0, &context, &config, 1, Some(10), |_| {})
+    nats::republish(store, 0, &context, config, 1, Some(10), |_| {})
         .await
         .unwrap();
-    nats::republish(&store, 0, &context, &config, 12, None, |_| {})
+    nats::republish(store, 0, &context, config, 12, None, |_| {})
         .await
         .unwrap();
     let mut consumer = EventConsumer::from_start(client, &config.stream)
@@ -464,5 +506,5 @@ async fn a_consumer_stops_at_a_gap(pool: sqlx::PgPool) {
         ),
         "{error}"
     );
-    delete_stream(&url, &config.stream).await;
+    fixture.delete_stream().await;
 }

@@ -263,3 +263,105 @@ impl TestApp {
             .collect()
     }
 }
+
+/// Polls `condition` (every 20 ms, `seconds` at most).
+pub async fn eventually<F, Fut>(what: &str, seconds: u64, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A server process of the test's own (redis-server, nats-server) on a
+/// free loopback port, so a test can kill and restart it without touching
+/// other tests. Killed (SIGKILL) when dropped.
+pub struct PrivateServer {
+    pub port: u16,
+    /// A directory of its own (for a server that keeps data).
+    pub dir: tempfile::TempDir,
+    /// The command line, given the port and the directory.
+    command: fn(u16, &std::path::Path) -> std::process::Command,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateServer {
+    pub async fn start(
+        command: fn(u16, &std::path::Path) -> std::process::Command,
+    ) -> PrivateServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = PrivateServer {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            command,
+            child: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Starts it again and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        let child = (self.command)(self.port, self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the server binary (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the private server did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A redis-server that keeps nothing on disk (a restart comes back empty).
+pub fn redis_server(port: u16, _dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("redis-server");
+    command
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"]);
+    command
+}
+
+/// A nats-server with JetStream storing in `dir` (a restart keeps it).
+pub fn nats_server(port: u16, dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("nats-server");
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-sd")
+        .arg(dir);
+    command
+}

@@ -149,12 +149,7 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options =
                 sqlx::postgres::PgConnectOptions::from_str(url)?.application_name("seatledger");
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(POSTGRES_POOL_MAX)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?;
-            return Ok(Store::Postgres(pool));
+            return Store::postgres_with(options).await;
         }
         let path = url
             .strip_prefix("sqlite://")
@@ -166,6 +161,19 @@ impl Store {
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(ACQUIRE_TIMEOUT);
+        Store::sqlite_with(options).await
+    }
+
+    async fn postgres_with(options: sqlx::postgres::PgConnectOptions) -> Result<Store, StoreError> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(POSTGRES_POOL_MAX)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Store::Postgres(pool))
+    }
+
+    async fn sqlite_with(options: sqlx::sqlite::SqliteConnectOptions) -> Result<Store, StoreError> {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(SQLITE_POOL_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -183,12 +191,7 @@ impl Store {
             let options = sqlx::postgres::PgConnectOptions::from_str(url)?
                 .application_name("seatledger-replay")
                 .options([("default_transaction_read_only", "on")]);
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(POSTGRES_POOL_MAX)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?;
-            return Ok(Store::Postgres(pool));
+            return Store::postgres_with(options).await;
         }
         let path = url
             .strip_prefix("sqlite://")
@@ -202,12 +205,7 @@ impl Store {
             .read_only(true)
             .create_if_missing(false)
             .busy_timeout(ACQUIRE_TIMEOUT);
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(SQLITE_POOL_MAX)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await?;
-        Ok(Store::Sqlite(pool, Arc::new(tokio::sync::Mutex::new(()))))
+        Store::sqlite_with(options).await
     }
 
     /// The signing key kept in the database, if any (never creates one).
