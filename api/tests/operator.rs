@@ -389,3 +389,25 @@ fn the_example_config_file_is_valid() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
 }
+
+/// A database that cannot be reached: the start-up error says what failed
+/// and where (host and port, the refusal itself), never the password.
+#[test]
+fn an_unreachable_database_is_named_in_the_start_up_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://app:s3cret@127.0.0.1:{port}/ledger");
+    let output = Command::new(env!("CARGO_BIN_EXE_seatledger"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}

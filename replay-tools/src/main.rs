@@ -153,7 +153,7 @@ async fn open_read_only(database_url: &str) -> anyhow::Result<Store> {
     match Store::connect_read_only(database_url).await {
         Ok(store) => Ok(store),
         Err(StoreError::Missing(path)) => {
-            eprintln!("seatledger-replay: no event store at {path}: the file does not exist");
+            eprintln!("seatledger-replay: no event store at {path}");
             std::process::exit(2);
         }
         Err(error) => Err(anyhow::Error::new(error).context("cannot open the event store")),

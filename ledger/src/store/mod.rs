@@ -29,8 +29,9 @@ pub enum StoreError {
     /// A stored row cannot be read back: a bug or tampering.
     #[error("corrupt row in event store: {0}")]
     Corrupt(String),
-    /// A read-only open of a SQLite file that does not exist.
-    #[error("no event store at {0}: the file does not exist")]
+    /// A SQLite file that does not exist (read-only open) or cannot be
+    /// created.
+    #[error("no event store at {0}")]
     Missing(String),
 }
 
@@ -161,10 +162,42 @@ impl Store {
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(ACQUIRE_TIMEOUT);
-        Store::sqlite_with(options).await
+        Store::sqlite_with(options).await.map_err(|error| match error {
+            StoreError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("14") => {
+                StoreError::Missing(format!(
+                    "{path} (cannot create or open it: does its directory exist, and may seatledger write there?)"
+                ))
+            }
+            other => other,
+        })
     }
 
     async fn postgres_with(options: sqlx::postgres::PgConnectOptions) -> Result<Store, StoreError> {
+        // One connection first, so that an unreachable or refusing server is
+        // reported as itself ("Connection refused") rather than as a pool
+        // that timed out.
+        use sqlx::Connection;
+        match tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::PgConnection::connect_with(&options))
+            .await
+        {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+            }
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => {
+                return Err(StoreError::Unavailable(sqlx::Error::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no answer from {}:{} within {} s",
+                            options.get_host(),
+                            options.get_port(),
+                            ACQUIRE_TIMEOUT.as_secs()
+                        ),
+                    ),
+                )))
+            }
+        }
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(POSTGRES_POOL_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -198,7 +231,9 @@ impl Store {
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
         if !std::path::Path::new(path).is_file() {
-            return Err(StoreError::Missing(path.to_owned()));
+            return Err(StoreError::Missing(format!(
+                "{path}: the file does not exist"
+            )));
         }
         let options = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(path)
