@@ -97,6 +97,7 @@ ensure_services() {
   case "$DATABASE_URL" in *127.0.0.1:5432*|*localhost:5432*) ensure_postgres ;; esac
   ensure_binary redis-server redis-server
   ensure_binary nats-server nats-server
+  ensure_binary curl curl # the README walk-through test pastes it into bash
   case "${SEATLEDGER_TEST_REDIS_URL:-redis://127.0.0.1:6379}" in *127.0.0.1:6379*|*localhost:6379*) ensure_redis ;; esac
   case "${SEATLEDGER_TEST_NATS_URL:-nats://127.0.0.1:4222}" in *127.0.0.1:4222*|*localhost:4222*) ensure_nats ;; esac
 }
