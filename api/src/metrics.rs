@@ -29,9 +29,11 @@ struct Histogram {
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    latency: Mutex<BTreeMap<(String, &'static str), Histogram>>,
     pub seats_granted: AtomicU64,
     pub seats_denied: AtomicU64,
+    /// Acquires denied, by rejection code (a closed set).
+    seats_denied_by_code: Mutex<BTreeMap<&'static str, u64>>,
     /// Reads (GET) that found a stream unreadable.
     pub unreadable_reads: AtomicU64,
     /// License reads the hot counts could not serve in time (read from the
@@ -65,7 +67,7 @@ impl Metrics {
             *requests.entry((route.clone(), method, status)).or_default() += 1;
         }
         let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let histogram = latency.entry(route).or_default();
+        let histogram = latency.entry((route, method)).or_default();
         for (index, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
             if seconds <= *bound {
                 histogram.buckets[index] += 1;
@@ -73,6 +75,16 @@ impl Metrics {
         }
         histogram.sum_s += seconds;
         histogram.count += 1;
+    }
+
+    /// An acquire denied with `code`.
+    pub fn seat_denied(&self, code: &'static str) {
+        self.seats_denied.fetch_add(1, Ordering::Relaxed);
+        let mut by_code = self
+            .seats_denied_by_code
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *by_code.entry(code).or_default() += 1;
     }
 
     pub fn render(&self, appender: &AppenderStats) -> String {
@@ -90,30 +102,61 @@ impl Metrics {
             let _ = writeln!(out, "seatledger_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}");
         }
         out.push_str(
-            "# HELP seatledger_http_request_duration_seconds HTTP request latency by route.\n",
+            "# HELP seatledger_http_request_duration_seconds HTTP request latency by route and method.\n",
         );
         out.push_str("# TYPE seatledger_http_request_duration_seconds histogram\n");
-        for (route, histogram) in self
+        for ((route, method), histogram) in self
             .latency
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
+            let labels = format!("route=\"{route}\",method=\"{method}\"");
             for (bound, count) in LATENCY_BUCKETS_S.iter().zip(histogram.buckets) {
-                let _ = writeln!(out, "seatledger_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}");
+                let _ = writeln!(
+                    out,
+                    "seatledger_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+                );
             }
-            let _ = writeln!(out, "seatledger_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", histogram.count);
             let _ = writeln!(
                 out,
-                "seatledger_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                "seatledger_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                histogram.count
+            );
+            let _ = writeln!(
+                out,
+                "seatledger_http_request_duration_seconds_sum{{{labels}}} {}",
                 histogram.sum_s
             );
             let _ = writeln!(
                 out,
-                "seatledger_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                "seatledger_http_request_duration_seconds_count{{{labels}}} {}",
                 histogram.count
             );
         }
+        out.push_str(
+            "# HELP seatledger_seats_denied_by_reason_total Acquires denied, by rejection code.\n",
+        );
+        out.push_str("# TYPE seatledger_seats_denied_by_reason_total counter\n");
+        for (code, count) in self
+            .seats_denied_by_code
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "seatledger_seats_denied_by_reason_total{{code=\"{code}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP seatledger_build_info The running build.\n# TYPE seatledger_build_info gauge\n\
+             seatledger_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("SEATLEDGER_COMMIT")
+        );
+        out.push_str(&process_metrics());
         let counters = [
             (
                 "seatledger_appender_batches_total",
@@ -296,6 +339,52 @@ pub fn render_nats(stats: &PublisherStats, now: seatledger_schema::Timestamp) ->
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    out
+}
+
+/// The process's CPU time, resident memory and open files (Linux /proc;
+/// absent elsewhere).
+fn process_metrics() -> String {
+    let mut out = String::new();
+    // utime and stime are fields 14 and 15 of /proc/self/stat, in clock
+    // ticks (100 per second on Linux), after the parenthesised command.
+    if let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<u64> = stat
+                .rsplit_once(") ")?
+                .1
+                .split(' ')
+                .skip(11)
+                .take(2)
+                .map(|field| field.parse().ok())
+                .collect::<Option<_>>()?;
+            Some(fields.iter().sum::<u64>())
+        })
+    {
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
+            ticks as f64 / 100.0
+        );
+    }
+    if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split(' ').nth(1)?.parse::<u64>().ok())
+    {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+            pages * 4096
+        );
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}",
+            entries.count()
         );
     }
     out

@@ -1127,7 +1127,7 @@ async fn metrics_count_requests_seats_and_appender_batches(pool: sqlx::PgPool) {
         "seatledger_seats_granted_total 1",
         "seatledger_seats_denied_total 1",
         "seatledger_http_requests_total{route=\"/api/v1/licenses/acquire\",method=\"POST\",status=\"409\"} 1",
-        "seatledger_http_request_duration_seconds_count{route=\"/api/v1/licenses/acquire\"} 2",
+        "seatledger_http_request_duration_seconds_count{route=\"/api/v1/licenses/acquire\",method=\"POST\"} 2",
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }

@@ -411,3 +411,84 @@ fn an_unreachable_database_is_named_in_the_start_up_error() {
     assert!(err.contains("Connection refused"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+/// `/metrics` is valid Prometheus text (every sample of a declared family,
+/// a name, optional labels and a number) and has what a dashboard needs:
+/// latency by route and method, build info, process metrics, live leases
+/// and denials by reason.
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_have_the_dashboard_families() {
+    let app = common::TestApp::embedded().await;
+    let org = app.register("ada@example.com").await;
+    let (_, key) = app
+        .issue(&org, serde_json::json!({"name": "IDE", "seats": 1}))
+        .await;
+    assert_eq!(app.acquire(&org, &key, "m1").await.status, 201);
+    assert_eq!(app.acquire(&org, &key, "m2").await.status, 409);
+    let reply = app.send("GET", "/metrics", None, None).await;
+    let text = reply.body.as_str().unwrap().to_owned();
+    let mut declared = std::collections::HashSet::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                ["counter", "gauge", "histogram", "summary"].contains(&kind),
+                "{line}"
+            );
+            declared.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| declared.contains(*f)))
+            .unwrap_or(name);
+        assert!(declared.contains(family), "no # TYPE before {line}");
+        samples.insert(series.to_owned(), value.to_owned());
+    }
+    for family in [
+        "seatledger_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "seatledger_live_leases",
+        "seatledger_seats_denied_by_reason_total",
+        "seatledger_http_request_duration_seconds",
+    ] {
+        assert!(declared.contains(family), "{family} in\n{text}");
+    }
+    assert_eq!(
+        samples.get("seatledger_live_leases").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        samples
+            .get("seatledger_seats_denied_by_reason_total{code=\"no_seats_available\"}")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert!(
+        samples.contains_key(
+            "seatledger_http_request_duration_seconds_count{route=\"/api/v1/licenses/acquire\",method=\"POST\"}"
+        ),
+        "{text}"
+    );
+    app.stop().await;
+}

@@ -89,6 +89,17 @@ impl HotCounts {
         }
     }
 
+    /// Live leases over every license.
+    pub async fn live_leases(&self, now: Timestamp) -> Result<u64, HotReadError> {
+        match self {
+            HotCounts::Memory(hot) => Ok(hot.live_leases(now)),
+            HotCounts::Redis(redis) => redis
+                .live_leases(now)
+                .await
+                .map_err(HotReadError::Unavailable),
+        }
+    }
+
     pub async fn stale(
         &self,
         now: Timestamp,

@@ -117,6 +117,16 @@ impl HotLicenses {
     }
 
     /// Up to `limit` leases past their expiry at `now`, across licenses.
+    /// Live leases over every license (a gauge for `/metrics`).
+    pub fn live_leases(&self, now: Timestamp) -> u64 {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner
+            .licenses
+            .values()
+            .map(|license| u64::from(license.seats_used(now)))
+            .sum()
+    }
+
     pub fn stale(&self, now: Timestamp, limit: usize) -> Vec<StaleLease> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let mut stale = Vec::new();

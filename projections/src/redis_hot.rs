@@ -320,6 +320,21 @@ impl RedisLicenses {
     }
 
     /// Up to `limit` leases past their expiry at `now`, across licenses.
+    /// Live leases over every license: those whose `expires_at` is after
+    /// `now` in the `stale` index (a gauge for `/metrics`).
+    pub async fn live_leases(&self, now: Timestamp) -> Result<u64, String> {
+        let key = self.key("stale");
+        self.run(|mut c| async move {
+            redis::cmd("ZCOUNT")
+                .arg(key)
+                .arg(format!("({}", now.as_micros()))
+                .arg("+inf")
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
     pub async fn stale(&self, now: Timestamp, limit: usize) -> Result<Vec<StaleLease>, String> {
         let key = self.key("stale");
         let members: Vec<String> = self

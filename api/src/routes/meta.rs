@@ -20,6 +20,13 @@ pub async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> impl I
 #[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render(state.appender.stats());
+    // Live leases over every license, from the hot counts (absent while
+    // Redis does not answer).
+    if let Ok(live) = state.hot.live_leases(state.clock.now()).await {
+        text.push_str(&format!(
+            "# HELP seatledger_live_leases Leases live now, over every license.\n# TYPE seatledger_live_leases gauge\nseatledger_live_leases {live}\n"
+        ));
+    }
     if let Some(nats) = &state.nats {
         text.push_str(&crate::metrics::render_nats(nats, state.clock.now()));
     }

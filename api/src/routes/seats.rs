@@ -208,8 +208,8 @@ pub async fn acquire(
         idempotency,
     )
     .await?;
-    if result.rejection.is_some() {
-        state.metrics.seats_denied.fetch_add(1, Ordering::Relaxed);
+    if let Some(rejection) = result.rejection {
+        state.metrics.seat_denied(rejection.code());
     }
     let result = accepted(result)?;
     let granted = result
