@@ -144,23 +144,40 @@ impl FromRequestParts<AppState> for Principal {
             .filter(|token| !token.is_empty() && token.len() <= 200)
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let hash = secret_hash(token);
-        let principal = match state.caches.tokens.get(&hash) {
-            Some(principal) => principal,
+        let (principal, expires_at) = match state.caches.tokens.get(&hash) {
+            Some(entry) => entry,
             None => {
-                let principal = state
+                let entry = state
                     .directory
                     .principal_by_token(&hash)
                     .await
                     .map_err(ApiError::from)?
                     .ok_or_else(|| unauthorized("unknown or revoked token"))?;
-                state.caches.tokens.insert(hash, principal);
-                principal
+                state.caches.tokens.insert(hash, entry);
+                entry
             }
         };
+        if state.clock.now() >= expires_at {
+            state.caches.tokens.remove(&hash);
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                format!("the token expired at {expires_at}: log in again"),
+            ));
+        }
         // The request's log line says whose request it was.
         tracing::Span::current().record("org_id", tracing::field::display(principal.org_id));
+        parts.extensions.insert(CallingToken { hash, expires_at });
         Ok(principal)
     }
+}
+
+/// The token a request authenticated with (set by the `Principal`
+/// extractor), for logout and refresh.
+#[derive(Clone, Copy, Debug)]
+pub struct CallingToken {
+    pub hash: [u8; 32],
+    pub expires_at: seatledger_schema::Timestamp,
 }
 
 /// A principal allowed to administer its org (owner or admin).

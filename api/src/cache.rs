@@ -59,6 +59,14 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         entries.insert(key, (value, Instant::now()));
     }
 
+    /// Drops every entry whose value fails `keep`.
+    pub fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|_, (value, _)| keep(value));
+    }
+
     pub fn remove(&self, key: &K) {
         self.entries
             .lock()

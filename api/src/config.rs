@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// the operator creates owners with `seatledger admin create-owner`.
     #[arg(long, env = "SEATLEDGER_REGISTRATION", default_value = "open", value_parser = ["open", "closed"])]
     pub registration: String,
+    /// Seconds an API token lives (login may ask for less); then it is 401
+    /// `token_expired`. Default 30 days.
+    #[arg(long, env = "SEATLEDGER_TOKEN_TTL_S", default_value_t = 2_592_000, value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    pub token_ttl_s: u64,
     /// Seconds a request may take before it is answered 503
     /// `request_timeout` (with Retry-After) instead of hanging.
     #[arg(long, env = "SEATLEDGER_REQUEST_TIMEOUT_S", default_value_t = 30.0, value_parser = parse_request_timeout)]
@@ -167,6 +171,7 @@ impl ServeArgs {
             ("nats-max-age-s", self.nats.max_age_s.to_string()),
             ("nats-window", self.nats.window.to_string()),
             ("registration", quoted(&self.registration)),
+            ("token-ttl-s", self.token_ttl_s.to_string()),
             ("request-timeout-s", format!("{:?}", self.request_timeout_s)),
             ("reaper-interval-s", format!("{:?}", self.reaper_interval_s)),
         ];

@@ -9,6 +9,51 @@ use sqlx::Row;
 use uuid::Uuid;
 
 /// Runs `$body` with `$pool` bound to whichever pool the store has.
+/// The PostgreSQL channel revocations are announced on (`token:<hex hash>`
+/// or `user:<uuid>`), so every replica drops them from its cache at once.
+pub const REVOCATIONS_CHANNEL: &str = "seatledger_revocations";
+
+/// Listens for revocations and drops them from `tokens` (the credential
+/// cache); reconnects after errors, until the pool closes. Without it (or
+/// while it reconnects) a revoked token stays usable on another replica
+/// for at most the cache's TTL.
+pub async fn listen_revocations(pool: sqlx::PgPool, tokens: std::sync::Arc<crate::state::Caches>) {
+    loop {
+        match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                if let Err(error) = listener.listen(REVOCATIONS_CHANNEL).await {
+                    tracing::warn!(error = %error, "LISTEN for revocations failed");
+                } else {
+                    while let Ok(notification) = listener.recv().await {
+                        let payload = notification.payload();
+                        if let Some(hash) = payload.strip_prefix("token:") {
+                            let mut key = [0u8; 32];
+                            if hex::decode_to_slice(hash, &mut key).is_ok() {
+                                tokens.tokens.remove(&key);
+                            }
+                        } else if let Some(user) = payload.strip_prefix("user:") {
+                            if let Ok(user_id) = Uuid::parse_str(user) {
+                                tokens
+                                    .tokens
+                                    .retain(|(principal, _)| principal.user_id != user_id);
+                            }
+                        }
+                    }
+                    tracing::warn!("revocation listener lost its connection");
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "cannot connect the revocation listener"),
+        }
+        if pool.is_closed() {
+            return;
+        }
+        // Whatever was announced meanwhile was missed: forget every cached
+        // token rather than keep a revoked one for the cache's TTL.
+        tokens.tokens.retain(|_| false);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 macro_rules! with_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match $store {
@@ -145,27 +190,30 @@ impl Directory {
         &self,
         token_hash: &[u8; 32],
         principal: &Principal,
+        expires_at: Timestamp,
     ) -> Result<(), DirectoryError> {
         with_pool!(&self.store, |pool| sqlx::query(
-            "INSERT INTO api_tokens (token_hash, user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO api_tokens (token_hash, user_id, org_id, role, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)"
         )
         .bind(token_hash.as_slice())
         .bind(principal.user_id.to_string())
         .bind(principal.org_id.to_string())
         .bind(principal.role.as_str())
         .bind(Timestamp::now().as_micros())
+        .bind(expires_at.as_micros())
         .execute(pool)
         .await
         .map(drop))
         .map_err(store_error)
     }
 
+    /// The principal of a live (not revoked) token, with its expiry.
     pub async fn principal_by_token(
         &self,
         token_hash: &[u8; 32],
-    ) -> Result<Option<Principal>, DirectoryError> {
+    ) -> Result<Option<(Principal, Timestamp)>, DirectoryError> {
         let row = with_pool!(&self.store, |pool| {
-            match sqlx::query("SELECT user_id, org_id, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+            match sqlx::query("SELECT user_id, org_id, role, expires_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
                 .bind(token_hash.as_slice())
                 .fetch_optional(pool)
                 .await
@@ -175,18 +223,78 @@ impl Directory {
                     row.try_get::<String, _>("user_id").map_err(store_error)?,
                     row.try_get::<String, _>("org_id").map_err(store_error)?,
                     row.try_get::<String, _>("role").map_err(store_error)?,
+                    row.try_get::<i64, _>("expires_at").map_err(store_error)?,
                 )),
                 None => None,
             }
         });
-        let Some((user_id, org_id, role)) = row else {
+        let Some((user_id, org_id, role, expires_at)) = row else {
             return Ok(None);
         };
-        Ok(Some(Principal {
+        let principal = Principal {
             user_id: parse_uuid(&user_id)?,
             org_id: parse_uuid(&org_id)?,
             role: parse_role(&role)?,
-        }))
+        };
+        let expires_at = Timestamp::try_from_micros(expires_at).map_err(|_| {
+            DirectoryError::Store(StoreError::Corrupt(format!("token expiry {expires_at}")))
+        })?;
+        Ok(Some((principal, expires_at)))
+    }
+
+    /// Revokes one token (`Some`) or every token of `user_id`; tells other
+    /// replicas (PostgreSQL `NOTIFY` on [`REVOCATIONS_CHANNEL`]). Returns
+    /// how many tokens were revoked.
+    pub async fn revoke_tokens(
+        &self,
+        token_hash: Option<&[u8; 32]>,
+        user_id: Uuid,
+        now: Timestamp,
+    ) -> Result<u64, DirectoryError> {
+        let revoked = with_pool!(&self.store, |pool| {
+            let query = match token_hash {
+                Some(hash) => sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = $1 WHERE token_hash = $2 AND user_id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now.as_micros())
+                .bind(hash.as_slice())
+                .bind(user_id.to_string()),
+                None => sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                )
+                .bind(now.as_micros())
+                .bind(user_id.to_string()),
+            };
+            query.execute(pool).await.map(|done| done.rows_affected())
+        })
+        .map_err(store_error)?;
+        if let Some(pool) = self.store.pg_pool() {
+            let payload = match token_hash {
+                Some(hash) => format!("token:{}", hex::encode(hash)),
+                None => format!("user:{user_id}"),
+            };
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(REVOCATIONS_CHANNEL)
+                .bind(payload)
+                .execute(pool)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(revoked)
+    }
+
+    /// A user's email and role.
+    pub async fn user_by_id(
+        &self,
+        user_id: Uuid,
+    ) -> Result<Option<(String, String)>, DirectoryError> {
+        with_pool!(&self.store, |pool| sqlx::query_as::<_, (String, String)>(
+            "SELECT email, role FROM users WHERE user_id = $1"
+        )
+        .bind(user_id.to_string())
+        .fetch_optional(pool)
+        .await)
+        .map_err(store_error)
     }
 
     /// Records a license key's hash. Idempotent for the same key and license.

@@ -169,17 +169,26 @@ impl Server {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let caches: Arc<crate::state::Caches> = Default::default();
+        if let Some(pool) = store.pg_pool() {
+            // Revocations on other replicas reach this one's credential cache.
+            tokio::spawn(crate::directory::listen_revocations(
+                pool.clone(),
+                caches.clone(),
+            ));
+        }
         let state = AppState {
             directory: crate::directory::Directory::new(store.clone()),
             store,
             appender,
             hot,
-            caches: Default::default(),
+            caches: caches.clone(),
             signer,
             clock,
             metrics,
             nats,
             registration_open: args.registration == "open",
+            token_ttl: Duration::from_secs(args.token_ttl_s),
             request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
         };
         Ok(Server {

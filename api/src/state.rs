@@ -18,8 +18,8 @@ pub const CACHE_CAPACITY: usize = 100_000;
 pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 
 pub struct Caches {
-    /// Token hash → principal.
-    pub tokens: TtlCache<[u8; 32], Principal>,
+    /// Token hash → principal and the token's expiry.
+    pub tokens: TtlCache<[u8; 32], (Principal, seatledger_schema::Timestamp)>,
     /// License key hash → (license id, org id).
     pub license_keys: TtlCache<[u8; 32], (Uuid, Uuid)>,
     /// Session id → (license id, org id); never changes once granted.
@@ -47,6 +47,8 @@ pub struct AppState {
     pub signer: Arc<SigningKey>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// How long a new API token lives at most (`--token-ttl-s`).
+    pub token_ttl: Duration,
     /// Whether `POST /api/v1/auth/register` is open (`--registration`).
     pub registration_open: bool,
     /// The NATS publisher's state, when `--nats-url` is set.

@@ -286,9 +286,9 @@ fn session_of(reply: &Reply) -> String {
 /// reported by hand; the JSON and CSV answers agree and equal what
 /// `seatledger-replay usage` computes from the same log.
 async fn usage_reports_a_crafted_history(app: &TestApp) {
-    let org = app.register("ada@example.com").await;
     let start = Timestamp::parse("2030-01-31T23:00:00Z").unwrap();
     app.clock.set(start);
+    let org = app.register("ada@example.com").await;
     let (license_id, key) = app
         .issue(
             &org,

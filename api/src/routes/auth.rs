@@ -2,7 +2,8 @@
 
 use super::metadata;
 use crate::auth::{
-    hash_password, random_secret, secret_hash, verify_password, Principal, TOKEN_PREFIX,
+    hash_password, random_secret, secret_hash, verify_password, CallingToken, Principal,
+    TOKEN_PREFIX,
 };
 use crate::directory::UserRecord;
 use crate::error::{ApiError, ProblemDoc};
@@ -10,9 +11,11 @@ use crate::extract::JsonBody;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::Extension;
 use axum::Json;
 use seatledger_ledger::domain::{Command, Email, Name, NewUser};
 use seatledger_schema::Role;
+use seatledger_schema::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -105,17 +108,22 @@ pub fn new_organization(email: &Email, full_name: &Name, company: &Name) -> (Pri
     (principal, command)
 }
 
-/// A new bearer token for `principal`, stored as its hash.
+/// A new bearer token for `principal`, stored as its hash, living `ttl`
+/// (at most the server's `--token-ttl-s`). Returns it and its expiry.
 pub(crate) async fn issue_token(
     state: &AppState,
     principal: &Principal,
-) -> Result<String, ApiError> {
+    ttl: Option<std::time::Duration>,
+) -> Result<(String, Timestamp), ApiError> {
+    let ttl = ttl.unwrap_or(state.token_ttl).min(state.token_ttl);
+    let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let expires_at = state.clock.now().plus_seconds(seconds);
     let token = random_secret(TOKEN_PREFIX)?;
     state
         .directory
-        .insert_token(&secret_hash(&token), principal)
+        .insert_token(&secret_hash(&token), principal, expires_at)
         .await?;
-    Ok(token)
+    Ok((token, expires_at))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -142,6 +150,9 @@ pub struct RegisterResponse {
     pub organization: OrganizationSummary,
     /// Bearer token, shown once.
     pub api_token: String,
+    /// When it stops working (401 `token_expired`).
+    #[schema(value_type = String, format = DateTime)]
+    pub token_expires_at: Timestamp,
 }
 
 /// Registers an organization and its owner; answers with the owner's token.
@@ -189,7 +200,7 @@ pub async fn register(
         &headers,
     )
     .await?;
-    let api_token = issue_token(&state, &principal).await?;
+    let (api_token, token_expires_at) = issue_token(&state, &principal, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(RegisterResponse {
@@ -201,6 +212,7 @@ pub async fn register(
                 name: company.as_str().to_owned(),
             },
             api_token,
+            token_expires_at,
         }),
     ))
 }
@@ -210,12 +222,19 @@ pub async fn register(
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
+    /// Seconds the token should live: at most the server's `--token-ttl-s`
+    /// (30 days by default), which is also the default.
+    #[schema(minimum = 60)]
+    pub ttl_s: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
     /// A new bearer token, shown once.
     pub api_token: String,
+    /// When it stops working (401 `token_expired`): log in or refresh before.
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
 }
 
 /// Exchanges email and password for a new bearer token.
@@ -253,6 +272,145 @@ pub async fn login(
         return Err(invalid());
     }
     let user = user.ok_or_else(invalid)?;
-    let api_token = issue_token(&state, &user.principal).await?;
-    Ok(Json(LoginResponse { api_token }))
+    let ttl = match request.ttl_s {
+        Some(seconds) if seconds < TOKEN_TTL_S_MIN => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("ttl_s: must be at least {TOKEN_TTL_S_MIN}"),
+            ))
+        }
+        Some(seconds) => Some(std::time::Duration::from_secs(seconds)),
+        None => None,
+    };
+    let (api_token, expires_at) = issue_token(&state, &user.principal, ttl).await?;
+    Ok(Json(LoginResponse {
+        api_token,
+        expires_at,
+    }))
+}
+
+/// The shortest token life a login may ask for, in seconds.
+pub const TOKEN_TTL_S_MIN: u64 = 60;
+
+/// Revokes the calling token: at once on this replica, and on the others
+/// as soon as they hear of it (README "Accounts and tokens").
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 204, description = "the token no longer works"))
+)]
+pub async fn logout(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(token): Extension<CallingToken>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .directory
+        .revoke_tokens(Some(&token.hash), principal.user_id, state.clock.now())
+        .await?;
+    state.caches.tokens.remove(&token.hash);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LogoutAllResponse {
+    /// Tokens revoked, the calling one included.
+    pub revoked: u64,
+}
+
+/// Revokes every token of the calling user (every device logged out).
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout-all",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, body = LogoutAllResponse))
+)]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<LogoutAllResponse>, ApiError> {
+    let revoked = state
+        .directory
+        .revoke_tokens(None, principal.user_id, state.clock.now())
+        .await?;
+    state
+        .caches
+        .tokens
+        .retain(|(cached, _)| cached.user_id != principal.user_id);
+    Ok(Json(LogoutAllResponse { revoked }))
+}
+
+/// Exchanges the calling (live) token for a new one with a fresh expiry,
+/// and revokes the old one.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, body = LoginResponse))
+)]
+pub async fn refresh(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(token): Extension<CallingToken>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let (api_token, expires_at) = issue_token(&state, &principal, None).await?;
+    state
+        .directory
+        .revoke_tokens(Some(&token.hash), principal.user_id, state.clock.now())
+        .await?;
+    state.caches.tokens.remove(&token.hash);
+    Ok(Json(LoginResponse {
+        api_token,
+        expires_at,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeResponse {
+    pub id: Uuid,
+    pub email: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    pub org_id: Uuid,
+    /// When the calling token stops working.
+    #[schema(value_type = String, format = DateTime)]
+    pub token_expires_at: Timestamp,
+}
+
+/// The calling user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses((status = 200, body = MeResponse))
+)]
+pub async fn me(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(token): Extension<CallingToken>,
+) -> Result<Json<MeResponse>, ApiError> {
+    let (email, role) = state
+        .directory
+        .user_by_id(principal.user_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the token's user no longer exists",
+            )
+        })?;
+    Ok(Json(MeResponse {
+        id: principal.user_id,
+        email,
+        role,
+        org_id: principal.org_id,
+        token_expires_at: token.expires_at,
+    }))
 }

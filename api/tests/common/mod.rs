@@ -25,6 +25,7 @@ fn args(database_url: String) -> ServeArgs {
         redis_prefix: "seatledger:".into(),
         nats: NatsArgs::off(),
         registration: "open".into(),
+        token_ttl_s: 2_592_000,
         request_timeout_s: 30.0,
         reaper_interval_s: 30.0,
     }

@@ -1,0 +1,133 @@
+//! Token lifecycle: expiry, logout, logout-all, refresh, `users/me`, and
+//! revocation seen by another replica.
+
+mod common;
+
+use common::{eventually, Org, TestApp};
+use serde_json::json;
+
+async fn login(app: &TestApp, email: &str, body: serde_json::Value) -> common::Reply {
+    let mut body = body;
+    body["email"] = json!(email);
+    body["password"] = json!("correct horse battery");
+    app.send("POST", "/api/v1/auth/login", None, Some(body))
+        .await
+}
+
+async fn token(app: &TestApp, email: &str) -> String {
+    let reply = login(app, email, json!({})).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.body["api_token"].as_str().unwrap().to_owned()
+}
+
+async fn status(app: &TestApp, token: &str) -> (u16, Option<String>) {
+    let reply = app.get("/api/v1/users/me", token).await;
+    (reply.status, reply.body["code"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn tokens_expire_log_out_and_refresh() {
+    let app = TestApp::embedded().await;
+    let Org { token: first, .. } = app.register("ada@example.com").await;
+
+    // users/me says who and until when.
+    let me = app.get("/api/v1/users/me", &first).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.body["email"], "ada@example.com");
+    assert_eq!(me.body["role"], "owner");
+    let expires = me.body["token_expires_at"].as_str().unwrap().to_owned();
+    let expected = app.clock_now().plus_seconds(2_592_000);
+    assert_eq!(expires, expected.to_string(), "30 days by default");
+
+    // A shorter life on request; too short is refused.
+    let short = login(&app, "ada@example.com", json!({"ttl_s": 3_600})).await;
+    assert_eq!(
+        short.body["expires_at"],
+        app.clock_now().plus_seconds(3_600).to_string()
+    );
+    let short = short.body["api_token"].as_str().unwrap().to_owned();
+    let bad = login(&app, "ada@example.com", json!({"ttl_s": 10})).await;
+    assert_eq!(
+        (bad.status, bad.body["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+
+    // Expiry (manual clock): the short token is 401 token_expired, the
+    // long one still works.
+    app.clock.advance_seconds(3_601);
+    assert_eq!(
+        status(&app, &short).await,
+        (401, Some("token_expired".into()))
+    );
+    assert_eq!(status(&app, &first).await.0, 200);
+
+    // Logout: that token is 401 at once, the others work.
+    let second = token(&app, "ada@example.com").await;
+    let out = app
+        .send("POST", "/api/v1/auth/logout", Some(&second), None)
+        .await;
+    assert_eq!(out.status, 204);
+    assert_eq!(
+        status(&app, &second).await,
+        (401, Some("unauthorized".into()))
+    );
+    assert_eq!(status(&app, &first).await.0, 200);
+
+    // Refresh: a new token, the old one revoked.
+    let refreshed = app
+        .send("POST", "/api/v1/auth/refresh", Some(&first), None)
+        .await;
+    assert_eq!(refreshed.status, 200);
+    let renewed = refreshed.body["api_token"].as_str().unwrap().to_owned();
+    assert_eq!(status(&app, &first).await.0, 401);
+    assert_eq!(status(&app, &renewed).await.0, 200);
+
+    // Logout-all: every token of the user.
+    let third = token(&app, "ada@example.com").await;
+    let all = app
+        .send("POST", "/api/v1/auth/logout-all", Some(&third), None)
+        .await;
+    assert_eq!(all.status, 200);
+    assert!(all.body["revoked"].as_u64().unwrap() >= 2);
+    for token in [&third, &renewed] {
+        assert_eq!(status(&app, token).await.0, 401);
+    }
+    // Another user is not touched.
+    let bob = app.register("bob@example.com").await;
+    assert_eq!(status(&app, &bob.token).await.0, 200);
+    app.stop().await;
+}
+
+/// A token revoked on replica A is refused by replica B, which had it in
+/// its credential cache, within a second (PostgreSQL NOTIFY).
+#[sqlx::test(migrations = false)]
+async fn a_revocation_reaches_the_other_replica(pool: sqlx::PgPool) {
+    let a = TestApp::postgres(pool.clone()).await;
+    let b = TestApp::postgres(pool).await;
+    let org = a.register("ada@example.com").await;
+    let other = token(&a, "ada@example.com").await;
+    // B has both tokens in its cache.
+    assert_eq!(status(&b, &org.token).await.0, 200);
+    assert_eq!(status(&b, &other).await.0, 200);
+
+    let out = a
+        .send("POST", "/api/v1/auth/logout", Some(&org.token), None)
+        .await;
+    assert_eq!(out.status, 204);
+    eventually("replica B refuses the token", 5, || async {
+        status(&b, &org.token).await.0 == 401
+    })
+    .await;
+    assert_eq!(status(&b, &other).await.0, 200);
+
+    let all = a
+        .send("POST", "/api/v1/auth/logout-all", Some(&other), None)
+        .await;
+    assert_eq!(all.status, 200);
+    eventually("replica B refuses every token of the user", 5, || async {
+        status(&b, &other).await.0 == 401
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
