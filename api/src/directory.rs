@@ -54,6 +54,16 @@ pub async fn listen_revocations(pool: sqlx::PgPool, tokens: std::sync::Arc<crate
     }
 }
 
+/// Which of a user's tokens to revoke.
+#[derive(Clone, Copy, Debug)]
+pub enum Revoke<'a> {
+    /// This one.
+    Token(&'a [u8; 32]),
+    /// Every one but this (a password change keeps the calling token).
+    AllBut(&'a [u8; 32]),
+    All,
+}
+
 macro_rules! with_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match $store {
@@ -242,36 +252,37 @@ impl Directory {
         Ok(Some((principal, expires_at)))
     }
 
-    /// Revokes one token (`Some`) or every token of `user_id`; tells other
+    /// Revokes tokens of `user_id` (see [`Revoke`]) and tells other
     /// replicas (PostgreSQL `NOTIFY` on [`REVOCATIONS_CHANNEL`]). Returns
     /// how many tokens were revoked.
     pub async fn revoke_tokens(
         &self,
-        token_hash: Option<&[u8; 32]>,
+        which: Revoke<'_>,
         user_id: Uuid,
         now: Timestamp,
     ) -> Result<u64, DirectoryError> {
+        let (condition, hash) = match which {
+            Revoke::Token(hash) => ("AND token_hash = $3", Some(hash)),
+            Revoke::AllBut(hash) => ("AND token_hash <> $3", Some(hash)),
+            Revoke::All => ("", None),
+        };
+        let statement = format!(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL {condition}"
+        );
         let revoked = with_pool!(&self.store, |pool| {
-            let query = match token_hash {
-                Some(hash) => sqlx::query(
-                    "UPDATE api_tokens SET revoked_at = $1 WHERE token_hash = $2 AND user_id = $3 AND revoked_at IS NULL",
-                )
+            let mut query = sqlx::query(&statement)
                 .bind(now.as_micros())
-                .bind(hash.as_slice())
-                .bind(user_id.to_string()),
-                None => sqlx::query(
-                    "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
-                )
-                .bind(now.as_micros())
-                .bind(user_id.to_string()),
-            };
+                .bind(user_id.to_string());
+            if let Some(hash) = hash {
+                query = query.bind(hash.as_slice());
+            }
             query.execute(pool).await.map(|done| done.rows_affected())
         })
         .map_err(store_error)?;
         if let Some(pool) = self.store.pg_pool() {
-            let payload = match token_hash {
-                Some(hash) => format!("token:{}", hex::encode(hash)),
-                None => format!("user:{user_id}"),
+            let payload = match which {
+                Revoke::Token(hash) => format!("token:{}", hex::encode(hash)),
+                Revoke::AllBut(_) | Revoke::All => format!("user:{user_id}"),
             };
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(REVOCATIONS_CHANNEL)
@@ -281,6 +292,23 @@ impl Directory {
                 .map_err(store_error)?;
         }
         Ok(revoked)
+    }
+
+    /// Replaces a user's password hash.
+    pub async fn set_password_hash(
+        &self,
+        user_id: Uuid,
+        password_hash: &str,
+    ) -> Result<(), DirectoryError> {
+        with_pool!(&self.store, |pool| sqlx::query(
+            "UPDATE users SET password_hash = $1 WHERE user_id = $2"
+        )
+        .bind(password_hash)
+        .bind(user_id.to_string())
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(store_error)
     }
 
     /// A user's email and role.

@@ -1068,6 +1068,7 @@ async fn every_route_of_the_router_is_in_the_openapi_document() {
         ("POST", "/api/v1/auth/logout-all"),
         ("POST", "/api/v1/auth/refresh"),
         ("GET", "/api/v1/users/me"),
+        ("PUT", "/api/v1/users/me/password"),
         ("POST", "/api/v1/users"),
         ("POST", "/api/v1/licenses"),
         ("GET", "/api/v1/licenses"),

@@ -92,6 +92,47 @@ async fn tokens_expire_log_out_and_refresh() {
     for token in [&third, &renewed] {
         assert_eq!(status(&app, token).await.0, 401);
     }
+    // A password change: the current password is required, the user's
+    // other tokens are revoked, the calling one keeps working, and the new
+    // password logs in.
+    let calling = token(&app, "ada@example.com").await;
+    let other = token(&app, "ada@example.com").await;
+    let change =
+        |current: &str| json!({"current_password": current, "new_password": "a much better horse"});
+    let wrong = app
+        .send(
+            "PUT",
+            "/api/v1/users/me/password",
+            Some(&calling),
+            Some(change("nope")),
+        )
+        .await;
+    assert_eq!(
+        (wrong.status, wrong.body["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
+    let changed = app
+        .send(
+            "PUT",
+            "/api/v1/users/me/password",
+            Some(&calling),
+            Some(change("correct horse battery")),
+        )
+        .await;
+    assert_eq!(changed.status, 204, "{:?}", changed.body);
+    assert_eq!(status(&app, &other).await.0, 401);
+    assert_eq!(status(&app, &calling).await.0, 200);
+    assert_eq!(login(&app, "ada@example.com", json!({})).await.status, 401);
+    let relog = app
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": "ada@example.com", "password": "a much better horse"})),
+        )
+        .await;
+    assert_eq!(relog.status, 200);
+
     // Another user is not touched.
     let bob = app.register("bob@example.com").await;
     assert_eq!(status(&app, &bob.token).await.0, 200);

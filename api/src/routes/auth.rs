@@ -5,7 +5,7 @@ use crate::auth::{
     hash_password, random_secret, secret_hash, verify_password, CallingToken, Principal,
     TOKEN_PREFIX,
 };
-use crate::directory::UserRecord;
+use crate::directory::{Revoke, UserRecord};
 use crate::error::{ApiError, ProblemDoc};
 use crate::extract::JsonBody;
 use crate::state::AppState;
@@ -309,7 +309,11 @@ pub async fn logout(
 ) -> Result<StatusCode, ApiError> {
     state
         .directory
-        .revoke_tokens(Some(&token.hash), principal.user_id, state.clock.now())
+        .revoke_tokens(
+            Revoke::Token(&token.hash),
+            principal.user_id,
+            state.clock.now(),
+        )
         .await?;
     state.caches.tokens.remove(&token.hash);
     Ok(StatusCode::NO_CONTENT)
@@ -335,7 +339,7 @@ pub async fn logout_all(
 ) -> Result<Json<LogoutAllResponse>, ApiError> {
     let revoked = state
         .directory
-        .revoke_tokens(None, principal.user_id, state.clock.now())
+        .revoke_tokens(Revoke::All, principal.user_id, state.clock.now())
         .await?;
     state
         .caches
@@ -361,7 +365,11 @@ pub async fn refresh(
     let (api_token, expires_at) = issue_token(&state, &principal, None).await?;
     state
         .directory
-        .revoke_tokens(Some(&token.hash), principal.user_id, state.clock.now())
+        .revoke_tokens(
+            Revoke::Token(&token.hash),
+            principal.user_id,
+            state.clock.now(),
+        )
         .await?;
     state.caches.tokens.remove(&token.hash);
     Ok(Json(LoginResponse {
@@ -413,4 +421,78 @@ pub async fn me(
         org_id: principal.org_id,
         token_expires_at: token.expires_at,
     }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current_password: String,
+    #[schema(min_length = 8, max_length = 1024)]
+    pub new_password: String,
+}
+
+/// Changes the calling user's password (the current one is required) and
+/// revokes every other token of the user; the calling token keeps working.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/me/password",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = PasswordChange,
+    responses(
+        (status = 204, description = "changed; the user's other tokens are revoked"),
+        (status = 401, description = "`invalid_credentials`: the current password is wrong", body = ProblemDoc)
+    )
+)]
+pub async fn change_password(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(token): Extension<CallingToken>,
+    body: JsonBody<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let request = body.value;
+    check_password(&request.new_password)?;
+    let (email, _) = state
+        .directory
+        .user_by_id(principal.user_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the token's user no longer exists",
+            )
+        })?;
+    let stored = state
+        .directory
+        .user_by_email(&email)
+        .await?
+        .map(|user| user.password_hash);
+    if request.current_password.len() > PASSWORD_LEN_MAX * 4
+        || !verify_password(request.current_password, stored).await
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the current password is wrong",
+        ));
+    }
+    let password_hash = hash_password(request.new_password).await?;
+    state
+        .directory
+        .set_password_hash(principal.user_id, &password_hash)
+        .await?;
+    state
+        .directory
+        .revoke_tokens(
+            Revoke::AllBut(&token.hash),
+            principal.user_id,
+            state.clock.now(),
+        )
+        .await?;
+    state
+        .caches
+        .tokens
+        .retain(|(cached, _)| cached.user_id != principal.user_id);
+    Ok(StatusCode::NO_CONTENT)
 }

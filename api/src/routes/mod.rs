@@ -145,6 +145,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::logout_all))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::me))
+        .routes(routes!(auth::change_password))
         .routes(routes!(users::add_user))
         .routes(routes!(licenses::issue, licenses::list))
         .routes(routes!(licenses::get, licenses::update))
