@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    /// Seconds for `Retry-After` (429); 503 always carries one.
+    pub retry_after_s: Option<u64>,
 }
 
 /// The problem+json body every error has (RFC 9457), for the OpenAPI
@@ -47,6 +49,15 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// 429 `too_many_requests`, to be retried after `seconds`.
+    pub fn too_many_requests(seconds: u64, detail: impl Into<String>) -> Self {
+        ApiError {
+            retry_after_s: Some(seconds.max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", detail)
         }
     }
 
@@ -181,7 +192,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
         }
         response

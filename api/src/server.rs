@@ -189,6 +189,7 @@ impl Server {
             nats,
             registration_open: args.registration == "open",
             token_ttl: Duration::from_secs(args.token_ttl_s),
+            login_guard: Default::default(),
             request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
         };
         Ok(Server {

@@ -47,6 +47,8 @@ pub struct AppState {
     pub signer: Arc<SigningKey>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// Login back-off per account.
+    pub login_guard: Arc<crate::login_guard::LoginGuard>,
     /// How long a new API token lives at most (`--token-ttl-s`).
     pub token_ttl: Duration,
     /// Whether `POST /api/v1/auth/register` is open (`--registration`).

@@ -172,3 +172,52 @@ async fn a_revocation_reaches_the_other_replica(pool: sqlx::PgPool) {
     a.stop().await;
     b.stop().await;
 }
+
+/// Brute force: five wrong passwords are answered 401, the sixth 429 with
+/// Retry-After (even the right password must wait); once the delay has
+/// passed (manual clock) the right password works and clears the count.
+/// An unknown email is treated the same (no account enumeration).
+#[tokio::test]
+async fn the_sixth_wrong_password_waits() {
+    let app = TestApp::embedded().await;
+    app.register("ada@example.com").await;
+    let attempt = |email: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            app.send(
+                "POST",
+                "/api/v1/auth/login",
+                None,
+                Some(json!({"email": email, "password": password})),
+            )
+            .await
+        }
+    };
+    for email in ["ada@example.com", "nobody@example.com"] {
+        for _ in 0..5 {
+            assert_eq!(attempt(email, "wrong password").await.status, 401);
+        }
+        let locked = attempt(email, "wrong password").await;
+        assert_eq!(
+            (locked.status, locked.body["code"].as_str()),
+            (429, Some("too_many_requests")),
+            "{email}"
+        );
+        assert_eq!(locked.headers["retry-after"], "1");
+    }
+    let early = attempt("ada@example.com", "correct horse battery").await;
+    assert_eq!(early.status, 429, "the right password waits too");
+    app.clock.advance_seconds(1);
+    assert_eq!(
+        attempt("ada@example.com", "correct horse battery")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        attempt("ada@example.com", "wrong password").await.status,
+        401,
+        "cleared"
+    );
+    app.stop().await;
+}

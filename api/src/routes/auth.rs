@@ -246,6 +246,7 @@ pub struct LoginResponse {
     responses(
         (status = 200, body = LoginResponse),
         (status = 401, description = "`invalid_credentials`", body = ProblemDoc),
+        (status = 429, description = "`too_many_requests`: five wrong passwords for this account, then delays doubling from 1 s (Retry-After)", body = ProblemDoc),
         (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
 )]
@@ -261,16 +262,30 @@ pub async fn login(
             "wrong email or password",
         )
     };
-    let user = match Email::parse(&request.email) {
-        Ok(email) => state.directory.user_by_email(email.as_str()).await?,
-        Err(_) => None,
+    let email = Email::parse(&request.email).ok();
+    let account = email.as_ref().map_or_else(
+        || request.email.to_lowercase(),
+        |email| email.as_str().to_owned(),
+    );
+    let now = state.clock.now();
+    if let Err(seconds) = state.login_guard.check(&account, now) {
+        return Err(ApiError::too_many_requests(
+            seconds,
+            format!("too many wrong passwords for this account: try again in {seconds} s"),
+        ));
+    }
+    let user = match &email {
+        Some(email) => state.directory.user_by_email(email.as_str()).await?,
+        None => None,
     };
     let stored = user.as_ref().map(|user| user.password_hash.clone());
     if request.password.len() > PASSWORD_LEN_MAX * 4
         || !verify_password(request.password, stored).await
     {
+        state.login_guard.failed(&account, now);
         return Err(invalid());
     }
+    state.login_guard.succeeded(&account);
     let user = user.ok_or_else(invalid)?;
     let ttl = match request.ttl_s {
         Some(seconds) if seconds < TOKEN_TTL_S_MIN => {

@@ -1,0 +1,129 @@
+//! Login back-off per account (issue 14): the first
+//! [`LOGIN_FREE_FAILURES`] wrong passwords of an email cost nothing more;
+//! after that each attempt must wait a delay that doubles with every
+//! further failure (1 s, 2 s, 4 s, … up to [`LOGIN_BACKOFF_MAX_S`]), and is
+//! answered 429 `too_many_requests` with `Retry-After` until then. A
+//! success clears the account; failures older than
+//! [`LOGIN_FAILURE_MEMORY_S`] are forgotten. Unknown emails are tracked the
+//! same way (so the answer does not say whether an account exists), and
+//! the map is bounded: when full, the oldest entries go.
+//!
+//! Per replica and in memory: with several replicas a guesser gets the
+//! free attempts once per replica, then the same doubling on each.
+
+use seatledger_schema::Timestamp;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Wrong passwords an account may have before delays start.
+pub const LOGIN_FREE_FAILURES: u32 = 5;
+/// The longest delay between attempts, in seconds.
+pub const LOGIN_BACKOFF_MAX_S: i64 = 900;
+/// Failures are forgotten this long after the last one, in seconds.
+pub const LOGIN_FAILURE_MEMORY_S: i64 = 3_600;
+/// Accounts tracked at most.
+pub const LOGIN_GUARD_CAPACITY: usize = 100_000;
+
+#[derive(Clone, Copy, Debug)]
+struct Failures {
+    count: u32,
+    last: Timestamp,
+}
+
+impl Failures {
+    /// When the next attempt is allowed.
+    fn allowed_at(&self) -> Timestamp {
+        if self.count < LOGIN_FREE_FAILURES {
+            return self.last;
+        }
+        let doublings = (self.count - LOGIN_FREE_FAILURES).min(20);
+        let delay = (1_i64 << doublings).min(LOGIN_BACKOFF_MAX_S);
+        self.last.plus_seconds(delay)
+    }
+}
+
+#[derive(Default)]
+pub struct LoginGuard {
+    accounts: Mutex<HashMap<String, Failures>>,
+}
+
+impl LoginGuard {
+    /// `Err(seconds)` to wait when `account` may not try yet at `now`.
+    pub fn check(&self, account: &str, now: Timestamp) -> Result<(), u64> {
+        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(failures) = accounts.get(account) else {
+            return Ok(());
+        };
+        let allowed = failures.allowed_at();
+        if now >= allowed {
+            return Ok(());
+        }
+        let micros = allowed.micros_since(now);
+        Err(u64::try_from((micros + 999_999).div_euclid(1_000_000)).unwrap_or(1).max(1))
+    }
+
+    pub fn failed(&self, account: &str, now: Timestamp) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if accounts.len() >= LOGIN_GUARD_CAPACITY && !accounts.contains_key(account) {
+            let forget_before = now.plus_seconds(-LOGIN_FAILURE_MEMORY_S);
+            accounts.retain(|_, failures| failures.last > forget_before);
+            if accounts.len() >= LOGIN_GUARD_CAPACITY {
+                // Still full: drop the oldest tenth.
+                let mut ages: Vec<(Timestamp, String)> = accounts
+                    .iter()
+                    .map(|(key, failures)| (failures.last, key.clone()))
+                    .collect();
+                let evict = (LOGIN_GUARD_CAPACITY / 10).clamp(1, ages.len());
+                ages.select_nth_unstable_by_key(evict - 1, |(at, _)| *at);
+                for (_, key) in &ages[..evict] {
+                    accounts.remove(key);
+                }
+            }
+        }
+        let entry = accounts.entry(account.to_owned()).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if now.micros_since(entry.last) > LOGIN_FAILURE_MEMORY_S * 1_000_000 {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+    }
+
+    pub fn succeeded(&self, account: &str) {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(account);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_are_free_then_delays_double_up_to_the_cap() {
+        let guard = LoginGuard::default();
+        let t0 = Timestamp::parse("2030-01-01T00:00:00Z").unwrap();
+        for _ in 0..LOGIN_FREE_FAILURES {
+            assert_eq!(guard.check("a", t0), Ok(()));
+            guard.failed("a", t0);
+        }
+        assert_eq!(guard.check("a", t0), Err(1));
+        assert_eq!(guard.check("a", t0.plus_seconds(1)), Ok(()));
+        guard.failed("a", t0.plus_seconds(1));
+        assert_eq!(guard.check("a", t0.plus_seconds(1)), Err(2));
+        for n in 0..30 {
+            guard.failed("a", t0.plus_seconds(2 + n));
+        }
+        assert_eq!(
+            guard.check("a", t0.plus_seconds(31)),
+            Err(LOGIN_BACKOFF_MAX_S as u64)
+        );
+        assert_eq!(guard.check("b", t0), Ok(()), "per account");
+        guard.succeeded("a");
+        assert_eq!(guard.check("a", t0.plus_seconds(31)), Ok(()));
+    }
+}
