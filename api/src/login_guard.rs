@@ -59,7 +59,9 @@ impl LoginGuard {
             return Ok(());
         }
         let micros = allowed.micros_since(now);
-        Err(u64::try_from((micros + 999_999).div_euclid(1_000_000)).unwrap_or(1).max(1))
+        Err(u64::try_from((micros + 999_999).div_euclid(1_000_000))
+            .unwrap_or(1)
+            .max(1))
     }
 
     pub fn failed(&self, account: &str, now: Timestamp) {

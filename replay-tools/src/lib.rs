@@ -11,6 +11,8 @@
 //! so a live report can be checked against a replayed one.
 #![forbid(unsafe_code)]
 
+pub mod at;
+
 use seatledger_ledger::{Store, StoreError};
 use seatledger_projections::{BillingFold, Granularity, UsageRow};
 use seatledger_schema::canonical::expected_hash;

@@ -77,6 +77,33 @@ enum Commands {
         #[arg(long, default_value = "SEATLEDGER")]
         nats_stream: String,
     },
+    /// The licenses' state at an instant: status, seats and the leases
+    /// active then (who, which machine, since, until). A lease past its
+    /// expires_at is not active, recorded as expired or not.
+    #[command(group(clap::ArgGroup::new("instant").required(true).args(["time", "position"])))]
+    At {
+        #[arg(
+            long,
+            env = "SEATLEDGER_DATABASE_URL",
+            default_value = "sqlite:seatledger.db"
+        )]
+        database_url: String,
+        /// An instant (RFC 3339): everything recorded up to it.
+        #[arg(long, value_parser = parse_timestamp)]
+        time: Option<Timestamp>,
+        /// A log position: everything up to it, as of its event's time.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        position: Option<i64>,
+        /// Only this organization's licenses.
+        #[arg(long)]
+        org: Option<Uuid>,
+        /// Only this license.
+        #[arg(long)]
+        license: Option<Uuid>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Resend positions FROM..=TO (to the head without --to) of the log to
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
     /// if missing: for a JetStream that lost data, or a new one.
@@ -261,6 +288,28 @@ async fn main() -> anyhow::Result<()> {
                     affected.len()
                 )
             }
+        }
+        Commands::At {
+            database_url,
+            time,
+            position,
+            org,
+            license,
+            json,
+        } => {
+            let store = open_read_only(&database_url).await?;
+            let at = match (time, position) {
+                (Some(time), _) => seatledger_replay::at::At::Time(time),
+                (None, Some(position)) => seatledger_replay::at::At::Position(position),
+                (None, None) => anyhow::bail!("--time or --position is required"),
+            };
+            let state = seatledger_replay::at::state_at(&store, 0, at, org, license).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&state)?);
+            } else {
+                print!("{}", seatledger_replay::at::describe(&state));
+            }
+            Ok(())
         }
         Commands::Republish {
             database_url,

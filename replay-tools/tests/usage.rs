@@ -211,3 +211,74 @@ async fn usage_from_nats_equals_usage_from_the_log(pool: sqlx::PgPool) {
         .await
         .unwrap();
 }
+
+/// `at` on the same history: who held which seat at an instant. A lease
+/// past its expiry is not active even before its `SeatExpired` (lease 2
+/// expired at 660 s and was reaped at 2,000 s).
+#[tokio::test]
+async fn at_shows_who_held_which_seat_at_an_instant() {
+    use seatledger_replay::at::{state_at, At};
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(&dir).await;
+    history(&store).await;
+    let sessions_at = |seconds: i64| {
+        let store = store.clone();
+        async move {
+            let state = state_at(&store, 0, At::Time(t0().plus_seconds(seconds)), None, None)
+                .await
+                .unwrap();
+            assert_eq!(state.licenses.len(), 1);
+            let license = &state.licenses[0];
+            assert_eq!((license.license_id, license.org_id), (LICENSE, ORG));
+            license
+                .leases
+                .iter()
+                .map(|lease| {
+                    (
+                        lease.session_id,
+                        lease.since.micros_since(t0()) / 1_000_000,
+                        lease.expires_at.micros_since(t0()) / 1_000_000,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(sessions_at(200).await, vec![(session(1), 0, 460)]);
+    assert_eq!(sessions_at(400).await, vec![(session(2), 300, 660)]);
+    assert_eq!(sessions_at(700).await, vec![], "expired, not yet reaped");
+    assert_eq!(
+        sessions_at(2_150).await,
+        vec![(session(3), 2_100, 2_460), (session(4), 2_100, 2_460)]
+    );
+    // By position: the third event is the heartbeat at 100 s.
+    let third = state_at(&store, 0, At::Position(3), Some(ORG), Some(LICENSE))
+        .await
+        .unwrap();
+    assert_eq!((third.position, third.time), (3, t0().plus_seconds(100)));
+    assert_eq!(third.licenses[0].leases.len(), 1);
+    // Another organization: nothing.
+    let none = state_at(
+        &store,
+        0,
+        At::Position(3),
+        Some(Uuid::from_u128(0x0b)),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(none.licenses.is_empty());
+
+    // The CLI prints the same as JSON, and as text; bad usage exits 2.
+    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let time = t0().plus_seconds(2_150).to_string();
+    let (ok, out, err) = common::replay(&["at", "--database-url", &url, "--time", &time, "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["licenses"][0]["leases"].as_array().unwrap().len(), 2);
+    let (ok, out, _) = common::replay(&["at", "--database-url", &url, "--time", &time]);
+    assert!(ok);
+    assert!(out.contains("2 active lease(s)"), "{out}");
+    assert!(out.contains("machine machine-3"), "{out}");
+    let (code, _, _) = common::replay_code(&["at", "--database-url", &url]);
+    assert_eq!(code, Some(2), "--time or --position is required");
+}
