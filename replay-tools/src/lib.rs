@@ -56,6 +56,127 @@ pub enum VerifyError {
         #[source]
         source: DecodeError,
     },
+    #[error(
+        "event at position {position} is version {got} of stream {stream_id}, expected {expected}"
+    )]
+    StreamVersionGap {
+        position: i64,
+        stream_id: String,
+        expected: i64,
+        got: i64,
+    },
+    #[error(
+        "stream {stream_id}: its streams row says version {stored}, its events end at {replayed}"
+    )]
+    StreamVersionMismatch {
+        stream_id: String,
+        stored: i64,
+        replayed: i64,
+    },
+    #[error("stream {stream_id}: the snapshot at version {version} is not the state its events replay to")]
+    SnapshotMismatch { stream_id: String, version: i64 },
+}
+
+/// Stream versions follow each other from 1 in every stream, each
+/// `streams` row ends where its events end, and each stored snapshot is
+/// the state its stream's events replay to at the snapshot's version. Only
+/// the streams with a snapshot keep a state, and only until that version.
+struct StreamCheck {
+    versions: HashMap<String, i64>,
+    /// Snapshot version and the state replayed so far, per stream still to
+    /// reach its snapshot.
+    pending: HashMap<String, (i64, seatledger_ledger::domain::StreamState)>,
+}
+
+impl StreamCheck {
+    fn new(stored: &HashMap<String, (i64, Option<i64>)>) -> StreamCheck {
+        StreamCheck {
+            versions: HashMap::new(),
+            pending: stored
+                .iter()
+                .filter_map(|(stream_id, (_, snapshot))| {
+                    snapshot.map(|version| (stream_id.clone(), (version, Default::default())))
+                })
+                .collect(),
+        }
+    }
+
+    async fn apply(&mut self, store: &Store, event: &RecordedEvent) -> Result<(), VerifyError> {
+        // No allocation for a stream already seen (verify's hot path).
+        if !self.versions.contains_key(&event.stream_id) {
+            self.versions.insert(event.stream_id.clone(), 0);
+        }
+        let Some(version) = self.versions.get_mut(&event.stream_id) else {
+            return Ok(());
+        };
+        if event.stream_version != *version + 1 {
+            return Err(VerifyError::StreamVersionGap {
+                position: event.position,
+                stream_id: event.stream_id.clone(),
+                expected: *version + 1,
+                got: event.stream_version,
+            });
+        }
+        *version = event.stream_version;
+        let Some((snapshot_version, state)) = self.pending.get_mut(&event.stream_id) else {
+            return Ok(());
+        };
+        let decoded = event.event().map_err(|source| VerifyError::Undecodable {
+            position: event.position,
+            source,
+        })?;
+        *state = seatledger_ledger::domain::evolve(std::mem::take(state), &decoded);
+        if event.stream_version < *snapshot_version {
+            return Ok(());
+        }
+        let snapshot_version = *snapshot_version;
+        let Some((_, replayed)) = self.pending.remove(&event.stream_id) else {
+            return Ok(());
+        };
+        let mismatch = || VerifyError::SnapshotMismatch {
+            stream_id: event.stream_id.clone(),
+            version: snapshot_version,
+        };
+        let stored = store
+            .stream_snapshot(&event.stream_id)
+            .await?
+            .filter(|(version, _)| *version == snapshot_version)
+            .ok_or_else(mismatch)?;
+        let replayed = serde_json::to_value(&replayed)
+            .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
+        if replayed != stored.1 {
+            return Err(mismatch());
+        }
+        Ok(())
+    }
+
+    fn finish(self, stored: &HashMap<String, (i64, Option<i64>)>) -> Result<(), VerifyError> {
+        for (stream_id, (stored_version, _)) in stored {
+            let replayed = self.versions.get(stream_id).copied().unwrap_or(0);
+            if replayed != *stored_version {
+                return Err(VerifyError::StreamVersionMismatch {
+                    stream_id: stream_id.clone(),
+                    stored: *stored_version,
+                    replayed,
+                });
+            }
+        }
+        if let Some((stream_id, replayed)) = self
+            .versions
+            .iter()
+            .find(|(stream_id, _)| !stored.contains_key(*stream_id))
+        {
+            return Err(VerifyError::StreamVersionMismatch {
+                stream_id: stream_id.clone(),
+                stored: 0,
+                replayed: *replayed,
+            });
+        }
+        if let Some((stream_id, (version, _))) = self.pending.into_iter().next() {
+            return Err(VerifyError::SnapshotMismatch { stream_id, version });
+        }
+        Ok(())
+    }
 }
 
 /// What is wrong with one event, found without looking at its neighbours.
@@ -177,6 +298,8 @@ pub async fn verify(
     let mut hash = ChainHash::GENESIS;
     let mut checked = 0usize;
     let (head_position, _) = store.head(partition).await?;
+    let stored_streams = store.stream_versions_of(partition).await?;
+    let mut streams = StreamCheck::new(&stored_streams);
     let mut reader = LogReader::new(store, partition, head_position);
     while let Some(batch) = reader.next().await? {
         if batch.is_empty() {
@@ -222,6 +345,7 @@ pub async fn verify(
             }
             position = event.position;
             hash = event.hash;
+            streams.apply(store, event).await?;
             if let Some(checkpoint) = checkpoints.get(&position) {
                 if checkpoint.hash != hash {
                     return Err(VerifyError::CheckpointMismatch {
@@ -238,6 +362,7 @@ pub async fn verify(
     if let Some(beyond) = checkpoints.keys().find(|p| **p > position) {
         return Err(VerifyError::CheckpointBeyondHead(*beyond));
     }
+    streams.finish(&stored_streams)?;
     Ok(Verified {
         events: position,
         head_hash: hash,

@@ -135,3 +135,86 @@ async fn verify_never_writes_a_key_into_the_database_it_audits() {
     assert!(err.contains("holds no signing key"), "{err}");
     assert_eq!(store.stored_signing_key().await.unwrap(), None);
 }
+
+/// A license stream past a snapshot (1,000 events): verify replays it and
+/// compares; an edited snapshot, or a `streams` row whose version is not
+/// where its events end, fails and is named (neither is covered by the
+/// hash chain).
+#[tokio::test]
+async fn verify_checks_snapshots_and_stream_versions() {
+    async fn ledger(dir: &tempfile::TempDir, key: Arc<SigningKey>) -> Store {
+        let store = common::sqlite_store(dir).await;
+        let (appender, task) = Appender::start(
+            store.clone(),
+            key,
+            Arc::new(SystemClock),
+            CommitNotifier::default(),
+            AppenderConfig::default(),
+        );
+        let org = Uuid::now_v7();
+        let license_id = Uuid::now_v7();
+        let issue = Command::IssueLicense {
+            license_id,
+            name: Name::parse("IDE").unwrap(),
+            seats: SeatCount::new(5).unwrap(),
+            expires_at: None,
+            heartbeat_ttl_s: HeartbeatTtl::default(),
+            max_overage_percent: OveragePercent::default(),
+        };
+        appender.submit(Submission::new(org, issue)).await.unwrap();
+        let session_id = Uuid::now_v7();
+        let acquire = Command::AcquireSeat {
+            license_id,
+            session_id,
+            user_id: Uuid::now_v7(),
+            hardware_id: HardwareId::parse("m1").unwrap(),
+        };
+        appender
+            .submit(Submission::new(org, acquire))
+            .await
+            .unwrap();
+        for _ in 0..1_010 {
+            let beat = Command::Heartbeat {
+                license_id,
+                session_id,
+            };
+            appender.submit(Submission::new(org, beat)).await.unwrap();
+        }
+        drop(appender);
+        task.await.unwrap();
+        store
+    }
+    let key = Arc::new(SigningKey::generate().unwrap());
+    let verify = |store: Store| {
+        let key = key.clone();
+        async move { seatledger_replay::verify(&store, 0, (key.key_id(), key.public_key())).await }
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ledger(&dir, key.clone()).await;
+    let snapshots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM streams WHERE snapshot_version IS NOT NULL")
+            .fetch_one(store.sqlite_pool().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(snapshots, 1, "the license stream has a snapshot");
+    verify(store.clone()).await.unwrap();
+    sqlx::query("UPDATE streams SET state = replace(state, '\"status\":\"active\"', '\"status\":\"suspended\"') WHERE snapshot_version IS NOT NULL")
+        .execute(store.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    let error = verify(store.clone()).await.unwrap_err().to_string();
+    assert!(
+        error.contains("snapshot") && error.contains("license-"),
+        "{error}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ledger(&dir, key.clone()).await;
+    sqlx::query("UPDATE streams SET version = version + 1 WHERE stream_id LIKE 'license-%'")
+        .execute(store.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    let error = verify(store).await.unwrap_err().to_string();
+    assert!(error.contains("streams row says version"), "{error}");
+}

@@ -417,6 +417,70 @@ impl Store {
         }
     }
 
+    /// Every stream of `partition` with its stored version and snapshot
+    /// version (for `verify`).
+    pub async fn stream_versions_of(
+        &self,
+        partition: i16,
+    ) -> Result<HashMap<String, (i64, Option<i64>)>, StoreError> {
+        const SELECT: &str =
+            "SELECT stream_id, version, snapshot_version FROM streams WHERE partition = $1";
+        let rows: Vec<(String, i64, Option<i64>)> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(SELECT)
+                    .bind(partition)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Store::Sqlite(pool, _) => {
+                sqlx::query_as(SELECT)
+                    .bind(partition)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(stream_id, version, snapshot)| (stream_id, (version, snapshot)))
+            .collect())
+    }
+
+    /// A stream's stored snapshot: its version and the state as JSON.
+    pub async fn stream_snapshot(
+        &self,
+        stream_id: &str,
+    ) -> Result<Option<(i64, serde_json::Value)>, StoreError> {
+        let row = match self {
+            Store::Postgres(pool) => {
+                let row: Option<(Option<i64>, Option<serde_json::Value>)> = sqlx::query_as(
+                    "SELECT snapshot_version, state FROM streams WHERE stream_id = $1",
+                )
+                .bind(stream_id)
+                .fetch_optional(pool)
+                .await?;
+                row.and_then(|(version, state)| Some((version?, state?)))
+            }
+            Store::Sqlite(pool, _) => {
+                let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+                    "SELECT snapshot_version, state FROM streams WHERE stream_id = $1",
+                )
+                .bind(stream_id)
+                .fetch_optional(pool)
+                .await?;
+                match row.and_then(|(version, state)| Some((version?, state?))) {
+                    Some((version, state)) => Some((
+                        version,
+                        serde_json::from_str(&state).map_err(|e| {
+                            StoreError::Corrupt(format!("snapshot of {stream_id}: {e}"))
+                        })?,
+                    )),
+                    None => None,
+                }
+            }
+        };
+        Ok(row)
+    }
+
     /// A stream's current version and state, from its snapshot and the
     /// events after it (the read path; the appender keeps its own cache).
     pub async fn stream_state(
