@@ -305,6 +305,38 @@ pub async fn login(
     }))
 }
 
+/// Revokes `which` tokens of `user_id` in the directory (and so on every
+/// replica) and drops them from this replica's credential cache at once.
+async fn revoke(state: &AppState, which: Revoke<'_>, user_id: Uuid) -> Result<u64, ApiError> {
+    let revoked = state
+        .directory
+        .revoke_tokens(which, user_id, state.clock.now())
+        .await?;
+    match which {
+        Revoke::Token(hash) => state.caches.tokens.remove(hash),
+        Revoke::AllBut(_) | Revoke::All => state
+            .caches
+            .tokens
+            .retain(|(cached, _)| cached.user_id != user_id),
+    }
+    Ok(revoked)
+}
+
+/// The calling user's email and role.
+async fn user_of(state: &AppState, principal: &Principal) -> Result<(String, String), ApiError> {
+    state
+        .directory
+        .user_by_id(principal.user_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the token's user no longer exists",
+            )
+        })
+}
+
 /// The shortest token life a login may ask for, in seconds.
 pub const TOKEN_TTL_S_MIN: u64 = 60;
 
@@ -322,15 +354,7 @@ pub async fn logout(
     principal: Principal,
     Extension(token): Extension<CallingToken>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .directory
-        .revoke_tokens(
-            Revoke::Token(&token.hash),
-            principal.user_id,
-            state.clock.now(),
-        )
-        .await?;
-    state.caches.tokens.remove(&token.hash);
+    revoke(&state, Revoke::Token(&token.hash), principal.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -352,14 +376,7 @@ pub async fn logout_all(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<LogoutAllResponse>, ApiError> {
-    let revoked = state
-        .directory
-        .revoke_tokens(Revoke::All, principal.user_id, state.clock.now())
-        .await?;
-    state
-        .caches
-        .tokens
-        .retain(|(cached, _)| cached.user_id != principal.user_id);
+    let revoked = revoke(&state, Revoke::All, principal.user_id).await?;
     Ok(Json(LogoutAllResponse { revoked }))
 }
 
@@ -378,15 +395,7 @@ pub async fn refresh(
     Extension(token): Extension<CallingToken>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let (api_token, expires_at) = issue_token(&state, &principal, None).await?;
-    state
-        .directory
-        .revoke_tokens(
-            Revoke::Token(&token.hash),
-            principal.user_id,
-            state.clock.now(),
-        )
-        .await?;
-    state.caches.tokens.remove(&token.hash);
+    revoke(&state, Revoke::Token(&token.hash), principal.user_id).await?;
     Ok(Json(LoginResponse {
         api_token,
         expires_at,
@@ -418,17 +427,7 @@ pub async fn me(
     principal: Principal,
     Extension(token): Extension<CallingToken>,
 ) -> Result<Json<MeResponse>, ApiError> {
-    let (email, role) = state
-        .directory
-        .user_by_id(principal.user_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the token's user no longer exists",
-            )
-        })?;
+    let (email, role) = user_of(&state, &principal).await?;
     Ok(Json(MeResponse {
         id: principal.user_id,
         email,
@@ -467,17 +466,7 @@ pub async fn change_password(
 ) -> Result<StatusCode, ApiError> {
     let request = body.value;
     check_password(&request.new_password)?;
-    let (email, _) = state
-        .directory
-        .user_by_id(principal.user_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the token's user no longer exists",
-            )
-        })?;
+    let (email, _) = user_of(&state, &principal).await?;
     let stored = state
         .directory
         .user_by_email(&email)
@@ -497,17 +486,6 @@ pub async fn change_password(
         .directory
         .set_password_hash(principal.user_id, &password_hash)
         .await?;
-    state
-        .directory
-        .revoke_tokens(
-            Revoke::AllBut(&token.hash),
-            principal.user_id,
-            state.clock.now(),
-        )
-        .await?;
-    state
-        .caches
-        .tokens
-        .retain(|(cached, _)| cached.user_id != principal.user_id);
+    revoke(&state, Revoke::AllBut(&token.hash), principal.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
