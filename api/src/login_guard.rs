@@ -129,3 +129,61 @@ mod tests {
         assert_eq!(guard.check("a", t0.plus_seconds(31)), Ok(()));
     }
 }
+
+/// Registrations one client address may make per hour.
+pub const REGISTER_PER_ADDRESS_PER_HOUR: u32 = 20;
+/// Login attempts one client address may make per minute (a company behind
+/// one NAT address logs in through it).
+pub const LOGIN_PER_ADDRESS_PER_MINUTE: u32 = 120;
+/// Addresses tracked before forgetting the ones back to a full quota.
+const ADDRESSES_TRACKED_MAX: usize = 100_000;
+
+/// Per client address limits on register and login (GCRA, `governor`),
+/// in memory, per replica. The address is the TCP peer: behind a proxy,
+/// every client shares the proxy's, so limit there instead.
+pub struct AddressLimits {
+    register: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    login: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+}
+
+impl Default for AddressLimits {
+    fn default() -> Self {
+        let quota = |n: u32| std::num::NonZeroU32::MIN.saturating_add(n.saturating_sub(1));
+        AddressLimits {
+            register: governor::RateLimiter::keyed(governor::Quota::per_hour(quota(
+                REGISTER_PER_ADDRESS_PER_HOUR,
+            ))),
+            login: governor::RateLimiter::keyed(governor::Quota::per_minute(quota(
+                LOGIN_PER_ADDRESS_PER_MINUTE,
+            ))),
+        }
+    }
+}
+
+impl AddressLimits {
+    /// `Err(seconds)` to wait before `address` may register again.
+    pub fn register(&self, address: std::net::IpAddr) -> Result<(), u64> {
+        Self::check(&self.register, address)
+    }
+
+    /// `Err(seconds)` to wait before `address` may try to log in again.
+    pub fn login(&self, address: std::net::IpAddr) -> Result<(), u64> {
+        Self::check(&self.login, address)
+    }
+
+    fn check(
+        limiter: &governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+        address: std::net::IpAddr,
+    ) -> Result<(), u64> {
+        use governor::clock::Clock;
+        if limiter.len() > ADDRESSES_TRACKED_MAX {
+            limiter.retain_recent();
+        }
+        limiter.check_key(&address).map_err(|not_until| {
+            not_until
+                .wait_time_from(governor::clock::DefaultClock::default().now())
+                .as_secs()
+                .max(1)
+        })
+    }
+}

@@ -190,6 +190,7 @@ impl Server {
             registration_open: args.registration == "open",
             token_ttl: Duration::from_secs(args.token_ttl_s),
             login_guard: Default::default(),
+            address_limits: Default::default(),
             request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
         };
         Ok(Server {
@@ -222,7 +223,12 @@ impl Server {
             shutdown: stop_followers,
         } = self;
         let app = NormalizePathLayer::trim_trailing_slash().layer(routes::router(state));
-        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+        // The peer address reaches handlers (per-address limits on register and
+        // login).
+        let service =
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app);
         axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await

@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Login back-off per account.
     pub login_guard: Arc<crate::login_guard::LoginGuard>,
+    /// Register and login limits per client address.
+    pub address_limits: Arc<crate::login_guard::AddressLimits>,
     /// How long a new API token lives at most (`--token-ttl-s`).
     pub token_ttl: Duration,
     /// Whether `POST /api/v1/auth/register` is open (`--registration`).

@@ -221,3 +221,35 @@ async fn the_sixth_wrong_password_waits() {
     );
     app.stop().await;
 }
+
+/// One client address may register 20 organizations an hour; the 21st is
+/// 429 with Retry-After.
+#[tokio::test]
+async fn registrations_are_limited_per_address() {
+    let app = TestApp::embedded().await;
+    for n in 0..20 {
+        app.register(&format!("user{n}@example.com")).await;
+    }
+    let refused = app
+        .send(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(json!({
+                "email": "one-too-many@example.com", "password": "correct horse battery",
+                "full_name": "Late", "company_name": "Late Ltd"
+            })),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.body["code"].as_str()),
+        (429, Some("too_many_requests"))
+    );
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=180).contains(&wait), "{wait}");
+    app.stop().await;
+}

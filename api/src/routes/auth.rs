@@ -7,7 +7,7 @@ use crate::auth::{
 };
 use crate::directory::{Revoke, UserRecord};
 use crate::error::{ApiError, ProblemDoc};
-use crate::extract::JsonBody;
+use crate::extract::{ClientAddress, JsonBody};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -164,15 +164,25 @@ pub struct RegisterResponse {
     responses(
         (status = 201, body = RegisterResponse),
         (status = 403, description = "`registration_closed`: the server runs with `--registration closed`", body = ProblemDoc),
+        (status = 429, description = "`too_many_requests`: 20 registrations an hour from this address (Retry-After)", body = ProblemDoc),
         (status = 409, description = "`email_taken`", body = ProblemDoc),
         (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
 )]
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddress(peer): ClientAddress,
     headers: HeaderMap,
     body: JsonBody<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    if let Some(peer) = peer {
+        if let Err(seconds) = state.address_limits.register(peer) {
+            return Err(ApiError::too_many_requests(
+                seconds,
+                format!("too many registrations from this address: try again in {seconds} s"),
+            ));
+        }
+    }
     if !state.registration_open {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -246,14 +256,23 @@ pub struct LoginResponse {
     responses(
         (status = 200, body = LoginResponse),
         (status = 401, description = "`invalid_credentials`", body = ProblemDoc),
-        (status = 429, description = "`too_many_requests`: five wrong passwords for this account, then delays doubling from 1 s (Retry-After)", body = ProblemDoc),
+        (status = 429, description = "`too_many_requests`: five wrong passwords for this account, then delays doubling from 1 s; or 120 attempts a minute from this address (Retry-After)", body = ProblemDoc),
         (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
 )]
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddress(peer): ClientAddress,
     body: JsonBody<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    if let Some(peer) = peer {
+        if let Err(seconds) = state.address_limits.login(peer) {
+            return Err(ApiError::too_many_requests(
+                seconds,
+                format!("too many logins from this address: try again in {seconds} s"),
+            ));
+        }
+    }
     let request = body.value;
     let invalid = || {
         ApiError::new(
