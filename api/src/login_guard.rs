@@ -101,35 +101,6 @@ impl LoginGuard {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn five_failures_are_free_then_delays_double_up_to_the_cap() {
-        let guard = LoginGuard::default();
-        let t0 = Timestamp::parse("2030-01-01T00:00:00Z").unwrap();
-        for _ in 0..LOGIN_FREE_FAILURES {
-            assert_eq!(guard.check("a", t0), Ok(()));
-            guard.failed("a", t0);
-        }
-        assert_eq!(guard.check("a", t0), Err(1));
-        assert_eq!(guard.check("a", t0.plus_seconds(1)), Ok(()));
-        guard.failed("a", t0.plus_seconds(1));
-        assert_eq!(guard.check("a", t0.plus_seconds(1)), Err(2));
-        for n in 0..30 {
-            guard.failed("a", t0.plus_seconds(2 + n));
-        }
-        assert_eq!(
-            guard.check("a", t0.plus_seconds(31)),
-            Err(LOGIN_BACKOFF_MAX_S as u64)
-        );
-        assert_eq!(guard.check("b", t0), Ok(()), "per account");
-        guard.succeeded("a");
-        assert_eq!(guard.check("a", t0.plus_seconds(31)), Ok(()));
-    }
-}
-
 /// Registrations one client address may make per hour.
 pub const REGISTER_PER_ADDRESS_PER_HOUR: u32 = 20;
 /// Login attempts one client address may make per minute (a company behind
@@ -185,5 +156,34 @@ impl AddressLimits {
                 .as_secs()
                 .max(1)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_are_free_then_delays_double_up_to_the_cap() {
+        let guard = LoginGuard::default();
+        let t0 = Timestamp::parse("2030-01-01T00:00:00Z").unwrap();
+        for _ in 0..LOGIN_FREE_FAILURES {
+            assert_eq!(guard.check("a", t0), Ok(()));
+            guard.failed("a", t0);
+        }
+        assert_eq!(guard.check("a", t0), Err(1));
+        assert_eq!(guard.check("a", t0.plus_seconds(1)), Ok(()));
+        guard.failed("a", t0.plus_seconds(1));
+        assert_eq!(guard.check("a", t0.plus_seconds(1)), Err(2));
+        for n in 0..30 {
+            guard.failed("a", t0.plus_seconds(2 + n));
+        }
+        assert_eq!(
+            guard.check("a", t0.plus_seconds(31)),
+            Err(LOGIN_BACKOFF_MAX_S as u64)
+        );
+        assert_eq!(guard.check("b", t0), Ok(()), "per account");
+        guard.succeeded("a");
+        assert_eq!(guard.check("a", t0.plus_seconds(31)), Ok(()));
     }
 }
