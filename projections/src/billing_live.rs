@@ -471,37 +471,34 @@ macro_rules! backend {
                     );
                     query.build().execute(&mut *conn).await?;
                 }
-                let users: Vec<_> = changes
+                // The distinct sets, one row per member: users, then machines.
+                let users: Vec<(&PeriodKey, String)> = changes
                     .periods
                     .iter()
                     .flat_map(|(key, usage)| usage.users.iter().map(move |user| (key, user.to_string())))
                     .collect();
-                for chunk in users.chunks(ROWS_PER_STATEMENT) {
-                    let mut query = QueryBuilder::<Db>::new(
-                        "INSERT INTO usage_users (org_id, granularity, license_id, period_start, user_id) ",
-                    );
-                    query.push_values(chunk, |mut row, (key, user)| {
-                        push_key(&mut row, key);
-                        row.push_bind(user.clone());
-                    });
-                    query.push(" ON CONFLICT DO NOTHING");
-                    query.build().execute(&mut *conn).await?;
-                }
-                let machines: Vec<_> = changes
+                let machines: Vec<(&PeriodKey, String)> = changes
                     .periods
                     .iter()
-                    .flat_map(|(key, usage)| usage.machines.iter().map(move |machine| (key, machine)))
+                    .flat_map(|(key, usage)| usage.machines.iter().map(move |machine| (key, machine.clone())))
                     .collect();
-                for chunk in machines.chunks(ROWS_PER_STATEMENT) {
-                    let mut query = QueryBuilder::<Db>::new(
-                        "INSERT INTO usage_machines (org_id, granularity, license_id, period_start, hardware_id) ",
-                    );
-                    query.push_values(chunk, |mut row, (key, machine)| {
-                        push_key(&mut row, key);
-                        row.push_bind((*machine).clone());
-                    });
-                    query.push(" ON CONFLICT DO NOTHING");
-                    query.build().execute(&mut *conn).await?;
+                for (table, column, members) in [
+                    ("usage_users", "user_id", users),
+                    ("usage_machines", "hardware_id", machines),
+                ] {
+                    for chunk in members.chunks(ROWS_PER_STATEMENT) {
+                        let mut query = QueryBuilder::<Db>::new("INSERT INTO ");
+                        query.push(table);
+                        query.push(" (org_id, granularity, license_id, period_start, ");
+                        query.push(column);
+                        query.push(") ");
+                        query.push_values(chunk, |mut row, (key, member)| {
+                            push_key(&mut row, key);
+                            row.push_bind(member.clone());
+                        });
+                        query.push(" ON CONFLICT DO NOTHING");
+                        query.build().execute(&mut *conn).await?;
+                    }
                 }
                 Ok(())
             }
