@@ -120,6 +120,26 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// `count` licenses of two seats each, issued through `appender`.
+async fn issue_licenses(appender: &Appender, count: usize) -> Vec<Uuid> {
+    let licenses: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+    for license in &licenses {
+        appender
+            .submit(Submission::new(ORG, issue(*license, 2)))
+            .await
+            .unwrap();
+    }
+    licenses
+}
+
+/// A proptest runner that draws the same steps on every run.
+fn deterministic_runner() -> TestRunner {
+    TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    )
+}
+
 /// The command a step stands for, or `None` for a step that only moves
 /// the clock (by calling `advance` with its seconds).
 fn command_of(
@@ -249,18 +269,9 @@ async fn hot_counts_equal_the_ledger(store: Store) {
     let (stop, task) = follow(&store, &hot, &notifier, 3);
     let redis = redis_counts();
     let (stop_redis, redis_task) = follow(&store, &redis, &notifier, 5);
-    let licenses: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-    for license in &licenses {
-        appender
-            .submit(Submission::new(ORG, issue(*license, 2)))
-            .await
-            .unwrap();
-    }
+    let licenses = issue_licenses(&appender, 3).await;
     let mut sessions: Vec<Vec<Uuid>> = vec![Vec::new(); licenses.len()];
-    let mut runner = TestRunner::new_with_rng(
-        Config::default(),
-        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
-    );
+    let mut runner = deterministic_runner();
     let steps = prop::collection::vec(step(), 40..80);
     for _ in 0..12 {
         for step in steps.new_tree(&mut runner).unwrap().current() {
@@ -513,18 +524,9 @@ async fn live_billing_equals_the_fold(store: Store) {
     let appender = start_appender(&store, &clock, &notifier);
     let (stop_a, task_a) = follow_billing(&store, &notifier, 3);
     let (stop_b, task_b) = follow_billing(&store, &notifier, 7);
-    let licenses: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-    for license in &licenses {
-        appender
-            .submit(Submission::new(ORG, issue(*license, 2)))
-            .await
-            .unwrap();
-    }
+    let licenses = issue_licenses(&appender, 3).await;
     let mut sessions: Vec<Vec<Uuid>> = vec![Vec::new(); licenses.len()];
-    let mut runner = TestRunner::new_with_rng(
-        Config::default(),
-        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
-    );
+    let mut runner = deterministic_runner();
     let steps = prop::collection::vec(step(), 30..60);
     let long_gaps = prop::collection::vec(0..40_000i64, 60);
     let compare = |store: Store, now: Timestamp| async move {
