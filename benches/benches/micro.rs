@@ -9,7 +9,7 @@ use seatledger_ledger::domain::{
     decide, evolve, Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount, StreamState,
 };
 use seatledger_ledger::SigningKey;
-use seatledger_projections::{BillingFold, Granularity};
+use seatledger_projections::{nats, BillingFold, Granularity, NatsConfig};
 use seatledger_schema::canonical::{canonical_bytes, expected_hash};
 use seatledger_schema::{
     ChainHash, Event, Metadata, RecordedEvent, ReleaseReason, SeatAcquired, SeatHeartbeat,
@@ -149,6 +149,21 @@ fn hashing(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the NATS publisher prepares per event: subject, headers, body.
+fn nats_message(c: &mut Criterion) {
+    let mut group = c.benchmark_group("nats message");
+    group.throughput(Throughput::Elements(1));
+    let event = sample_event();
+    let config = NatsConfig::new("nats://127.0.0.1:4222");
+    group.bench_function("subject + headers + JSON body", |b| {
+        b.iter(|| nats::message(black_box(&config), black_box(&event)))
+    });
+    group.bench_function("JSON body only (serde_json::to_vec)", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&event)))
+    });
+    group.finish();
+}
+
 fn seat_tokens(c: &mut Criterion) {
     let mut group = c.benchmark_group("seat token");
     group.throughput(Throughput::Elements(1));
@@ -273,5 +288,12 @@ fn billing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decide_and_evolve, hashing, seat_tokens, billing);
+criterion_group!(
+    benches,
+    decide_and_evolve,
+    hashing,
+    nats_message,
+    seat_tokens,
+    billing
+);
 criterion_main!(benches);

@@ -339,18 +339,15 @@ pub async fn publish_range(
     loop {
         while outcome.error.is_none() && in_flight.len() < window {
             let Some(event) = next.next() else { break };
-            let payload = match serde_json::to_vec(event) {
-                Ok(payload) => payload,
+            let message = match message(config, event) {
+                Ok(message) => message,
                 Err(error) => {
-                    outcome.error = Some(format!(
-                        "event {} cannot be encoded: {error}",
-                        event.position
-                    ));
+                    outcome.error = Some(error);
                     return outcome;
                 }
             };
             let sent = jetstream
-                .publish_with_headers(config.subject(event), headers(event), payload.into())
+                .publish_with_headers(message.subject, message.headers, message.payload)
                 .await;
             match sent {
                 Ok(ack) => in_flight.push_back((event.position, ack)),
@@ -379,6 +376,25 @@ pub async fn publish_range(
             return outcome;
         }
     }
+}
+
+/// One event as a JetStream message.
+#[derive(Debug)]
+pub struct Message {
+    pub subject: String,
+    pub headers: async_nats::HeaderMap,
+    pub payload: bytes::Bytes,
+}
+
+/// `event`'s message: subject, headers and body (the envelope as JSON).
+pub fn message(config: &NatsConfig, event: &RecordedEvent) -> Result<Message, String> {
+    let payload = serde_json::to_vec(event)
+        .map_err(|error| format!("event {} cannot be encoded: {error}", event.position))?;
+    Ok(Message {
+        subject: config.subject(event),
+        headers: headers(event),
+        payload: payload.into(),
+    })
 }
 
 /// The headers of `event`'s message.
