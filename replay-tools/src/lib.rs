@@ -48,6 +48,8 @@ pub enum VerifyError {
     },
     #[error("checkpoint at position {0} is beyond the last event")]
     CheckpointBeyondHead(i64),
+    #[error("checkpoint at position {position} is out of place (after position {after})")]
+    CheckpointOutOfPlace { position: i64, after: i64 },
     #[error(transparent)]
     Signature(#[from] CheckpointError),
     #[error("event at position {position} cannot be decoded: {source}")]
@@ -77,23 +79,37 @@ pub enum VerifyError {
     SnapshotMismatch { stream_id: String, version: i64 },
 }
 
-/// Stream versions follow each other from 1 in every stream, each
-/// `streams` row ends where its events end, and each stored snapshot is
-/// the state its stream's events replay to at the snapshot's version. Only
-/// the streams with a snapshot keep a state, and only until that version.
+/// Stream versions follow each other from 1 in every stream (from the
+/// first one seen, in a partial export), each `streams` row ends where its
+/// events end, and each stored snapshot is the state its stream's events
+/// replay to at the snapshot's version. Only the streams with a snapshot
+/// keep a state, and only until that version.
 struct StreamCheck {
     versions: HashMap<String, i64>,
+    /// Whether every stream starts at version 1 (the log from position 1).
+    from_start: bool,
     /// Snapshot version and the state replayed so far, per stream still to
     /// reach its snapshot.
     pending: HashMap<String, (i64, seatledger_ledger::domain::StreamState)>,
 }
 
+/// A stream reached the version of its stored snapshot: the snapshot must
+/// be `replayed`.
+#[derive(Debug)]
+pub struct DueSnapshot {
+    pub stream_id: String,
+    pub version: i64,
+    pub replayed: serde_json::Value,
+}
+
 impl StreamCheck {
-    fn new(stored: &HashMap<String, (i64, Option<i64>)>) -> StreamCheck {
+    fn new(stored: Option<&HashMap<String, (i64, Option<i64>)>>, from_start: bool) -> StreamCheck {
         StreamCheck {
             versions: HashMap::new(),
+            from_start,
             pending: stored
-                .iter()
+                .into_iter()
+                .flatten()
                 .filter_map(|(stream_id, (_, snapshot))| {
                     snapshot.map(|version| (stream_id.clone(), (version, Default::default())))
                 })
@@ -101,13 +117,18 @@ impl StreamCheck {
         }
     }
 
-    async fn apply(&mut self, store: &Store, event: &RecordedEvent) -> Result<(), VerifyError> {
+    fn apply(&mut self, event: &RecordedEvent) -> Result<Option<DueSnapshot>, VerifyError> {
         // No allocation for a stream already seen (verify's hot path).
         if !self.versions.contains_key(&event.stream_id) {
-            self.versions.insert(event.stream_id.clone(), 0);
+            let before = if self.from_start {
+                0
+            } else {
+                event.stream_version - 1
+            };
+            self.versions.insert(event.stream_id.clone(), before);
         }
         let Some(version) = self.versions.get_mut(&event.stream_id) else {
-            return Ok(());
+            return Ok(None);
         };
         if event.stream_version != *version + 1 {
             return Err(VerifyError::StreamVersionGap {
@@ -119,7 +140,7 @@ impl StreamCheck {
         }
         *version = event.stream_version;
         let Some((snapshot_version, state)) = self.pending.get_mut(&event.stream_id) else {
-            return Ok(());
+            return Ok(None);
         };
         let decoded = event.event().map_err(|source| VerifyError::Undecodable {
             position: event.position,
@@ -127,27 +148,18 @@ impl StreamCheck {
         })?;
         *state = seatledger_ledger::domain::evolve(std::mem::take(state), &decoded);
         if event.stream_version < *snapshot_version {
-            return Ok(());
+            return Ok(None);
         }
-        let snapshot_version = *snapshot_version;
-        let Some((_, replayed)) = self.pending.remove(&event.stream_id) else {
-            return Ok(());
+        let Some((version, replayed)) = self.pending.remove(&event.stream_id) else {
+            return Ok(None);
         };
-        let mismatch = || VerifyError::SnapshotMismatch {
-            stream_id: event.stream_id.clone(),
-            version: snapshot_version,
-        };
-        let stored = store
-            .stream_snapshot(&event.stream_id)
-            .await?
-            .filter(|(version, _)| *version == snapshot_version)
-            .ok_or_else(mismatch)?;
         let replayed = serde_json::to_value(&replayed)
             .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
-        if replayed != stored.1 {
-            return Err(mismatch());
-        }
-        Ok(())
+        Ok(Some(DueSnapshot {
+            stream_id: event.stream_id.clone(),
+            version,
+            replayed,
+        }))
     }
 
     fn finish(self, stored: &HashMap<String, (i64, Option<i64>)>) -> Result<(), VerifyError> {
@@ -281,29 +293,65 @@ impl Drop for LogReader {
     }
 }
 
-/// Verifies partition `partition` of `store` from position 0. `key` is the
-/// `(key_id, raw Ed25519 public key)` checkpoints must be signed with.
-pub async fn verify(
-    store: &Store,
-    partition: i16,
-    key: (&str, &[u8]),
-) -> Result<Verified, VerifyError> {
-    let checkpoints: HashMap<i64, Checkpoint> = store
-        .checkpoints(partition)
-        .await?
-        .into_iter()
-        .map(|c| (c.position, c))
-        .collect();
-    let mut position = 0i64;
-    let mut hash = ChainHash::GENESIS;
-    let mut checked = 0usize;
-    let (head_position, _) = store.head(partition).await?;
-    let stored_streams = store.stream_versions_of(partition).await?;
-    let mut streams = StreamCheck::new(&stored_streams);
-    let mut reader = LogReader::new(store, partition, head_position);
-    while let Some(batch) = reader.next().await? {
+/// The checks of `verify`, fed in log order from any source (the store, an
+/// export file): positions, links and hashes of events, checkpoints at
+/// their positions, stream versions, and snapshots when their stream
+/// reaches them.
+pub struct Verifier {
+    key_id: String,
+    key: Vec<u8>,
+    /// A chain (the log or a range of it) or a selection of its events (one
+    /// organization's): a selection has gaps by nature, so its events are
+    /// checked one by one (hash of content and `prev_hash`, ascending
+    /// positions) and not linked.
+    chain: bool,
+    /// The last position and hash checked; `None` before the first event of
+    /// a range that does not start at position 1 (its `prev_hash` is then
+    /// taken as given).
+    last: Option<(i64, ChainHash)>,
+    events: i64,
+    checkpoints: usize,
+    streams: StreamCheck,
+}
+
+impl Verifier {
+    /// A verifier of events from position 1 (`from_start`), or from
+    /// wherever the first event is. `stored_streams`: the `streams` rows
+    /// (version and snapshot version) the events must end at, when the
+    /// source has them.
+    pub fn new(
+        key: (&str, &[u8]),
+        chain: bool,
+        from_start: bool,
+        stored_streams: Option<&HashMap<String, (i64, Option<i64>)>>,
+    ) -> Verifier {
+        Verifier {
+            key_id: key.0.to_owned(),
+            key: key.1.to_vec(),
+            chain,
+            last: from_start.then_some((0, ChainHash::GENESIS)),
+            events: 0,
+            checkpoints: 0,
+            streams: StreamCheck::new(stored_streams, from_start && chain),
+        }
+    }
+
+    /// The last position checked (0 before any).
+    pub fn position(&self) -> i64 {
+        self.last.map_or(0, |(position, _)| position)
+    }
+
+    /// Checks the next events in log order; `checkpoints` holds those to
+    /// check as their position is reached (or none: see
+    /// [`checkpoint`](Self::checkpoint)). Returns the snapshots that became
+    /// due, in order.
+    pub async fn events(
+        &mut self,
+        batch: Vec<RecordedEvent>,
+        checkpoints: &HashMap<i64, Checkpoint>,
+    ) -> Result<Vec<DueSnapshot>, VerifyError> {
         if batch.is_empty() {
-            continue;
+            return Ok(Vec::new());
         }
         // Hashes are independent given each event's own `prev_hash`:
         // recompute them on every core, then check positions and links in
@@ -315,15 +363,19 @@ pub async fn verify(
         })
         .await
         .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
+        let mut due = Vec::new();
         for event in batch.iter() {
-            if event.position != position + 1 {
+            let (position, hash) = self.last.unwrap_or((event.position - 1, event.prev_hash));
+            if self.chain && event.position != position + 1
+                || !self.chain && event.position <= position
+            {
                 return Err(ChainError::PositionGap {
                     position: event.position,
                     expected: position + 1,
                 }
                 .into());
             }
-            if event.prev_hash != hash {
+            if self.chain && event.prev_hash != hash {
                 return Err(ChainError::BrokenLink {
                     position: event.position,
                 }
@@ -343,31 +395,100 @@ pub async fn verify(
                     },
                 });
             }
-            position = event.position;
-            hash = event.hash;
-            streams.apply(store, event).await?;
-            if let Some(checkpoint) = checkpoints.get(&position) {
-                if checkpoint.hash != hash {
-                    return Err(VerifyError::CheckpointMismatch {
-                        position,
-                        signed: checkpoint.hash,
-                        actual: hash,
-                    });
-                }
-                checkpoint.verify(key.0, key.1)?;
-                checked += 1;
+            self.last = Some((event.position, event.hash));
+            self.events += 1;
+            due.extend(self.streams.apply(event)?);
+            if let Some(checkpoint) = checkpoints.get(&event.position) {
+                self.checkpoint(checkpoint)?;
             }
         }
+        Ok(due)
     }
-    if let Some(beyond) = checkpoints.keys().find(|p| **p > position) {
+
+    /// Checks a signed checkpoint at the position just reached: its hash
+    /// is the chain's there, and the pinned key signed it. In a selection
+    /// of events, a checkpoint between two of them is checked by its
+    /// signature alone.
+    pub fn checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), VerifyError> {
+        let (position, hash) = self.last.unwrap_or((0, ChainHash::GENESIS));
+        if checkpoint.position == position {
+            if checkpoint.hash != hash {
+                return Err(VerifyError::CheckpointMismatch {
+                    position,
+                    signed: checkpoint.hash,
+                    actual: hash,
+                });
+            }
+        } else if self.chain || checkpoint.position < position {
+            return Err(VerifyError::CheckpointOutOfPlace {
+                position: checkpoint.position,
+                after: position,
+            });
+        }
+        checkpoint.verify(&self.key_id, &self.key)?;
+        self.checkpoints += 1;
+        Ok(())
+    }
+
+    /// Ends the check: every stream ended where `stored_streams` says
+    /// (when known) and every snapshot was reached.
+    pub fn finish(
+        self,
+        stored_streams: Option<&HashMap<String, (i64, Option<i64>)>>,
+    ) -> Result<Verified, VerifyError> {
+        let (_, head_hash) = self.last.unwrap_or((0, ChainHash::GENESIS));
+        if let Some(stored) = stored_streams {
+            self.streams.finish(stored)?;
+        }
+        Ok(Verified {
+            events: self.events,
+            head_hash,
+            checkpoints: self.checkpoints,
+        })
+    }
+}
+
+/// Verifies partition `partition` of `store` from position 0. `key` is the
+/// `(key_id, raw Ed25519 public key)` checkpoints must be signed with.
+pub async fn verify(
+    store: &Store,
+    partition: i16,
+    key: (&str, &[u8]),
+) -> Result<Verified, VerifyError> {
+    let checkpoints: HashMap<i64, Checkpoint> = store
+        .checkpoints(partition)
+        .await?
+        .into_iter()
+        .map(|c| (c.position, c))
+        .collect();
+    let (head_position, _) = store.head(partition).await?;
+    let stored_streams = store.stream_versions_of(partition).await?;
+    let mut verifier = Verifier::new(key, true, true, Some(&stored_streams));
+    let mut reader = LogReader::new(store, partition, head_position);
+    while let Some(batch) = reader.next().await? {
+        for due in verifier.events(batch, &checkpoints).await? {
+            check_snapshot(&due, store.stream_snapshot(&due.stream_id).await?)?;
+        }
+    }
+    let position = verifier.position();
+    if let Some(beyond) = checkpoints.keys().filter(|p| **p > position).min() {
         return Err(VerifyError::CheckpointBeyondHead(*beyond));
     }
-    streams.finish(&stored_streams)?;
-    Ok(Verified {
-        events: position,
-        head_hash: hash,
-        checkpoints: checked,
-    })
+    verifier.finish(Some(&stored_streams))
+}
+
+/// A due snapshot against the one stored (version and state).
+pub fn check_snapshot(
+    due: &DueSnapshot,
+    stored: Option<(i64, serde_json::Value)>,
+) -> Result<(), VerifyError> {
+    match stored {
+        Some((version, state)) if version == due.version && state == due.replayed => Ok(()),
+        _ => Err(VerifyError::SnapshotMismatch {
+            stream_id: due.stream_id.clone(),
+            version: due.version,
+        }),
+    }
 }
 
 /// An event the billing fold could not read: its tenant's usage is
