@@ -15,4 +15,4 @@ pub use appender::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keys::SigningKey;
-pub use store::{Backend, ImportError, Store, StoreError};
+pub use store::{Backend, ImportError, ImportExtras, Store, StoreError};

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod at;
+pub mod export;
 
 use seatledger_ledger::{Store, StoreError};
 use seatledger_projections::{BillingFold, Granularity, UsageRow};
@@ -247,11 +248,16 @@ pub struct LogReader {
 impl LogReader {
     /// A reader of positions `1..=through` of `partition`.
     pub fn new(store: &Store, partition: i16, through: i64) -> LogReader {
+        LogReader::range(store, partition, 0, through)
+    }
+
+    /// A reader of positions `after + 1..=through` of `partition`.
+    pub fn range(store: &Store, partition: i16, after: i64, through: i64) -> LogReader {
         let mut reader = LogReader {
             store: store.clone(),
             partition,
             through,
-            next_after: 0,
+            next_after: after,
             pending: VecDeque::new(),
         };
         reader.refill();

@@ -1,4 +1,6 @@
-//! `seatledger-replay verify`: prove the log was not altered.
+//! `seatledger-replay verify`: prove the log (or an export file) was not
+//! altered. `export` / `import`: the log as JSON Lines, and into an empty
+//! store.
 //! `seatledger-replay usage`: recompute billing usage from the log (or from
 //! NATS JetStream). `seatledger-replay republish`: resend a range of the log
 //! to JetStream.
@@ -37,8 +39,53 @@ enum Commands {
         /// The ledger's public key as `KEY_ID:BASE64URL` (from GET /api/v1/keys).
         /// Without it, the key stored in the database is used, which proves
         /// integrity only against accidents, not against whoever holds the database.
+        /// Required with --from-file.
         #[arg(long)]
         public_key: Option<String>,
+        /// Verify an export file (`-`: standard input) instead of a database.
+        #[arg(long)]
+        from_file: Option<String>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the log (or a range, or one organization's events) as JSON
+    /// Lines: a header, the streams, every event with its hashes, the
+    /// snapshots and the signed checkpoints. Verify it with
+    /// `verify --from-file`; load it into an empty store with `import`.
+    Export {
+        #[arg(
+            long,
+            env = "SEATLEDGER_DATABASE_URL",
+            default_value = "sqlite:seatledger.db"
+        )]
+        database_url: String,
+        /// Only this organization's events (not a chain: each event's hash
+        /// verifies alone).
+        #[arg(long)]
+        org: Option<Uuid>,
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        from_position: Option<i64>,
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        to_position: Option<i64>,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Load an export of a whole log into an empty store (PostgreSQL or a
+    /// new SQLite file), verifying it as it goes: nothing that does not
+    /// verify is written.
+    Import {
+        /// The store to fill (created and migrated; it must hold no event).
+        #[arg(long, env = "SEATLEDGER_DATABASE_URL")]
+        database_url: String,
+        /// The export file (`-`: standard input).
+        #[arg(long)]
+        from_file: String,
+        /// The ledger's public key as `KEY_ID:BASE64URL`: checkpoints must be
+        /// signed with it.
+        #[arg(long)]
+        public_key: String,
     },
     /// Recompute usage (seat-seconds, overage, peak seats, distinct users and
     /// machines, denials) per organization, license and UTC period from the
@@ -154,11 +201,7 @@ async fn republish(
         .with_context(|| format!("cannot connect to NATS at {}", config.url))?;
     let (head, _) = store.head(0).await?;
     let last = to.unwrap_or(head).min(head);
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(u64::try_from(last).unwrap_or(0))
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(u64::try_from(last).unwrap_or(0));
     bar.set_position(u64::try_from(from - 1).unwrap_or(0));
     let context = async_nats::jetstream::new(client);
     let done = nats::republish(&store, 0, &context, &config, from, Some(last), |position| {
@@ -187,6 +230,44 @@ async fn open_read_only(database_url: &str) -> anyhow::Result<Store> {
     }
 }
 
+/// Exits 2 (a usage error, like clap's) with `message`.
+fn usage_error(message: &str) -> ! {
+    eprintln!("seatledger-replay: {message}");
+    std::process::exit(2);
+}
+
+/// `KEY_ID:BASE64URL` as (key id, raw key); a malformed one is a usage error.
+fn parse_public_key(text: &str) -> (String, Vec<u8>) {
+    let Some((id, encoded)) = text.split_once(':') else {
+        usage_error("--public-key is KEY_ID:BASE64URL");
+    };
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) {
+        Ok(bytes) => (id.to_owned(), bytes),
+        Err(error) => usage_error(&format!("--public-key: not base64url: {error}")),
+    }
+}
+
+/// A file, or standard input for `-`; a file that cannot be opened is a
+/// usage error.
+fn open_input(path: &str) -> Box<dyn std::io::BufRead + Send> {
+    if path == "-" {
+        return Box::new(std::io::BufReader::new(std::io::stdin()));
+    }
+    match std::fs::File::open(path) {
+        Ok(file) => Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+        Err(error) => usage_error(&format!("cannot open {path}: {error}")),
+    }
+}
+
+/// A progress bar on standard error when it is a terminal, else hidden.
+fn progress_bar(length: u64) -> indicatif::ProgressBar {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(length)
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
 fn parse_timestamp(text: &str) -> Result<Timestamp, String> {
     Timestamp::parse(text).map_err(|e| format!("expected an RFC 3339 instant: {e}"))
 }
@@ -197,37 +278,122 @@ async fn main() -> anyhow::Result<()> {
         Commands::Verify {
             database_url,
             public_key,
+            from_file,
+            json,
         } => {
-            let store = open_read_only(&database_url).await?;
-            let (key_id, key) = match public_key {
-                Some(text) => {
-                    let (id, encoded) = text
-                        .split_once(':')
-                        .context("--public-key is KEY_ID:BASE64URL")?;
-                    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(encoded)
-                        .context("public key")?;
-                    (id.to_owned(), bytes)
+            let started = Instant::now();
+            let (key_id, verified) = match from_file {
+                Some(path) => {
+                    let Some(text) = public_key else {
+                        usage_error("--from-file needs --public-key KEY_ID:BASE64URL (the file's own key proves nothing)");
+                    };
+                    let (key_id, key) = parse_public_key(&text);
+                    let input = open_input(&path);
+                    let verified = seatledger_replay::export::verify_file(input, (&key_id, &key))
+                        .await?
+                        .verified;
+                    (key_id, verified)
                 }
                 None => {
-                    let document = store.stored_signing_key().await?.context(
-                        "the database holds no signing key: pass --public-key KEY_ID:BASE64URL",
-                    )?;
-                    let stored = SigningKey::from_pkcs8(&document)?;
-                    (stored.key_id().to_owned(), stored.public_key().to_vec())
+                    let store = open_read_only(&database_url).await?;
+                    let (key_id, key) = match public_key {
+                        Some(text) => parse_public_key(&text),
+                        None => {
+                            let document = store.stored_signing_key().await?.context(
+                                "the database holds no signing key: pass --public-key KEY_ID:BASE64URL",
+                            )?;
+                            let stored = SigningKey::from_pkcs8(&document)?;
+                            (stored.key_id().to_owned(), stored.public_key().to_vec())
+                        }
+                    };
+                    let verified = seatledger_replay::verify(&store, 0, (&key_id, &key)).await?;
+                    (key_id, verified)
                 }
             };
-            let started = Instant::now();
-            let verified = seatledger_replay::verify(&store, 0, (&key_id, &key)).await?;
             let seconds = started.elapsed().as_secs_f64();
-            println!(
-                "verified {} events and {} signed checkpoints (key {key_id}); head hash {}; {:.0} events/s",
-                verified.events,
-                verified.checkpoints,
-                verified.head_hash,
-                verified.events as f64 / seconds.max(1e-9)
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "events": verified.events,
+                        "checkpoints": verified.checkpoints,
+                        "key_id": key_id,
+                        "head_hash": verified.head_hash,
+                    })
+                );
+            } else {
+                println!(
+                    "verified {} events and {} signed checkpoints (key {key_id}); head hash {}; {:.0} events/s",
+                    verified.events,
+                    verified.checkpoints,
+                    verified.head_hash,
+                    verified.events as f64 / seconds.max(1e-9)
+                );
+            }
+            Ok(())
+        }
+        Commands::Export {
+            database_url,
+            org,
+            from_position,
+            to_position,
+            output,
+        } => {
+            let store = open_read_only(&database_url).await?;
+            let (head, _) = store.head(0).await?;
+            let bar = progress_bar(u64::try_from(head).unwrap_or(0));
+            let range = seatledger_replay::export::ExportRange {
+                org,
+                from_position,
+                to_position,
+            };
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut out = std::io::BufWriter::new(&mut out);
+            let (header, events) =
+                seatledger_replay::export::export(&store, 0, range, &mut out, |position| {
+                    bar.set_position(u64::try_from(position).unwrap_or(0))
+                })
+                .await?;
+            bar.finish_and_clear();
+            eprintln!(
+                "exported {events} events (positions {}..={}): {}",
+                header.from_position, header.to_position, header.description
             );
             Ok(())
+        }
+        Commands::Import {
+            database_url,
+            from_file,
+            public_key,
+        } => {
+            let (key_id, key) = parse_public_key(&public_key);
+            let input = open_input(&from_file);
+            let store = Store::connect(&database_url)
+                .await
+                .context("cannot open the store to import into")?;
+            store.migrate().await?;
+            let done = seatledger_replay::export::import(input, (&key_id, &key), &store).await;
+            match done {
+                Ok(done) => {
+                    println!(
+                        "imported {} events and {} signed checkpoints (key {key_id}); head hash {}",
+                        done.imported, done.verified.checkpoints, done.verified.head_hash
+                    );
+                    Ok(())
+                }
+                Err(error) => {
+                    let (head, _) = store.head(0).await.unwrap_or_default();
+                    anyhow::bail!(
+                        "{error}; nothing after position {head} was imported (the store holds the verified positions 1..={head})"
+                    )
+                }
+            }
         }
         Commands::Usage {
             database_url,

@@ -94,6 +94,18 @@ pub enum ImportError {
     StreamVersion { position: i64 },
     #[error("the events belong to another partition")]
     WrongPartition,
+    #[error("checkpoint at position {position} does not sign the imported event there")]
+    Checkpoint { position: i64 },
+    #[error("snapshot of stream {stream_id} is not of a version the imported events reach")]
+    Snapshot { stream_id: String },
+}
+
+/// Checkpoints and stream snapshots imported with a range of events.
+#[derive(Clone, Debug, Default)]
+pub struct ImportExtras {
+    pub checkpoints: Vec<Checkpoint>,
+    /// Stream id, snapshot version and the state as JSON text.
+    pub snapshots: Vec<(String, i64, String)>,
 }
 
 /// Which backend a store uses.
@@ -553,12 +565,40 @@ impl Store {
         partition: i16,
         events: &[RecordedEvent],
     ) -> Result<i64, ImportError> {
+        self.import_with(partition, events, &ImportExtras::default())
+            .await
+    }
+
+    /// [`import`](Self::import), with the checkpoints and stream snapshots
+    /// of the exported log that fall within `events`, in the same
+    /// transaction: a checkpoint must sign the hash of the imported event
+    /// at its position (its signature is the caller's to check), a
+    /// snapshot must be of a stream these events reach.
+    pub async fn import_with(
+        &self,
+        partition: i16,
+        events: &[RecordedEvent],
+        extras: &ImportExtras,
+    ) -> Result<i64, ImportError> {
         let mut tx = self.begin_batch(partition).await?;
         let (head_position, head_hash) = tx.head(partition).await?;
-        if events.iter().any(|event| event.partition != partition) {
+        if events.iter().any(|event| event.partition != partition)
+            || extras.checkpoints.iter().any(|c| c.partition != partition)
+        {
             return Err(ImportError::WrongPartition);
         }
         let (position, _) = seatledger_schema::verify_chain(head_position, head_hash, events)?;
+        for checkpoint in &extras.checkpoints {
+            let signed = usize::try_from(checkpoint.position - head_position - 1)
+                .ok()
+                .and_then(|index| events.get(index))
+                .is_some_and(|event| event.hash == checkpoint.hash);
+            if !signed {
+                return Err(ImportError::Checkpoint {
+                    position: checkpoint.position,
+                });
+            }
+        }
         let mut stream_ids: Vec<String> = events.iter().map(|e| e.stream_id.clone()).collect();
         stream_ids.sort();
         stream_ids.dedup();
@@ -573,7 +613,7 @@ impl Store {
             *version = event.stream_version;
         }
         tx.insert_events(events).await?;
-        let writes: Vec<StreamWrite> = versions
+        let mut writes: Vec<StreamWrite> = versions
             .into_iter()
             .filter(|(stream_id, _)| stream_ids.binary_search(stream_id).is_ok())
             .map(|(stream_id, version)| StreamWrite {
@@ -583,7 +623,19 @@ impl Store {
                 snapshot: None,
             })
             .collect();
+        for (stream_id, version, state) in &extras.snapshots {
+            let write = writes
+                .iter_mut()
+                .find(|write| write.stream_id == *stream_id && write.version >= *version)
+                .ok_or_else(|| ImportError::Snapshot {
+                    stream_id: stream_id.clone(),
+                })?;
+            write.snapshot = Some((*version, state.clone()));
+        }
         tx.upsert_streams(&writes).await?;
+        for checkpoint in &extras.checkpoints {
+            tx.insert_checkpoint(checkpoint).await?;
+        }
         if let Some(last) = events.last() {
             tx.notify(partition, last.position).await?;
         }

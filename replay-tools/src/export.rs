@@ -1,0 +1,487 @@
+//! Export and import of the log as JSON Lines, and `verify` of an export
+//! file: an auditor without database access checks the same things
+//! `verify` checks on the store.
+//!
+//! Format (version [`FORMAT_VERSION`]), one JSON object per line:
+//! - `{"header": {...}}` first: format and version, partition, the key id
+//!   of the checkpoints, whether the file is a chain, the organization (a
+//!   per-organization export), the position range, whether the `streams`
+//!   rows and snapshots are included;
+//! - `{"stream": {stream_id, version, snapshot_version}}` for every stream,
+//!   before any event (only in a whole-log export);
+//! - `{"event": {...}}`: the envelope, as `GET /api/v1/events` items, in
+//!   position order;
+//! - `{"snapshot": {stream_id, version, state}}` right after the event at
+//!   which its stream reaches the snapshot's version (whole-log exports);
+//! - `{"checkpoint": {...}}` right after the event at its position (in a
+//!   per-organization export: after the last exported event before it).
+//!
+//! Lines are serialized the same way whatever the store (struct fields in
+//! declaration order, JSON maps such as payloads and snapshots with sorted
+//! keys), so PostgreSQL → export → SQLite → export is byte-identical.
+//!
+//! A per-organization export is not a chain (the other organizations'
+//! events are missing): its header says so, and its events are verified
+//! one by one (each hash against its content and `prev_hash`), not linked.
+//!
+//! Reading and writing stream line by line: memory holds one batch of
+//! events and, like `verify`, the state of streams whose snapshot is still
+//! ahead.
+
+use crate::{check_snapshot, DueSnapshot, LogReader, Verified, Verifier, VerifyError};
+use seatledger_ledger::{ImportError, ImportExtras, Store, StoreError};
+use seatledger_schema::{Checkpoint, RecordedEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write};
+use uuid::Uuid;
+
+pub const FORMAT: &str = "seatledger-export";
+pub const FORMAT_VERSION: u32 = 1;
+/// Events verified per batch when reading a file.
+const FILE_BATCH: usize = 10_000;
+/// Events imported per transaction.
+const IMPORT_BATCH: usize = 1_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    pub format_version: u32,
+    pub partition: i16,
+    /// The key of the last checkpoint in the file (none without any).
+    pub key_id: Option<String>,
+    /// Whether the events are a chain (consecutive positions, linked).
+    pub chain: bool,
+    /// The organization of a per-organization export.
+    pub org_id: Option<Uuid>,
+    pub from_position: i64,
+    pub to_position: i64,
+    /// Whether `stream` and `snapshot` lines are included (whole log only).
+    pub streams: bool,
+    /// What the file is, in a sentence.
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRow {
+    pub stream_id: String,
+    pub version: i64,
+    pub snapshot_version: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRow {
+    pub stream_id: String,
+    pub version: i64,
+    pub state: serde_json::Value,
+}
+
+/// One line of an export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    Header(Header),
+    Stream(StreamRow),
+    Event(RecordedEvent),
+    Snapshot(SnapshotRow),
+    Checkpoint(Checkpoint),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: not a line of a seatledger export: {error}")]
+    Malformed { line: u64, error: String },
+    #[error("line {line}: {what}")]
+    OutOfPlace { line: u64, what: String },
+    #[error("not a seatledger export (format {format} version {version})")]
+    Format { format: String, version: u32 },
+    #[error("{0}")]
+    Verify(#[from] VerifyError),
+    #[error("the file ends at position {last}, its header says {to}: events are missing")]
+    Truncated { last: i64, to: i64 },
+    #[error("import: {0}")]
+    Import(#[from] ImportError),
+    #[error("import needs {0}")]
+    NotImportable(&'static str),
+}
+
+/// What to export.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExportRange {
+    pub org: Option<Uuid>,
+    pub from_position: Option<i64>,
+    pub to_position: Option<i64>,
+}
+
+fn write_line(out: &mut (impl Write + ?Sized), line: &Line) -> Result<(), ExportError> {
+    serde_json::to_writer(&mut *out, line).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Writes partition `partition` of `store` (or the range and organization
+/// asked for) to `out`; `progress` is called with each position reached.
+/// Returns the header written and the number of events.
+pub async fn export(
+    store: &Store,
+    partition: i16,
+    range: ExportRange,
+    out: &mut impl Write,
+    mut progress: impl FnMut(i64),
+) -> Result<(Header, i64), ExportError> {
+    let (head, _) = store.head(partition).await?;
+    let from = range.from_position.unwrap_or(1).max(1);
+    let to = range.to_position.unwrap_or(head).min(head);
+    let whole = range.org.is_none() && from == 1 && to == head;
+    let mut checkpoints: BTreeMap<i64, Checkpoint> = store
+        .checkpoints(partition)
+        .await?
+        .into_iter()
+        .filter(|checkpoint| (from..=to).contains(&checkpoint.position))
+        .map(|checkpoint| (checkpoint.position, checkpoint))
+        .collect();
+    let description = match (range.org, whole) {
+        (Some(org), _) => format!(
+            "the events of organization {org} in positions {from}..={to}: not a chain (other organizations' events are left out); each event's hash verifies alone"
+        ),
+        (None, true) => "the whole log: a chain from position 1, with streams and snapshots".into(),
+        (None, false) => format!("positions {from}..={to} of the log: a chain from the first event's prev_hash"),
+    };
+    let header = Header {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        partition,
+        key_id: checkpoints.values().last().map(|c| c.key_id.clone()),
+        chain: range.org.is_none(),
+        org_id: range.org,
+        from_position: from,
+        to_position: to,
+        streams: whole,
+        description,
+    };
+    write_line(out, &Line::Header(header.clone()))?;
+    let mut snapshot_versions = HashMap::new();
+    if whole {
+        let mut streams: Vec<_> = store
+            .stream_versions_of(partition)
+            .await?
+            .into_iter()
+            .collect();
+        streams.sort();
+        for (stream_id, (version, snapshot_version)) in streams {
+            if let Some(snapshot_version) = snapshot_version {
+                snapshot_versions.insert(stream_id.clone(), snapshot_version);
+            }
+            write_line(
+                out,
+                &Line::Stream(StreamRow {
+                    stream_id,
+                    version,
+                    snapshot_version,
+                }),
+            )?;
+        }
+    }
+    let mut events = 0i64;
+    let mut write_events = |batch: Vec<RecordedEvent>,
+                            out: &mut dyn Write,
+                            checkpoints: &mut BTreeMap<i64, Checkpoint>,
+                            snapshots: Vec<(usize, SnapshotRow)>|
+     -> Result<(), ExportError> {
+        let mut snapshots = snapshots.into_iter().peekable();
+        for (index, event) in batch.into_iter().enumerate() {
+            let position = event.position;
+            while let Some(entry) = checkpoints.first_entry().filter(|e| *e.key() < position) {
+                write_line(&mut *out, &Line::Checkpoint(entry.remove()))?;
+            }
+            write_line(&mut *out, &Line::Event(event))?;
+            while let Some((_, snapshot)) = snapshots.next_if(|(at, _)| *at == index) {
+                write_line(&mut *out, &Line::Snapshot(snapshot))?;
+            }
+            if let Some(checkpoint) = checkpoints.remove(&position) {
+                write_line(&mut *out, &Line::Checkpoint(checkpoint))?;
+            }
+            events += 1;
+        }
+        Ok(())
+    };
+    match range.org {
+        None => {
+            let mut reader = LogReader::range(store, partition, from - 1, to);
+            while let Some(batch) = reader.next().await? {
+                let mut snapshots = Vec::new();
+                for (index, event) in batch.iter().enumerate() {
+                    if snapshot_versions.get(&event.stream_id) == Some(&event.stream_version) {
+                        if let Some((version, state)) =
+                            store.stream_snapshot(&event.stream_id).await?
+                        {
+                            let stream_id = event.stream_id.clone();
+                            let row = SnapshotRow {
+                                stream_id,
+                                version,
+                                state,
+                            };
+                            snapshots.push((index, row));
+                        }
+                    }
+                }
+                let last = batch.last().map(|event| event.position);
+                write_events(batch, out, &mut checkpoints, snapshots)?;
+                if let Some(last) = last {
+                    progress(last);
+                }
+            }
+        }
+        Some(org) => {
+            let mut after = from - 1;
+            loop {
+                let mut batch = store
+                    .read_tenant_after(org, partition, after, crate::VERIFY_BATCH)
+                    .await?;
+                batch.retain(|event| event.position <= to);
+                let Some(last) = batch.last().map(|event| event.position) else {
+                    break;
+                };
+                after = last;
+                write_events(batch, out, &mut checkpoints, Vec::new())?;
+                progress(last);
+            }
+        }
+    }
+    for (_, checkpoint) in std::mem::take(&mut checkpoints) {
+        write_line(out, &Line::Checkpoint(checkpoint))?;
+    }
+    out.flush()?;
+    Ok((header, events))
+}
+
+/// What reading an export did.
+#[derive(Debug)]
+pub struct FileVerified {
+    pub header: Header,
+    pub verified: Verified,
+    /// Events imported (0 when only verifying).
+    pub imported: i64,
+}
+
+/// Verifies an export file with the ledger's public key `key`
+/// (`(key_id, raw Ed25519 key)`): everything `verify` checks on a store,
+/// and that the file holds every position its header promises.
+pub async fn verify_file(
+    input: impl BufRead,
+    key: (&str, &[u8]),
+) -> Result<FileVerified, ExportError> {
+    read_export(input, key, None).await
+}
+
+/// Imports an export of a whole log into `store`, which must be empty,
+/// verifying as it goes (the same checks as [`verify_file`]): events are
+/// written in transactions of [`IMPORT_BATCH`], each only after it
+/// verified, with the checkpoints and snapshots they carry. On a failure,
+/// the store holds the verified positions before it, and the error says
+/// which position failed.
+pub async fn import(
+    input: impl BufRead,
+    key: (&str, &[u8]),
+    store: &Store,
+) -> Result<FileVerified, ExportError> {
+    read_export(input, key, Some(store)).await
+}
+
+/// Events read and not yet verified, and verified ones not yet imported.
+struct Pending {
+    unverified: Vec<RecordedEvent>,
+    due: Vec<DueSnapshot>,
+    import: Option<ImportChunk>,
+}
+
+#[derive(Default)]
+struct ImportChunk {
+    events: Vec<RecordedEvent>,
+    extras: ImportExtras,
+}
+
+async fn read_export(
+    input: impl BufRead,
+    key: (&str, &[u8]),
+    store: Option<&Store>,
+) -> Result<FileVerified, ExportError> {
+    let mut lines = input.lines();
+    let mut number = 0u64;
+    let mut next_line =
+        |lines: &mut std::io::Lines<_>| -> Result<Option<(u64, Line)>, ExportError> {
+            let Some(text) = lines.next().transpose()? else {
+                return Ok(None);
+            };
+            number += 1;
+            let text: String = text;
+            serde_json::from_str(&text)
+                .map(|line| Some((number, line)))
+                .map_err(|error| ExportError::Malformed {
+                    line: number,
+                    error: error.to_string(),
+                })
+        };
+    let header = match next_line(&mut lines)? {
+        Some((_, Line::Header(header))) => header,
+        Some((line, _)) => {
+            return Err(ExportError::OutOfPlace {
+                line,
+                what: "the first line must be the header".into(),
+            })
+        }
+        None => {
+            return Err(ExportError::Malformed {
+                line: 1,
+                error: "the file is empty".into(),
+            })
+        }
+    };
+    if header.format != FORMAT || header.format_version != FORMAT_VERSION {
+        return Err(ExportError::Format {
+            format: header.format,
+            version: header.format_version,
+        });
+    }
+    let partition = header.partition;
+    if let Some(store) = store {
+        if !(header.chain && header.streams) {
+            return Err(ExportError::NotImportable(
+                "an export of a whole log (this one is a range or one organization's)",
+            ));
+        }
+        if store.head(partition).await?.0 != 0 {
+            return Err(ExportError::NotImportable("an empty store"));
+        }
+    }
+    let mut streams: Option<HashMap<String, (i64, Option<i64>)>> =
+        header.streams.then(HashMap::new);
+    let from_start = header.chain && header.from_position == 1;
+    let mut verifier: Option<Verifier> = None;
+    let mut pending = Pending {
+        unverified: Vec::new(),
+        due: Vec::new(),
+        import: store.map(|_| ImportChunk::default()),
+    };
+    let mut imported = 0i64;
+    let no_checkpoints = HashMap::new();
+    loop {
+        let next = next_line(&mut lines)?;
+        let is_event = matches!(next, Some((_, Line::Event(_))));
+        if !is_event || pending.unverified.len() >= FILE_BATCH {
+            if let Some(verifier) = verifier.as_mut() {
+                let batch = std::mem::take(&mut pending.unverified);
+                if let Some(chunk) = pending.import.as_mut() {
+                    chunk.events.extend(batch.iter().cloned());
+                }
+                pending
+                    .due
+                    .extend(verifier.events(batch, &no_checkpoints).await?);
+            }
+        }
+        // Import at an event boundary, so a chunk carries the snapshots
+        // and checkpoints that follow its last event.
+        if let (Some(store), Some(chunk)) = (store, pending.import.as_mut()) {
+            if (is_event && chunk.events.len() >= IMPORT_BATCH) || next.is_none() {
+                let chunk = std::mem::take(chunk);
+                if !chunk.events.is_empty() {
+                    store
+                        .import_with(partition, &chunk.events, &chunk.extras)
+                        .await?;
+                    imported += chunk.events.len() as i64;
+                }
+            }
+        }
+        let Some((line, next)) = next else { break };
+        match next {
+            Line::Header(_) => {
+                return Err(ExportError::OutOfPlace {
+                    line,
+                    what: "a second header".into(),
+                })
+            }
+            Line::Stream(row) => {
+                let Some(streams) = streams.as_mut().filter(|_| verifier.is_none()) else {
+                    return Err(ExportError::OutOfPlace {
+                        line,
+                        what: format!(
+                            "stream {} where no stream row belongs (after events, or in an export without streams)",
+                            row.stream_id
+                        ),
+                    });
+                };
+                streams.insert(row.stream_id, (row.version, row.snapshot_version));
+            }
+            Line::Event(event) => {
+                if event.partition != partition {
+                    return Err(ExportError::OutOfPlace {
+                        line,
+                        what: format!("event at position {} of another partition", event.position),
+                    });
+                }
+                verifier.get_or_insert_with(|| {
+                    Verifier::new(key, header.chain, from_start, streams.as_ref())
+                });
+                pending.unverified.push(event);
+            }
+            Line::Checkpoint(checkpoint) => {
+                let verifier = verifier.get_or_insert_with(|| {
+                    Verifier::new(key, header.chain, from_start, streams.as_ref())
+                });
+                verifier.checkpoint(&checkpoint)?;
+                if let Some(chunk) = pending.import.as_mut() {
+                    chunk.extras.checkpoints.push(checkpoint);
+                }
+            }
+            Line::Snapshot(row) => {
+                let Some(index) = pending
+                    .due
+                    .iter()
+                    .position(|due| due.stream_id == row.stream_id)
+                else {
+                    return Err(VerifyError::SnapshotMismatch {
+                        stream_id: row.stream_id,
+                        version: row.version,
+                    }
+                    .into());
+                };
+                let due = pending.due.remove(index);
+                check_snapshot(&due, Some((row.version, row.state.clone())))?;
+                if let Some(chunk) = pending.import.as_mut() {
+                    let state = serde_json::to_string(&row.state).map_err(std::io::Error::from)?;
+                    chunk
+                        .extras
+                        .snapshots
+                        .push((row.stream_id, row.version, state));
+                }
+            }
+        }
+    }
+    if let Some(due) = pending.due.first() {
+        // A stream reached its snapshot's version and no snapshot followed.
+        return Err(VerifyError::SnapshotMismatch {
+            stream_id: due.stream_id.clone(),
+            version: due.version,
+        }
+        .into());
+    }
+    let verifier =
+        verifier.unwrap_or_else(|| Verifier::new(key, header.chain, from_start, streams.as_ref()));
+    let last = verifier.position();
+    if header.chain && last != header.to_position || !header.chain && last > header.to_position {
+        return Err(ExportError::Truncated {
+            last,
+            to: header.to_position,
+        });
+    }
+    let verified = verifier.finish(streams.as_ref())?;
+    Ok(FileVerified {
+        header,
+        verified,
+        imported,
+    })
+}
