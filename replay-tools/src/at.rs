@@ -7,7 +7,7 @@
 //! Memory holds the states of the licenses selected (bounded by their
 //! leases), never the log.
 
-use crate::LogReader;
+use crate::events::EventStream;
 use seatledger_ledger::domain::license::evolve;
 use seatledger_ledger::domain::{LicenseState, StreamId};
 use seatledger_ledger::{Store, StoreError};
@@ -69,6 +69,8 @@ pub enum AtError {
     Undecodable { position: i64, error: String },
     #[error("position {0} is past the head ({1})")]
     PastHead(i64, i64),
+    #[error("position {0} is past the last event")]
+    PastEnd(i64),
 }
 
 /// The state of the licenses of `org` (every org without it), or of one
@@ -81,21 +83,35 @@ pub async fn state_at(
     license: Option<Uuid>,
 ) -> Result<StateAt, AtError> {
     let (head, _) = store.head(partition).await?;
+    if let At::Position(position) = at {
+        if position > head {
+            return Err(AtError::PastHead(position, head));
+        }
+    }
     let through = match at {
-        At::Position(position) if position > head => return Err(AtError::PastHead(position, head)),
-        At::Position(position) => position,
-        At::Time(_) => head,
+        At::Position(position) => Some(position),
+        At::Time(_) => None,
     };
+    let (events, _) = EventStream::from_store(store, partition, through).await?;
+    state_of(events, at, org, license).await
+}
+
+/// [`state_at`] over events from any source (the store, an export file).
+pub async fn state_of(
+    mut reader: EventStream,
+    at: At,
+    org: Option<Uuid>,
+    license: Option<Uuid>,
+) -> Result<StateAt, AtError> {
     let mut states: HashMap<Uuid, (LicenseState, HashMap<Uuid, Timestamp>)> = HashMap::new();
     let mut position = 0;
     let mut last_time = Timestamp::UNIX_EPOCH;
-    let mut reader = LogReader::new(store, partition, through);
     'log: while let Some(batch) = reader.next().await? {
         for record in batch {
-            if let At::Time(time) = at {
-                if record.occurred_at > time {
-                    break 'log;
-                }
+            match at {
+                At::Time(time) if record.occurred_at > time => break 'log,
+                At::Position(through) if record.position > through => break 'log,
+                _ => {}
             }
             position = record.position;
             last_time = record.occurred_at;
@@ -118,6 +134,11 @@ pub async fn state_at(
             }
             *state = evolve(std::mem::take(state), &event);
             since.retain(|session, _| state.lease(*session).is_some());
+        }
+    }
+    if let At::Position(through) = at {
+        if position < through {
+            return Err(AtError::PastEnd(through));
         }
     }
     let time = match at {

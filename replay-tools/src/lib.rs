@@ -12,7 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod at;
+pub mod events;
 pub mod export;
+pub mod simulate;
 
 use seatledger_ledger::{Store, StoreError};
 use seatledger_projections::{BillingFold, Granularity, UsageRow};
@@ -540,10 +542,18 @@ pub async fn usage(
     granularity: Granularity,
     as_of: Option<Timestamp>,
 ) -> Result<UsageReport, StoreError> {
-    let (head, _) = store.head(partition).await?;
+    let (events, _) = events::EventStream::from_store(store, partition, None).await?;
+    usage_of(events, granularity, as_of).await
+}
+
+/// [`usage`] over events from any source (the store, an export file).
+pub async fn usage_of(
+    mut events: events::EventStream,
+    granularity: Granularity,
+    as_of: Option<Timestamp>,
+) -> Result<UsageReport, StoreError> {
     let mut usage = UsageBuilder::new(granularity);
-    let mut reader = LogReader::new(store, partition, head);
-    while let Some(batch) = reader.next().await? {
+    while let Some(batch) = events.next().await? {
         usage.push(&batch);
     }
     Ok(usage.finish(as_of))

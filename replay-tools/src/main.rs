@@ -9,8 +9,10 @@
 use anyhow::Context;
 use base64::Engine;
 use clap::{Parser, Subcommand};
+use seatledger_ledger::domain::{HeartbeatTtl, SeatCount};
 use seatledger_ledger::{SigningKey, Store, StoreError};
 use seatledger_projections::{nats, Granularity, NatsConfig};
+use seatledger_replay::events::EventStream;
 use seatledger_schema::Timestamp;
 use std::time::Instant;
 use uuid::Uuid;
@@ -123,6 +125,9 @@ enum Commands {
         from_nats: Option<String>,
         #[arg(long, default_value = "SEATLEDGER")]
         nats_stream: String,
+        /// Read the events from an export file (`-`: standard input).
+        #[arg(long, conflicts_with = "from_nats")]
+        from_file: Option<String>,
     },
     /// The licenses' state at an instant: status, seats and the leases
     /// active then (who, which machine, since, until). A lease past its
@@ -150,6 +155,42 @@ enum Commands {
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Read the events from an export file (`-`: standard input).
+        #[arg(long)]
+        from_file: Option<String>,
+    },
+    /// Replay a license's real demand (acquires, heartbeats, releases,
+    /// denials) against another seat count or heartbeat TTL through the
+    /// real decider: which acquires would have been denied or granted,
+    /// peak demand, denied seat-time. Writes nothing.
+    Simulate {
+        #[arg(
+            long,
+            env = "SEATLEDGER_DATABASE_URL",
+            default_value = "sqlite:seatledger.db"
+        )]
+        database_url: String,
+        #[arg(long)]
+        license: Uuid,
+        /// The seat count to try.
+        #[arg(long, value_parser = parse_seats)]
+        seats: SeatCount,
+        /// The heartbeat TTL to try (default: the license's own).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl_s: Option<HeartbeatTtl>,
+        /// Report acquires from this instant (RFC 3339; earlier events
+        /// still build the state).
+        #[arg(long, value_parser = parse_timestamp)]
+        from: Option<Timestamp>,
+        /// Replay events before this instant only (RFC 3339).
+        #[arg(long, value_parser = parse_timestamp)]
+        to: Option<Timestamp>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Read the events from an export file (`-`: standard input).
+        #[arg(long)]
+        from_file: Option<String>,
     },
     /// Resend positions FROM..=TO (to the head without --to) of the log to
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
@@ -266,6 +307,16 @@ fn progress_bar(length: u64) -> indicatif::ProgressBar {
     } else {
         indicatif::ProgressBar::hidden()
     }
+}
+
+fn parse_seats(text: &str) -> Result<SeatCount, String> {
+    let value: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    SeatCount::new(value).map_err(|e| e.to_string())
+}
+
+fn parse_ttl(text: &str) -> Result<HeartbeatTtl, String> {
+    let value: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    HeartbeatTtl::new(value).map_err(|e| e.to_string())
 }
 
 fn parse_timestamp(text: &str) -> Result<Timestamp, String> {
@@ -405,16 +456,21 @@ async fn main() -> anyhow::Result<()> {
             format,
             from_nats,
             nats_stream,
+            from_file,
         } => {
-            let report = match from_nats {
-                Some(url) => {
+            let report = match (from_nats, from_file) {
+                (None, Some(path)) => {
+                    let (events, _) = EventStream::from_file(open_input(&path), None)?;
+                    seatledger_replay::usage_of(events, granularity, as_of).await?
+                }
+                (Some(url), _) => {
                     let client = async_nats::connect(&url)
                         .await
                         .with_context(|| format!("cannot connect to NATS at {url}"))?;
                     seatledger_replay::usage_from_nats(client, &nats_stream, granularity, as_of)
                         .await?
                 }
-                None => {
+                (None, None) => {
                     let store = open_read_only(&database_url).await?;
                     seatledger_replay::usage(&store, 0, granularity, as_of).await?
                 }
@@ -462,18 +518,59 @@ async fn main() -> anyhow::Result<()> {
             org,
             license,
             json,
+            from_file,
         } => {
-            let store = open_read_only(&database_url).await?;
             let at = match (time, position) {
                 (Some(time), _) => seatledger_replay::at::At::Time(time),
                 (None, Some(position)) => seatledger_replay::at::At::Position(position),
                 (None, None) => anyhow::bail!("--time or --position is required"),
             };
-            let state = seatledger_replay::at::state_at(&store, 0, at, org, license).await?;
+            let state = match from_file {
+                Some(path) => {
+                    let (events, _) = EventStream::from_file(open_input(&path), position)?;
+                    seatledger_replay::at::state_of(events, at, org, license).await?
+                }
+                None => {
+                    let store = open_read_only(&database_url).await?;
+                    seatledger_replay::at::state_at(&store, 0, at, org, license).await?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&state)?);
             } else {
                 print!("{}", seatledger_replay::at::describe(&state));
+            }
+            Ok(())
+        }
+        Commands::Simulate {
+            database_url,
+            license,
+            seats,
+            ttl_s,
+            from,
+            to,
+            json,
+            from_file,
+        } => {
+            let events = match from_file {
+                Some(path) => EventStream::from_file(open_input(&path), None)?.0,
+                None => {
+                    let store = open_read_only(&database_url).await?;
+                    EventStream::from_store(&store, 0, None).await?.0
+                }
+            };
+            let options = seatledger_replay::simulate::SimulateOptions {
+                license_id: license,
+                seats,
+                heartbeat_ttl: ttl_s,
+                from,
+                to,
+            };
+            let report = seatledger_replay::simulate::simulate(events, options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", seatledger_replay::simulate::describe(&report));
             }
             Ok(())
         }

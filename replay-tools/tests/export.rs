@@ -160,6 +160,30 @@ async fn postgres_to_sqlite_to_postgres_keeps_every_byte_and_verifies(pool: sqlx
     let (ok, out, err) =
         common::replay(&["verify", "--database-url", &sqlite, "--public-key", &key]);
     assert!(ok, "{out}{err}");
+    // The other tools read the file as they read the store.
+    for args in [
+        vec!["usage", "--granularity", "hour"],
+        vec!["at", "--position", "500", "--json"],
+        vec![
+            "simulate",
+            "--license",
+            "00000000-0000-0000-0000-000000000000",
+            "--seats",
+            "1",
+        ],
+    ] {
+        let mut from_store = args.clone();
+        from_store.extend(["--database-url", &sqlite]);
+        let mut from_file = args.clone();
+        from_file.extend(["--from-file", &file]);
+        let (store_code, store_out, _) = common::replay_code(&from_store);
+        let (file_code, file_out, err) = common::replay_code(&from_file);
+        assert_eq!(
+            (store_code, &store_out),
+            (file_code, &file_out),
+            "{args:?}: {err}"
+        );
+    }
     let (ok, second, err) = common::replay(&["export", "--database-url", &sqlite]);
     assert!(ok, "{err}");
     assert_eq!(first, second, "SQLite exports the bytes PostgreSQL did");

@@ -1,0 +1,439 @@
+//! `seatledger-replay simulate`: what a license's real demand would have
+//! met with another seat count (or heartbeat TTL). The license's recorded
+//! demand (issue, renewals, suspensions, every acquire including denied
+//! ones, heartbeats, client releases) is replayed as commands through the
+//! real decider at the instants they happened, against a copy of the
+//! license with the other terms, and beside a copy with the most seats a
+//! license can have (the demand as if nothing were ever denied). History is
+//! untouched: nothing is written.
+//!
+//! Reported: acquires that would have been denied (granted in reality) and
+//! granted (denied in reality), peak demand (most leases held at once with
+//! unlimited seats) and the simulated peak, and denied seat-time (what the
+//! simulated denials would have held, per the unlimited replay).
+//!
+//! Memory: the three license states and the lifetimes of sessions the
+//! simulation denied; the lists in the report are capped at [`LIST_MAX`].
+
+use crate::events::EventStream;
+use seatledger_ledger::domain::license::{decide, evolve};
+use seatledger_ledger::domain::{
+    Command, HardwareId, HeartbeatTtl, LicenseState, Name, OveragePercent, SeatCount, StreamId,
+};
+use seatledger_ledger::StoreError;
+use seatledger_schema::{Event, ReleaseReason, Timestamp};
+use serde::Serialize;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// Acquires listed per kind in a report at most (the counts are exact).
+pub const LIST_MAX: usize = 1_000;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SimulateOptions {
+    pub license_id: Uuid,
+    pub seats: SeatCount,
+    pub heartbeat_ttl: Option<HeartbeatTtl>,
+    /// Only acquires at or after this instant are reported (earlier events
+    /// still build the state).
+    pub from: Option<Timestamp>,
+    /// Events at or after this instant are not replayed.
+    pub to: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AcquireOutcome {
+    pub at: Timestamp,
+    /// The position of the recorded acquire (or denial).
+    pub position: i64,
+    pub user_id: Uuid,
+    pub hardware_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Simulation {
+    pub license_id: Uuid,
+    pub org_id: Option<Uuid>,
+    /// The seats the license had at the end of the window, in reality.
+    pub seats_recorded: Option<u32>,
+    pub seats_simulated: u32,
+    pub heartbeat_ttl_s_simulated: Option<u32>,
+    pub from: Option<Timestamp>,
+    /// The end of the replay: `to`, or the last event's time.
+    pub until: Timestamp,
+    /// Acquires in the window (granted or denied in reality).
+    pub acquires: u64,
+    pub granted_recorded: u64,
+    pub granted_simulated: u64,
+    /// Granted in reality, denied in the simulation.
+    pub would_be_denied: u64,
+    /// Denied in reality, granted in the simulation.
+    pub would_be_granted: u64,
+    /// Heartbeats the simulation refused (a shorter TTL let the lease
+    /// lapse, or the acquire was denied there).
+    pub heartbeats_refused: u64,
+    /// The most leases held at once with unlimited seats.
+    pub peak_demand: u32,
+    /// The most leases held at once in the simulation.
+    pub peak_simulated: u32,
+    /// Seat-seconds the simulation's denials would have held.
+    pub denied_seat_seconds: f64,
+    /// The first [`LIST_MAX`] of each.
+    pub would_be_denied_acquires: Vec<AcquireOutcome>,
+    pub would_be_granted_acquires: Vec<AcquireOutcome>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the event at position {position} cannot be decoded: {error}; run verify")]
+    Undecodable { position: i64, error: String },
+    #[error("license {0} is not in the log")]
+    UnknownLicense(Uuid),
+}
+
+/// One replay of the demand: a license state under given terms.
+struct Replay {
+    state: LicenseState,
+    tenant_id: Uuid,
+    peak: u32,
+}
+
+impl Replay {
+    /// Decides `command` at `now` and applies what it decided; whether it
+    /// was accepted.
+    fn run(&mut self, command: &Command, now: Timestamp, mut seen: impl FnMut(&Event)) -> bool {
+        let decision = decide(&self.state, self.tenant_id, command, now);
+        for event in &decision.events {
+            seen(event);
+            self.state = evolve(std::mem::take(&mut self.state), event);
+        }
+        if matches!(command, Command::AcquireSeat { .. }) {
+            self.peak = self.peak.max(self.state.seats_used(now));
+        }
+        decision.rejection.is_none()
+    }
+}
+
+/// A session the simulation denied and the unlimited replay granted: how
+/// long it would have held its seat.
+struct Lifetime {
+    start: Timestamp,
+    expires_at: Timestamp,
+    ended_at: Option<Timestamp>,
+}
+
+/// Replays license `options.license_id`'s demand from `events`.
+pub async fn simulate(
+    mut events: EventStream,
+    options: SimulateOptions,
+) -> Result<Simulation, SimulateError> {
+    let stream_id = StreamId::License(options.license_id).to_string();
+    let mut simulated: Option<Replay> = None;
+    let mut unlimited: Option<Replay> = None;
+    let mut report = Simulation {
+        license_id: options.license_id,
+        org_id: None,
+        seats_recorded: None,
+        seats_simulated: options.seats.get(),
+        heartbeat_ttl_s_simulated: options.heartbeat_ttl.map(HeartbeatTtl::get),
+        from: options.from,
+        until: Timestamp::UNIX_EPOCH,
+        acquires: 0,
+        granted_recorded: 0,
+        granted_simulated: 0,
+        would_be_denied: 0,
+        would_be_granted: 0,
+        heartbeats_refused: 0,
+        peak_demand: 0,
+        peak_simulated: 0,
+        denied_seat_seconds: 0.0,
+        would_be_denied_acquires: Vec::new(),
+        would_be_granted_acquires: Vec::new(),
+    };
+    let mut lifetimes: HashMap<Uuid, Lifetime> = HashMap::new();
+    'log: while let Some(batch) = events.next().await? {
+        for record in batch {
+            if options.to.is_some_and(|to| record.occurred_at >= to) {
+                break 'log;
+            }
+            report.until = report.until.max(record.occurred_at);
+            if record.stream_id != stream_id {
+                continue;
+            }
+            let event = record.event().map_err(|error| SimulateError::Undecodable {
+                position: record.position,
+                error: error.to_string(),
+            })?;
+            let now = record.occurred_at;
+            let in_window = options.from.is_none_or(|from| now >= from);
+            let license_id = options.license_id;
+            match &event {
+                Event::LicenseIssued(issued) => {
+                    report.org_id = Some(issued.org_id);
+                    report.seats_recorded = Some(issued.seats);
+                    let Ok(name) = Name::parse(&issued.name) else {
+                        continue;
+                    };
+                    let issue = |seats: SeatCount| Command::IssueLicense {
+                        license_id,
+                        name: name.clone(),
+                        seats,
+                        expires_at: issued.expires_at,
+                        heartbeat_ttl_s: options.heartbeat_ttl.unwrap_or_else(|| {
+                            HeartbeatTtl::new(issued.heartbeat_ttl_s).unwrap_or_default()
+                        }),
+                        max_overage_percent: OveragePercent::new(issued.max_overage_percent)
+                            .unwrap_or_default(),
+                    };
+                    for (replay, seats) in [
+                        (&mut simulated, options.seats),
+                        (&mut unlimited, unlimited_seats(options.seats)),
+                    ] {
+                        let mut fresh = Replay {
+                            state: LicenseState::default(),
+                            tenant_id: record.tenant_id,
+                            peak: 0,
+                        };
+                        fresh.run(&issue(seats), now, |_| {});
+                        *replay = Some(fresh);
+                    }
+                }
+                Event::LicenseSeatsChanged(changed) => {
+                    // The simulation keeps its own seat count.
+                    report.seats_recorded = Some(changed.seats);
+                }
+                Event::SeatAcquired(_) | Event::SeatDenied(_) => {
+                    let (Some(simulated), Some(unlimited)) =
+                        (simulated.as_mut(), unlimited.as_mut())
+                    else {
+                        continue;
+                    };
+                    let (session_id, user_id, hardware_id, granted) = match &event {
+                        Event::SeatAcquired(acquired) => (
+                            acquired.session_id,
+                            acquired.user_id,
+                            acquired.hardware_id.clone(),
+                            true,
+                        ),
+                        Event::SeatDenied(denied) => {
+                            // A denial has no session: the event id stands in.
+                            (
+                                record.event_id,
+                                denied.user_id,
+                                denied.hardware_id.clone(),
+                                false,
+                            )
+                        }
+                        _ => continue,
+                    };
+                    let Ok(machine) = HardwareId::parse(&hardware_id) else {
+                        continue;
+                    };
+                    let acquire = Command::AcquireSeat {
+                        license_id,
+                        session_id,
+                        user_id,
+                        hardware_id: machine,
+                    };
+                    let granted_simulated = simulated.run(&acquire, now, |_| {});
+                    let mut granted_unlimited_to = None;
+                    let granted_unlimited = unlimited.run(&acquire, now, |event| {
+                        if let Event::SeatAcquired(acquired) = event {
+                            granted_unlimited_to = Some(acquired.expires_at);
+                        }
+                    });
+                    if !in_window {
+                        continue;
+                    }
+                    report.acquires += 1;
+                    report.granted_recorded += u64::from(granted);
+                    report.granted_simulated += u64::from(granted_simulated);
+                    let outcome = || AcquireOutcome {
+                        at: now,
+                        position: record.position,
+                        user_id,
+                        hardware_id: hardware_id.clone(),
+                    };
+                    if granted && !granted_simulated {
+                        report.would_be_denied += 1;
+                        if report.would_be_denied_acquires.len() < LIST_MAX {
+                            report.would_be_denied_acquires.push(outcome());
+                        }
+                    }
+                    if !granted && granted_simulated {
+                        report.would_be_granted += 1;
+                        if report.would_be_granted_acquires.len() < LIST_MAX {
+                            report.would_be_granted_acquires.push(outcome());
+                        }
+                    }
+                    if let (false, true, Some(expires_at)) =
+                        (granted_simulated, granted_unlimited, granted_unlimited_to)
+                    {
+                        lifetimes.insert(
+                            session_id,
+                            Lifetime {
+                                start: now,
+                                expires_at,
+                                ended_at: None,
+                            },
+                        );
+                    }
+                }
+                Event::SeatHeartbeat(beat) => {
+                    let command = Command::Heartbeat {
+                        license_id,
+                        session_id: beat.session_id,
+                    };
+                    if let Some(simulated) = simulated.as_mut() {
+                        if !simulated.run(&command, now, |_| {}) {
+                            report.heartbeats_refused += 1;
+                        }
+                    }
+                    if let Some(unlimited) = unlimited.as_mut() {
+                        unlimited.run(&command, now, |event| {
+                            if let Event::SeatHeartbeat(beat) = event {
+                                if let Some(lifetime) = lifetimes.get_mut(&beat.session_id) {
+                                    lifetime.expires_at = beat.expires_at;
+                                }
+                            }
+                        });
+                    }
+                }
+                Event::SeatReleased(released) if released.reason == ReleaseReason::Client => {
+                    let command = Command::ReleaseSeat {
+                        license_id,
+                        session_id: released.session_id,
+                    };
+                    for replay in [simulated.as_mut(), unlimited.as_mut()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        replay.run(&command, now, |_| {});
+                    }
+                    if let Some(lifetime) = lifetimes.get_mut(&released.session_id) {
+                        lifetime.ended_at.get_or_insert(now);
+                    }
+                }
+                Event::LicenseRenewed(renewed) => {
+                    let command = Command::RenewLicense {
+                        license_id,
+                        expires_at: renewed.expires_at,
+                    };
+                    for replay in [simulated.as_mut(), unlimited.as_mut()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        replay.run(&command, now, |_| {});
+                    }
+                }
+                Event::LicenseSuspended(_)
+                | Event::LicenseReinstated(_)
+                | Event::LicenseRevoked(_) => {
+                    let command = match &event {
+                        Event::LicenseSuspended(_) => Command::SuspendLicense {
+                            license_id,
+                            reason: None,
+                        },
+                        Event::LicenseReinstated(_) => Command::ReinstateLicense {
+                            license_id,
+                            reason: None,
+                        },
+                        _ => Command::RevokeLicense {
+                            license_id,
+                            reason: None,
+                        },
+                    };
+                    for replay in [simulated.as_mut(), unlimited.as_mut()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        replay.run(&command, now, |_| {});
+                    }
+                    if !matches!(event, Event::LicenseReinstated(_)) {
+                        for lifetime in lifetimes.values_mut() {
+                            lifetime.ended_at.get_or_insert(now);
+                        }
+                    }
+                }
+                // Releases for a suspension or revocation come from the
+                // replayed suspension; expiries follow from time itself.
+                Event::SeatReleased(_) | Event::SeatExpired(_) => {}
+                Event::OrganizationRegistered(_) | Event::UserRegistered(_) => {}
+            }
+        }
+    }
+    let (Some(simulated), Some(unlimited)) = (simulated, unlimited) else {
+        return Err(SimulateError::UnknownLicense(options.license_id));
+    };
+    report.peak_simulated = simulated.peak;
+    report.peak_demand = unlimited.peak;
+    let until = options.to.unwrap_or(report.until);
+    let from = options.from.unwrap_or(Timestamp::UNIX_EPOCH);
+    report.denied_seat_seconds = lifetimes
+        .values()
+        .map(|lifetime| {
+            let end = lifetime
+                .ended_at
+                .unwrap_or(lifetime.expires_at)
+                .min(lifetime.expires_at)
+                .min(until);
+            let start = lifetime.start.max(from);
+            (end.as_micros() - start.as_micros()).max(0) as f64 / 1e6
+        })
+        .sum();
+    Ok(report)
+}
+
+/// The most seats a license can have (the demand as if never denied);
+/// `fallback` would only be used if that bound were not a seat count.
+fn unlimited_seats(fallback: SeatCount) -> SeatCount {
+    SeatCount::new(SeatCount::MAX).unwrap_or(fallback)
+}
+
+/// The human-readable form.
+pub fn describe(report: &Simulation) -> String {
+    let mut out = format!(
+        "license {} with {} seat(s){} instead of {}, replayed up to {}\n",
+        report.license_id,
+        report.seats_simulated,
+        report
+            .heartbeat_ttl_s_simulated
+            .map(|ttl| format!(" and a {ttl} s heartbeat TTL"))
+            .unwrap_or_default(),
+        report
+            .seats_recorded
+            .map_or("?".to_owned(), |seats| seats.to_string()),
+        report.until
+    );
+    out.push_str(&format!(
+        "acquires: {} (granted: {} recorded, {} simulated)\n\
+         would have been denied: {}\nwould have been granted: {}\n\
+         heartbeats refused in the simulation: {}\n\
+         peak demand (unlimited seats): {}; simulated peak: {}\n\
+         denied seat-time: {:.0} s ({:.2} seat-hours)\n",
+        report.acquires,
+        report.granted_recorded,
+        report.granted_simulated,
+        report.would_be_denied,
+        report.would_be_granted,
+        report.heartbeats_refused,
+        report.peak_demand,
+        report.peak_simulated,
+        report.denied_seat_seconds,
+        report.denied_seat_seconds / 3600.0
+    ));
+    for (title, list) in [
+        ("would have been denied", &report.would_be_denied_acquires),
+        ("would have been granted", &report.would_be_granted_acquires),
+    ] {
+        for outcome in list {
+            out.push_str(&format!(
+                "  {title}: {} position {} user {} machine {}\n",
+                outcome.at, outcome.position, outcome.user_id, outcome.hardware_id
+            ));
+        }
+    }
+    out
+}

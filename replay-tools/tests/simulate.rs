@@ -1,0 +1,187 @@
+//! `simulate` on a crafted history with known demand (manual clock): the
+//! expected denials for fewer seats, none for more, peak demand and denied
+//! seat-time computed by hand; through the library and the CLI, from the
+//! store and from an export file.
+
+mod common;
+
+use seatledger_ledger::domain::{
+    Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
+};
+use seatledger_ledger::{
+    Appender, AppenderConfig, CommitNotifier, ManualClock, SigningKey, Store, Submission,
+};
+use seatledger_replay::events::EventStream;
+use seatledger_replay::simulate::{simulate, SimulateOptions, Simulation};
+use seatledger_schema::Timestamp;
+use std::sync::Arc;
+use uuid::Uuid;
+
+const ORG: Uuid = Uuid::from_u128(0x0a);
+const LICENSE: Uuid = Uuid::from_u128(0x1c);
+
+fn t0() -> Timestamp {
+    Timestamp::parse("2030-03-01T10:00:00Z").unwrap()
+}
+
+fn acquire(machine: u128) -> Command {
+    Command::AcquireSeat {
+        license_id: LICENSE,
+        session_id: Uuid::from_u128(0x5e55_0000 + machine),
+        user_id: Uuid::from_u128(0xa0 + machine),
+        hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
+    }
+}
+
+/// 3 seats, TTL 60 s. t+10, +20, +30: m1, m2, m3 granted; t+40: m4 denied
+/// (no seats); t+50: m1 released; t+60: m5 granted.
+async fn history(store: &Store) {
+    let clock = ManualClock::new(t0());
+    let (appender, task) = Appender::start(
+        store.clone(),
+        Arc::new(SigningKey::generate().unwrap()),
+        Arc::new(clock.clone()),
+        CommitNotifier::default(),
+        AppenderConfig::default(),
+    );
+    let issue = Command::IssueLicense {
+        license_id: LICENSE,
+        name: Name::parse("IDE").unwrap(),
+        seats: SeatCount::new(3).unwrap(),
+        expires_at: None,
+        heartbeat_ttl_s: HeartbeatTtl::new(60).unwrap(),
+        max_overage_percent: OveragePercent::default(),
+    };
+    let steps: Vec<(i64, Command, bool)> = vec![
+        (0, issue, true),
+        (10, acquire(1), true),
+        (20, acquire(2), true),
+        (30, acquire(3), true),
+        (40, acquire(4), false),
+        (
+            50,
+            Command::ReleaseSeat {
+                license_id: LICENSE,
+                session_id: Uuid::from_u128(0x5e55_0001),
+            },
+            true,
+        ),
+        (60, acquire(5), true),
+    ];
+    for (seconds, command, accepted) in steps {
+        clock.set(t0().plus_seconds(seconds));
+        let result = appender
+            .submit(Submission::new(ORG, command))
+            .await
+            .unwrap();
+        assert_eq!(
+            result.rejection.is_none(),
+            accepted,
+            "t+{seconds}: {result:?}"
+        );
+    }
+    drop(appender);
+    task.await.unwrap();
+}
+
+async fn run(store: &Store, seats: u32) -> Simulation {
+    let (events, _) = EventStream::from_store(store, 0, None).await.unwrap();
+    let options = SimulateOptions {
+        license_id: LICENSE,
+        seats: SeatCount::new(seats).unwrap(),
+        heartbeat_ttl: None,
+        from: None,
+        to: None,
+    };
+    simulate(events, options).await.unwrap()
+}
+
+#[tokio::test]
+async fn fewer_seats_deny_what_the_demand_needed_and_more_seats_deny_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(&dir).await;
+    history(&store).await;
+
+    let two = run(&store, 2).await;
+    assert_eq!(two.acquires, 5);
+    assert_eq!(two.granted_recorded, 4);
+    assert_eq!(two.would_be_denied, 1, "{two:#?}");
+    assert_eq!(two.would_be_denied_acquires[0].hardware_id, "m3");
+    assert_eq!(two.would_be_denied_acquires[0].at, t0().plus_seconds(30));
+    assert_eq!(two.would_be_granted, 0);
+    assert_eq!(
+        two.granted_simulated, 3,
+        "m1, m2 and (after m1's release) m5"
+    );
+    assert_eq!(two.peak_demand, 4, "m1..m4 at t+40 with unlimited seats");
+    assert_eq!(two.peak_simulated, 2);
+    // m3 from t+30 and m4 from t+40, each up to the last event (t+60).
+    assert_eq!(two.denied_seat_seconds, 50.0);
+
+    let four = run(&store, 4).await;
+    assert_eq!(four.would_be_denied, 0);
+    assert_eq!(four.would_be_granted, 1);
+    assert_eq!(four.would_be_granted_acquires[0].hardware_id, "m4");
+    assert_eq!(four.granted_simulated, four.acquires, "none denied");
+    assert_eq!(four.denied_seat_seconds, 0.0);
+
+    // The same through the CLI, from the store and from an export file;
+    // the store is untouched.
+    let (head_before, _) = store.head(0).await.unwrap();
+    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let license = LICENSE.to_string();
+    let (ok, json, err) = common::replay(&[
+        "simulate",
+        "--database-url",
+        &url,
+        "--license",
+        &license,
+        "--seats",
+        "2",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["would_be_denied"], 1);
+    assert_eq!(report["peak_demand"], 4);
+    let (ok, export, err) = common::replay(&["export", "--database-url", &url]);
+    assert!(ok, "{err}");
+    let file = dir.path().join("export.jsonl");
+    std::fs::write(&file, export).unwrap();
+    let file = file.display().to_string();
+    let (ok, text, err) = common::replay(&[
+        "simulate",
+        "--from-file",
+        &file,
+        "--license",
+        &license,
+        "--seats",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(text.contains("would have been denied: 1"), "{text}");
+    assert!(text.contains("peak demand (unlimited seats): 4"), "{text}");
+    assert_eq!(store.head(0).await.unwrap().0, head_before);
+
+    let (code, _, _) = common::replay_code(&[
+        "simulate",
+        "--database-url",
+        &url,
+        "--license",
+        &license,
+        "--seats",
+        "0",
+    ]);
+    assert_eq!(code, Some(2), "0 seats is a usage error");
+    let (code, _, err) = common::replay_code(&[
+        "simulate",
+        "--database-url",
+        &url,
+        "--license",
+        &Uuid::now_v7().to_string(),
+        "--seats",
+        "2",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not in the log"), "{err}");
+}
