@@ -53,9 +53,19 @@ pub async fn fresh_store(url: &str) -> anyhow::Result<(Store, Cleanup)> {
 /// heartbeats, 256 submissions in flight.
 /// Returns the tenant and how many leases are open.
 pub async fn fill_live_leases(store: &Store, events: u64) -> anyhow::Result<(Uuid, u64)> {
+    fill_live_leases_signed(store, events, Arc::new(SigningKey::generate()?)).await
+}
+
+/// [`fill_live_leases`], with checkpoints signed by `key` (for a bench that
+/// verifies the log).
+pub async fn fill_live_leases_signed(
+    store: &Store,
+    events: u64,
+    key: Arc<SigningKey>,
+) -> anyhow::Result<(Uuid, u64)> {
     let (appender, task) = Appender::start(
         store.clone(),
-        Arc::new(SigningKey::generate()?),
+        key,
         Arc::new(SystemClock),
         CommitNotifier::default(),
         AppenderConfig::default(),

@@ -323,9 +323,38 @@ fn parse_timestamp(text: &str) -> Result<Timestamp, String> {
     Timestamp::parse(text).map_err(|e| format!("expected an RFC 3339 instant: {e}"))
 }
 
+/// Exit 0 when the command succeeded, 1 when it found something wrong or
+/// failed (the message on stderr), 2 on usage errors (clap's, and
+/// [`usage_error`]).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("seatledger-replay: {}", error_chain(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text
+/// the message before it already includes.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    let mut previous = text.clone();
+    for cause in error.chain().skip(1) {
+        let message = cause.to_string();
+        if !previous.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        previous = message;
+    }
+    text
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Commands::Verify {
             database_url,
             public_key,
