@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod at;
+pub mod diff;
 pub mod events;
 pub mod export;
 pub mod simulate;

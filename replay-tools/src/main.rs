@@ -192,6 +192,22 @@ enum Commands {
         #[arg(long)]
         from_file: Option<String>,
     },
+    /// Compare a live projection with a replay of the log up to the same
+    /// position; exit 1 if they differ. `billing`: the server's live
+    /// billing tables in the ledger's database.
+    Diff {
+        #[arg(value_parser = ["billing"])]
+        follower: String,
+        #[arg(
+            long,
+            env = "SEATLEDGER_DATABASE_URL",
+            default_value = "sqlite:seatledger.db"
+        )]
+        database_url: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Resend positions FROM..=TO (to the head without --to) of the log to
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
     /// if missing: for a JetStream that lost data, or a new one.
@@ -570,6 +586,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", seatledger_replay::at::describe(&state));
             }
             Ok(())
+        }
+        Commands::Diff {
+            follower: _,
+            database_url,
+            json,
+        } => {
+            let store = open_read_only(&database_url).await?;
+            let diff = seatledger_replay::diff::diff_billing(&store, 0).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diff)?);
+            } else {
+                print!("{}", seatledger_replay::diff::describe(&diff));
+            }
+            if diff.differences.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "{} difference(s) between live billing and the log",
+                    diff.differences.len()
+                )
+            }
         }
         Commands::Simulate {
             database_url,

@@ -185,3 +185,45 @@ async fn fewer_seats_deny_what_the_demand_needed_and_more_seats_deny_nothing() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is not in the log"), "{err}");
 }
+
+/// `diff billing`: the live billing projection, brought up to the head by
+/// its follower, equals the replay (exit 0); a planted difference in a
+/// stored period is listed (exit 1).
+#[tokio::test]
+async fn diff_billing_reports_a_planted_difference_and_nothing_on_a_sound_projection() {
+    use seatledger_projections::{Follower, LiveBilling};
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(&dir).await;
+    history(&store).await;
+    let mut billing = LiveBilling::new(store.clone(), 0);
+    assert_eq!(billing.position().await.unwrap(), 0);
+    let (head, _) = store.head(0).await.unwrap();
+    let events = store.read_range(0, 0, head).await.unwrap();
+    billing.apply(&events).await.unwrap();
+
+    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let (code, out, err) = common::replay_code(&["diff", "billing", "--database-url", &url]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("billing at position {head}")),
+        "{out}"
+    );
+    assert!(out.contains("0 difference(s)"), "{out}");
+
+    sqlx::query("UPDATE usage_periods SET denials = denials + 1 WHERE granularity = 'day'")
+        .execute(store.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    let (code, out, err) =
+        common::replay_code(&["diff", "billing", "--database-url", &url, "--json"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let diff: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let differences = diff["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 1, "{out}");
+    assert_eq!(differences[0]["granularity"], "day");
+    assert_eq!(
+        differences[0]["live"]["denials"].as_u64().unwrap(),
+        differences[0]["replayed"]["denials"].as_u64().unwrap() + 1
+    );
+    assert!(err.contains("1 difference(s)"), "{err}");
+}

@@ -1,0 +1,161 @@
+//! `seatledger-replay diff billing`: the live billing projection (the
+//! tables the server's billing follower keeps in the ledger's database)
+//! against the billing fold replayed from the log up to the same position,
+//! for every organization and granularity, as of the instant of that
+//! position's event. Lists each period row that differs or exists on one
+//! side only. Reads only.
+
+use crate::events::EventStream;
+use crate::UsageBuilder;
+use seatledger_ledger::{Store, StoreError};
+use seatledger_projections::billing_live::{self, UsageQuery};
+use seatledger_projections::{Granularity, UsageError, UsageRow};
+use seatledger_schema::Timestamp;
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+/// One difference between the live projection and the replay.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Difference {
+    pub granularity: Granularity,
+    pub org_id: Uuid,
+    pub license_id: Uuid,
+    pub period_start: Timestamp,
+    /// The live row (none: missing from the projection).
+    pub live: Option<UsageRow>,
+    /// The replayed row (none: the projection has a row the log does not).
+    pub replayed: Option<UsageRow>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BillingDiff {
+    /// The position both sides are compared at (the live checkpoint).
+    pub position: i64,
+    pub as_of: Timestamp,
+    pub organizations: usize,
+    pub rows_compared: usize,
+    pub differences: Vec<Difference>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("live billing: {0}")]
+    Usage(#[from] UsageError),
+}
+
+/// Compares live billing of `partition` with the replayed fold.
+pub async fn diff_billing(store: &Store, partition: i16) -> Result<BillingDiff, DiffError> {
+    let position = billing_live::checkpoint(store, partition).await?;
+    let (mut events, _) = EventStream::from_store(store, partition, Some(position)).await?;
+    let mut builders: Vec<(Granularity, UsageBuilder)> = Granularity::ALL
+        .iter()
+        .map(|granularity| (*granularity, UsageBuilder::new(*granularity)))
+        .collect();
+    let mut organizations = BTreeSet::new();
+    let mut as_of = Timestamp::UNIX_EPOCH;
+    while let Some(batch) = events.next().await? {
+        for (_, builder) in &mut builders {
+            builder.push(&batch);
+        }
+        for event in &batch {
+            organizations.insert(event.tenant_id);
+            as_of = event.occurred_at;
+        }
+    }
+    let mut differences = Vec::new();
+    let mut rows_compared = 0;
+    for (granularity, builder) in builders {
+        let report = builder.finish(Some(as_of));
+        let incomplete = report.incomplete_tenants();
+        let mut replayed: BTreeMap<(Uuid, Uuid, Timestamp), UsageRow> = report
+            .rows
+            .into_iter()
+            .map(|row| ((row.org_id, row.license_id, row.period_start), row))
+            .collect();
+        for org_id in &organizations {
+            if incomplete.contains(org_id) {
+                continue;
+            }
+            let query = UsageQuery {
+                org_id: *org_id,
+                license_id: None,
+                granularity,
+                from: Timestamp::MIN,
+                to: Timestamp::MAX,
+                as_of,
+            };
+            let live = billing_live::usage(store, &query).await?;
+            for row in live.rows {
+                rows_compared += 1;
+                let key = (row.org_id, row.license_id, row.period_start);
+                match replayed.remove(&key) {
+                    Some(expected) if expected == row => {}
+                    expected => differences.push(Difference {
+                        granularity,
+                        org_id: row.org_id,
+                        license_id: row.license_id,
+                        period_start: row.period_start,
+                        live: Some(row),
+                        replayed: expected,
+                    }),
+                }
+            }
+        }
+        for ((org_id, license_id, period_start), row) in replayed {
+            rows_compared += 1;
+            differences.push(Difference {
+                granularity,
+                org_id,
+                license_id,
+                period_start,
+                live: None,
+                replayed: Some(row),
+            });
+        }
+    }
+    Ok(BillingDiff {
+        position,
+        as_of,
+        organizations: organizations.len(),
+        rows_compared,
+        differences,
+    })
+}
+
+/// The human-readable form.
+pub fn describe(diff: &BillingDiff) -> String {
+    let mut out = format!(
+        "billing at position {} (as of {}): {} organization(s), {} period row(s) compared, {} difference(s)\n",
+        diff.position,
+        diff.as_of,
+        diff.organizations,
+        diff.rows_compared,
+        diff.differences.len()
+    );
+    let show = |row: &Option<UsageRow>| match row {
+        Some(row) => format!(
+            "seat_micros {} overage {} peak {} users {} machines {} denials {}",
+            row.seat_micros,
+            row.overage_seat_micros,
+            row.peak_seats,
+            row.distinct_users,
+            row.distinct_machines,
+            row.denials
+        ),
+        None => "missing".into(),
+    };
+    for difference in &diff.differences {
+        out.push_str(&format!(
+            "  {} org {} license {} period {}: live {}; replayed {}\n",
+            difference.granularity.as_str(),
+            difference.org_id,
+            difference.license_id,
+            difference.period_start,
+            show(&difference.live),
+            show(&difference.replayed)
+        ));
+    }
+    out
+}
