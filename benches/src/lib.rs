@@ -120,3 +120,72 @@ pub async fn fill_live_leases_signed(
     task.await?;
     Ok((tenant, open))
 }
+
+/// Fills `store` with about `events` events of 256 clients that each
+/// acquire a seat on one of 64 licenses, heartbeat it and release it, over
+/// and over: a long log whose live leases stay at most 256 (the shape of
+/// a log that grew with time, not with seats held).
+pub async fn fill_cycling_leases_signed(
+    store: &Store,
+    events: u64,
+    key: Arc<SigningKey>,
+) -> anyhow::Result<()> {
+    let (appender, task) = Appender::start(
+        store.clone(),
+        key,
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        AppenderConfig::default(),
+    );
+    let tenant = Uuid::now_v7();
+    let licenses: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
+    for license_id in &licenses {
+        let issue = Command::IssueLicense {
+            license_id: *license_id,
+            name: Name::parse("bench")?,
+            seats: SeatCount::new(1_000)?,
+            expires_at: None,
+            heartbeat_ttl_s: HeartbeatTtl::new(3_600)?,
+            max_overage_percent: OveragePercent::default(),
+        };
+        appender.submit(Submission::new(tenant, issue)).await?;
+    }
+    let cycles_per_client = events / 256 / 3 + 1;
+    let workers: Vec<_> = (0..256u64)
+        .map(|client| {
+            let appender = appender.clone();
+            let license_id = licenses[(client % 64) as usize];
+            tokio::spawn(async move {
+                for cycle in 0..cycles_per_client {
+                    let session_id = Uuid::now_v7();
+                    let commands = [
+                        Command::AcquireSeat {
+                            license_id,
+                            session_id,
+                            user_id: Uuid::from_u128(u128::from(client)),
+                            hardware_id: HardwareId::parse(&format!("m-{client}-{}", cycle % 8))?,
+                        },
+                        Command::Heartbeat {
+                            license_id,
+                            session_id,
+                        },
+                        Command::ReleaseSeat {
+                            license_id,
+                            session_id,
+                        },
+                    ];
+                    for command in commands {
+                        appender.submit(Submission::new(tenant, command)).await?;
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await??;
+    }
+    drop(appender);
+    task.await?;
+    Ok(())
+}

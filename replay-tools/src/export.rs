@@ -187,70 +187,54 @@ pub async fn export(
         }
     }
     let mut events = 0i64;
-    let mut write_events = |batch: Vec<RecordedEvent>,
-                            out: &mut dyn Write,
-                            checkpoints: &mut BTreeMap<i64, Checkpoint>,
-                            snapshots: Vec<(usize, SnapshotRow)>|
-     -> Result<(), ExportError> {
-        let mut snapshots = snapshots.into_iter().peekable();
-        for (index, event) in batch.into_iter().enumerate() {
-            let position = event.position;
-            while let Some(entry) = checkpoints.first_entry().filter(|e| *e.key() < position) {
-                write_line(&mut *out, &Line::Checkpoint(entry.remove()))?;
-            }
-            write_line(&mut *out, &Line::Event(event))?;
-            while let Some((_, snapshot)) = snapshots.next_if(|(at, _)| *at == index) {
-                write_line(&mut *out, &Line::Snapshot(snapshot))?;
-            }
-            if let Some(checkpoint) = checkpoints.remove(&position) {
-                write_line(&mut *out, &Line::Checkpoint(checkpoint))?;
-            }
-            events += 1;
-        }
-        Ok(())
+    let mut after = from - 1;
+    let mut reader = match range.org {
+        None => Some(LogReader::range(store, partition, from - 1, to)),
+        Some(_) => None,
     };
-    match range.org {
-        None => {
-            let mut reader = LogReader::range(store, partition, from - 1, to);
-            while let Some(batch) = reader.next().await? {
-                let mut snapshots = Vec::new();
-                for (index, event) in batch.iter().enumerate() {
-                    if snapshot_versions.get(&event.stream_id) == Some(&event.stream_version) {
-                        if let Some((version, state)) =
-                            store.stream_snapshot(&event.stream_id).await?
-                        {
-                            let stream_id = event.stream_id.clone();
-                            let row = SnapshotRow {
-                                stream_id,
-                                version,
-                                state,
-                            };
-                            snapshots.push((index, row));
-                        }
-                    }
-                }
-                let last = batch.last().map(|event| event.position);
-                write_events(batch, out, &mut checkpoints, snapshots)?;
-                if let Some(last) = last {
-                    progress(last);
-                }
-            }
-        }
-        Some(org) => {
-            let mut after = from - 1;
-            loop {
+    loop {
+        let batch = match (&mut reader, range.org) {
+            (Some(reader), _) => reader.next().await?,
+            (None, Some(org)) => {
                 let mut batch = store
                     .read_tenant_after(org, partition, after, crate::VERIFY_BATCH)
                     .await?;
                 batch.retain(|event| event.position <= to);
-                let Some(last) = batch.last().map(|event| event.position) else {
-                    break;
-                };
-                after = last;
-                write_events(batch, out, &mut checkpoints, Vec::new())?;
-                progress(last);
+                (!batch.is_empty()).then_some(batch)
             }
+            (None, None) => None,
+        };
+        let Some(batch) = batch else { break };
+        let Some(last) = batch.last().map(|event| event.position) else {
+            continue;
+        };
+        after = last;
+        for event in batch {
+            let position = event.position;
+            while let Some(entry) = checkpoints.first_entry().filter(|e| *e.key() < position) {
+                write_line(out, &Line::Checkpoint(entry.remove()))?;
+            }
+            let due = snapshot_versions.get(&event.stream_id) == Some(&event.stream_version);
+            let stream_id = due.then(|| event.stream_id.clone());
+            write_line(out, &Line::Event(event))?;
+            // One snapshot in memory at a time: a license with many leases
+            // has a large one, and many may fall in one batch.
+            if let Some(stream_id) = stream_id {
+                if let Some((version, state)) = store.stream_snapshot(&stream_id).await? {
+                    let row = SnapshotRow {
+                        stream_id,
+                        version,
+                        state,
+                    };
+                    write_line(out, &Line::Snapshot(row))?;
+                }
+            }
+            if let Some(checkpoint) = checkpoints.remove(&position) {
+                write_line(out, &Line::Checkpoint(checkpoint))?;
+            }
+            events += 1;
         }
+        progress(last);
     }
     for (_, checkpoint) in std::mem::take(&mut checkpoints) {
         write_line(out, &Line::Checkpoint(checkpoint))?;
@@ -450,9 +434,14 @@ async fn read_export(
                     .into());
                 };
                 let due = pending.due.remove(index);
-                check_snapshot(&due, Some((row.version, row.state.clone())))?;
-                if let Some(chunk) = pending.import.as_mut() {
-                    let state = serde_json::to_string(&row.state).map_err(std::io::Error::from)?;
+                let state = match pending.import {
+                    Some(_) => {
+                        Some(serde_json::to_string(&row.state).map_err(std::io::Error::from)?)
+                    }
+                    None => None,
+                };
+                check_snapshot(due, Some((row.version, row.state)))?;
+                if let (Some(chunk), Some(state)) = (pending.import.as_mut(), state) {
                     chunk
                         .extras
                         .snapshots

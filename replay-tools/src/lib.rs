@@ -98,12 +98,14 @@ struct StreamCheck {
 }
 
 /// A stream reached the version of its stored snapshot: the snapshot must
-/// be `replayed`.
+/// be the state `replayed`. Kept as a state, not as JSON, until it is
+/// compared ([`check_snapshot`]), so that a batch in which many large
+/// streams reach their snapshots holds one JSON form at a time.
 #[derive(Debug)]
 pub struct DueSnapshot {
     pub stream_id: String,
     pub version: i64,
-    pub replayed: serde_json::Value,
+    pub replayed: seatledger_ledger::domain::StreamState,
 }
 
 impl StreamCheck {
@@ -157,8 +159,6 @@ impl StreamCheck {
         let Some((version, replayed)) = self.pending.remove(&event.stream_id) else {
             return Ok(None);
         };
-        let replayed = serde_json::to_value(&replayed)
-            .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
         Ok(Some(DueSnapshot {
             stream_id: event.stream_id.clone(),
             version,
@@ -476,7 +476,8 @@ pub async fn verify(
     let mut reader = LogReader::new(store, partition, head_position);
     while let Some(batch) = reader.next().await? {
         for due in verifier.events(batch, &checkpoints).await? {
-            check_snapshot(&due, store.stream_snapshot(&due.stream_id).await?)?;
+            let stored = store.stream_snapshot(&due.stream_id).await?;
+            check_snapshot(due, stored)?;
         }
     }
     let position = verifier.position();
@@ -488,15 +489,22 @@ pub async fn verify(
 
 /// A due snapshot against the one stored (version and state).
 pub fn check_snapshot(
-    due: &DueSnapshot,
+    due: DueSnapshot,
     stored: Option<(i64, serde_json::Value)>,
 ) -> Result<(), VerifyError> {
-    match stored {
-        Some((version, state)) if version == due.version && state == due.replayed => Ok(()),
-        _ => Err(VerifyError::SnapshotMismatch {
-            stream_id: due.stream_id.clone(),
-            version: due.version,
-        }),
+    let mismatch = || VerifyError::SnapshotMismatch {
+        stream_id: due.stream_id.clone(),
+        version: due.version,
+    };
+    let Some((_, state)) = stored.filter(|(version, _)| *version == due.version) else {
+        return Err(mismatch());
+    };
+    let replayed = serde_json::to_value(&due.replayed)
+        .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
+    if state == replayed {
+        Ok(())
+    } else {
+        Err(mismatch())
     }
 }
 

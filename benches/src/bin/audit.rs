@@ -19,7 +19,7 @@ use anyhow::Context;
 use base64::Engine;
 use clap::Parser;
 use futures::StreamExt;
-use seatledger_benches::{fill_live_leases_signed, fresh_store};
+use seatledger_benches::{fill_cycling_leases_signed, fill_live_leases_signed, fresh_store};
 use seatledger_ledger::{SigningKey, Store};
 use std::process::Command;
 use std::sync::Arc;
@@ -32,6 +32,12 @@ struct Args {
     database_url: String,
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
     events: Vec<u64>,
+    /// `cycling`: clients acquire, heartbeat and release (at most 256
+    /// leases live, whatever the log's length); `held`: every lease stays
+    /// (the live leases grow with the log: the worst shape for a replay
+    /// that checks snapshots, which must hold each license's state).
+    #[arg(long, value_delimiter = ',', default_value = "cycling,held", value_parser = ["cycling", "held"])]
+    shapes: Vec<String>,
     /// The seatledger-replay binary.
     #[arg(long, default_value = "target/release/seatledger-replay")]
     replay: String,
@@ -48,14 +54,16 @@ async fn main() -> anyhow::Result<()> {
         args.events.iter().all(|n| *n <= 5_000_000),
         "--events at most 5,000,000"
     );
-    println!("| events | COPY rows/s | verify events/s | verify ÷ COPY | verify peak RSS MiB | export events/s | export ÷ COPY | export peak RSS MiB | verify file events/s | verify file peak RSS MiB | at ms | simulate ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &events in &args.events {
-        let (store, cleanup) = fresh_store(&args.database_url).await?;
-        let result = measure(&store, &args, events).await;
-        drop(store);
-        cleanup.await?;
-        result?;
+    println!("| shape | events | COPY rows/s | verify events/s | verify ÷ COPY | verify peak RSS MiB | export events/s | export ÷ COPY | export peak RSS MiB | verify file events/s | verify file peak RSS MiB | at ms | simulate ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for shape in &args.shapes {
+        for &events in &args.events {
+            let (store, cleanup) = fresh_store(&args.database_url).await?;
+            let result = measure(&store, &args, shape, events).await;
+            drop(store);
+            cleanup.await?;
+            result?;
+        }
     }
     Ok(())
 }
@@ -90,9 +98,13 @@ fn timed(replay: &str, arguments: &[&str]) -> anyhow::Result<(f64, f64, String)>
     ))
 }
 
-async fn measure(store: &Store, args: &Args, events: u64) -> anyhow::Result<()> {
+async fn measure(store: &Store, args: &Args, shape: &str, events: u64) -> anyhow::Result<()> {
     let key = Arc::new(SigningKey::generate()?);
-    fill_live_leases_signed(store, events, key.clone()).await?;
+    if shape == "held" {
+        fill_live_leases_signed(store, events, key.clone()).await?;
+    } else {
+        fill_cycling_leases_signed(store, events, key.clone()).await?;
+    }
     let pool = store.pg_pool().context("PostgreSQL only")?;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
@@ -197,7 +209,7 @@ async fn measure(store: &Store, args: &Args, events: u64) -> anyhow::Result<()> 
     )?;
     let per_s = |seconds: f64| rows as f64 / seconds;
     println!(
-        "| {rows} | {copy_per_s:.0} | {:.0} | {:.2} | {verify_rss:.0} | {:.0} | {:.2} | {export_rss:.0} | {:.0} | {file_rss:.0} | {:.0} | {:.0} |",
+        "| {shape} | {rows} | {copy_per_s:.0} | {:.0} | {:.2} | {verify_rss:.0} | {:.0} | {:.2} | {export_rss:.0} | {:.0} | {file_rss:.0} | {:.0} | {:.0} |",
         per_s(verify_s),
         per_s(verify_s) / copy_per_s,
         per_s(export_s),
