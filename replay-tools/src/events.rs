@@ -13,7 +13,13 @@ use std::io::BufRead;
 const FILE_BATCH: usize = 10_000;
 
 /// Batches of events in position order.
-pub enum EventStream {
+pub struct EventStream {
+    source: Source,
+    /// Called with the last position of each batch (a progress bar).
+    progress: Option<Box<dyn FnMut(i64) + Send>>,
+}
+
+enum Source {
     Log(LogReader),
     File(FileEvents),
 }
@@ -40,8 +46,12 @@ impl EventStream {
     ) -> Result<(EventStream, i64), StoreError> {
         let (head, _) = store.head(partition).await?;
         let through = through.unwrap_or(head).min(head);
+        let source = Source::Log(LogReader::new(store, partition, through));
         Ok((
-            EventStream::Log(LogReader::new(store, partition, through)),
+            EventStream {
+                source,
+                progress: None,
+            },
             head,
         ))
     }
@@ -73,15 +83,32 @@ impl EventStream {
             through: through.unwrap_or(i64::MAX),
             done: false,
         };
-        Ok((EventStream::File(events), header))
+        let stream = EventStream {
+            source: Source::File(events),
+            progress: None,
+        };
+        Ok((stream, header))
+    }
+
+    /// Calls `progress` with the last position of each batch read.
+    pub fn with_progress(mut self, progress: impl FnMut(i64) + Send + 'static) -> EventStream {
+        self.progress = Some(Box::new(progress));
+        self
     }
 
     /// The next batch, or `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
-        match self {
-            EventStream::Log(reader) => reader.next().await,
-            EventStream::File(file) => file.next_batch(),
+        let batch = match &mut self.source {
+            Source::Log(reader) => reader.next().await?,
+            Source::File(file) => file.next_batch()?,
+        };
+        if let (Some(progress), Some(last)) = (
+            self.progress.as_mut(),
+            batch.as_ref().and_then(|batch| batch.last()),
+        ) {
+            progress(last.position);
         }
+        Ok(batch)
     }
 }
 

@@ -464,6 +464,17 @@ pub async fn verify(
     partition: i16,
     key: (&str, &[u8]),
 ) -> Result<Verified, VerifyError> {
+    verify_with_progress(store, partition, key, |_| {}).await
+}
+
+/// [`verify`], calling `progress` with the last position of each batch
+/// verified.
+pub async fn verify_with_progress(
+    store: &Store,
+    partition: i16,
+    key: (&str, &[u8]),
+    mut progress: impl FnMut(i64),
+) -> Result<Verified, VerifyError> {
     let checkpoints: HashMap<i64, Checkpoint> = store
         .checkpoints(partition)
         .await?
@@ -479,6 +490,7 @@ pub async fn verify(
             let stored = store.stream_snapshot(&due.stream_id).await?;
             check_snapshot(due, stored)?;
         }
+        progress(verifier.position());
     }
     let position = verifier.position();
     if let Some(beyond) = checkpoints.keys().filter(|p| **p > position).min() {

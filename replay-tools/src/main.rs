@@ -316,6 +316,15 @@ fn open_input(path: &str) -> Box<dyn std::io::BufRead + Send> {
     }
 }
 
+/// `events` moving a progress bar (on a terminal) to `head`.
+fn with_bar(events: EventStream, head: i64) -> (EventStream, indicatif::ProgressBar) {
+    let bar = progress_bar(u64::try_from(head).unwrap_or(0));
+    let moved = bar.clone();
+    let events = events
+        .with_progress(move |position| moved.set_position(u64::try_from(position).unwrap_or(0)));
+    (events, bar)
+}
+
 /// A progress bar on standard error when it is a terminal, else hidden.
 fn progress_bar(length: u64) -> indicatif::ProgressBar {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -402,7 +411,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             (stored.key_id().to_owned(), stored.public_key().to_vec())
                         }
                     };
-                    let verified = seatledger_replay::verify(&store, 0, (&key_id, &key)).await?;
+                    let (head, _) = store.head(0).await?;
+                    let bar = progress_bar(u64::try_from(head).unwrap_or(0));
+                    let verified =
+                        seatledger_replay::verify_with_progress(&store, 0, (&key_id, &key), |at| {
+                            bar.set_position(u64::try_from(at).unwrap_or(0))
+                        })
+                        .await?;
+                    bar.finish_and_clear();
                     (key_id, verified)
                 }
             };
@@ -505,8 +521,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let report = match (from_nats, from_file) {
                 (None, Some(path)) => {
-                    let (events, _) = EventStream::from_file(open_input(&path), None)?;
-                    seatledger_replay::usage_of(events, granularity, as_of).await?
+                    let (events, header) = EventStream::from_file(open_input(&path), None)?;
+                    let (events, bar) = with_bar(events, header.to_position);
+                    let report = seatledger_replay::usage_of(events, granularity, as_of).await?;
+                    bar.finish_and_clear();
+                    report
                 }
                 (Some(url), _) => {
                     let client = async_nats::connect(&url)
@@ -517,7 +536,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 (None, None) => {
                     let store = open_read_only(&database_url).await?;
-                    seatledger_replay::usage(&store, 0, granularity, as_of).await?
+                    let (events, head) = EventStream::from_store(&store, 0, None).await?;
+                    let (events, bar) = with_bar(events, head);
+                    let report = seatledger_replay::usage_of(events, granularity, as_of).await?;
+                    bar.finish_and_clear();
+                    report
                 }
             };
             let incomplete = report.incomplete_tenants();
@@ -570,16 +593,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(position)) => seatledger_replay::at::At::Position(position),
                 (None, None) => anyhow::bail!("--time or --position is required"),
             };
-            let state = match from_file {
+            let (events, head) = match from_file {
                 Some(path) => {
-                    let (events, _) = EventStream::from_file(open_input(&path), position)?;
-                    seatledger_replay::at::state_of(events, at, org, license).await?
+                    let (events, header) = EventStream::from_file(open_input(&path), position)?;
+                    (events, header.to_position)
                 }
                 None => {
                     let store = open_read_only(&database_url).await?;
-                    seatledger_replay::at::state_at(&store, 0, at, org, license).await?
+                    let (head, _) = store.head(0).await?;
+                    if let Some(position) = position.filter(|position| *position > head) {
+                        anyhow::bail!(seatledger_replay::at::AtError::PastHead(position, head));
+                    }
+                    EventStream::from_store(&store, 0, position).await?
                 }
             };
+            let (events, bar) = with_bar(events, head);
+            let state = seatledger_replay::at::state_of(events, at, org, license).await?;
+            bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&state)?);
             } else {
@@ -618,13 +648,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             from_file,
         } => {
-            let events = match from_file {
-                Some(path) => EventStream::from_file(open_input(&path), None)?.0,
+            let (events, head) = match from_file {
+                Some(path) => {
+                    let (events, header) = EventStream::from_file(open_input(&path), None)?;
+                    (events, header.to_position)
+                }
                 None => {
                     let store = open_read_only(&database_url).await?;
-                    EventStream::from_store(&store, 0, None).await?.0
+                    EventStream::from_store(&store, 0, None).await?
                 }
             };
+            let (events, bar) = with_bar(events, head);
             let options = seatledger_replay::simulate::SimulateOptions {
                 license_id: license,
                 seats,
@@ -633,6 +667,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 to,
             };
             let report = seatledger_replay::simulate::simulate(events, options).await?;
+            bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
