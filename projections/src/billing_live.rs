@@ -122,7 +122,15 @@ impl Follower for LiveBilling {
         }
         let to = self.fold.position(self.partition);
         let changes = self.fold.take_changes();
-        let written = write(&self.store, self.partition, from, to, &changes, &incomplete).await;
+        let written = write(
+            &self.store,
+            self.partition,
+            (from, to),
+            &changes,
+            &incomplete,
+            WriteMode::Follow,
+        )
+        .await;
         match written {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -244,21 +252,82 @@ async fn open_leases(
     }
 }
 
+/// How a write treats what is stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    /// Add the changes of the range after `from` (the follower).
+    Follow,
+    /// Replace everything stored with the changes of a fold from 0 (a
+    /// rebuild), whatever position the stored projection had reached.
+    Replace,
+}
+
 async fn write(
     store: &Store,
     partition: i16,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
     changes: &FoldChanges,
     incomplete: &[Incomplete],
+    mode: WriteMode,
 ) -> Result<bool, StoreError> {
     match store {
         Store::Postgres(pool) => {
-            postgres::write(pool, partition, from, to, changes, incomplete).await
+            postgres::write(pool, partition, (from, to), changes, incomplete, mode).await
         }
         Store::Sqlite(pool, _) => {
-            sqlite::write(pool, partition, from, to, changes, incomplete).await
+            sqlite::write(pool, partition, (from, to), changes, incomplete, mode).await
         }
+    }
+}
+
+/// Live billing rebuilt from position 0: the fold of every event pushed,
+/// then swapped in for what is stored in one transaction (readers see the
+/// old report or the new one, never a mix). A billing follower running
+/// meanwhile finds its checkpoint moved, reloads from the rebuilt state and
+/// goes on from there. Memory holds the fold's periods and open leases
+/// (the size of the report, not of the log).
+pub struct BillingRebuild {
+    partition: i16,
+    fold: BillingFold,
+    incomplete: Vec<Incomplete>,
+}
+
+impl BillingRebuild {
+    pub fn new(partition: i16) -> BillingRebuild {
+        BillingRebuild {
+            partition,
+            fold: BillingFold::with_granularities(&Granularity::ALL).tracking_changes(),
+            incomplete: Vec::new(),
+        }
+    }
+
+    /// Folds the next events (in position order from 1).
+    pub fn push(&mut self, events: &[RecordedEvent]) {
+        for record in events {
+            if self.fold.apply(record).is_err() {
+                self.incomplete.push(Incomplete {
+                    partition: record.partition,
+                    position: record.position,
+                    org_id: record.tenant_id,
+                });
+            }
+        }
+    }
+
+    /// Replaces the stored projection; returns the position it now reflects.
+    pub async fn replace(mut self, store: &Store) -> Result<i64, StoreError> {
+        let to = self.fold.position(self.partition);
+        let changes = self.fold.take_changes();
+        write(
+            store,
+            self.partition,
+            (0, to),
+            &changes,
+            &self.incomplete,
+            WriteMode::Replace,
+        )
+        .await?;
+        Ok(to)
     }
 }
 
@@ -394,12 +463,34 @@ macro_rules! backend {
             pub(super) async fn write(
                 pool: &$pool,
                 partition: i16,
-                from: i64,
-                to: i64,
+                (from, to): (i64, i64),
                 changes: &FoldChanges,
                 incomplete: &[Incomplete],
+                mode: WriteMode,
             ) -> Result<bool, StoreError> {
                 let mut tx = pool.begin().await?;
+                if mode == WriteMode::Replace {
+                    // Partition 0 is the only one today; periods, users and
+                    // machines carry no partition.
+                    for table in ["usage_periods", "usage_users", "usage_machines"] {
+                        sqlx::query(&format!("DELETE FROM {table}"))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    for table in ["usage_open_leases", "usage_incomplete"] {
+                        let mut query =
+                            QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE partition = "));
+                        query.push_bind(partition);
+                        query.build().execute(&mut *tx).await?;
+                    }
+                    let mut query = QueryBuilder::<Db>::new(
+                        "DELETE FROM follower_checkpoints WHERE follower = ",
+                    );
+                    query.push_bind(BILLING_FOLLOWER);
+                    query.push(" AND partition = ");
+                    query.push_bind(partition);
+                    query.build().execute(&mut *tx).await?;
+                }
                 let mut query = QueryBuilder::<Db>::new(
                     "INSERT INTO follower_checkpoints (follower, partition, position) VALUES (",
                 );

@@ -21,7 +21,7 @@ pub mod redis_hot;
 pub mod runner;
 
 pub use billing::{usage_csv, BillingFold, Granularity, UsageRow};
-pub use billing_live::{LiveBilling, LiveUsage, UsageError, UsageQuery};
+pub use billing_live::{BillingRebuild, LiveBilling, LiveUsage, UsageError, UsageQuery};
 pub use counts::{HotCounts, HotReadError};
 pub use event_consumer::{ConsumerError, EventConsumer};
 pub use hot::{HotLicenses, StaleLease, Unreadable};

@@ -208,6 +208,20 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a live projection from position 0 and swap it in for the
+    /// stored one in one transaction. `billing`: the live billing tables
+    /// (a running server's billing follower goes on from the rebuilt
+    /// state). Writes to the database, unlike the other tools.
+    Rebuild {
+        #[arg(value_parser = ["billing"])]
+        follower: String,
+        #[arg(
+            long,
+            env = "SEATLEDGER_DATABASE_URL",
+            default_value = "sqlite:seatledger.db"
+        )]
+        database_url: String,
+    },
     /// Resend positions FROM..=TO (to the head without --to) of the log to
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
     /// if missing: for a JetStream that lost data, or a new one.
@@ -615,6 +629,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", seatledger_replay::at::describe(&state));
             }
+            Ok(())
+        }
+        Commands::Rebuild {
+            follower: _,
+            database_url,
+        } => {
+            if let Some(path) = database_url.strip_prefix("sqlite:") {
+                if !std::path::Path::new(path).exists() {
+                    usage_error(&format!("no event store at {path}"));
+                }
+            }
+            let store = Store::connect(&database_url)
+                .await
+                .context("cannot open the event store")?;
+            let (events, head) = EventStream::from_store(&store, 0, None).await?;
+            let (mut events, bar) = with_bar(events, head);
+            let mut rebuild = seatledger_projections::BillingRebuild::new(0);
+            while let Some(batch) = events.next().await? {
+                rebuild.push(&batch);
+            }
+            let position = rebuild.replace(&store).await?;
+            bar.finish_and_clear();
+            println!("live billing rebuilt from the log up to position {position} and swapped in");
             Ok(())
         }
         Commands::Diff {

@@ -190,10 +190,23 @@ async fn fewer_seats_deny_what_the_demand_needed_and_more_seats_deny_nothing() {
 /// its follower, equals the replay (exit 0); a planted difference in a
 /// stored period is listed (exit 1).
 #[tokio::test]
-async fn diff_billing_reports_a_planted_difference_and_nothing_on_a_sound_projection() {
-    use seatledger_projections::{Follower, LiveBilling};
+async fn diff_billing_reports_a_planted_difference_and_nothing_after_rebuild_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let store = common::sqlite_store(&dir).await;
+    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    diff_and_rebuild(store, url).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn diff_billing_reports_a_planted_difference_and_nothing_after_rebuild_on_postgres(
+    pool: sqlx::PgPool,
+) {
+    let url = common::pg_url(&pool);
+    diff_and_rebuild(common::pg_store(pool).await, url).await;
+}
+
+async fn diff_and_rebuild(store: Store, url: String) {
+    use seatledger_projections::{Follower, LiveBilling};
     history(&store).await;
     let mut billing = LiveBilling::new(store.clone(), 0);
     assert_eq!(billing.position().await.unwrap(), 0);
@@ -201,7 +214,6 @@ async fn diff_billing_reports_a_planted_difference_and_nothing_on_a_sound_projec
     let events = store.read_range(0, 0, head).await.unwrap();
     billing.apply(&events).await.unwrap();
 
-    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
     let (code, out, err) = common::replay_code(&["diff", "billing", "--database-url", &url]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
@@ -210,10 +222,15 @@ async fn diff_billing_reports_a_planted_difference_and_nothing_on_a_sound_projec
     );
     assert!(out.contains("0 difference(s)"), "{out}");
 
-    sqlx::query("UPDATE usage_periods SET denials = denials + 1 WHERE granularity = 'day'")
-        .execute(store.sqlite_pool().unwrap())
-        .await
-        .unwrap();
+    let plant = "UPDATE usage_periods SET denials = denials + 1 WHERE granularity = 'day'";
+    match &store {
+        Store::Postgres(pool) => {
+            sqlx::query(plant).execute(pool).await.unwrap();
+        }
+        Store::Sqlite(pool, _) => {
+            sqlx::query(plant).execute(pool).await.unwrap();
+        }
+    }
     let (code, out, err) =
         common::replay_code(&["diff", "billing", "--database-url", &url, "--json"]);
     assert_eq!(code, Some(1), "{out}{err}");
@@ -226,4 +243,15 @@ async fn diff_billing_reports_a_planted_difference_and_nothing_on_a_sound_projec
         differences[0]["replayed"]["denials"].as_u64().unwrap() + 1
     );
     assert!(err.contains("1 difference(s)"), "{err}");
+
+    // Rebuilt from the log, the projection has no difference left.
+    let (code, out, err) = common::replay_code(&["rebuild", "billing", "--database-url", &url]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("up to position {head}")), "{out}");
+    let (code, out, err) = common::replay_code(&["diff", "billing", "--database-url", &url]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("0 difference(s)"), "{out}");
+    // And the follower goes on from the rebuilt state.
+    let mut billing = LiveBilling::new(store.clone(), 0);
+    assert_eq!(billing.position().await.unwrap(), head);
 }
