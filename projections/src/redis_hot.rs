@@ -184,6 +184,72 @@ impl RedisLicenses {
         outcome
     }
 
+    /// The keys under this prefix (SCAN: never blocks Redis).
+    async fn keys(&self) -> Result<Vec<String>, String> {
+        let pattern = format!("{}*", redis_glob_escape(&self.prefix));
+        let mut keys = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let pattern = pattern.clone();
+            let (next, page): (u64, Vec<String>) = self
+                .run(|mut c| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            keys.extend(page);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Moves every key under this prefix to `target`'s prefix in place of
+    /// what `target` held, in one MULTI/EXEC (readers of `target` see the
+    /// old counts or these, never a mix): how a rebuild built under a
+    /// fresh prefix is swapped in. Returns the keys moved.
+    pub async fn swap_into(&self, target: &RedisLicenses) -> Result<usize, String> {
+        if target.prefix.starts_with(&self.prefix) || self.prefix.starts_with(&target.prefix) {
+            return Err("the prefixes must not contain one another".into());
+        }
+        let old = target.keys().await?;
+        let new = self.keys().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in &old {
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+        for key in &new {
+            let renamed = format!("{}{}", target.prefix, &key[self.prefix.len()..]);
+            pipe.cmd("RENAME").arg(key).arg(renamed).ignore();
+        }
+        // A big keyspace takes longer than one ordinary call may.
+        let mut connection = self.connection().await?;
+        pipe.query_async::<()>(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(new.len())
+    }
+
+    /// Deletes every key under this prefix (a rebuild given up).
+    pub async fn delete_all(&self) -> Result<(), String> {
+        for keys in self.keys().await?.chunks(1_000) {
+            let keys = keys.to_vec();
+            self.run(
+                |mut c| async move { redis::cmd("DEL").arg(keys).query_async::<()>(&mut c).await },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// The checkpoint, after checking that the counts under this prefix are
     /// this ledger's: a Redis (or prefix) shared with another ledger must
     /// never serve its counts. An empty prefix is claimed for this ledger.
@@ -495,6 +561,18 @@ fn expiry(license: &str, expires_at: Option<Timestamp>) -> (&'static str, String
         ),
         None => ("HDEL", license.to_owned(), vec!["expires_at".into()]),
     }
+}
+
+/// `text` with Redis glob characters escaped, for SCAN MATCH.
+fn redis_glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn view_from(license_id: Uuid, fields: &HashMap<String, String>, live: u32) -> Option<LicenseView> {

@@ -196,7 +196,7 @@ enum Commands {
     /// position; exit 1 if they differ. `billing`: the server's live
     /// billing tables in the ledger's database.
     Diff {
-        #[arg(value_parser = ["billing"])]
+        #[arg(value_parser = ["billing", "hot-counts"])]
         follower: String,
         #[arg(
             long,
@@ -204,6 +204,8 @@ enum Commands {
             default_value = "sqlite:seatledger.db"
         )]
         database_url: String,
+        #[command(flatten)]
+        redis: RedisArgs,
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -213,7 +215,7 @@ enum Commands {
     /// (a running server's billing follower goes on from the rebuilt
     /// state). Writes to the database, unlike the other tools.
     Rebuild {
-        #[arg(value_parser = ["billing"])]
+        #[arg(value_parser = ["billing", "hot-counts"])]
         follower: String,
         #[arg(
             long,
@@ -221,6 +223,8 @@ enum Commands {
             default_value = "sqlite:seatledger.db"
         )]
         database_url: String,
+        #[command(flatten)]
+        redis: RedisArgs,
     },
     /// Resend positions FROM..=TO (to the head without --to) of the log to
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
@@ -249,6 +253,101 @@ enum Commands {
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         to: Option<i64>,
     },
+}
+
+/// Where the hot counts are (`diff`/`rebuild hot-counts`).
+#[derive(clap::Args)]
+struct RedisArgs {
+    /// hot-counts: the Redis the server's --redis-url names.
+    #[arg(long, env = "SEATLEDGER_REDIS_URL")]
+    redis_url: Option<String>,
+    #[arg(long, env = "SEATLEDGER_REDIS_PREFIX", default_value = "seatledger:")]
+    redis_prefix: String,
+    /// hot-counts: the ledger's key id the counts were written for
+    /// (default: the signing key stored in the database).
+    #[arg(long)]
+    ledger: Option<String>,
+}
+
+impl RedisArgs {
+    /// The hot counts under `prefix` (the configured one without it).
+    async fn counts(
+        &self,
+        store: &Store,
+        prefix: Option<&str>,
+    ) -> anyhow::Result<seatledger_projections::RedisLicenses> {
+        let Some(url) = &self.redis_url else {
+            usage_error("hot-counts needs --redis-url");
+        };
+        let ledger = match &self.ledger {
+            Some(ledger) => ledger.clone(),
+            None => {
+                let document = store
+                    .stored_signing_key()
+                    .await?
+                    .context("the database holds no signing key: pass --ledger KEY_ID")?;
+                SigningKey::from_pkcs8(&document)?.key_id().to_owned()
+            }
+        };
+        let prefix = prefix.unwrap_or(&self.redis_prefix);
+        seatledger_projections::RedisLicenses::new(url, prefix, &ledger, 0)
+            .map_err(|error| anyhow::anyhow!("--redis-url: {error}"))
+    }
+}
+
+/// Rebuilds the Redis hot counts from position 0 under a fresh prefix and
+/// swaps them in for the live ones in one MULTI/EXEC.
+async fn rebuild_hot_counts(store: &Store, redis: &RedisArgs) -> anyhow::Result<()> {
+    use seatledger_projections::Follower;
+    let live = redis.counts(store, None).await?;
+    let fresh_prefix = format!(
+        "{}-rebuild-{}:",
+        redis.redis_prefix.trim_end_matches(':'),
+        Uuid::now_v7().simple()
+    );
+    let fresh = redis.counts(store, Some(&fresh_prefix)).await?;
+    let (head, _) = store.head(0).await?;
+    let bar = progress_bar(u64::try_from(head).unwrap_or(0));
+    let built = async {
+        let mut follower = fresh.clone();
+        let mut position = Follower::position(&mut follower)
+            .await
+            .map_err(|error| anyhow::anyhow!("redis: {error}"))?;
+        while position < head {
+            let events = store
+                .read_range(0, position, head.min(position + 1_000))
+                .await?;
+            let Some(last) = events.last().map(|event| event.position) else {
+                break;
+            };
+            follower
+                .apply(&events)
+                .await
+                .map_err(|error| anyhow::anyhow!("redis: {error}"))?;
+            position = last;
+            bar.set_position(u64::try_from(position).unwrap_or(0));
+        }
+        let moved = fresh
+            .swap_into(&live)
+            .await
+            .map_err(|error| anyhow::anyhow!("redis: {error}"))?;
+        anyhow::Ok((position, moved))
+    }
+    .await;
+    bar.finish_and_clear();
+    match built {
+        Ok((position, moved)) => {
+            println!(
+                "hot counts rebuilt from the log up to position {position} and swapped in under {} ({moved} keys)",
+                redis.redis_prefix
+            );
+            Ok(())
+        }
+        Err(error) => {
+            let _ = fresh.delete_all().await;
+            Err(error)
+        }
+    }
 }
 
 fn parse_granularity(text: &str) -> Result<Granularity, String> {
@@ -632,9 +731,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Commands::Rebuild {
-            follower: _,
+            follower,
             database_url,
+            redis,
         } => {
+            if follower == "hot-counts" {
+                let store = open_read_only(&database_url).await?;
+                return rebuild_hot_counts(&store, &redis).await;
+            }
             if let Some(path) = database_url.strip_prefix("sqlite:") {
                 if !std::path::Path::new(path).exists() {
                     usage_error(&format!("no event store at {path}"));
@@ -655,24 +759,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Commands::Diff {
-            follower: _,
+            follower,
             database_url,
+            redis,
             json,
         } => {
             let store = open_read_only(&database_url).await?;
-            let diff = seatledger_replay::diff::diff_billing(&store, 0).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&diff)?);
+            let (text, differences) = if follower == "hot-counts" {
+                let redis = redis.counts(&store, None).await?;
+                let diff = seatledger_replay::diff::diff_hot_counts(&store, 0, &redis).await?;
+                let text = match json {
+                    true => serde_json::to_string_pretty(&diff)? + "\n",
+                    false => seatledger_replay::diff::describe_hot_counts(&diff),
+                };
+                (text, diff.differences.len())
             } else {
-                print!("{}", seatledger_replay::diff::describe(&diff));
-            }
-            if diff.differences.is_empty() {
+                let diff = seatledger_replay::diff::diff_billing(&store, 0).await?;
+                let text = match json {
+                    true => serde_json::to_string_pretty(&diff)? + "\n",
+                    false => seatledger_replay::diff::describe(&diff),
+                };
+                (text, diff.differences.len())
+            };
+            print!("{text}");
+            if differences == 0 {
                 Ok(())
             } else {
-                anyhow::bail!(
-                    "{} difference(s) between live billing and the log",
-                    diff.differences.len()
-                )
+                anyhow::bail!("{differences} difference(s) between {follower} and the log")
             }
         }
         Commands::Simulate {

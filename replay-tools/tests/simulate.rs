@@ -255,3 +255,105 @@ async fn diff_and_rebuild(store: Store, url: String) {
     let mut billing = LiveBilling::new(store.clone(), 0);
     assert_eq!(billing.position().await.unwrap(), head);
 }
+
+/// `diff hot-counts` against real Redis (a key prefix of the test's own):
+/// counts brought to the head by their follower equal the replay; a
+/// planted expiry is listed; `rebuild hot-counts` swaps in counts rebuilt
+/// from 0 and the difference is gone.
+#[tokio::test]
+async fn diff_hot_counts_reports_a_planted_difference_and_nothing_after_rebuild() {
+    use seatledger_projections::{Follower, RedisLicenses};
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(&dir).await;
+    history(&store).await;
+    let redis_url = std::env::var("SEATLEDGER_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("test:{}:", Uuid::now_v7());
+    let counts = RedisLicenses::new(&redis_url, &prefix, "test-ledger", 0).unwrap();
+    let mut follower = counts.clone();
+    assert_eq!(Follower::position(&mut follower).await.unwrap(), 0);
+    let (head, _) = store.head(0).await.unwrap();
+    follower
+        .apply(&store.read_range(0, 0, head).await.unwrap())
+        .await
+        .unwrap();
+
+    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let diff = |extra: &'static str| {
+        let mut args = vec![
+            "diff",
+            "hot-counts",
+            "--database-url",
+            &url,
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            &prefix,
+            "--ledger",
+            "test-ledger",
+        ];
+        if !extra.is_empty() {
+            args.push(extra);
+        }
+        common::replay_code(&args)
+    };
+    let (code, out, err) = diff("");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("3 live lease(s) compared, 0 difference(s)"),
+        "{out}"
+    );
+
+    // m2's lease made to expire an hour later in Redis.
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let expires = t0().plus_seconds(20 + 60 + 3_600).as_micros();
+    redis::cmd("ZADD")
+        .arg(format!("{prefix}lic:{LICENSE}:exp"))
+        .arg(expires)
+        .arg(Uuid::from_u128(0x5e55_0002).to_string())
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+    let (code, out, err) = diff("--json");
+    assert_eq!(code, Some(1), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["differences"][0]["what"], "leases", "{out}");
+    assert_eq!(report["differences"][0]["license_id"], LICENSE.to_string());
+
+    let (code, out, err) = common::replay_code(&[
+        "rebuild",
+        "hot-counts",
+        "--database-url",
+        &url,
+        "--redis-url",
+        &redis_url,
+        "--redis-prefix",
+        &prefix,
+        "--ledger",
+        "test-ledger",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("up to position {head}")), "{out}");
+    let (code, out, err) = diff("");
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Nothing is left under the rebuild's own prefix.
+    let rebuild_prefix = format!("{}-rebuild-*", prefix.trim_end_matches(':'));
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(&rebuild_prefix)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let ours: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(!ours.is_empty());
+    redis::cmd("DEL")
+        .arg(ours)
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+}
