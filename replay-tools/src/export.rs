@@ -259,7 +259,17 @@ pub async fn verify_file(
     input: impl BufRead,
     key: (&str, &[u8]),
 ) -> Result<FileVerified, ExportError> {
-    read_export(input, key, None).await
+    read_export(input, key, None, &mut |_, _| {}).await
+}
+
+/// [`verify_file`], calling `progress` with the position reached and the
+/// last position the header promises.
+pub async fn verify_file_with_progress(
+    input: impl BufRead,
+    key: (&str, &[u8]),
+    progress: &mut dyn FnMut(i64, i64),
+) -> Result<FileVerified, ExportError> {
+    read_export(input, key, None, progress).await
 }
 
 /// Imports an export of a whole log into `store`, which must be empty,
@@ -272,8 +282,9 @@ pub async fn import(
     input: impl BufRead,
     key: (&str, &[u8]),
     store: &Store,
+    progress: &mut dyn FnMut(i64, i64),
 ) -> Result<FileVerified, ExportError> {
-    read_export(input, key, Some(store)).await
+    read_export(input, key, Some(store), progress).await
 }
 
 /// Events read and not yet verified, and verified ones not yet imported.
@@ -293,6 +304,7 @@ async fn read_export(
     input: impl BufRead,
     key: (&str, &[u8]),
     store: Option<&Store>,
+    progress: &mut dyn FnMut(i64, i64),
 ) -> Result<FileVerified, ExportError> {
     let mut lines = input.lines();
     let mut number = 0u64;
@@ -365,6 +377,7 @@ async fn read_export(
                 pending
                     .due
                     .extend(verifier.events(batch, &no_checkpoints).await?);
+                progress(verifier.position(), header.to_position);
             }
         }
         // Import at an event boundary, so a chunk carries the snapshots

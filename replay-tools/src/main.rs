@@ -88,6 +88,9 @@ enum Commands {
         /// signed with it.
         #[arg(long)]
         public_key: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Recompute usage (seat-seconds, overage, peak seats, distinct users and
     /// machines, denials) per organization, license and UTC period from the
@@ -225,6 +228,9 @@ enum Commands {
         database_url: String,
         #[command(flatten)]
         redis: RedisArgs,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Resend positions FROM..=TO (to the head without --to) of the log to
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
@@ -297,7 +303,8 @@ impl RedisArgs {
 
 /// Rebuilds the Redis hot counts from position 0 under a fresh prefix and
 /// swaps them in for the live ones in one MULTI/EXEC.
-async fn rebuild_hot_counts(store: &Store, redis: &RedisArgs) -> anyhow::Result<()> {
+/// Returns the position rebuilt to and the keys swapped in.
+async fn rebuild_hot_counts(store: &Store, redis: &RedisArgs) -> anyhow::Result<(i64, usize)> {
     use seatledger_projections::Follower;
     let live = redis.counts(store, None).await?;
     let fresh_prefix = format!(
@@ -336,13 +343,7 @@ async fn rebuild_hot_counts(store: &Store, redis: &RedisArgs) -> anyhow::Result<
     .await;
     bar.finish_and_clear();
     match built {
-        Ok((position, moved)) => {
-            println!(
-                "hot counts rebuilt from the log up to position {position} and swapped in under {} ({moved} keys)",
-                redis.redis_prefix
-            );
-            Ok(())
-        }
+        Ok(done) => Ok(done),
         Err(error) => {
             let _ = fresh.delete_all().await;
             Err(error)
@@ -507,9 +508,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     let (key_id, key) = parse_public_key(&text);
                     let input = open_input(&path);
-                    let verified = seatledger_replay::export::verify_file(input, (&key_id, &key))
-                        .await?
-                        .verified;
+                    let bar = progress_bar(0);
+                    let verified = seatledger_replay::export::verify_file_with_progress(
+                        input,
+                        (&key_id, &key),
+                        &mut |at, to| {
+                            bar.set_length(u64::try_from(to).unwrap_or(0));
+                            bar.set_position(u64::try_from(at).unwrap_or(0));
+                        },
+                    )
+                    .await?
+                    .verified;
+                    bar.finish_and_clear();
                     (key_id, verified)
                 }
                 None => {
@@ -596,6 +606,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database_url,
             from_file,
             public_key,
+            json,
         } => {
             let (key_id, key) = parse_public_key(&public_key);
             let input = open_input(&from_file);
@@ -603,13 +614,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("cannot open the store to import into")?;
             store.migrate().await?;
-            let done = seatledger_replay::export::import(input, (&key_id, &key), &store).await;
+            let bar = progress_bar(0);
+            let done =
+                seatledger_replay::export::import(input, (&key_id, &key), &store, &mut |at, to| {
+                    bar.set_length(u64::try_from(to).unwrap_or(0));
+                    bar.set_position(u64::try_from(at).unwrap_or(0));
+                })
+                .await;
+            bar.finish_and_clear();
             match done {
                 Ok(done) => {
-                    println!(
-                        "imported {} events and {} signed checkpoints (key {key_id}); head hash {}",
-                        done.imported, done.verified.checkpoints, done.verified.head_hash
-                    );
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "events": done.imported,
+                                "checkpoints": done.verified.checkpoints,
+                                "key_id": key_id,
+                                "head_hash": done.verified.head_hash,
+                            })
+                        );
+                    } else {
+                        println!(
+                            "imported {} events and {} signed checkpoints (key {key_id}); head hash {}",
+                            done.imported, done.verified.checkpoints, done.verified.head_hash
+                        );
+                    }
                     Ok(())
                 }
                 Err(error) => {
@@ -734,10 +764,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follower,
             database_url,
             redis,
+            json,
         } => {
             if follower == "hot-counts" {
                 let store = open_read_only(&database_url).await?;
-                return rebuild_hot_counts(&store, &redis).await;
+                let (position, keys) = rebuild_hot_counts(&store, &redis).await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"follower": follower, "position": position, "keys": keys})
+                    );
+                } else {
+                    println!(
+                        "hot counts rebuilt from the log up to position {position} and swapped in under {} ({keys} keys)",
+                        redis.redis_prefix
+                    );
+                }
+                return Ok(());
             }
             if let Some(path) = database_url.strip_prefix("sqlite:") {
                 if !std::path::Path::new(path).exists() {
@@ -755,7 +798,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let position = rebuild.replace(&store).await?;
             bar.finish_and_clear();
-            println!("live billing rebuilt from the log up to position {position} and swapped in");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"follower": follower, "position": position})
+                );
+            } else {
+                println!(
+                    "live billing rebuilt from the log up to position {position} and swapped in"
+                );
+            }
             Ok(())
         }
         Commands::Diff {
