@@ -63,26 +63,7 @@ pub async fn fill_live_leases_signed(
     events: u64,
     key: Arc<SigningKey>,
 ) -> anyhow::Result<(Uuid, u64)> {
-    let (appender, task) = Appender::start(
-        store.clone(),
-        key,
-        Arc::new(SystemClock),
-        CommitNotifier::default(),
-        AppenderConfig::default(),
-    );
-    let tenant = Uuid::now_v7();
-    let licenses: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
-    for license_id in &licenses {
-        let issue = Command::IssueLicense {
-            license_id: *license_id,
-            name: Name::parse("bench")?,
-            seats: SeatCount::new(100_000)?,
-            expires_at: None,
-            heartbeat_ttl_s: HeartbeatTtl::new(86_400)?,
-            max_overage_percent: OveragePercent::default(),
-        };
-        appender.submit(Submission::new(tenant, issue)).await?;
-    }
+    let (appender, task, tenant, licenses) = bench_licenses(store, key, 100_000, 86_400).await?;
     let per_client = events / 256 + 1;
     let workers: Vec<_> = (0..256u64)
         .map(|client| {
@@ -130,26 +111,7 @@ pub async fn fill_cycling_leases_signed(
     events: u64,
     key: Arc<SigningKey>,
 ) -> anyhow::Result<()> {
-    let (appender, task) = Appender::start(
-        store.clone(),
-        key,
-        Arc::new(SystemClock),
-        CommitNotifier::default(),
-        AppenderConfig::default(),
-    );
-    let tenant = Uuid::now_v7();
-    let licenses: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
-    for license_id in &licenses {
-        let issue = Command::IssueLicense {
-            license_id: *license_id,
-            name: Name::parse("bench")?,
-            seats: SeatCount::new(1_000)?,
-            expires_at: None,
-            heartbeat_ttl_s: HeartbeatTtl::new(3_600)?,
-            max_overage_percent: OveragePercent::default(),
-        };
-        appender.submit(Submission::new(tenant, issue)).await?;
-    }
+    let (appender, task, tenant, licenses) = bench_licenses(store, key, 1_000, 3_600).await?;
     let cycles_per_client = events / 256 / 3 + 1;
     let workers: Vec<_> = (0..256u64)
         .map(|client| {
@@ -188,4 +150,35 @@ pub async fn fill_cycling_leases_signed(
     drop(appender);
     task.await?;
     Ok(())
+}
+
+/// An appender on `store` signing with `key`, one tenant and 64 licenses
+/// of `seats` seats and a `ttl_s` heartbeat TTL issued through it.
+async fn bench_licenses(
+    store: &Store,
+    key: Arc<SigningKey>,
+    seats: u32,
+    ttl_s: u32,
+) -> anyhow::Result<(Appender, tokio::task::JoinHandle<()>, Uuid, Vec<Uuid>)> {
+    let (appender, task) = Appender::start(
+        store.clone(),
+        key,
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        AppenderConfig::default(),
+    );
+    let tenant = Uuid::now_v7();
+    let licenses: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
+    for license_id in &licenses {
+        let issue = Command::IssueLicense {
+            license_id: *license_id,
+            name: Name::parse("bench")?,
+            seats: SeatCount::new(seats)?,
+            expires_at: None,
+            heartbeat_ttl_s: HeartbeatTtl::new(ttl_s)?,
+            max_overage_percent: OveragePercent::default(),
+        };
+        appender.submit(Submission::new(tenant, issue)).await?;
+    }
+    Ok((appender, task, tenant, licenses))
 }

@@ -32,12 +32,8 @@ struct Cli {
 enum Commands {
     /// Verify positions, hash links, hashes and signed checkpoints.
     Verify {
-        #[arg(
-            long,
-            env = "SEATLEDGER_DATABASE_URL",
-            default_value = "sqlite:seatledger.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// The ledger's public key as `KEY_ID:BASE64URL` (from GET /api/v1/keys).
         /// Without it, the key stored in the database is used, which proves
         /// integrity only against accidents, not against whoever holds the database.
@@ -56,12 +52,8 @@ enum Commands {
     /// snapshots and the signed checkpoints. Verify it with
     /// `verify --from-file`; load it into an empty store with `import`.
     Export {
-        #[arg(
-            long,
-            env = "SEATLEDGER_DATABASE_URL",
-            default_value = "sqlite:seatledger.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Only this organization's events (not a chain: each event's hash
         /// verifies alone).
         #[arg(long)]
@@ -96,12 +88,8 @@ enum Commands {
     /// machines, denials) per organization, license and UTC period from the
     /// whole log, with the billing fold the live projection uses.
     Usage {
-        #[arg(
-            long,
-            env = "SEATLEDGER_DATABASE_URL",
-            default_value = "sqlite:seatledger.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Period length: hour, day or month (UTC).
         #[arg(long, default_value = "day", value_parser = parse_granularity)]
         granularity: Granularity,
@@ -137,12 +125,8 @@ enum Commands {
     /// expires_at is not active, recorded as expired or not.
     #[command(group(clap::ArgGroup::new("instant").required(true).args(["time", "position"])))]
     At {
-        #[arg(
-            long,
-            env = "SEATLEDGER_DATABASE_URL",
-            default_value = "sqlite:seatledger.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// An instant (RFC 3339): everything recorded up to it.
         #[arg(long, value_parser = parse_timestamp)]
         time: Option<Timestamp>,
@@ -167,12 +151,8 @@ enum Commands {
     /// real decider: which acquires would have been denied or granted,
     /// peak demand, denied seat-time. Writes nothing.
     Simulate {
-        #[arg(
-            long,
-            env = "SEATLEDGER_DATABASE_URL",
-            default_value = "sqlite:seatledger.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        store: StoreArg,
         #[arg(long)]
         license: Uuid,
         /// The seat count to try.
@@ -201,12 +181,8 @@ enum Commands {
     Diff {
         #[arg(value_parser = ["billing", "hot-counts"])]
         follower: String,
-        #[arg(
-            long,
-            env = "SEATLEDGER_DATABASE_URL",
-            default_value = "sqlite:seatledger.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        store: StoreArg,
         #[command(flatten)]
         redis: RedisArgs,
         /// JSON instead of text.
@@ -220,12 +196,8 @@ enum Commands {
     Rebuild {
         #[arg(value_parser = ["billing", "hot-counts"])]
         follower: String,
-        #[arg(
-            long,
-            env = "SEATLEDGER_DATABASE_URL",
-            default_value = "sqlite:seatledger.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        store: StoreArg,
         #[command(flatten)]
         redis: RedisArgs,
         /// JSON instead of text.
@@ -236,12 +208,8 @@ enum Commands {
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
     /// if missing: for a JetStream that lost data, or a new one.
     Republish {
-        #[arg(
-            long,
-            env = "SEATLEDGER_DATABASE_URL",
-            default_value = "sqlite:seatledger.db"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        store: StoreArg,
         #[arg(long, env = "SEATLEDGER_NATS_URL")]
         nats_url: String,
         #[arg(long, env = "SEATLEDGER_NATS_STREAM", default_value = "SEATLEDGER")]
@@ -259,6 +227,18 @@ enum Commands {
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         to: Option<i64>,
     },
+}
+
+/// The event store a tool reads.
+#[derive(clap::Args)]
+struct StoreArg {
+    /// `postgres://…` or `sqlite:PATH` (read-only unless the tool writes).
+    #[arg(
+        long,
+        env = "SEATLEDGER_DATABASE_URL",
+        default_value = "sqlite:seatledger.db"
+    )]
+    database_url: String,
 }
 
 /// Where the hot counts are (`diff`/`rebuild hot-counts`).
@@ -495,7 +475,7 @@ fn error_chain(error: &anyhow::Error) -> String {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Commands::Verify {
-            database_url,
+            store: StoreArg { database_url },
             public_key,
             from_file,
             json,
@@ -568,7 +548,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Commands::Export {
-            database_url,
+            store: StoreArg { database_url },
             org,
             from_position,
             to_position,
@@ -651,7 +631,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Commands::Usage {
-            database_url,
+            store: StoreArg { database_url },
             granularity,
             as_of,
             org,
@@ -723,7 +703,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Commands::At {
-            database_url,
+            store: StoreArg { database_url },
             time,
             position,
             org,
@@ -762,7 +742,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Rebuild {
             follower,
-            database_url,
+            store: StoreArg { database_url },
             redis,
             json,
         } => {
@@ -812,7 +792,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Diff {
             follower,
-            database_url,
+            store: StoreArg { database_url },
             redis,
             json,
         } => {
@@ -841,7 +821,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Commands::Simulate {
-            database_url,
+            store: StoreArg { database_url },
             license,
             seats,
             ttl_s,
@@ -878,7 +858,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Commands::Republish {
-            database_url,
+            store: StoreArg { database_url },
             nats_url,
             nats_stream,
             nats_subject_prefix,
