@@ -95,6 +95,26 @@ struct StreamCheck {
     /// Snapshot version and the state replayed so far, per stream still to
     /// reach its snapshot.
     pending: HashMap<String, (i64, seatledger_ledger::domain::StreamState)>,
+    /// Leases held by the pending states, and the most they may hold
+    /// before the largest is left to a pass of its own.
+    pending_leases: usize,
+    lease_budget: usize,
+    /// Streams whose snapshot is checked after the main pass, one at a
+    /// time (stream id, snapshot version).
+    deferred: Vec<(String, i64)>,
+}
+
+/// Leases the replayed states of a verify may hold at once (about 400
+/// bytes each: ~80 MiB). Past it, the largest stream's snapshot is checked
+/// in a pass of its own over that stream, so memory follows this bound,
+/// not the live leases of the whole log.
+pub const VERIFY_LEASE_BUDGET: usize = 200_000;
+
+fn leases_of(state: &seatledger_ledger::domain::StreamState) -> usize {
+    match state {
+        seatledger_ledger::domain::StreamState::License(license) => license.lease_count(),
+        _ => 0,
+    }
 }
 
 /// A stream reached the version of its stored snapshot: the snapshot must
@@ -109,10 +129,17 @@ pub struct DueSnapshot {
 }
 
 impl StreamCheck {
-    fn new(stored: Option<&HashMap<String, (i64, Option<i64>)>>, from_start: bool) -> StreamCheck {
+    fn new(
+        stored: Option<&HashMap<String, (i64, Option<i64>)>>,
+        from_start: bool,
+        lease_budget: usize,
+    ) -> StreamCheck {
         StreamCheck {
             versions: HashMap::new(),
             from_start,
+            pending_leases: 0,
+            lease_budget,
+            deferred: Vec::new(),
             pending: stored
                 .into_iter()
                 .flatten()
@@ -152,18 +179,41 @@ impl StreamCheck {
             position: event.position,
             source,
         })?;
+        let before = leases_of(state);
         *state = seatledger_ledger::domain::evolve(std::mem::take(state), &decoded);
+        let after = leases_of(state);
+        self.pending_leases = (self.pending_leases + after).saturating_sub(before);
         if event.stream_version < *snapshot_version {
+            if self.pending_leases > self.lease_budget {
+                self.defer_largest();
+            }
             return Ok(None);
         }
         let Some((version, replayed)) = self.pending.remove(&event.stream_id) else {
             return Ok(None);
         };
+        self.pending_leases = self.pending_leases.saturating_sub(leases_of(&replayed));
         Ok(Some(DueSnapshot {
             stream_id: event.stream_id.clone(),
             version,
             replayed,
         }))
+    }
+
+    /// Drops the largest pending state; its stream is checked later.
+    fn defer_largest(&mut self) {
+        let Some(largest) = self
+            .pending
+            .iter()
+            .max_by_key(|(_, (_, state))| leases_of(state))
+            .map(|(stream_id, _)| stream_id.clone())
+        else {
+            return;
+        };
+        if let Some((version, state)) = self.pending.remove(&largest) {
+            self.pending_leases = self.pending_leases.saturating_sub(leases_of(&state));
+            self.deferred.push((largest, version));
+        }
     }
 
     fn finish(self, stored: &HashMap<String, (i64, Option<i64>)>) -> Result<(), VerifyError> {
@@ -341,8 +391,22 @@ impl Verifier {
             last: from_start.then_some((0, ChainHash::GENESIS)),
             events: 0,
             checkpoints: 0,
-            streams: StreamCheck::new(stored_streams, from_start && chain),
+            streams: StreamCheck::new(stored_streams, from_start && chain, usize::MAX),
         }
+    }
+
+    /// Bounds the leases the replayed states may hold; streams past it are
+    /// returned by [`deferred`](Self::deferred) to be checked on their own.
+    /// Only for a source that can read one stream again (the store).
+    pub fn with_lease_budget(mut self, leases: usize) -> Verifier {
+        self.streams.lease_budget = leases;
+        self
+    }
+
+    /// Streams whose snapshot was left to a pass of their own:
+    /// (stream id, snapshot version).
+    pub fn take_deferred(&mut self) -> Vec<(String, i64)> {
+        std::mem::take(&mut self.streams.deferred)
     }
 
     /// The last position checked (0 before any).
@@ -473,6 +537,18 @@ pub async fn verify_with_progress(
     store: &Store,
     partition: i16,
     key: (&str, &[u8]),
+    progress: impl FnMut(i64),
+) -> Result<Verified, VerifyError> {
+    verify_with_budget(store, partition, key, VERIFY_LEASE_BUDGET, progress).await
+}
+
+/// [`verify_with_progress`] with another [`VERIFY_LEASE_BUDGET`] (a test
+/// can make every snapshot stream take the pass of its own).
+pub async fn verify_with_budget(
+    store: &Store,
+    partition: i16,
+    key: (&str, &[u8]),
+    lease_budget: usize,
     mut progress: impl FnMut(i64),
 ) -> Result<Verified, VerifyError> {
     let checkpoints: HashMap<i64, Checkpoint> = store
@@ -483,7 +559,8 @@ pub async fn verify_with_progress(
         .collect();
     let (head_position, _) = store.head(partition).await?;
     let stored_streams = store.stream_versions_of(partition).await?;
-    let mut verifier = Verifier::new(key, true, true, Some(&stored_streams));
+    let mut verifier =
+        Verifier::new(key, true, true, Some(&stored_streams)).with_lease_budget(lease_budget);
     let mut reader = LogReader::new(store, partition, head_position);
     while let Some(batch) = reader.next().await? {
         for due in verifier.events(batch, &checkpoints).await? {
@@ -496,7 +573,45 @@ pub async fn verify_with_progress(
     if let Some(beyond) = checkpoints.keys().filter(|p| **p > position).min() {
         return Err(VerifyError::CheckpointBeyondHead(*beyond));
     }
+    // The chain is sound: every event the deferred streams replay was
+    // checked above.
+    for (stream_id, version) in verifier.take_deferred() {
+        check_stream_snapshot(store, &stream_id, version).await?;
+    }
     verifier.finish(Some(&stored_streams))
+}
+
+/// Replays one stream up to its snapshot's version (in bounded reads) and
+/// compares the stored snapshot.
+async fn check_stream_snapshot(
+    store: &Store,
+    stream_id: &str,
+    version: i64,
+) -> Result<(), VerifyError> {
+    let mut state = seatledger_ledger::domain::StreamState::default();
+    let mut after = 0;
+    while after < version {
+        let through = version.min(after + VERIFY_BATCH);
+        let events = store.read_stream_range(stream_id, after, through).await?;
+        if events.is_empty() {
+            break;
+        }
+        for event in &events {
+            let decoded = event.event().map_err(|source| VerifyError::Undecodable {
+                position: event.position,
+                source,
+            })?;
+            state = seatledger_ledger::domain::evolve(state, &decoded);
+        }
+        after = through;
+    }
+    let due = DueSnapshot {
+        stream_id: stream_id.to_owned(),
+        version,
+        replayed: state,
+    };
+    let stored = store.stream_snapshot(stream_id).await?;
+    check_snapshot(due, stored)
 }
 
 /// A due snapshot against the one stored (version and state).

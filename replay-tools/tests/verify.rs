@@ -208,6 +208,22 @@ async fn verify_checks_snapshots_and_stream_versions() {
         error.contains("snapshot") && error.contains("license-"),
         "{error}"
     );
+    // The same when the stream's replayed state is over the lease budget
+    // and its snapshot is checked in a pass of its own.
+    let key_pair = (key.key_id(), key.public_key());
+    let error = seatledger_replay::verify_with_budget(&store, 0, key_pair, 0, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("snapshot") && error.contains("license-"),
+        "{error}"
+    );
+    let intact_dir = tempfile::tempdir().unwrap();
+    let intact = ledger(&intact_dir, key.clone()).await;
+    seatledger_replay::verify_with_budget(&intact, 0, key_pair, 0, |_| {})
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let store = ledger(&dir, key.clone()).await;

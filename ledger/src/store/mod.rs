@@ -421,10 +421,30 @@ impl Store {
     pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
         match self {
             Store::Postgres(pool) => {
-                postgres::read_stream(&mut *pool.acquire().await?, stream_id, 0).await
+                postgres::read_stream(&mut *pool.acquire().await?, stream_id, 0, i64::MAX).await
             }
             Store::Sqlite(pool, _) => {
-                sqlite::read_stream(&mut *pool.acquire().await?, stream_id, 0).await
+                sqlite::read_stream(&mut *pool.acquire().await?, stream_id, 0, i64::MAX).await
+            }
+        }
+    }
+
+    /// The events of one stream with `after_version < stream_version <=
+    /// through_version`, in stream order (bounded reads of a long stream).
+    pub async fn read_stream_range(
+        &self,
+        stream_id: &str,
+        after_version: i64,
+        through_version: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                postgres::read_stream(&mut conn, stream_id, after_version, through_version).await
+            }
+            Store::Sqlite(pool, _) => {
+                let mut conn = pool.acquire().await?;
+                sqlite::read_stream(&mut conn, stream_id, after_version, through_version).await
             }
         }
     }

@@ -110,11 +110,13 @@ pub(crate) async fn read_stream(
     conn: &mut PgConnection,
     stream_id: &str,
     after_version: i64,
+    through_version: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version");
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 AND stream_version <= $3 ORDER BY stream_version");
     let rows = sqlx::query(&sql)
         .bind(stream_id)
         .bind(after_version)
+        .bind(through_version)
         .fetch_all(conn)
         .await?;
     rows.iter().map(event_from_row).collect()
@@ -170,7 +172,7 @@ pub(crate) async fn load_stream(
             }
         }
     }
-    let events = read_stream(conn, stream_id, from_version).await?;
+    let events = read_stream(conn, stream_id, from_version, i64::MAX).await?;
     Ok(LoadedStream { snapshot, events })
 }
 
