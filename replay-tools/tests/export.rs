@@ -125,6 +125,19 @@ async fn drop_database(pool: &sqlx::PgPool, url: &str) {
         .unwrap();
 }
 
+/// `seatledger-replay import` of `file` into `url`: (exit code, stdout, stderr).
+fn import_cli(url: &str, file: &str, key: &str) -> (Option<i32>, String, String) {
+    common::replay_code(&[
+        "import",
+        "--database-url",
+        url,
+        "--from-file",
+        file,
+        "--public-key",
+        key,
+    ])
+}
+
 fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
@@ -147,16 +160,8 @@ async fn postgres_to_sqlite_to_postgres_keeps_every_byte_and_verifies(pool: sqlx
     let file = write_file(&dir, "first.jsonl", &first);
     let sqlite = format!("sqlite:{}", dir.path().join("copy.db").display());
     let key = key_arg(&key);
-    let (ok, out, err) = common::replay(&[
-        "import",
-        "--database-url",
-        &sqlite,
-        "--from-file",
-        &file,
-        "--public-key",
-        &key,
-    ]);
-    assert!(ok, "{out}{err}");
+    let (code, out, err) = import_cli(&sqlite, &file, &key);
+    assert_eq!(code, Some(0), "{out}{err}");
     let (ok, out, err) =
         common::replay(&["verify", "--database-url", &sqlite, "--public-key", &key]);
     assert!(ok, "{out}{err}");
@@ -190,16 +195,8 @@ async fn postgres_to_sqlite_to_postgres_keeps_every_byte_and_verifies(pool: sqlx
 
     let postgres = fresh_database(&pool).await;
     let file = write_file(&dir, "second.jsonl", &second);
-    let (ok, out, err) = common::replay(&[
-        "import",
-        "--database-url",
-        &postgres,
-        "--from-file",
-        &file,
-        "--public-key",
-        &key,
-    ]);
-    assert!(ok, "{out}{err}");
+    let (code, out, err) = import_cli(&postgres, &file, &key);
+    assert_eq!(code, Some(0), "{out}{err}");
     let (ok, out, err) =
         common::replay(&["verify", "--database-url", &postgres, "--public-key", &key]);
     assert!(ok, "{out}{err}");
@@ -220,15 +217,7 @@ async fn postgres_to_sqlite_to_postgres_keeps_every_byte_and_verifies(pool: sqlx
     assert_eq!(summary["events"], head);
 
     // Importing again into a store that holds events is refused.
-    let (code, _, err) = common::replay_code(&[
-        "import",
-        "--database-url",
-        &postgres,
-        "--from-file",
-        &file,
-        "--public-key",
-        &key,
-    ]);
+    let (code, _, err) = import_cli(&postgres, &file, &key);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("an empty store"), "{err}");
     drop_database(&pool, &postgres).await;
@@ -370,16 +359,8 @@ async fn six_tamperings_are_detected_in_a_database_and_in_an_export_file(pool: s
     ];
     for (what, sql, expected) in &cases {
         let copy = fresh_database(&pool).await;
-        let (ok, out, err) = common::replay(&[
-            "import",
-            "--database-url",
-            &copy,
-            "--from-file",
-            &intact_file,
-            "--public-key",
-            &key,
-        ]);
-        assert!(ok, "{what}: {out}{err}");
+        let (code, out, err) = import_cli(&copy, &intact_file, &key);
+        assert_eq!(code, Some(0), "{what}: {out}{err}");
         let copy_pool = sqlx::PgPool::connect(&copy).await.unwrap();
         sqlx::raw_sql(&format!(
             "ALTER TABLE events DISABLE TRIGGER ALL; {sql}; ALTER TABLE events ENABLE TRIGGER ALL"

@@ -279,9 +279,10 @@ async fn diff_hot_counts_reports_a_planted_difference_and_nothing_after_rebuild(
         .unwrap();
 
     let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
-    let diff = |extra: &'static str| {
+    // `seatledger-replay <tool> hot-counts` on this test's counts.
+    let hot_counts = |tool: &'static str, extra: &'static str| {
         let mut args = vec![
-            "diff",
+            tool,
             "hot-counts",
             "--database-url",
             &url,
@@ -297,6 +298,7 @@ async fn diff_hot_counts_reports_a_planted_difference_and_nothing_after_rebuild(
         }
         common::replay_code(&args)
     };
+    let diff = |extra: &'static str| hot_counts("diff", extra);
     let (code, out, err) = diff("");
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
@@ -321,18 +323,7 @@ async fn diff_hot_counts_reports_a_planted_difference_and_nothing_after_rebuild(
     assert_eq!(report["differences"][0]["what"], "leases", "{out}");
     assert_eq!(report["differences"][0]["license_id"], LICENSE.to_string());
 
-    let (code, out, err) = common::replay_code(&[
-        "rebuild",
-        "hot-counts",
-        "--database-url",
-        &url,
-        "--redis-url",
-        &redis_url,
-        "--redis-prefix",
-        &prefix,
-        "--ledger",
-        "test-ledger",
-    ]);
+    let (code, out, err) = hot_counts("rebuild", "");
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains(&format!("up to position {head}")), "{out}");
     let (code, out, err) = diff("");
