@@ -178,32 +178,12 @@ enum Commands {
     /// Compare a live projection with a replay of the log up to the same
     /// position; exit 1 if they differ. `billing`: the server's live
     /// billing tables in the ledger's database.
-    Diff {
-        #[arg(value_parser = ["billing", "hot-counts"])]
-        follower: String,
-        #[command(flatten)]
-        store: StoreArg,
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Diff(ProjectionArgs),
     /// Rebuild a live projection from position 0 and swap it in for the
     /// stored one in one transaction. `billing`: the live billing tables
     /// (a running server's billing follower goes on from the rebuilt
     /// state). Writes to the database, unlike the other tools.
-    Rebuild {
-        #[arg(value_parser = ["billing", "hot-counts"])]
-        follower: String,
-        #[command(flatten)]
-        store: StoreArg,
-        #[command(flatten)]
-        redis: RedisArgs,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Rebuild(ProjectionArgs),
     /// Resend positions FROM..=TO (to the head without --to) of the log to
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
     /// if missing: for a JetStream that lost data, or a new one.
@@ -239,6 +219,20 @@ struct StoreArg {
         default_value = "sqlite:seatledger.db"
     )]
     database_url: String,
+}
+
+/// Which live projection `diff` and `rebuild` work on, and where it is.
+#[derive(clap::Args)]
+struct ProjectionArgs {
+    #[arg(value_parser = ["billing", "hot-counts"])]
+    follower: String,
+    #[command(flatten)]
+    store: StoreArg,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the hot counts are (`diff`/`rebuild hot-counts`).
@@ -740,12 +734,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Commands::Rebuild {
+        Commands::Rebuild(ProjectionArgs {
             follower,
             store: StoreArg { database_url },
             redis,
             json,
-        } => {
+        }) => {
             if follower == "hot-counts" {
                 let store = open_read_only(&database_url).await?;
                 let (position, keys) = rebuild_hot_counts(&store, &redis).await?;
@@ -790,12 +784,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Commands::Diff {
+        Commands::Diff(ProjectionArgs {
             follower,
             store: StoreArg { database_url },
             redis,
             json,
-        } => {
+        }) => {
             let store = open_read_only(&database_url).await?;
             let (text, differences) = if follower == "hot-counts" {
                 let redis = redis.counts(&store, None).await?;
