@@ -1,15 +1,17 @@
 //! `seatledger admin`: operator commands that run beside (or without) a
 //! server, against the same store: `create-owner` registers an
-//! organization and its owner when registration is closed.
+//! organization and its owner when registration is closed; `export-key`
+//! moves a key an older version kept in the database to a file.
 
 use crate::auth::Principal;
+use crate::config::KeyArgs;
 use crate::directory::Directory;
 use crate::error::ApiError;
 use crate::routes::auth::{check_password, new_organization, record_user};
+use anyhow::Context;
 use seatledger_ledger::domain::{Email, Name};
-use seatledger_ledger::{Appender, AppenderConfig, CommitNotifier, SigningKey, Store, SystemClock};
+use seatledger_ledger::{Appender, AppenderConfig, CommitNotifier, Store, SystemClock};
 use seatledger_schema::Metadata;
-use std::path::Path;
 use std::sync::Arc;
 
 /// What `create-owner` needs.
@@ -33,7 +35,8 @@ pub enum AdminError {
 /// policy; recorded with actor `admin-cli`. Returns the owner.
 pub async fn create_owner(
     store: Store,
-    signing_key: Option<&Path>,
+    database_url: &str,
+    keys: &KeyArgs,
     owner: NewOwner,
 ) -> Result<Principal, AdminError> {
     let invalid = |error: ApiError| AdminError::Invalid(error.detail);
@@ -45,12 +48,13 @@ pub async fn create_owner(
         .migrate()
         .await
         .map_err(|e| anyhow::Error::new(e).context("cannot migrate the event store"))?;
-    let signer = SigningKey::load(signing_key, &store)
+    // The appender signs checkpoints: with the server's ledger key.
+    let keys = crate::keyring::load(&store, database_url, keys)
         .await
-        .map_err(|e| anyhow::Error::new(e).context("cannot load the signing key"))?;
+        .context("cannot load the signing keys")?;
     let (appender, task) = Appender::start(
         store.clone(),
-        Arc::new(signer),
+        keys.ledger.clone(),
         Arc::new(SystemClock),
         CommitNotifier::default(),
         AppenderConfig::default(),

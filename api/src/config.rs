@@ -67,6 +67,37 @@ impl NatsArgs {
     }
 }
 
+/// The server's keys (see `keyring`): files outside the database.
+#[derive(Args, Clone, Debug, Default)]
+pub struct KeyArgs {
+    /// The ledger key, which signs checkpoints (Ed25519 PKCS#8 file,
+    /// created there with mode 0600 if missing). Required on PostgreSQL;
+    /// on SQLite the default is `<database file>.ledger.key`.
+    #[arg(long, env = "SEATLEDGER_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// The seat-token key, which signs seat tokens (a file like
+    /// `--signing-key`, holding another key). Required on PostgreSQL; on
+    /// SQLite the default is `<database file>.token.key`.
+    #[arg(long, env = "SEATLEDGER_TOKEN_SIGNING_KEY")]
+    pub token_signing_key: Option<PathBuf>,
+    /// Ledger keys used before a rotation (PKCS#8 or `KEY_ID:BASE64URL`
+    /// files), listed as retired so older checkpoints still verify.
+    #[arg(
+        long = "retired-signing-key",
+        env = "SEATLEDGER_RETIRED_SIGNING_KEYS",
+        value_delimiter = ','
+    )]
+    pub retired_signing_keys: Vec<PathBuf>,
+    /// Seat-token keys used before a rotation, listed as retired so tokens
+    /// they signed verify until they expire.
+    #[arg(
+        long = "retired-token-key",
+        env = "SEATLEDGER_RETIRED_TOKEN_KEYS",
+        value_delimiter = ','
+    )]
+    pub retired_token_keys: Vec<PathBuf>,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -74,10 +105,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Ed25519 signing key (PKCS#8 file). Created there if missing; without
-    /// this flag the key is generated on first start and kept in the database.
-    #[arg(long, env = "SEATLEDGER_SIGNING_KEY")]
-    pub signing_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// Redis for hot seat counts (absent: in memory).
     #[arg(long, env = "SEATLEDGER_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -151,10 +180,28 @@ impl ServeArgs {
             (
                 "signing-key",
                 optional(
-                    self.signing_key
+                    self.keys
+                        .signing_key
                         .as_ref()
                         .map(|path| path.display().to_string()),
                 ),
+            ),
+            (
+                "token-signing-key",
+                optional(
+                    self.keys
+                        .token_signing_key
+                        .as_ref()
+                        .map(|path| path.display().to_string()),
+                ),
+            ),
+            (
+                "retired-signing-key",
+                path_list(&self.keys.retired_signing_keys),
+            ),
+            (
+                "retired-token-key",
+                path_list(&self.keys.retired_token_keys),
             ),
             (
                 "redis-url",
@@ -188,6 +235,15 @@ impl ServeArgs {
     }
 }
 
+/// Paths as a TOML array.
+fn path_list(paths: &[PathBuf]) -> String {
+    let quoted: Vec<String> = paths
+        .iter()
+        .map(|path| format!("{:?}", path.display().to_string()))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 /// The values of a config file (`--config FILE`, TOML, keys are the flags
 /// without `--`) as defaults of `command`'s arguments, so that a flag wins
 /// over its environment variable, which wins over the file, which wins
@@ -203,24 +259,29 @@ pub fn apply_config_file(
         .parse()
         .map_err(|error| format!("config file {}: {error}", path.display()))?;
     for (key, value) in table {
-        let value = match value {
-            toml::Value::String(text) => text,
-            toml::Value::Integer(number) => number.to_string(),
-            toml::Value::Float(number) => number.to_string(),
-            toml::Value::Boolean(flag) => flag.to_string(),
-            other => {
-                return Err(format!(
-                    "config file {}: {key} must be a string, number or boolean, not {}",
-                    path.display(),
-                    other.type_str()
-                ))
-            }
+        let scalar = |value: toml::Value| match value {
+            toml::Value::String(text) => Ok(text),
+            toml::Value::Integer(number) => Ok(number.to_string()),
+            toml::Value::Float(number) => Ok(number.to_string()),
+            toml::Value::Boolean(flag) => Ok(flag.to_string()),
+            other => Err(format!(
+                "config file {}: {key} must be a string, number, boolean or a list of them, not {}",
+                path.display(),
+                other.type_str()
+            )),
         };
-        // Start-up only, once per key: the value lives as long as the
+        let values = match value {
+            toml::Value::Array(items) => items.into_iter().map(scalar).collect::<Result<_, _>>()?,
+            other => vec![scalar(other)?],
+        };
+        // Start-up only, once per key: the values live as long as the
         // command does.
-        let value: &'static str = Box::leak(value.into_boxed_str());
+        let values: Vec<&'static str> = values
+            .into_iter()
+            .map(|value: String| &*Box::leak(value.into_boxed_str()))
+            .collect();
         let mut found = false;
-        command = set_default(command, &key, value, &mut found);
+        command = set_default(command, &key, &values, &mut found);
         if !found {
             return Err(format!(
                 "config file {}: unknown key {key:?} (keys are the flags of `seatledger serve` without --)",
@@ -234,7 +295,7 @@ pub fn apply_config_file(
 fn set_default(
     mut command: clap::Command,
     key: &str,
-    value: &'static str,
+    values: &[&'static str],
     found: &mut bool,
 ) -> clap::Command {
     let id = command
@@ -243,14 +304,14 @@ fn set_default(
         .map(|argument| argument.get_id().clone());
     if let Some(id) = id {
         *found = true;
-        command = command.mut_arg(id, |argument| argument.default_value(value));
+        command = command.mut_arg(id, |argument| argument.default_values(values.to_vec()));
     }
     let names: Vec<String> = command
         .get_subcommands()
         .map(|sub| sub.get_name().to_owned())
         .collect();
     for name in names {
-        command = command.mut_subcommand(name, |sub| set_default(sub, key, value, found));
+        command = command.mut_subcommand(name, |sub| set_default(sub, key, values, found));
     }
     command
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod extract;
+pub mod keyring;
 pub mod login_guard;
 pub mod metrics;
 pub mod routes;

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use seatledger_api::config::redacted_url;
+use seatledger_api::config::KeyArgs;
 use seatledger_api::{DatabaseArgs, ServeArgs};
 
 #[derive(Parser)]
@@ -58,9 +59,9 @@ enum AdminCommand {
     CreateOwner {
         #[command(flatten)]
         database: DatabaseArgs,
-        /// The same key file the server uses (`--signing-key`), if any.
-        #[arg(long, env = "SEATLEDGER_SIGNING_KEY")]
-        signing_key: Option<std::path::PathBuf>,
+        /// The same key files the server uses.
+        #[command(flatten)]
+        keys: KeyArgs,
         #[arg(long)]
         email: String,
         /// The organization's name.
@@ -69,6 +70,20 @@ enum AdminCommand {
         /// The owner's name (default: the email).
         #[arg(long)]
         full_name: Option<String>,
+    },
+    /// Move the signing key an older version kept in the database
+    /// (`signing_keys` table) to a new file (mode 0600), then delete it
+    /// from the database. Start the server with `--signing-key FILE` (and a
+    /// new `--token-signing-key`, listing the old key as
+    /// `--retired-token-key FILE` until the seat tokens it signed expire).
+    ExportKey {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The new key file (must not exist). Default on SQLite: the
+        /// ledger key file beside the database, which the server then finds
+        /// by itself.
+        #[arg(long)]
+        to: Option<std::path::PathBuf>,
     },
 }
 
@@ -151,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
             command:
                 AdminCommand::CreateOwner {
                     database,
-                    signing_key,
+                    keys,
                     email,
                     company,
                     full_name,
@@ -167,7 +182,9 @@ async fn main() -> anyhow::Result<()> {
                 company,
                 password,
             };
-            match seatledger_api::admin::create_owner(store, signing_key.as_deref(), owner).await {
+            match seatledger_api::admin::create_owner(store, &database.database_url, &keys, owner)
+                .await
+            {
                 Ok(principal) => {
                     println!(
                         "created organization {} with owner {}",
@@ -180,6 +197,35 @@ async fn main() -> anyhow::Result<()> {
                     std::process::exit(2);
                 }
                 Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
+            }
+        }
+        Commands::Admin {
+            command: AdminCommand::ExportKey { database, to },
+        } => {
+            let Some(to) = to.or_else(|| {
+                seatledger_api::keyring::beside_database(
+                    &database.database_url,
+                    seatledger_api::keyring::LEDGER_KEY_SUFFIX,
+                )
+            }) else {
+                eprintln!("seatledger admin export-key: --to FILE is required on PostgreSQL");
+                std::process::exit(2);
+            };
+            let store = seatledger_ledger::Store::connect(&database.database_url)
+                .await
+                .with_context(|| format!("cannot open {}", redacted_url(&database.database_url)))?;
+            match seatledger_api::keyring::export_legacy_key(&store, &to).await? {
+                Some(key_id) => {
+                    println!(
+                        "wrote key {key_id} to {} and deleted it from the database",
+                        to.display()
+                    );
+                    Ok(())
+                }
+                None => {
+                    eprintln!("seatledger admin export-key: the database holds no signing key");
+                    std::process::exit(1);
+                }
             }
         }
     }

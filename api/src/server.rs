@@ -7,9 +7,7 @@ use crate::config::{redacted_url, ServeArgs};
 use crate::routes;
 use crate::state::AppState;
 use anyhow::Context;
-use seatledger_ledger::{
-    Appender, AppenderConfig, Clock, CommitNotifier, SigningKey, Store, SystemClock,
-};
+use seatledger_ledger::{Appender, AppenderConfig, Clock, CommitNotifier, Store, SystemClock};
 use seatledger_projections::{
     nats, reaper, runner, HotCounts, HotLicenses, LiveBilling, NatsConfig, NatsPublisher,
     PublisherStats, RedisLicenses, RunnerConfig,
@@ -59,12 +57,17 @@ impl Server {
             .migrate()
             .await
             .context("cannot migrate the event store")?;
-        let signer = Arc::new(
-            SigningKey::load(args.signing_key.as_deref(), &store)
+        let keys = Arc::new(
+            crate::keyring::load(&store, &args.database.database_url, &args.keys)
                 .await
-                .context("cannot load the signing key")?,
+                .context("cannot load the signing keys")?,
         );
-        tracing::info!(key_id = signer.key_id(), "signing key loaded");
+        let signer = keys.ledger.clone();
+        tracing::info!(
+            ledger_key_id = keys.ledger.key_id(),
+            token_key_id = keys.token.key_id(),
+            "signing keys loaded"
+        );
         let notifier = CommitNotifier::default();
         // Reads wait for the hot counts to reach the notifier's position:
         // start it at the head, so no read is served from counts still
@@ -183,7 +186,7 @@ impl Server {
             appender,
             hot,
             caches: caches.clone(),
-            signer,
+            keys,
             clock,
             metrics,
             nats,

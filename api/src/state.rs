@@ -6,7 +6,7 @@ use crate::auth::Principal;
 use crate::cache::TtlCache;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
-use seatledger_ledger::{Appender, Clock, SigningKey, Store};
+use seatledger_ledger::{Appender, Clock, Store};
 use seatledger_projections::{HotCounts, PublisherStats};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +44,8 @@ pub struct AppState {
     pub hot: HotCounts,
     pub directory: Directory,
     pub caches: Arc<Caches>,
-    pub signer: Arc<SigningKey>,
+    /// The ledger key (checkpoints, derived ids) and the seat-token key.
+    pub keys: Arc<crate::keyring::KeyRing>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     /// Login back-off per account.

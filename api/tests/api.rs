@@ -1084,6 +1084,8 @@ async fn every_route_of_the_router_is_in_the_openapi_document() {
         ("GET", "/api/v1/events"),
         ("GET", "/api/v1/usage"),
         ("GET", "/api/v1/keys"),
+        ("GET", "/api/v1/checkpoints"),
+        ("GET", "/api/v1/checkpoints/latest"),
         ("GET", "/openapi.json"),
         ("GET", "/metrics"),
     ];

@@ -1,9 +1,9 @@
-//! The ledger's Ed25519 key: signs checkpoints (and, in the API, seat
-//! tokens). Loaded from a PKCS#8 file, or generated on first start and kept
-//! with the database so every replica signs with the same key. The private
-//! key is never logged: `Debug` shows only the key id.
+//! An Ed25519 signing key: the ledger key signs checkpoints, and the API
+//! holds another for seat tokens. Loaded from a PKCS#8 file (generated
+//! there on first start), never from the database it signs (issue 15).
+//! The private key is never logged: `Debug` shows only the key id.
 
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use seatledger_schema::{key_id_of, ChainHash, Checkpoint, Timestamp};
@@ -67,32 +67,34 @@ impl SigningKey {
         })
     }
 
-    /// The key from `path` (generated there with mode 0600 if the file does
-    /// not exist), or without a path the one stored in the database.
-    pub async fn load(path: Option<&Path>, store: &Store) -> Result<SigningKey, KeyError> {
-        let file_error = |path: &Path, source| KeyError::File {
+    /// The key in the PKCS#8 file at `path`, generated there (mode 0600)
+    /// if the file does not exist. Two processes starting at once agree on
+    /// one key: the loser of the creation reads the winner's file.
+    pub fn from_file(path: &Path) -> Result<SigningKey, KeyError> {
+        let file_error = |source| KeyError::File {
             path: path.display().to_string(),
             source,
         };
-        match path {
-            Some(path) if path.exists() => {
-                let document = std::fs::read(path).map_err(|e| file_error(path, e))?;
-                SigningKey::from_pkcs8(&document)
-            }
-            Some(path) => {
-                let document = SigningKey::generate_pkcs8()?;
-                write_private(path, &document).map_err(|e| file_error(path, e))?;
-                SigningKey::from_pkcs8(&document)
-            }
-            None => {
-                let generated = SigningKey::generate_pkcs8()?;
-                let candidate = SigningKey::from_pkcs8(&generated)?;
-                let document = store
-                    .load_or_store_signing_key(candidate.key_id(), &generated)
-                    .await?;
-                SigningKey::from_pkcs8(&document)
+        if !path.exists() {
+            let document = SigningKey::generate_pkcs8()?;
+            match write_private(path, &document) {
+                Ok(()) => return SigningKey::from_pkcs8(&document),
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(file_error(error)),
             }
         }
+        let document = std::fs::read(path).map_err(file_error)?;
+        SigningKey::from_pkcs8(&document)
+    }
+
+    /// Writes `document` (a PKCS#8 key) to a new file at `path`, mode 0600,
+    /// synced; fails if the file exists.
+    pub fn write_new_file(path: &Path, document: &[u8]) -> Result<(), KeyError> {
+        SigningKey::from_pkcs8(document)?;
+        write_private(path, document).map_err(|source| KeyError::File {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     pub fn key_id(&self) -> &str {

@@ -153,6 +153,17 @@ impl EventConsumer {
         while let Some(message) = messages.next().await {
             let message = message.map_err(nats)?;
             let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+            let is_head = message
+                .headers
+                .as_ref()
+                .is_some_and(|headers| headers.get(crate::nats::CHECKPOINT_HEADER).is_some());
+            if is_head {
+                // A signed head (for witnesses), not an event.
+                if self.acks {
+                    self.pending.push(message);
+                }
+                continue;
+            }
             let event: RecordedEvent =
                 serde_json::from_slice(&message.payload).map_err(|error| {
                     ConsumerError::NotAnEvent {

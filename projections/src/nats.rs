@@ -34,6 +34,10 @@ use std::time::Duration;
 
 /// The follower's name in `follower_checkpoints`.
 pub const NATS_FOLLOWER: &str = "nats";
+/// The follower checkpoint of signed heads published (issue 15).
+pub const NATS_HEADS_FOLLOWER: &str = "nats-heads";
+/// The header marking a signed head (not an event) on the stream.
+pub const CHECKPOINT_HEADER: &str = "Seatledger-Checkpoint";
 /// JetStream's de-duplication window on the stream seatledger creates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Acks in flight by default.
@@ -95,6 +99,12 @@ impl NatsConfig {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         }
+    }
+
+    /// The subject signed heads (checkpoints) are published on: two tokens,
+    /// so consumers of `<prefix>.*.*` (events) never see them.
+    pub fn checkpoint_subject(&self) -> String {
+        format!("{}.checkpoints", self.subject_prefix)
     }
 
     /// The subject of `event`.
@@ -176,6 +186,8 @@ pub struct NatsPublisher {
     /// PostgreSQL: the connection holding the advisory lock.
     lock: Option<sqlx::PgConnection>,
     stats: Arc<PublisherStats>,
+    /// The last signed head published (loaded on first use).
+    heads_published: Option<i64>,
 }
 
 impl NatsPublisher {
@@ -194,6 +206,7 @@ impl NatsPublisher {
             stream_ready: false,
             lock: None,
             stats,
+            heads_published: None,
         }
     }
 
@@ -248,7 +261,11 @@ impl Follower for NatsPublisher {
         if !self.lead().await? {
             return Err(FollowerError::Standby);
         }
-        Ok(checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?)
+        let position = checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
+        // A checkpoint signed while the log was idle comes after its
+        // events were published: send it on the next round.
+        self.publish_heads(position).await?;
+        Ok(position)
     }
 
     async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), FollowerError> {
@@ -272,7 +289,7 @@ impl Follower for NatsPublisher {
 }
 
 impl NatsPublisher {
-    async fn publish(&mut self, events: &[RecordedEvent]) -> Result<(), FollowerError> {
+    async fn ensure_stream(&mut self) -> Result<(), FollowerError> {
         if !self.stream_ready {
             self.jetstream
                 .get_or_create_stream(self.config.stream_config())
@@ -285,6 +302,11 @@ impl NatsPublisher {
                 })?;
             self.stream_ready = true;
         }
+        Ok(())
+    }
+
+    async fn publish(&mut self, events: &[RecordedEvent]) -> Result<(), FollowerError> {
+        self.ensure_stream().await?;
         let outcome = publish_range(&self.jetstream, &self.config, events).await;
         if outcome.acked > 0 {
             self.stats
@@ -293,6 +315,9 @@ impl NatsPublisher {
         }
         if let Some(position) = outcome.acked_through {
             checkpoints::save(&self.store, NATS_FOLLOWER, self.partition, position).await?;
+            if outcome.error.is_none() {
+                self.publish_heads(position).await?;
+            }
         }
         match outcome.error {
             None => Ok(()),
@@ -304,6 +329,75 @@ impl NatsPublisher {
                 Err(FollowerError::Output(error))
             }
         }
+    }
+}
+
+impl NatsPublisher {
+    /// Publishes the signed heads (checkpoints) up to `through` not yet
+    /// published, on [`NatsConfig::checkpoint_subject`], after the events
+    /// they sign (`Nats-Msg-Id` `checkpoint:<partition>:<position>`, body
+    /// the checkpoint as JSON), so a witness can follow the stream.
+    async fn publish_heads(&mut self, through: i64) -> Result<(), FollowerError> {
+        let published = match self.heads_published {
+            Some(position) => position,
+            None => checkpoints::load(&self.store, NATS_HEADS_FOLLOWER, self.partition).await?,
+        };
+        self.heads_published = Some(published);
+        if through <= published {
+            return Ok(());
+        }
+        let heads = self
+            .store
+            .checkpoints_after(self.partition, published, 1_000)
+            .await?;
+        if heads.iter().any(|(c, _)| c.position <= through) {
+            self.ensure_stream().await?;
+        }
+        let mut last = None;
+        for (checkpoint, _) in heads.iter().filter(|(c, _)| c.position <= through) {
+            let body = serde_json::to_vec(checkpoint)
+                .map_err(|error| FollowerError::Output(error.to_string()))?;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!(
+                    "checkpoint:{}:{}",
+                    checkpoint.partition, checkpoint.position
+                )
+                .as_str(),
+            );
+            headers.insert(CHECKPOINT_HEADER, "1");
+            headers.insert(
+                "Seatledger-Partition",
+                checkpoint.partition.to_string().as_str(),
+            );
+            headers.insert(
+                "Seatledger-Position",
+                checkpoint.position.to_string().as_str(),
+            );
+            let publish_error = |error: String| {
+                FollowerError::Output(format!(
+                    "publishing the signed head at position {}: {error}",
+                    checkpoint.position
+                ))
+            };
+            let acked = self
+                .jetstream
+                .publish_with_headers(self.config.checkpoint_subject(), headers, body.into())
+                .await
+                .map_err(|error| publish_error(error.to_string()))?
+                .await;
+            if let Err(error) = acked {
+                self.stream_ready = false;
+                return Err(publish_error(error.to_string()));
+            }
+            last = Some(checkpoint.position);
+        }
+        if let Some(position) = last {
+            checkpoints::save(&self.store, NATS_HEADS_FOLLOWER, self.partition, position).await?;
+            self.heads_published = Some(position);
+        }
+        Ok(())
     }
 }
 

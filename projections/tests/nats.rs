@@ -189,8 +189,25 @@ async fn published_through_head(store: &Store) -> bool {
     checkpoints::load(store, NATS_FOLLOWER, 0).await.unwrap() >= head
 }
 
-/// Every message of the stream, in stream order, as raw messages.
+/// Every event message of the stream (signed heads left out), in stream
+/// order, as raw messages.
 async fn stream_messages(url: &str, stream: &str) -> Vec<async_nats::jetstream::Message> {
+    all_stream_messages(url, stream)
+        .await
+        .into_iter()
+        .filter(|message| !is_head(message))
+        .collect()
+}
+
+fn is_head(message: &async_nats::jetstream::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .is_some_and(|headers| headers.get(nats::CHECKPOINT_HEADER).is_some())
+}
+
+/// Every message of the stream, in stream order, as raw messages.
+async fn all_stream_messages(url: &str, stream: &str) -> Vec<async_nats::jetstream::Message> {
     use futures::StreamExt;
     let client = async_nats::connect(url).await.unwrap();
     let context = jetstream::new(client);
@@ -236,6 +253,93 @@ async fn assert_stream_holds_the_log_once(store: &Store, url: &str, config: &Nat
     let expected: Vec<i64> = log.iter().map(|event| event.position).collect();
     assert_eq!(positions, expected, "every event once, in position order");
     assert_eq!(bodies, log, "bodies are the log's envelopes");
+}
+
+/// Signed heads are published on a subject of their own, each after the
+/// event it signs, once, with the checkpoint as its body; the event
+/// consumer skips them.
+#[sqlx::test(migrations = false)]
+async fn signed_heads_follow_the_events_they_sign(pool: sqlx::PgPool) {
+    let fixture = Fixture::new(pool).await;
+    let _publisher = fixture.publisher().await;
+    // More than the checkpoint interval of 1,000 events: at least one
+    // checkpoint is signed with the events it covers.
+    workload(&fixture.appender, 1_300, 8).await;
+    fixture.all_published().await;
+    let store = fixture.store.clone();
+    eventually("the signed heads are published", 20, || {
+        let store = store.clone();
+        async move {
+            let last = store
+                .checkpoints(0)
+                .await
+                .unwrap()
+                .last()
+                .map(|c| c.position);
+            last.is_some()
+                && checkpoints::load(&store, nats::NATS_HEADS_FOLLOWER, 0)
+                    .await
+                    .unwrap()
+                    >= last.unwrap_or(0)
+        }
+    })
+    .await;
+    let signed = fixture.store.checkpoints(0).await.unwrap();
+    assert!(!signed.is_empty());
+    let messages = all_stream_messages(&fixture.url, &fixture.config.stream).await;
+    let mut heads = Vec::new();
+    let mut published_through = 0;
+    for message in &messages {
+        if is_head(message) {
+            assert_eq!(
+                message.subject.as_str(),
+                format!("{}.checkpoints", fixture.config.subject_prefix)
+            );
+            let head: seatledger_schema::Checkpoint =
+                serde_json::from_slice(&message.payload).unwrap();
+            assert!(
+                head.position <= published_through,
+                "the head at {} comes after its event (events published through {published_through})",
+                head.position
+            );
+            heads.push(head);
+        } else {
+            let event: RecordedEvent = serde_json::from_slice(&message.payload).unwrap();
+            published_through = event.position;
+        }
+    }
+    let published: Vec<_> = heads
+        .iter()
+        .filter(|head| signed.iter().any(|c| c.position == head.position))
+        .collect();
+    assert_eq!(
+        heads.len(),
+        published.len(),
+        "only the ledger's checkpoints"
+    );
+    let expected: Vec<_> = signed
+        .iter()
+        .filter(|c| c.position <= published_through)
+        .collect();
+    assert_eq!(
+        heads.iter().collect::<Vec<_>>(),
+        expected,
+        "each once, in order"
+    );
+
+    let mut consumer = EventConsumer::from_start(
+        async_nats::connect(&fixture.url).await.unwrap(),
+        &fixture.config.stream,
+    )
+    .await
+    .unwrap();
+    let mut seen = 0;
+    while seen < published_through {
+        let events = consumer.fetch(1_000, Duration::from_secs(2)).await.unwrap();
+        assert!(!events.is_empty(), "the consumer stalled at {seen}");
+        seen = events.last().unwrap().position;
+    }
+    assert_eq!(seen, published_through);
 }
 
 /// Every appended event appears once in JetStream, in position order, with

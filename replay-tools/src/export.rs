@@ -28,7 +28,7 @@
 //! events and, like `verify`, the state of streams whose snapshot is still
 //! ahead.
 
-use crate::{check_snapshot, DueSnapshot, LogReader, Verified, Verifier, VerifyError};
+use crate::{check_snapshot, DueSnapshot, LogReader, Trust, Verified, Verifier, VerifyError};
 use seatledger_ledger::{ImportError, ImportExtras, Store, StoreError};
 use seatledger_schema::{Checkpoint, RecordedEvent};
 use serde::{Deserialize, Serialize};
@@ -257,19 +257,19 @@ pub struct FileVerified {
 /// and that the file holds every position its header promises.
 pub async fn verify_file(
     input: impl BufRead,
-    key: (&str, &[u8]),
+    key: impl Into<Trust>,
 ) -> Result<FileVerified, ExportError> {
-    read_export(input, key, None, &mut |_, _| {}).await
+    read_export(input, key.into(), None, &mut |_, _| {}).await
 }
 
 /// [`verify_file`], calling `progress` with the position reached and the
 /// last position the header promises.
 pub async fn verify_file_with_progress(
     input: impl BufRead,
-    key: (&str, &[u8]),
+    key: impl Into<Trust>,
     progress: &mut dyn FnMut(i64, i64),
 ) -> Result<FileVerified, ExportError> {
-    read_export(input, key, None, progress).await
+    read_export(input, key.into(), None, progress).await
 }
 
 /// Imports an export of a whole log into `store`, which must be empty,
@@ -280,11 +280,27 @@ pub async fn verify_file_with_progress(
 /// which position failed.
 pub async fn import(
     input: impl BufRead,
-    key: (&str, &[u8]),
+    key: impl Into<Trust>,
     store: &Store,
     progress: &mut dyn FnMut(i64, i64),
 ) -> Result<FileVerified, ExportError> {
-    read_export(input, key, Some(store), progress).await
+    read_export(input, key.into(), Some(store), progress).await
+}
+
+/// The verifier of an export: a whole log's (one with stream rows) is
+/// checked to its end (witnessed heads past it, its unsigned tail).
+fn new_verifier(
+    trust: &Trust,
+    header: &Header,
+    from_start: bool,
+    streams: Option<&HashMap<String, (i64, Option<i64>)>>,
+) -> Verifier {
+    let verifier = Verifier::new(trust, header.chain, from_start, streams);
+    if header.streams {
+        verifier.whole_log()
+    } else {
+        verifier
+    }
 }
 
 /// Events read and not yet verified, and verified ones not yet imported.
@@ -302,7 +318,7 @@ struct ImportChunk {
 
 async fn read_export(
     input: impl BufRead,
-    key: (&str, &[u8]),
+    trust: Trust,
     store: Option<&Store>,
     progress: &mut dyn FnMut(i64, i64),
 ) -> Result<FileVerified, ExportError> {
@@ -421,13 +437,13 @@ async fn read_export(
                     });
                 }
                 verifier.get_or_insert_with(|| {
-                    Verifier::new(key, header.chain, from_start, streams.as_ref())
+                    new_verifier(&trust, &header, from_start, streams.as_ref())
                 });
                 pending.unverified.push(event);
             }
             Line::Checkpoint(checkpoint) => {
                 let verifier = verifier.get_or_insert_with(|| {
-                    Verifier::new(key, header.chain, from_start, streams.as_ref())
+                    new_verifier(&trust, &header, from_start, streams.as_ref())
                 });
                 verifier.checkpoint(&checkpoint)?;
                 if let Some(chunk) = pending.import.as_mut() {
@@ -472,7 +488,7 @@ async fn read_export(
         .into());
     }
     let verifier =
-        verifier.unwrap_or_else(|| Verifier::new(key, header.chain, from_start, streams.as_ref()));
+        verifier.unwrap_or_else(|| new_verifier(&trust, &header, from_start, streams.as_ref()));
     let last = verifier.position();
     if header.chain && last != header.to_position || !header.chain && last > header.to_position {
         return Err(ExportError::Truncated {

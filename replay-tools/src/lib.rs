@@ -16,6 +16,7 @@ pub mod diff;
 pub mod events;
 pub mod export;
 pub mod simulate;
+pub mod witness;
 
 use seatledger_ledger::{Store, StoreError};
 use seatledger_projections::{BillingFold, Granularity, UsageRow};
@@ -23,7 +24,7 @@ use seatledger_schema::canonical::expected_hash;
 use seatledger_schema::{
     ChainError, ChainHash, Checkpoint, CheckpointError, DecodeError, RecordedEvent, Timestamp,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -36,6 +37,79 @@ pub struct Verified {
     pub events: i64,
     pub head_hash: ChainHash,
     pub checkpoints: usize,
+    /// Witnessed heads the log was checked against.
+    pub witnessed: usize,
+    /// Events after the last signed checkpoint.
+    pub unsigned_tail: i64,
+}
+
+/// What an auditor brings from outside the database (issue 15): the
+/// ledger's public keys (every key that signed a checkpoint, retired ones
+/// included), the signed heads a witness kept, and how many events may
+/// follow the last signed checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    keys: HashMap<String, Vec<u8>>,
+    witnessed: BTreeMap<i64, Checkpoint>,
+    max_unsigned_events: Option<i64>,
+}
+
+impl Trust {
+    /// Trusts checkpoints signed with `key` (`(key_id, raw Ed25519 key)`).
+    pub fn key(key: (&str, &[u8])) -> Trust {
+        Trust::default().and_key(key)
+    }
+
+    /// Also trusts checkpoints signed with `key` (another ledger key, e.g.
+    /// one retired by a rotation).
+    pub fn and_key(mut self, key: (&str, &[u8])) -> Trust {
+        self.keys.insert(key.0.to_owned(), key.1.to_vec());
+        self
+    }
+
+    /// Signed heads a witness kept: the log must still hold each of them
+    /// (the checkpoint, and an event at its position with its hash).
+    pub fn witnessed(mut self, checkpoints: impl IntoIterator<Item = Checkpoint>) -> Trust {
+        self.witnessed
+            .extend(checkpoints.into_iter().map(|c| (c.position, c)));
+        self
+    }
+
+    /// Fails a whole log with more than `events` after its last signed
+    /// checkpoint.
+    pub fn max_unsigned_events(mut self, events: i64) -> Trust {
+        self.max_unsigned_events = Some(events);
+        self
+    }
+
+    /// The pinned key ids, sorted (for reports).
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    fn check_signature(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        match self.keys.get(&checkpoint.key_id) {
+            Some(key) => checkpoint.verify(&checkpoint.key_id, key),
+            None => Err(CheckpointError::UnknownKey {
+                position: checkpoint.position,
+                key_id: checkpoint.key_id.clone(),
+            }),
+        }
+    }
+}
+
+impl From<(&str, &[u8])> for Trust {
+    fn from(key: (&str, &[u8])) -> Trust {
+        Trust::key(key)
+    }
+}
+
+impl From<&Trust> for Trust {
+    fn from(trust: &Trust) -> Trust {
+        trust.clone()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +130,22 @@ pub enum VerifyError {
     CheckpointOutOfPlace { position: i64, after: i64 },
     #[error(transparent)]
     Signature(#[from] CheckpointError),
+    #[error("a witnessed signed head: {0}")]
+    WitnessedSignature(CheckpointError),
+    #[error("the event at position {position} has hash {actual}, but a witness kept a signed head there with hash {witnessed}: the log was rewritten at or before that position")]
+    WitnessedHashMismatch {
+        position: i64,
+        witnessed: ChainHash,
+        actual: ChainHash,
+    },
+    #[error("the log ends at position {head}, but a witness kept a signed head at position {position}: events were removed from its end")]
+    WitnessedBeyondHead { position: i64, head: i64 },
+    #[error("a witness kept the signed checkpoint at position {0}, which the log no longer holds: checkpoints were deleted or replaced")]
+    WitnessedCheckpointMissing(i64),
+    #[error("witnessed heads can be checked only against a chain (the log, or an export of it), not one organization's events")]
+    WitnessedNeedsChain,
+    #[error("{tail} events follow the last signed checkpoint (position {signed}), more than the {max} allowed (--max-unsigned-events): nothing proves they were written by the ledger")]
+    UnsignedTail { tail: i64, signed: i64, max: i64 },
     #[error("event at position {position} cannot be decoded: {source}")]
     Undecodable {
         position: i64,
@@ -358,8 +448,16 @@ impl Drop for LogReader {
 /// their positions, stream versions, and snapshots when their stream
 /// reaches them.
 pub struct Verifier {
-    key_id: String,
-    key: Vec<u8>,
+    trust: Trust,
+    /// The source is the whole log to its head (the store, a whole-log
+    /// export): its end and its unsigned tail are checked too.
+    whole: bool,
+    /// The first position checked.
+    first: Option<i64>,
+    /// The last position a log checkpoint signed.
+    last_signed: i64,
+    /// Witnessed positions whose checkpoint the log holds.
+    witnessed_present: HashSet<i64>,
     /// A chain (the log or a range of it) or a selection of its events (one
     /// organization's): a selection has gaps by nature, so its events are
     /// checked one by one (hash of content and `prev_hash`, ascending
@@ -380,20 +478,29 @@ impl Verifier {
     /// (version and snapshot version) the events must end at, when the
     /// source has them.
     pub fn new(
-        key: (&str, &[u8]),
+        trust: impl Into<Trust>,
         chain: bool,
         from_start: bool,
         stored_streams: Option<&HashMap<String, (i64, Option<i64>)>>,
     ) -> Verifier {
         Verifier {
-            key_id: key.0.to_owned(),
-            key: key.1.to_vec(),
+            trust: trust.into(),
+            whole: false,
+            first: None,
+            last_signed: 0,
+            witnessed_present: HashSet::new(),
             chain,
             last: from_start.then_some((0, ChainHash::GENESIS)),
             events: 0,
             checkpoints: 0,
             streams: StreamCheck::new(stored_streams, from_start && chain, usize::MAX),
         }
+    }
+
+    /// Marks the source as the whole log up to its head.
+    pub fn whole_log(mut self) -> Verifier {
+        self.whole = true;
+        self
     }
 
     /// Bounds the leases the replayed states may hold; streams past it are
@@ -469,6 +576,16 @@ impl Verifier {
                     },
                 });
             }
+            if let Some(witnessed) = self.trust.witnessed.get(&event.position) {
+                if witnessed.hash != event.hash {
+                    return Err(VerifyError::WitnessedHashMismatch {
+                        position: event.position,
+                        witnessed: witnessed.hash,
+                        actual: event.hash,
+                    });
+                }
+            }
+            self.first.get_or_insert(event.position);
             self.last = Some((event.position, event.hash));
             self.events += 1;
             due.extend(self.streams.apply(event)?);
@@ -499,7 +616,13 @@ impl Verifier {
                 after: position,
             });
         }
-        checkpoint.verify(&self.key_id, &self.key)?;
+        self.trust.check_signature(checkpoint)?;
+        if let Some(witnessed) = self.trust.witnessed.get(&checkpoint.position) {
+            if witnessed == checkpoint {
+                self.witnessed_present.insert(checkpoint.position);
+            }
+        }
+        self.last_signed = self.last_signed.max(checkpoint.position);
         self.checkpoints += 1;
         Ok(())
     }
@@ -510,14 +633,50 @@ impl Verifier {
         self,
         stored_streams: Option<&HashMap<String, (i64, Option<i64>)>>,
     ) -> Result<Verified, VerifyError> {
-        let (_, head_hash) = self.last.unwrap_or((0, ChainHash::GENESIS));
+        let (head, head_hash) = self.last.unwrap_or((0, ChainHash::GENESIS));
         if let Some(stored) = stored_streams {
             self.streams.finish(stored)?;
+        }
+        let trust = &self.trust;
+        if !trust.witnessed.is_empty() && !self.chain {
+            return Err(VerifyError::WitnessedNeedsChain);
+        }
+        let first = self.first.unwrap_or(1);
+        let mut witnessed = 0;
+        for (&position, checkpoint) in &trust.witnessed {
+            trust
+                .check_signature(checkpoint)
+                .map_err(VerifyError::WitnessedSignature)?;
+            if position > head {
+                if self.whole {
+                    return Err(VerifyError::WitnessedBeyondHead { position, head });
+                }
+                continue;
+            }
+            if position < first {
+                continue;
+            }
+            if !self.witnessed_present.contains(&position) {
+                return Err(VerifyError::WitnessedCheckpointMissing(position));
+            }
+            witnessed += 1;
+        }
+        let unsigned_tail = head - self.last_signed;
+        if let (true, Some(max)) = (self.whole, trust.max_unsigned_events) {
+            if unsigned_tail > max {
+                return Err(VerifyError::UnsignedTail {
+                    tail: unsigned_tail,
+                    signed: self.last_signed,
+                    max,
+                });
+            }
         }
         Ok(Verified {
             events: self.events,
             head_hash,
             checkpoints: self.checkpoints,
+            witnessed,
+            unsigned_tail,
         })
     }
 }
@@ -527,7 +686,7 @@ impl Verifier {
 pub async fn verify(
     store: &Store,
     partition: i16,
-    key: (&str, &[u8]),
+    key: impl Into<Trust>,
 ) -> Result<Verified, VerifyError> {
     verify_with_progress(store, partition, key, |_| {}).await
 }
@@ -537,7 +696,7 @@ pub async fn verify(
 pub async fn verify_with_progress(
     store: &Store,
     partition: i16,
-    key: (&str, &[u8]),
+    key: impl Into<Trust>,
     progress: impl FnMut(i64),
 ) -> Result<Verified, VerifyError> {
     verify_with_budget(store, partition, key, VERIFY_LEASE_BUDGET, progress).await
@@ -548,7 +707,7 @@ pub async fn verify_with_progress(
 pub async fn verify_with_budget(
     store: &Store,
     partition: i16,
-    key: (&str, &[u8]),
+    key: impl Into<Trust>,
     lease_budget: usize,
     mut progress: impl FnMut(i64),
 ) -> Result<Verified, VerifyError> {
@@ -560,8 +719,9 @@ pub async fn verify_with_budget(
         .collect();
     let (head_position, _) = store.head(partition).await?;
     let stored_streams = store.stream_versions_of(partition).await?;
-    let mut verifier =
-        Verifier::new(key, true, true, Some(&stored_streams)).with_lease_budget(lease_budget);
+    let mut verifier = Verifier::new(key, true, true, Some(&stored_streams))
+        .whole_log()
+        .with_lease_budget(lease_budget);
     let mut reader = LogReader::new(store, partition, head_position);
     while let Some(batch) = reader.next().await? {
         for due in verifier.events(batch, &checkpoints).await? {

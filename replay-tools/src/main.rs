@@ -7,14 +7,13 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use base64::Engine;
 use clap::{Parser, Subcommand};
 use seatledger_ledger::domain::{HeartbeatTtl, SeatCount};
 use seatledger_ledger::{SigningKey, Store, StoreError};
 use seatledger_projections::{nats, Granularity, NatsConfig};
 use seatledger_replay::events::EventStream;
 use seatledger_schema::Timestamp;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -34,18 +33,53 @@ enum Commands {
     Verify {
         #[command(flatten)]
         store: StoreArg,
-        /// The ledger's public key as `KEY_ID:BASE64URL` (from GET /api/v1/keys).
-        /// Without it, the key stored in the database is used, which proves
-        /// integrity only against accidents, not against whoever holds the database.
+        /// A ledger public key as `KEY_ID:BASE64URL` (the `ledger` keys of
+        /// GET /api/v1/keys); repeat it for every key that signed (keys
+        /// retired by a rotation too). Without it, a key an older version
+        /// kept in the database is used, which proves integrity only
+        /// against accidents, not against whoever holds the database.
         /// Required with --from-file.
         #[arg(long)]
-        public_key: Option<String>,
+        public_key: Vec<String>,
+        /// A witness's file of signed heads (`seatledger-replay witness
+        /// --store`): the log must still hold every one of them.
+        #[arg(long)]
+        trusted_checkpoints: Option<std::path::PathBuf>,
+        /// Fail when more events than this follow the last signed
+        /// checkpoint (the ledger signs every 1,000 events, and within 10 s
+        /// of the last event when idle). 0 on a quiet log: every event signed.
+        #[arg(long, default_value_t = seatledger_schema::limits::CHECKPOINT_EVERY_EVENTS, value_parser = clap::value_parser!(i64).range(0..))]
+        max_unsigned_events: i64,
         /// Verify an export file (`-`: standard input) instead of a database.
         #[arg(long)]
         from_file: Option<String>,
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Keep the ledger's signed heads in an append-only file outside its
+    /// database, polling `GET /api/v1/checkpoints`; fail loudly (exit 1,
+    /// nothing kept) when the ledger contradicts a head kept before (the
+    /// log got shorter, a kept head changed or vanished, its event's hash
+    /// changed). Check a log against the file with `verify
+    /// --trusted-checkpoints`.
+    Witness {
+        /// The server's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// The witness's file (JSON Lines; created if missing).
+        #[arg(long)]
+        store: std::path::PathBuf,
+        /// Accept only heads signed by this ledger key (`KEY_ID:BASE64URL`;
+        /// repeat for several). Without it any signature is kept as served.
+        #[arg(long)]
+        public_key: Vec<String>,
+        /// Seconds between polls.
+        #[arg(long, default_value_t = 10.0)]
+        interval_s: f64,
+        /// Poll once and exit (for cron, or a test).
+        #[arg(long)]
+        once: bool,
     },
     /// Write the log (or a range, or one organization's events) as JSON
     /// Lines: a header, the streams, every event with its hashes, the
@@ -76,10 +110,10 @@ enum Commands {
         /// The export file (`-`: standard input).
         #[arg(long)]
         from_file: String,
-        /// The ledger's public key as `KEY_ID:BASE64URL`: checkpoints must be
-        /// signed with it.
-        #[arg(long)]
-        public_key: String,
+        /// A ledger public key as `KEY_ID:BASE64URL`: checkpoints must be
+        /// signed with it (repeat for every key that signed).
+        #[arg(long, required = true)]
+        public_key: Vec<String>,
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -261,13 +295,17 @@ impl RedisArgs {
         };
         let ledger = match &self.ledger {
             Some(ledger) => ledger.clone(),
-            None => {
-                let document = store
-                    .stored_signing_key()
-                    .await?
-                    .context("the database holds no signing key: pass --ledger KEY_ID")?;
-                SigningKey::from_pkcs8(&document)?.key_id().to_owned()
-            }
+            // The ledger key's id: the one that signed the last checkpoint
+            // (or a key an older version kept in the database).
+            None => match store.latest_checkpoint(0).await? {
+                Some((checkpoint, _)) => checkpoint.key_id,
+                None => {
+                    let document = store.stored_signing_key().await?.context(
+                        "the log has no signed checkpoint to name its ledger key: pass --ledger KEY_ID",
+                    )?;
+                    SigningKey::from_pkcs8(&document)?.key_id().to_owned()
+                }
+            },
         };
         let prefix = prefix.unwrap_or(&self.redis_prefix);
         seatledger_projections::RedisLicenses::new(url, prefix, &ledger, 0)
@@ -383,13 +421,8 @@ fn usage_error(message: &str) -> ! {
 
 /// `KEY_ID:BASE64URL` as (key id, raw key); a malformed one is a usage error.
 fn parse_public_key(text: &str) -> (String, Vec<u8>) {
-    let Some((id, encoded)) = text.split_once(':') else {
-        usage_error("--public-key is KEY_ID:BASE64URL");
-    };
-    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) {
-        Ok(bytes) => (id.to_owned(), bytes),
-        Err(error) => usage_error(&format!("--public-key: not base64url: {error}")),
-    }
+    seatledger_schema::parse_pinned_key(text)
+        .unwrap_or_else(|error| usage_error(&format!("--public-key: {error}")))
 }
 
 /// A file, or standard input for `-`; a file that cannot be opened is a
@@ -471,21 +504,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Verify {
             store: StoreArg { database_url },
             public_key,
+            trusted_checkpoints,
+            max_unsigned_events,
             from_file,
             json,
         } => {
             let started = Instant::now();
-            let (key_id, verified) = match from_file {
+            let mut trust =
+                seatledger_replay::Trust::default().max_unsigned_events(max_unsigned_events);
+            for text in &public_key {
+                let (key_id, key) = parse_public_key(text);
+                trust = trust.and_key((&key_id, &key));
+            }
+            if let Some(path) = &trusted_checkpoints {
+                let kept = seatledger_replay::witness::read_store(path)
+                    .with_context(|| format!("--trusted-checkpoints {}", path.display()))?;
+                trust = trust.witnessed(kept);
+            }
+            let verified = match from_file {
                 Some(path) => {
-                    let Some(text) = public_key else {
+                    if public_key.is_empty() {
                         usage_error("--from-file needs --public-key KEY_ID:BASE64URL (the file's own key proves nothing)");
-                    };
-                    let (key_id, key) = parse_public_key(&text);
+                    }
                     let input = open_input(&path);
                     let bar = progress_bar(0);
                     let verified = seatledger_replay::export::verify_file_with_progress(
                         input,
-                        (&key_id, &key),
+                        &trust,
                         &mut |at, to| {
                             bar.set_length(u64::try_from(to).unwrap_or(0));
                             bar.set_position(u64::try_from(at).unwrap_or(0));
@@ -494,31 +539,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?
                     .verified;
                     bar.finish_and_clear();
-                    (key_id, verified)
+                    verified
                 }
                 None => {
                     let store = open_read_only(&database_url).await?;
-                    let (key_id, key) = match public_key {
-                        Some(text) => parse_public_key(&text),
-                        None => {
-                            let document = store.stored_signing_key().await?.context(
-                                "the database holds no signing key: pass --public-key KEY_ID:BASE64URL",
-                            )?;
-                            let stored = SigningKey::from_pkcs8(&document)?;
-                            (stored.key_id().to_owned(), stored.public_key().to_vec())
-                        }
-                    };
+                    if public_key.is_empty() {
+                        let document = store.stored_signing_key().await?.context(
+                            "pass the ledger's public key: --public-key KEY_ID:BASE64URL (GET /api/v1/keys)",
+                        )?;
+                        let stored = SigningKey::from_pkcs8(&document)?;
+                        eprintln!(
+                            "seatledger-replay: warning: checking signatures with the key kept in the database itself ({}), which proves nothing against whoever holds the database; pass --public-key",
+                            stored.key_id()
+                        );
+                        trust = trust.and_key((stored.key_id(), stored.public_key()));
+                    }
                     let (head, _) = store.head(0).await?;
                     let bar = progress_bar(u64::try_from(head).unwrap_or(0));
                     let verified =
-                        seatledger_replay::verify_with_progress(&store, 0, (&key_id, &key), |at| {
+                        seatledger_replay::verify_with_progress(&store, 0, &trust, |at| {
                             bar.set_position(u64::try_from(at).unwrap_or(0))
                         })
                         .await?;
                     bar.finish_and_clear();
-                    (key_id, verified)
+                    verified
                 }
             };
+            let key_id = trust.key_ids().join(",");
             let seconds = started.elapsed().as_secs_f64();
             if json {
                 println!(
@@ -528,18 +575,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "checkpoints": verified.checkpoints,
                         "key_id": key_id,
                         "head_hash": verified.head_hash,
+                        "witnessed": verified.witnessed,
+                        "unsigned_tail": verified.unsigned_tail,
                     })
                 );
             } else {
+                let witnessed = if trusted_checkpoints.is_some() {
+                    format!(", {} witnessed heads", verified.witnessed)
+                } else {
+                    String::new()
+                };
                 println!(
-                    "verified {} events and {} signed checkpoints (key {key_id}); head hash {}; {:.0} events/s",
+                    "verified {} events and {} signed checkpoints (key {key_id}{witnessed}); head hash {}; {} events after the last checkpoint; {:.0} events/s",
                     verified.events,
                     verified.checkpoints,
                     verified.head_hash,
+                    verified.unsigned_tail,
                     verified.events as f64 / seconds.max(1e-9)
                 );
             }
             Ok(())
+        }
+        Commands::Witness {
+            url,
+            store,
+            public_key,
+            interval_s,
+            once,
+        } => {
+            if !(interval_s.is_finite() && (0.1..=86_400.0).contains(&interval_s)) {
+                usage_error("--interval-s is from 0.1 to 86400");
+            }
+            let keys = public_key
+                .iter()
+                .map(|text| parse_public_key(text))
+                .collect();
+            let mut witness = seatledger_replay::witness::Witness::open(&url, &store, keys)?;
+            loop {
+                match witness.poll().await {
+                    Ok(polled) => {
+                        if polled.new > 0 || once {
+                            println!(
+                                "kept {} new signed heads; {} in all, the last at position {}",
+                                polled.new, polled.kept, polled.position
+                            );
+                        }
+                    }
+                    Err(error @ seatledger_replay::witness::WitnessError::Unreachable(_))
+                        if !once =>
+                    {
+                        eprintln!("seatledger-replay witness: {error}; trying again");
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+                if once {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs_f64(interval_s)).await;
+            }
         }
         Commands::Export {
             store: StoreArg { database_url },
@@ -582,19 +675,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             public_key,
             json,
         } => {
-            let (key_id, key) = parse_public_key(&public_key);
+            let mut trust = seatledger_replay::Trust::default();
+            for text in &public_key {
+                let (key_id, key) = parse_public_key(text);
+                trust = trust.and_key((&key_id, &key));
+            }
+            let key_id = trust.key_ids().join(",");
             let input = open_input(&from_file);
             let store = Store::connect(&database_url)
                 .await
                 .context("cannot open the store to import into")?;
             store.migrate().await?;
             let bar = progress_bar(0);
-            let done =
-                seatledger_replay::export::import(input, (&key_id, &key), &store, &mut |at, to| {
-                    bar.set_length(u64::try_from(to).unwrap_or(0));
-                    bar.set_position(u64::try_from(at).unwrap_or(0));
-                })
-                .await;
+            let done = seatledger_replay::export::import(input, &trust, &store, &mut |at, to| {
+                bar.set_length(u64::try_from(to).unwrap_or(0));
+                bar.set_position(u64::try_from(at).unwrap_or(0));
+            })
+            .await;
             bar.finish_and_clear();
             match done {
                 Ok(done) => {

@@ -132,7 +132,7 @@ async fn verify_never_writes_a_key_into_the_database_it_audits() {
     let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
     let (ok, _, err) = common::replay(&["verify", "--database-url", &url]);
     assert!(!ok);
-    assert!(err.contains("holds no signing key"), "{err}");
+    assert!(err.contains("--public-key KEY_ID:BASE64URL"), "{err}");
     assert_eq!(store.stored_signing_key().await.unwrap(), None);
 }
 

@@ -82,6 +82,42 @@ pub fn key_id_of(public_key: &[u8]) -> String {
     hex::encode(&digest.as_ref()[..8])
 }
 
+/// A pinned public key written `KEY_ID:BASE64URL` (as `GET /api/v1/keys`
+/// lists them): the key id, and the raw 32-byte Ed25519 key. The id must be
+/// the key's own ([`key_id_of`]), so a typo cannot pin one key under
+/// another's name.
+pub fn parse_pinned_key(text: &str) -> Result<(String, Vec<u8>), String> {
+    use base64::Engine;
+    let text = text.trim();
+    let Some((id, encoded)) = text.split_once(':') else {
+        return Err("a public key is written KEY_ID:BASE64URL".into());
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|error| format!("public key {id}: not base64url: {error}"))?;
+    if bytes.len() != 32 {
+        return Err(format!(
+            "public key {id}: {} bytes, an Ed25519 key has 32",
+            bytes.len()
+        ));
+    }
+    let actual = key_id_of(&bytes);
+    if actual != id {
+        return Err(format!("public key {id}: this key's id is {actual}"));
+    }
+    Ok((id.to_owned(), bytes))
+}
+
+/// `KEY_ID:BASE64URL` of a raw Ed25519 public key.
+pub fn pinned_key_text(public_key: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "{}:{}",
+        key_id_of(public_key),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key)
+    )
+}
+
 mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 

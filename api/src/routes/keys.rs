@@ -15,6 +15,14 @@ pub struct PublicKey {
     pub algorithm: String,
     /// base64url (no padding) of the raw 32-byte public key.
     pub public_key: String,
+    /// `ledger`: signs checkpoints of the log; `token`: signs seat tokens.
+    /// A client verifying a seat token accepts only a `token` key.
+    #[schema(pattern = "^(ledger|token)$")]
+    pub purpose: &'static str,
+    /// `active`: signs now; `retired`: signed before a rotation (what it
+    /// signed still verifies, a seat token until it expires).
+    #[schema(pattern = "^(active|retired)$")]
+    pub status: &'static str,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -22,14 +30,22 @@ pub struct Keys {
     pub keys: Vec<PublicKey>,
 }
 
-/// Ed25519 public keys (by `key_id`) of seat tokens and checkpoints.
+/// Ed25519 public keys (by `key_id` and purpose) of seat tokens and
+/// checkpoints, active and retired.
 #[utoipa::path(get, path = "/api/v1/keys", tag = "keys", responses((status = 200, body = Keys)))]
 pub async fn keys(State(state): State<AppState>) -> Json<Keys> {
     Json(Keys {
-        keys: vec![PublicKey {
-            key_id: state.signer.key_id().to_owned(),
-            algorithm: "Ed25519".into(),
-            public_key: URL_SAFE_NO_PAD.encode(state.signer.public_key()),
-        }],
+        keys: state
+            .keys
+            .listed
+            .iter()
+            .map(|key| PublicKey {
+                key_id: key.key_id.clone(),
+                algorithm: "Ed25519".into(),
+                public_key: URL_SAFE_NO_PAD.encode(&key.public_key),
+                purpose: key.purpose.as_str(),
+                status: if key.active { "active" } else { "retired" },
+            })
+            .collect(),
     })
 }

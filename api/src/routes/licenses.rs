@@ -174,12 +174,14 @@ pub async fn issue(
             let org = admin.org_id.as_bytes().as_slice();
             let caller = admin.user_id.as_bytes().as_slice();
             let id_bytes = state
-                .signer
+                .keys
+                .ledger
                 .derive("license-id", &[org, caller, idempotency.as_bytes()]);
             let mut random = [0u8; 16];
             random.copy_from_slice(&id_bytes[..16]);
             let key_bytes = state
-                .signer
+                .keys
+                .ledger
                 .derive("license-key", &[org, caller, idempotency.as_bytes()]);
             (
                 uuid::Builder::from_random_bytes(random).into_uuid(),

@@ -4,6 +4,7 @@
 //! `server`).
 
 pub(crate) mod auth;
+mod checkpoints;
 mod events;
 mod health;
 mod keys;
@@ -159,6 +160,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(events::feed))
         .routes(routes!(usage::usage))
         .routes(routes!(keys::keys))
+        .routes(routes!(checkpoints::list))
+        .routes(routes!(checkpoints::latest))
         .routes(routes!(meta::openapi_json))
         .routes(routes!(meta::metrics))
         .split_for_parts();

@@ -94,7 +94,7 @@ fn seat_response(state: &AppState, result: &CommandResult) -> Result<SeatRespons
         seats_used: view.seats_used,
         seats_total: view.seats,
         generation: lease.generation,
-        signed_license: tokens::sign(&state.signer, &claims),
+        signed_license: tokens::sign(&state.keys.token, &claims),
     })
 }
 

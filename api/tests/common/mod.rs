@@ -20,7 +20,7 @@ fn args(database_url: String) -> ServeArgs {
     ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: DatabaseArgs { database_url },
-        signing_key: None,
+        keys: Default::default(),
         redis_url: None,
         redis_prefix: "seatledger:".into(),
         nats: NatsArgs::off(),
@@ -91,7 +91,10 @@ impl TestApp {
         TestApp::spawn(Store::from_pg_pool(pool), args, None).await
     }
 
-    async fn spawn(store: Store, args: ServeArgs, dir: Option<tempfile::TempDir>) -> TestApp {
+    async fn spawn(store: Store, mut args: ServeArgs, dir: Option<tempfile::TempDir>) -> TestApp {
+        if let (Some(pool), None) = (store.pg_pool(), &args.keys.signing_key) {
+            args.keys = pg_keys(pool);
+        }
         let clock = ManualClock::new(Timestamp::now());
         let server = Server::start(store.clone(), &args, Arc::new(clock.clone()))
             .await
@@ -266,6 +269,25 @@ impl TestApp {
 }
 
 /// Polls `condition` (every 20 ms, `seconds` at most).
+/// Key files for a server on PostgreSQL, one pair per database, so
+/// replicas of a test (servers on one database) share them.
+pub fn pg_keys(pool: &sqlx::PgPool) -> seatledger_api::config::KeyArgs {
+    let database = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
+    let dir = std::env::temp_dir()
+        .join("seatledger-test-keys")
+        .join(database);
+    std::fs::create_dir_all(&dir).unwrap();
+    seatledger_api::config::KeyArgs {
+        signing_key: Some(dir.join("ledger.key")),
+        token_signing_key: Some(dir.join("token.key")),
+        ..Default::default()
+    }
+}
+
 pub async fn eventually<F, Fut>(what: &str, seconds: u64, mut condition: F)
 where
     F: FnMut() -> Fut,

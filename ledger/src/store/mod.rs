@@ -255,7 +255,8 @@ impl Store {
         Store::sqlite_with(options).await
     }
 
-    /// The signing key kept in the database, if any (never creates one).
+    /// The signing key an older version kept in the database, if any
+    /// (nothing writes one any more).
     pub async fn stored_signing_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         const SELECT: &str = "SELECT pkcs8 FROM signing_keys ORDER BY created_at, key_id LIMIT 1";
         Ok(match self {
@@ -551,27 +552,51 @@ impl Store {
 
     /// Signed checkpoints of a partition, by position.
     pub async fn checkpoints(&self, partition: i16) -> Result<Vec<Checkpoint>, StoreError> {
+        Ok(self
+            .checkpoints_after(partition, 0, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|(checkpoint, _)| checkpoint)
+            .collect())
+    }
+
+    /// At most `limit` checkpoints of a partition after position `after`,
+    /// by position, each with the hash the event at its position has now
+    /// (`None` if there is none): a witness compares the two.
+    pub async fn checkpoints_after(
+        &self,
+        partition: i16,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(Checkpoint, Option<ChainHash>)>, StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::checkpoints(pool, partition).await,
-            Store::Sqlite(pool, _) => sqlite::checkpoints(pool, partition).await,
+            Store::Postgres(pool) => {
+                postgres::checkpoints_after(pool, partition, after, limit, false).await
+            }
+            Store::Sqlite(pool, _) => {
+                sqlite::checkpoints_after(pool, partition, after, limit, false).await
+            }
         }
     }
 
-    /// The stored signing key (PKCS#8), inserting `generated` if there is
-    /// none yet. Concurrent first starts agree on the oldest key.
-    pub async fn load_or_store_signing_key(
+    /// The last checkpoint of a partition, with its event's hash now.
+    pub async fn latest_checkpoint(
         &self,
-        key_id: &str,
-        generated: &[u8],
-    ) -> Result<Vec<u8>, StoreError> {
-        let now = seatledger_schema::Timestamp::now();
+        partition: i16,
+    ) -> Result<Option<(Checkpoint, Option<ChainHash>)>, StoreError> {
+        let mut rows = match self {
+            Store::Postgres(pool) => postgres::checkpoints_after(pool, partition, 0, 1, true).await,
+            Store::Sqlite(pool, _) => sqlite::checkpoints_after(pool, partition, 0, 1, true).await,
+        }?;
+        Ok(rows.pop())
+    }
+
+    /// Forgets the key an older version kept in the database (after
+    /// `seatledger admin export-key` wrote it to a file).
+    pub async fn delete_signing_key(&self, key_id: &str) -> Result<(), StoreError> {
         match self {
-            Store::Postgres(pool) => {
-                postgres::load_or_store_signing_key(pool, key_id, generated, now).await
-            }
-            Store::Sqlite(pool, _) => {
-                sqlite::load_or_store_signing_key(pool, key_id, generated, now).await
-            }
+            Store::Postgres(pool) => postgres::delete_signing_key(pool, key_id).await,
+            Store::Sqlite(pool, _) => sqlite::delete_signing_key(pool, key_id).await,
         }
     }
 

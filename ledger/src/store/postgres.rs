@@ -6,7 +6,7 @@ use super::{
     StreamWrite, NOTIFY_CHANNEL,
 };
 use chrono::{DateTime, Utc};
-use seatledger_schema::{ChainHash, Checkpoint, Metadata, RecordedEvent, Timestamp};
+use seatledger_schema::{ChainHash, Checkpoint, Metadata, RecordedEvent};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -456,30 +456,60 @@ pub(crate) async fn insert_checkpoint(
     Ok(())
 }
 
-pub(crate) async fn checkpoints(
+/// Checkpoints of `partition` after position `after`, by position
+/// (`latest`: only the last one), each with the hash the event at its
+/// position has now (`None` if there is no such event).
+pub(crate) async fn checkpoints_after(
     pool: &PgPool,
     partition: i16,
-) -> Result<Vec<Checkpoint>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT partition, position, hash, signed_at, key_id, signature FROM checkpoints WHERE partition = $1 ORDER BY position",
-    )
-    .bind(partition)
-    .fetch_all(pool)
-    .await?;
+    after: i64,
+    limit: i64,
+    latest: bool,
+) -> Result<Vec<(Checkpoint, Option<ChainHash>)>, StoreError> {
+    let sql = if latest {
+        "SELECT c.partition, c.position, c.hash, c.signed_at, c.key_id, c.signature, e.hash AS event_hash \
+         FROM checkpoints c LEFT JOIN events e ON e.partition = c.partition AND e.position = c.position \
+         WHERE c.partition = $1 AND c.position > $2 ORDER BY c.position DESC LIMIT $3"
+    } else {
+        "SELECT c.partition, c.position, c.hash, c.signed_at, c.key_id, c.signature, e.hash AS event_hash \
+         FROM checkpoints c LEFT JOIN events e ON e.partition = c.partition AND e.position = c.position \
+         WHERE c.partition = $1 AND c.position > $2 ORDER BY c.position LIMIT $3"
+    };
+    let rows = sqlx::query(sql)
+        .bind(partition)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     rows.iter()
         .map(|row| {
             let hash: Vec<u8> = row.try_get("hash")?;
-            let signed_at: DateTime<Utc> = row.try_get("signed_at")?;
-            Ok(Checkpoint {
+            let event_hash: Option<Vec<u8>> = row.try_get("event_hash")?;
+            let checkpoint = Checkpoint {
                 partition: row.try_get("partition")?,
                 position: row.try_get("position")?,
                 hash: hash_from(&hash, "checkpoint hash")?,
-                signed_at: stored_timestamp(signed_at.timestamp_micros(), "signed_at")?,
+                signed_at: {
+                    let signed_at: DateTime<Utc> = row.try_get("signed_at")?;
+                    stored_timestamp(signed_at.timestamp_micros(), "signed_at")?
+                },
                 key_id: row.try_get("key_id")?,
                 signature: row.try_get("signature")?,
-            })
+            };
+            let event_hash = event_hash
+                .map(|bytes| hash_from(&bytes, "event hash"))
+                .transpose()?;
+            Ok((checkpoint, event_hash))
         })
         .collect()
+}
+
+pub(crate) async fn delete_signing_key(pool: &PgPool, key_id: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM signing_keys WHERE key_id = $1")
+        .bind(key_id)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn notify(
@@ -493,23 +523,4 @@ pub(crate) async fn notify(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-pub(crate) async fn load_or_store_signing_key(
-    pool: &PgPool,
-    key_id: &str,
-    generated: &[u8],
-    now: Timestamp,
-) -> Result<Vec<u8>, StoreError> {
-    sqlx::query("INSERT INTO signing_keys (key_id, pkcs8, created_at) SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)")
-        .bind(key_id)
-        .bind(generated)
-        .bind(now.to_datetime())
-        .execute(pool)
-        .await?;
-    let key: Vec<u8> =
-        sqlx::query_scalar("SELECT pkcs8 FROM signing_keys ORDER BY created_at, key_id LIMIT 1")
-            .fetch_one(pool)
-            .await?;
-    Ok(key)
 }
