@@ -71,6 +71,13 @@ enum AdminCommand {
         #[arg(long)]
         full_name: Option<String>,
     },
+    /// Print a key file's public key as `KEY_ID:BASE64URL`, the form
+    /// auditors pin (`seatledger-replay verify --public-key`).
+    PublicKey {
+        /// A PKCS#8 key file (`--signing-key`, `--token-signing-key`).
+        #[arg(long)]
+        key: std::path::PathBuf,
+    },
     /// Move the signing key an older version kept in the database
     /// (`signing_keys` table) to a new file (mode 0600), then delete it
     /// from the database. Start the server with `--signing-key FILE` (and a
@@ -198,6 +205,16 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
             }
+        }
+        Commands::Admin {
+            command: AdminCommand::PublicKey { key },
+        } => {
+            let document =
+                std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
+            let key = seatledger_ledger::SigningKey::from_pkcs8(&document)
+                .with_context(|| format!("{}", key.display()))?;
+            println!("{}", seatledger_schema::pinned_key_text(key.public_key()));
+            Ok(())
         }
         Commands::Admin {
             command: AdminCommand::ExportKey { database, to },

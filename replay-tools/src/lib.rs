@@ -144,7 +144,7 @@ pub enum VerifyError {
     WitnessedCheckpointMissing(i64),
     #[error("witnessed heads can be checked only against a chain (the log, or an export of it), not one organization's events")]
     WitnessedNeedsChain,
-    #[error("{tail} events follow the last signed checkpoint (position {signed}), more than the {max} allowed (--max-unsigned-events): nothing proves they were written by the ledger")]
+    #[error("{tail} event(s) follow the last signed checkpoint (position {signed}), more than the {max} allowed (--max-unsigned-events): nothing proves they were written by the ledger")]
     UnsignedTail { tail: i64, signed: i64, max: i64 },
     #[error("event at position {position} cannot be decoded: {source}")]
     Undecodable {

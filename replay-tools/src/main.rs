@@ -278,7 +278,7 @@ struct RedisArgs {
     #[arg(long, env = "SEATLEDGER_REDIS_PREFIX", default_value = "seatledger:")]
     redis_prefix: String,
     /// hot-counts: the ledger's key id the counts were written for
-    /// (default: the signing key stored in the database).
+    /// (default: the key that signed the last checkpoint).
     #[arg(long)]
     ledger: Option<String>,
 }

@@ -218,10 +218,12 @@ impl Witness {
                         served.checkpoint.signed_at
                     )));
                 }
-                _ => return Err(WitnessError::Inconsistent(format!(
+                _ => {
+                    return Err(WitnessError::Inconsistent(format!(
                     "the signed head at position {} that this witness kept is gone from the ledger",
                     last.position
-                ))),
+                )))
+                }
             }
         }
         let mut after = last.as_ref().map_or(0, |c| c.position);

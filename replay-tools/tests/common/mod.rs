@@ -2,7 +2,16 @@
 //! the `seatledger-replay` binary.
 #![allow(dead_code)]
 
-use seatledger_ledger::Store;
+use base64::Engine;
+use seatledger_ledger::domain::{
+    Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount,
+};
+use seatledger_ledger::{
+    Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
+};
+use seatledger_replay::export::{self, ExportRange};
+use std::sync::Arc;
+use uuid::Uuid;
 
 /// A migrated SQLite store in `dir`.
 pub async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
@@ -52,4 +61,131 @@ pub fn pg_url(pool: &sqlx::PgPool) -> String {
         options.get_port(),
         options.get_database().unwrap_or("postgres")
     )
+}
+
+/// Two organizations; one license stream past its first snapshot (1,000
+/// events) with 20 leases; checkpoints every 100 events.
+pub async fn ledger(store: &Store, key: Arc<SigningKey>) -> (Uuid, Uuid) {
+    let config = AppenderConfig {
+        checkpoint_every_events: 100,
+        ..AppenderConfig::default()
+    };
+    let (appender, task) = Appender::start(
+        store.clone(),
+        key,
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        config,
+    );
+    let orgs = (Uuid::now_v7(), Uuid::now_v7());
+    let mut sessions = Vec::new();
+    let mut licenses = Vec::new();
+    for (org, seats) in [(orgs.0, 50), (orgs.1, 3)] {
+        let license_id = Uuid::now_v7();
+        let issue = Command::IssueLicense {
+            license_id,
+            name: Name::parse("IDE").unwrap(),
+            seats: SeatCount::new(seats).unwrap(),
+            expires_at: None,
+            heartbeat_ttl_s: HeartbeatTtl::default(),
+            max_overage_percent: OveragePercent::default(),
+        };
+        appender.submit(Submission::new(org, issue)).await.unwrap();
+        licenses.push((org, license_id));
+    }
+    for machine in 0..20 {
+        let (org, license_id) = licenses[machine % 2];
+        let session_id = Uuid::now_v7();
+        let acquire = Command::AcquireSeat {
+            license_id,
+            session_id,
+            user_id: Uuid::now_v7(),
+            hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
+        };
+        appender
+            .submit(Submission::new(org, acquire))
+            .await
+            .unwrap();
+        if org == orgs.0 {
+            sessions.push((org, license_id, session_id));
+        }
+    }
+    // Past the snapshot mark of the first license's stream.
+    let beats: Vec<_> = (0..8)
+        .map(|worker| {
+            let appender = appender.clone();
+            let sessions = sessions.clone();
+            tokio::spawn(async move {
+                for n in 0..130 {
+                    let (org, license_id, session_id) = sessions[(worker + n) % sessions.len()];
+                    let beat = Command::Heartbeat {
+                        license_id,
+                        session_id,
+                    };
+                    appender.submit(Submission::new(org, beat)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for beat in beats {
+        beat.await.unwrap();
+    }
+    drop(appender);
+    task.await.unwrap();
+    orgs
+}
+
+pub fn key_arg(key: &SigningKey) -> String {
+    format!(
+        "{}:{}",
+        key.key_id(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key())
+    )
+}
+
+pub async fn export_text(store: &Store, range: ExportRange) -> String {
+    let mut out = Vec::new();
+    export::export(store, 0, range, &mut out, |_| {})
+        .await
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// A new, empty PostgreSQL database beside the test's own: its URL.
+pub async fn fresh_database(pool: &sqlx::PgPool) -> String {
+    let name = format!("seatledger_copy_{}", Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(pool)
+        .await
+        .unwrap();
+    let url = pg_url(pool);
+    let (server, _) = url.rsplit_once('/').unwrap();
+    format!("{server}/{name}")
+}
+
+pub async fn drop_database(pool: &sqlx::PgPool, url: &str) {
+    let (_, name) = url.rsplit_once('/').unwrap();
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// `seatledger-replay import` of `file` into `url`: (exit code, stdout, stderr).
+pub fn import_cli(url: &str, file: &str, key: &str) -> (Option<i32>, String, String) {
+    replay_code(&[
+        "import",
+        "--database-url",
+        url,
+        "--from-file",
+        file,
+        "--public-key",
+        key,
+    ])
+}
+
+pub fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
 }
