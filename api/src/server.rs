@@ -28,6 +28,9 @@ pub struct Server {
     /// The hot-count and billing followers and the reaper, stopped by
     /// `shutdown`.
     followers: Vec<tokio::task::JoinHandle<()>>,
+    /// The LISTEN tasks (commits of other replicas, revocations): they hold
+    /// a connection each and are aborted once the server has stopped.
+    listeners: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -77,12 +80,13 @@ impl Server {
             .await
             .context("cannot read the event store's head")?;
         notifier.advance(head);
+        let mut listeners = Vec::new();
         if let Some(pool) = store.pg_pool() {
-            tokio::spawn(seatledger_ledger::listen::listen(
+            listeners.push(tokio::spawn(seatledger_ledger::listen::listen(
                 pool.clone(),
                 0,
                 notifier.clone(),
-            ));
+            )));
         }
         let (appender, appender_task) = Appender::start(
             store.clone(),
@@ -175,10 +179,10 @@ impl Server {
         let caches: Arc<crate::state::Caches> = Default::default();
         if let Some(pool) = store.pg_pool() {
             // Revocations on other replicas reach this one's credential cache.
-            tokio::spawn(crate::directory::listen_revocations(
+            listeners.push(tokio::spawn(crate::directory::listen_revocations(
                 pool.clone(),
                 caches.clone(),
-            ));
+            )));
         }
         let state = AppState {
             directory: crate::directory::Directory::new(store.clone()),
@@ -201,6 +205,7 @@ impl Server {
             state,
             appender_task,
             followers,
+            listeners,
             shutdown,
         })
     }
@@ -223,6 +228,7 @@ impl Server {
             state,
             appender_task,
             followers,
+            listeners,
             shutdown: stop_followers,
         } = self;
         let app = NormalizePathLayer::trim_trailing_slash().layer(routes::router(state));
@@ -244,6 +250,9 @@ impl Server {
             follower.await.context("follower task failed")?;
         }
         appender_task.await.context("appender task failed")?;
+        for listener in listeners {
+            listener.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -16,7 +16,7 @@ pub struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn args(database_url: String) -> ServeArgs {
+pub fn args(database_url: String) -> ServeArgs {
     ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: DatabaseArgs { database_url },
@@ -79,6 +79,23 @@ impl TestApp {
         TestApp::spawn(Store::from_pg_pool(pool), args, None).await
     }
 
+    /// PostgreSQL, with these key files.
+    pub async fn postgres_with_keys(
+        pool: sqlx::PgPool,
+        keys: seatledger_api::config::KeyArgs,
+    ) -> TestApp {
+        let args = ServeArgs {
+            keys,
+            ..args(String::new())
+        };
+        TestApp::spawn_as_given(Store::from_pg_pool(pool), args, None).await
+    }
+
+    /// The embedded default's directory (its database and key files).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self._dir.as_ref().map(|dir| dir.path())
+    }
+
     /// PostgreSQL, with requests cut off after `request_timeout_s`.
     pub async fn postgres_with_request_timeout(
         pool: sqlx::PgPool,
@@ -92,9 +109,18 @@ impl TestApp {
     }
 
     async fn spawn(store: Store, mut args: ServeArgs, dir: Option<tempfile::TempDir>) -> TestApp {
-        if let (Some(pool), None) = (store.pg_pool(), &args.keys.signing_key) {
+        if let Some(pool) = store.pg_pool() {
             args.keys = pg_keys(pool);
         }
+        TestApp::spawn_as_given(store, args, dir).await
+    }
+
+    /// [`spawn`](Self::spawn) with `args.keys` as they are.
+    async fn spawn_as_given(
+        store: Store,
+        args: ServeArgs,
+        dir: Option<tempfile::TempDir>,
+    ) -> TestApp {
         let clock = ManualClock::new(Timestamp::now());
         let server = Server::start(store.clone(), &args, Arc::new(clock.clone()))
             .await
