@@ -93,9 +93,10 @@ impl ApiError {
             | Rejection::UserAlreadyExists
             | Rejection::LicenseAlreadyExists
             | Rejection::LicenseNotSuspended => StatusCode::CONFLICT,
-            Rejection::LicenseExpired | Rejection::LicenseSuspended | Rejection::LicenseRevoked => {
-                StatusCode::FORBIDDEN
-            }
+            Rejection::LicenseExpired
+            | Rejection::LicenseSuspended
+            | Rejection::LicenseRevoked
+            | Rejection::NotLeaseHolder => StatusCode::FORBIDDEN,
             Rejection::SessionExpired => StatusCode::GONE,
             Rejection::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         };

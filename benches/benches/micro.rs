@@ -70,6 +70,7 @@ fn decide_and_evolve(c: &mut Criterion) {
         let heartbeat = Command::Heartbeat {
             license_id: LICENSE,
             session_id: Uuid::from_u128(0x10_0000),
+            by: seatledger_ledger::domain::SeatActor::Unchecked,
         };
         group.bench_function(format!("heartbeat (license holding {held} leases)"), |b| {
             b.iter_batched(
@@ -81,6 +82,7 @@ fn decide_and_evolve(c: &mut Criterion) {
         let release = Command::ReleaseSeat {
             license_id: LICENSE,
             session_id: Uuid::from_u128(0x10_0000),
+            by: seatledger_ledger::domain::SeatActor::Unchecked,
         };
         group.bench_function(format!("release (license holding {held} leases)"), |b| {
             b.iter_batched(
@@ -104,6 +106,7 @@ fn decide_and_evolve(c: &mut Criterion) {
         let heartbeat = Command::Heartbeat {
             license_id: LICENSE,
             session_id: Uuid::from_u128(0x10_0000),
+            by: seatledger_ledger::domain::SeatActor::Unchecked,
         };
         b.iter(|| decide(black_box(&state), ORG, black_box(&heartbeat), now()))
     });

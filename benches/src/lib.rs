@@ -76,6 +76,7 @@ pub async fn fill_live_leases_signed(
                         Command::Heartbeat {
                             license_id,
                             session_id: sessions[(step as usize / 4) % sessions.len()],
+                            by: seatledger_ledger::domain::SeatActor::Unchecked,
                         }
                     } else {
                         let session_id = Uuid::now_v7();
@@ -130,10 +131,12 @@ pub async fn fill_cycling_leases_signed(
                         Command::Heartbeat {
                             license_id,
                             session_id,
+                            by: seatledger_ledger::domain::SeatActor::Unchecked,
                         },
                         Command::ReleaseSeat {
                             license_id,
                             session_id,
+                            by: seatledger_ledger::domain::SeatActor::Unchecked,
                         },
                     ];
                     for command in commands {

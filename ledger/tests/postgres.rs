@@ -246,6 +246,7 @@ async fn idempotency_scenario(store: &Store) {
             Command::ReleaseSeat {
                 license_id: license,
                 session_id: session,
+                by: seatledger_ledger::domain::SeatActor::Unchecked,
             },
         )
         .with_command_id("key-2", hash)

@@ -163,10 +163,12 @@ fn command_of(
         Step::Heartbeat { license, lease: n } => Command::Heartbeat {
             license_id: licenses[license],
             session_id: lease(sessions, license, n),
+            by: seatledger_ledger::domain::SeatActor::Unchecked,
         },
         Step::Release { license, lease: n } => Command::ReleaseSeat {
             license_id: licenses[license],
             session_id: lease(sessions, license, n),
+            by: seatledger_ledger::domain::SeatActor::Unchecked,
         },
         Step::Expire { license, lease: n } => Command::ExpireSeat {
             license_id: licenses[license],

@@ -285,6 +285,7 @@ pub async fn simulate(
                     let command = Command::Heartbeat {
                         license_id,
                         session_id: beat.session_id,
+                        by: seatledger_ledger::domain::SeatActor::Unchecked,
                     };
                     if let Some(simulated) = simulated.as_mut() {
                         if !simulated.run(&command, now, |_| {}) {
@@ -301,10 +302,18 @@ pub async fn simulate(
                         });
                     }
                 }
-                Event::SeatReleased(released) if released.reason == ReleaseReason::Client => {
+                // Released by its holder or by an admin: the seat is free
+                // from then on, whatever the seats.
+                Event::SeatReleased(released)
+                    if matches!(
+                        released.reason,
+                        ReleaseReason::Client | ReleaseReason::Admin
+                    ) =>
+                {
                     let command = Command::ReleaseSeat {
                         license_id,
                         session_id: released.session_id,
+                        by: seatledger_ledger::domain::SeatActor::Unchecked,
                     };
                     for replay in [simulated.as_mut(), unlimited.as_mut()]
                         .into_iter()

@@ -63,6 +63,7 @@ async fn history(store: &Store) {
             Command::ReleaseSeat {
                 license_id: LICENSE,
                 session_id: Uuid::from_u128(0x5e55_0001),
+                by: seatledger_ledger::domain::SeatActor::Unchecked,
             },
             true,
         ),

@@ -73,11 +73,13 @@ async fn history(store: &Store) {
     let beat = |n| Command::Heartbeat {
         license_id: LICENSE,
         session_id: session(n),
+        by: seatledger_ledger::domain::SeatActor::Unchecked,
     };
     at(100, beat(1)).await;
     let release = Command::ReleaseSeat {
         license_id: LICENSE,
         session_id: session(1),
+        by: seatledger_ledger::domain::SeatActor::Unchecked,
     };
     at(250, release).await;
     at(300, acquire(2)).await;

@@ -177,6 +177,7 @@ async fn verify_checks_snapshots_and_stream_versions() {
             let beat = Command::Heartbeat {
                 license_id,
                 session_id,
+                by: seatledger_ledger::domain::SeatActor::Unchecked,
             };
             appender.submit(Submission::new(org, beat)).await.unwrap();
         }

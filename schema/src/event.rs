@@ -38,6 +38,9 @@ pub enum ReleaseReason {
     Client,
     Suspended,
     Revoked,
+    /// An owner or admin released another user's lease (issue 14); the
+    /// acting user is the event's `metadata.actor`.
+    Admin,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -293,6 +296,27 @@ mod tests {
         assert_eq!(payload["generation"], 7);
         let back = Event::decode(event.event_type(), 1, &payload).unwrap();
         assert_eq!(back, event);
+    }
+
+    /// Every release reason, `admin` (issue 14) included, encodes to its
+    /// snake_case name and decodes back; the reasons of before keep their
+    /// bytes (so their hashes).
+    #[test]
+    fn every_release_reason_round_trips() {
+        for (reason, name) in [
+            (ReleaseReason::Client, "client"),
+            (ReleaseReason::Suspended, "suspended"),
+            (ReleaseReason::Revoked, "revoked"),
+            (ReleaseReason::Admin, "admin"),
+        ] {
+            let event = Event::SeatReleased(SeatReleased {
+                session_id: Uuid::nil(),
+                reason,
+            });
+            let payload = event.payload();
+            assert_eq!(payload["reason"], name);
+            assert_eq!(Event::decode("SeatReleased", 1, &payload).unwrap(), event);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::tokens::{self, SeatClaims, SignedLicense};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use seatledger_ledger::domain::{Command, HardwareId, Rejection, StreamId};
+use seatledger_ledger::domain::{Command, HardwareId, Rejection, SeatActor, StreamId};
 use seatledger_ledger::CommandResult;
 use seatledger_schema::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -236,7 +236,7 @@ pub async fn acquire(
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
     responses(
         (status = 200, body = SeatResponse),
-        (status = 403, description = "`license_expired`", body = ProblemDoc),
+        (status = 403, description = "`license_expired`; `not_lease_holder`: the lease was acquired by another user (only its holder heartbeats it)", body = ProblemDoc),
         (status = 404, description = "`session_not_found`", body = ProblemDoc),
         (status = 410, description = "`session_expired`", body = ProblemDoc),
         (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
@@ -260,6 +260,7 @@ pub async fn heartbeat(
     let command = Command::Heartbeat {
         license_id,
         session_id,
+        by: seat_actor(&principal),
     };
     let result = accepted(
         submit(
@@ -274,6 +275,17 @@ pub async fn heartbeat(
     Ok(Json(seat_response(&state, &result)?))
 }
 
+/// Who the caller is to a lease: owners and admins may release anyone's
+/// lease of their organization (recorded with reason `admin` and the
+/// caller as the event's actor), members only their own.
+fn seat_actor(principal: &Principal) -> SeatActor {
+    if principal.role.is_admin() {
+        SeatActor::Admin(principal.user_id)
+    } else {
+        SeatActor::Holder(principal.user_id)
+    }
+}
+
 /// Releases a seat. Releasing a released or expired session succeeds again.
 #[utoipa::path(
     post,
@@ -284,6 +296,7 @@ pub async fn heartbeat(
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
     responses(
         (status = 200, body = ReleaseResponse),
+        (status = 403, description = "`not_lease_holder`: a member releasing another user's lease (owners and admins may: reason `admin`)", body = ProblemDoc),
         (status = 404, description = "`session_not_found`", body = ProblemDoc),
         (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
     )
@@ -306,6 +319,7 @@ pub async fn release(
     let command = Command::ReleaseSeat {
         license_id,
         session_id,
+        by: seat_actor(&principal),
     };
     accepted(
         submit(

@@ -235,6 +235,7 @@ async fn run(
                     let release = Command::ReleaseSeat {
                         license_id,
                         session_id,
+                        by: seatledger_ledger::domain::SeatActor::Unchecked,
                     };
                     for command in [acquire, release] {
                         match appender.submit(Submission::new(tenant, command)).await {

@@ -7,6 +7,18 @@ use seatledger_schema::{Role, Timestamp};
 use std::fmt;
 use uuid::Uuid;
 
+/// Who asks for a heartbeat or a release (seat authority, issue 14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeatActor {
+    /// Not checked: replays, simulations and the operator's own tools.
+    Unchecked,
+    /// A user: may heartbeat and release only the leases they acquired.
+    Holder(Uuid),
+    /// An owner or admin: may also release (not heartbeat) another user's
+    /// lease of the organization, recorded with reason `admin`.
+    Admin(Uuid),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Registers an organization, and with `owner` its first user, in one
@@ -69,10 +81,12 @@ pub enum Command {
     Heartbeat {
         license_id: Uuid,
         session_id: Uuid,
+        by: SeatActor,
     },
     ReleaseSeat {
         license_id: Uuid,
         session_id: Uuid,
+        by: SeatActor,
     },
     /// The reaper's: expires the lease if its `expires_at` has passed.
     ExpireSeat {

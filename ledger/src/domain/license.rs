@@ -1,7 +1,7 @@
 //! The license stream: a license's lifecycle and every lease on it. This is
 //! the consistency boundary: one `decide` sees every seat of a license.
 
-use super::command::Command;
+use super::command::{Command, SeatActor};
 use super::rejection::Rejection;
 use super::Decision;
 use seatledger_schema::limits::ENDED_SESSIONS_REMEMBERED;
@@ -378,8 +378,12 @@ pub fn decide(
             hardware_id.as_str(),
             now,
         ),
-        Command::Heartbeat { session_id, .. } => heartbeat(state, tenant_id, *session_id, now),
-        Command::ReleaseSeat { session_id, .. } => release(state, tenant_id, *session_id, now),
+        Command::Heartbeat { session_id, by, .. } => {
+            heartbeat(state, tenant_id, *session_id, *by, now)
+        }
+        Command::ReleaseSeat { session_id, by, .. } => {
+            release(state, tenant_id, *session_id, *by, now)
+        }
         Command::ExpireSeat { session_id, .. } => {
             if let Err(rejection) = terms_for(state, tenant_id) {
                 return Decision::reject(rejection);
@@ -508,12 +512,28 @@ fn acquire(
     Decision::accept(events)
 }
 
-fn heartbeat(state: &LicenseState, tenant_id: Uuid, session_id: Uuid, now: Timestamp) -> Decision {
+/// Whether `by` may act on `lease` as its holder.
+fn holds(by: SeatActor, lease: &Lease) -> bool {
+    match by {
+        SeatActor::Unchecked => true,
+        SeatActor::Holder(user_id) | SeatActor::Admin(user_id) => lease.user_id == user_id,
+    }
+}
+
+fn heartbeat(
+    state: &LicenseState,
+    tenant_id: Uuid,
+    session_id: Uuid,
+    by: SeatActor,
+    now: Timestamp,
+) -> Decision {
     let terms = match terms_for(state, tenant_id) {
         Ok(terms) => terms,
         Err(rejection) => return Decision::reject(rejection),
     };
     match state.lease(session_id) {
+        // Only the holder keeps a lease alive, admins included.
+        Some(lease) if !holds(by, lease) => Decision::reject(Rejection::NotLeaseHolder),
         Some(lease) if lease.expires_at > now => {
             if terms.is_expired_at(now) {
                 return Decision::reject(Rejection::LicenseExpired);
@@ -531,15 +551,29 @@ fn heartbeat(state: &LicenseState, tenant_id: Uuid, session_id: Uuid, now: Times
     }
 }
 
-fn release(state: &LicenseState, tenant_id: Uuid, session_id: Uuid, now: Timestamp) -> Decision {
+fn release(
+    state: &LicenseState,
+    tenant_id: Uuid,
+    session_id: Uuid,
+    by: SeatActor,
+    now: Timestamp,
+) -> Decision {
     if let Err(rejection) = terms_for(state, tenant_id) {
         return Decision::reject(rejection);
     }
     match state.lease(session_id) {
+        Some(lease) if !holds(by, lease) && !matches!(by, SeatActor::Admin(_)) => {
+            Decision::reject(Rejection::NotLeaseHolder)
+        }
         Some(lease) if lease.expires_at > now => {
+            let reason = if holds(by, lease) {
+                ReleaseReason::Client
+            } else {
+                ReleaseReason::Admin
+            };
             Decision::accept(vec![Event::SeatReleased(SeatReleased {
                 session_id,
-                reason: ReleaseReason::Client,
+                reason,
             })])
         }
         // It had already expired: record that truth (billing counts to

@@ -19,10 +19,12 @@ pub enum Rejection {
     SessionNotFound,
     SessionExpired,
     IdempotencyKeyReused,
+    /// A heartbeat or release of a lease someone else acquired.
+    NotLeaseHolder,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::OrganizationNotFound,
         Rejection::OrganizationAlreadyExists,
         Rejection::UserAlreadyExists,
@@ -36,6 +38,7 @@ impl Rejection {
         Rejection::SessionNotFound,
         Rejection::SessionExpired,
         Rejection::IdempotencyKeyReused,
+        Rejection::NotLeaseHolder,
     ];
 
     /// The stable snake_case code clients match on.
@@ -54,6 +57,7 @@ impl Rejection {
             Rejection::SessionNotFound => "session_not_found",
             Rejection::SessionExpired => "session_expired",
             Rejection::IdempotencyKeyReused => "idempotency_key_reused",
+            Rejection::NotLeaseHolder => "not_lease_holder",
         }
     }
 
@@ -76,6 +80,9 @@ impl Rejection {
             }
             Rejection::IdempotencyKeyReused => {
                 "this idempotency key was already used with a different request"
+            }
+            Rejection::NotLeaseHolder => {
+                "this lease was acquired by another user: only they may heartbeat or release it (an owner or admin may release it)"
             }
         }
     }

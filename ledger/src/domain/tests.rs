@@ -75,6 +75,7 @@ fn heartbeat(n: u128) -> Command {
     Command::Heartbeat {
         license_id: LICENSE,
         session_id: session(n),
+        by: crate::domain::SeatActor::Unchecked,
     }
 }
 
@@ -82,6 +83,7 @@ fn release(n: u128) -> Command {
     Command::ReleaseSeat {
         license_id: LICENSE,
         session_id: session(n),
+        by: crate::domain::SeatActor::Unchecked,
     }
 }
 
@@ -219,6 +221,87 @@ fn reacquire_after_own_lease_went_stale_expires_it_and_grants_a_new_generation()
         seat.session_id = session(7);
     }
     assert_eq!(decision, Decision::accept(vec![expired_event(1, 0), fresh]));
+}
+
+fn beat_by(n: u128, by: SeatActor) -> Command {
+    Command::Heartbeat {
+        license_id: LICENSE,
+        session_id: session(n),
+        by,
+    }
+}
+
+fn release_by(n: u128, by: SeatActor) -> Command {
+    Command::ReleaseSeat {
+        license_id: LICENSE,
+        session_id: session(n),
+        by,
+    }
+}
+
+#[test]
+fn only_the_holder_heartbeats_a_lease_admins_included() {
+    let state = given(&[issued(2, 0, None), acquired(1, 1, 0, false)]);
+    let own = when(&state, beat_by(1, SeatActor::Holder(user(1))), at(10));
+    assert!(
+        matches!(
+            own,
+            Decision {
+                rejection: None,
+                ..
+            }
+        ),
+        "{own:?}"
+    );
+    for by in [SeatActor::Holder(user(2)), SeatActor::Admin(user(2))] {
+        assert_eq!(
+            when(&state, beat_by(1, by), at(10)),
+            Decision::reject(Rejection::NotLeaseHolder),
+            "{by:?}"
+        );
+    }
+}
+
+#[test]
+fn a_member_releases_only_their_own_lease_and_an_admin_any_recorded_as_admin() {
+    let state = given(&[issued(2, 0, None), acquired(1, 1, 0, false)]);
+    assert_eq!(
+        when(&state, release_by(1, SeatActor::Holder(user(2))), at(10)),
+        Decision::reject(Rejection::NotLeaseHolder)
+    );
+    let released = |reason| {
+        Decision::accept(vec![Event::SeatReleased(SeatReleased {
+            session_id: session(1),
+            reason,
+        })])
+    };
+    assert_eq!(
+        when(&state, release_by(1, SeatActor::Holder(user(1))), at(10)),
+        released(ReleaseReason::Client)
+    );
+    assert_eq!(
+        when(&state, release_by(1, SeatActor::Admin(user(1))), at(10)),
+        released(ReleaseReason::Client),
+        "an admin's own lease is a client release"
+    );
+    assert_eq!(
+        when(&state, release_by(1, SeatActor::Admin(user(2))), at(10)),
+        released(ReleaseReason::Admin)
+    );
+    // An admin-released lease is ended: the seat is free again.
+    let after = given(&[
+        issued(1, 0, None),
+        acquired(1, 1, 0, false),
+        Event::SeatReleased(SeatReleased {
+            session_id: session(1),
+            reason: ReleaseReason::Admin,
+        }),
+    ]);
+    let next = when(&after, acquire(2), at(11));
+    assert!(
+        matches!(&next.events[..], [Event::SeatAcquired(_)]),
+        "{next:?}"
+    );
 }
 
 #[test]
@@ -708,8 +791,8 @@ proptest! {
                         hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
                     }
                 }
-                Op::Heartbeat(n) => Command::Heartbeat { license_id: LICENSE, session_id: pick(n) },
-                Op::Release(n) => Command::ReleaseSeat { license_id: LICENSE, session_id: pick(n) },
+                Op::Heartbeat(n) => Command::Heartbeat { license_id: LICENSE, session_id: pick(n), by: crate::domain::SeatActor::Unchecked },
+                Op::Release(n) => Command::ReleaseSeat { license_id: LICENSE, session_id: pick(n), by: crate::domain::SeatActor::Unchecked },
                 Op::Expire(n) => Command::ExpireSeat { license_id: LICENSE, session_id: pick(n) },
                 Op::ChangeSeats(n) => Command::ChangeSeats { license_id: LICENSE, seats: SeatCount::new(u32::from(n)).unwrap() },
                 Op::Suspend => Command::SuspendLicense { license_id: LICENSE, reason: None },

@@ -377,10 +377,12 @@ fn history(seats: u32, overage: u32, steps: &[(Step, i64)]) -> Vec<RecordedEvent
             Some(Step::Heartbeat(n)) => Command::Heartbeat {
                 license_id,
                 session_id: pick(n),
+                by: seatledger_ledger::domain::SeatActor::Unchecked,
             },
             Some(Step::Release(n)) => Command::ReleaseSeat {
                 license_id,
                 session_id: pick(n),
+                by: seatledger_ledger::domain::SeatActor::Unchecked,
             },
             Some(Step::Expire(n)) => Command::ExpireSeat {
                 license_id,

@@ -121,6 +121,7 @@ pub async fn ledger(store: &Store, key: Arc<SigningKey>) -> (Uuid, Uuid) {
                     let beat = Command::Heartbeat {
                         license_id,
                         session_id,
+                        by: seatledger_ledger::domain::SeatActor::Unchecked,
                     };
                     appender.submit(Submission::new(org, beat)).await.unwrap();
                 }
