@@ -253,3 +253,34 @@ async fn registrations_are_limited_per_address() {
     assert!((1..=180).contains(&wait), "{wait}");
     app.stop().await;
 }
+
+/// `josé` typed with a precomposed `é` and with `e` + a combining accent
+/// (and in capitals) is one account: the second registration is refused
+/// and either spelling logs in.
+#[tokio::test]
+async fn emails_are_compared_after_nfc_and_lowercasing() {
+    let app = TestApp::embedded().await;
+    let composed = "jos\u{e9}@example.com";
+    let combining = "JOSE\u{301}@example.com";
+    app.register(composed).await;
+    let again = app
+        .send(
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            Some(json!({
+                "email": combining, "password": "correct horse battery",
+                "full_name": "José", "company_name": "Other"
+            })),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.body["code"].as_str()),
+        (409, Some("email_taken")),
+        "{:?}",
+        again.body
+    );
+    token(&app, combining).await;
+    token(&app, composed).await;
+    app.stop().await;
+}

@@ -76,8 +76,10 @@ text_newtype!(
     Reason, "reason", limits::REASON_LEN_MAX
 );
 
-/// An email address, lower-cased. Deliberately loose (one `@`, something on
-/// each side, no spaces): the only real check is a mail that arrives.
+/// An email address, lower-cased and in Unicode NFC, so that `josé` typed
+/// with a precomposed `é` or with `e` and a combining accent is one
+/// address. Deliberately loose (one `@`, something on each side, no
+/// spaces): the only real check is a mail that arrives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
@@ -86,7 +88,9 @@ impl Email {
         // Lower-cased before the bound is checked: some characters grow
         // when lower-cased ('İ' becomes "i̇"), and the stored address must
         // be within the limit, not the one that was sent.
-        let text = bounded_text("email", &raw.to_lowercase(), limits::EMAIL_LEN_MAX)?;
+        use unicode_normalization::UnicodeNormalization;
+        let normalized: String = raw.to_lowercase().nfc().collect();
+        let text = bounded_text("email", &normalized, limits::EMAIL_LEN_MAX)?;
         let valid = match text.split_once('@') {
             Some((local, domain)) => {
                 !local.is_empty()
@@ -204,6 +208,27 @@ mod tests {
             "a@b@c.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_typed_with_composed_or_combining_accents_are_one_address() {
+        let composed = Email::parse("jos\u{e9}@example.com").unwrap();
+        let combining = Email::parse("jose\u{301}@example.com").unwrap();
+        let upper = Email::parse("JOSE\u{301}@EXAMPLE.COM").unwrap();
+        assert_eq!(composed, combining);
+        assert_eq!(composed, upper);
+        assert_eq!(composed.as_str(), "jos\u{e9}@example.com");
+    }
+
+    proptest::proptest! {
+        /// Parsing is idempotent: a stored address parses to itself, so
+        /// what reaches an event reads back the same.
+        #[test]
+        fn a_parsed_email_parses_to_itself(local in "\\PC{1,40}", domain in "[a-zA-Z\u{e9}\u{301}]{1,20}") {
+            if let Ok(email) = Email::parse(&format!("{local}@{domain}.com")) {
+                proptest::prop_assert_eq!(Email::parse(email.as_str()).unwrap(), email);
+            }
         }
     }
 }
