@@ -164,7 +164,7 @@ impl Directory {
     pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, DirectoryError> {
         let row = with_pool!(&self.store, |pool| {
             match sqlx::query(
-                "SELECT user_id, org_id, email, password_hash, role FROM users WHERE email = $1",
+                "SELECT user_id, org_id, email, password_hash, role FROM users WHERE email = $1 AND deactivated_at IS NULL",
             )
             .bind(email)
             .fetch_optional(pool)
@@ -304,6 +304,59 @@ impl Directory {
             "UPDATE users SET password_hash = $1 WHERE user_id = $2"
         )
         .bind(password_hash)
+        .bind(user_id.to_string())
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(store_error)
+    }
+
+    /// The organization's users by email: (id, email, role, deactivated).
+    pub async fn users_of(
+        &self,
+        org_id: Uuid,
+    ) -> Result<Vec<(Uuid, String, Role, bool)>, DirectoryError> {
+        let rows = with_pool!(&self.store, |pool| sqlx::query_as::<
+            _,
+            (String, String, String, Option<i64>),
+        >(
+            "SELECT user_id, email, role, deactivated_at FROM users WHERE org_id = $1 ORDER BY email"
+        )
+        .bind(org_id.to_string())
+        .fetch_all(pool)
+        .await)
+        .map_err(store_error)?;
+        rows.into_iter()
+            .map(|(id, email, role, deactivated)| {
+                Ok((
+                    parse_uuid(&id)?,
+                    email,
+                    parse_role(&role)?,
+                    deactivated.is_some(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets a user's role (its tokens carry the old one: revoke them).
+    pub async fn set_role(&self, user_id: Uuid, role: Role) -> Result<(), DirectoryError> {
+        with_pool!(&self.store, |pool| sqlx::query(
+            "UPDATE users SET role = $1 WHERE user_id = $2"
+        )
+        .bind(role.as_str())
+        .bind(user_id.to_string())
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(store_error)
+    }
+
+    /// Marks a user deactivated (login finds them no more); idempotent.
+    pub async fn deactivate(&self, user_id: Uuid, now: Timestamp) -> Result<(), DirectoryError> {
+        with_pool!(&self.store, |pool| sqlx::query(
+            "UPDATE users SET deactivated_at = $1 WHERE user_id = $2 AND deactivated_at IS NULL"
+        )
+        .bind(now.as_micros())
         .bind(user_id.to_string())
         .execute(pool)
         .await

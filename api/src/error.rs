@@ -87,7 +87,8 @@ impl ApiError {
         let status = match rejection {
             Rejection::OrganizationNotFound
             | Rejection::LicenseNotFound
-            | Rejection::SessionNotFound => StatusCode::NOT_FOUND,
+            | Rejection::SessionNotFound
+            | Rejection::UserNotFound => StatusCode::NOT_FOUND,
             Rejection::NoSeatsAvailable
             | Rejection::OrganizationAlreadyExists
             | Rejection::UserAlreadyExists
@@ -96,7 +97,8 @@ impl ApiError {
             Rejection::LicenseExpired
             | Rejection::LicenseSuspended
             | Rejection::LicenseRevoked
-            | Rejection::NotLeaseHolder => StatusCode::FORBIDDEN,
+            | Rejection::NotLeaseHolder
+            | Rejection::OwnerIsPermanent => StatusCode::FORBIDDEN,
             Rejection::SessionExpired => StatusCode::GONE,
             Rejection::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         };

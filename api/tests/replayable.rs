@@ -601,7 +601,9 @@ fn within_limits(event: &Event) -> Result<(), String> {
         Event::LicenseRenewed(_)
         | Event::SeatHeartbeat(_)
         | Event::SeatReleased(_)
-        | Event::SeatExpired(_) => Ok(()),
+        | Event::SeatExpired(_)
+        | Event::UserRoleChanged(_)
+        | Event::UserDeactivated(_) => Ok(()),
     }
 }
 

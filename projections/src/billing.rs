@@ -424,6 +424,8 @@ impl BillingFold {
             }
             Event::OrganizationRegistered(_)
             | Event::UserRegistered(_)
+            | Event::UserRoleChanged(_)
+            | Event::UserDeactivated(_)
             | Event::LicenseIssued(_)
             | Event::LicenseSeatsChanged(_)
             | Event::LicenseRenewed(_)

@@ -547,7 +547,11 @@ impl RedisLicenses {
                 out.push(("HDEL", self.license_key(license_id, ":ses"), vec![session]));
                 out.push(("ZREM", self.key("stale"), vec![stale_member(*session_id)]));
             }
-            Event::SeatDenied(_) | Event::OrganizationRegistered(_) | Event::UserRegistered(_) => {}
+            Event::SeatDenied(_)
+            | Event::OrganizationRegistered(_)
+            | Event::UserRegistered(_)
+            | Event::UserRoleChanged(_)
+            | Event::UserDeactivated(_) => {}
         }
     }
 }

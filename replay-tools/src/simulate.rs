@@ -369,7 +369,10 @@ pub async fn simulate(
                 // Releases for a suspension or revocation come from the
                 // replayed suspension; expiries follow from time itself.
                 Event::SeatReleased(_) | Event::SeatExpired(_) => {}
-                Event::OrganizationRegistered(_) | Event::UserRegistered(_) => {}
+                Event::OrganizationRegistered(_)
+                | Event::UserRegistered(_)
+                | Event::UserRoleChanged(_)
+                | Event::UserDeactivated(_) => {}
             }
         }
     }

@@ -66,6 +66,20 @@ pub struct UserRegistered {
     pub role: Role,
 }
 
+/// An owner or admin changed a user's role (issue 14).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRoleChanged {
+    pub user_id: Uuid,
+    pub role: Role,
+}
+
+/// An owner or admin deactivated a user: their tokens are revoked, login is
+/// refused, and their live leases are released (reason `admin`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDeactivated {
+    pub user_id: Uuid,
+}
+
 fn default_heartbeat_ttl_s() -> u32 {
     crate::limits::HEARTBEAT_TTL_S_DEFAULT
 }
@@ -143,6 +157,8 @@ pub struct SeatDenied {
 pub enum Event {
     OrganizationRegistered(OrganizationRegistered),
     UserRegistered(UserRegistered),
+    UserRoleChanged(UserRoleChanged),
+    UserDeactivated(UserDeactivated),
     LicenseIssued(LicenseIssued),
     LicenseSeatsChanged(LicenseSeatsChanged),
     LicenseRenewed(LicenseRenewed),
@@ -166,9 +182,11 @@ pub struct DecodeError {
 }
 
 impl Event {
-    pub const TYPES: [&'static str; 13] = [
+    pub const TYPES: [&'static str; 15] = [
         "OrganizationRegistered",
         "UserRegistered",
+        "UserRoleChanged",
+        "UserDeactivated",
         "LicenseIssued",
         "LicenseSeatsChanged",
         "LicenseRenewed",
@@ -186,6 +204,8 @@ impl Event {
         match self {
             Event::OrganizationRegistered(_) => "OrganizationRegistered",
             Event::UserRegistered(_) => "UserRegistered",
+            Event::UserRoleChanged(_) => "UserRoleChanged",
+            Event::UserDeactivated(_) => "UserDeactivated",
             Event::LicenseIssued(_) => "LicenseIssued",
             Event::LicenseSeatsChanged(_) => "LicenseSeatsChanged",
             Event::LicenseRenewed(_) => "LicenseRenewed",

@@ -1,13 +1,15 @@
-//! Adding users to an organization.
+//! An organization's users: adding them, listing them, changing their
+//! role, deactivating them (issue 14).
 
 use crate::auth::{Admin, Principal};
+use crate::directory::Revoke;
 use crate::error::{ApiError, ProblemDoc};
 use crate::extract::JsonBody;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use seatledger_ledger::domain::{Command, Email, Name};
+use seatledger_ledger::domain::{Command, Email, Name, Rejection, SeatActor};
 use seatledger_schema::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -100,4 +102,224 @@ pub async fn add_user(
             organization_id: admin.org_id,
         }),
     ))
+}
+
+/// A member of the organization, as `GET /api/v1/users` lists them.
+#[derive(Serialize, ToSchema)]
+pub struct MemberResponse {
+    pub id: Uuid,
+    pub email: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    /// Deactivated users stay listed (their email stays taken).
+    pub active: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MembersResponse {
+    pub users: Vec<MemberResponse>,
+}
+
+/// The organization's users and their roles (owner or admin only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = MembersResponse),
+        (status = 403, description = "`forbidden` (not an admin)", body = ProblemDoc)
+    )
+)]
+pub async fn list_users(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+) -> Result<Json<MembersResponse>, ApiError> {
+    let users = state
+        .directory
+        .users_of(admin.org_id)
+        .await?
+        .into_iter()
+        .map(|(id, email, role, deactivated)| MemberResponse {
+            id,
+            email,
+            role: role.as_str().to_owned(),
+            active: !deactivated,
+        })
+        .collect();
+    Ok(Json(MembersResponse { users }))
+}
+
+/// A user id in the path; anything that is not a uuid names no user.
+pub struct UserIdPath(pub Uuid);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for UserIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let not_found = || ApiError::rejection(Rejection::UserNotFound);
+        let axum::extract::Path(text) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| not_found())?;
+        Uuid::parse_str(&text)
+            .map(UserIdPath)
+            .map_err(|_| not_found())
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRoleRequest {
+    /// `admin` or `member` (an owner stays owner).
+    pub role: NewUserRole,
+}
+
+/// Sets a user's role (owner or admin only; not an owner's). Recorded as
+/// `UserRoleChanged`; the user's tokens are revoked, so the new role holds
+/// from their next login on every replica.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "the user")),
+    request_body = ChangeRoleRequest,
+    responses(
+        (status = 200, body = MemberResponse),
+        (status = 403, description = "`forbidden` (not an admin), `owner_is_permanent`", body = ProblemDoc),
+        (status = 404, description = "`user_not_found` (or deactivated, or of another organization)", body = ProblemDoc)
+    )
+)]
+pub async fn change_role(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    UserIdPath(user_id): UserIdPath,
+    headers: HeaderMap,
+    body: JsonBody<ChangeRoleRequest>,
+) -> Result<Json<MemberResponse>, ApiError> {
+    let role = match body.value.role {
+        NewUserRole::Admin => Role::Admin,
+        NewUserRole::Member => Role::Member,
+    };
+    let command = Command::ChangeUserRole {
+        org_id: admin.org_id,
+        user_id,
+        role,
+    };
+    super::accepted(
+        super::submit(
+            &state,
+            admin.org_id,
+            command,
+            super::metadata(Some(&admin), &headers),
+            None,
+        )
+        .await?,
+    )?;
+    // The log says so: make the directory agree (also on a retry after a
+    // call cut short), and revoke the tokens that carry the old role. The
+    // same role again changes nothing.
+    let (email, stored_role) = state
+        .directory
+        .user_by_id(user_id)
+        .await?
+        .unwrap_or_default();
+    if stored_role != role.as_str() {
+        state.directory.set_role(user_id, role).await?;
+        state
+            .directory
+            .revoke_tokens(Revoke::All, user_id, state.clock.now())
+            .await?;
+        state
+            .caches
+            .tokens
+            .retain(|(principal, _)| principal.user_id != user_id);
+    }
+    Ok(Json(MemberResponse {
+        id: user_id,
+        email,
+        role: role.as_str().to_owned(),
+        active: true,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeactivatedResponse {
+    pub id: Uuid,
+    pub active: bool,
+    /// The user's leases released (reason `admin`).
+    pub leases_released: u64,
+}
+
+/// Deactivates a user (owner or admin only; not an owner): recorded as
+/// `UserDeactivated`; their tokens are revoked, login refuses them, and
+/// their live leases are released with reason `admin`. Again: 200, and
+/// anything a cut-short call left undone is done.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{id}",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "the user")),
+    responses(
+        (status = 200, body = DeactivatedResponse),
+        (status = 403, description = "`forbidden` (not an admin), `owner_is_permanent`", body = ProblemDoc),
+        (status = 404, description = "`user_not_found` (or of another organization)", body = ProblemDoc)
+    )
+)]
+pub async fn deactivate(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    UserIdPath(user_id): UserIdPath,
+    headers: HeaderMap,
+) -> Result<Json<DeactivatedResponse>, ApiError> {
+    let metadata = super::metadata(Some(&admin), &headers);
+    let command = Command::DeactivateUser {
+        org_id: admin.org_id,
+        user_id,
+    };
+    super::accepted(super::submit(&state, admin.org_id, command, metadata.clone(), None).await?)?;
+    let now = state.clock.now();
+    state.directory.deactivate(user_id, now).await?;
+    state
+        .directory
+        .revoke_tokens(Revoke::All, user_id, now)
+        .await?;
+    state
+        .caches
+        .tokens
+        .retain(|(principal, _)| principal.user_id != user_id);
+    let mut released = 0;
+    for license_id in state
+        .directory
+        .licenses_of(admin.org_id, i64::from(u32::MAX))
+        .await?
+    {
+        let license = super::licenses::load_license(&state, admin.org_id, license_id).await?;
+        let leases = license
+            .live_leases_after(now, None, usize::MAX)
+            .into_iter()
+            .filter(|lease| lease.user_id == user_id);
+        for lease in leases {
+            let release = Command::ReleaseSeat {
+                license_id,
+                session_id: lease.session_id,
+                by: SeatActor::Admin(admin.user_id),
+            };
+            let result =
+                super::submit(&state, admin.org_id, release, metadata.clone(), None).await?;
+            if result.rejection.is_none() {
+                released += 1;
+            }
+        }
+    }
+    Ok(Json(DeactivatedResponse {
+        id: user_id,
+        active: false,
+        leases_released: released,
+    }))
 }

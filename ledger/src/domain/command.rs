@@ -28,6 +28,17 @@ pub enum Command {
         name: Name,
         owner: Option<NewUser>,
     },
+    /// Sets a user's role (`admin` or `member`; owners stay owners).
+    ChangeUserRole {
+        org_id: Uuid,
+        user_id: Uuid,
+        role: Role,
+    },
+    /// Deactivates a user (not an owner).
+    DeactivateUser {
+        org_id: Uuid,
+        user_id: Uuid,
+    },
     RegisterUser {
         org_id: Uuid,
         user_id: Uuid,
@@ -135,9 +146,10 @@ impl StreamId {
 impl Command {
     pub fn stream_id(&self) -> StreamId {
         match self {
-            Command::RegisterOrganization { org_id, .. } | Command::RegisterUser { org_id, .. } => {
-                StreamId::Org(*org_id)
-            }
+            Command::RegisterOrganization { org_id, .. }
+            | Command::RegisterUser { org_id, .. }
+            | Command::ChangeUserRole { org_id, .. }
+            | Command::DeactivateUser { org_id, .. } => StreamId::Org(*org_id),
             Command::IssueLicense { license_id, .. }
             | Command::ChangeSeats { license_id, .. }
             | Command::RenewLicense { license_id, .. }
@@ -157,6 +169,8 @@ impl Command {
         match self {
             Command::RegisterOrganization { .. } => "register_organization",
             Command::RegisterUser { .. } => "register_user",
+            Command::ChangeUserRole { .. } => "change_user_role",
+            Command::DeactivateUser { .. } => "deactivate_user",
             Command::IssueLicense { .. } => "issue_license",
             Command::ChangeSeats { .. } => "change_seats",
             Command::RenewLicense { .. } => "renew_license",

@@ -396,9 +396,10 @@ pub fn decide(
                 _ => Decision::accept(vec![]),
             }
         }
-        Command::RegisterOrganization { .. } | Command::RegisterUser { .. } => {
-            Decision::reject(Rejection::LicenseNotFound)
-        }
+        Command::RegisterOrganization { .. }
+        | Command::RegisterUser { .. }
+        | Command::ChangeUserRole { .. }
+        | Command::DeactivateUser { .. } => Decision::reject(Rejection::LicenseNotFound),
     }
 }
 
@@ -633,7 +634,11 @@ pub fn evolve(mut state: LicenseState, event: &Event) -> LicenseState {
         | Event::SeatExpired(SeatExpired { session_id, .. }) => {
             state.end_lease(*session_id);
         }
-        Event::SeatDenied(_) | Event::OrganizationRegistered(_) | Event::UserRegistered(_) => {}
+        Event::SeatDenied(_)
+        | Event::OrganizationRegistered(_)
+        | Event::UserRegistered(_)
+        | Event::UserRoleChanged(_)
+        | Event::UserDeactivated(_) => {}
     }
     state
 }

@@ -87,7 +87,10 @@ pub fn decide(state: &StreamState, tenant_id: Uuid, command: &Command, now: Time
 /// Applies one recorded event to its stream's state.
 pub fn evolve(state: StreamState, event: &Event) -> StreamState {
     match event {
-        Event::OrganizationRegistered(_) | Event::UserRegistered(_) => {
+        Event::OrganizationRegistered(_)
+        | Event::UserRegistered(_)
+        | Event::UserRoleChanged(_)
+        | Event::UserDeactivated(_) => {
             let org = match state {
                 StreamState::Org(org) => org,
                 _ => OrgState::default(),

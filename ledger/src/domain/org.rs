@@ -3,7 +3,10 @@
 use super::command::Command;
 use super::rejection::Rejection;
 use super::Decision;
-use seatledger_schema::{Event, OrganizationRegistered, Role, Timestamp, UserRegistered};
+use seatledger_schema::{
+    Event, OrganizationRegistered, Role, Timestamp, UserDeactivated, UserRegistered,
+    UserRoleChanged,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -12,6 +15,14 @@ use uuid::Uuid;
 pub struct OrgUser {
     pub email: String,
     pub role: Role,
+    /// False once deactivated (snapshots from before deactivation existed
+    /// have no such field: every user was active).
+    #[serde(default = "active")]
+    pub active: bool,
+}
+
+fn active() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +84,43 @@ pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timest
                 role: *role,
             })])
         }
+        Command::ChangeUserRole {
+            org_id,
+            user_id,
+            role,
+        } => {
+            if state.org_id != Some(*org_id) || *org_id != tenant_id {
+                return Decision::reject(Rejection::OrganizationNotFound);
+            }
+            match state.users.get(user_id) {
+                Some(user) if !user.active => Decision::reject(Rejection::UserNotFound),
+                None => Decision::reject(Rejection::UserNotFound),
+                Some(user) if user.role == Role::Owner || *role == Role::Owner => {
+                    Decision::reject(Rejection::OwnerIsPermanent)
+                }
+                Some(user) if user.role == *role => Decision::accept(vec![]),
+                Some(_) => Decision::accept(vec![Event::UserRoleChanged(UserRoleChanged {
+                    user_id: *user_id,
+                    role: *role,
+                })]),
+            }
+        }
+        Command::DeactivateUser { org_id, user_id } => {
+            if state.org_id != Some(*org_id) || *org_id != tenant_id {
+                return Decision::reject(Rejection::OrganizationNotFound);
+            }
+            match state.users.get(user_id) {
+                None => Decision::reject(Rejection::UserNotFound),
+                Some(user) if user.role == Role::Owner => {
+                    Decision::reject(Rejection::OwnerIsPermanent)
+                }
+                // Again: nothing more to record (a retry finishes the rest).
+                Some(user) if !user.active => Decision::accept(vec![]),
+                Some(_) => Decision::accept(vec![Event::UserDeactivated(UserDeactivated {
+                    user_id: *user_id,
+                })]),
+            }
+        }
         _ => Decision::reject(Rejection::OrganizationNotFound),
     }
 }
@@ -89,8 +137,19 @@ pub fn evolve(mut state: OrgState, event: &Event) -> OrgState {
                 OrgUser {
                     email: user.email.clone(),
                     role: user.role,
+                    active: true,
                 },
             );
+        }
+        Event::UserRoleChanged(changed) => {
+            if let Some(user) = state.users.get_mut(&changed.user_id) {
+                user.role = changed.role;
+            }
+        }
+        Event::UserDeactivated(deactivated) => {
+            if let Some(user) = state.users.get_mut(&deactivated.user_id) {
+                user.active = false;
+            }
         }
         _ => {}
     }

@@ -21,10 +21,14 @@ pub enum Rejection {
     IdempotencyKeyReused,
     /// A heartbeat or release of a lease someone else acquired.
     NotLeaseHolder,
+    /// No such (active) user in the organization.
+    UserNotFound,
+    /// An owner's role cannot be changed, nor an owner deactivated.
+    OwnerIsPermanent,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 16] = [
         Rejection::OrganizationNotFound,
         Rejection::OrganizationAlreadyExists,
         Rejection::UserAlreadyExists,
@@ -39,6 +43,8 @@ impl Rejection {
         Rejection::SessionExpired,
         Rejection::IdempotencyKeyReused,
         Rejection::NotLeaseHolder,
+        Rejection::UserNotFound,
+        Rejection::OwnerIsPermanent,
     ];
 
     /// The stable snake_case code clients match on.
@@ -58,6 +64,8 @@ impl Rejection {
             Rejection::SessionExpired => "session_expired",
             Rejection::IdempotencyKeyReused => "idempotency_key_reused",
             Rejection::NotLeaseHolder => "not_lease_holder",
+            Rejection::UserNotFound => "user_not_found",
+            Rejection::OwnerIsPermanent => "owner_is_permanent",
         }
     }
 
@@ -80,6 +88,10 @@ impl Rejection {
             }
             Rejection::IdempotencyKeyReused => {
                 "this idempotency key was already used with a different request"
+            }
+            Rejection::UserNotFound => "user not found",
+            Rejection::OwnerIsPermanent => {
+                "an owner's role cannot be changed and an owner cannot be deactivated"
             }
             Rejection::NotLeaseHolder => {
                 "this lease was acquired by another user: only they may heartbeat or release it (an owner or admin may release it)"

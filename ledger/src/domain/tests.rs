@@ -840,3 +840,92 @@ proptest! {
         prop_assert_eq!(given(&log), state);
     }
 }
+
+#[test]
+fn roles_change_and_users_deactivate_but_owners_are_permanent() {
+    use seatledger_schema::{Role, UserDeactivated, UserRegistered, UserRoleChanged};
+    let registered = |n: u128, role: Role| {
+        Event::UserRegistered(UserRegistered {
+            user_id: user(n),
+            email: format!("u{n}@example.com"),
+            full_name: "U".into(),
+            role,
+        })
+    };
+    let state = given(&[
+        Event::OrganizationRegistered(OrganizationRegistered {
+            org_id: ORG,
+            name: "Acme".into(),
+        }),
+        registered(1, Role::Owner),
+        registered(2, Role::Member),
+    ]);
+    let change = |n: u128, role: Role| Command::ChangeUserRole {
+        org_id: ORG,
+        user_id: user(n),
+        role,
+    };
+    let deactivate = |n: u128| Command::DeactivateUser {
+        org_id: ORG,
+        user_id: user(n),
+    };
+    let promoted = when(&state, change(2, Role::Admin), at(0));
+    assert_eq!(
+        promoted,
+        Decision::accept(vec![Event::UserRoleChanged(UserRoleChanged {
+            user_id: user(2),
+            role: Role::Admin
+        })])
+    );
+    let state = promoted.events.iter().fold(state, evolve);
+    assert_eq!(
+        when(&state, change(2, Role::Admin), at(0)),
+        Decision::accept(vec![])
+    );
+    for command in [
+        change(1, Role::Member),
+        change(2, Role::Owner),
+        deactivate(1),
+    ] {
+        assert_eq!(
+            when(&state, command.clone(), at(0)),
+            Decision::reject(Rejection::OwnerIsPermanent),
+            "{command:?}"
+        );
+    }
+    assert_eq!(
+        when(&state, change(9, Role::Admin), at(0)),
+        Decision::reject(Rejection::UserNotFound)
+    );
+    let gone = when(&state, deactivate(2), at(0));
+    assert_eq!(
+        gone,
+        Decision::accept(vec![Event::UserDeactivated(UserDeactivated {
+            user_id: user(2)
+        })])
+    );
+    let state = gone.events.iter().fold(state, evolve);
+    assert_eq!(when(&state, deactivate(2), at(0)), Decision::accept(vec![]));
+    assert_eq!(
+        when(&state, change(2, Role::Member), at(0)),
+        Decision::reject(Rejection::UserNotFound)
+    );
+    // Another organization's stream knows none of this.
+    assert_eq!(
+        decide(&state, OTHER_ORG, &deactivate(2), at(0)),
+        Decision::reject(Rejection::OrganizationNotFound)
+    );
+}
+
+/// An organization snapshot from before deactivation existed (users without
+/// `active`) loads with every user active.
+#[test]
+fn org_snapshots_without_the_active_flag_load_as_active() {
+    let snapshot = serde_json::json!({
+        "org_id": ORG,
+        "name": "Acme",
+        "users": { user(1).to_string(): { "email": "a@example.com", "role": "owner" } }
+    });
+    let state: org::OrgState = serde_json::from_value(snapshot).unwrap();
+    assert!(state.users[&user(1)].active);
+}
