@@ -32,6 +32,8 @@ enum Commands {
     Serve(Box<ServeArgs>),
     /// Apply the event store's migrations and exit.
     Migrate(DatabaseArgs),
+    /// Print the OpenAPI document the server serves at /openapi.json.
+    Openapi,
     /// The configuration `serve` would run with.
     Config {
         #[command(subcommand)]
@@ -161,6 +163,11 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open {}", redacted_url(&args.database_url)))?;
             store.migrate().await.context("migration failed")?;
             println!("migrated {}", redacted_url(&args.database_url));
+            Ok(())
+        }
+        Commands::Openapi => {
+            let (_, document) = seatledger_api::routes::api();
+            println!("{}", document.to_pretty_json()?);
             Ok(())
         }
         Commands::Config {

@@ -1246,3 +1246,39 @@ async fn idempotency_keys_belong_to_their_caller_and_compare_parsed_json(pool: s
     assert_eq!(app.events().await.len(), before);
     app.stop().await;
 }
+
+/// The contract's form (issue 13): every problem response is documented as
+/// `application/problem+json`, and no operation declares a path parameter
+/// its path does not have (query parameters are `in: query`).
+#[test]
+fn the_openapi_document_declares_problems_and_parameters_as_served() {
+    let (_, document) = seatledger_api::routes::api();
+    let document: Value = serde_json::from_str(&document.to_json().unwrap()).unwrap();
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if parameter["in"] == "path" {
+                    let name = parameter["name"].as_str().unwrap();
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: {name} is not a path parameter"
+                    );
+                }
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                for (content_type, content) in response["content"].as_object().into_iter().flatten()
+                {
+                    if content["schema"].to_string().contains("ProblemDoc") {
+                        assert_eq!(
+                            content_type, "application/problem+json",
+                            "{method} {path} {status}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "{checked} problem responses");
+}

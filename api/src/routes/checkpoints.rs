@@ -68,6 +68,7 @@ pub struct CheckpointsPage {
 #[utoipa::path(
     get,
     path = "/api/v1/checkpoints",
+    operation_id = "list_checkpoints",
     tag = "keys",
     params(CheckpointsQuery),
     responses(
@@ -105,6 +106,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/api/v1/checkpoints/latest",
+    operation_id = "latest_checkpoint",
     tag = "keys",
     responses(
         (status = 200, body = SignedHead),

@@ -17,6 +17,7 @@ pub const FEED_LIMIT_MAX: i64 = 1_000;
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// Return events with a position after this one (default 0).
     pub after: Option<i64>,

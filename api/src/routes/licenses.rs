@@ -539,6 +539,7 @@ pub struct SessionResponse {
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SessionsQuery {
     /// Return sessions whose id sorts after this one (the last `session_id`
     /// of the previous page).

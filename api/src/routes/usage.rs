@@ -23,6 +23,7 @@ pub const POSITION_HEADER: &str = "seatledger-position";
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// Periods that end after this instant (RFC 3339, UTC), required.
     #[param(format = DateTime)]
