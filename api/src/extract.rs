@@ -115,7 +115,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A JSON body that may be absent (empty).
+/// A JSON body that may be absent (empty, or `null`).
 pub struct OptionalJsonBody<T>(pub Option<T>);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
@@ -127,6 +127,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T>
             return Ok(OptionalJsonBody(None));
         }
         require_json_content_type(&headers)?;
+        // `null` is no body too (the document allows either).
+        if raw.trim_ascii() == b"null" {
+            return Ok(OptionalJsonBody(None));
+        }
         Ok(OptionalJsonBody(Some(parse_json(&raw)?)))
     }
 }

@@ -129,9 +129,25 @@ pub(crate) async fn issue_token(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^\s*[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f][^@\s\x00-\x1f\x7f-\x9f]*\.[^@\s\x00-\x1f\x7f-\x9f]*[^@\s.\x00-\x1f\x7f-\x9f]\s*$"
+    )]
     pub email: String,
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub full_name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub company_name: String,
 }
 
@@ -230,11 +246,13 @@ pub async fn register(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(min_length = 1)]
     pub email: String,
+    #[schema(min_length = 1)]
     pub password: String,
     /// Seconds the token should live: at most the server's `--token-ttl-s`
     /// (30 days by default), which is also the default.
-    #[schema(minimum = 60)]
+    #[schema(minimum = 60, maximum = 31_536_000)]
     pub ttl_s: Option<u64>,
 }
 
@@ -307,11 +325,11 @@ pub async fn login(
     state.login_guard.succeeded(&account);
     let user = user.ok_or_else(invalid)?;
     let ttl = match request.ttl_s {
-        Some(seconds) if seconds < TOKEN_TTL_S_MIN => {
+        Some(seconds) if !(TOKEN_TTL_S_MIN..=TOKEN_TTL_S_MAX).contains(&seconds) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request",
-                format!("ttl_s: must be at least {TOKEN_TTL_S_MIN}"),
+                format!("ttl_s: must be {TOKEN_TTL_S_MIN} to {TOKEN_TTL_S_MAX}"),
             ))
         }
         Some(seconds) => Some(std::time::Duration::from_secs(seconds)),
@@ -358,6 +376,9 @@ async fn user_of(state: &AppState, principal: &Principal) -> Result<(String, Str
 
 /// The shortest token life a login may ask for, in seconds.
 pub const TOKEN_TTL_S_MIN: u64 = 60;
+/// The largest `ttl_s` a login may ask for (a year, the largest `--token-ttl-s`;
+/// the server's own `--token-ttl-s` still caps it).
+pub const TOKEN_TTL_S_MAX: u64 = 31_536_000;
 
 /// Revokes the calling token: at once on this replica, and on the others
 /// as soon as they hear of it (README "Accounts and tokens").

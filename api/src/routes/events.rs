@@ -20,8 +20,10 @@ pub const FEED_LIMIT_MAX: i64 = 1_000;
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// Return events with a position after this one (default 0).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 

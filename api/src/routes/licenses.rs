@@ -42,7 +42,7 @@ pub struct LicenseResponse {
     pub seat_limit: u32,
     /// Leases currently live.
     pub seats_used: u32,
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, pattern = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
     pub expires_at: Option<Timestamp>,
     pub heartbeat_ttl_s: u32,
     pub max_overage_percent: u32,
@@ -114,17 +114,25 @@ fn view_of(result: seatledger_ledger::CommandResult) -> Result<Json<LicenseRespo
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueLicenseRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// 1 to 100000.
+    #[schema(minimum = 1, maximum = 100_000)]
     pub seats: u32,
     /// 10 to 86400 (default 360).
+    #[schema(minimum = 10, maximum = 86_400)]
     pub heartbeat_ttl_s: Option<u32>,
     /// 0 to 100 (default 0).
+    #[schema(minimum = 0, maximum = 100)]
     pub max_overage_percent: Option<u32>,
     /// RFC 3339 with any offset, normalized to UTC; once in UTC it must lie
     /// between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z.
     /// Absent or `null`: the license does not expire.
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, pattern = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
     pub expires_at: Option<Timestamp>,
 }
 
@@ -138,7 +146,7 @@ const ISSUE_ROUTE: &str = "POST /api/v1/licenses";
     tag = "licenses",
     security(("bearer" = [])),
     request_body = IssueLicenseRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 201, body = LicenseResponse),
         (status = 400, description = "`malformed_json`, `invalid_idempotency_key`", body = ProblemDoc),
@@ -359,12 +367,13 @@ fn present<'de, D: Deserializer<'de>>(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateLicenseRequest {
+    #[schema(minimum = 1, maximum = 100_000)]
     pub seats: Option<u32>,
     /// A new expiry (RFC 3339 with any offset, normalized to UTC, between
     /// 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z once in UTC);
     /// `null` makes the license perpetual; absent leaves it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, pattern = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
     pub expires_at: Option<Option<Timestamp>>,
 }
 
@@ -412,6 +421,11 @@ pub async fn update(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^\s*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub reason: Option<String>,
 }
 
@@ -545,6 +559,7 @@ pub struct SessionsQuery {
     /// of the previous page).
     pub after: Option<Uuid>,
     /// 1 to 1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

@@ -22,8 +22,14 @@ use uuid::Uuid;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
+    #[schema(min_length = 1)]
     pub license_key: String,
     /// Identifies this machine (1 to 256 characters).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^\s*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub hardware_id: String,
 }
 
@@ -168,7 +174,7 @@ const RELEASE_ROUTE: &str = "POST /api/v1/licenses/release";
     tag = "seats",
     security(("bearer" = [])),
     request_body = AcquireRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 201, description = "a new lease", body = SeatResponse),
         (status = 200, description = "this machine's existing lease, extended", body = SeatResponse),
@@ -233,7 +239,7 @@ pub async fn acquire(
     tag = "seats",
     security(("bearer" = [])),
     request_body = SessionRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 200, body = SeatResponse),
         (status = 403, description = "`license_expired`; `not_lease_holder`: the lease was acquired by another user (only its holder heartbeats it)", body = ProblemDoc),
@@ -293,7 +299,7 @@ fn seat_actor(principal: &Principal) -> SeatActor {
     tag = "seats",
     security(("bearer" = [])),
     request_body = SessionRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 200, body = ReleaseResponse),
         (status = 403, description = "`not_lease_holder`: a member releasing another user's lease (owners and admins may: reason `admin`)", body = ProblemDoc),

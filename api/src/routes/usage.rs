@@ -26,16 +26,17 @@ pub const POSITION_HEADER: &str = "seatledger-position";
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// Periods that end after this instant (RFC 3339, UTC), required.
-    #[param(format = DateTime)]
+    #[param(format = DateTime, required = true)]
     pub from: Option<String>,
     /// Periods that start before this instant (RFC 3339, UTC), required;
     /// after `from`, and at most 1000 periods later.
-    #[param(format = DateTime)]
+    #[param(format = DateTime, required = true)]
     pub to: Option<String>,
     /// `hour`, `day` (default) or `month`; UTC calendar periods.
     #[param(pattern = "^(hour|day|month)$")]
     pub granularity: Option<String>,
     /// Only this license.
+    #[param(format = Uuid)]
     pub license_id: Option<String>,
 }
 

@@ -26,8 +26,19 @@ pub enum NewUserRole {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddUserRequest {
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^\s*[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s.\x00-\x1f\x7f-\x9f][^@\s\x00-\x1f\x7f-\x9f]*\.[^@\s\x00-\x1f\x7f-\x9f]*[^@\s.\x00-\x1f\x7f-\x9f]\s*$"
+    )]
     pub email: String,
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^\s*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub full_name: String,
     /// `admin` or `member` (default). An organization has one owner.
     #[serde(default)]
