@@ -88,35 +88,6 @@ impl utoipa::Modify for CommonProblems {
                 });
         }
         for (path, item) in openapi.paths.paths.iter_mut() {
-            // Every problem is sent as application/problem+json: say so for
-            // the responses the routes declare with `body = ProblemDoc`
-            // (utoipa files them under application/json).
-            for operation in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.patch,
-                &mut item.put,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                for response in operation.responses.responses.values_mut() {
-                    let utoipa::openapi::RefOr::T(response) = response else {
-                        continue;
-                    };
-                    let is_problem = response.content.get("application/json").is_some_and(|content| {
-                        matches!(&content.schema, Some(utoipa::openapi::RefOr::Ref(reference)) if reference.ref_location.ends_with("/ProblemDoc"))
-                    });
-                    if is_problem {
-                        if let Some(content) = response.content.shift_remove("application/json") {
-                            response
-                                .content
-                                .insert("application/problem+json".to_owned(), content);
-                        }
-                    }
-                }
-            }
             let reaches_store = path.starts_with("/api/v1/")
                 && !path.starts_with("/api/v1/health")
                 && path != "/api/v1/keys";
@@ -130,6 +101,7 @@ impl utoipa::Modify for CommonProblems {
             .into_iter()
             .flatten()
             {
+                problems_as_sent(operation);
                 if operation.security.is_some() {
                     add(
                         operation,
@@ -159,6 +131,27 @@ impl utoipa::Modify for CommonProblems {
                         "`store_unavailable` or `request_timeout`, with Retry-After",
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Every problem is sent as application/problem+json: say so for the
+/// responses a route declares with `body = ProblemDoc` (utoipa files them
+/// under application/json).
+fn problems_as_sent(operation: &mut utoipa::openapi::path::Operation) {
+    for response in operation.responses.responses.values_mut() {
+        let utoipa::openapi::RefOr::T(response) = response else {
+            continue;
+        };
+        let is_problem = response.content.get("application/json").is_some_and(|content| {
+            matches!(&content.schema, Some(utoipa::openapi::RefOr::Ref(reference)) if reference.ref_location.ends_with("/ProblemDoc"))
+        });
+        if is_problem {
+            if let Some(content) = response.content.shift_remove("application/json") {
+                response
+                    .content
+                    .insert("application/problem+json".to_owned(), content);
             }
         }
     }
