@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{drop_database, export_text, fresh_database, import_cli, key_arg, ledger, write_file};
+use common::{
+    drop_database, export_text, fresh_database, import_cli, key_arg, ledger, snapshot_stream_of,
+    write_file,
+};
 use seatledger_ledger::SigningKey;
 use seatledger_replay::export::{self, ExportRange};
 use std::sync::Arc;
@@ -161,16 +164,7 @@ async fn six_tamperings_are_detected_in_a_database_and_in_an_export_file(pool: s
     let intact_file = write_file(&dir, "intact.jsonl", &intact);
     let (head, _) = source.head(0).await.unwrap();
     let edited = position_of(&intact, "\"hardware_id\":\"m7\"");
-    let snapshot_stream = intact
-        .lines()
-        .find(|line| line.starts_with("{\"snapshot\":"))
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["snapshot"]["stream_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .unwrap();
+    let snapshot_stream = snapshot_stream_of(&intact);
     let checkpoint = intact
         .lines()
         .find(|line| line.starts_with("{\"checkpoint\":"))

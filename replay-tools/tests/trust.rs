@@ -12,7 +12,7 @@ mod common;
 use clap::Parser;
 use common::{
     drop_database, export_text, fresh_database, import_cli, key_arg, ledger, replay_code,
-    write_file,
+    snapshot_stream_of, write_file,
 };
 use seatledger_ledger::{SigningKey, Store};
 use seatledger_replay::export::ExportRange;
@@ -255,16 +255,7 @@ async fn every_tampering_is_detected_against_what_a_witness_kept(pool: sqlx::PgP
 
     let intact = export_text(&source, ExportRange::default()).await;
     let intact_file = write_file(&dir, "intact.jsonl", &intact);
-    let snapshot_stream = intact
-        .lines()
-        .find(|line| line.starts_with("{\"snapshot\":"))
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["snapshot"]["stream_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .unwrap();
+    let snapshot_stream = snapshot_stream_of(&intact);
     let verify = |url: &str, with_witness: bool| {
         let mut args = vec!["verify", "--database-url", url, "--public-key", &key];
         if with_witness {

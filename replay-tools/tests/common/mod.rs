@@ -190,3 +190,17 @@ pub fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
+
+/// The stream of the first snapshot line of an export.
+pub fn snapshot_stream_of(export: &str) -> String {
+    export
+        .lines()
+        .find(|line| line.starts_with("{\"snapshot\":"))
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["snapshot"]["stream_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .unwrap()
+}
