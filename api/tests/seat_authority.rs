@@ -17,14 +17,7 @@ async fn member(app: &TestApp, owner: &Org, email: &str) -> Org {
         )
         .await;
     assert_eq!(added.status, 201, "{:?}", added.body);
-    let login = app
-        .send(
-            "POST",
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"email": email, "password": "member password"})),
-        )
-        .await;
+    let login = login(app, email).await;
     Org {
         token: login.body["api_token"].as_str().unwrap().to_owned(),
         org_id: owner.org_id.clone(),
@@ -120,16 +113,6 @@ async fn login(app: &TestApp, email: &str) -> common::Reply {
     .await
 }
 
-async fn send_as(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<serde_json::Value>,
-) -> common::Reply {
-    app.send(method, path, Some(token), body).await
-}
-
 /// Members and roles (issue 14): owners and admins list the users, change
 /// a member's role (recorded; the user's tokens revoked so the new role
 /// holds at their next login), and deactivate a user (recorded; tokens
@@ -144,7 +127,9 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
     let ada = member(&app, &owner, "ada@example.com").await;
     let bob = member(&app, &owner, "bob@example.com").await;
 
-    let list = send_as(&app, "GET", "/api/v1/users", &owner.token, None).await;
+    let list = app
+        .send("GET", "/api/v1/users", Some(&owner.token), None)
+        .await;
     assert_eq!(list.status, 200, "{:?}", list.body);
     let roles: Vec<(String, String, bool)> = list.body["users"]
         .as_array()
@@ -166,7 +151,9 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
             ("owner@example.com".into(), "owner".into(), true),
         ]
     );
-    let forbidden = send_as(&app, "GET", "/api/v1/users", &ada.token, None).await;
+    let forbidden = app
+        .send("GET", "/api/v1/users", Some(&ada.token), None)
+        .await;
     assert_eq!(
         (forbidden.status, forbidden.body["code"].as_str()),
         (403, Some("forbidden"))
@@ -175,14 +162,14 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
     // Ada becomes an admin: recorded, her old token is revoked, her next
     // login carries the new role.
     let ada_path = format!("/api/v1/users/{}", ada.user_id);
-    let changed = send_as(
-        &app,
-        "PATCH",
-        &ada_path,
-        &owner.token,
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let changed = app
+        .send(
+            "PATCH",
+            &ada_path,
+            Some(&owner.token),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
     assert_eq!(changed.status, 200, "{:?}", changed.body);
     assert_eq!(changed.body["role"], "admin");
     let events = app.events().await;
@@ -191,22 +178,26 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
     assert_eq!(last.payload["role"], "admin");
     assert_eq!(last.payload["user_id"], ada.user_id.as_str());
     last.event().unwrap();
-    let old = send_as(&app, "GET", "/api/v1/users/me", &ada.token, None).await;
+    let old = app
+        .send("GET", "/api/v1/users/me", Some(&ada.token), None)
+        .await;
     assert_eq!(old.status, 401, "{:?}", old.body);
     let relogin = login(&app, "ada@example.com").await;
     let ada_token = relogin.body["api_token"].as_str().unwrap().to_owned();
-    let me = send_as(&app, "GET", "/api/v1/users/me", &ada_token, None).await;
+    let me = app
+        .send("GET", "/api/v1/users/me", Some(&ada_token), None)
+        .await;
     assert_eq!(me.body["role"], "admin", "{:?}", me.body);
     // Twice: nothing more recorded.
     let before = app.events().await.len();
-    let again = send_as(
-        &app,
-        "PATCH",
-        &ada_path,
-        &owner.token,
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let again = app
+        .send(
+            "PATCH",
+            &ada_path,
+            Some(&owner.token),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
     assert_eq!(again.status, 200);
     assert_eq!(app.events().await.len(), before);
     // The owner is permanent; a member may not change roles.
@@ -225,7 +216,7 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
             "forbidden",
         ),
     ] {
-        let reply = send_as(&app, "PATCH", path, token, Some(body)).await;
+        let reply = app.send("PATCH", path, Some(token), Some(body)).await;
         assert_eq!(
             (reply.status, reply.body["code"].as_str()),
             (403, Some(expected)),
@@ -233,27 +224,31 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
             reply.body
         );
     }
-    let reply = send_as(&app, "DELETE", &owner_path, &ada_token, None).await;
+    let reply = app
+        .send("DELETE", &owner_path, Some(&ada_token), None)
+        .await;
     assert_eq!(reply.body["code"], "owner_is_permanent");
 
     // Another organization sees none of these users.
     let stranger = app.register("stranger@example.com").await;
     for (method, body) in [("PATCH", Some(json!({"role": "member"}))), ("DELETE", None)] {
-        let reply = send_as(&app, method, &ada_path, &stranger.token, body).await;
+        let reply = app
+            .send(method, &ada_path, Some(&stranger.token), body)
+            .await;
         assert_eq!(
             (reply.status, reply.body["code"].as_str()),
             (404, Some("user_not_found")),
             "{method}"
         );
     }
-    let reply = send_as(
-        &app,
-        "DELETE",
-        "/api/v1/users/not-a-uuid",
-        &owner.token,
-        None,
-    )
-    .await;
+    let reply = app
+        .send(
+            "DELETE",
+            "/api/v1/users/not-a-uuid",
+            Some(&owner.token),
+            None,
+        )
+        .await;
     assert_eq!(reply.status, 404);
 
     // Bob holds two seats; Ada (now an admin) deactivates him.
@@ -262,7 +257,7 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
     let mine = app.acquire(&owner, &key, "owner-1").await;
     assert_eq!((first.status, second.status, mine.status), (201, 201, 201));
     let bob_path = format!("/api/v1/users/{}", bob.user_id);
-    let gone = send_as(&app, "DELETE", &bob_path, &ada_token, None).await;
+    let gone = app.send("DELETE", &bob_path, Some(&ada_token), None).await;
     assert_eq!(gone.status, 200, "{:?}", gone.body);
     assert_eq!(gone.body["leases_released"], 2);
     let events = app.events().await;
@@ -283,7 +278,9 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
             Some(format!("user:{}", ada.user_id).as_str())
         );
     }
-    let refused = send_as(&app, "GET", "/api/v1/users/me", &bob.token, None).await;
+    let refused = app
+        .send("GET", "/api/v1/users/me", Some(&bob.token), None)
+        .await;
     assert_eq!(refused.status, 401);
     assert_eq!(login(&app, "bob@example.com").await.status, 401);
     // The owner's seat is untouched; listing shows Bob inactive.
@@ -295,7 +292,9 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
         )
         .await;
     assert_eq!(beat.status, 200);
-    let list = send_as(&app, "GET", "/api/v1/users", &owner.token, None).await;
+    let list = app
+        .send("GET", "/api/v1/users", Some(&owner.token), None)
+        .await;
     let bob_row = list.body["users"]
         .as_array()
         .unwrap()
@@ -306,21 +305,23 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
     assert_eq!(bob_row["active"], false);
     // Again: 200, nothing more to release or record.
     let before = app.events().await.len();
-    let again = send_as(&app, "DELETE", &bob_path, &owner.token, None).await;
+    let again = app
+        .send("DELETE", &bob_path, Some(&owner.token), None)
+        .await;
     assert_eq!(
         (again.status, again.body["leases_released"].as_u64()),
         (200, Some(0))
     );
     assert_eq!(app.events().await.len(), before);
     // A deactivated user cannot be given a role.
-    let reply = send_as(
-        &app,
-        "PATCH",
-        &bob_path,
-        &owner.token,
-        Some(json!({"role": "admin"})),
-    )
-    .await;
+    let reply = app
+        .send(
+            "PATCH",
+            &bob_path,
+            Some(&owner.token),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
     assert_eq!(reply.body["code"], "user_not_found");
     app.stop().await;
 }
