@@ -14,7 +14,7 @@ use base64::Engine;
 use ring::rand::SecureRandom;
 use std::sync::OnceLock;
 
-pub use crate::directory::Principal;
+pub use crate::directory::{Principal, TokenGrant};
 
 /// Password hashes computed at once. Each argon2id run holds 19 MiB, so
 /// unbounded concurrent logins would be a memory-exhaustion vector; excess
@@ -144,7 +144,7 @@ impl FromRequestParts<AppState> for Principal {
             .filter(|token| !token.is_empty() && token.len() <= 200)
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let hash = secret_hash(token);
-        let (principal, expires_at) = match state.caches.tokens.get(&hash) {
+        let grant = match state.caches.tokens.get(&hash) {
             Some(entry) => entry,
             None => {
                 let entry = state
@@ -153,10 +153,15 @@ impl FromRequestParts<AppState> for Principal {
                     .await
                     .map_err(ApiError::from)?
                     .ok_or_else(|| unauthorized("unknown or revoked token"))?;
-                state.caches.tokens.insert(hash, entry);
+                state.caches.tokens.insert(hash, entry.clone());
                 entry
             }
         };
+        let TokenGrant {
+            principal,
+            expires_at,
+            licenses,
+        } = grant;
         if state.clock.now() >= expires_at {
             state.caches.tokens.remove(&hash);
             return Err(ApiError::new(
@@ -165,10 +170,76 @@ impl FromRequestParts<AppState> for Principal {
                 format!("the token expired at {expires_at}: log in again"),
             ));
         }
+        let seat_route = is_seat_route(parts);
+        if principal.client.is_some() && !seat_route {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a client token (scope `seats`) may only acquire, heartbeat and release seats",
+            ));
+        }
+        if seat_route {
+            if let Err(seconds) = state.seat_limits.check(&hash) {
+                return Err(ApiError::too_many_requests(
+                    seconds,
+                    "too many seat operations with this token: see --rate-limit-seat-ops-per-s"
+                        .to_owned(),
+                ));
+            }
+        }
         // The request's log line says whose request it was.
         tracing::Span::current().record("org_id", tracing::field::display(principal.org_id));
         parts.extensions.insert(CallingToken { hash, expires_at });
+        parts.extensions.insert(TokenLicenses(licenses));
         Ok(principal)
+    }
+}
+
+/// The seat routes: the only ones a client token (scope `seats`) may call
+/// (every other route refuses it, so a route added later is closed to
+/// client tokens until listed here), and the ones
+/// `--rate-limit-seat-ops-per-s` limits per token.
+pub const SEAT_ROUTES: [&str; 3] = [
+    "/api/v1/licenses/acquire",
+    "/api/v1/licenses/heartbeat",
+    "/api/v1/licenses/release",
+];
+
+fn is_seat_route(parts: &Parts) -> bool {
+    parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|path| SEAT_ROUTES.contains(&path.as_str()))
+}
+
+/// The licenses a client token is limited to (`None`: any of its org's);
+/// set by the `Principal` extractor.
+#[derive(Clone, Debug, Default)]
+pub struct TokenLicenses(pub Option<std::sync::Arc<[uuid::Uuid]>>);
+
+/// Read after the `Principal` extractor (declare it first); missing, the
+/// request fails rather than run unlimited.
+impl FromRequestParts<AppState> for TokenLicenses {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<TokenLicenses>()
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "TokenLicenses read before Principal",
+                )
+            })
+    }
+}
+
+impl TokenLicenses {
+    pub fn allows(&self, license_id: uuid::Uuid) -> bool {
+        self.0.as_ref().is_none_or(|ids| ids.contains(&license_id))
     }
 }
 

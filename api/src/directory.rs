@@ -33,9 +33,7 @@ pub async fn listen_revocations(pool: sqlx::PgPool, tokens: std::sync::Arc<crate
                             }
                         } else if let Some(user) = payload.strip_prefix("user:") {
                             if let Ok(user_id) = Uuid::parse_str(user) {
-                                tokens
-                                    .tokens
-                                    .retain(|(principal, _)| principal.user_id != user_id);
+                                tokens.forget_user(user_id);
                             }
                         }
                     }
@@ -75,9 +73,50 @@ macro_rules! with_pool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Principal {
+    /// The user; for a client token, the token's own id (its leases are
+    /// the token's, not its creator's).
     pub user_id: Uuid,
     pub org_id: Uuid,
     pub role: Role,
+    /// Set when the caller is a client token (scope `seats`): its id.
+    pub client: Option<Uuid>,
+}
+
+/// What a live token grants: who, until when, and for a client token
+/// limited to some licenses, which.
+#[derive(Clone, Debug)]
+pub struct TokenGrant {
+    pub principal: Principal,
+    pub expires_at: Timestamp,
+    pub licenses: Option<std::sync::Arc<[Uuid]>>,
+}
+
+/// A client token as listed (never its secret).
+#[derive(Clone, Debug)]
+pub struct ClientTokenRecord {
+    pub token_id: Uuid,
+    pub name: String,
+    pub created_by: Uuid,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub licenses: Option<Vec<Uuid>>,
+}
+
+/// The scope of a client token: seat operations only.
+pub const SCOPE_SEATS: &str = "seats";
+
+/// How long a pending user row (credentials written, registration event
+/// not yet known to be recorded) holds its email before another
+/// registration may check the log and take the email over. Longer than
+/// any request may last (the request timeout is at most 300 s).
+pub const PENDING_USER_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A user row as found by email: the record and whether it is pending.
+#[derive(Clone, Debug)]
+pub struct FoundUser {
+    pub record: UserRecord,
+    /// Set while the registration event is not known to be recorded.
+    pub pending_since: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +143,16 @@ fn parse_uuid(text: &str) -> Result<Uuid, DirectoryError> {
         .map_err(|e| DirectoryError::Store(StoreError::Corrupt(format!("directory id: {e}"))))
 }
 
+fn micros(value: i64) -> Result<Timestamp, DirectoryError> {
+    Timestamp::try_from_micros(value)
+        .map_err(|_| DirectoryError::Store(StoreError::Corrupt(format!("directory time {value}"))))
+}
+
+fn parse_licenses(text: &str) -> Result<Vec<Uuid>, DirectoryError> {
+    serde_json::from_str(text)
+        .map_err(|e| DirectoryError::Store(StoreError::Corrupt(format!("token licenses: {e}"))))
+}
+
 fn parse_role(text: &str) -> Result<Role, DirectoryError> {
     match text {
         "owner" => Ok(Role::Owner),
@@ -125,18 +174,20 @@ impl Directory {
         Directory { store }
     }
 
-    /// Fails with `EmailTaken` if the (lower-cased) email is registered.
+    /// Writes a pending user row (see [`PENDING_USER_GRACE`]). Fails with
+    /// `EmailTaken` if the (normalized) email has a row.
     pub async fn insert_user(&self, user: &UserRecord) -> Result<(), DirectoryError> {
+        let now = Timestamp::now().as_micros();
         let result = with_pool!(&self.store, |pool| {
             sqlx::query(
-            "INSERT INTO users (user_id, org_id, email, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO users (user_id, org_id, email, password_hash, role, created_at, pending_since) VALUES ($1, $2, $3, $4, $5, $6, $6)"
         )
         .bind(user.principal.user_id.to_string())
         .bind(user.principal.org_id.to_string())
         .bind(&user.email)
         .bind(&user.password_hash)
         .bind(user.principal.role.as_str())
-        .bind(Timestamp::now().as_micros())
+        .bind(now)
         .execute(pool)
         .await
         .map(drop)
@@ -149,10 +200,10 @@ impl Directory {
         }
     }
 
-    /// Undoes `insert_user` when the registration could not be recorded.
-    pub async fn delete_user(&self, user_id: Uuid) -> Result<(), DirectoryError> {
+    /// The user's registration event is recorded: the row is a user.
+    pub async fn confirm_user(&self, user_id: Uuid) -> Result<(), DirectoryError> {
         with_pool!(&self.store, |pool| sqlx::query(
-            "DELETE FROM users WHERE user_id = $1"
+            "UPDATE users SET pending_since = NULL WHERE user_id = $1"
         )
         .bind(user_id.to_string())
         .execute(pool)
@@ -161,39 +212,76 @@ impl Directory {
         .map_err(store_error)
     }
 
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, DirectoryError> {
+    /// Undoes `insert_user` when the registration could not be recorded
+    /// (only a pending row: a recorded user is never deleted).
+    pub async fn delete_user(&self, user_id: Uuid) -> Result<(), DirectoryError> {
+        with_pool!(&self.store, |pool| sqlx::query(
+            "DELETE FROM users WHERE user_id = $1 AND pending_since IS NOT NULL"
+        )
+        .bind(user_id.to_string())
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(store_error)
+    }
+
+    /// Whether the log holds the user's registration (its org stream
+    /// knows the user): the truth a pending row is settled by.
+    pub async fn is_recorded(&self, principal: &Principal) -> Result<bool, DirectoryError> {
+        let (_, state) = self
+            .store
+            .stream_state(&format!("org-{}", principal.org_id))
+            .await?;
+        Ok(matches!(
+            state,
+            seatledger_ledger::domain::StreamState::Org(org) if org.users.contains_key(&principal.user_id)
+        ))
+    }
+
+    /// A user row by email (deactivated users are not found), pending or
+    /// not.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<FoundUser>, DirectoryError> {
         let row = with_pool!(&self.store, |pool| {
-            match sqlx::query(
-                "SELECT user_id, org_id, email, password_hash, role FROM users WHERE email = $1 AND deactivated_at IS NULL",
+            sqlx::query_as::<_, (String, String, String, String, String, Option<i64>)>(
+                "SELECT user_id, org_id, email, password_hash, role, pending_since FROM users WHERE email = $1 AND deactivated_at IS NULL",
             )
             .bind(email)
             .fetch_optional(pool)
             .await
             .map_err(store_error)?
-            {
-                Some(row) => Some((
-                    row.try_get::<String, _>("user_id").map_err(store_error)?,
-                    row.try_get::<String, _>("org_id").map_err(store_error)?,
-                    row.try_get::<String, _>("email").map_err(store_error)?,
-                    row.try_get::<String, _>("password_hash")
-                        .map_err(store_error)?,
-                    row.try_get::<String, _>("role").map_err(store_error)?,
-                )),
-                None => None,
-            }
         });
-        let Some((user_id, org_id, email, password_hash, role)) = row else {
+        let Some((user_id, org_id, email, password_hash, role, pending_since)) = row else {
             return Ok(None);
         };
-        Ok(Some(UserRecord {
-            principal: Principal {
-                user_id: parse_uuid(&user_id)?,
-                org_id: parse_uuid(&org_id)?,
-                role: parse_role(&role)?,
+        Ok(Some(FoundUser {
+            record: UserRecord {
+                principal: Principal {
+                    user_id: parse_uuid(&user_id)?,
+                    org_id: parse_uuid(&org_id)?,
+                    role: parse_role(&role)?,
+                    client: None,
+                },
+                email,
+                password_hash,
             },
-            email,
-            password_hash,
+            pending_since: pending_since.map(micros).transpose()?,
         }))
+    }
+
+    /// A login user by email: a recorded, active user. A pending row is
+    /// settled against the log first (confirmed if its event is there,
+    /// else not a user).
+    pub async fn login_user(&self, email: &str) -> Result<Option<UserRecord>, DirectoryError> {
+        let Some(found) = self.user_by_email(email).await? else {
+            return Ok(None);
+        };
+        if found.pending_since.is_some() {
+            if !self.is_recorded(&found.record.principal).await? {
+                return Ok(None);
+            }
+            self.confirm_user(found.record.principal.user_id).await?;
+        }
+        Ok(Some(found.record))
     }
 
     pub async fn insert_token(
@@ -217,39 +305,167 @@ impl Directory {
         .map_err(store_error)
     }
 
-    /// The principal of a live (not revoked) token, with its expiry.
+    /// What a live (not revoked) token grants.
     pub async fn principal_by_token(
         &self,
         token_hash: &[u8; 32],
-    ) -> Result<Option<(Principal, Timestamp)>, DirectoryError> {
+    ) -> Result<Option<TokenGrant>, DirectoryError> {
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let row = with_pool!(&self.store, |pool| {
-            match sqlx::query("SELECT user_id, org_id, role, expires_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+            sqlx::query_as::<_, Row>("SELECT user_id, org_id, role, expires_at, token_id, scope, licenses FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
                 .bind(token_hash.as_slice())
                 .fetch_optional(pool)
                 .await
                 .map_err(store_error)?
-            {
-                Some(row) => Some((
-                    row.try_get::<String, _>("user_id").map_err(store_error)?,
-                    row.try_get::<String, _>("org_id").map_err(store_error)?,
-                    row.try_get::<String, _>("role").map_err(store_error)?,
-                    row.try_get::<i64, _>("expires_at").map_err(store_error)?,
-                )),
-                None => None,
-            }
         });
-        let Some((user_id, org_id, role, expires_at)) = row else {
+        let Some((user_id, org_id, role, expires_at, token_id, scope, licenses)) = row else {
             return Ok(None);
+        };
+        let client = match (token_id, scope.as_deref()) {
+            (Some(token_id), Some(SCOPE_SEATS)) => Some(parse_uuid(&token_id)?),
+            (None, None) => None,
+            (_, other) => {
+                return Err(DirectoryError::Store(StoreError::Corrupt(format!(
+                    "token scope {other:?}"
+                ))))
+            }
         };
         let principal = Principal {
             user_id: parse_uuid(&user_id)?,
             org_id: parse_uuid(&org_id)?,
             role: parse_role(&role)?,
+            client,
         };
-        let expires_at = Timestamp::try_from_micros(expires_at).map_err(|_| {
-            DirectoryError::Store(StoreError::Corrupt(format!("token expiry {expires_at}")))
-        })?;
-        Ok(Some((principal, expires_at)))
+        Ok(Some(TokenGrant {
+            principal,
+            expires_at: micros(expires_at)?,
+            licenses: licenses
+                .as_deref()
+                .map(parse_licenses)
+                .transpose()?
+                .map(Into::into),
+        }))
+    }
+
+    /// Stores a client token (scope `seats`) of `org_id`, created by
+    /// `created_by`. `expires_at` None: it lives until revoked (stored as
+    /// the end of time, so one expiry check serves every token).
+    pub async fn insert_client_token(
+        &self,
+        token_hash: &[u8; 32],
+        org_id: Uuid,
+        record: &ClientTokenRecord,
+    ) -> Result<(), DirectoryError> {
+        let licenses = record
+            .licenses
+            .as_ref()
+            .map(|ids| serde_json::to_string(ids).unwrap_or_default());
+        let expires_at = record.expires_at.unwrap_or(Timestamp::MAX);
+        with_pool!(&self.store, |pool| sqlx::query(
+            "INSERT INTO api_tokens (token_hash, user_id, org_id, role, created_at, expires_at, token_id, scope, name, licenses, created_by) VALUES ($1, $2, $3, 'member', $4, $5, $2, $6, $7, $8, $9)"
+        )
+        .bind(token_hash.as_slice())
+        .bind(record.token_id.to_string())
+        .bind(org_id.to_string())
+        .bind(record.created_at.as_micros())
+        .bind(expires_at.as_micros())
+        .bind(SCOPE_SEATS)
+        .bind(&record.name)
+        .bind(licenses)
+        .bind(record.created_by.to_string())
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(store_error)
+    }
+
+    /// The org's live client tokens, oldest first.
+    pub async fn client_tokens_of(
+        &self,
+        org_id: Uuid,
+    ) -> Result<Vec<ClientTokenRecord>, DirectoryError> {
+        type Row = (
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            Option<String>,
+        );
+        let rows = with_pool!(&self.store, |pool| sqlx::query_as::<_, Row>(
+            "SELECT token_id, name, created_by, created_at, expires_at, licenses FROM api_tokens WHERE org_id = $1 AND scope = $2 AND revoked_at IS NULL ORDER BY created_at, token_id"
+        )
+        .bind(org_id.to_string())
+        .bind(SCOPE_SEATS)
+        .fetch_all(pool)
+        .await)
+        .map_err(store_error)?;
+        rows.into_iter()
+            .map(
+                |(token_id, name, created_by, created_at, expires_at, licenses)| {
+                    let expires_at = micros(expires_at)?;
+                    Ok(ClientTokenRecord {
+                        token_id: parse_uuid(&token_id)?,
+                        name: name.unwrap_or_default(),
+                        created_by: parse_uuid(created_by.as_deref().unwrap_or_default())?,
+                        created_at: micros(created_at)?,
+                        expires_at: (expires_at != Timestamp::MAX).then_some(expires_at),
+                        licenses: licenses.as_deref().map(parse_licenses).transpose()?,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Revokes the org's client token `token_id`; returns its hash if it
+    /// was live (tells other replicas, as [`Self::revoke_tokens`] does).
+    pub async fn revoke_client_token(
+        &self,
+        org_id: Uuid,
+        token_id: Uuid,
+        now: Timestamp,
+    ) -> Result<Option<[u8; 32]>, DirectoryError> {
+        let hash: Option<Vec<u8>> = with_pool!(&self.store, |pool| sqlx::query_scalar(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE org_id = $2 AND token_id = $3 AND scope = $4 AND revoked_at IS NULL RETURNING token_hash"
+        )
+        .bind(now.as_micros())
+        .bind(org_id.to_string())
+        .bind(token_id.to_string())
+        .bind(SCOPE_SEATS)
+        .fetch_optional(pool)
+        .await)
+        .map_err(store_error)?;
+        let Some(hash) = hash else {
+            return Ok(None);
+        };
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| DirectoryError::Store(StoreError::Corrupt("token hash length".into())))?;
+        self.announce(&format!("token:{}", hex::encode(hash)))
+            .await?;
+        Ok(Some(hash))
+    }
+
+    /// Tells every replica's revocation listener (PostgreSQL only; one
+    /// SQLite server has one cache).
+    async fn announce(&self, payload: &str) -> Result<(), DirectoryError> {
+        if let Some(pool) = self.store.pg_pool() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(REVOCATIONS_CHANNEL)
+                .bind(payload)
+                .execute(pool)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
     }
 
     /// Revokes tokens of `user_id` (see [`Revoke`]) and tells other
@@ -267,7 +483,7 @@ impl Directory {
             Revoke::All => ("", None),
         };
         let statement = format!(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL {condition}"
+            "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND token_id IS NULL AND revoked_at IS NULL {condition}"
         );
         let revoked = with_pool!(&self.store, |pool| {
             let mut query = sqlx::query(&statement)
@@ -279,18 +495,11 @@ impl Directory {
             query.execute(pool).await.map(|done| done.rows_affected())
         })
         .map_err(store_error)?;
-        if let Some(pool) = self.store.pg_pool() {
-            let payload = match which {
-                Revoke::Token(hash) => format!("token:{}", hex::encode(hash)),
-                Revoke::AllBut(_) | Revoke::All => format!("user:{user_id}"),
-            };
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(REVOCATIONS_CHANNEL)
-                .bind(payload)
-                .execute(pool)
-                .await
-                .map_err(store_error)?;
-        }
+        let payload = match which {
+            Revoke::Token(hash) => format!("token:{}", hex::encode(hash)),
+            Revoke::AllBut(_) | Revoke::All => format!("user:{user_id}"),
+        };
+        self.announce(&payload).await?;
         Ok(revoked)
     }
 

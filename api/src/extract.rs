@@ -143,15 +143,22 @@ impl<S: Send + Sync> FromRequestParts<S> for LicenseIdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let not_found =
-            || ApiError::rejection(seatledger_ledger::domain::Rejection::LicenseNotFound);
-        let Path(text) = Path::<String>::from_request_parts(parts, state)
+        path_uuid(parts, state)
             .await
-            .map_err(|_| not_found())?;
-        Uuid::parse_str(&text)
             .map(LicenseIdPath)
-            .map_err(|_| not_found())
+            .ok_or_else(|| {
+                ApiError::rejection(seatledger_ledger::domain::Rejection::LicenseNotFound)
+            })
     }
+}
+
+/// The path's one parameter as a uuid; None if it is not one (which then
+/// names nothing: the caller answers its own 404).
+pub async fn path_uuid<S: Send + Sync>(parts: &mut Parts, state: &S) -> Option<Uuid> {
+    let Path(text) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .ok()?;
+    Uuid::parse_str(&text).ok()
 }
 
 /// A query string; errors are 400 `invalid_query`.

@@ -159,6 +159,44 @@ impl AddressLimits {
     }
 }
 
+/// Tokens tracked by the seat-operation limiter before forgetting the ones
+/// back to a full quota.
+const TOKENS_TRACKED_MAX: usize = 100_000;
+
+/// Seat operations per API token (`--rate-limit-seat-ops-per-s`, GCRA via
+/// `governor`, burst of one second's worth), in memory, per replica.
+pub struct SeatOpLimits {
+    limiter: Option<governor::DefaultKeyedRateLimiter<[u8; 32]>>,
+}
+
+impl SeatOpLimits {
+    /// `per_s` operations a second per token; 0: unlimited.
+    pub fn new(per_s: u32) -> Self {
+        SeatOpLimits {
+            limiter: std::num::NonZeroU32::new(per_s)
+                .map(|rate| governor::RateLimiter::keyed(governor::Quota::per_second(rate))),
+        }
+    }
+
+    /// `Err(seconds)` to wait before the token (by hash) may make another
+    /// seat operation.
+    pub fn check(&self, token_hash: &[u8; 32]) -> Result<(), u64> {
+        use governor::clock::Clock;
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        if limiter.len() > TOKENS_TRACKED_MAX {
+            limiter.retain_recent();
+        }
+        limiter.check_key(token_hash).map_err(|not_until| {
+            not_until
+                .wait_time_from(governor::clock::DefaultClock::default().now())
+                .as_secs()
+                .max(1)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +223,19 @@ mod tests {
         assert_eq!(guard.check("b", t0), Ok(()), "per account");
         guard.succeeded("a");
         assert_eq!(guard.check("a", t0.plus_seconds(31)), Ok(()));
+    }
+
+    #[test]
+    fn seat_operations_are_limited_per_token_and_zero_is_unlimited() {
+        let limits = SeatOpLimits::new(3);
+        for _ in 0..3 {
+            assert_eq!(limits.check(&[1; 32]), Ok(()));
+        }
+        assert_eq!(limits.check(&[1; 32]), Err(1), "the fourth within a second");
+        assert_eq!(limits.check(&[2; 32]), Ok(()), "per token");
+        let unlimited = SeatOpLimits::new(0);
+        for _ in 0..10_000 {
+            assert_eq!(unlimited.check(&[1; 32]), Ok(()));
+        }
     }
 }

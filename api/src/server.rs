@@ -198,6 +198,9 @@ impl Server {
             token_ttl: Duration::from_secs(args.token_ttl_s),
             login_guard: Default::default(),
             address_limits: Default::default(),
+            seat_limits: Arc::new(crate::login_guard::SeatOpLimits::new(
+                args.rate_limit_seat_ops_per_s,
+            )),
             request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
         };
         Ok(Server {

@@ -2,7 +2,6 @@
 //! the hot seat counts, the credentials directory and its caches, the
 //! signing key, the clock and the metrics.
 
-use crate::auth::Principal;
 use crate::cache::TtlCache;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
@@ -19,11 +18,19 @@ pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 
 pub struct Caches {
     /// Token hash → principal and the token's expiry.
-    pub tokens: TtlCache<[u8; 32], (Principal, seatledger_schema::Timestamp)>,
+    pub tokens: TtlCache<[u8; 32], crate::directory::TokenGrant>,
     /// License key hash → (license id, org id).
     pub license_keys: TtlCache<[u8; 32], (Uuid, Uuid)>,
     /// Session id → (license id, org id); never changes once granted.
     pub sessions: TtlCache<Uuid, (Uuid, Uuid)>,
+}
+
+impl Caches {
+    /// Forgets every cached token of `user_id` (their tokens were revoked).
+    pub fn forget_user(&self, user_id: Uuid) {
+        self.tokens
+            .retain(|grant| grant.principal.user_id != user_id);
+    }
 }
 
 impl Default for Caches {
@@ -52,6 +59,8 @@ pub struct AppState {
     pub login_guard: Arc<crate::login_guard::LoginGuard>,
     /// Register and login limits per client address.
     pub address_limits: Arc<crate::login_guard::AddressLimits>,
+    /// Seat operations per token (`--rate-limit-seat-ops-per-s`).
+    pub seat_limits: Arc<crate::login_guard::SeatOpLimits>,
     /// How long a new API token lives at most (`--token-ttl-s`).
     pub token_ttl: Duration,
     /// Whether `POST /api/v1/auth/register` is open (`--registration`).

@@ -27,6 +27,7 @@ fn now() -> Timestamp {
 
 fn acquire(machine: u128) -> Command {
     Command::AcquireSeat {
+        token_id: None,
         license_id: LICENSE,
         session_id: Uuid::from_u128(0x10_0000 + machine),
         user_id: Uuid::from_u128(machine),
@@ -211,6 +212,7 @@ fn seat_traffic() -> Vec<RecordedEvent> {
         timed.push((
             start,
             Event::SeatAcquired(SeatAcquired {
+                token_id: None,
                 session_id,
                 generation: machine as u64 + 1,
                 user_id: Uuid::from_u128(machine % 50),

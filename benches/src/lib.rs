@@ -82,6 +82,7 @@ pub async fn fill_live_leases_signed(
                         let session_id = Uuid::now_v7();
                         sessions.push(session_id);
                         Command::AcquireSeat {
+                            token_id: None,
                             license_id,
                             session_id,
                             user_id: Uuid::now_v7(),
@@ -123,6 +124,7 @@ pub async fn fill_cycling_leases_signed(
                     let session_id = Uuid::now_v7();
                     let commands = [
                         Command::AcquireSeat {
+                            token_id: None,
                             license_id,
                             session_id,
                             user_id: Uuid::from_u128(u128::from(client)),

@@ -62,6 +62,7 @@ fn issue(license_id: Uuid, seats: u32) -> Command {
 
 fn acquire(license_id: Uuid, session_id: Uuid, machine: u8) -> Command {
     Command::AcquireSeat {
+        token_id: None,
         license_id,
         session_id,
         user_id: Uuid::from_u128(u128::from(machine)),

@@ -75,6 +75,7 @@ async fn workload(appender: &Appender, acquires: usize, concurrency: usize) {
             tokio::spawn(async move {
                 for n in (worker..acquires).step_by(concurrency) {
                     let acquire = Command::AcquireSeat {
+                        token_id: None,
                         license_id,
                         session_id: Uuid::now_v7(),
                         user_id: Uuid::from_u128(n as u128 % 7),

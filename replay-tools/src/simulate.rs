@@ -232,6 +232,7 @@ pub async fn simulate(
                         continue;
                     };
                     let acquire = Command::AcquireSeat {
+                        token_id: None,
                         license_id,
                         session_id,
                         user_id,

@@ -26,6 +26,7 @@ fn t0() -> Timestamp {
 
 fn acquire(machine: u128) -> Command {
     Command::AcquireSeat {
+        token_id: None,
         license_id: LICENSE,
         session_id: Uuid::from_u128(0x5e55_0000 + machine),
         user_id: Uuid::from_u128(0xa0 + machine),

@@ -44,6 +44,7 @@ async fn two_orgs_one_broken(store: &Store, key: Arc<SigningKey>) -> (Uuid, i64)
             max_overage_percent: OveragePercent::default(),
         };
         let acquire = Command::AcquireSeat {
+            token_id: None,
             license_id,
             session_id: Uuid::now_v7(),
             user_id: Uuid::now_v7(),

@@ -29,6 +29,7 @@ fn session(n: u128) -> Uuid {
 
 fn acquire(n: u128) -> Command {
     Command::AcquireSeat {
+        token_id: None,
         license_id: LICENSE,
         session_id: session(n),
         user_id: Uuid::from_u128(0x100 + n),

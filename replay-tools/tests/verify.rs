@@ -37,6 +37,7 @@ async fn ledger_with_events(store: &Store, key: Arc<SigningKey>) {
     appender.submit(Submission::new(org, issue)).await.unwrap();
     for machine in 0..20 {
         let acquire = Command::AcquireSeat {
+            token_id: None,
             license_id,
             session_id: Uuid::now_v7(),
             user_id: Uuid::now_v7(),
@@ -164,6 +165,7 @@ async fn verify_checks_snapshots_and_stream_versions() {
         appender.submit(Submission::new(org, issue)).await.unwrap();
         let session_id = Uuid::now_v7();
         let acquire = Command::AcquireSeat {
+            token_id: None,
             license_id,
             session_id,
             user_id: Uuid::now_v7(),

@@ -66,3 +66,11 @@ const _: () = assert!(APPENDER_BATCH_MAX * 14 < 32_766);
 /// Periods one usage report may span (`GET /api/v1/usage`): 41 days by
 /// the hour, 2.7 years by the day, 83 years by the month.
 pub const USAGE_PERIODS_MAX: usize = 1_000;
+
+/// Client tokens (issue 14): licenses one may be limited to, live tokens
+/// per organization, and the longest expiry one may be given (ten years;
+/// without one it lives until revoked).
+pub const CLIENT_TOKEN_LICENSES_MAX: usize = 100;
+pub const CLIENT_TOKENS_PER_ORG_MAX: usize = 1_000;
+pub const CLIENT_TOKEN_TTL_S_MIN: u64 = 60;
+pub const CLIENT_TOKEN_TTL_S_MAX: u64 = 315_360_000;

@@ -35,9 +35,14 @@ pub(crate) fn check_password(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Creates a user: the credentials row first (its unique email settles
-/// races), then `command` records the user in the log; if that is not
-/// recorded, the row is removed again so the email is free.
+/// Creates a user: a pending credentials row first (its unique email
+/// settles races), then `command` records the user in the log, then the
+/// row is confirmed; if the event is not recorded the row is removed so
+/// the email is free. The steps run in a task of their own, so a request
+/// cut short (timeout, closed connection) cannot stop them half-way; a
+/// crash between them leaves a pending row, which login settles against
+/// the log (no event: no user) and which stops holding its email after
+/// [`PENDING_USER_GRACE`](crate::directory::PENDING_USER_GRACE).
 pub(crate) async fn create_user(
     state: &AppState,
     principal: &Principal,
@@ -74,17 +79,71 @@ pub async fn record_user(
         email: email.as_str().to_owned(),
         password_hash,
     };
-    directory.insert_user(&record).await?;
+    let directory = directory.clone();
+    let appender = appender.clone();
     let submission =
         seatledger_ledger::Submission::new(principal.org_id, command).with_metadata(metadata);
+    tokio::spawn(async move { write_user(&directory, &appender, &record, submission).await })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+}
+
+/// The steps of [`create_user`], run to the end by their own task.
+async fn write_user(
+    directory: &crate::directory::Directory,
+    appender: &seatledger_ledger::Appender,
+    record: &UserRecord,
+    submission: seatledger_ledger::Submission,
+) -> Result<(), ApiError> {
+    insert_or_take_over(directory, record).await?;
     let recorded = appender.submit(submission).await.map_err(ApiError::from);
-    if !matches!(&recorded, Ok(result) if result.is_accepted()) {
-        if let Err(error) = directory.delete_user(principal.user_id).await {
-            tracing::error!(error = %error, "cannot undo a user that was not recorded");
+    if matches!(&recorded, Ok(result) if result.is_accepted()) {
+        // If this fails the row stays pending: login confirms it from
+        // the log.
+        if let Err(error) = directory.confirm_user(record.principal.user_id).await {
+            tracing::warn!(error = %error, "recorded user left pending");
         }
-        super::accepted(recorded?)?;
+        return Ok(());
     }
+    if let Err(error) = directory.delete_user(record.principal.user_id).await {
+        tracing::error!(error = %error, "cannot undo a user that was not recorded");
+    }
+    super::accepted(recorded?)?;
     Ok(())
+}
+
+/// Inserts the pending row; if the email's row is pending past the grace
+/// period and its user is not in the log, that row was abandoned (a crash
+/// between the steps) and is replaced.
+async fn insert_or_take_over(
+    directory: &crate::directory::Directory,
+    record: &UserRecord,
+) -> Result<(), ApiError> {
+    match directory.insert_user(record).await {
+        Err(crate::directory::DirectoryError::EmailTaken) => {}
+        other => return other.map_err(ApiError::from),
+    }
+    let Some(found) = directory.user_by_email(&record.email).await? else {
+        return Err(crate::directory::DirectoryError::EmailTaken.into());
+    };
+    let grace = i64::try_from(crate::directory::PENDING_USER_GRACE.as_secs()).unwrap_or(i64::MAX);
+    let abandoned = found
+        .pending_since
+        .is_some_and(|since| since.plus_seconds(grace) < Timestamp::now());
+    if !abandoned {
+        return Err(crate::directory::DirectoryError::EmailTaken.into());
+    }
+    if directory.is_recorded(&found.record.principal).await? {
+        directory
+            .confirm_user(found.record.principal.user_id)
+            .await?;
+        return Err(crate::directory::DirectoryError::EmailTaken.into());
+    }
+    tracing::warn!(user_id = %found.record.principal.user_id, "replacing an abandoned pending user");
+    directory
+        .delete_user(found.record.principal.user_id)
+        .await?;
+    directory.insert_user(record).await.map_err(ApiError::from)
 }
 
 /// A new organization with its owner: the principal and the command that
@@ -94,6 +153,7 @@ pub fn new_organization(email: &Email, full_name: &Name, company: &Name) -> (Pri
         user_id: Uuid::now_v7(),
         org_id: Uuid::now_v7(),
         role: Role::Owner,
+        client: None,
     };
     let command = Command::RegisterOrganization {
         org_id: principal.org_id,
@@ -312,7 +372,7 @@ pub async fn login(
         ));
     }
     let user = match &email {
-        Some(email) => state.directory.user_by_email(email.as_str()).await?,
+        Some(email) => state.directory.login_user(email.as_str()).await?,
         None => None,
     };
     let stored = user.as_ref().map(|user| user.password_hash.clone());
@@ -351,10 +411,7 @@ async fn revoke(state: &AppState, which: Revoke<'_>, user_id: Uuid) -> Result<u6
         .await?;
     match which {
         Revoke::Token(hash) => state.caches.tokens.remove(hash),
-        Revoke::AllBut(_) | Revoke::All => state
-            .caches
-            .tokens
-            .retain(|(cached, _)| cached.user_id != user_id),
+        Revoke::AllBut(_) | Revoke::All => state.caches.forget_user(user_id),
     }
     Ok(revoked)
 }
@@ -511,7 +568,7 @@ pub async fn change_password(
         .directory
         .user_by_email(&email)
         .await?
-        .map(|user| user.password_hash);
+        .map(|user| user.record.password_hash);
     if request.current_password.len() > PASSWORD_LEN_MAX * 4
         || !verify_password(request.current_password, stored).await
     {

@@ -5,6 +5,7 @@
 
 pub(crate) mod auth;
 mod checkpoints;
+mod client_tokens;
 mod events;
 mod health;
 mod keys;
@@ -106,7 +107,12 @@ impl utoipa::Modify for CommonProblems {
                     add(
                         operation,
                         "401",
-                        "`unauthorized`: missing, malformed or unknown bearer token",
+                        "`unauthorized`: missing, malformed, unknown or revoked bearer token; `token_expired`",
+                    );
+                    add(
+                        operation,
+                        "403",
+                        "`forbidden`: a client token (scope `seats`) calling anything but acquire, heartbeat or release",
                     );
                 }
                 if operation.request_body.is_some() {
@@ -180,6 +186,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(seats::acquire))
         .routes(routes!(seats::heartbeat))
         .routes(routes!(seats::release))
+        .routes(routes!(client_tokens::create, client_tokens::list))
+        .routes(routes!(client_tokens::revoke))
         .routes(routes!(events::feed))
         .routes(routes!(usage::usage))
         .routes(routes!(keys::keys))

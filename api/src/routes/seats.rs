@@ -3,7 +3,7 @@
 //! `Idempotency-Key` answers the same status and body.
 
 use super::{accepted, metadata, submit, Idempotency};
-use crate::auth::{secret_hash, Principal};
+use crate::auth::{secret_hash, Principal, TokenLicenses};
 use crate::error::{ApiError, ProblemDoc};
 use crate::extract::{IdempotencyKey, JsonBody};
 use crate::state::AppState;
@@ -108,6 +108,7 @@ fn seat_response(state: &AppState, result: &CommandResult) -> Result<SeatRespons
 async fn license_for_key(
     state: &AppState,
     principal: &Principal,
+    licenses: &TokenLicenses,
     key: &str,
 ) -> Result<Uuid, ApiError> {
     let not_found = || ApiError::rejection(Rejection::LicenseNotFound);
@@ -126,7 +127,7 @@ async fn license_for_key(
         }
     };
     match found {
-        Some((license_id, org_id)) if org_id == principal.org_id => Ok(license_id),
+        Some((license_id, org_id)) if org_id == principal.org_id => in_scope(licenses, license_id),
         _ => Err(not_found()),
     }
 }
@@ -135,6 +136,7 @@ async fn license_for_key(
 async fn license_for_session(
     state: &AppState,
     principal: &Principal,
+    licenses: &TokenLicenses,
     session_id: Uuid,
 ) -> Result<Uuid, ApiError> {
     let found = match state.caches.sessions.get(&session_id) {
@@ -156,8 +158,23 @@ async fn license_for_session(
         }
     };
     match found {
-        Some((license_id, org_id)) if org_id == principal.org_id => Ok(license_id),
+        Some((license_id, org_id)) if org_id == principal.org_id => in_scope(licenses, license_id),
         _ => Err(ApiError::rejection(Rejection::SessionNotFound)),
+    }
+}
+
+/// `license_id` if the calling token may use it: a client token limited
+/// to other licenses of its org is refused (403; another org's licenses
+/// were already 404).
+fn in_scope(licenses: &TokenLicenses, license_id: Uuid) -> Result<Uuid, ApiError> {
+    if licenses.allows(license_id) {
+        Ok(license_id)
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "license_not_in_token_scope",
+            "this client token is limited to other licenses",
+        ))
     }
 }
 
@@ -179,22 +196,26 @@ const RELEASE_ROUTE: &str = "POST /api/v1/licenses/release";
         (status = 201, description = "a new lease", body = SeatResponse),
         (status = 200, description = "this machine's existing lease, extended", body = SeatResponse),
         (status = 400, description = "`malformed_json`, `invalid_idempotency_key`", body = ProblemDoc),
-        (status = 403, description = "`license_expired`, `license_suspended`, `license_revoked`", body = ProblemDoc),
+        (status = 403, description = "`license_expired`, `license_suspended`, `license_revoked`; `license_not_in_token_scope`: a client token limited to other licenses", body = ProblemDoc),
         (status = 404, description = "`license_not_found`", body = ProblemDoc),
         (status = 409, description = "`no_seats_available`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
+        (status = 429, description = "`too_many_requests`: this token's seat operations per second (`--rate-limit-seat-ops-per-s`) are used up (Retry-After)", body = ProblemDoc)
     )
 )]
 pub async fn acquire(
     State(state): State<AppState>,
     principal: Principal,
+    licenses: TokenLicenses,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     headers: HeaderMap,
     body: JsonBody<AcquireRequest>,
 ) -> Result<(StatusCode, Json<SeatResponse>), ApiError> {
     let hardware_id = HardwareId::parse(&body.value.hardware_id)?;
-    let license_id = license_for_key(&state, &principal, &body.value.license_key).await?;
+    let license_id =
+        license_for_key(&state, &principal, &licenses, &body.value.license_key).await?;
     let command = Command::AcquireSeat {
+        token_id: principal.client,
         license_id,
         session_id: Uuid::now_v7(),
         user_id: principal.user_id,
@@ -242,21 +263,23 @@ pub async fn acquire(
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 200, body = SeatResponse),
-        (status = 403, description = "`license_expired`; `not_lease_holder`: the lease was acquired by another user (only its holder heartbeats it)", body = ProblemDoc),
+        (status = 403, description = "`license_expired`; `not_lease_holder`: the lease was acquired by another user (only its holder heartbeats it); `license_not_in_token_scope`", body = ProblemDoc),
         (status = 404, description = "`session_not_found`", body = ProblemDoc),
         (status = 410, description = "`session_expired`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
+        (status = 429, description = "`too_many_requests`: this token's seat operations per second (`--rate-limit-seat-ops-per-s`) are used up (Retry-After)", body = ProblemDoc)
     )
 )]
 pub async fn heartbeat(
     State(state): State<AppState>,
     principal: Principal,
+    licenses: TokenLicenses,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     headers: HeaderMap,
     body: JsonBody<SessionRequest>,
 ) -> Result<Json<SeatResponse>, ApiError> {
     let session_id = body.value.session_id;
-    let license_id = license_for_session(&state, &principal, session_id).await?;
+    let license_id = license_for_session(&state, &principal, &licenses, session_id).await?;
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
         caller: principal.user_id,
@@ -302,20 +325,22 @@ fn seat_actor(principal: &Principal) -> SeatActor {
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 200, body = ReleaseResponse),
-        (status = 403, description = "`not_lease_holder`: a member releasing another user's lease (owners and admins may: reason `admin`)", body = ProblemDoc),
+        (status = 403, description = "`not_lease_holder`: a member releasing another user's lease (owners and admins may: reason `admin`); `license_not_in_token_scope`", body = ProblemDoc),
         (status = 404, description = "`session_not_found`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
+        (status = 429, description = "`too_many_requests`: this token's seat operations per second (`--rate-limit-seat-ops-per-s`) are used up (Retry-After)", body = ProblemDoc)
     )
 )]
 pub async fn release(
     State(state): State<AppState>,
     principal: Principal,
+    licenses: TokenLicenses,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     headers: HeaderMap,
     body: JsonBody<SessionRequest>,
 ) -> Result<Json<ReleaseResponse>, ApiError> {
     let session_id = body.value.session_id;
-    let license_id = license_for_session(&state, &principal, session_id).await?;
+    let license_id = license_for_session(&state, &principal, &licenses, session_id).await?;
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
         caller: principal.user_id,

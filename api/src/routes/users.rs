@@ -86,6 +86,7 @@ pub async fn add_user(
         user_id: Uuid::now_v7(),
         org_id: admin.org_id,
         role,
+        client: None,
     };
     let command = Command::RegisterUser {
         org_id: admin.org_id,
@@ -171,14 +172,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for UserIdPath {
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let not_found = || ApiError::rejection(Rejection::UserNotFound);
-        let axum::extract::Path(text) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|_| not_found())?;
-        Uuid::parse_str(&text)
+        crate::extract::path_uuid(parts, state)
+            .await
             .map(UserIdPath)
-            .map_err(|_| not_found())
+            .ok_or_else(|| ApiError::rejection(Rejection::UserNotFound))
     }
 }
 
@@ -245,10 +242,7 @@ pub async fn change_role(
             .directory
             .revoke_tokens(Revoke::All, user_id, state.clock.now())
             .await?;
-        state
-            .caches
-            .tokens
-            .retain(|(principal, _)| principal.user_id != user_id);
+        state.caches.forget_user(user_id);
     }
     Ok(Json(MemberResponse {
         id: user_id,
@@ -300,10 +294,7 @@ pub async fn deactivate(
         .directory
         .revoke_tokens(Revoke::All, user_id, now)
         .await?;
-    state
-        .caches
-        .tokens
-        .retain(|(principal, _)| principal.user_id != user_id);
+    state.caches.forget_user(user_id);
     let mut released = 0;
     for license_id in state
         .directory

@@ -28,6 +28,7 @@ pub fn args(database_url: String) -> ServeArgs {
         token_ttl_s: 2_592_000,
         request_timeout_s: 30.0,
         reaper_interval_s: 30.0,
+        rate_limit_seat_ops_per_s: 2_000,
     }
 }
 
@@ -94,6 +95,12 @@ impl TestApp {
     /// The embedded default's directory (its database and key files).
     pub fn data_dir(&self) -> Option<&std::path::Path> {
         self._dir.as_ref().map(|dir| dir.path())
+    }
+
+    /// PostgreSQL with the settings `args` gives (its keys are replaced by
+    /// the database's test keys).
+    pub async fn postgres_with(pool: sqlx::PgPool, args: ServeArgs) -> TestApp {
+        TestApp::spawn(Store::from_pg_pool(pool), args, None).await
     }
 
     /// PostgreSQL, with requests cut off after `request_timeout_s`.

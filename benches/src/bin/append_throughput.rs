@@ -193,6 +193,7 @@ async fn run(
                     .unwrap_or_else(|_| unreachable!());
                 while !stop.load(Ordering::Relaxed) {
                     let acquire = Command::AcquireSeat {
+                        token_id: None,
                         license_id: broken_license,
                         session_id: Uuid::now_v7(),
                         user_id: Uuid::now_v7(),
@@ -227,6 +228,7 @@ async fn run(
                 while !stop.load(Ordering::Relaxed) {
                     let session_id = Uuid::now_v7();
                     let acquire = Command::AcquireSeat {
+                        token_id: None,
                         license_id,
                         session_id,
                         user_id,

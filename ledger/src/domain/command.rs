@@ -88,6 +88,8 @@ pub enum Command {
         session_id: Uuid,
         user_id: Uuid,
         hardware_id: HardwareId,
+        /// The client token acquiring (then `user_id` is its id), if any.
+        token_id: Option<Uuid>,
     },
     Heartbeat {
         license_id: Uuid,

@@ -369,12 +369,16 @@ pub fn decide(
             session_id,
             user_id,
             hardware_id,
+            token_id,
             ..
         } => acquire(
             state,
             tenant_id,
-            *session_id,
-            *user_id,
+            Acquirer {
+                session_id: *session_id,
+                user_id: *user_id,
+                token_id: *token_id,
+            },
             hardware_id.as_str(),
             now,
         ),
@@ -436,14 +440,25 @@ fn denial(user_id: Uuid, hardware_id: &str, reason: DenialReason) -> Event {
     })
 }
 
+/// Who asks for a seat, and the session it would get.
+struct Acquirer {
+    session_id: Uuid,
+    user_id: Uuid,
+    token_id: Option<Uuid>,
+}
+
 fn acquire(
     state: &LicenseState,
     tenant_id: Uuid,
-    session_id: Uuid,
-    user_id: Uuid,
+    acquirer: Acquirer,
     hardware_id: &str,
     now: Timestamp,
 ) -> Decision {
+    let Acquirer {
+        session_id,
+        user_id,
+        token_id,
+    } = acquirer;
     let terms = match terms_for(state, tenant_id) {
         Ok(terms) => terms,
         Err(rejection) => return Decision::reject(rejection),
@@ -503,6 +518,7 @@ fn acquire(
         return Decision::deny(events, Rejection::NoSeatsAvailable);
     }
     events.push(Event::SeatAcquired(SeatAcquired {
+        token_id,
         session_id,
         generation: state.last_generation + 1,
         user_id,

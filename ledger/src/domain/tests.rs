@@ -40,6 +40,7 @@ fn issued(seats: u32, overage: u32, expires_at: Option<Timestamp>) -> Event {
 
 fn acquired(n: u128, generation: u64, at_s: i64, overage: bool) -> Event {
     Event::SeatAcquired(SeatAcquired {
+        token_id: None,
         session_id: session(n),
         generation,
         user_id: user(n),
@@ -64,6 +65,7 @@ fn acquire(n: u128) -> Command {
 /// Session `session_n` requested by user `n` on machine `n`.
 fn acquire_as(n: u128, session_n: u128) -> Command {
     Command::AcquireSeat {
+        token_id: None,
         license_id: LICENSE,
         session_id: session(session_n),
         user_id: user(n),
@@ -785,6 +787,8 @@ proptest! {
                     let session_id = Uuid::from_u128(0x9000 + index as u128);
                     sessions.push(session_id);
                     Command::AcquireSeat {
+                        // User 5 is a client token: its id is its user id.
+                        token_id: (user == 5).then(|| Uuid::from_u128(5)),
                         license_id: LICENSE,
                         session_id,
                         user_id: Uuid::from_u128(u128::from(user)),

@@ -49,6 +49,7 @@ pub fn issue(license_id: Uuid, seats: u32) -> Command {
 
 pub fn acquire(license_id: Uuid, machine: usize) -> Command {
     Command::AcquireSeat {
+        token_id: None,
         license_id,
         session_id: Uuid::now_v7(),
         user_id: Uuid::from_u128(machine as u128),

@@ -28,6 +28,7 @@ fn session(n: u128) -> Uuid {
 
 fn acquired(n: u128, expires_s: i64, overage: bool) -> Event {
     Event::SeatAcquired(SeatAcquired {
+        token_id: None,
         session_id: session(n),
         generation: n as u64,
         user_id: Uuid::from_u128(0x100 + n),
@@ -369,6 +370,7 @@ fn history(seats: u32, overage: u32, steps: &[(Step, i64)]) -> Vec<RecordedEvent
         let command = match step {
             None => issue.clone(),
             Some(Step::Acquire { user, machine }) => Command::AcquireSeat {
+                token_id: None,
                 license_id,
                 session_id: Uuid::from_u128(0x7000 + index as u128),
                 user_id: Uuid::from_u128(0x100 + u128::from(*user)),

@@ -97,6 +97,7 @@ pub async fn ledger(store: &Store, key: Arc<SigningKey>) -> (Uuid, Uuid) {
         let (org, license_id) = licenses[machine % 2];
         let session_id = Uuid::now_v7();
         let acquire = Command::AcquireSeat {
+            token_id: None,
             license_id,
             session_id,
             user_id: Uuid::now_v7(),
