@@ -122,6 +122,7 @@ async fn parse_licenses(
 #[utoipa::path(
     post,
     path = "/api/v1/tokens",
+    operation_id = "create_client_token",
     tag = "tokens",
     security(("bearer" = [])),
     request_body = CreateClientTokenRequest,
@@ -196,6 +197,7 @@ pub async fn create(
 #[utoipa::path(
     get,
     path = "/api/v1/tokens",
+    operation_id = "list_client_tokens",
     tag = "tokens",
     security(("bearer" = [])),
     responses(
@@ -245,6 +247,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TokenIdPath {
 #[utoipa::path(
     delete,
     path = "/api/v1/tokens/{id}",
+    operation_id = "revoke_client_token",
     tag = "tokens",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "the client token")),
