@@ -29,7 +29,7 @@ pub struct CreateClientTokenRequest {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = r"^\s*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x1f\x7f-\x9f\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub name: String,
     /// Limits the token to these licenses of the organization; absent, it
@@ -89,7 +89,8 @@ fn invalid(detail: String) -> ApiError {
 }
 
 /// The licenses a new token is limited to, each checked to be one of the
-/// organization's (another org's license is as unknown as none).
+/// organization's: 404 `license_not_found` otherwise (another org's
+/// license is as unknown as none).
 async fn parse_licenses(
     state: &AppState,
     org_id: Uuid,
@@ -109,7 +110,10 @@ async fn parse_licenses(
     for license_id in &licenses {
         if let Err(error) = super::licenses::load_license(state, org_id, *license_id).await {
             if error.code == "license_not_found" {
-                return Err(invalid(format!("licenses: no license {license_id}")));
+                return Err(ApiError {
+                    detail: format!("licenses: no license {license_id} in this organization"),
+                    ..error
+                });
             }
             return Err(error);
         }
@@ -129,6 +133,7 @@ async fn parse_licenses(
     responses(
         (status = 201, body = CreatedClientToken),
         (status = 403, description = "`forbidden` (not an owner or admin, or a client token)", body = ProblemDoc),
+        (status = 404, description = "`license_not_found`: one of `licenses` is not a license of the organization", body = ProblemDoc),
         (status = 409, description = "`too_many_client_tokens`: the organization has 1,000 live client tokens", body = ProblemDoc),
         (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
