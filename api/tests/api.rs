@@ -1202,23 +1202,7 @@ async fn graceful_shutdown_records_every_answered_write(pool: sqlx::PgPool) {
 async fn idempotency_keys_belong_to_their_caller_and_compare_parsed_json(pool: sqlx::PgPool) {
     let app = TestApp::postgres(pool).await;
     let owner = app.register("owner@example.com").await;
-    let added = app
-        .post(
-            "/api/v1/users",
-            &owner.token,
-            json!({"email": "bob@example.com", "password": "correct horse battery", "full_name": "Bob"}),
-        )
-        .await;
-    assert_eq!(added.status, 201, "{:?}", added.body);
-    let login = app
-        .send(
-            "POST",
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"email": "bob@example.com", "password": "correct horse battery"})),
-        )
-        .await;
-    let bob = login.body["api_token"].as_str().unwrap().to_owned();
+    let bob = app.member(&owner, "bob@example.com").await.token;
     let (_, key) = app.issue(&owner, json!({"name": "IDE", "seats": 5})).await;
 
     let acquire = |token: &str, body: String| {

@@ -105,23 +105,7 @@ async fn a_client_token_holds_seats_and_nothing_else(pool: sqlx::PgPool) {
     assert_eq!(app.events().await.len(), events_before, "nothing recorded");
 
     // The lease is the token's: a member cannot end it, the token can.
-    let added = app
-        .post(
-            "/api/v1/users",
-            &owner.token,
-            json!({"email": "mem@example.com", "password": "member password", "full_name": "Mem"}),
-        )
-        .await;
-    assert_eq!(added.status, 201, "{:?}", added.body);
-    let login = app
-        .send(
-            "POST",
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"email": "mem@example.com", "password": "member password"})),
-        )
-        .await;
-    let member = login.body["api_token"].as_str().unwrap().to_owned();
+    let member = app.member(&owner, "mem@example.com").await.token;
     let reply = app
         .post("/api/v1/licenses/release", &member, session.clone())
         .await;
@@ -177,23 +161,7 @@ async fn client_tokens_are_listed_revoked_and_kept_to_their_org(pool: sqlx::PgPo
     );
 
     // Members may not create or list them.
-    let added = a
-        .post(
-            "/api/v1/users",
-            &owner.token,
-            json!({"email": "mem@example.com", "password": "member password", "full_name": "Mem"}),
-        )
-        .await;
-    assert_eq!(added.status, 201);
-    let login = a
-        .send(
-            "POST",
-            "/api/v1/auth/login",
-            None,
-            Some(json!({"email": "mem@example.com", "password": "member password"})),
-        )
-        .await;
-    let member = login.body["api_token"].as_str().unwrap().to_owned();
+    let member = a.member(&owner, "mem@example.com").await.token;
     assert_eq!(
         a.post("/api/v1/tokens", &member, json!({"name": "x"}))
             .await

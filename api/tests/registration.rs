@@ -16,14 +16,7 @@ use uuid::Uuid;
 const PASSWORD: &str = "correct horse battery";
 
 async fn login(app: &TestApp, email: &str, password: &str) -> u16 {
-    app.send(
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"email": email, "password": password})),
-    )
-    .await
-    .status
+    app.login_with(email, password).await.status
 }
 
 async fn register(app: &TestApp, email: &str) -> common::Reply {

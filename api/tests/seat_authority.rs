@@ -5,37 +5,16 @@
 
 mod common;
 
-use common::{Org, TestApp};
+use common::TestApp;
 use serde_json::json;
-
-async fn member(app: &TestApp, owner: &Org, email: &str) -> Org {
-    let added = app
-        .post(
-            "/api/v1/users",
-            &owner.token,
-            json!({"email": email, "password": "member password", "full_name": "Mem Ber"}),
-        )
-        .await;
-    assert_eq!(added.status, 201, "{:?}", added.body);
-    let login = login(app, email).await;
-    Org {
-        token: login.body["api_token"].as_str().unwrap().to_owned(),
-        org_id: owner.org_id.clone(),
-        user_id: added.body["id"]
-            .as_str()
-            .or(added.body["user_id"].as_str())
-            .unwrap_or_default()
-            .to_owned(),
-    }
-}
 
 #[sqlx::test(migrations = false)]
 async fn members_act_on_their_own_leases_and_admins_force_release(pool: sqlx::PgPool) {
     let app = TestApp::postgres(pool).await;
     let owner = app.register("owner@example.com").await;
     let (_, key) = app.issue(&owner, json!({"name": "IDE", "seats": 5})).await;
-    let ada = member(&app, &owner, "ada@example.com").await;
-    let bob = member(&app, &owner, "bob@example.com").await;
+    let ada = app.member(&owner, "ada@example.com").await;
+    let bob = app.member(&owner, "bob@example.com").await;
     let seat = app.acquire(&ada, &key, "ada-laptop").await;
     assert_eq!(seat.status, 201, "{:?}", seat.body);
     let session = json!({"session_id": seat.body["session_id"]});
@@ -103,16 +82,6 @@ async fn members_act_on_their_own_leases_and_admins_force_release(pool: sqlx::Pg
     app.stop().await;
 }
 
-async fn login(app: &TestApp, email: &str) -> common::Reply {
-    app.send(
-        "POST",
-        "/api/v1/auth/login",
-        None,
-        Some(json!({"email": email, "password": "member password"})),
-    )
-    .await
-}
-
 /// Members and roles (issue 14): owners and admins list the users, change
 /// a member's role (recorded; the user's tokens revoked so the new role
 /// holds at their next login), and deactivate a user (recorded; tokens
@@ -124,8 +93,8 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
     let app = TestApp::postgres(pool).await;
     let owner = app.register("owner@example.com").await;
     let (_, key) = app.issue(&owner, json!({"name": "IDE", "seats": 5})).await;
-    let ada = member(&app, &owner, "ada@example.com").await;
-    let bob = member(&app, &owner, "bob@example.com").await;
+    let ada = app.member(&owner, "ada@example.com").await;
+    let bob = app.member(&owner, "bob@example.com").await;
 
     let list = app
         .send("GET", "/api/v1/users", Some(&owner.token), None)
@@ -182,7 +151,7 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
         .send("GET", "/api/v1/users/me", Some(&ada.token), None)
         .await;
     assert_eq!(old.status, 401, "{:?}", old.body);
-    let relogin = login(&app, "ada@example.com").await;
+    let relogin = app.member_login("ada@example.com").await;
     let ada_token = relogin.body["api_token"].as_str().unwrap().to_owned();
     let me = app
         .send("GET", "/api/v1/users/me", Some(&ada_token), None)
@@ -282,7 +251,7 @@ async fn admins_list_change_and_deactivate_members(pool: sqlx::PgPool) {
         .send("GET", "/api/v1/users/me", Some(&bob.token), None)
         .await;
     assert_eq!(refused.status, 401);
-    assert_eq!(login(&app, "bob@example.com").await.status, 401);
+    assert_eq!(app.member_login("bob@example.com").await.status, 401);
     // The owner's seat is untouched; listing shows Bob inactive.
     let beat = app
         .post(

@@ -183,15 +183,7 @@ async fn the_sixth_wrong_password_waits() {
     app.register("ada@example.com").await;
     let attempt = |email: &'static str, password: &'static str| {
         let app = &app;
-        async move {
-            app.send(
-                "POST",
-                "/api/v1/auth/login",
-                None,
-                Some(json!({"email": email, "password": password})),
-            )
-            .await
-        }
+        async move { app.login_with(email, password).await }
     };
     for email in ["ada@example.com", "nobody@example.com"] {
         for _ in 0..5 {

@@ -196,6 +196,9 @@ impl TestApp {
     }
 }
 
+/// The password [`TestApp::member`] gives.
+pub const MEMBER_PASSWORD: &str = "member password";
+
 pub struct Org {
     pub token: String,
     pub org_id: String,
@@ -265,6 +268,41 @@ impl TestApp {
                 .unwrap()
                 .to_owned(),
             user_id: reply.body["id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// `POST /api/v1/auth/login` with this email and password.
+    pub async fn login_with(&self, email: &str, password: &str) -> Reply {
+        self.send(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(serde_json::json!({"email": email, "password": password})),
+        )
+        .await
+    }
+
+    /// Logs `email` in with [`MEMBER_PASSWORD`].
+    pub async fn member_login(&self, email: &str) -> Reply {
+        self.login_with(email, MEMBER_PASSWORD).await
+    }
+
+    /// Adds a member to `owner`'s organization and logs them in.
+    pub async fn member(&self, owner: &Org, email: &str) -> Org {
+        let added = self
+            .post(
+                "/api/v1/users",
+                &owner.token,
+                serde_json::json!({"email": email, "password": MEMBER_PASSWORD, "full_name": "Mem Ber"}),
+            )
+            .await;
+        assert_eq!(added.status, 201, "{:?}", added.body);
+        let login = self.member_login(email).await;
+        assert_eq!(login.status, 200, "{:?}", login.body);
+        Org {
+            token: login.body["api_token"].as_str().unwrap().to_owned(),
+            org_id: owner.org_id.clone(),
+            user_id: added.body["id"].as_str().unwrap().to_owned(),
         }
     }
 
