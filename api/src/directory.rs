@@ -633,6 +633,19 @@ impl Directory {
         Ok(Some((parse_uuid(&license_id)?, parse_uuid(&org_id)?)))
     }
 
+    /// The org a license belongs to (from its key row; one indexed read,
+    /// whatever the license's history holds).
+    pub async fn license_org(&self, license_id: Uuid) -> Result<Option<Uuid>, DirectoryError> {
+        let org: Option<String> = with_pool!(&self.store, |pool| sqlx::query_scalar(
+            "SELECT org_id FROM license_keys WHERE license_id = $1"
+        )
+        .bind(license_id.to_string())
+        .fetch_optional(pool)
+        .await)
+        .map_err(store_error)?;
+        org.as_deref().map(parse_uuid).transpose()
+    }
+
     /// The org's licenses, oldest first, at most `limit`.
     pub async fn licenses_of(&self, org_id: Uuid, limit: i64) -> Result<Vec<Uuid>, DirectoryError> {
         let ids: Vec<String> = with_pool!(&self.store, |pool| sqlx::query_scalar(
