@@ -115,6 +115,8 @@ pub struct ServeArgs {
     pub redis_prefix: String,
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// `open`: anyone who reaches the server can register an organization
     /// (`POST /api/v1/auth/register`); `closed`: register answers 403 and
     /// the operator creates owners with `seatledger admin create-owner`.
@@ -143,6 +145,51 @@ pub struct ServeArgs {
         default_value_t = 2_000
     )]
     pub rate_limit_seat_ops_per_s: u32,
+}
+
+/// Limits against slow and abusive clients (see `seatledger_api::http`).
+#[derive(Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Seconds a connection has to send a whole request head, from when it
+    /// is accepted or its previous response was sent (so also how long an
+    /// idle keep-alive connection stays open); then it is closed.
+    #[arg(long, env = "SEATLEDGER_HEADER_READ_TIMEOUT_S", default_value_t = 10.0, value_parser = parse_http_timeout)]
+    pub header_read_timeout_s: f64,
+    /// Seconds a request body has to arrive whole after its head; then the
+    /// request is answered 408 `body_timeout` and the connection closed.
+    #[arg(long, env = "SEATLEDGER_BODY_READ_TIMEOUT_S", default_value_t = 10.0, value_parser = parse_http_timeout)]
+    pub body_read_timeout_s: f64,
+    /// Connections served at once; more wait in the listen backlog until
+    /// one closes. Keep it under the process's open-file limit.
+    #[arg(long, env = "SEATLEDGER_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        HttpArgs {
+            header_read_timeout_s: 10.0,
+            body_read_timeout_s: 10.0,
+            max_connections: 4096,
+        }
+    }
+}
+
+impl HttpArgs {
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_read_timeout: std::time::Duration::from_secs_f64(self.header_read_timeout_s),
+            body_read_timeout: std::time::Duration::from_secs_f64(self.body_read_timeout_s),
+            max_connections: self.max_connections as usize,
+        }
+    }
+}
+
+fn parse_http_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.1..=3600.0).contains(&seconds) => Ok(seconds),
+        _ => Err("expected seconds, from 0.1 to 3600".into()),
+    }
 }
 
 fn parse_reaper_interval(text: &str) -> Result<f64, String> {
@@ -232,6 +279,15 @@ impl ServeArgs {
             ("token-ttl-s", self.token_ttl_s.to_string()),
             ("request-timeout-s", format!("{:?}", self.request_timeout_s)),
             ("reaper-interval-s", format!("{:?}", self.reaper_interval_s)),
+            (
+                "header-read-timeout-s",
+                format!("{:?}", self.http.header_read_timeout_s),
+            ),
+            (
+                "body-read-timeout-s",
+                format!("{:?}", self.http.body_read_timeout_s),
+            ),
+            ("max-connections", self.http.max_connections.to_string()),
             (
                 "rate-limit-seat-ops-per-s",
                 self.rate_limit_seat_ops_per_s.to_string(),

@@ -8,6 +8,11 @@ use seatledger_ledger::domain::Rejection;
 use seatledger_ledger::AppendError;
 use serde::Serialize;
 
+/// Marks a response that found the event store unavailable (see
+/// [`crate::store_gate`]).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreWasUnavailable;
+
 /// Seconds a client should wait before retrying a 503.
 pub const RETRY_AFTER_S: u32 = 2;
 
@@ -63,6 +68,16 @@ impl ApiError {
 
     pub fn not_found() -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    /// 408 `body_timeout`: the body did not arrive within the body read
+    /// timeout; the connection is closed after this answer.
+    pub fn body_timeout() -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time (--body-read-timeout-s)",
+        )
     }
 
     pub fn store_unavailable() -> Self {
@@ -195,6 +210,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.code == "store_unavailable" {
+            // The store gate learns from this that the store is down.
+            response.extensions_mut().insert(StoreWasUnavailable);
+        }
+        let headers = response.headers_mut();
         if let Some(seconds) = self.retry_after_s {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         } else if self.status == StatusCode::SERVICE_UNAVAILABLE {

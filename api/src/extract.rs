@@ -25,7 +25,9 @@ async fn body_bytes<S: Send + Sync>(
     let bytes = Bytes::from_request(request, state)
         .await
         .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            if crate::http::is_body_timeout(&rejection) {
+                ApiError::body_timeout()
+            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",

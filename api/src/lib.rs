@@ -10,12 +10,14 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod extract;
+pub mod http;
 pub mod keyring;
 pub mod login_guard;
 pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod store_gate;
 pub mod tokens;
 
 pub use config::{DatabaseArgs, NatsArgs, ServeArgs};

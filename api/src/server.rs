@@ -32,6 +32,7 @@ pub struct Server {
     /// a connection each and are aborted once the server has stopped.
     listeners: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    http: crate::http::HttpLimits,
 }
 
 impl Server {
@@ -184,7 +185,9 @@ impl Server {
                 caches.clone(),
             )));
         }
+        let http = args.http.limits();
         let state = AppState {
+            store_gate: crate::store_gate::StoreGate::new(store.clone()),
             directory: crate::directory::Directory::new(store.clone()),
             store,
             appender,
@@ -210,6 +213,7 @@ impl Server {
             followers,
             listeners,
             shutdown,
+            http,
         })
     }
 
@@ -233,18 +237,12 @@ impl Server {
             followers,
             listeners,
             shutdown: stop_followers,
+            http,
         } = self;
         let app = NormalizePathLayer::trim_trailing_slash().layer(routes::router(state));
         // The peer address reaches handlers (per-address limits on register and
-        // login).
-        let service =
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(app);
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("server failed")?;
+        // login) as `ConnectInfo`.
+        crate::http::serve(listener, app, http, shutdown).await;
         // The followers stop (the reaper's appender handle with them); the
         // router (and every appender handle in it) is dropped: the appender
         // commits what is queued and stops.

@@ -69,4 +69,6 @@ pub struct AppState {
     pub nats: Option<Arc<PublisherStats>>,
     /// How long a request may take before it is answered 503.
     pub request_timeout: std::time::Duration,
+    /// Whether the store is known to be down (then requests fail fast).
+    pub store_gate: crate::store_gate::StoreGate,
 }

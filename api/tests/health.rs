@@ -62,6 +62,10 @@ async fn ready_is_503_when_the_store_is_gone(pool: sqlx::PgPool) {
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);
+    assert_eq!(ready.headers()["content-type"], "application/problem+json");
+    assert_eq!(ready.headers()["retry-after"], "2");
+    let problem: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(problem["code"], "store_unavailable");
     let live = app
         .client
         .get(app.url("/api/v1/health"))

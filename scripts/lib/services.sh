@@ -93,7 +93,20 @@ ensure_binary() { # command package
   apt_install "$2"
 }
 
+# The fault tests start a PostgreSQL of their own (initdb and pg_ctl under
+# /usr/lib/postgresql/N/bin, run as the postgres user when root), even
+# when DATABASE_URL points at another server.
+ensure_postgres_server_binaries() {
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return 0
+  if [ "$(id -u)" != 0 ]; then
+    say "initdb is not installed (the fault tests run a PostgreSQL of their own), and installing it needs root."
+    exit 1
+  fi
+  apt_install postgresql
+}
+
 ensure_services() {
+  ensure_postgres_server_binaries
   case "$DATABASE_URL" in *127.0.0.1:5432*|*localhost:5432*) ensure_postgres ;; esac
   ensure_binary redis-server redis-server
   ensure_binary nats-server nats-server

@@ -1,8 +1,10 @@
 //! Liveness and readiness; no auth.
 
+use crate::error::{ApiError, ProblemDoc};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -18,23 +20,24 @@ pub async fn live() -> Json<Value> {
 /// `degraded`: NATS unreachable or publishing failing, or `not_configured`,
 /// with the publisher's position and lag under `event_stream`) are
 /// reported but never make the service unready (the ledger works without
-/// them).
+/// them). Answers within a second: 503 `store_unavailable` when the store
+/// does not answer a ping within 1 s, at once while it is known to be down.
 #[utoipa::path(
     get,
     path = "/api/v1/health/ready",
     tag = "health",
     responses(
         (status = 200, description = "the event store answers", body = Object),
-        (status = 503, description = "the event store does not answer", body = Object)
+        (status = 503, description = "`store_unavailable`: the event store does not answer within 1 s, or is known to be down (answered at once; Retry-After)", body = ProblemDoc)
     )
 )]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+pub async fn ready(State(state): State<AppState>) -> Response {
     let backend = match state.store.backend() {
         seatledger_ledger::Backend::Postgres => "postgres",
         seatledger_ledger::Backend::Sqlite => "sqlite",
     };
-    match state.store.ping().await {
-        Ok(()) => (
+    if state.store_gate.ping().await {
+        (
             StatusCode::OK,
             Json(json!({
                 "status": "ok",
@@ -52,15 +55,12 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
                     "active": nats.active.load(Ordering::Relaxed),
                 }))
             })),
-        ),
-        Err(error) => {
-            tracing::warn!(error = %error, "readiness: event store unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({ "status": "unavailable", "store": { "backend": backend, "status": "unavailable" } }),
-                ),
-            )
-        }
+        )
+            .into_response()
+    } else {
+        // problem+json with Retry-After, like any request that finds the
+        // store down; at once while the gate knows it is down, else within
+        // READY_TIMEOUT.
+        ApiError::store_unavailable().into_response()
     }
 }

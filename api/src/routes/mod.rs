@@ -89,9 +89,7 @@ impl utoipa::Modify for CommonProblems {
                 });
         }
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let reaches_store = path.starts_with("/api/v1/")
-                && !path.starts_with("/api/v1/health")
-                && path != "/api/v1/keys";
+            let reaches_store = crate::store_gate::reaches_store(path);
             for operation in [
                 &mut item.get,
                 &mut item.post,
@@ -117,6 +115,11 @@ impl utoipa::Modify for CommonProblems {
                 }
                 if operation.request_body.is_some() {
                     add(operation, "400", "`malformed_json`");
+                    add(
+                        operation,
+                        "408",
+                        "`body_timeout`: the body did not arrive within `--body-read-timeout-s`; the connection is closed",
+                    );
                     add(operation, "413", "`payload_too_large`: body over 64 KiB");
                     add(
                         operation,
@@ -219,6 +222,10 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(Extension(document))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.store_gate.clone(),
+            crate::store_gate::gate,
+        ))
         .layer(middleware::from_fn_with_state(
             state.request_timeout,
             time_limit,

@@ -1,6 +1,8 @@
 //! Spawning the real server in-process on port 0 (zero2prod's `spawn_app`).
 #![allow(dead_code)]
 
+pub mod processes;
+
 use seatledger_api::{DatabaseArgs, NatsArgs, ServeArgs, Server};
 use seatledger_ledger::{ManualClock, Store};
 use seatledger_schema::Timestamp;
@@ -24,6 +26,7 @@ pub fn args(database_url: String) -> ServeArgs {
         redis_url: None,
         redis_prefix: "seatledger:".into(),
         nats: NatsArgs::off(),
+        http: Default::default(),
         registration: "open".into(),
         token_ttl_s: 2_592_000,
         request_timeout_s: 30.0,
@@ -113,6 +116,11 @@ impl TestApp {
             ..args(String::new())
         };
         TestApp::spawn(Store::from_pg_pool(pool), args, None).await
+    }
+
+    /// A server on `store` with `args` as given (keys included).
+    pub async fn on_store(store: Store, args: ServeArgs) -> TestApp {
+        TestApp::spawn_as_given(store, args, None).await
     }
 
     async fn spawn(store: Store, mut args: ServeArgs, dir: Option<tempfile::TempDir>) -> TestApp {
