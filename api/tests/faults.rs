@@ -9,7 +9,7 @@ mod common;
 use common::processes::{database_url, PrivatePostgres, ServerProcess};
 use common::TestApp;
 use serde_json::json;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,36 +155,12 @@ async fn issue(base: &str, token: &str, seats: u32) -> (String, String) {
     )
 }
 
-/// Sessions granted and ended in the log: (acquired, released).
-async fn sessions_in_log(store: &seatledger_ledger::Store) -> (HashSet<String>, HashSet<String>) {
-    let (mut acquired, mut released) = (HashSet::new(), HashSet::new());
-    let mut after = 0;
-    loop {
-        let events = store.read_after(0, after, 5_000).await.unwrap();
-        let Some(last) = events.last() else { break };
-        after = last.position;
-        for event in &events {
-            let session = event.payload["session_id"].as_str().map(str::to_owned);
-            match (event.event_type.as_str(), session) {
-                ("SeatAcquired", Some(session)) => {
-                    acquired.insert(session);
-                }
-                ("SeatReleased", Some(session)) => {
-                    released.insert(session);
-                }
-                _ => {}
-            }
-        }
-    }
-    (acquired, released)
-}
-
 /// Every answered acquire and release of `outcomes` is in the log.
 async fn assert_answered_writes_in_log(
     store: &seatledger_ledger::Store,
     outcomes: &[Outcome],
 ) -> (usize, usize) {
-    let (acquired, released) = sessions_in_log(store).await;
+    let (acquired, released) = common::sessions_in_log(store).await;
     let answered_acquires: Vec<_> = outcomes
         .iter()
         .filter_map(|o| o.acquired.as_ref())

@@ -467,3 +467,35 @@ pub fn nats_server(port: u16, dir: &std::path::Path) -> std::process::Command {
         .arg(dir);
     command
 }
+
+/// Sessions granted and ended in the log: (acquired, released).
+pub async fn sessions_in_log(
+    store: &seatledger_ledger::Store,
+) -> (
+    std::collections::HashSet<String>,
+    std::collections::HashSet<String>,
+) {
+    let (mut acquired, mut released) = (
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+    );
+    let mut after = 0;
+    loop {
+        let events = store.read_after(0, after, 5_000).await.unwrap();
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        for event in &events {
+            let session = event.payload["session_id"].as_str().map(str::to_owned);
+            match (event.event_type.as_str(), session) {
+                ("SeatAcquired", Some(session)) => {
+                    acquired.insert(session);
+                }
+                ("SeatReleased", Some(session)) => {
+                    released.insert(session);
+                }
+                _ => {}
+            }
+        }
+    }
+    (acquired, released)
+}

@@ -220,8 +220,19 @@ impl ServerProcess {
     /// `keys` (created there by the first server) and `extra` flags, and
     /// waits (30 s at most) until it listens.
     pub fn start(database_url: &str, keys: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_on("127.0.0.1:0", database_url, keys, extra)
+    }
+
+    /// [`start`](Self::start) listening on `listen` (a restart can keep
+    /// its address).
+    pub fn start_on(
+        listen: &str,
+        database_url: &str,
+        keys: &Path,
+        extra: &[&str],
+    ) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_seatledger"))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "serve", "--listen", listen])
             .args(["--database-url", database_url])
             .arg("--signing-key")
             .arg(keys.join("ledger.key"))
@@ -273,6 +284,14 @@ impl ServerProcess {
     /// SIGKILL, and wait for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (a graceful stop: it signs its head), and wait for it.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
