@@ -196,6 +196,9 @@ pub struct AppenderStats {
     pub commands_on_unreadable_streams: AtomicU64,
     /// Streams currently remembered as unreadable.
     pub unreadable_streams: AtomicU64,
+    /// Snapshots committed, and their bytes (the state as JSON text).
+    pub snapshots: AtomicU64,
+    pub snapshot_bytes: AtomicU64,
 }
 
 /// Tells followers the last committed position they may read up to.
@@ -300,6 +303,9 @@ impl Appender {
 
 struct CachedStream {
     version: i64,
+    /// The version of the latest snapshot stored (as far as this appender
+    /// knows: another replica may have written a later one), 0 for none.
+    snapshot_version: i64,
     state: StreamState,
 }
 
@@ -459,7 +465,7 @@ impl Worker {
             .iter()
             .map(|submission| batch.decide(submission, &mut working, &mut recorded, now))
             .collect::<Result<Vec<Reply>, StoreError>>()?;
-        let stream_writes = stream_writes(partition, &working, &versions)?;
+        let stream_writes = stream_writes(partition, &mut working, &versions)?;
 
         let checkpointed = self.checkpoint_if_due(&mut tx, head.0, &batch, now).await?;
         let notify = (batch.position > head.0).then_some((partition, batch.position));
@@ -467,6 +473,12 @@ impl Worker {
             .await?;
         tx.commit().await?;
 
+        for snapshot in stream_writes.iter().filter_map(|w| w.snapshot.as_ref()) {
+            self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .snapshot_bytes
+                .fetch_add(snapshot.1.len() as u64, Ordering::Relaxed);
+        }
         self.after_commit(head.0, &batch, checkpointed, working);
         Ok(replies)
     }
@@ -667,12 +679,14 @@ async fn load_state(
             let start = match loaded.snapshot {
                 Some((version, state)) => CachedStream {
                     version,
+                    snapshot_version: version,
                     state: serde_json::from_value(state).map_err(|e| {
                         StoreError::Corrupt(format!("snapshot of {stream_id}: {e}"))
                     })?,
                 },
                 None => CachedStream {
                     version: 0,
+                    snapshot_version: 0,
                     state: StreamState::Empty,
                 },
             };
@@ -846,23 +860,24 @@ fn touched_session(events: &[RecordedEvent]) -> Option<Uuid> {
 }
 
 /// Phase 3: the `streams` rows of the streams the batch changed, with a
-/// snapshot for each that crossed a multiple of `SNAPSHOT_EVERY_EVENTS`.
+/// snapshot for each that is due (see [`snapshot_due`]).
 fn stream_writes(
     partition: i16,
-    working: &Working,
+    working: &mut Working,
     versions: &HashMap<String, i64>,
 ) -> Result<Vec<StreamWrite>, StoreError> {
     let mut writes = Vec::new();
-    for (stream_id, stream) in &working.streams {
+    for (stream_id, stream) in working.streams.iter_mut() {
         let stored_version = versions.get(stream_id).copied().unwrap_or(0);
         if stream.version == stored_version {
             continue;
         }
-        let crossed = stored_version / limits::SNAPSHOT_EVERY_EVENTS
-            != stream.version / limits::SNAPSHOT_EVERY_EVENTS;
-        let snapshot = if crossed {
+        let snapshot = if snapshot_due(stream) {
             let state = serde_json::to_string(&stream.state)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // Only this batch's working copy: it reaches the cache once
+            // the batch commits, and is dropped with it if it fails.
+            stream.snapshot_version = stream.version;
             Some((stream.version, state))
         } else {
             None
@@ -875,6 +890,20 @@ fn stream_writes(
         });
     }
     Ok(writes)
+}
+
+/// The amortized snapshot policy: a stream's snapshot is rewritten once the
+/// events since the last one reach the state's size (its leases or users),
+/// and at least `SNAPSHOT_EVERY_EVENTS`. Writing a snapshot costs its size,
+/// so each event pays a constant share, however large the license: a
+/// license of 100,000 leases is snapshotted every 100,000 events, not every
+/// 1,000 (a snapshot rewrite per 1,000 events cost each event a hundredth
+/// of the state). A load reads the snapshot and at most
+/// `max(SNAPSHOT_EVERY_EVENTS, size)` later events: no more than the
+/// snapshot itself holds.
+fn snapshot_due(stream: &CachedStream) -> bool {
+    let interval = limits::SNAPSHOT_EVERY_EVENTS.max(stream.state.size() as i64);
+    stream.version - stream.snapshot_version >= interval
 }
 
 /// Streams found unreadable, remembered for a while so that commands on

@@ -67,9 +67,10 @@ pub struct Lease {
 
 /// A license's state. Indexes (by machine, by expiry, remembered ended
 /// sessions) are derived from the leases and rebuilt on load, so a snapshot
-/// stores only the leases.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "LicenseSnapshot", into = "LicenseSnapshot")]
+/// stores only the leases. It serializes from borrowed fields (no copy of
+/// the state, whatever its size) in the form of [`LicenseSnapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(from = "LicenseSnapshot")]
 pub struct LicenseState {
     pub terms: Option<LicenseTerms>,
     pub status: LicenseStatus,
@@ -84,6 +85,49 @@ pub struct LicenseState {
     ended_set: HashSet<Uuid>,
 }
 
+impl Serialize for LicenseState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// [`LicenseSnapshot`]'s fields, in its order, borrowed.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            terms: &'a Option<LicenseTerms>,
+            status: LicenseStatus,
+            last_generation: u64,
+            #[serde(serialize_with = "leases_in_order")]
+            leases: &'a BTreeMap<Uuid, Lease>,
+            ended: &'a VecDeque<Uuid>,
+        }
+        fn leases_in_order<S: serde::Serializer>(
+            leases: &&BTreeMap<Uuid, Lease>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq(leases.values())
+        }
+        Borrowed {
+            terms: &self.terms,
+            status: self.status,
+            last_generation: self.last_generation,
+            leases: &self.leases,
+            ended: &self.ended,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// A snapshot of `state` as the serializer before the borrowing one wrote
+/// it (through a copy into [`LicenseSnapshot`]), tagged as `StreamState`
+/// tags it: the format the new writer must keep producing.
+#[cfg(test)]
+pub(crate) fn old_format_snapshot(state: &LicenseState) -> serde_json::Value {
+    let mut value = serde_json::to_value(LicenseSnapshot::from(state.clone()))
+        .unwrap_or(serde_json::Value::Null);
+    if let Some(map) = value.as_object_mut() {
+        map.insert("kind".into(), "license".into());
+    }
+    value
+}
+
+/// The stored form of a license's state (what snapshots hold).
 #[derive(Serialize, Deserialize)]
 struct LicenseSnapshot {
     terms: Option<LicenseTerms>,
@@ -142,6 +186,12 @@ pub struct LicenseView {
 }
 
 impl LicenseState {
+    /// How many entries a snapshot of this state holds (leases and
+    /// remembered ended sessions): what writing one costs.
+    pub fn size(&self) -> usize {
+        self.leases.len() + self.ended.len()
+    }
+
     pub fn lease(&self, session_id: Uuid) -> Option<&Lease> {
         self.leases.get(&session_id)
     }

@@ -62,6 +62,18 @@ pub enum StreamState {
     License(LicenseState),
 }
 
+impl StreamState {
+    /// How many entries a snapshot of this state holds (leases, users):
+    /// what writing one costs.
+    pub fn size(&self) -> usize {
+        match self {
+            StreamState::Empty => 0,
+            StreamState::Org(org) => org.users.len(),
+            StreamState::License(license) => license.size(),
+        }
+    }
+}
+
 /// Decides `command` for the tenant `tenant_id` against its stream's state.
 pub fn decide(state: &StreamState, tenant_id: Uuid, command: &Command, now: Timestamp) -> Decision {
     match command.stream_id() {
