@@ -460,11 +460,14 @@ impl Worker {
         );
         let mut recorded = tx.recorded_commands(&keys).await?;
 
-        let mut batch = DecidedBatch::after(partition, head);
-        let replies = submissions
-            .iter()
-            .map(|submission| batch.decide(submission, &mut working, &mut recorded, now))
-            .collect::<Result<Vec<Reply>, StoreError>>()?;
+        let (batch, replies) = decide_batch(
+            partition,
+            head,
+            submissions,
+            &mut working,
+            &mut recorded,
+            now,
+        )?;
         let stream_writes = stream_writes(partition, &mut working, &versions)?;
 
         let checkpointed = self.checkpoint_if_due(&mut tx, head.0, &batch, now).await?;
@@ -700,6 +703,26 @@ async fn load_state(
         )));
     }
     Ok(stream)
+}
+
+/// Phase 2, pure (no I/O, no clock): decides `submissions` in order after
+/// `head` at `now`, against `working` (which evolves) and the recorded
+/// idempotent results (which grow). A batch decides exactly as the same
+/// commands would one batch each (tested below).
+fn decide_batch(
+    partition: i16,
+    head: (i64, ChainHash),
+    submissions: &[Submission],
+    working: &mut Working,
+    recorded: &mut RecordedCommands,
+    now: Timestamp,
+) -> Result<(DecidedBatch, Vec<Reply>), StoreError> {
+    let mut batch = DecidedBatch::after(partition, head);
+    let replies = submissions
+        .iter()
+        .map(|submission| batch.decide(submission, working, recorded, now))
+        .collect::<Result<Vec<Reply>, StoreError>>()?;
+    Ok((batch, replies))
 }
 
 /// Phase 2: the events a batch appends, with consecutive positions and
@@ -966,5 +989,218 @@ impl UnreadableStreams {
 
     fn len(&self) -> usize {
         self.streams.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{HardwareId, HeartbeatTtl, Name, OveragePercent, SeatActor, SeatCount};
+    use proptest::prelude::*;
+
+    const ORG: Uuid = Uuid::from_u128(1);
+
+    fn license(n: u8) -> Uuid {
+        Uuid::from_u128(0x100 + u128::from(n))
+    }
+
+    /// Two licenses of two seats, issued (version 1 each).
+    fn working() -> Working {
+        let mut working = Working::default();
+        for n in 0..2 {
+            let issue = Command::IssueLicense {
+                license_id: license(n),
+                name: Name::parse("IDE").unwrap(),
+                seats: SeatCount::new(2).unwrap(),
+                expires_at: None,
+                heartbeat_ttl_s: HeartbeatTtl::new(60).unwrap(),
+                max_overage_percent: OveragePercent::default(),
+            };
+            let decision = decide(&StreamState::Empty, ORG, &issue, Timestamp::UNIX_EPOCH);
+            let state = decision.events.iter().fold(StreamState::Empty, evolve);
+            working.streams.insert(
+                issue.stream_id().to_string(),
+                CachedStream {
+                    version: 1,
+                    snapshot_version: 0,
+                    state,
+                },
+            );
+        }
+        working
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Acquire { license: u8, machine: u8 },
+        Heartbeat(u8),
+        Release(u8),
+        Suspend(u8),
+        Reinstate(u8),
+    }
+
+    fn op() -> impl Strategy<Value = (Op, Option<u8>, bool)> {
+        let op = prop_oneof![
+            4 => (0u8..2, 0u8..4).prop_map(|(license, machine)| Op::Acquire { license, machine }),
+            2 => any::<u8>().prop_map(Op::Heartbeat),
+            2 => any::<u8>().prop_map(Op::Release),
+            1 => (0u8..2).prop_map(Op::Suspend),
+            1 => (0u8..2).prop_map(Op::Reinstate),
+        ];
+        // Idempotency keys from a small set, so that some repeat, with the
+        // same request or another one.
+        (op, proptest::option::of(0u8..4), any::<bool>())
+    }
+
+    fn submissions(ops: &[(Op, Option<u8>, bool)]) -> Vec<Submission> {
+        let mut sessions: Vec<(u8, Uuid)> = Vec::new();
+        ops.iter()
+            .enumerate()
+            .map(|(index, (op, key, same_request))| {
+                let pick = |n: &u8| {
+                    sessions
+                        .get(usize::from(*n) % sessions.len().max(1))
+                        .copied()
+                        .unwrap_or((0, Uuid::from_u128(0xdead)))
+                };
+                let command = match op {
+                    Op::Acquire {
+                        license: l,
+                        machine,
+                    } => {
+                        let session_id = Uuid::from_u128(0x9000 + index as u128);
+                        sessions.push((*l, session_id));
+                        Command::AcquireSeat {
+                            token_id: None,
+                            license_id: license(*l),
+                            session_id,
+                            user_id: Uuid::from_u128(u128::from(*machine)),
+                            hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
+                        }
+                    }
+                    Op::Heartbeat(n) => {
+                        let (l, session_id) = pick(n);
+                        Command::Heartbeat {
+                            license_id: license(l),
+                            session_id,
+                            by: SeatActor::Unchecked,
+                        }
+                    }
+                    Op::Release(n) => {
+                        let (l, session_id) = pick(n);
+                        Command::ReleaseSeat {
+                            license_id: license(l),
+                            session_id,
+                            by: SeatActor::Unchecked,
+                        }
+                    }
+                    Op::Suspend(l) => Command::SuspendLicense {
+                        license_id: license(*l),
+                        reason: None,
+                    },
+                    Op::Reinstate(l) => Command::ReinstateLicense {
+                        license_id: license(*l),
+                        reason: None,
+                    },
+                };
+                let mut submission = Submission::new(ORG, command);
+                if let Some(key) = key {
+                    let request = if *same_request {
+                        [*key; 32]
+                    } else {
+                        [index as u8; 32]
+                    };
+                    submission = submission.with_command_id(format!("key-{key}"), request);
+                }
+                submission
+            })
+            .collect()
+    }
+
+    /// What an event is, but for its random id and the hashes that cover it.
+    fn essence(event: &RecordedEvent) -> (i64, String, i64, String, serde_json::Value, Timestamp) {
+        (
+            event.position,
+            event.stream_id.clone(),
+            event.stream_version,
+            event.event_type.clone(),
+            event.payload.clone(),
+            event.recorded_at,
+        )
+    }
+
+    type ReplyEssence = Result<
+        (
+            Vec<(i64, String, i64, String, serde_json::Value, Timestamp)>,
+            Option<Rejection>,
+            Option<LicenseView>,
+            Option<Lease>,
+            bool,
+        ),
+        String,
+    >;
+
+    fn reply_essence(reply: &Reply) -> ReplyEssence {
+        match reply {
+            Ok(result) => Ok((
+                result.events.iter().map(essence).collect(),
+                result.rejection,
+                result.license.clone(),
+                result.lease.clone(),
+                result.replayed,
+            )),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A batch decides exactly as the same commands one batch each:
+        /// the same events at the same positions, the same answers
+        /// (idempotent repeats and reused keys included), the same states,
+        /// and a hash chain that links from the head either way.
+        #[test]
+        fn a_batch_decides_as_its_commands_one_by_one(
+            ops in proptest::collection::vec(op(), 1..40),
+        ) {
+            let now = Timestamp::from_micros_saturating(1_000_000);
+            let head = (7, ChainHash::GENESIS);
+            let submissions = submissions(&ops);
+
+            let mut together = working();
+            let mut recorded_together = RecordedCommands::default();
+            let (batch, replies) = decide_batch(0, head, &submissions, &mut together, &mut recorded_together, now).unwrap();
+
+            let mut alone = working();
+            let mut recorded_alone = RecordedCommands::default();
+            let mut events = Vec::new();
+            let mut one_by_one = Vec::new();
+            let mut at = head;
+            for submission in &submissions {
+                let (single, mut reply) = decide_batch(0, at, std::slice::from_ref(submission), &mut alone, &mut recorded_alone, now).unwrap();
+                at = (single.position, single.prev_hash);
+                events.extend(single.events);
+                one_by_one.append(&mut reply);
+            }
+
+            prop_assert_eq!(batch.events.iter().map(essence).collect::<Vec<_>>(), events.iter().map(essence).collect::<Vec<_>>());
+            prop_assert_eq!(replies.iter().map(reply_essence).collect::<Vec<_>>(), one_by_one.iter().map(reply_essence).collect::<Vec<_>>());
+            prop_assert_eq!(batch.position, at.0);
+            for (stream_id, stream) in &together.streams {
+                prop_assert_eq!(stream.version, alone.streams[stream_id].version);
+                prop_assert_eq!(&stream.state, &alone.streams[stream_id].state);
+            }
+            prop_assert_eq!(batch.command_writes.len(), recorded_alone.len());
+            // Consecutive positions from the head, each event linked to the
+            // one before.
+            let mut expected = head;
+            for event in &batch.events {
+                prop_assert_eq!(event.position, expected.0 + 1);
+                prop_assert_eq!(event.prev_hash, expected.1);
+                prop_assert_eq!(event.hash, expected_hash(event));
+                expected = (event.position, event.hash);
+            }
+        }
     }
 }
