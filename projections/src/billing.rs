@@ -422,6 +422,20 @@ impl BillingFold {
                     self.bucket(granularity, org_id, license_id, at).denials += 1;
                 }
             }
+            // A suspension or revocation that ends every lease: each ends
+            // as its own release or expiry would have (at `at`, or at its
+            // `expires_at` if it had gone stale before).
+            Event::LicenseSuspended(changed) | Event::LicenseRevoked(changed)
+                if changed.ends_leases =>
+            {
+                if let Some(leases) = self.licenses.remove(&(org_id, license_id)) {
+                    for lease in leases.open.into_values() {
+                        self.changed(org_id, license_id, lease.session_id, true);
+                        let end = at.min(lease.expires_at);
+                        self.close(&lease, end);
+                    }
+                }
+            }
             Event::OrganizationRegistered(_)
             | Event::UserRegistered(_)
             | Event::UserRoleChanged(_)

@@ -51,7 +51,20 @@ while i <= #ARGV do
   local n = tonumber(ARGV[i + 2])
   local args = {}
   for j = 1, n do args[j] = ARGV[i + 2 + j] end
-  redis.call(ARGV[i], ARGV[i + 1], unpack(args))
+  if ARGV[i] == 'ENDLEASES' then
+    -- Every lease of a license ends (a suspension or revocation that ends
+    -- them): key = its :ids set; args = :exp, :ses, the stale index and
+    -- the prefix of its members there.
+    local ids = redis.call('ZRANGE', ARGV[i + 1], 0, -1)
+    for k = 1, #ids, 1000 do
+      local members = {}
+      for m = k, math.min(k + 999, #ids) do members[#members + 1] = args[4] .. ids[m] end
+      redis.call('ZREM', args[3], unpack(members))
+    end
+    redis.call('DEL', ARGV[i + 1], args[1], args[2])
+  else
+    redis.call(ARGV[i], ARGV[i + 1], unpack(args))
+  end
   i = i + 3 + n
 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -479,9 +492,26 @@ impl RedisLicenses {
                 vec!["seats".into(), changed.seats.to_string()],
             )),
             Event::LicenseRenewed(renewed) => out.push(expiry(&license, renewed.expires_at)),
-            Event::LicenseSuspended(_) => out.push(status(LicenseStatus::Suspended)),
+            Event::LicenseSuspended(changed) | Event::LicenseRevoked(changed) => {
+                out.push(status(if matches!(event, Event::LicenseSuspended(_)) {
+                    LicenseStatus::Suspended
+                } else {
+                    LicenseStatus::Revoked
+                }));
+                if changed.ends_leases {
+                    out.push((
+                        "ENDLEASES",
+                        self.license_key(license_id, ":ids"),
+                        vec![
+                            self.license_key(license_id, ":exp"),
+                            self.license_key(license_id, ":ses"),
+                            self.key("stale"),
+                            format!("{}:{license_id}:", record.tenant_id),
+                        ],
+                    ));
+                }
+            }
             Event::LicenseReinstated(_) => out.push(status(LicenseStatus::Active)),
-            Event::LicenseRevoked(_) => out.push(status(LicenseStatus::Revoked)),
             Event::SeatAcquired(acquired) => {
                 let session = acquired.session_id.to_string();
                 let score = acquired.expires_at.as_micros().to_string();

@@ -313,6 +313,16 @@ async fn hot_counts_equal_the_ledger(store: Store) {
             "redis caught up"
         );
         assert_redis_equals_memory(&redis, &hot, &licenses, clock.now()).await;
+        // The reaper's index holds exactly the leases there are (none left
+        // behind by a suspension that ended every lease at once).
+        let far = Timestamp::parse("9999-01-01T00:00:00Z").unwrap();
+        let indexed = redis.stale(far, 100_000).await.unwrap().len();
+        let leases: usize = hot
+            .snapshot()
+            .values()
+            .map(|state| state.lease_count())
+            .sum();
+        assert_eq!(indexed, leases, "stale index = the leases");
         // Rebuilt from position 0, in one range, it equals the live one.
         let rebuilt = HotLicenses::default();
         let (stop_rebuild, rebuild) = follow(&store, &rebuilt, &CommitNotifier::default(), 10_000);

@@ -108,10 +108,22 @@ pub struct LicenseRenewed {
     pub expires_at: Option<Timestamp>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LicenseStatusChanged {
     #[serde(default)]
     pub reason: Option<String>,
+    /// On a suspension or revocation: this event itself ends every lease of
+    /// the license (live ones as released, stale ones as expired at their
+    /// `expires_at`), instead of one `SeatReleased`/`SeatExpired` per lease
+    /// after it. Absent (false) in events written before it existed, which
+    /// are followed by those per-lease events; omitted when false, so they
+    /// encode and hash exactly as before.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ends_leases: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +318,25 @@ fn legacy_timestamps_clamped(payload: &serde_json::Value) -> Option<serde_json::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status change written before `ends_leases` existed decodes with it
+    /// false and encodes to the same payload (so it hashes as before); one
+    /// that ends the leases round-trips with the flag.
+    #[test]
+    fn a_status_change_without_ends_leases_encodes_as_before() {
+        for event_type in ["LicenseSuspended", "LicenseRevoked", "LicenseReinstated"] {
+            let old = serde_json::json!({"reason": "fraud"});
+            let event = Event::decode(event_type, 1, &old).unwrap();
+            assert_eq!(event.payload(), old, "{event_type}");
+        }
+        let ending = Event::LicenseRevoked(LicenseStatusChanged {
+            reason: None,
+            ends_leases: true,
+        });
+        assert_eq!(ending.payload()["ends_leases"], true);
+        let decoded = Event::decode("LicenseRevoked", ending.schema_version(), &ending.payload());
+        assert_eq!(decoded.unwrap(), ending);
+    }
 
     #[test]
     fn payload_and_decode_round_trip() {

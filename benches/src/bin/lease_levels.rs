@@ -51,6 +51,11 @@ struct Args {
     fill_clients: usize,
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
+    /// After the levels, suspend the license (at the top level) while the
+    /// clients cycle on another license, and report their p99 before and
+    /// during.
+    #[arg(long)]
+    suspend: bool,
 }
 
 struct Setup {
@@ -144,12 +149,13 @@ async fn cycle(
     client: &reqwest::Client,
     args: &Args,
     setup: &Setup,
+    key: &str,
     level: u64,
     deadline: Instant,
 ) -> (Vec<Duration>, u64) {
     let workers = (0..args.clients).map(|index| {
         let client = client.clone();
-        let (token, key, base) = (setup.token.clone(), setup.key.clone(), args.url.clone());
+        let (token, key, base) = (setup.token.clone(), key.to_owned(), args.url.clone());
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = 0;
@@ -282,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
             &client,
             &args,
             &setup,
+            &setup.key,
             level,
             started + Duration::from_secs(args.duration_s),
         )
@@ -307,5 +314,92 @@ async fn main() -> anyhow::Result<()> {
             },
         );
     }
+    if args.suspend {
+        suspend_under_load(&client, &args, &setup, held.load(Ordering::Relaxed)).await?;
+    }
     Ok(())
+}
+
+/// Suspends the license (holding `held` live leases) while the clients
+/// cycle on another license: their p99 before and during, and how long
+/// the suspension took.
+async fn suspend_under_load(
+    client: &reqwest::Client,
+    args: &Args,
+    setup: &Setup,
+    held: u64,
+) -> anyhow::Result<()> {
+    let other: Value = client
+        .post(format!("{}/api/v1/licenses", args.url))
+        .bearer_auth(&setup.token)
+        .json(&json!({"name": "another license", "seats": 10_000}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let other_key = other["key"]
+        .as_str()
+        .with_context(|| format!("issue: {other}"))?
+        .to_owned();
+    let phase = Duration::from_secs(args.duration_s.min(10));
+    let (normal, _) = cycle(client, args, setup, &other_key, 1, Instant::now() + phase).await;
+    let deadline = Instant::now() + phase;
+    let suspend = async {
+        tokio::time::sleep(phase / 4).await;
+        let started = Instant::now();
+        let suspended = client
+            .post(format!(
+                "{}/api/v1/licenses/{}/suspend",
+                args.url,
+                license_id(client, args, setup).await?
+            ))
+            .bearer_auth(&setup.token)
+            .json(&json!({}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            suspended.status().is_success(),
+            "suspend answered {}",
+            suspended.status()
+        );
+        Ok::<Duration, anyhow::Error>(started.elapsed())
+    };
+    let ((during, failures), took) =
+        tokio::join!(cycle(client, args, setup, &other_key, 2, deadline), suspend);
+    let took = took?;
+    println!();
+    println!("| suspend of a license with {held} live leases | ms | other license's seat op p99 before ms | during ms | during ÷ before | failures |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let (before, while_suspending) = (percentile(&normal, 0.99), percentile(&during, 0.99));
+    println!(
+        "| suspend | {:.0} | {before:.1} | {while_suspending:.1} | {:.2} | {failures} |",
+        took.as_secs_f64() * 1000.0,
+        while_suspending / before.max(1e-9)
+    );
+    Ok(())
+}
+
+/// The id of the license `setup.key` opens (the first license listed).
+async fn license_id(
+    client: &reqwest::Client,
+    args: &Args,
+    setup: &Setup,
+) -> anyhow::Result<String> {
+    let listed: Value = client
+        .get(format!("{}/api/v1/licenses", args.url))
+        .bearer_auth(&setup.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let licenses = listed
+        .as_array()
+        .or_else(|| listed["licenses"].as_array())
+        .context("license list")?;
+    licenses
+        .iter()
+        .find(|license| license["name"] == "site license")
+        .and_then(|license| license["id"].as_str())
+        .map(str::to_owned)
+        .context("the site license is listed")
 }

@@ -294,22 +294,15 @@ impl LicenseState {
         }
     }
 
-    /// Events that end every lease: stale ones expire, live ones release.
-    fn end_all_leases(&self, now: Timestamp, reason: ReleaseReason) -> Vec<Event> {
-        self.by_expiry
-            .iter()
-            .filter_map(|(_, id)| self.leases.get(id))
-            .map(|lease| {
-                if lease.expires_at <= now {
-                    self.expiry_of(lease)
-                } else {
-                    Event::SeatReleased(SeatReleased {
-                        session_id: lease.session_id,
-                        reason,
-                    })
-                }
-            })
-            .collect()
+    /// Ends every lease (a suspension or revocation that ends them), the
+    /// latest to expire remembered last.
+    fn end_every_lease(&mut self) {
+        let by_expiry = std::mem::take(&mut self.by_expiry);
+        self.leases.clear();
+        self.by_machine.clear();
+        for (_, session_id) in by_expiry {
+            self.remember_ended(session_id);
+        }
     }
 
     fn expiry_of(&self, lease: &Lease) -> Event {
@@ -394,9 +387,9 @@ pub fn decide(
             if state.status == LicenseStatus::Suspended {
                 return Ok(vec![]);
             }
-            let mut events = vec![Event::LicenseSuspended(status_change(reason))];
-            events.extend(state.end_all_leases(now, ReleaseReason::Suspended));
-            Ok(events)
+            // One event, however many leases: it ends them all (bounded
+            // work per command; see `LicenseStatusChanged::ends_leases`).
+            Ok(vec![Event::LicenseSuspended(ending_leases(reason))])
         }),
         Command::ReinstateLicense { reason, .. } => admin(state, tenant_id, |_| {
             if state.status != LicenseStatus::Suspended {
@@ -411,9 +404,7 @@ pub fn decide(
             if state.status == LicenseStatus::Revoked {
                 return Decision::accept(vec![]);
             }
-            let mut events = vec![Event::LicenseRevoked(status_change(reason))];
-            events.extend(state.end_all_leases(now, ReleaseReason::Revoked));
-            Decision::accept(events)
+            Decision::accept(vec![Event::LicenseRevoked(ending_leases(reason))])
         }
         Command::AcquireSeat {
             session_id,
@@ -460,6 +451,15 @@ pub fn decide(
 fn status_change(reason: &Option<super::types::Reason>) -> LicenseStatusChanged {
     LicenseStatusChanged {
         reason: reason.as_ref().map(|reason| reason.as_str().to_owned()),
+        ends_leases: false,
+    }
+}
+
+/// A suspension or revocation that ends every lease by itself.
+fn ending_leases(reason: &Option<super::types::Reason>) -> LicenseStatusChanged {
+    LicenseStatusChanged {
+        ends_leases: true,
+        ..status_change(reason)
     }
 }
 
@@ -675,9 +675,19 @@ pub fn evolve(mut state: LicenseState, event: &Event) -> LicenseState {
                 terms.expires_at = renewed.expires_at;
             }
         }
-        Event::LicenseSuspended(_) => state.status = LicenseStatus::Suspended,
+        Event::LicenseSuspended(changed) => {
+            state.status = LicenseStatus::Suspended;
+            if changed.ends_leases {
+                state.end_every_lease();
+            }
+        }
         Event::LicenseReinstated(_) => state.status = LicenseStatus::Active,
-        Event::LicenseRevoked(_) => state.status = LicenseStatus::Revoked,
+        Event::LicenseRevoked(changed) => {
+            state.status = LicenseStatus::Revoked;
+            if changed.ends_leases {
+                state.end_every_lease();
+            }
+        }
         Event::SeatAcquired(acquired) => {
             state.last_generation = state.last_generation.max(acquired.generation);
             state.insert_lease(Lease {

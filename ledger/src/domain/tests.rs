@@ -105,7 +105,15 @@ fn denied(n: u128, reason: DenialReason) -> Event {
 }
 
 fn no_reason() -> LicenseStatusChanged {
-    LicenseStatusChanged { reason: None }
+    LicenseStatusChanged::default()
+}
+
+/// A suspension or revocation that ends every lease by itself.
+fn ending_leases(reason: Option<&str>) -> LicenseStatusChanged {
+    LicenseStatusChanged {
+        reason: reason.map(str::to_owned),
+        ends_leases: true,
+    }
 }
 
 #[test]
@@ -413,17 +421,10 @@ fn a_suspended_license_grants_nothing_and_suspending_releases_every_lease() {
         reason: None,
     };
     let decision = when(&state, suspend.clone(), at(70));
+    // One event, however many leases: it ends them all.
     assert_eq!(
         decision,
-        Decision::accept(vec![
-            Event::LicenseSuspended(no_reason()),
-            // Lease 1 had gone stale at 60 s: it expired, it was not released.
-            expired_event(1, 0),
-            Event::SeatReleased(SeatReleased {
-                session_id: session(2),
-                reason: ReleaseReason::Suspended
-            }),
-        ])
+        Decision::accept(vec![Event::LicenseSuspended(ending_leases(None))])
     );
     let mut history = vec![
         issued(3, 0, None),
@@ -432,6 +433,26 @@ fn a_suspended_license_grants_nothing_and_suspending_releases_every_lease() {
     ];
     history.extend(decision.events);
     let state = given(&history);
+    let StreamState::License(license) = &state else {
+        unreachable!()
+    };
+    assert_eq!(license.lease_count(), 0);
+    assert!(license.is_ended(session(1)) && license.is_ended(session(2)));
+    // A log written before: the suspension, then one event per lease (the
+    // stale one expired, the live one released). It replays to the same
+    // state.
+    let before = given(&[
+        issued(3, 0, None),
+        acquired(1, 1, 0, false),
+        acquired(2, 2, 50, false),
+        Event::LicenseSuspended(no_reason()),
+        expired_event(1, 0),
+        Event::SeatReleased(SeatReleased {
+            session_id: session(2),
+            reason: ReleaseReason::Suspended,
+        }),
+    ]);
+    assert_eq!(before, state);
     assert_eq!(
         when(&state, acquire(3), at(71)),
         Decision::deny(
@@ -474,15 +495,7 @@ fn a_revoked_license_grants_nothing_and_refuses_changes() {
     let decision = when(&state, revoke, at(1));
     assert_eq!(
         decision,
-        Decision::accept(vec![
-            Event::LicenseRevoked(LicenseStatusChanged {
-                reason: Some("fraud".into())
-            }),
-            Event::SeatReleased(SeatReleased {
-                session_id: session(1),
-                reason: ReleaseReason::Revoked
-            }),
-        ])
+        Decision::accept(vec![Event::LicenseRevoked(ending_leases(Some("fraud")))])
     );
     let mut history = vec![issued(2, 0, None), acquired(1, 1, 0, false)];
     history.extend(decision.events);

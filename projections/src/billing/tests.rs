@@ -461,6 +461,21 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
                     });
                 }
             }
+            // A suspension or revocation that ends every lease: each as
+            // its release would (stale ones at their expiry).
+            Event::LicenseSuspended(changed) | Event::LicenseRevoked(changed)
+                if changed.ends_leases =>
+            {
+                for (_, (start, expires, user, machine, overage)) in std::mem::take(&mut open) {
+                    intervals.push(Interval {
+                        start,
+                        end: t.min(expires),
+                        user,
+                        machine,
+                        overage,
+                    });
+                }
+            }
             Event::SeatDenied(_) => denials.push(t),
             _ => {}
         }
@@ -669,4 +684,71 @@ proptest! {
             }
         }
     }
+}
+
+/// A suspension that ends every lease bills exactly as the log written
+/// before it, where the suspension was followed by one release per live
+/// lease and one expiry per stale one.
+#[test]
+fn a_suspension_ending_every_lease_bills_as_its_per_lease_events_did() {
+    use seatledger_schema::LicenseStatusChanged;
+    let acquired = |n: u128, expires: i64| {
+        Event::SeatAcquired(SeatAcquired {
+            token_id: None,
+            session_id: Uuid::from_u128(n),
+            generation: n as u64,
+            user_id: Uuid::from_u128(0x100 + n),
+            hardware_id: format!("m{n}"),
+            expires_at: at(expires),
+            overage: false,
+        })
+    };
+    let issued = history(3, 0, &[])[0].event().unwrap();
+    let start = [
+        (at(0), issued),
+        (at(10), acquired(1, 310)),
+        (at(20), acquired(2, 50)),
+    ];
+    let mut old: Vec<(Timestamp, Event)> = start.to_vec();
+    old.push((
+        at(100),
+        Event::LicenseSuspended(LicenseStatusChanged::default()),
+    ));
+    old.push((
+        at(100),
+        Event::SeatReleased(SeatReleased {
+            session_id: Uuid::from_u128(1),
+            reason: ReleaseReason::Suspended,
+        }),
+    ));
+    old.push((
+        at(100),
+        Event::SeatExpired(SeatExpired {
+            session_id: Uuid::from_u128(2),
+            last_heartbeat_at: at(20),
+        }),
+    ));
+    let mut new: Vec<(Timestamp, Event)> = start.to_vec();
+    new.push((
+        at(100),
+        Event::LicenseSuspended(LicenseStatusChanged {
+            reason: None,
+            ends_leases: true,
+        }),
+    ));
+    let report = |events: &[(Timestamp, Event)]| {
+        let records: Vec<RecordedEvent> = events
+            .iter()
+            .enumerate()
+            .map(|(n, (t, event))| record(n as i64 + 1, *t, event))
+            .collect();
+        let mut fold = BillingFold::new(Granularity::Hour);
+        for record in &records {
+            fold.apply(record).unwrap();
+        }
+        fold.report(at(4_000))
+    };
+    let (before, after) = (report(&old), report(&new));
+    assert_eq!(before, after);
+    assert!(!after.is_empty());
 }
