@@ -186,8 +186,10 @@ impl Server {
             )));
         }
         let http = args.http.limits();
+        let store_gate = crate::store_gate::StoreGate::new(store.clone());
+        listeners.push(tokio::spawn(store_gate.clone().watch()));
         let state = AppState {
-            store_gate: crate::store_gate::StoreGate::new(store.clone()),
+            store_gate,
             directory: crate::directory::Directory::new(store.clone()),
             store,
             appender,

@@ -1,19 +1,22 @@
 //! Failing fast while the event store is down.
 //!
 //! Without this, every request during a PostgreSQL outage waits out the
-//! pool's acquire timeout (5 s) before it is answered 503: a client learns
-//! nothing sooner, and requests pile up. Once one request finds the store
-//! unavailable (its response carries [`StoreWasUnavailable`]), or a
-//! readiness check gets no answer within [`READY_TIMEOUT`], the gate is
-//! *down*: requests to routes that reach the store are answered 503
-//! `store_unavailable` with `Retry-After` at once, without touching it, and
-//! readiness answers 503 at once. A single probe pings the store every
-//! [`PROBE_INTERVAL`] (each ping bounded by [`PROBE_TIMEOUT`]) and opens the
-//! gate again when one answers, so the server recovers by itself.
-//!
-//! Requests already inside (waiting on the pool or in the appender's queue)
-//! are answered by their own outcome; nothing is written by a request the
-//! gate refuses.
+//! pool's acquire timeout (5 s: the pool retries connecting until then)
+//! before it is answered 503: a client learns nothing sooner, and requests
+//! pile up. The gate is *down* once the store is known to be down: a
+//! request found it unavailable (its response carries
+//! [`StoreWasUnavailable`]), or a ping got no answer within
+//! [`READY_TIMEOUT`] (readiness pings, and a watchdog pings every
+//! [`WATCH_INTERVAL`], so an outage is known within about two seconds even
+//! when no request fails by itself). While it is down, requests to routes
+//! that reach the store are answered 503 `store_unavailable` with
+//! `Retry-After` at once, without touching it; requests already waiting on
+//! the store are answered so at that moment (like a `request_timeout`, a
+//! write cut short may still commit: a retry with the same
+//! `Idempotency-Key` answers what it did); readiness answers 503 at once.
+//! A single probe pings the store every [`PROBE_INTERVAL`] (each ping
+//! bounded by [`PROBE_TIMEOUT`]) and opens the gate again when one answers,
+//! so the server recovers by itself.
 
 use crate::error::{ApiError, StoreWasUnavailable};
 use axum::response::IntoResponse;
@@ -28,6 +31,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// How long one ping of the probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the watchdog pings a store that is up.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct StoreGate {
@@ -38,6 +43,8 @@ struct Inner {
     store: Store,
     down: AtomicBool,
     probing: AtomicBool,
+    /// `down` for waiters: requests in flight are answered when it trips.
+    tripped: tokio::sync::watch::Sender<bool>,
 }
 
 impl StoreGate {
@@ -47,6 +54,7 @@ impl StoreGate {
                 store,
                 down: AtomicBool::new(false),
                 probing: AtomicBool::new(false),
+                tripped: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -61,6 +69,7 @@ impl StoreGate {
         if !self.inner.down.swap(true, Ordering::AcqRel) {
             tracing::warn!("event store unavailable: answering 503 at once until it answers again");
         }
+        self.inner.tripped.send_replace(true);
         if !self.inner.probing.swap(true, Ordering::AcqRel) {
             let gate = self.clone();
             tokio::spawn(async move { gate.probe().await });
@@ -74,10 +83,28 @@ impl StoreGate {
                 // `probing` first: a trip after this starts a new probe.
                 self.inner.probing.store(false, Ordering::Release);
                 self.inner.down.store(false, Ordering::Release);
+                self.inner.tripped.send_replace(false);
                 tracing::info!("event store available again");
                 return;
             }
         }
+    }
+
+    /// The watchdog: pings the store every [`WATCH_INTERVAL`] while it is
+    /// up (a failed ping trips the gate). Runs until aborted.
+    pub async fn watch(self) {
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            if !self.is_down() {
+                self.ping().await;
+            }
+        }
+    }
+
+    /// Resolves once the gate is down.
+    async fn tripped(&self) {
+        let mut tripped = self.inner.tripped.subscribe();
+        let _ = tripped.wait_for(|down| *down).await;
     }
 
     /// Pings the store within [`READY_TIMEOUT`] (at once `false` while it is
@@ -122,7 +149,14 @@ pub async fn gate(
     if guarded && gate.is_down() {
         return ApiError::store_unavailable().into_response();
     }
-    let response = next.run(request).await;
+    let response = if guarded {
+        tokio::select! {
+            response = next.run(request) => response,
+            () = gate.tripped() => ApiError::store_unavailable().into_response(),
+        }
+    } else {
+        next.run(request).await
+    };
     if response.extensions().get::<StoreWasUnavailable>().is_some() {
         gate.trip();
     }
