@@ -48,10 +48,12 @@ struct Inner {
 }
 
 impl StoreGate {
+    /// A gate for `store`. Its pings go over a connection of their own, so
+    /// a busy shared pool is never taken for a store that is down.
     pub fn new(store: Store) -> StoreGate {
         StoreGate {
             inner: Arc::new(Inner {
-                store,
+                store: store.single_connection(),
                 down: AtomicBool::new(false),
                 probing: AtomicBool::new(false),
                 tripped: tokio::sync::watch::Sender::new(false),

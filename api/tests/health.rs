@@ -1,5 +1,7 @@
 mod common;
 
+use sqlx::Connection;
+
 use common::TestApp;
 
 async fn health_checks(app: &TestApp, backend: &str) {
@@ -53,8 +55,28 @@ async fn a_postgres_backed_server_serves_health_and_ready(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn ready_is_503_when_the_store_is_gone(pool: sqlx::PgPool) {
-    let app = TestApp::postgres(pool).await;
-    app.store.pg_pool().unwrap().close().await;
+    let app = TestApp::postgres(pool.clone()).await;
+    // The database goes away for every connection (the shared pool's, the
+    // appender's and the health checks' own).
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut admin =
+        sqlx::PgConnection::connect_with(&(*pool.connect_options()).clone().database("postgres"))
+            .await
+            .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let ready = app
         .client
         .get(app.url("/api/v1/health/ready"))
@@ -73,4 +95,10 @@ async fn ready_is_503_when_the_store_is_gone(pool: sqlx::PgPool) {
         .await
         .unwrap();
     assert_eq!(live.status(), 200, "liveness does not depend on the store");
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
 }

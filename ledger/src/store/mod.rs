@@ -293,6 +293,21 @@ impl Store {
         }
     }
 
+    /// A pool of one connection of its own, with the shared pool's options
+    /// (PostgreSQL; SQLite: the same store), for health checks that must
+    /// not wait behind the shared pool's queue under load.
+    pub fn single_connection(&self) -> Store {
+        match self {
+            Store::Postgres(pool) => Store::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with((*pool.connect_options()).clone()),
+            ),
+            Store::Sqlite(..) => self.clone(),
+        }
+    }
+
     pub fn from_pg_pool(pool: sqlx::PgPool) -> Store {
         Store::Postgres(pool)
     }
