@@ -8,7 +8,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::{Org, TestApp};
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 fn session_of(reply: &common::Reply) -> String {
     reply.body["session_id"].as_str().unwrap().to_owned()
@@ -821,27 +820,9 @@ async fn a_write_answers_503_with_retry_after_when_the_store_is_gone(pool: sqlx:
     let org = app.register("down@example.com").await;
     let (_, key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
     app.acquire(&org, &key, "m0").await; // warms the token and key caches
-                                         // The database goes away for every connection: the shared pool's and
-                                         // the appender's own.
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let mut admin =
-        sqlx::PgConnection::connect_with(&(*pool.connect_options()).clone().database("postgres"))
-            .await
-            .unwrap();
-    sqlx::query(&format!(
-        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&database)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+                                         // The database goes away for every connection: the shared pool's,
+                                         // the appender's own and the health checks'.
+    let outage = common::take_database_away(&pool).await;
     let reply = app.acquire(&org, &key, "m1").await;
     assert_eq!(
         (reply.status, reply.body["code"].as_str()),
@@ -850,12 +831,7 @@ async fn a_write_answers_503_with_retry_after_when_the_store_is_gone(pool: sqlx:
     assert_eq!(reply.headers["retry-after"], "2");
     let health = app.send("GET", "/api/v1/health", None, None).await;
     assert_eq!(health.status, 200, "the server keeps serving");
-    sqlx::query(&format!(
-        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    common::give_database_back(outage).await;
 }
 
 #[sqlx::test(migrations = false)]

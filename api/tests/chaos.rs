@@ -309,24 +309,11 @@ async fn chaos_run_with_an_auditor() {
     let mut replicas = vec![start(0), start(1)];
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
 
-    let registered: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/auth/register", bases[0]))
-        .json(&json!({"email": "chaos@example.com", "password": "correct horse battery", "full_name": "Ada", "company_name": "Acme"}))
-        .send().await.unwrap().json().await.unwrap();
-    let token = registered["api_token"].as_str().unwrap().to_owned();
+    let token = common::register_at(&bases[0], "chaos@example.com").await;
     let mut license_keys = Vec::new();
     for n in 0..LICENSES {
-        let license: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/api/v1/licenses", bases[n % 2]))
-            .bearer_auth(&token)
-            .json(&json!({"name": format!("L{n}"), "seats": SEATS, "heartbeat_ttl_s": 10}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        license_keys.push(license["key"].as_str().unwrap().to_owned());
+        let body = json!({"name": format!("L{n}"), "seats": SEATS, "heartbeat_ttl_s": 10});
+        license_keys.push(common::issue_at(&bases[n % 2], &token, body).await.1);
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -526,18 +513,7 @@ async fn chaos_run_with_an_auditor() {
             positions.len()
         ));
     }
-    let info = async_nats::jetstream::new(nats_client)
-        .get_stream("CHAOS")
-        .await
-        .unwrap();
-    let mut subjects = info.info_with_subjects("seatledger.*.*").await.unwrap();
-    let mut messages = 0;
-    while let Some((_, count)) = futures::TryStreamExt::try_next(&mut subjects)
-        .await
-        .unwrap()
-    {
-        messages += count;
-    }
+    let messages = common::event_messages(nats_client, "CHAOS").await;
     if messages != head as usize {
         stream_problems.push(format!(
             "JetStream holds {messages} event messages for {head} events"

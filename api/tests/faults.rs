@@ -123,36 +123,13 @@ async fn send(
 /// Registers an organization and issues it a license of `seats` on the
 /// server at `base`; returns (token, license id, license key).
 async fn org_with_license(base: &str, email: &str, seats: u32) -> (String, String, String) {
-    let client = reqwest::Client::new();
-    let registered: serde_json::Value = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"email": email, "password": "correct horse battery", "full_name": "Ada", "company_name": "Acme"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = registered["api_token"].as_str().unwrap().to_owned();
+    let token = common::register_at(base, email).await;
     let (id, key) = issue(base, &token, seats).await;
     (token, id, key)
 }
 
 async fn issue(base: &str, token: &str, seats: u32) -> (String, String) {
-    let license: serde_json::Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/licenses"))
-        .bearer_auth(token)
-        .json(&json!({"name": "IDE", "seats": seats}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        license["id"].as_str().unwrap().to_owned(),
-        license["key"].as_str().unwrap().to_owned(),
-    )
+    common::issue_at(base, token, json!({"name": "IDE", "seats": seats})).await
 }
 
 /// Every answered acquire and release of `outcomes` is in the log.

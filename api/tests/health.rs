@@ -1,7 +1,5 @@
 mod common;
 
-use sqlx::Connection;
-
 use common::TestApp;
 
 async fn health_checks(app: &TestApp, backend: &str) {
@@ -58,25 +56,7 @@ async fn ready_is_503_when_the_store_is_gone(pool: sqlx::PgPool) {
     let app = TestApp::postgres(pool.clone()).await;
     // The database goes away for every connection (the shared pool's, the
     // appender's and the health checks' own).
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let mut admin =
-        sqlx::PgConnection::connect_with(&(*pool.connect_options()).clone().database("postgres"))
-            .await
-            .unwrap();
-    sqlx::query(&format!(
-        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&database)
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let outage = common::take_database_away(&pool).await;
     let ready = app
         .client
         .get(app.url("/api/v1/health/ready"))
@@ -95,10 +75,5 @@ async fn ready_is_503_when_the_store_is_gone(pool: sqlx::PgPool) {
         .await
         .unwrap();
     assert_eq!(live.status(), 200, "liveness does not depend on the store");
-    sqlx::query(&format!(
-        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    common::give_database_back(outage).await;
 }

@@ -95,19 +95,8 @@ async fn nats_killed_mid_workload_loses_and_repeats_nothing(pool: sqlx::PgPool) 
     assert_eq!(ready.body["event_stream"]["lag"], 0);
 
     let client = async_nats::connect(nats_url.clone()).await.unwrap();
-    let info = async_nats::jetstream::new(client.clone())
-        .get_stream(stream)
-        .await
-        .unwrap();
     // Events only: signed heads go to `seatledger.checkpoints`.
-    let mut subjects = info.info_with_subjects("seatledger.*.*").await.unwrap();
-    let mut messages = 0;
-    while let Some((_, count)) = futures::TryStreamExt::try_next(&mut subjects)
-        .await
-        .unwrap()
-    {
-        messages += count;
-    }
+    let messages = common::event_messages(client.clone(), stream).await;
     assert_eq!(messages, head as usize, "no event twice, none missing");
     let mut consumer = EventConsumer::from_start(client, stream).await.unwrap();
     let mut seen = Vec::new();

@@ -499,3 +499,90 @@ pub async fn sessions_in_log(
     }
     (acquired, released)
 }
+
+/// Takes the test's database away from every connection (new ones are
+/// refused, open ones terminated), as an outage does; returns the admin
+/// connection and the database name for [`give_database_back`].
+pub async fn take_database_away(pool: &sqlx::PgPool) -> (sqlx::PgConnection, String) {
+    use sqlx::Connection;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut admin =
+        sqlx::PgConnection::connect_with(&(*pool.connect_options()).clone().database("postgres"))
+            .await
+            .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    (admin, database)
+}
+
+/// Lets connections to the database in again.
+pub async fn give_database_back((mut admin, database): (sqlx::PgConnection, String)) {
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+/// Event messages (subjects `seatledger.*.*`, not the signed heads) in the
+/// JetStream stream `stream`.
+pub async fn event_messages(client: async_nats::Client, stream: &str) -> usize {
+    let info = async_nats::jetstream::new(client)
+        .get_stream(stream)
+        .await
+        .unwrap();
+    let mut subjects = info.info_with_subjects("seatledger.*.*").await.unwrap();
+    let mut messages = 0;
+    while let Some((_, count)) = futures::TryStreamExt::try_next(&mut subjects)
+        .await
+        .unwrap()
+    {
+        messages += count;
+    }
+    messages
+}
+
+/// Registers an organization on the server at `base`; returns its token.
+pub async fn register_at(base: &str, email: &str) -> String {
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({"email": email, "password": "correct horse battery", "full_name": "Ada", "company_name": "Acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    registered["api_token"].as_str().unwrap().to_owned()
+}
+
+/// Issues a license with `body` on the server at `base`; returns (id, key).
+pub async fn issue_at(base: &str, token: &str, body: serde_json::Value) -> (String, String) {
+    let license: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/licenses"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        license["id"].as_str().unwrap().to_owned(),
+        license["key"].as_str().unwrap().to_owned(),
+    )
+}
