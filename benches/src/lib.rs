@@ -187,3 +187,31 @@ async fn bench_licenses(
     }
     Ok((appender, task, tenant, licenses))
 }
+
+/// Registers a new organization (a fresh email per run, `label` naming the
+/// tool) on the server at `url` over HTTP; returns its owner's API token.
+pub async fn register_org(
+    client: &reqwest::Client,
+    url: &str,
+    label: &str,
+) -> anyhow::Result<String> {
+    let run = Uuid::now_v7().simple().to_string();
+    let registered: serde_json::Value = client
+        .post(format!("{url}/api/v1/auth/register"))
+        .json(&serde_json::json!({
+            "email": format!("{label}-{run}@example.com"),
+            "password": format!("{label} password"),
+            "full_name": label,
+            "company_name": format!("{label} {run}"),
+        }))
+        .send()
+        .await
+        .context("register")?
+        .json()
+        .await
+        .context("register: the answer is not JSON")?;
+    registered["api_token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("register: no api_token in {registered}"))
+}

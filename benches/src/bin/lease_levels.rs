@@ -248,18 +248,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let registered: Value = client
-        .post(format!("{}/api/v1/auth/register", args.url))
-        .json(&json!({"email": format!("levels-{run}@example.com"), "password": "lease levels", "full_name": "Lease Levels", "company_name": format!("levels {run}")}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = registered["api_token"]
-        .as_str()
-        .context("no api_token")?
-        .to_owned();
+    let token = seatledger_benches::register_org(&client, &args.url, "lease-levels").await?;
     let issued: Value = client
         .post(format!("{}/api/v1/licenses", args.url))
         .bearer_auth(&token)

@@ -133,23 +133,7 @@ struct Setup {
 }
 
 async fn setup(client: &reqwest::Client, args: &Args) -> anyhow::Result<Setup> {
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let register = client
-        .post(format!("{}/api/v1/auth/register", args.url))
-        .json(&json!({
-            "email": format!("loadgen-{run}@example.com"),
-            "password": "loadgen password",
-            "full_name": "Load Generator",
-            "company_name": format!("loadgen {run}")
-        }))
-        .send()
-        .await
-        .context("register")?;
-    let body: Value = register.json().await?;
-    let token = body["api_token"]
-        .as_str()
-        .context("no api_token")?
-        .to_owned();
+    let token = seatledger_benches::register_org(client, &args.url, "loadgen").await?;
     let mut keys = Vec::new();
     for index in 0..args.licenses {
         let issued: Value = client

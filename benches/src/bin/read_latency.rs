@@ -56,21 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let api = format!("{}/api/v1", args.url);
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let registered: Value = client
-        .post(format!("{api}/auth/register"))
-        .json(
-            &json!({"email": format!("reads-{run}@example.com"), "password": "read latency bench",
-                      "full_name": "Read Latency", "company_name": format!("reads {run}")}),
-        )
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = registered["api_token"]
-        .as_str()
-        .context("register")?
-        .to_owned();
+    let token = seatledger_benches::register_org(&client, &args.url, "read-latency").await?;
     println!("| license | live leases | GET license p50 ms | p99 ms | GET sessions (1000) p50 ms | p99 ms |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (label, leases) in [("small", 10), ("large", args.leases), ("small again", 10)] {
