@@ -318,6 +318,12 @@ pub fn render_nats(stats: &PublisherStats, now: seatledger_schema::Timestamp) ->
             stats.ack_failures.load(Ordering::Relaxed).to_string(),
         ),
         (
+            "seatledger_nats_losses_recovered_total",
+            "counter",
+            "Times JetStream was found to have lost acknowledged messages; the publisher resent them from the log.",
+            stats.losses_recovered.load(Ordering::Relaxed).to_string(),
+        ),
+        (
             "seatledger_nats_publisher_active",
             "gauge",
             "1 when this replica holds the publisher lock and publishes.",

@@ -19,6 +19,16 @@
 //!   others wait and one takes over within about a second of the holder's
 //!   connection closing (SQLite is one process: no lock).
 //!
+//! - A JetStream that lost what it had acknowledged (a `nats-server`
+//!   killed before it synced, a stream deleted and recreated) is noticed
+//!   when the publisher reconnects after a failure: the stream's last
+//!   sequence is below the highest sequence this publisher was acked. It
+//!   then moves its checkpoint back to the last of its events the stream
+//!   still holds and sends the rest again (an event the stream kept is
+//!   dropped as a duplicate within the window). What it cannot notice (a
+//!   loss while no publisher of this process had published, or found only
+//!   after a restart of seatledger) `seatledger-replay republish` mends.
+//!
 //! PostgreSQL stays the truth: while NATS is unreachable events wait in the
 //! log, the API is unaffected, and publishing resumes from the checkpoint.
 
@@ -130,6 +140,9 @@ pub struct PublisherStats {
     /// `recorded_at` (µs) of the oldest event not yet published when the
     /// publisher last looked, 0 when it was caught up.
     pub oldest_unpublished_micros: AtomicI64,
+    /// Times the stream was found to have lost acknowledged messages (and
+    /// the publisher went back to resend them).
+    pub losses_recovered: AtomicU64,
 }
 
 impl PublisherStats {
@@ -188,7 +201,15 @@ pub struct NatsPublisher {
     stats: Arc<PublisherStats>,
     /// The last signed head published (loaded on first use).
     heads_published: Option<i64>,
+    /// The highest stream sequence JetStream acknowledged to this
+    /// publisher: a stream whose last sequence is lower lost messages.
+    acked_sequence: u64,
 }
+
+/// How far back from a stream's last message the publisher looks for the
+/// last of its partition's events after a loss; beyond it, it resends from
+/// the start of the log (correct, only slower: consumers dedupe).
+const LOSS_SCAN_MAX: u64 = 10_000;
 
 impl NatsPublisher {
     pub fn new(
@@ -207,6 +228,7 @@ impl NatsPublisher {
             lock: None,
             stats,
             heads_published: None,
+            acked_sequence: 0,
         }
     }
 
@@ -261,6 +283,11 @@ impl Follower for NatsPublisher {
         if !self.lead().await? {
             return Err(FollowerError::Standby);
         }
+        if !self.stream_ready && self.acked_sequence > 0 {
+            // Publishing failed after something was acked: see whether the
+            // stream still holds it before going on from the checkpoint.
+            self.ensure_stream().await?;
+        }
         let position = checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
         // A checkpoint signed while the log was idle comes after its
         // events were published: send it on the next round.
@@ -290,24 +317,94 @@ impl Follower for NatsPublisher {
 
 impl NatsPublisher {
     async fn ensure_stream(&mut self) -> Result<(), FollowerError> {
-        if !self.stream_ready {
-            self.jetstream
-                .get_or_create_stream(self.config.stream_config())
-                .await
-                .map_err(|error| {
-                    FollowerError::Output(format!(
-                        "cannot create JetStream stream {}: {error}",
-                        self.config.stream
-                    ))
-                })?;
-            self.stream_ready = true;
+        if self.stream_ready {
+            return Ok(());
         }
+        let stream_error = |error: String| {
+            FollowerError::Output(format!("JetStream stream {}: {error}", self.config.stream))
+        };
+        let mut stream = self
+            .jetstream
+            .get_or_create_stream(self.config.stream_config())
+            .await
+            .map_err(|error| stream_error(format!("cannot create it: {error}")))?;
+        let last_sequence = stream
+            .info()
+            .await
+            .map_err(|error| stream_error(format!("cannot read its state: {error}")))?
+            .state
+            .last_sequence;
+        if last_sequence < self.acked_sequence {
+            self.recover_loss(&stream, last_sequence).await?;
+        }
+        self.stream_ready = true;
+        Ok(())
+    }
+
+    /// The stream ends at `last_sequence`, below what it acknowledged: it
+    /// lost messages. Moves both checkpoints back to the last event and the
+    /// last signed head of this partition the stream still holds (both are
+    /// published in position order), so everything after them is sent
+    /// again.
+    async fn recover_loss(
+        &mut self,
+        stream: &jetstream::stream::Stream,
+        last_sequence: u64,
+    ) -> Result<(), FollowerError> {
+        let mut kept = None;
+        let mut kept_head = None;
+        let oldest = last_sequence.saturating_sub(LOSS_SCAN_MAX).max(1);
+        let mut sequence = last_sequence;
+        while sequence >= oldest && (kept.is_none() || kept_head.is_none()) {
+            // A sequence may be gone (deleted, aged out): skip it.
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                let header = |name: &str| {
+                    message
+                        .headers
+                        .get(name)
+                        .and_then(|value| value.as_str().parse::<i64>().ok())
+                };
+                if header("Seatledger-Partition") == Some(i64::from(self.partition)) {
+                    let position = header("Seatledger-Position");
+                    if message.headers.get(CHECKPOINT_HEADER).is_some() {
+                        kept_head = kept_head.or(position);
+                    } else {
+                        kept = kept.or(position);
+                    }
+                }
+            }
+            sequence -= 1;
+        }
+        let checkpoint = checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
+        let heads = checkpoints::load(&self.store, NATS_HEADS_FOLLOWER, self.partition).await?;
+        let back_to = kept.unwrap_or(0).min(checkpoint);
+        let heads_back_to = kept_head.unwrap_or(0).min(heads);
+        tracing::warn!(
+            stream = %self.config.stream,
+            last_sequence,
+            acknowledged_sequence = self.acked_sequence,
+            checkpoint,
+            resend_from = back_to + 1,
+            "JetStream lost acknowledged messages; resending them from the log"
+        );
+        checkpoints::save(&self.store, NATS_FOLLOWER, self.partition, back_to).await?;
+        checkpoints::save(
+            &self.store,
+            NATS_HEADS_FOLLOWER,
+            self.partition,
+            heads_back_to,
+        )
+        .await?;
+        self.heads_published = Some(heads_back_to);
+        self.acked_sequence = last_sequence;
+        self.stats.losses_recovered.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     async fn publish(&mut self, events: &[RecordedEvent]) -> Result<(), FollowerError> {
         self.ensure_stream().await?;
         let outcome = publish_range(&self.jetstream, &self.config, events).await;
+        self.acked_sequence = self.acked_sequence.max(outcome.last_sequence);
         if outcome.acked > 0 {
             self.stats
                 .published
@@ -387,9 +484,12 @@ impl NatsPublisher {
                 .await
                 .map_err(|error| publish_error(error.to_string()))?
                 .await;
-            if let Err(error) = acked {
-                self.stream_ready = false;
-                return Err(publish_error(error.to_string()));
+            match acked {
+                Ok(ack) => self.acked_sequence = self.acked_sequence.max(ack.sequence),
+                Err(error) => {
+                    self.stream_ready = false;
+                    return Err(publish_error(error.to_string()));
+                }
             }
             last = Some(checkpoint.position);
         }
@@ -410,6 +510,8 @@ pub struct RangeOutcome {
     pub acked_through: Option<i64>,
     /// Of those, how many JetStream reported as duplicates.
     pub duplicates: u64,
+    /// The highest stream sequence among the acks (0: none).
+    pub last_sequence: u64,
     pub error: Option<String>,
 }
 
@@ -426,6 +528,7 @@ pub async fn publish_range(
         acked: 0,
         acked_through: None,
         duplicates: 0,
+        last_sequence: 0,
         error: None,
     };
     let mut in_flight = VecDeque::with_capacity(window);
@@ -459,6 +562,7 @@ pub async fn publish_range(
             Ok(ack) => {
                 outcome.acked += 1;
                 outcome.duplicates += u64::from(ack.duplicate);
+                outcome.last_sequence = outcome.last_sequence.max(ack.sequence);
                 outcome.acked_through = Some(position);
             }
             Err(error) => {

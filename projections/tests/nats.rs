@@ -564,6 +564,49 @@ async fn republish_restores_a_lost_stream(pool: sqlx::PgPool) {
     fixture.delete_stream().await;
 }
 
+/// A stream that loses what it acknowledged while the publisher runs
+/// (here: deleted, so its last sequence falls back to 0) is noticed at the
+/// next publish; the publisher goes back and resends every event and
+/// signed head the stream no longer holds, by itself.
+#[sqlx::test(migrations = false)]
+async fn the_publisher_resends_what_the_stream_lost(pool: sqlx::PgPool) {
+    let fixture = Fixture::new(pool).await;
+    let Fixture {
+        url,
+        config,
+        store,
+        appender,
+        ..
+    } = &fixture;
+    let publisher = fixture.publisher().await;
+    // Past the checkpoint interval of 1,000 events: a signed head too.
+    workload(appender, 1_100, 8).await;
+    fixture.all_published().await;
+    assert_eq!(publisher.stats.losses_recovered.load(Ordering::Relaxed), 0);
+
+    fixture.delete_stream().await;
+    workload(appender, 50, 4).await;
+    eventually("the loss is noticed", 20, || async {
+        publisher.stats.losses_recovered.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    fixture.all_published().await;
+    assert_stream_holds_the_log_once(store, url, config).await;
+    let signed = store.checkpoints(0).await.unwrap().len();
+    assert!(signed > 0);
+    eventually("the signed heads are resent", 20, || async {
+        let heads = all_stream_messages(url, &config.stream)
+            .await
+            .into_iter()
+            .filter(is_head)
+            .count();
+        heads == signed
+    })
+    .await;
+    publisher.stop().await;
+    fixture.delete_stream().await;
+}
+
 /// A consumer that meets a hole in the positions stops there with a gap
 /// error naming it, instead of folding a history with a hole.
 #[sqlx::test(migrations = false)]
