@@ -1,77 +1,50 @@
-//! A small bounded cache with a time-to-live, for token, license-key and
-//! session look-ups: a seat operation makes no database round trip before
-//! the appender once its credentials are warm.
+//! The credential caches (token, license-key and session look-ups), so a
+//! seat operation makes no database round trip before the appender once
+//! its credentials are warm: `moka`'s concurrent cache (bounded, entries
+//! live for a time-to-live from insertion), behind the few calls the
+//! server makes.
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, (V, Instant)>>,
-    capacity: usize,
-    ttl: Duration,
+    entries: moka::sync::Cache<K, V>,
 }
 
-impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
+impl<K, V> TtlCache<K, V>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         TtlCache {
-            entries: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
-            ttl,
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1) as u64)
+                .time_to_live(ttl)
+                .build(),
         }
     }
 
     pub fn get(&self, key: &K) -> Option<V> {
-        let entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match entries.get(key) {
-            Some((value, at)) if at.elapsed() < self.ttl => Some(value.clone()),
-            _ => None,
-        }
+        self.entries.get(key)
     }
 
     pub fn insert(&self, key: K, value: V) {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            let ttl = self.ttl;
-            entries.retain(|_, (_, at)| at.elapsed() < ttl);
-            if entries.len() >= self.capacity {
-                // Still full of live entries: drop the oldest tenth rather
-                // than everything, so a full cache keeps serving most
-                // look-ups (one O(n) pass per tenth of the capacity).
-                let mut ages: Vec<(Instant, K)> = entries
-                    .iter()
-                    .map(|(key, (_, at))| (*at, key.clone()))
-                    .collect();
-                let evict = (self.capacity / 10).clamp(1, ages.len());
-                ages.select_nth_unstable_by_key(evict - 1, |(at, _)| *at);
-                for (_, key) in &ages[..evict] {
-                    entries.remove(key);
-                }
-            }
-        }
-        entries.insert(key, (value, Instant::now()));
+        self.entries.insert(key, value);
     }
 
-    /// Drops every entry whose value fails `keep`.
+    /// Drops every entry whose value fails `keep`, before it returns (a
+    /// revoked credential is never served afterwards).
     pub fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|_, (value, _)| keep(value));
+        for (key, value) in self.entries.iter() {
+            if !keep(&value) {
+                self.entries.invalidate(&*key);
+            }
+        }
     }
 
     pub fn remove(&self, key: &K) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(key);
+        self.entries.invalidate(key);
     }
 }
 
@@ -80,34 +53,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_expire_and_capacity_is_bounded() {
+    fn entries_expire() {
         let cache = TtlCache::new(2, Duration::from_millis(0));
         cache.insert(1, "a");
         assert_eq!(cache.get(&1), None, "zero TTL: already expired");
-        let cache = TtlCache::new(2, Duration::from_secs(60));
+        let cache = TtlCache::new(10, Duration::from_secs(60));
         cache.insert(1, "a");
-        cache.insert(2, "b");
-        cache.insert(3, "c");
-        assert_eq!(cache.get(&3), Some("c"));
-        assert!(cache.entries.lock().unwrap().len() <= 2);
-        cache.remove(&3);
-        assert_eq!(cache.get(&3), None);
+        assert_eq!(cache.get(&1), Some("a"));
+        cache.remove(&1);
+        assert_eq!(cache.get(&1), None);
     }
 
     #[test]
-    fn a_full_cache_of_live_entries_evicts_its_oldest_not_everything() {
+    fn capacity_is_bounded() {
         let cache = TtlCache::new(100, Duration::from_secs(60));
-        for key in 0..100 {
+        for key in 0..1_000 {
             cache.insert(key, key);
         }
-        cache.insert(100, 100);
-        assert_eq!(cache.entries.lock().unwrap().len(), 91, "10 of 100 evicted");
-        assert_eq!(cache.get(&0), None, "the oldest went");
-        assert_eq!(cache.get(&99), Some(99), "recent ones stay");
-        assert_eq!(cache.get(&100), Some(100));
-        // Refreshing a key that is already there evicts nothing.
-        let before = cache.entries.lock().unwrap().len();
-        cache.insert(99, 990);
-        assert_eq!(cache.entries.lock().unwrap().len(), before);
+        cache.entries.run_pending_tasks();
+        assert!(
+            cache.entries.entry_count() <= 100,
+            "{}",
+            cache.entries.entry_count()
+        );
+    }
+
+    #[test]
+    fn retain_drops_what_fails_at_once() {
+        let cache = TtlCache::new(100, Duration::from_secs(60));
+        for key in 0..10 {
+            cache.insert(key, key);
+        }
+        cache.retain(|value| value % 2 == 0);
+        for key in 0..10 {
+            assert_eq!(cache.get(&key).is_some(), key % 2 == 0, "{key}");
+        }
     }
 }
