@@ -18,6 +18,7 @@
 use crate::clock::Clock;
 use crate::domain::{decide, evolve, Command, Lease, LicenseView, Rejection, StreamState};
 use crate::keys::SigningKey;
+use crate::state_cache::StateCache;
 use crate::store::{BatchTx, CommandWrite, RecordedCommands, Store, StoreError, StreamWrite};
 use seatledger_schema::canonical::expected_hash;
 use seatledger_schema::{limits, ChainHash, Event, Metadata, RecordedEvent, Timestamp};
@@ -265,7 +266,11 @@ impl Appender {
             clock,
             notifier: notifier.clone(),
             stats: stats.clone(),
-            cache: HashMap::new(),
+            cache: StateCache::new(
+                limits::APPENDER_CACHED_STREAMS_MAX,
+                limits::APPENDER_CACHED_ENTRIES_MAX,
+                |stream| 1 + stream.state.size(),
+            ),
             unreadable: UnreadableStreams::default(),
             last_checkpoint_at: Instant::now(),
             uncheckpointed: false,
@@ -315,7 +320,7 @@ struct Worker {
     clock: Arc<dyn Clock>,
     notifier: CommitNotifier,
     stats: Arc<AppenderStats>,
-    cache: HashMap<String, CachedStream>,
+    cache: StateCache<CachedStream>,
     unreadable: UnreadableStreams,
     last_checkpoint_at: Instant,
     /// Events were committed since the last checkpoint this worker wrote.
@@ -505,7 +510,7 @@ impl Worker {
                 continue;
             }
             let stored_version = versions.get(stream_id).copied().unwrap_or(0);
-            let cached = self.cache.remove(stream_id);
+            let cached = self.cache.take(stream_id);
             match load_state(tx, stream_id, cached, stored_version).await {
                 Ok(stream) => {
                     self.unreadable.forget(stream_id);
@@ -571,8 +576,7 @@ impl Worker {
         } else if batch.position > head_position {
             self.uncheckpointed = true;
         }
-        self.cache.extend(working.streams);
-        self.bound_cache();
+        self.cache.put_back(working.streams);
         self.notifier.advance(batch.position);
     }
 
@@ -608,17 +612,6 @@ impl Worker {
             Err(error) => tracing::warn!(error = %error, "writing a checkpoint failed; will retry"),
         }
         self.last_checkpoint_at = Instant::now();
-    }
-
-    fn bound_cache(&mut self) {
-        if self.cache.len() <= limits::APPENDER_CACHED_STREAMS_MAX {
-            return;
-        }
-        let keep = limits::APPENDER_CACHED_STREAMS_MAX * 3 / 4;
-        let excess: Vec<String> = self.cache.keys().skip(keep).cloned().collect();
-        for stream_id in excess {
-            self.cache.remove(&stream_id);
-        }
     }
 }
 

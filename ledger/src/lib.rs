@@ -8,6 +8,7 @@ pub mod clock;
 pub mod domain;
 pub mod keys;
 pub mod listen;
+mod state_cache;
 pub mod store;
 
 pub use appender::{

@@ -34,6 +34,10 @@ pub const APPENDER_QUEUE_CAPACITY: usize = 16_384;
 pub const APPENDER_BATCH_MAX: usize = 1_024;
 /// License/org states the appender keeps in memory.
 pub const APPENDER_CACHED_STREAMS_MAX: usize = 10_000;
+/// Entries (leases, remembered ended sessions, users; one more a stream)
+/// those states may hold between them: a few hundred bytes each, so about
+/// 100 MiB at most. A batch's own states stay whatever their size.
+pub const APPENDER_CACHED_ENTRIES_MAX: usize = 500_000;
 /// Streams the appender remembers as unreadable (a corrupt snapshot, an
 /// undecodable event), so that commands on them fail at once instead of
 /// reloading the stream under the partition lock on every request.
