@@ -179,6 +179,16 @@ impl Metrics {
                 appender.failed_batches.load(Ordering::Relaxed),
             ),
             (
+                "seatledger_appender_batches_decided_ahead_total",
+                "Batches decided while the batch before them was being written (pipelined group commit).",
+                appender.batches_decided_ahead.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_batches_decided_again_total",
+                "Batches decided ahead, then decided again because the batch before them failed.",
+                appender.batches_decided_again.load(Ordering::Relaxed),
+            ),
+            (
                 "seatledger_appender_checkpoints_total",
                 "Signed checkpoints written.",
                 appender.checkpoints.load(Ordering::Relaxed),

@@ -9,6 +9,19 @@
 //! in one statement, updates `streams` (and snapshots), records idempotent
 //! commands, maybe signs a checkpoint, commits, and only then answers.
 //!
+//! On PostgreSQL the task *leads* the partition while commands keep
+//! coming: it holds the partition lock for its session
+//! (`pg_advisory_lock` on a connection of its own) across batches, knows
+//! the head and the versions of the streams it wrote, and writes each
+//! batch as one autocommit statement: one round trip instead of four
+//! (BEGIN + lock, head and versions, write, COMMIT). It lets go when its
+//! queue runs dry or after [`LEADER_HOLD_MAX`], so another replica's
+//! batches wait at most that long, and on any error (closing the
+//! connection, which PostgreSQL answers by releasing the lock). While
+//! another process holds the lock nothing it writes is trusted from
+//! memory: a new lead reads the head and the versions of every stream it
+//! touches again, once.
+//!
 //! So: no optimistic-concurrency retries, no races (decide sees the true
 //! state, also across replicas), gap-free positions in commit order, and
 //! throughput set by batch size rather than commit latency. A rejection is
@@ -21,7 +34,7 @@ use crate::keys::SigningKey;
 use crate::state_cache::StateCache;
 use crate::store::{BatchTx, CommandWrite, RecordedCommands, Store, StoreError, StreamWrite};
 use seatledger_schema::canonical::expected_hash;
-use seatledger_schema::{limits, ChainHash, Event, Metadata, RecordedEvent, Timestamp};
+use seatledger_schema::{limits, ChainHash, Checkpoint, Event, Metadata, RecordedEvent, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,6 +176,11 @@ pub struct AppenderConfig {
     pub lock_timeout: Duration,
 }
 
+/// The longest the appender leads the partition (holds its lock across
+/// batches) before letting go once, so that another replica's batches,
+/// queued on the lock in PostgreSQL's first-come order, get their turn.
+pub const LEADER_HOLD_MAX: Duration = Duration::from_millis(50);
+
 /// The default [`AppenderConfig::lock_timeout`].
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -200,6 +218,11 @@ pub struct AppenderStats {
     /// Snapshots committed, and their bytes (the state as JSON text).
     pub snapshots: AtomicU64,
     pub snapshot_bytes: AtomicU64,
+    /// Batches decided while the batch before them was written (pipelined
+    /// group commit), and of those, the ones decided again because that
+    /// batch failed or one of their idempotency keys turned out recorded.
+    pub batches_decided_ahead: AtomicU64,
+    pub batches_decided_again: AtomicU64,
 }
 
 /// Tells followers the last committed position they may read up to.
@@ -274,6 +297,7 @@ impl Appender {
             unreadable: UnreadableStreams::default(),
             last_checkpoint_at: Instant::now(),
             uncheckpointed: false,
+            leader: None,
             config,
         };
         let handle = tokio::spawn(worker.run(receiver));
@@ -325,55 +349,118 @@ struct Worker {
     last_checkpoint_at: Instant,
     /// Events were committed since the last checkpoint this worker wrote.
     uncheckpointed: bool,
+    /// The partition lock held across batches (PostgreSQL), if it is.
+    leader: Option<Leader>,
     config: AppenderConfig,
+}
+
+/// What the appender knows while it leads the partition: nobody else has
+/// written since it took the lock, so the head and the versions of the
+/// streams it wrote (or checked) under this lock are the stored ones.
+struct Leader {
+    tx: BatchTx<'static>,
+    since: Instant,
+    /// The partition head, once read under this lock.
+    head: Option<(i64, ChainHash)>,
+    /// Streams whose cached state is current as of this lock.
+    known: std::collections::HashSet<String>,
 }
 
 impl Worker {
     async fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+        let mut next: Option<Next> = None;
         loop {
-            let first = if self.uncheckpointed {
-                let deadline = self.last_checkpoint_at + self.config.checkpoint_interval;
-                tokio::select! {
-                    job = receiver.recv() => job,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        self.checkpoint_idle().await;
-                        continue;
-                    }
+            let batch = match next.take() {
+                Some(next) => next,
+                None => {
+                    let Some(first) = self.wait_for_job(&mut receiver).await else {
+                        break;
+                    };
+                    self.gather(first, &mut receiver, true).await
                 }
-            } else {
-                receiver.recv().await
             };
-            let Some(first) = first else { break };
-            let mut batch = Vec::with_capacity(self.config.batch_max.min(64));
-            batch.push(first);
-            while batch.len() < self.config.batch_max {
-                match receiver.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+            next = self.process(batch, &mut receiver).await;
+            let held_long = self
+                .leader
+                .as_ref()
+                .is_some_and(|leader| leader.since.elapsed() >= LEADER_HOLD_MAX);
+            // A batch decided on top of this lead is written under it; the
+            // lead lets go at the next batch that was not.
+            let release = match &next {
+                None => receiver.is_empty() || held_long,
+                Some(next) => held_long && next.speculated.is_none(),
+            };
+            if release {
+                self.release_lead().await;
             }
-            if !self.config.linger.is_zero() {
-                let deadline = Instant::now() + self.config.linger;
-                while batch.len() < self.config.batch_max {
-                    match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                        Ok(Some(job)) => batch.push(job),
-                        _ => break,
-                    }
-                }
-            }
-            self.process(batch).await;
         }
+        self.release_lead().await;
         if self.uncheckpointed {
             self.checkpoint_idle().await;
         }
     }
 
-    async fn process(&mut self, batch: Vec<Job>) {
-        let (submissions, replies): (Vec<Submission>, Vec<_>) = batch
+    /// The next job, signing the head meanwhile if it is due; `None` once
+    /// every handle is gone and the queue is drained.
+    async fn wait_for_job(&mut self, receiver: &mut mpsc::Receiver<Job>) -> Option<Job> {
+        loop {
+            if !self.uncheckpointed {
+                return receiver.recv().await;
+            }
+            let deadline = self.last_checkpoint_at + self.config.checkpoint_interval;
+            tokio::select! {
+                job = receiver.recv() => return job,
+                _ = tokio::time::sleep_until(deadline) => self.checkpoint_idle().await,
+            }
+        }
+    }
+
+    /// A batch: `first` and what is queued behind it, up to `batch_max`,
+    /// waiting up to `linger` for more once the queue is dry if `linger`
+    /// (not while a batch is being written: its callers would wait).
+    async fn gather(&self, first: Job, receiver: &mut mpsc::Receiver<Job>, linger: bool) -> Next {
+        let mut batch = Vec::with_capacity(self.config.batch_max.min(64));
+        batch.push(first);
+        while batch.len() < self.config.batch_max {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if linger && !self.config.linger.is_zero() {
+            let deadline = Instant::now() + self.config.linger;
+            while batch.len() < self.config.batch_max {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    _ => break,
+                }
+            }
+        }
+        let (submissions, replies) = batch
             .into_iter()
             .map(|job| (job.submission, job.reply))
             .unzip();
-        match self.commit_timed(&submissions).await {
+        Next {
+            submissions,
+            replies,
+            speculated: None,
+        }
+    }
+
+    /// Commits `batch` and answers its callers; returns the batch gathered
+    /// (and perhaps decided) while it was written.
+    async fn process(&mut self, batch: Next, receiver: &mut mpsc::Receiver<Job>) -> Option<Next> {
+        let Next {
+            submissions,
+            replies,
+            speculated,
+        } = batch;
+        let started = std::time::Instant::now();
+        let (result, next) = self
+            .commit_pipelined(&submissions, speculated, receiver)
+            .await;
+        self.count_batch(&submissions, &result, started);
+        match result {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     // A caller that gave up still had its command committed.
@@ -404,13 +491,24 @@ impl Worker {
                 }
             }
         }
+        next
     }
 
     /// `commit` with the batch counters.
     async fn commit_timed(&mut self, submissions: &[Submission]) -> Result<Vec<Reply>, StoreError> {
         let started = std::time::Instant::now();
         let result = self.commit(submissions).await;
-        match &result {
+        self.count_batch(submissions, &result, started);
+        result
+    }
+
+    fn count_batch(
+        &self,
+        submissions: &[Submission],
+        result: &Result<Vec<Reply>, StoreError>,
+        started: std::time::Instant,
+    ) {
+        match result {
             Ok(replies) => {
                 let unreadable = replies
                     .iter()
@@ -435,14 +533,348 @@ impl Worker {
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
             }
         }
-        result
+    }
+
+    /// Lets go of the partition lock, if held.
+    async fn release_lead(&mut self) {
+        if let Some(leader) = self.leader.take() {
+            if let Err(error) = leader.tx.release(self.config.partition).await {
+                tracing::warn!(error = %error, "releasing the partition lock failed; its connection was closed instead");
+            }
+        }
+    }
+
+    /// Takes the lead of the partition if this store can be led and it is
+    /// not held: `false` on SQLite.
+    async fn ensure_lead(&mut self) -> Result<bool, StoreError> {
+        if self.leader.is_none() {
+            let Some(tx) = self.store.lead(self.config.partition).await? else {
+                return Ok(false);
+            };
+            self.leader = Some(Leader {
+                tx,
+                since: Instant::now(),
+                head: None,
+                known: Default::default(),
+            });
+        }
+        Ok(true)
+    }
+
+    /// One batch: led (PostgreSQL, see the module docs) or in a
+    /// transaction of its own (SQLite).
+    async fn commit(&mut self, submissions: &[Submission]) -> Result<Vec<Reply>, StoreError> {
+        if !self.ensure_lead().await? {
+            return self.commit_in_transaction(submissions).await;
+        }
+        let Some(mut leader) = self.leader.take() else {
+            return self.commit_in_transaction(submissions).await;
+        };
+        // On an error `leader` is dropped: its connection closes, and with
+        // it the lock; the next batch takes the lock anew.
+        let mut prepared = self.prepare_leading(&mut leader, submissions).await?;
+        let checkpoint = self.checkpoint_due(prepared.head.0, &prepared.batch, prepared.now);
+        write_led(
+            &mut leader.tx,
+            prepared.head.0,
+            &prepared.batch,
+            &prepared.stream_writes,
+            checkpoint.as_ref(),
+        )
+        .await?;
+        Ok(self.finish_led(leader, &mut prepared, checkpoint.is_some()))
+    }
+
+    /// The pipelined group commit (PostgreSQL): batch N is written while
+    /// the commands queued behind it are gathered into batch N+1 and
+    /// decided on top of N's states, head and idempotent results, so
+    /// deciding and encoding N+1 overlap PostgreSQL's work on N. N+1 is
+    /// written only after N succeeded (commit order, gap-free positions,
+    /// nobody answered before their batch is durable); if N fails, what was
+    /// decided for N+1 is dropped and N+1 is decided again from the store.
+    /// Returns N's result and N+1.
+    async fn commit_pipelined(
+        &mut self,
+        submissions: &[Submission],
+        speculated: Option<Prepared>,
+        receiver: &mut mpsc::Receiver<Job>,
+    ) -> (Result<Vec<Reply>, StoreError>, Option<Next>) {
+        match self.ensure_lead().await {
+            Ok(true) => {}
+            Ok(false) => return (self.commit_in_transaction(submissions).await, None),
+            Err(error) => return (Err(error), None),
+        }
+        let Some(mut leader) = self.leader.take() else {
+            return (self.commit_in_transaction(submissions).await, None);
+        };
+        let had_speculation = speculated.is_some();
+        let prepared = match speculated {
+            Some(speculated) => self.confirm(&mut leader, speculated).await,
+            None => Ok(None),
+        };
+        let prepared = match prepared {
+            Ok(Some(prepared)) => Ok(prepared),
+            Ok(None) => {
+                if had_speculation {
+                    self.stats
+                        .batches_decided_again
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                self.prepare_leading(&mut leader, submissions).await
+            }
+            Err(error) => Err(error),
+        };
+        let mut prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => return (Err(error), None),
+        };
+        let checkpoint = self.checkpoint_due(prepared.head.0, &prepared.batch, prepared.now);
+        // N+1 is decided only while the lead is young: letting go of the
+        // lock with a decided batch in hand would waste it.
+        let may_speculate = leader.since.elapsed() < LEADER_HOLD_MAX;
+        let mut next = None;
+        let mut closed = false;
+        let written = {
+            let Leader { tx, known, .. } = &mut leader;
+            let write = write_led(
+                tx,
+                prepared.head.0,
+                &prepared.batch,
+                &prepared.stream_writes,
+                checkpoint.as_ref(),
+            );
+            let after = (prepared.batch.position, prepared.batch.prev_hash);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    biased;
+                    written = &mut write => break written,
+                    job = receiver.recv(), if next.is_none() && !closed => match job {
+                        Some(job) => {
+                            let mut gathered = self.gather(job, receiver, false).await;
+                            if may_speculate {
+                                gathered.speculated = self.speculate(
+                                    known,
+                                    (&mut prepared.working, &mut prepared.recorded),
+                                    after,
+                                    &gathered.submissions,
+                                );
+                                if gathered.speculated.is_some() {
+                                    self.stats.batches_decided_ahead.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            next = Some(gathered);
+                        }
+                        None => closed = true,
+                    },
+                }
+            }
+        };
+        match written {
+            Ok(()) => {
+                let replies = self.finish_led(leader, &mut prepared, checkpoint.is_some());
+                (Ok(replies), next)
+            }
+            Err(error) => {
+                // N+1 was decided on top of N: decide it again.
+                if let Some(next) = &mut next {
+                    if next.speculated.take().is_some() {
+                        self.stats
+                            .batches_decided_again
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                (Err(error), next)
+            }
+        }
+    }
+
+    /// Phases 1 and 2 while leading: what the lead does not know yet
+    /// (head, versions of streams not checked under this lock), the states,
+    /// the idempotent results, then every command decided.
+    async fn prepare_leading(
+        &mut self,
+        leader: &mut Leader,
+        submissions: &[Submission],
+    ) -> Result<Prepared, StoreError> {
+        let partition = self.config.partition;
+        // Read after the lock is held (see `commit_in_transaction`).
+        let now = self.clock.now();
+        let stream_ids = distinct(
+            submissions
+                .iter()
+                .map(|s| s.command.stream_id().to_string()),
+        );
+        let mut versions = HashMap::new();
+        let mut unknown = Vec::new();
+        for stream_id in &stream_ids {
+            match self.cache.get(stream_id) {
+                Some(cached) if leader.known.contains(stream_id) => {
+                    versions.insert(stream_id.clone(), cached.version);
+                }
+                _ => unknown.push(stream_id.clone()),
+            }
+        }
+        let head = match leader.head {
+            Some(head) if unknown.is_empty() => head,
+            known => {
+                let (head, stored) = leader.tx.head_and_versions(partition, &unknown).await?;
+                if known.is_some_and(|known| known != head) {
+                    return Err(StoreError::Corrupt(format!(
+                        "partition {partition} has a head this appender did not write while it held the partition lock"
+                    )));
+                }
+                for stream_id in unknown {
+                    let version = stored.get(&stream_id).copied().unwrap_or(0);
+                    versions.insert(stream_id, version);
+                }
+                head
+            }
+        };
+        let mut working = self
+            .load_states(&mut leader.tx, &stream_ids, &versions)
+            .await?;
+        let keys = distinct(
+            submissions
+                .iter()
+                .filter_map(|s| s.command_id.as_ref().map(|id| (s.tenant_id, id.clone()))),
+        );
+        let mut recorded = leader.tx.recorded_commands(&keys).await?;
+        let (batch, replies) = decide_batch(
+            partition,
+            head,
+            submissions,
+            &mut working,
+            &mut recorded,
+            now,
+        )?;
+        let stream_writes = stream_writes(partition, &mut working, &versions)?;
+        Ok(Prepared {
+            head,
+            now,
+            batch,
+            replies,
+            stream_writes,
+            working,
+            recorded,
+            unchecked_keys: Vec::new(),
+        })
+    }
+
+    /// Decides `submissions` after `head`, on top of the states and
+    /// idempotent results of the batch being written, if everything they
+    /// need is in memory: every stream in that batch's states or in the
+    /// cache and known under this lock, none unreadable. Takes the states
+    /// it uses out of that batch's and the cache. Pure but for the clock.
+    fn speculate(
+        &mut self,
+        known: &std::collections::HashSet<String>,
+        (on_working, on_recorded): (&mut Working, &mut RecordedCommands),
+        head: (i64, ChainHash),
+        submissions: &[Submission],
+    ) -> Option<Prepared> {
+        let partition = self.config.partition;
+        let stream_ids = distinct(
+            submissions
+                .iter()
+                .map(|s| s.command.stream_id().to_string()),
+        );
+        let in_memory = |stream_id: &String| {
+            on_working.streams.contains_key(stream_id)
+                || (known.contains(stream_id) && self.cache.get(stream_id).is_some())
+        };
+        if !stream_ids
+            .iter()
+            .all(|id| in_memory(id) && !self.unreadable.is_remembered(id))
+        {
+            return None;
+        }
+        let mut working = Working::default();
+        let mut versions = HashMap::new();
+        for stream_id in stream_ids {
+            let stream = on_working
+                .streams
+                .remove(&stream_id)
+                .or_else(|| self.cache.take(&stream_id))?;
+            versions.insert(stream_id.clone(), stream.version);
+            working.streams.insert(stream_id, stream);
+        }
+        let mut recorded = std::mem::take(on_recorded);
+        let unchecked_keys = distinct(submissions.iter().filter_map(|s| {
+            let key = (s.tenant_id, s.command_id.clone()?);
+            (!recorded.contains_key(&key)).then_some(key)
+        }));
+        let now = self.clock.now();
+        let (batch, replies) = decide_batch(
+            partition,
+            head,
+            submissions,
+            &mut working,
+            &mut recorded,
+            now,
+        )
+        .ok()?;
+        let stream_writes = stream_writes(partition, &mut working, &versions).ok()?;
+        Some(Prepared {
+            head,
+            now,
+            batch,
+            replies,
+            stream_writes,
+            working,
+            recorded,
+            unchecked_keys,
+        })
+    }
+
+    /// A batch decided while the one before it was written, checked now
+    /// that that one is durable: it stands unless one of its idempotency
+    /// keys, unknown then, turns out to be recorded in the store.
+    async fn confirm(
+        &mut self,
+        leader: &mut Leader,
+        speculated: Prepared,
+    ) -> Result<Option<Prepared>, StoreError> {
+        if leader.head != Some(speculated.head) {
+            return Ok(None);
+        }
+        if speculated.unchecked_keys.is_empty() {
+            return Ok(Some(speculated));
+        }
+        let found = leader
+            .tx
+            .recorded_commands(&speculated.unchecked_keys)
+            .await?;
+        Ok(found.is_empty().then_some(speculated))
+    }
+
+    /// Phase 4 once a led batch is written: the lead learns the new head
+    /// and the streams, the cache and followers learn of the commit.
+    fn finish_led(
+        &mut self,
+        mut leader: Leader,
+        prepared: &mut Prepared,
+        checkpointed: bool,
+    ) -> Vec<Reply> {
+        leader.head = Some((prepared.batch.position, prepared.batch.prev_hash));
+        leader
+            .known
+            .extend(prepared.working.streams.keys().cloned());
+        self.leader = Some(leader);
+        self.count_snapshots(&prepared.stream_writes);
+        let working = std::mem::take(&mut prepared.working);
+        self.after_commit(prepared.head.0, &prepared.batch, checkpointed, working);
+        std::mem::take(&mut prepared.replies)
     }
 
     /// One batch in one transaction, in four phases: load the states the
     /// batch needs, decide every command (assigning positions and hashes),
     /// write, commit. States taken out of the cache are put back only after
     /// the commit, so a failed batch leaves no trace in memory either.
-    async fn commit(&mut self, submissions: &[Submission]) -> Result<Vec<Reply>, StoreError> {
+    async fn commit_in_transaction(
+        &mut self,
+        submissions: &[Submission],
+    ) -> Result<Vec<Reply>, StoreError> {
         let partition = self.config.partition;
         let store = self.store.clone();
         let mut tx = store.begin_batch(partition).await?;
@@ -475,20 +907,27 @@ impl Worker {
         )?;
         let stream_writes = stream_writes(partition, &mut working, &versions)?;
 
-        let checkpointed = self.checkpoint_if_due(&mut tx, head.0, &batch, now).await?;
+        let checkpoint = self.checkpoint_due(head.0, &batch, now);
+        if let Some(checkpoint) = &checkpoint {
+            tx.insert_checkpoint(checkpoint).await?;
+        }
         let notify = (batch.position > head.0).then_some((partition, batch.position));
         tx.write_batch(&batch.events, &stream_writes, &batch.command_writes, notify)
             .await?;
         tx.commit().await?;
 
+        self.count_snapshots(&stream_writes);
+        self.after_commit(head.0, &batch, checkpoint.is_some(), working);
+        Ok(replies)
+    }
+
+    fn count_snapshots(&self, stream_writes: &[StreamWrite]) {
         for snapshot in stream_writes.iter().filter_map(|w| w.snapshot.as_ref()) {
             self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .snapshot_bytes
                 .fetch_add(snapshot.1.len() as u64, Ordering::Relaxed);
         }
-        self.after_commit(head.0, &batch, checkpointed, working);
-        Ok(replies)
     }
 
     /// Phase 1: each stream's state at its stored version, from the cache
@@ -529,33 +968,25 @@ impl Worker {
         Ok(working)
     }
 
-    /// Phase 3a: a signed checkpoint in the batch's transaction when the
+    /// Phase 3a: a signed checkpoint, written with the batch, when the
     /// batch crosses a multiple of `checkpoint_every_events` or the last
     /// one is older than `checkpoint_interval`.
-    async fn checkpoint_if_due(
+    fn checkpoint_due(
         &self,
-        tx: &mut BatchTx<'_>,
         head_position: i64,
         batch: &DecidedBatch,
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    ) -> Option<Checkpoint> {
         if batch.position <= head_position {
-            return Ok(false);
+            return None;
         }
         let every = self.config.checkpoint_every_events.max(1);
         let crossed = head_position / every != batch.position / every;
         let due = self.last_checkpoint_at.elapsed() >= self.config.checkpoint_interval;
-        if !(crossed || due) {
-            return Ok(false);
-        }
-        let checkpoint = self.signer.sign_checkpoint(
-            self.config.partition,
-            batch.position,
-            batch.prev_hash,
-            now,
-        );
-        tx.insert_checkpoint(&checkpoint).await?;
-        Ok(true)
+        (crossed || due).then(|| {
+            self.signer
+                .sign_checkpoint(self.config.partition, batch.position, batch.prev_hash, now)
+        })
     }
 
     /// Phase 4: counters, the cache and followers learn of the commit.
@@ -583,6 +1014,9 @@ impl Worker {
     /// Signs the head if events were committed since the last checkpoint
     /// (the "or 10 s" of DESIGN §3 when traffic stops).
     async fn checkpoint_idle(&mut self) {
+        // Its own transaction takes the partition lock: the lead must not
+        // hold it (the appender has one connection).
+        self.release_lead().await;
         let partition = self.config.partition;
         let result: Result<bool, StoreError> = async {
             let mut tx = self.store.begin_batch(partition).await?;
@@ -642,6 +1076,53 @@ type Reply = Result<CommandResult, AppendError>;
 struct Working {
     streams: HashMap<String, CachedStream>,
     unreadable: Vec<String>,
+}
+
+/// Commands taken from the queue for the next batch, perhaps already
+/// decided (on top of the batch written while they were gathered).
+struct Next {
+    submissions: Vec<Submission>,
+    replies: Vec<oneshot::Sender<Reply>>,
+    speculated: Option<Prepared>,
+}
+
+/// A led batch decided and encoded, not yet written.
+struct Prepared {
+    /// The partition head before the batch.
+    head: (i64, ChainHash),
+    now: Timestamp,
+    batch: DecidedBatch,
+    replies: Vec<Reply>,
+    stream_writes: Vec<StreamWrite>,
+    working: Working,
+    /// The idempotent results known after the batch (the next batch
+    /// decides against them).
+    recorded: RecordedCommands,
+    /// Idempotency keys of the batch that were looked up nowhere yet (it
+    /// was decided before the batch in front of it was durable).
+    unchecked_keys: Vec<(Uuid, String)>,
+}
+
+/// Phase 3 while leading: the batch in one autocommit statement, or, with
+/// a checkpoint, both in one explicit transaction.
+async fn write_led(
+    tx: &mut BatchTx<'static>,
+    head_position: i64,
+    batch: &DecidedBatch,
+    stream_writes: &[StreamWrite],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), StoreError> {
+    let notify = (batch.position > head_position).then_some((batch.partition, batch.position));
+    if let Some(checkpoint) = checkpoint {
+        tx.begin_explicit().await?;
+        tx.insert_checkpoint(checkpoint).await?;
+    }
+    tx.write_batch(&batch.events, stream_writes, &batch.command_writes, notify)
+        .await?;
+    if checkpoint.is_some() {
+        tx.commit_explicit().await?;
+    }
+    Ok(())
 }
 
 /// `items` without repeats, in first-seen order (batches are small).

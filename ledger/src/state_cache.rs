@@ -34,6 +34,10 @@ impl<V> StateCache<V> {
         }
     }
 
+    pub(crate) fn get(&self, stream_id: &str) -> Option<&V> {
+        self.states.get(stream_id)
+    }
+
     /// Takes `stream_id`'s state out (a batch works on it).
     pub(crate) fn take(&mut self, stream_id: &str) -> Option<V> {
         let state = self.states.remove(stream_id)?;

@@ -761,3 +761,210 @@ async fn an_unreadable_stream_fails_alone_and_is_not_reloaded(pool: sqlx::PgPool
         .filter(|e| e.stream_id == format!("license-{broken}"))
         .all(|e| e.position <= planted));
 }
+
+/// Waits until some lock in the database is waited for (a batch blocked).
+async fn until_a_lock_is_awaited(pool: &sqlx::PgPool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no batch ever waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `count` reaches `at_least`.
+async fn until_counted(count: &std::sync::atomic::AtomicU64, at_least: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count.load(Ordering::Relaxed) < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Holds an uncommitted `commands` row for `key`: a batch recording the
+/// same key blocks on it until `holder` commits (and then fails on the
+/// unique key) or rolls back (and then succeeds).
+async fn hold_command_key(
+    pool: &sqlx::PgPool,
+    key: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO commands (tenant_id, command_id, request_hash, result) VALUES ($1, $2, $3, '{}')",
+    )
+    .bind(ORG)
+    .bind(key)
+    .bind(vec![0u8; 32])
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    holder
+}
+
+/// Issue 12, point 3: while batch N is written, batch N+1 is decided on
+/// top of it (here: N takes the last seat, so N+1 is denied), and written
+/// only once N is durable; nobody hears back before their batch commits.
+#[sqlx::test(migrations = false)]
+async fn a_batch_decided_while_the_one_before_is_written_commits_after_it(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let (appender, _) = start_default(&store);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 1)).await;
+    let holder = hold_command_key(&pool, "first").await;
+    let first = tokio::spawn({
+        let appender = appender.clone();
+        async move {
+            appender
+                .submit(Submission::new(ORG, acquire(license, 1)).with_command_id("first", [1; 32]))
+                .await
+        }
+    });
+    until_a_lock_is_awaited(&pool).await;
+    let second = tokio::spawn({
+        let appender = appender.clone();
+        async move { submit(&appender, acquire(license, 2)).await }
+    });
+    until_counted(&appender.stats().batches_decided_ahead, 1, "deciding ahead").await;
+    assert!(
+        !second.is_finished(),
+        "answered before its batch was written"
+    );
+    assert_eq!(read_all(&store).await.len(), 1, "nothing written yet");
+    holder.rollback().await.unwrap();
+
+    let first = first.await.unwrap().unwrap();
+    let second = second.await.unwrap();
+    assert!(first.is_accepted());
+    assert_eq!(second.rejection, Some(Rejection::NoSeatsAvailable));
+    assert_eq!(
+        appender
+            .stats()
+            .batches_decided_again
+            .load(Ordering::Relaxed),
+        0
+    );
+    let events = assert_chain_verifies(&store).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(kinds, ["LicenseIssued", "SeatAcquired", "SeatDenied"]);
+}
+
+/// When batch N fails, the batch decided on top of it is decided again
+/// from the store: N's seat was never taken, so N+1 gets it.
+#[sqlx::test(migrations = false)]
+async fn a_batch_decided_on_top_of_a_failed_one_is_decided_again(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let (appender, _) = start_default(&store);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 1)).await;
+    let holder = hold_command_key(&pool, "first").await;
+    let first = tokio::spawn({
+        let appender = appender.clone();
+        async move {
+            appender
+                .submit(Submission::new(ORG, acquire(license, 1)).with_command_id("first", [1; 32]))
+                .await
+        }
+    });
+    until_a_lock_is_awaited(&pool).await;
+    let second = tokio::spawn({
+        let appender = appender.clone();
+        async move { submit(&appender, acquire(license, 2)).await }
+    });
+    until_counted(&appender.stats().batches_decided_ahead, 1, "deciding ahead").await;
+    // The key turns out taken: N fails on it.
+    holder.commit().await.unwrap();
+
+    let error = first.await.unwrap().unwrap_err();
+    assert!(!error.is_unavailable(), "{error}");
+    let second = second.await.unwrap();
+    assert!(second.is_accepted(), "{:?}", second.rejection);
+    assert_eq!(second.license.unwrap().seats_used, 1);
+    assert_eq!(
+        appender
+            .stats()
+            .batches_decided_again
+            .load(Ordering::Relaxed),
+        1
+    );
+    let events = assert_chain_verifies(&store).await;
+    let acquired: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e.event_type == "SeatAcquired")
+        .map(|e| &e.payload["hardware_id"])
+        .collect();
+    assert_eq!(acquired.len(), 1);
+    assert_eq!(events.len(), 2);
+}
+
+/// Many clients on few licenses with the pipeline busy (small batches, so
+/// commands are always queued behind the batch being written): exact
+/// grants, a gap-free verified chain, and batches were decided ahead.
+#[sqlx::test(migrations = false)]
+async fn pipelined_batches_grant_exactly_the_seat_limit(pool: sqlx::PgPool) {
+    let store = migrated(pool.clone()).await;
+    let config = AppenderConfig {
+        batch_max: 8,
+        ..AppenderConfig::default()
+    };
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    let appender = start(&store, key, Arc::new(SystemClock), config);
+    let licenses: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    for license in &licenses {
+        submit(&appender, issue(*license, 25)).await;
+    }
+    let clients = (0..64).map(|client| {
+        let appender = appender.clone();
+        let licenses = licenses.clone();
+        tokio::spawn(async move {
+            let mut granted = 0;
+            for round in 0..10 {
+                let license = licenses[(client + round) % licenses.len()];
+                if submit(&appender, acquire(license, client * 100 + round))
+                    .await
+                    .is_accepted()
+                {
+                    granted += 1;
+                }
+            }
+            granted
+        })
+    });
+    let granted: usize = join_all(clients)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(granted, 100, "four licenses of 25 seats");
+    assert!(
+        appender
+            .stats()
+            .batches_decided_ahead
+            .load(Ordering::Relaxed)
+            > 0
+    );
+    let events = assert_chain_verifies(&store).await;
+    assert_eq!(events.len(), 4 + 640);
+    for license in &licenses {
+        let (_, state) = store
+            .stream_state(&format!("license-{license}"))
+            .await
+            .unwrap();
+        let seats = match state {
+            seatledger_ledger::domain::StreamState::License(license) => license.leases().count(),
+            _ => panic!("not a license"),
+        };
+        assert_eq!(seats, 25);
+    }
+}

@@ -703,6 +703,24 @@ impl Store {
         Ok(position)
     }
 
+    /// PostgreSQL: takes the partition lock for the session of a
+    /// connection of its own, outside any transaction, so the appender can
+    /// lead the partition across batches (each batch one autocommit
+    /// statement, see `Appender`). Waits at most the connection's
+    /// `lock_timeout`. `None` on SQLite, whose batches keep one
+    /// transaction each.
+    pub(crate) async fn lead(
+        &self,
+        partition: i16,
+    ) -> Result<Option<BatchTx<'static>>, StoreError> {
+        match self {
+            Store::Postgres(pool) => Ok(Some(BatchTx::Postgres(
+                PgBatch::lead(pool.acquire().await?, partition).await?,
+            ))),
+            Store::Sqlite(..) => Ok(None),
+        }
+    }
+
     /// Opens the batch transaction of `partition` and takes its lock.
     pub(crate) async fn begin_batch(&self, partition: i16) -> Result<BatchTx<'_>, StoreError> {
         match self {
@@ -731,6 +749,8 @@ impl Store {
 /// connection is gone.
 pub(crate) struct PgBatch {
     conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    /// Committed (or, for a leader, released): the connection holds no
+    /// transaction and no lock and may go back to the pool.
     committed: bool,
 }
 
@@ -756,6 +776,30 @@ impl PgBatch {
     async fn commit(mut self) -> Result<(), StoreError> {
         sqlx::Executor::execute(&mut *self.conn, "COMMIT").await?;
         self.committed = true;
+        Ok(())
+    }
+
+    /// The partition lock, held by the session (no transaction is open):
+    /// until `release`, or until the connection closes.
+    async fn lead(
+        conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+        partition: i16,
+    ) -> Result<PgBatch, StoreError> {
+        let mut batch = PgBatch {
+            conn,
+            committed: false,
+        };
+        let lock = format!(
+            "SELECT pg_advisory_lock({})",
+            postgres::partition_lock_key(partition)
+        );
+        sqlx::Executor::execute(&mut *batch.conn, lock.as_str()).await?;
+        Ok(batch)
+    }
+
+    /// Runs `sql` (no arguments) as a simple query.
+    async fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
+        sqlx::Executor::execute(&mut *self.conn, sql).await?;
         Ok(())
     }
 }
@@ -908,6 +952,40 @@ impl BatchTx<'_> {
     pub async fn notify(&mut self, partition: i16, position: i64) -> Result<(), StoreError> {
         match self {
             BatchTx::Postgres(tx) => postgres::notify(tx, partition, position).await,
+            BatchTx::Sqlite(..) => Ok(()),
+        }
+    }
+
+    /// A leader's explicit transaction (for a batch that writes more than
+    /// its one statement: a checkpoint with it).
+    pub async fn begin_explicit(&mut self) -> Result<(), StoreError> {
+        match self {
+            BatchTx::Postgres(batch) => batch.simple("BEGIN").await,
+            BatchTx::Sqlite(..) => Ok(()),
+        }
+    }
+
+    pub async fn commit_explicit(&mut self) -> Result<(), StoreError> {
+        match self {
+            BatchTx::Postgres(batch) => batch.simple("COMMIT").await,
+            BatchTx::Sqlite(..) => Ok(()),
+        }
+    }
+
+    /// Ends a leader's hold on the partition lock and returns its
+    /// connection to the pool. On failure the connection is closed, which
+    /// releases the lock as well.
+    pub async fn release(self, partition: i16) -> Result<(), StoreError> {
+        match self {
+            BatchTx::Postgres(mut batch) => {
+                let unlock = format!(
+                    "SELECT pg_advisory_unlock({})",
+                    postgres::partition_lock_key(partition)
+                );
+                batch.simple(&unlock).await?;
+                batch.committed = true;
+                Ok(())
+            }
             BatchTx::Sqlite(..) => Ok(()),
         }
     }
