@@ -700,11 +700,7 @@ impl Worker {
         let partition = self.config.partition;
         // Read after the lock is held (see `commit_in_transaction`).
         let now = self.clock.now();
-        let stream_ids = distinct(
-            submissions
-                .iter()
-                .map(|s| s.command.stream_id().to_string()),
-        );
+        let stream_ids = stream_ids_of(submissions);
         let mut versions = HashMap::new();
         let mut unknown = Vec::new();
         for stream_id in &stream_ids {
@@ -734,11 +730,7 @@ impl Worker {
         let mut working = self
             .load_states(&mut leader.tx, &stream_ids, &versions)
             .await?;
-        let keys = distinct(
-            submissions
-                .iter()
-                .filter_map(|s| s.command_id.as_ref().map(|id| (s.tenant_id, id.clone()))),
-        );
+        let keys = keys_of(submissions);
         let mut recorded = leader.tx.recorded_commands(&keys).await?;
         let (batch, replies) = decide_batch(
             partition,
@@ -774,11 +766,7 @@ impl Worker {
         submissions: &[Submission],
     ) -> Option<Prepared> {
         let partition = self.config.partition;
-        let stream_ids = distinct(
-            submissions
-                .iter()
-                .map(|s| s.command.stream_id().to_string()),
-        );
+        let stream_ids = stream_ids_of(submissions);
         let in_memory = |stream_id: &String| {
             on_working.streams.contains_key(stream_id)
                 || (known.contains(stream_id) && self.cache.get(stream_id).is_some())
@@ -883,18 +871,10 @@ impl Worker {
         // with the time from before that wait would make `recorded_at` go
         // backwards in position order.
         let now = self.clock.now();
-        let stream_ids = distinct(
-            submissions
-                .iter()
-                .map(|s| s.command.stream_id().to_string()),
-        );
+        let stream_ids = stream_ids_of(submissions);
         let (head, versions) = tx.head_and_versions(partition, &stream_ids).await?;
         let mut working = self.load_states(&mut tx, &stream_ids, &versions).await?;
-        let keys = distinct(
-            submissions
-                .iter()
-                .filter_map(|s| s.command_id.as_ref().map(|id| (s.tenant_id, id.clone()))),
-        );
+        let keys = keys_of(submissions);
         let mut recorded = tx.recorded_commands(&keys).await?;
 
         let (batch, replies) = decide_batch(
@@ -1123,6 +1103,24 @@ async fn write_led(
         tx.commit_explicit().await?;
     }
     Ok(())
+}
+
+/// The streams `submissions` touch, each once, in first-seen order.
+fn stream_ids_of(submissions: &[Submission]) -> Vec<String> {
+    distinct(
+        submissions
+            .iter()
+            .map(|s| s.command.stream_id().to_string()),
+    )
+}
+
+/// The idempotency keys `submissions` carry, each once.
+fn keys_of(submissions: &[Submission]) -> Vec<(Uuid, String)> {
+    distinct(
+        submissions
+            .iter()
+            .filter_map(|s| s.command_id.as_ref().map(|id| (s.tenant_id, id.clone()))),
+    )
 }
 
 /// `items` without repeats, in first-seen order (batches are small).

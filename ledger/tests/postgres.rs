@@ -813,16 +813,23 @@ async fn hold_command_key(
     holder
 }
 
-/// Issue 12, point 3: while batch N is written, batch N+1 is decided on
-/// top of it (here: N takes the last seat, so N+1 is denied), and written
-/// only once N is durable; nobody hears back before their batch commits.
-#[sqlx::test(migrations = false)]
-async fn a_batch_decided_while_the_one_before_is_written_commits_after_it(pool: sqlx::PgPool) {
+/// A one-seat license; batch N (machine 1's acquire, with idempotency key
+/// "first") blocked in its write on `holder`'s uncommitted row for that
+/// key; batch N+1 (machine 2's acquire) decided on top of it meanwhile.
+struct Ahead {
+    store: Store,
+    appender: seatledger_ledger::Appender,
+    holder: sqlx::Transaction<'static, sqlx::Postgres>,
+    first: tokio::task::JoinHandle<Result<seatledger_ledger::CommandResult, AppendError>>,
+    second: tokio::task::JoinHandle<seatledger_ledger::CommandResult>,
+}
+
+async fn decide_one_ahead(pool: &sqlx::PgPool) -> Ahead {
     let store = migrated(pool.clone()).await;
     let (appender, _) = start_default(&store);
     let license = Uuid::now_v7();
     submit(&appender, issue(license, 1)).await;
-    let holder = hold_command_key(&pool, "first").await;
+    let holder = hold_command_key(pool, "first").await;
     let first = tokio::spawn({
         let appender = appender.clone();
         async move {
@@ -831,12 +838,33 @@ async fn a_batch_decided_while_the_one_before_is_written_commits_after_it(pool: 
                 .await
         }
     });
-    until_a_lock_is_awaited(&pool).await;
+    until_a_lock_is_awaited(pool).await;
     let second = tokio::spawn({
         let appender = appender.clone();
         async move { submit(&appender, acquire(license, 2)).await }
     });
     until_counted(&appender.stats().batches_decided_ahead, 1, "deciding ahead").await;
+    Ahead {
+        store,
+        appender,
+        holder,
+        first,
+        second,
+    }
+}
+
+/// Issue 12, point 3: while batch N is written, batch N+1 is decided on
+/// top of it (here: N takes the last seat, so N+1 is denied), and written
+/// only once N is durable; nobody hears back before their batch commits.
+#[sqlx::test(migrations = false)]
+async fn a_batch_decided_while_the_one_before_is_written_commits_after_it(pool: sqlx::PgPool) {
+    let Ahead {
+        store,
+        appender,
+        holder,
+        first,
+        second,
+    } = decide_one_ahead(&pool).await;
     assert!(
         !second.is_finished(),
         "answered before its batch was written"
@@ -864,25 +892,13 @@ async fn a_batch_decided_while_the_one_before_is_written_commits_after_it(pool: 
 /// from the store: N's seat was never taken, so N+1 gets it.
 #[sqlx::test(migrations = false)]
 async fn a_batch_decided_on_top_of_a_failed_one_is_decided_again(pool: sqlx::PgPool) {
-    let store = migrated(pool.clone()).await;
-    let (appender, _) = start_default(&store);
-    let license = Uuid::now_v7();
-    submit(&appender, issue(license, 1)).await;
-    let holder = hold_command_key(&pool, "first").await;
-    let first = tokio::spawn({
-        let appender = appender.clone();
-        async move {
-            appender
-                .submit(Submission::new(ORG, acquire(license, 1)).with_command_id("first", [1; 32]))
-                .await
-        }
-    });
-    until_a_lock_is_awaited(&pool).await;
-    let second = tokio::spawn({
-        let appender = appender.clone();
-        async move { submit(&appender, acquire(license, 2)).await }
-    });
-    until_counted(&appender.stats().batches_decided_ahead, 1, "deciding ahead").await;
+    let Ahead {
+        store,
+        appender,
+        holder,
+        first,
+        second,
+    } = decide_one_ahead(&pool).await;
     // The key turns out taken: N fails on it.
     holder.commit().await.unwrap();
 
