@@ -858,22 +858,17 @@ async fn decide_one_ahead(pool: &sqlx::PgPool) -> Ahead {
 /// only once N is durable; nobody hears back before their batch commits.
 #[sqlx::test(migrations = false)]
 async fn a_batch_decided_while_the_one_before_is_written_commits_after_it(pool: sqlx::PgPool) {
-    let Ahead {
-        store,
-        appender,
-        holder,
-        first,
-        second,
-    } = decide_one_ahead(&pool).await;
+    let ahead = decide_one_ahead(&pool).await;
+    let (store, appender) = (&ahead.store, &ahead.appender);
     assert!(
-        !second.is_finished(),
+        !ahead.second.is_finished(),
         "answered before its batch was written"
     );
-    assert_eq!(read_all(&store).await.len(), 1, "nothing written yet");
-    holder.rollback().await.unwrap();
+    assert_eq!(read_all(store).await.len(), 1, "nothing written yet");
+    ahead.holder.rollback().await.unwrap();
 
-    let first = first.await.unwrap().unwrap();
-    let second = second.await.unwrap();
+    let first = ahead.first.await.unwrap().unwrap();
+    let second = ahead.second.await.unwrap();
     assert!(first.is_accepted());
     assert_eq!(second.rejection, Some(Rejection::NoSeatsAvailable));
     assert_eq!(
@@ -883,7 +878,7 @@ async fn a_batch_decided_while_the_one_before_is_written_commits_after_it(pool: 
             .load(Ordering::Relaxed),
         0
     );
-    let events = assert_chain_verifies(&store).await;
+    let events = assert_chain_verifies(store).await;
     let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(kinds, ["LicenseIssued", "SeatAcquired", "SeatDenied"]);
 }
@@ -892,19 +887,14 @@ async fn a_batch_decided_while_the_one_before_is_written_commits_after_it(pool: 
 /// from the store: N's seat was never taken, so N+1 gets it.
 #[sqlx::test(migrations = false)]
 async fn a_batch_decided_on_top_of_a_failed_one_is_decided_again(pool: sqlx::PgPool) {
-    let Ahead {
-        store,
-        appender,
-        holder,
-        first,
-        second,
-    } = decide_one_ahead(&pool).await;
+    let ahead = decide_one_ahead(&pool).await;
+    let (store, appender) = (&ahead.store, &ahead.appender);
     // The key turns out taken: N fails on it.
-    holder.commit().await.unwrap();
+    ahead.holder.commit().await.unwrap();
 
-    let error = first.await.unwrap().unwrap_err();
+    let error = ahead.first.await.unwrap().unwrap_err();
     assert!(!error.is_unavailable(), "{error}");
-    let second = second.await.unwrap();
+    let second = ahead.second.await.unwrap();
     assert!(second.is_accepted(), "{:?}", second.rejection);
     assert_eq!(second.license.unwrap().seats_used, 1);
     assert_eq!(
@@ -914,7 +904,7 @@ async fn a_batch_decided_on_top_of_a_failed_one_is_decided_again(pool: sqlx::PgP
             .load(Ordering::Relaxed),
         1
     );
-    let events = assert_chain_verifies(&store).await;
+    let events = assert_chain_verifies(store).await;
     let acquired: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e.event_type == "SeatAcquired")
