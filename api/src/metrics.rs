@@ -189,6 +189,11 @@ impl Metrics {
                 appender.batches_decided_again.load(Ordering::Relaxed),
             ),
             (
+                "seatledger_appender_connections_retired_total",
+                "Appender connections closed instead of pooled after writing a large snapshot (their write buffer would stay that large).",
+                appender.connections_retired.load(Ordering::Relaxed),
+            ),
+            (
                 "seatledger_appender_checkpoints_total",
                 "Signed checkpoints written.",
                 appender.checkpoints.load(Ordering::Relaxed),

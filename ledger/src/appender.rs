@@ -32,7 +32,9 @@ use crate::clock::Clock;
 use crate::domain::{decide, evolve, Command, Lease, LicenseView, Rejection, StreamState};
 use crate::keys::SigningKey;
 use crate::state_cache::StateCache;
-use crate::store::{BatchTx, CommandWrite, RecordedCommands, Store, StoreError, StreamWrite};
+use crate::store::{
+    BatchTx, CommandWrite, RecordedCommands, Released, Store, StoreError, StreamWrite,
+};
 use seatledger_schema::canonical::expected_hash;
 use seatledger_schema::{limits, ChainHash, Checkpoint, Event, Metadata, RecordedEvent, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -181,6 +183,11 @@ pub struct AppenderConfig {
 /// queued on the lock in PostgreSQL's first-come order, get their turn.
 pub const LEADER_HOLD_MAX: Duration = Duration::from_millis(50);
 
+/// Snapshot bytes in one led batch from which its connection is closed
+/// rather than pooled when the lead ends (see
+/// `BatchTx::retire_after_release`): a state of about 5,000 leases.
+pub const RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES: usize = 1 << 20;
+
 /// The default [`AppenderConfig::lock_timeout`].
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -223,6 +230,9 @@ pub struct AppenderStats {
     /// batch failed or one of their idempotency keys turned out recorded.
     pub batches_decided_ahead: AtomicU64,
     pub batches_decided_again: AtomicU64,
+    /// Connections closed instead of pooled after a batch carried a large
+    /// snapshot (see `RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES`).
+    pub connections_retired: AtomicU64,
 }
 
 /// Tells followers the last committed position they may read up to.
@@ -538,8 +548,16 @@ impl Worker {
     /// Lets go of the partition lock, if held.
     async fn release_lead(&mut self) {
         if let Some(leader) = self.leader.take() {
-            if let Err(error) = leader.tx.release(self.config.partition).await {
-                tracing::warn!(error = %error, "releasing the partition lock failed; its connection was closed instead");
+            match leader.tx.release(self.config.partition).await {
+                Ok(Released::Pooled) => {}
+                Ok(Released::Retired) => {
+                    self.stats
+                        .connections_retired
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "releasing the partition lock failed; its connection was closed instead");
+                }
             }
         }
     }
@@ -848,6 +866,9 @@ impl Worker {
         leader
             .known
             .extend(prepared.working.streams.keys().cloned());
+        if snapshot_bytes(&prepared.stream_writes) >= RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES {
+            leader.tx.retire_after_release();
+        }
         self.leader = Some(leader);
         self.count_snapshots(&prepared.stream_writes);
         let working = std::mem::take(&mut prepared.working);
@@ -1027,6 +1048,15 @@ impl Worker {
         }
         self.last_checkpoint_at = Instant::now();
     }
+}
+
+/// The bytes of the snapshots a batch writes.
+fn snapshot_bytes(stream_writes: &[StreamWrite]) -> usize {
+    stream_writes
+        .iter()
+        .filter_map(|w| w.snapshot.as_ref())
+        .map(|snapshot| snapshot.1.len())
+        .sum()
 }
 
 fn fold(mut stream: CachedStream, events: &[RecordedEvent]) -> Result<CachedStream, StoreError> {

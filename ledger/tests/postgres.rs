@@ -456,6 +456,65 @@ async fn snapshot_bytes_per_event_stay_bounded_however_many_leases(pool: sqlx::P
     println!("{snapshots} snapshots, {written} bytes for {LEASES} events ({} per event); final state {final_bytes} bytes", written / LEASES as u64);
 }
 
+/// Submits `commands`, 500 at a time (the lead is let go between chunks,
+/// when the queue runs dry); each must be accepted.
+async fn submit_all(appender: &seatledger_ledger::Appender, commands: Vec<Command>) {
+    let mut commands = commands.into_iter().peekable();
+    while commands.peek().is_some() {
+        let chunk = commands.by_ref().take(500).map(|command| {
+            let appender = appender.clone();
+            tokio::spawn(async move { submit(&appender, command).await })
+        });
+        for result in join_all(chunk.collect::<Vec<_>>()).await {
+            assert!(result.unwrap().is_accepted());
+        }
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_connection_that_wrote_a_large_snapshot_is_closed_not_pooled(pool: sqlx::PgPool) {
+    const LEASES: usize = 7_000;
+    let store = migrated(pool.clone()).await;
+    let (appender, _) = start_default(&store);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 20_000)).await;
+    let stats = appender.stats();
+    let acquires: Vec<Command> = (0..LEASES)
+        .map(|machine| acquire(license, machine))
+        .collect();
+    let sessions: Vec<Uuid> = acquires
+        .iter()
+        .filter_map(|command| match command {
+            Command::AcquireSeat { session_id, .. } => Some(*session_id),
+            _ => None,
+        })
+        .collect();
+    // One snapshot, at 1,000 leases: about 200 KB.
+    submit_all(&appender, acquires).await;
+    assert_eq!(stats.snapshots.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.connections_retired.load(Ordering::Relaxed), 0);
+    // A heartbeat for each lease: the next snapshot is due (as many events
+    // as the state holds leases) and holds 7,000 leases, over 1 MiB.
+    let heartbeats = sessions.iter().map(|&session_id| Command::Heartbeat {
+        license_id: license,
+        session_id,
+        by: seatledger_ledger::domain::SeatActor::Unchecked,
+    });
+    submit_all(&appender, heartbeats.collect()).await;
+    let stored: i32 =
+        sqlx::query_scalar("SELECT octet_length(state::text) FROM streams WHERE stream_id = $1")
+            .bind(format!("license-{license}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(stored >= 1 << 20, "the stored snapshot is {stored} bytes");
+    assert!(stats.connections_retired.load(Ordering::Relaxed) >= 1);
+    // The appender goes on, on a new connection.
+    let granted = submit(&appender, acquire(license, LEASES)).await;
+    assert_eq!(granted.license.unwrap().seats_used, LEASES as u32 + 1);
+    assert_chain_verifies(&store).await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_commit_notifies_a_listener_on_another_pool(pool: sqlx::PgPool) {
     let store = migrated(pool.clone()).await;

@@ -752,6 +752,10 @@ pub(crate) struct PgBatch {
     /// Committed (or, for a leader, released): the connection holds no
     /// transaction and no lock and may go back to the pool.
     committed: bool,
+    /// Close the connection instead of pooling it once released: it sent a
+    /// large message, and sqlx keeps a connection's write buffer at the
+    /// largest message it ever sent.
+    retire: bool,
 }
 
 impl PgBatch {
@@ -762,6 +766,7 @@ impl PgBatch {
         let mut batch = PgBatch {
             conn,
             committed: false,
+            retire: false,
         };
         let begin = format!(
             "BEGIN; SELECT pg_advisory_xact_lock({})",
@@ -788,6 +793,7 @@ impl PgBatch {
         let mut batch = PgBatch {
             conn,
             committed: false,
+            retire: false,
         };
         let lock = format!(
             "SELECT pg_advisory_lock({})",
@@ -823,6 +829,15 @@ impl Drop for PgBatch {
             self.conn.close_on_drop();
         }
     }
+}
+
+/// What became of a leader's connection once it let go of the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Back to the pool.
+    Pooled,
+    /// Closed (see `BatchTx::retire_after_release`).
+    Retired,
 }
 
 /// One appender batch: a transaction holding the partition lock.
@@ -972,10 +987,22 @@ impl BatchTx<'_> {
         }
     }
 
+    /// Once released, close this connection rather than return it to the
+    /// pool: a batch sent a large message (a snapshot of a license holding
+    /// tens of thousands of leases is tens of MB), and the connection would
+    /// keep a write buffer that size for as long as it lives (measured:
+    /// 42 MB held by the appender's connection at 100k leases). A new
+    /// connection costs a few milliseconds, once per large snapshot.
+    pub fn retire_after_release(&mut self) {
+        if let BatchTx::Postgres(batch) = self {
+            batch.retire = true;
+        }
+    }
+
     /// Ends a leader's hold on the partition lock and returns its
-    /// connection to the pool. On failure the connection is closed, which
+    /// connection to the pool (or closes it, see `retire_after_release`). On failure the connection is closed, which
     /// releases the lock as well.
-    pub async fn release(self, partition: i16) -> Result<(), StoreError> {
+    pub async fn release(self, partition: i16) -> Result<Released, StoreError> {
         match self {
             BatchTx::Postgres(mut batch) => {
                 let unlock = format!(
@@ -983,10 +1010,15 @@ impl BatchTx<'_> {
                     postgres::partition_lock_key(partition)
                 );
                 batch.simple(&unlock).await?;
-                batch.committed = true;
-                Ok(())
+                // Dropped uncommitted, a batch's connection is closed.
+                batch.committed = !batch.retire;
+                Ok(if batch.retire {
+                    Released::Retired
+                } else {
+                    Released::Pooled
+                })
             }
-            BatchTx::Sqlite(..) => Ok(()),
+            BatchTx::Sqlite(..) => Ok(Released::Pooled),
         }
     }
 
