@@ -11,6 +11,11 @@ use seatledger_ledger::{
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// The server's allocator (`seatledger` uses jemalloc), so the followers
+/// and the appender measured in process here allocate as they do in it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Removes what `fresh_store` created.
 pub type Cleanup = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
