@@ -106,6 +106,7 @@ ensure_postgres_server_binaries() {
 }
 
 ensure_services() {
+  ensure_binary make make # tikv-jemalloc-sys builds jemalloc with make
   ensure_postgres_server_binaries
   case "$DATABASE_URL" in *127.0.0.1:5432*|*localhost:5432*) ensure_postgres ;; esac
   ensure_binary redis-server redis-server
