@@ -11,6 +11,10 @@
 //! - **connection limit**: at most `max_connections` connections are served
 //!   at once; beyond, new connections wait in the listen backlog until one
 //!   closes (they are not accepted and dropped).
+//! - **a request answered before its body was read** (401, 404, 405, 415
+//!   come before the body extractor) gets `Connection: close`: hyper will
+//!   not wait for the unread rest of the body and closes the connection,
+//!   and without the header a client would send its next request on it.
 //! - header size: hyper's limits (100 headers, ~400 KiB of buffered head):
 //!   a larger head is answered 431 and the connection closed.
 //!
@@ -30,6 +34,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -100,15 +105,32 @@ pub async fn serve<S>(
         let app = app.clone();
         let body_read_timeout = limits.body_read_timeout;
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let read = Arc::new(AtomicBool::new(true));
             let mut request = request.map(|body| {
                 if hyper::body::Body::is_end_stream(&body) {
                     Body::new(body)
                 } else {
-                    Body::new(DeadlineBody::new(body, body_read_timeout))
+                    read.store(false, Ordering::Relaxed);
+                    Body::new(DeadlineBody::new(body, body_read_timeout, read.clone()))
                 }
             });
             request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
+            let response = app.clone().oneshot(request);
+            async move {
+                let mut response = response.await?;
+                if !read.load(Ordering::Relaxed) {
+                    // Answered before its body was read (401, 404, 405,
+                    // 415, ...): hyper closes the connection rather than
+                    // wait for the rest of the body, so say so, or the
+                    // client sends its next request on a connection the
+                    // server is closing and sees it dropped unanswered.
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let builder = builder.clone();
         let mut stopped = stopped.clone();
@@ -164,18 +186,21 @@ pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 /// A request body that fails with [`BodyTimeout`] when it is not complete
 /// by its deadline (a total bound: a trickle of bytes does not extend it).
 /// The timer is made only if the body is not already buffered when read.
+/// `read` turns true once the body was read to its end.
 struct DeadlineBody {
     inner: Incoming,
     deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    read: Arc<AtomicBool>,
 }
 
 impl DeadlineBody {
-    fn new(inner: Incoming, timeout: Duration) -> DeadlineBody {
+    fn new(inner: Incoming, timeout: Duration, read: Arc<AtomicBool>) -> DeadlineBody {
         DeadlineBody {
             inner,
             deadline: Instant::now() + timeout,
             timer: None,
+            read,
         }
     }
 }
@@ -190,6 +215,9 @@ impl hyper::body::Body for DeadlineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if frame.is_none() || this.inner.is_end_stream() {
+                this.read.store(true, Ordering::Relaxed);
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         let deadline = this.deadline;

@@ -694,3 +694,79 @@ async fn connections_beyond_the_limit_wait_for_a_free_one(pool: sqlx::PgPool) {
     assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
     app.stop().await;
 }
+
+/// Reads one response head and body (Content-Length) from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response: {received:?}");
+        received.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&received).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if received.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_request_answered_before_its_body_arrived_closes_its_connection_and_says_so(
+    pool: sqlx::PgPool,
+) {
+    let app = TestApp::postgres(pool).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+
+    // The head only: the 401 comes before the body, which never arrives.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = "POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response}"
+    );
+    let mut rest = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection stays open");
+
+    // A body read whole keeps the connection alive for the next request.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let body = r#"{"email":"nobody@example.com","password":"not the password"}"#;
+    let login = format!(
+        "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(login.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    assert!(
+        !response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+    stream
+        .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    app.stop().await;
+}
