@@ -333,6 +333,12 @@ pub fn render_nats(stats: &PublisherStats, now: seatledger_schema::Timestamp) ->
             stats.ack_failures.load(Ordering::Relaxed).to_string(),
         ),
         (
+            "seatledger_nats_checkpoints_saved_total",
+            "counter",
+            "Times the publisher stored its position (at most every 250 ms while publishing, and once idle).",
+            stats.checkpoints_saved.load(Ordering::Relaxed).to_string(),
+        ),
+        (
             "seatledger_nats_losses_recovered_total",
             "counter",
             "Times JetStream was found to have lost acknowledged messages; the publisher resent them from the log.",

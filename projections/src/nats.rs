@@ -41,7 +41,7 @@ use seatledger_schema::{RecordedEvent, Timestamp};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The follower's name in `follower_checkpoints`.
 pub const NATS_FOLLOWER: &str = "nats";
@@ -144,6 +144,8 @@ pub struct PublisherStats {
     /// Times the stream was found to have lost acknowledged messages (and
     /// the publisher went back to resend them).
     pub losses_recovered: AtomicU64,
+    /// Times the publisher stored its checkpoint.
+    pub checkpoints_saved: AtomicU64,
 }
 
 impl PublisherStats {
@@ -205,7 +207,23 @@ pub struct NatsPublisher {
     /// The highest stream sequence JetStream acknowledged to this
     /// publisher: a stream whose last sequence is lower lost messages.
     acked_sequence: u64,
+    /// The last position published, while this replica holds the lock
+    /// without a break (`None`: read the stored checkpoint).
+    published: Option<i64>,
+    /// The stored checkpoint, and when it was stored.
+    saved: (i64, Instant),
+    /// When the store was last asked for signed heads to publish.
+    heads_checked_at: Option<Instant>,
 }
+
+/// The least time between two stores of the publisher's checkpoint, and
+/// between two looks for signed heads to publish, while events keep
+/// coming. Storing it after every range (each commit wakes the publisher)
+/// cost a write and its WAL flush per commit on the ledger's database;
+/// an event published but not yet checkpointed when seatledger stops is
+/// sent again on restart and dropped by JetStream's de-duplication window
+/// (two minutes, far longer than this).
+pub const CHECKPOINT_SAVE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How far back from a stream's last message the publisher looks for the
 /// last of its partition's events after a loss; beyond it, it resends from
@@ -230,6 +248,9 @@ impl NatsPublisher {
             stats,
             heads_published: None,
             acked_sequence: 0,
+            published: None,
+            saved: (0, Instant::now()),
+            heads_checked_at: None,
         }
     }
 
@@ -237,7 +258,8 @@ impl NatsPublisher {
     /// took) the partition's publisher lock on its own live connection.
     async fn lead(&mut self) -> Result<bool, FollowerError> {
         let Store::Postgres(pool) = &self.store else {
-            // SQLite is one process: nobody to share with.
+            // SQLite is one process: nobody to share with, nobody else
+            // moves the checkpoint.
             self.stats.active.store(true, Ordering::Relaxed);
             return Ok(true);
         };
@@ -266,6 +288,9 @@ impl NatsPublisher {
             .map_err(seatledger_ledger::StoreError::from)?;
         if held {
             tracing::info!(partition = self.partition, "nats publisher: active");
+            // Another replica may have published meanwhile.
+            self.published = None;
+            self.heads_published = None;
             self.lock = Some(connection);
             self.stats.active.store(true, Ordering::Relaxed);
         } else {
@@ -289,7 +314,18 @@ impl Follower for NatsPublisher {
             // stream still holds it before going on from the checkpoint.
             self.ensure_stream().await?;
         }
-        let position = checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
+        let position = match self.published {
+            Some(position) => position,
+            None => {
+                let position =
+                    checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
+                self.published = Some(position);
+                self.saved = (position, Instant::now());
+                position
+            }
+        };
+        // Once idle, the last position is stored at the next round.
+        self.save_checkpoint(false).await?;
         // A checkpoint signed while the log was idle comes after its
         // events were published: send it on the next round.
         self.publish_heads(position).await?;
@@ -397,6 +433,8 @@ impl NatsPublisher {
         )
         .await?;
         self.heads_published = Some(heads_back_to);
+        self.published = Some(back_to);
+        self.saved = (back_to, Instant::now());
         self.acked_sequence = last_sequence;
         self.stats.losses_recovered.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -412,7 +450,9 @@ impl NatsPublisher {
                 .fetch_add(outcome.acked, Ordering::Relaxed);
         }
         if let Some(position) = outcome.acked_through {
-            checkpoints::save(&self.store, NATS_FOLLOWER, self.partition, position).await?;
+            self.published = Some(position);
+            // After a failure, keep what was acked before retrying.
+            self.save_checkpoint(outcome.error.is_some()).await?;
             if outcome.error.is_none() {
                 self.publish_heads(position).await?;
             }
@@ -431,6 +471,21 @@ impl NatsPublisher {
 }
 
 impl NatsPublisher {
+    /// Stores the position published if it moved, at most once per
+    /// [`CHECKPOINT_SAVE_INTERVAL`] unless `now`.
+    async fn save_checkpoint(&mut self, now: bool) -> Result<(), FollowerError> {
+        let Some(position) = self.published else {
+            return Ok(());
+        };
+        let (saved, saved_at) = self.saved;
+        if position > saved && (now || saved_at.elapsed() >= CHECKPOINT_SAVE_INTERVAL) {
+            checkpoints::save(&self.store, NATS_FOLLOWER, self.partition, position).await?;
+            self.saved = (position, Instant::now());
+            self.stats.checkpoints_saved.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Publishes the signed heads (checkpoints) up to `through` not yet
     /// published, on [`NatsConfig::checkpoint_subject`], after the events
     /// they sign (`Nats-Msg-Id` `checkpoint:<partition>:<position>`, body
@@ -444,6 +499,15 @@ impl NatsPublisher {
         if through <= published {
             return Ok(());
         }
+        // Heads are signed every 1,000 events or so: look for them at most
+        // every `CHECKPOINT_SAVE_INTERVAL` while events keep coming.
+        if self
+            .heads_checked_at
+            .is_some_and(|at| at.elapsed() < CHECKPOINT_SAVE_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.heads_checked_at = Some(Instant::now());
         let heads = self
             .store
             .checkpoints_after(self.partition, published, 1_000)

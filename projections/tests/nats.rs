@@ -343,6 +343,30 @@ async fn signed_heads_follow_the_events_they_sign(pool: sqlx::PgPool) {
     assert_eq!(seen, published_through);
 }
 
+/// Commits one after the other, each waking the publisher, do not each
+/// store its checkpoint (a write and a WAL flush on the ledger's database
+/// per commit): it is stored at most every `CHECKPOINT_SAVE_INTERVAL`,
+/// and the last position once the publisher is idle.
+#[sqlx::test(migrations = false)]
+async fn the_checkpoint_is_not_stored_once_per_commit(pool: sqlx::PgPool) {
+    let fixture = Fixture::new(pool).await;
+    let publisher = fixture.publisher().await;
+    // One command at a time: 301 commits.
+    workload(&fixture.appender, 300, 1).await;
+    fixture.all_published().await;
+    let (head, _) = fixture.store.head(0).await.unwrap();
+    assert_eq!(head, 301);
+    let saved = publisher.stats.checkpoints_saved.load(Ordering::Relaxed);
+    let batches = fixture.appender.stats().batches.load(Ordering::Relaxed);
+    println!("{batches} commits, {saved} checkpoints stored");
+    assert!(saved >= 1);
+    assert!(
+        saved * 4 <= batches,
+        "{saved} checkpoints stored for {batches} commits"
+    );
+    publisher.stop().await;
+}
+
 /// Every appended event appears once in JetStream, in position order, with
 /// its subject, headers and body; a consumer reading the stream sees the
 /// log, and the usage computed from it equals the one from PostgreSQL.
