@@ -866,11 +866,10 @@ impl Worker {
         leader
             .known
             .extend(prepared.working.streams.keys().cloned());
-        if snapshot_bytes(&prepared.stream_writes) >= RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES {
+        if self.count_snapshots(&prepared.stream_writes) >= RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES {
             leader.tx.retire_after_release();
         }
         self.leader = Some(leader);
-        self.count_snapshots(&prepared.stream_writes);
         let working = std::mem::take(&mut prepared.working);
         self.after_commit(prepared.head.0, &prepared.batch, checkpointed, working);
         std::mem::take(&mut prepared.replies)
@@ -922,13 +921,17 @@ impl Worker {
         Ok(replies)
     }
 
-    fn count_snapshots(&self, stream_writes: &[StreamWrite]) {
+    /// Counts the snapshots a committed batch wrote; returns their bytes.
+    fn count_snapshots(&self, stream_writes: &[StreamWrite]) -> usize {
+        let mut bytes = 0;
         for snapshot in stream_writes.iter().filter_map(|w| w.snapshot.as_ref()) {
             self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .snapshot_bytes
                 .fetch_add(snapshot.1.len() as u64, Ordering::Relaxed);
+            bytes += snapshot.1.len();
         }
+        bytes
     }
 
     /// Phase 1: each stream's state at its stored version, from the cache
@@ -1048,15 +1051,6 @@ impl Worker {
         }
         self.last_checkpoint_at = Instant::now();
     }
-}
-
-/// The bytes of the snapshots a batch writes.
-fn snapshot_bytes(stream_writes: &[StreamWrite]) -> usize {
-    stream_writes
-        .iter()
-        .filter_map(|w| w.snapshot.as_ref())
-        .map(|snapshot| snapshot.1.len())
-        .sum()
 }
 
 fn fold(mut stream: CachedStream, events: &[RecordedEvent]) -> Result<CachedStream, StoreError> {

@@ -1000,8 +1000,9 @@ impl BatchTx<'_> {
     }
 
     /// Ends a leader's hold on the partition lock and returns its
-    /// connection to the pool (or closes it, see `retire_after_release`). On failure the connection is closed, which
-    /// releases the lock as well.
+    /// connection to the pool (or closes it, see `retire_after_release`).
+    /// On failure the connection is closed, which releases the lock as
+    /// well.
     pub async fn release(self, partition: i16) -> Result<Released, StoreError> {
         match self {
             BatchTx::Postgres(mut batch) => {
