@@ -284,8 +284,14 @@ impl Event {
         schema_version: i32,
         payload: &serde_json::Value,
     ) -> Result<Event, DecodeError> {
-        let tagged = serde_json::json!({ "event_type": event_type, "payload": payload });
-        serde_json::from_value(tagged).map_err(|source| DecodeError {
+        // The adjacently tagged form `{"event_type": …, "payload": …}`,
+        // read from borrowed parts: building it as a `Value` would clone
+        // the payload of every event every follower decodes.
+        let event_type_value = serde_json::Value::String(event_type.to_owned());
+        let tagged = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(
+            [("event_type", &event_type_value), ("payload", payload)].into_iter(),
+        );
+        Event::deserialize(tagged).map_err(|source| DecodeError {
             event_type: event_type.to_owned(),
             schema_version,
             source,
