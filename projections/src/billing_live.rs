@@ -94,6 +94,8 @@ struct Incomplete {
 }
 
 impl Follower for LiveBilling {
+    type Event = RecordedEvent;
+
     fn name(&self) -> &'static str {
         BILLING_FOLLOWER
     }

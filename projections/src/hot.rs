@@ -162,6 +162,8 @@ impl HotLicenses {
 }
 
 impl Follower for HotLicenses {
+    type Event = RecordedEvent;
+
     fn name(&self) -> &'static str {
         "hot_licenses"
     }

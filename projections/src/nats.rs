@@ -37,7 +37,7 @@ use crate::runner::{Follower, FollowerError};
 use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, stream::StorageType};
 use seatledger_ledger::Store;
-use seatledger_schema::{RecordedEvent, Timestamp};
+use seatledger_schema::{RawRecordedEvent, RecordedEvent, Timestamp};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -119,7 +119,7 @@ impl NatsConfig {
     }
 
     /// The subject of `event`.
-    pub fn subject(&self, event: &RecordedEvent) -> String {
+    pub fn subject<P, M>(&self, event: &RecordedEvent<P, M>) -> String {
         format!(
             "{}.{}.{}",
             self.subject_prefix, event.tenant_id, event.event_type
@@ -301,6 +301,10 @@ impl NatsPublisher {
 }
 
 impl Follower for NatsPublisher {
+    /// Payload and metadata stay the stored text: the message body is the
+    /// envelope, so parsing them would only build trees to serialize back.
+    type Event = RawRecordedEvent;
+
     fn name(&self) -> &'static str {
         NATS_FOLLOWER
     }
@@ -332,7 +336,7 @@ impl Follower for NatsPublisher {
         Ok(position)
     }
 
-    async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), FollowerError> {
+    async fn apply(&mut self, events: &[RawRecordedEvent]) -> Result<(), FollowerError> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -440,7 +444,7 @@ impl NatsPublisher {
         Ok(())
     }
 
-    async fn publish(&mut self, events: &[RecordedEvent]) -> Result<(), FollowerError> {
+    async fn publish(&mut self, events: &[RawRecordedEvent]) -> Result<(), FollowerError> {
         self.ensure_stream().await?;
         let outcome = publish_range(&self.jetstream, &self.config, events).await;
         self.acked_sequence = self.acked_sequence.max(outcome.last_sequence);
@@ -583,10 +587,10 @@ pub struct RangeOutcome {
 /// Publishes `events` in order with at most `config.window` acks in
 /// flight, stopping at the first failure. Used by the publisher and by
 /// `seatledger-replay republish` (same subjects, headers and ids).
-pub async fn publish_range(
+pub async fn publish_range<P: serde::Serialize, M: serde::Serialize>(
     jetstream: &jetstream::Context,
     config: &NatsConfig,
-    events: &[RecordedEvent],
+    events: &[RecordedEvent<P, M>],
 ) -> RangeOutcome {
     let window = config.window.clamp(1, PUBLISH_WINDOW_MAX);
     let mut outcome = RangeOutcome {
@@ -650,7 +654,10 @@ pub struct Message {
 }
 
 /// `event`'s message: subject, headers and body (the envelope as JSON).
-pub fn message(config: &NatsConfig, event: &RecordedEvent) -> Result<Message, String> {
+pub fn message<P: serde::Serialize, M: serde::Serialize>(
+    config: &NatsConfig,
+    event: &RecordedEvent<P, M>,
+) -> Result<Message, String> {
     // Most envelopes are 600-900 bytes: one allocation instead of a few.
     let mut payload = Vec::with_capacity(1024);
     serde_json::to_writer(&mut payload, event)
@@ -671,7 +678,7 @@ const STREAM_ID_HEADER: HeaderName = HeaderName::from_static("Seatledger-Stream-
 const EVENT_TYPE_HEADER: HeaderName = HeaderName::from_static("Seatledger-Event-Type");
 
 /// The headers of `event`'s message.
-pub fn headers(event: &RecordedEvent) -> async_nats::HeaderMap {
+pub fn headers<P, M>(event: &RecordedEvent<P, M>) -> async_nats::HeaderMap {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(NATS_MESSAGE_ID, event.event_id.to_string());
     headers.insert(PARTITION_HEADER, event.partition.to_string());
@@ -721,7 +728,7 @@ pub async fn republish(
     while position < to {
         let through = to.min(position + REPUBLISH_RANGE);
         let events = store
-            .read_range(partition, position, through)
+            .read_range_raw(partition, position, through)
             .await
             .map_err(|error| error.to_string())?;
         let outcome = publish_range(jetstream, config, &events).await;

@@ -660,6 +660,8 @@ fn lease_from(session: &str, detail: &str, expires_at: Timestamp) -> Option<Leas
 }
 
 impl Follower for RedisLicenses {
+    type Event = RecordedEvent;
+
     fn name(&self) -> &'static str {
         "hot_licenses_redis"
     }

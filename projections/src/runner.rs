@@ -11,15 +11,63 @@
 //! assumes one sequence across partitions: a runner follows one partition.
 
 use seatledger_ledger::{CommitNotifier, Store, StoreError};
-use seatledger_schema::RecordedEvent;
+use seatledger_schema::{RawRecordedEvent, RecordedEvent};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How a follower reads the log: parsed events ([`RecordedEvent`], what a
+/// follower that decodes them needs), or with payload and metadata as the
+/// stored text ([`RawRecordedEvent`], for one that passes envelopes on).
+pub trait LogEvent: Sized + Send + 'static {
+    fn position(&self) -> i64;
+
+    /// The events of `partition` with `after < position <= through`.
+    fn read(
+        store: Store,
+        partition: i16,
+        after: i64,
+        through: i64,
+    ) -> impl Future<Output = Result<Vec<Self>, StoreError>> + Send + 'static;
+}
+
+impl LogEvent for RecordedEvent {
+    fn position(&self) -> i64 {
+        self.position
+    }
+
+    async fn read(
+        store: Store,
+        partition: i16,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<Self>, StoreError> {
+        store.read_range(partition, after, through).await
+    }
+}
+
+impl LogEvent for RawRecordedEvent {
+    fn position(&self) -> i64 {
+        self.position
+    }
+
+    async fn read(
+        store: Store,
+        partition: i16,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<Self>, StoreError> {
+        store.read_range_raw(partition, after, through).await
+    }
+}
+
 /// A follower of one partition of the log.
 pub trait Follower: Send {
+    /// How it reads events.
+    type Event: LogEvent;
+
     /// A stable name for logs and metrics.
     fn name(&self) -> &'static str;
 
@@ -30,7 +78,7 @@ pub trait Follower: Send {
     /// position to the last of them, atomically with the follower's output.
     fn apply(
         &mut self,
-        events: &[RecordedEvent],
+        events: &[Self::Event],
     ) -> impl Future<Output = Result<(), FollowerError>> + Send;
 }
 
@@ -151,17 +199,20 @@ async fn catch_up<F: Follower>(
     let mut position = follower.position().await?;
     status.position.store(position, Ordering::Relaxed);
     let read = |after: i64| {
-        let store = store.clone();
-        let partition = config.partition;
         let through = head.min(after.saturating_add(config.batch.max(1)));
-        tokio::spawn(async move { store.read_range(partition, after, through).await })
+        tokio::spawn(F::Event::read(
+            store.clone(),
+            config.partition,
+            after,
+            through,
+        ))
     };
     let mut next = (position < head).then(|| read(position));
     while let Some(reading) = next.take() {
         let events = reading
             .await
             .map_err(|error| FollowerError::Output(format!("reading the log: {error}")))??;
-        let Some(last) = events.last().map(|event| event.position) else {
+        let Some(last) = events.last().map(LogEvent::position) else {
             break;
         };
         if last < head {

@@ -79,6 +79,37 @@ async fn run(store: &Store, args: &Args) -> anyhow::Result<()> {
     }
     anyhow::ensure!(log.len() as i64 == head, "read the whole log");
     eprintln!("reading and decoding the log: {:?}", reading.elapsed());
+    // What the publisher reads instead: payload and metadata as stored text.
+    let reading = Instant::now();
+    let mut raw_log = Vec::new();
+    while (raw_log.len() as i64) < head {
+        let after = raw_log.len() as i64;
+        raw_log.extend(
+            store
+                .read_range_raw(0, after, head.min(after + 10_000))
+                .await?,
+        );
+    }
+    eprintln!(
+        "reading the log with payloads as text: {:?}",
+        reading.elapsed()
+    );
+    let encoding = Instant::now();
+    let config = NatsConfig::new(&args.nats_url);
+    for (parsed, raw) in log.iter().zip(&raw_log) {
+        std::hint::black_box(nats::message(&config, parsed).map_err(anyhow::Error::msg)?);
+        std::hint::black_box(raw);
+    }
+    let parsed_encoding = encoding.elapsed();
+    let encoding = Instant::now();
+    for raw in &raw_log {
+        std::hint::black_box(nats::message(&config, raw).map_err(anyhow::Error::msg)?);
+    }
+    eprintln!(
+        "building messages: {parsed_encoding:?} from parsed events, {:?} from text",
+        encoding.elapsed()
+    );
+    drop(raw_log);
     let client = async_nats::connect(&args.nats_url).await?;
     let jetstream = async_nats::jetstream::new(client.clone());
     println!("| window | events | raw JetStream events/s | publisher events/s | publisher / raw |");

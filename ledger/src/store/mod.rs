@@ -8,7 +8,7 @@
 mod postgres;
 mod sqlite;
 
-use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent, Timestamp};
+use seatledger_schema::{ChainHash, Checkpoint, RawRecordedEvent, RecordedEvent, Timestamp};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -396,13 +396,31 @@ impl Store {
         self.read_between(partition, after, through, limit).await
     }
 
-    async fn read_between(
+    /// [`Store::read_range`] with payload and metadata left as the stored
+    /// JSON text: for a reader that passes the envelope on (the NATS
+    /// publisher, `republish`) and would otherwise parse both into trees
+    /// only to serialize them straight back.
+    pub async fn read_range_raw(
+        &self,
+        partition: i16,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<RawRecordedEvent>, StoreError> {
+        let limit = through.saturating_sub(after);
+        self.read_between(partition, after, through, limit).await
+    }
+
+    async fn read_between<P, M>(
         &self,
         partition: i16,
         after: i64,
         through: i64,
         limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    ) -> Result<Vec<RecordedEvent<P, M>>, StoreError>
+    where
+        P: serde::de::DeserializeOwned,
+        M: serde::de::DeserializeOwned,
+    {
         let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
         match self {
             Store::Postgres(pool) => {

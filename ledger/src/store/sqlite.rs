@@ -34,28 +34,35 @@ fn json_from<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T
     serde_json::from_str(text).map_err(|e| corrupt(what, e))
 }
 
-fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
-    let event_id: String = row.try_get("event_id")?;
-    let tenant_id: String = row.try_get("tenant_id")?;
-    let payload: String = row.try_get("payload")?;
-    let metadata: String = row.try_get("metadata")?;
-    let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
-    let hash: Vec<u8> = row.try_get("hash")?;
+/// Decodes a row of [`EVENT_COLUMNS`], each column by its index (by name,
+/// every lookup hashes the name). `P` and `M` are how payload and metadata
+/// are held (parsed, or the stored text).
+fn event_from_row<P, M>(row: &SqliteRow) -> Result<RecordedEvent<P, M>, StoreError>
+where
+    P: serde::de::DeserializeOwned,
+    M: serde::de::DeserializeOwned,
+{
+    let event_id: &str = row.try_get(2)?;
+    let tenant_id: &str = row.try_get(5)?;
+    let payload: &str = row.try_get(8)?;
+    let metadata: &str = row.try_get(9)?;
+    let prev_hash: &[u8] = row.try_get(12)?;
+    let hash: &[u8] = row.try_get(13)?;
     Ok(RecordedEvent {
-        partition: row.try_get("partition")?,
-        position: row.try_get("position")?,
-        event_id: uuid_from(&event_id, "event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: row.try_get("stream_version")?,
-        tenant_id: uuid_from(&tenant_id, "tenant_id")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        payload: json_from(&payload, "payload")?,
-        metadata: json_from(&metadata, "metadata")?,
-        occurred_at: stored_timestamp(row.try_get("occurred_at")?, "occurred_at")?,
-        recorded_at: stored_timestamp(row.try_get("recorded_at")?, "recorded_at")?,
-        prev_hash: hash_from(&prev_hash, "prev_hash")?,
-        hash: hash_from(&hash, "hash")?,
+        partition: row.try_get(0)?,
+        position: row.try_get(1)?,
+        event_id: uuid_from(event_id, "event_id")?,
+        stream_id: row.try_get(3)?,
+        stream_version: row.try_get(4)?,
+        tenant_id: uuid_from(tenant_id, "tenant_id")?,
+        event_type: row.try_get(6)?,
+        schema_version: row.try_get(7)?,
+        payload: json_from(payload, "payload")?,
+        metadata: json_from(metadata, "metadata")?,
+        occurred_at: stored_timestamp(row.try_get(10)?, "occurred_at")?,
+        recorded_at: stored_timestamp(row.try_get(11)?, "recorded_at")?,
+        prev_hash: hash_from(prev_hash, "prev_hash")?,
+        hash: hash_from(hash, "hash")?,
     })
 }
 
@@ -78,13 +85,17 @@ pub(crate) async fn head(
     }
 }
 
-pub(crate) async fn read_between(
+pub(crate) async fn read_between<P, M>(
     pool: &SqlitePool,
     partition: i16,
     after: i64,
     through: i64,
     limit: i64,
-) -> Result<Vec<RecordedEvent>, StoreError> {
+) -> Result<Vec<RecordedEvent<P, M>>, StoreError>
+where
+    P: serde::de::DeserializeOwned,
+    M: serde::de::DeserializeOwned,
+{
     let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE partition = ? AND position > ? AND position <= ? ORDER BY position LIMIT ?");
     let rows = sqlx::query(&sql)
         .bind(partition)

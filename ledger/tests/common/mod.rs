@@ -107,4 +107,4 @@ pub async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
 }
 
 mod plant;
-pub use plant::plant_undecodable_event;
+pub use plant::{plant_event, plant_undecodable_event};
