@@ -39,6 +39,8 @@ pub struct Metrics {
     /// License reads the hot counts could not serve in time (read from the
     /// ledger instead).
     pub hot_read_fallbacks: AtomicU64,
+    /// Long-polls of the events feed waiting for a commit now.
+    pub feed_waiting: AtomicI64,
     pub hot_licenses: FollowerStatus,
     /// The live billing follower.
     pub billing: FollowerStatus,
@@ -272,6 +274,13 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{follower=\"{follower}\"}} {value}");
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP seatledger_events_feed_waiting Long-polls of GET /api/v1/events waiting for a commit.\n\
+             # TYPE seatledger_events_feed_waiting gauge\n\
+             seatledger_events_feed_waiting {}",
+            self.feed_waiting.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP seatledger_unreadable_streams Streams the appender currently remembers as unreadable.\n\

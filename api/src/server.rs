@@ -32,6 +32,10 @@ pub struct Server {
     /// a connection each and are aborted once the server has stopped.
     listeners: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    /// Turned true when `serve`'s shutdown future resolves, before the
+    /// connections drain: long-polls answer at once instead of holding
+    /// the drain for their whole wait.
+    draining: watch::Sender<bool>,
     http: crate::http::HttpLimits,
 }
 
@@ -127,6 +131,7 @@ impl Server {
             }
         };
         let publisher_notifier = notifier.clone();
+        let commits = notifier.clone();
         let mut followers = vec![
             hot_follower,
             tokio::spawn(runner::run(
@@ -188,7 +193,10 @@ impl Server {
         let http = args.http.limits();
         let store_gate = crate::store_gate::StoreGate::new(store.clone());
         listeners.push(tokio::spawn(store_gate.clone().watch()));
+        let (draining, draining_watch) = watch::channel(false);
         let state = AppState {
+            commits,
+            draining: draining_watch,
             store_gate,
             directory: crate::directory::Directory::new(store.clone()),
             store,
@@ -215,6 +223,7 @@ impl Server {
             followers,
             listeners,
             shutdown,
+            draining,
             http,
         })
     }
@@ -239,8 +248,13 @@ impl Server {
             followers,
             listeners,
             shutdown: stop_followers,
+            draining,
             http,
         } = self;
+        let shutdown = async move {
+            shutdown.await;
+            let _ = draining.send(true);
+        };
         let app = NormalizePathLayer::trim_trailing_slash().layer(routes::router(state));
         // The peer address reaches handlers (per-address limits on register and
         // login) as `ConnectInfo`.

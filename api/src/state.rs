@@ -71,4 +71,10 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// Whether the store is known to be down (then requests fail fast).
     pub store_gate: crate::store_gate::StoreGate,
+    /// The in-process bus of commits: the last position committed, by this
+    /// server's appender or (through `LISTEN/NOTIFY`) another replica's.
+    /// Long-polls of the events feed wait on it.
+    pub commits: seatledger_ledger::CommitNotifier,
+    /// Turns true when the server begins to shut down: waits end then.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }

@@ -6,7 +6,7 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{Org, TestApp};
+use common::{eventually, Org, TestApp};
 use serde_json::{json, Value};
 
 fn session_of(reply: &common::Reply) -> String {
@@ -1244,4 +1244,100 @@ fn the_openapi_document_declares_problems_and_parameters_as_served() {
         }
     }
     assert!(checked > 50, "{checked} problem responses");
+}
+
+/// The events feed as a long-poll (`wait_s`), on the embedded default with
+/// nothing configured: a poll with nothing after `after` waits on the
+/// in-process bus of commits, another organization's commit does not end
+/// it, its own organization's next event does, at once; a poll whose wait
+/// runs out answers an empty page; a wait out of range is 400.
+#[tokio::test]
+async fn a_long_poll_of_the_events_feed_answers_when_the_orgs_next_event_commits() {
+    let app = TestApp::embedded().await;
+    let a = app.register("poll-a@example.com").await;
+    let b = app.register("poll-b@example.com").await;
+    let (_, key) = app.issue(&a, json!({"name": "IDE", "seats": 2})).await;
+    let head = app.get("/api/v1/events?limit=1000", &a.token).await.body["next_after"]
+        .as_i64()
+        .unwrap();
+
+    for wait in ["21", "-1", "x"] {
+        let bad = app
+            .get(&format!("/api/v1/events?wait_s={wait}"), &a.token)
+            .await;
+        assert_eq!(
+            (bad.status, bad.body["code"].as_str()),
+            (400, Some("invalid_query")),
+            "wait_s={wait}"
+        );
+    }
+
+    let started = std::time::Instant::now();
+    let empty = app
+        .get(&format!("/api/v1/events?after={head}&wait_s=1"), &a.token)
+        .await;
+    assert_eq!(empty.status, 200);
+    assert_eq!(empty.body["events"], json!([]));
+    assert_eq!(empty.body["next_after"], head);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "an empty page after the whole wait"
+    );
+
+    let request = app
+        .client
+        .get(app.url(&format!("/api/v1/events?after={head}&wait_s=20")))
+        .bearer_auth(&a.token);
+    let started = std::time::Instant::now();
+    let poll = tokio::spawn(async move { TestApp::reply(request.send().await.unwrap()).await });
+    eventually("the poll waits", 10, || async {
+        app.metric("seatledger_events_feed_waiting").await == 1
+    })
+    .await;
+    // Another organization's commit wakes the poll, which finds nothing of
+    // its own and waits on.
+    app.issue(&b, json!({"name": "CAD", "seats": 1})).await;
+    assert!(!poll.is_finished(), "B's event does not answer A's poll");
+    let acquired = app.acquire(&a, &key, "m1").await;
+    assert_eq!(acquired.status, 201);
+    let page = poll.await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(page.status, 200);
+    let events = page.body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event_type"], "SeatAcquired");
+    assert_eq!(events[0]["tenant_id"], json!(a.org_id));
+    assert!(events[0]["position"].as_i64().unwrap() > head);
+    assert_eq!(page.body["next_after"], events[0]["position"]);
+    assert!(
+        waited < std::time::Duration::from_secs(15),
+        "answered when the event committed, not at the end of the wait ({waited:?})"
+    );
+    assert_eq!(app.metric("seatledger_events_feed_waiting").await, 0);
+}
+
+/// A server shutting down answers its waiting long-polls at once (an empty
+/// page) instead of holding the drain for their whole wait.
+#[tokio::test]
+async fn a_shutdown_ends_waiting_long_polls() {
+    let app = TestApp::embedded().await;
+    let org = app.register("poll-stop@example.com").await;
+    let request = app
+        .client
+        .get(app.url("/api/v1/events?after=1000000&wait_s=20"))
+        .bearer_auth(&org.token);
+    let started = std::time::Instant::now();
+    let poll = tokio::spawn(async move { TestApp::reply(request.send().await.unwrap()).await });
+    eventually("the poll waits", 10, || async {
+        app.metric("seatledger_events_feed_waiting").await == 1
+    })
+    .await;
+    app.stop().await;
+    let page = poll.await.unwrap();
+    assert_eq!(page.status, 200);
+    assert_eq!(page.body["events"], json!([]));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "answered at shutdown, not at the end of the wait"
+    );
 }

@@ -1,5 +1,7 @@
 """Schemathesis hooks for seatledger's contract run (scripts/contract/run).
 
+Long-polls of the events feed are shortened (see map_query).
+
 A header value with a control character (other than tab) is not HTTP
 (RFC 9110 section 5.5): hyper refuses such a request with a bare 400
 before any handler runs, so no route can answer it with problem+json.
@@ -8,6 +10,21 @@ are left out; every other negative value is still sent.
 """
 
 import schemathesis
+
+
+@schemathesis.hook
+def map_query(context, query):
+    """Shortens long-polls of GET /api/v1/events to at most a second.
+
+    A valid `wait_s` (0 to 20) makes a request with nothing after `after`
+    wait that long; at 20 s an example the run would spend minutes waiting.
+    Valid values above 1 become 1 (still valid, still a wait); invalid ones
+    (negative, over 20, not a number) are sent as drawn.
+    """
+    if query and isinstance(query.get("wait_s"), int) and not isinstance(query["wait_s"], bool):
+        if 1 < query["wait_s"] <= 20:
+            query["wait_s"] = 1
+    return query
 
 
 def _sendable(value):
