@@ -194,7 +194,7 @@ impl Server {
         let store_gate = crate::store_gate::StoreGate::new(store.clone());
         listeners.push(tokio::spawn(store_gate.clone().watch()));
         let (draining, draining_watch) = watch::channel(false);
-        let state = AppState {
+        let state = AppState::new(crate::state::Shared {
             commits,
             draining: draining_watch,
             store_gate,
@@ -215,7 +215,7 @@ impl Server {
                 args.rate_limit_seat_ops_per_s,
             )),
             request_timeout: std::time::Duration::from_secs_f64(args.request_timeout_s),
-        };
+        });
         Ok(Server {
             listener,
             state,
