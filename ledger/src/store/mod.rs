@@ -883,10 +883,7 @@ impl BatchTx<'_> {
     ) -> Result<((i64, ChainHash), HashMap<String, i64>), StoreError> {
         match self {
             BatchTx::Postgres(tx) => postgres::head_and_versions(tx, partition, stream_ids).await,
-            BatchTx::Sqlite(tx, _) => {
-                let head = sqlite::head(tx, partition).await?;
-                Ok((head, sqlite::stream_versions(tx, stream_ids).await?))
-            }
+            BatchTx::Sqlite(tx, _) => sqlite::head_and_versions(tx, partition, stream_ids).await,
         }
     }
 
@@ -902,11 +899,7 @@ impl BatchTx<'_> {
             BatchTx::Postgres(tx) => {
                 postgres::write_batch(tx, events, streams, commands, notify).await
             }
-            BatchTx::Sqlite(tx, _) => {
-                sqlite::insert_events(tx, events).await?;
-                sqlite::upsert_streams(tx, streams).await?;
-                sqlite::insert_commands(tx, commands).await
-            }
+            BatchTx::Sqlite(tx, _) => sqlite::write_batch(tx, events, streams, commands).await,
         }
     }
 

@@ -166,6 +166,48 @@ pub(crate) async fn find_session(
     }
 }
 
+/// The partition's head and the stored versions of `stream_ids`, in one
+/// call to SQLite's worker thread (one statement) where they fit in one.
+pub(crate) async fn head_and_versions(
+    conn: &mut SqliteConnection,
+    partition: i16,
+    stream_ids: &[String],
+) -> Result<((i64, ChainHash), HashMap<String, i64>), StoreError> {
+    if stream_ids.len() > ROWS_PER_STATEMENT {
+        let head = head(conn, partition).await?;
+        return Ok((head, stream_versions(conn, stream_ids).await?));
+    }
+    // The head as a row whose first column is NULL, then one row per
+    // stream with a stored version.
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "SELECT * FROM (SELECT NULL, position, hash FROM events WHERE partition = ",
+    );
+    query.push_bind(partition);
+    query.push(" ORDER BY position DESC LIMIT 1)");
+    if !stream_ids.is_empty() {
+        query.push(" UNION ALL SELECT stream_id, version, NULL FROM streams WHERE stream_id IN (");
+        let mut ids = query.separated(", ");
+        for id in stream_ids {
+            ids.push_bind(id.as_str());
+        }
+        query.push(")");
+    }
+    let mut head = (0, ChainHash::GENESIS);
+    let mut versions = HashMap::with_capacity(stream_ids.len());
+    for row in query.build().fetch_all(&mut *conn).await? {
+        match row.try_get::<Option<String>, _>(0)? {
+            None => {
+                let hash: &[u8] = row.try_get(2)?;
+                head = (row.try_get(1)?, hash_from(hash, "hash")?);
+            }
+            Some(stream_id) => {
+                versions.insert(stream_id, row.try_get(1)?);
+            }
+        }
+    }
+    Ok((head, versions))
+}
+
 pub(crate) async fn stream_versions(
     conn: &mut SqliteConnection,
     stream_ids: &[String],
@@ -243,6 +285,17 @@ pub(crate) async fn insert_events(
     conn: &mut SqliteConnection,
     events: &[RecordedEvent],
 ) -> Result<(), StoreError> {
+    let mut query = QueryBuilder::new("");
+    push_insert_events(&mut query, events)?;
+    execute_statements(conn, query).await
+}
+
+/// Appends to `query` the `INSERT`s of `events`, one statement per
+/// [`ROWS_PER_STATEMENT`] rows, each ended by `;`.
+fn push_insert_events<'a>(
+    query: &mut QueryBuilder<'a, Sqlite>,
+    events: &'a [RecordedEvent],
+) -> Result<(), StoreError> {
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let mut rows = Vec::with_capacity(chunk.len());
         for event in chunk {
@@ -250,8 +303,7 @@ pub(crate) async fn insert_events(
                 serde_json::to_string(&event.metadata).map_err(|e| corrupt("metadata", e))?;
             rows.push((event, metadata));
         }
-        let mut query =
-            QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+        query.push(format_args!("INSERT INTO events ({EVENT_COLUMNS}) "));
         query.push_values(rows, |mut row, (event, metadata)| {
             row.push_bind(event.partition)
                 .push_bind(event.position)
@@ -268,19 +320,53 @@ pub(crate) async fn insert_events(
                 .push_bind(event.prev_hash.as_bytes().as_slice())
                 .push_bind(event.hash.as_bytes().as_slice());
         });
-        query.build().execute(&mut *conn).await?;
+        query.push(";\n");
     }
     Ok(())
+}
+
+/// Runs the statements in `query` (nothing if it is empty) in one call to
+/// SQLite's worker thread: each call is a hand-over to that thread and
+/// back, which under load costs more than the statements.
+async fn execute_statements(
+    conn: &mut SqliteConnection,
+    mut query: QueryBuilder<'_, Sqlite>,
+) -> Result<(), StoreError> {
+    if query.sql().is_empty() {
+        return Ok(());
+    }
+    query.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Everything an appender batch writes (events, streams, commands), in one
+/// call to SQLite's worker thread.
+pub(crate) async fn write_batch(
+    conn: &mut SqliteConnection,
+    events: &[RecordedEvent],
+    streams: &[StreamWrite],
+    commands: &[CommandWrite],
+) -> Result<(), StoreError> {
+    let recorded_at = Timestamp::now().as_micros();
+    let mut query = QueryBuilder::new("");
+    push_insert_events(&mut query, events)?;
+    push_upsert_streams(&mut query, streams);
+    push_insert_commands(&mut query, commands, recorded_at);
+    execute_statements(conn, query).await
 }
 
 pub(crate) async fn upsert_streams(
     conn: &mut SqliteConnection,
     writes: &[StreamWrite],
 ) -> Result<(), StoreError> {
+    let mut query = QueryBuilder::new("");
+    push_upsert_streams(&mut query, writes);
+    execute_statements(conn, query).await
+}
+
+fn push_upsert_streams<'a>(query: &mut QueryBuilder<'a, Sqlite>, writes: &'a [StreamWrite]) {
     for chunk in writes.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO streams (stream_id, partition, version, snapshot_version, state) ",
-        );
+        query.push("INSERT INTO streams (stream_id, partition, version, snapshot_version, state) ");
         query.push_values(chunk, |mut row, write| {
             row.push_bind(write.stream_id.as_str())
                 .push_bind(write.partition)
@@ -291,20 +377,18 @@ pub(crate) async fn upsert_streams(
         query.push(
             " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
              snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
-             state = COALESCE(excluded.state, streams.state)",
+             state = COALESCE(excluded.state, streams.state);\n",
         );
-        query.build().execute(&mut *conn).await?;
     }
-    Ok(())
 }
 
-pub(crate) async fn insert_commands(
-    conn: &mut SqliteConnection,
-    writes: &[CommandWrite],
-) -> Result<(), StoreError> {
-    let recorded_at = Timestamp::now().as_micros();
+fn push_insert_commands<'a>(
+    query: &mut QueryBuilder<'a, Sqlite>,
+    writes: &'a [CommandWrite],
+    recorded_at: i64,
+) {
     for chunk in writes.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        query.push(
             "INSERT INTO commands (tenant_id, command_id, request_hash, result, recorded_at) ",
         );
         query.push_values(chunk, |mut row, write| {
@@ -314,9 +398,8 @@ pub(crate) async fn insert_commands(
                 .push_bind(write.result.to_string())
                 .push_bind(recorded_at);
         });
-        query.build().execute(&mut *conn).await?;
+        query.push(";\n");
     }
-    Ok(())
 }
 
 pub(crate) async fn last_checkpoint_position(
