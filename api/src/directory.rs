@@ -71,6 +71,24 @@ macro_rules! with_pool {
     };
 }
 
+/// `with_pool!` for a statement that writes: on SQLite it first takes the
+/// appender's in-process write lock, so that it waits its turn behind a
+/// batch (woken when the batch commits) instead of polling SQLite's write
+/// lock from its busy handler, which sleeps in steps of up to 100 ms while
+/// batches follow each other (a login under a seat-operation load took
+/// 0.9 s so).
+macro_rules! with_write_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool, write_lock) => {
+                let _writing = write_lock.lock().await;
+                $body
+            }
+        }
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Principal {
     /// The user; for a client token, the token's own id (its leases are
@@ -178,7 +196,7 @@ impl Directory {
     /// `EmailTaken` if the (normalized) email has a row.
     pub async fn insert_user(&self, user: &UserRecord) -> Result<(), DirectoryError> {
         let now = Timestamp::now().as_micros();
-        let result = with_pool!(&self.store, |pool| {
+        let result = with_write_pool!(&self.store, |pool| {
             sqlx::query(
             "INSERT INTO users (user_id, org_id, email, password_hash, role, created_at, pending_since) VALUES ($1, $2, $3, $4, $5, $6, $6)"
         )
@@ -202,7 +220,7 @@ impl Directory {
 
     /// The user's registration event is recorded: the row is a user.
     pub async fn confirm_user(&self, user_id: Uuid) -> Result<(), DirectoryError> {
-        with_pool!(&self.store, |pool| sqlx::query(
+        with_write_pool!(&self.store, |pool| sqlx::query(
             "UPDATE users SET pending_since = NULL WHERE user_id = $1"
         )
         .bind(user_id.to_string())
@@ -215,7 +233,7 @@ impl Directory {
     /// Undoes `insert_user` when the registration could not be recorded
     /// (only a pending row: a recorded user is never deleted).
     pub async fn delete_user(&self, user_id: Uuid) -> Result<(), DirectoryError> {
-        with_pool!(&self.store, |pool| sqlx::query(
+        with_write_pool!(&self.store, |pool| sqlx::query(
             "DELETE FROM users WHERE user_id = $1 AND pending_since IS NOT NULL"
         )
         .bind(user_id.to_string())
@@ -290,7 +308,7 @@ impl Directory {
         principal: &Principal,
         expires_at: Timestamp,
     ) -> Result<(), DirectoryError> {
-        with_pool!(&self.store, |pool| sqlx::query(
+        with_write_pool!(&self.store, |pool| sqlx::query(
             "INSERT INTO api_tokens (token_hash, user_id, org_id, role, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)"
         )
         .bind(token_hash.as_slice())
@@ -369,7 +387,7 @@ impl Directory {
             .as_ref()
             .map(|ids| serde_json::to_string(ids).unwrap_or_default());
         let expires_at = record.expires_at.unwrap_or(Timestamp::MAX);
-        with_pool!(&self.store, |pool| sqlx::query(
+        with_write_pool!(&self.store, |pool| sqlx::query(
             "INSERT INTO api_tokens (token_hash, user_id, org_id, role, created_at, expires_at, token_id, scope, name, licenses, created_by) VALUES ($1, $2, $3, 'member', $4, $5, $2, $6, $7, $8, $9)"
         )
         .bind(token_hash.as_slice())
@@ -433,7 +451,7 @@ impl Directory {
         token_id: Uuid,
         now: Timestamp,
     ) -> Result<Option<[u8; 32]>, DirectoryError> {
-        let hash: Option<Vec<u8>> = with_pool!(&self.store, |pool| sqlx::query_scalar(
+        let hash: Option<Vec<u8>> = with_write_pool!(&self.store, |pool| sqlx::query_scalar(
             "UPDATE api_tokens SET revoked_at = $1 WHERE org_id = $2 AND token_id = $3 AND scope = $4 AND revoked_at IS NULL RETURNING token_hash"
         )
         .bind(now.as_micros())
@@ -485,7 +503,7 @@ impl Directory {
         let statement = format!(
             "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND token_id IS NULL AND revoked_at IS NULL {condition}"
         );
-        let revoked = with_pool!(&self.store, |pool| {
+        let revoked = with_write_pool!(&self.store, |pool| {
             let mut query = sqlx::query(&statement)
                 .bind(now.as_micros())
                 .bind(user_id.to_string());
@@ -509,7 +527,7 @@ impl Directory {
         user_id: Uuid,
         password_hash: &str,
     ) -> Result<(), DirectoryError> {
-        with_pool!(&self.store, |pool| sqlx::query(
+        with_write_pool!(&self.store, |pool| sqlx::query(
             "UPDATE users SET password_hash = $1 WHERE user_id = $2"
         )
         .bind(password_hash)
@@ -549,7 +567,7 @@ impl Directory {
 
     /// Sets a user's role (its tokens carry the old one: revoke them).
     pub async fn set_role(&self, user_id: Uuid, role: Role) -> Result<(), DirectoryError> {
-        with_pool!(&self.store, |pool| sqlx::query(
+        with_write_pool!(&self.store, |pool| sqlx::query(
             "UPDATE users SET role = $1 WHERE user_id = $2"
         )
         .bind(role.as_str())
@@ -562,7 +580,7 @@ impl Directory {
 
     /// Marks a user deactivated (login finds them no more); idempotent.
     pub async fn deactivate(&self, user_id: Uuid, now: Timestamp) -> Result<(), DirectoryError> {
-        with_pool!(&self.store, |pool| sqlx::query(
+        with_write_pool!(&self.store, |pool| sqlx::query(
             "UPDATE users SET deactivated_at = $1 WHERE user_id = $2 AND deactivated_at IS NULL"
         )
         .bind(now.as_micros())
@@ -594,7 +612,7 @@ impl Directory {
         license_id: Uuid,
         org_id: Uuid,
     ) -> Result<(), DirectoryError> {
-        with_pool!(&self.store, |pool| sqlx::query(
+        with_write_pool!(&self.store, |pool| sqlx::query(
             "INSERT INTO license_keys (key_hash, license_id, org_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
         )
         .bind(key_hash.as_slice())
