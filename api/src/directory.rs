@@ -71,22 +71,15 @@ macro_rules! with_pool {
     };
 }
 
-/// `with_pool!` for a statement that writes: on SQLite it first takes the
-/// appender's in-process write lock, so that it waits its turn behind a
-/// batch (woken when the batch commits) instead of polling SQLite's write
-/// lock from its busy handler, which sleeps in steps of up to 100 ms while
-/// batches follow each other (a login under a seat-operation load took
-/// 0.9 s so).
+/// `with_pool!` for a statement that writes: on SQLite it waits for the
+/// process's turn to write first ([`Store::write_turn`]; without it, a
+/// login under a seat-operation load took up to 0.9 s).
 macro_rules! with_write_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Postgres($pool) => $body,
-            Store::Sqlite($pool, write_lock) => {
-                let _writing = write_lock.lock().await;
-                $body
-            }
-        }
-    };
+    ($store:expr, |$pool:ident| $body:expr) => {{
+        let store: &Store = $store;
+        let _turn = store.write_turn().await;
+        with_pool!(store, |$pool| $body)
+    }};
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -276,13 +276,9 @@ async fn write(
         Store::Postgres(pool) => {
             postgres::write(pool, partition, (from, to), changes, incomplete, mode).await
         }
-        Store::Sqlite(pool, write_lock) => {
-            // The appender's in-process write lock: SQLite has one writer
-            // at a time, and without it the appender's `BEGIN IMMEDIATE`
-            // behind a billing transaction (or this one behind a batch)
-            // waits in SQLite's busy handler, which sleeps in steps of up
-            // to 100 ms instead of waking when the lock is free.
-            let _writing = write_lock.lock().await;
+        Store::Sqlite(pool, _) => {
+            // In turn with the appender's batches (one writer at a time).
+            let _turn = store.write_turn().await;
             sqlite::write(pool, partition, (from, to), changes, incomplete, mode).await
         }
     }

@@ -45,9 +45,8 @@ pub async fn save(
             .execute(pool)
             .await?;
         }
-        Store::Sqlite(pool, write_lock) => {
-            // In turn with the appender's batches (see `billing_live::write`).
-            let _writing = write_lock.lock().await;
+        Store::Sqlite(pool, _) => {
+            let _turn = store.write_turn().await;
             sqlx::query(
                 "INSERT INTO follower_checkpoints (follower, partition, position) VALUES (?, ?, ?) \
                  ON CONFLICT (follower, partition) DO UPDATE SET position = excluded.position, \

@@ -739,6 +739,21 @@ impl Store {
         }
     }
 
+    /// On SQLite, waits for this process's turn to write and holds it until
+    /// dropped: the appender's in-process write lock, which every writer in
+    /// the process takes (live billing, follower checkpoints, the
+    /// credentials directory). Waiting on it, a writer is woken when its
+    /// turn comes; waiting on SQLite's own write lock, it would poll from
+    /// SQLite's busy handler, which sleeps in steps of up to 100 ms while
+    /// batches follow each other. `None` on PostgreSQL (row locks order
+    /// writers there).
+    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self {
+            Store::Postgres(_) => None,
+            Store::Sqlite(_, lock) => Some(lock.lock().await),
+        }
+    }
+
     /// Opens the batch transaction of `partition` and takes its lock.
     pub(crate) async fn begin_batch(&self, partition: i16) -> Result<BatchTx<'_>, StoreError> {
         match self {
