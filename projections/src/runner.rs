@@ -11,7 +11,7 @@
 //! assumes one sequence across partitions: a runner follows one partition.
 
 use seatledger_ledger::{CommitNotifier, Store, StoreError};
-use seatledger_schema::{RawRecordedEvent, RecordedEvent};
+use seatledger_schema::RecordedEvent;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use tokio::sync::watch;
 
 /// How a follower reads the log: parsed events ([`RecordedEvent`], what a
 /// follower that decodes them needs), or with payload and metadata as the
-/// stored text ([`RawRecordedEvent`], for one that passes envelopes on).
+/// stored text ([`seatledger_schema::RawRecordedEvent`], for one that
+/// passes envelopes on).
 pub trait LogEvent: Sized + Send + 'static {
     fn position(&self) -> i64;
 
@@ -33,7 +34,11 @@ pub trait LogEvent: Sized + Send + 'static {
     ) -> impl Future<Output = Result<Vec<Self>, StoreError>> + Send + 'static;
 }
 
-impl LogEvent for RecordedEvent {
+impl<P, M> LogEvent for RecordedEvent<P, M>
+where
+    P: serde::de::DeserializeOwned + Send + 'static,
+    M: serde::de::DeserializeOwned + Send + 'static,
+{
     fn position(&self) -> i64 {
         self.position
     }
@@ -44,22 +49,7 @@ impl LogEvent for RecordedEvent {
         after: i64,
         through: i64,
     ) -> Result<Vec<Self>, StoreError> {
-        store.read_range(partition, after, through).await
-    }
-}
-
-impl LogEvent for RawRecordedEvent {
-    fn position(&self) -> i64 {
-        self.position
-    }
-
-    async fn read(
-        store: Store,
-        partition: i16,
-        after: i64,
-        through: i64,
-    ) -> Result<Vec<Self>, StoreError> {
-        store.read_range_raw(partition, after, through).await
+        store.read_range_as(partition, after, through).await
     }
 }
 

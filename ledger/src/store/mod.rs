@@ -392,8 +392,7 @@ impl Store {
         after: i64,
         through: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let limit = through.saturating_sub(after);
-        self.read_between(partition, after, through, limit).await
+        self.read_range_as(partition, after, through).await
     }
 
     /// [`Store::read_range`] with payload and metadata left as the stored
@@ -406,6 +405,21 @@ impl Store {
         after: i64,
         through: i64,
     ) -> Result<Vec<RawRecordedEvent>, StoreError> {
+        self.read_range_as(partition, after, through).await
+    }
+
+    /// [`Store::read_range`] with payload and metadata decoded as `P` and
+    /// `M` (parsed, or the stored text).
+    pub async fn read_range_as<P, M>(
+        &self,
+        partition: i16,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<RecordedEvent<P, M>>, StoreError>
+    where
+        P: serde::de::DeserializeOwned,
+        M: serde::de::DeserializeOwned,
+    {
         let limit = through.saturating_sub(after);
         self.read_between(partition, after, through, limit).await
     }
