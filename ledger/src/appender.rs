@@ -31,6 +31,7 @@
 use crate::clock::Clock;
 use crate::domain::{decide, evolve, Command, Lease, LicenseView, Rejection, StreamState};
 use crate::keys::SigningKey;
+use crate::recent::{RecentEvents, RECENT_EVENTS_DEFAULT};
 use crate::state_cache::StateCache;
 use crate::store::{
     BatchTx, CommandWrite, RecordedCommands, Released, Store, StoreError, StreamWrite,
@@ -235,21 +236,33 @@ pub struct AppenderStats {
     pub connections_retired: AtomicU64,
 }
 
-/// Tells followers the last committed position they may read up to.
-/// Cheap to clone; advanced by the appender after each commit and, on
-/// PostgreSQL, by `listen` for commits of other replicas.
+/// Tells followers the last committed position they may read up to, and
+/// keeps this process's latest committed events for them
+/// ([`crate::recent`]). Cheap to clone; advanced by the appender after each
+/// commit and, on PostgreSQL, by `listen` for commits of other replicas.
 #[derive(Clone, Debug)]
-pub struct CommitNotifier(Arc<watch::Sender<i64>>);
+pub struct CommitNotifier {
+    position: Arc<watch::Sender<i64>>,
+    recent: Arc<std::sync::Mutex<RecentEvents>>,
+}
 
 impl Default for CommitNotifier {
     fn default() -> Self {
-        CommitNotifier(Arc::new(watch::channel(0).0))
+        CommitNotifier::with_recent_capacity(RECENT_EVENTS_DEFAULT)
     }
 }
 
 impl CommitNotifier {
+    /// A notifier keeping at most `capacity` recent events (0: none).
+    pub fn with_recent_capacity(capacity: usize) -> Self {
+        CommitNotifier {
+            position: Arc::new(watch::channel(0).0),
+            recent: Arc::new(std::sync::Mutex::new(RecentEvents::new(capacity))),
+        }
+    }
+
     pub fn advance(&self, position: i64) {
-        self.0.send_if_modified(|current| {
+        self.position.send_if_modified(|current| {
             if position > *current {
                 *current = position;
                 true
@@ -259,12 +272,41 @@ impl CommitNotifier {
         });
     }
 
+    /// A batch this process committed: kept for followers, then announced.
+    pub(crate) fn committed(&self, events: Vec<RecordedEvent>) {
+        let Some(last) = events.last().map(|event| event.position) else {
+            return;
+        };
+        self.recent_events().push(events);
+        self.advance(last);
+    }
+
+    /// This process's committed events of `partition` from `after + 1` up
+    /// to at most `through`, as the batches holding them (pick them out
+    /// with [`crate::recent::in_range`]), when it still holds position
+    /// `after + 1`; otherwise `None`, and the reader reads the store.
+    pub fn recent(
+        &self,
+        partition: i16,
+        after: i64,
+        through: i64,
+    ) -> Option<Vec<Arc<[RecordedEvent]>>> {
+        self.recent_events().covering(partition, after, through)
+    }
+
+    fn recent_events(&self) -> std::sync::MutexGuard<'_, RecentEvents> {
+        // Nothing panics while holding it; a poisoned lock's data is whole.
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.0.subscribe()
+        self.position.subscribe()
     }
 
     pub fn position(&self) -> i64 {
-        *self.0.borrow()
+        *self.position.borrow()
     }
 }
 
@@ -871,7 +913,7 @@ impl Worker {
         }
         self.leader = Some(leader);
         let working = std::mem::take(&mut prepared.working);
-        self.after_commit(prepared.head.0, &prepared.batch, checkpointed, working);
+        self.after_commit(prepared.head.0, &mut prepared.batch, checkpointed, working);
         std::mem::take(&mut prepared.replies)
     }
 
@@ -897,7 +939,7 @@ impl Worker {
         let keys = keys_of(submissions);
         let mut recorded = tx.recorded_commands(&keys).await?;
 
-        let (batch, replies) = decide_batch(
+        let (mut batch, replies) = decide_batch(
             partition,
             head,
             submissions,
@@ -917,7 +959,7 @@ impl Worker {
         tx.commit().await?;
 
         self.count_snapshots(&stream_writes);
-        self.after_commit(head.0, &batch, checkpoint.is_some(), working);
+        self.after_commit(head.0, &mut batch, checkpoint.is_some(), working);
         Ok(replies)
     }
 
@@ -993,11 +1035,12 @@ impl Worker {
         })
     }
 
-    /// Phase 4: counters, the cache and followers learn of the commit.
+    /// Phase 4: counters, the cache and followers learn of the commit (the
+    /// batch's events move to the followers' recent events).
     fn after_commit(
         &mut self,
         head_position: i64,
-        batch: &DecidedBatch,
+        batch: &mut DecidedBatch,
         checkpointed: bool,
         working: Working,
     ) {
@@ -1012,6 +1055,7 @@ impl Worker {
             self.uncheckpointed = true;
         }
         self.cache.put_back(working.streams);
+        self.notifier.committed(std::mem::take(&mut batch.events));
         self.notifier.advance(batch.position);
     }
 

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod domain;
 pub mod keys;
 pub mod listen;
+pub mod recent;
 mod state_cache;
 pub mod store;
 

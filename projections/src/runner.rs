@@ -10,8 +10,9 @@
 //! follower, the same lock), so the two can never disagree. It never
 //! assumes one sequence across partitions: a runner follows one partition.
 
-use seatledger_ledger::{CommitNotifier, Store, StoreError};
-use seatledger_schema::RecordedEvent;
+use seatledger_ledger::{recent, CommitNotifier, Store, StoreError};
+use seatledger_schema::{Metadata, RecordedEvent};
+use serde_json::value::RawValue;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -32,12 +33,44 @@ pub trait LogEvent: Sized + Send + 'static {
         after: i64,
         through: i64,
     ) -> impl Future<Output = Result<Vec<Self>, StoreError>> + Send + 'static;
+
+    /// The event from one this process committed (kept by the commit
+    /// notifier): the same value [`LogEvent::read`] gives for it.
+    fn from_committed(event: &RecordedEvent) -> Result<Self, StoreError>;
+}
+
+/// A payload or metadata as a follower reads it, from the committed value.
+pub trait FromCommitted<S>: Sized {
+    fn from_committed(source: &S) -> Result<Self, StoreError>;
+}
+
+impl FromCommitted<serde_json::Value> for serde_json::Value {
+    fn from_committed(source: &serde_json::Value) -> Result<Self, StoreError> {
+        Ok(source.clone())
+    }
+}
+
+impl FromCommitted<Metadata> for Metadata {
+    fn from_committed(source: &Metadata) -> Result<Self, StoreError> {
+        Ok(source.clone())
+    }
+}
+
+/// As JSON text: what the store gives a raw read is its own rendering of
+/// the same value (PostgreSQL's `jsonb` orders members its way), so
+/// readers of raw events rely on the value, never the bytes.
+impl<S: serde::Serialize> FromCommitted<S> for Box<RawValue> {
+    fn from_committed(source: &S) -> Result<Self, StoreError> {
+        serde_json::value::to_raw_value(source).map_err(|error| {
+            StoreError::Corrupt(format!("a committed event cannot be encoded: {error}"))
+        })
+    }
 }
 
 impl<P, M> LogEvent for RecordedEvent<P, M>
 where
-    P: serde::de::DeserializeOwned + Send + 'static,
-    M: serde::de::DeserializeOwned + Send + 'static,
+    P: serde::de::DeserializeOwned + FromCommitted<serde_json::Value> + Send + 'static,
+    M: serde::de::DeserializeOwned + FromCommitted<Metadata> + Send + 'static,
 {
     fn position(&self) -> i64 {
         self.position
@@ -50,6 +83,25 @@ where
         through: i64,
     ) -> Result<Vec<Self>, StoreError> {
         store.read_range_as(partition, after, through).await
+    }
+
+    fn from_committed(event: &RecordedEvent) -> Result<Self, StoreError> {
+        Ok(RecordedEvent {
+            partition: event.partition,
+            position: event.position,
+            event_id: event.event_id,
+            stream_id: event.stream_id.clone(),
+            stream_version: event.stream_version,
+            tenant_id: event.tenant_id,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            payload: P::from_committed(&event.payload)?,
+            metadata: M::from_committed(&event.metadata)?,
+            occurred_at: event.occurred_at,
+            recorded_at: event.recorded_at,
+            prev_hash: event.prev_hash,
+            hash: event.hash,
+        })
     }
 }
 
@@ -144,7 +196,7 @@ pub async fn run<F: Follower>(
         if *shutdown.borrow() {
             return;
         }
-        let wait = match catch_up(&store, &mut follower, &config, &status).await {
+        let wait = match catch_up(&store, &notifier, &mut follower, &config, &status).await {
             Ok(()) => {
                 if failing {
                     tracing::info!(follower = follower.name(), "follower recovered");
@@ -178,9 +230,11 @@ pub async fn run<F: Follower>(
 
 /// Applies everything up to the current head, range by range. The next
 /// range is read while the follower applies the current one, so reading
-/// the log and writing the output overlap.
+/// the log and writing the output overlap. A range this process committed
+/// lately comes from the commit notifier's memory instead of the store.
 async fn catch_up<F: Follower>(
     store: &Store,
+    notifier: &CommitNotifier,
     follower: &mut F,
     config: &RunnerConfig,
     status: &FollowerStatus,
@@ -190,18 +244,28 @@ async fn catch_up<F: Follower>(
     status.position.store(position, Ordering::Relaxed);
     let read = |after: i64| {
         let through = head.min(after.saturating_add(config.batch.max(1)));
-        tokio::spawn(F::Event::read(
-            store.clone(),
-            config.partition,
-            after,
-            through,
-        ))
+        match notifier.recent(config.partition, after, through) {
+            Some(batches) => Reading::Committed(
+                recent::in_range(&batches, after, through)
+                    .map(F::Event::from_committed)
+                    .collect(),
+            ),
+            None => Reading::Store(tokio::spawn(F::Event::read(
+                store.clone(),
+                config.partition,
+                after,
+                through,
+            ))),
+        }
     };
     let mut next = (position < head).then(|| read(position));
     while let Some(reading) = next.take() {
-        let events = reading
-            .await
-            .map_err(|error| FollowerError::Output(format!("reading the log: {error}")))??;
+        let events = match reading {
+            Reading::Committed(events) => events?,
+            Reading::Store(reading) => reading
+                .await
+                .map_err(|error| FollowerError::Output(format!("reading the log: {error}")))??,
+        };
         let Some(last) = events.last().map(LogEvent::position) else {
             break;
         };
@@ -217,4 +281,10 @@ async fn catch_up<F: Follower>(
         .lag
         .store((head - position).max(0), Ordering::Relaxed);
     Ok(())
+}
+
+/// A range being read: from this process's recent commits, or the store.
+enum Reading<E> {
+    Committed(Result<Vec<E>, StoreError>),
+    Store(tokio::task::JoinHandle<Result<Vec<E>, StoreError>>),
 }

@@ -648,3 +648,150 @@ async fn live_billing_equals_the_fold_on_sqlite() {
 async fn live_billing_equals_the_fold_on_postgres(pool: sqlx::PgPool) {
     live_billing_equals_the_fold(pg_store(pool).await).await;
 }
+
+// --- Followers read this process's recent commits from memory ---
+
+/// Records the positions it is given and announces the last.
+#[derive(Clone)]
+struct Recorder {
+    seen: Arc<std::sync::Mutex<Vec<i64>>>,
+    last: Arc<watch::Sender<i64>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            seen: Arc::default(),
+            last: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl Follower for Recorder {
+    type Event = seatledger_schema::RecordedEvent;
+
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    async fn position(&mut self) -> Result<i64, seatledger_projections::FollowerError> {
+        Ok(self.seen.lock().unwrap().last().copied().unwrap_or(0))
+    }
+
+    async fn apply(
+        &mut self,
+        events: &[seatledger_schema::RecordedEvent],
+    ) -> Result<(), seatledger_projections::FollowerError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(events.iter().map(|event| event.position));
+        if let Some(event) = events.last() {
+            self.last.send_replace(event.position);
+        }
+        Ok(())
+    }
+}
+
+/// A license with `acquires` acquires on it, `concurrency` at a time (so
+/// batches hold several events); returns the head.
+async fn acquires(appender: &Appender, store: &Store, acquires: usize, concurrency: usize) -> i64 {
+    let license = Uuid::now_v7();
+    appender
+        .submit(Submission::new(ORG, issue(license, acquires as u32)))
+        .await
+        .unwrap();
+    for chunk in (0..acquires).collect::<Vec<_>>().chunks(concurrency) {
+        let submits = chunk.iter().map(|n| {
+            appender.submit(Submission::new(
+                ORG,
+                acquire(license, Uuid::now_v7(), (*n % 250) as u8),
+            ))
+        });
+        for result in futures::future::join_all(submits).await {
+            result.unwrap();
+        }
+    }
+    store.head(0).await.unwrap().0
+}
+
+/// The events the notifier keeps are the ones the store gives back: parsed
+/// equal, raw the same JSON values (what the NATS publisher sends).
+async fn committed_events_are_the_stored_ones(store: Store) {
+    let clock = ManualClock::new(Timestamp::parse("2030-01-01T00:00:00Z").unwrap());
+    let notifier = CommitNotifier::default();
+    let appender = start_appender(&store, &clock, &notifier);
+    let head = acquires(&appender, &store, 300, 32).await;
+    assert!(head > 300, "{head}");
+
+    let batches = notifier
+        .recent(0, 0, head)
+        .expect("every event was committed by this process");
+    let kept: Vec<_> = seatledger_ledger::recent::in_range(&batches, 0, head).collect();
+    assert_eq!(kept.len() as i64, head);
+    let stored = store.read_range(0, 0, head).await.unwrap();
+    let parsed: Vec<seatledger_schema::RecordedEvent> = kept
+        .iter()
+        .map(|event| runner::LogEvent::from_committed(event).unwrap())
+        .collect();
+    assert_eq!(parsed, stored);
+
+    let stored_raw = store.read_range_raw(0, 0, head).await.unwrap();
+    for (event, stored) in kept.iter().zip(&stored_raw) {
+        let raw: seatledger_schema::RawRecordedEvent =
+            runner::LogEvent::from_committed(event).unwrap();
+        let as_value = |e: &seatledger_schema::RawRecordedEvent| {
+            serde_json::from_str::<serde_json::Value>(&serde_json::to_string(e).unwrap()).unwrap()
+        };
+        assert_eq!(
+            as_value(&raw),
+            as_value(stored),
+            "position {}",
+            event.position
+        );
+    }
+}
+
+#[tokio::test]
+async fn committed_events_are_the_stored_ones_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    committed_events_are_the_stored_ones(sqlite_store(&dir).await).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn committed_events_are_the_stored_ones_on_postgres(pool: sqlx::PgPool) {
+    committed_events_are_the_stored_ones(pg_store(pool).await).await;
+}
+
+/// A follower that starts further back than the notifier remembers reads
+/// the store up to where memory begins, then memory: every position once,
+/// in order, whichever source served it.
+#[tokio::test]
+async fn a_follower_behind_what_memory_holds_reads_the_store_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let clock = ManualClock::new(Timestamp::parse("2030-01-01T00:00:00Z").unwrap());
+    let notifier = CommitNotifier::with_recent_capacity(40);
+    let appender = start_appender(&store, &clock, &notifier);
+    let head = acquires(&appender, &store, 200, 16).await;
+    assert!(
+        notifier.recent(0, 0, head).is_none(),
+        "the first positions are no longer in memory"
+    );
+    assert!(notifier.recent(0, head - 10, head).is_some());
+
+    let recorder = Recorder::default();
+    let mut last = recorder.last.subscribe();
+    let (stop, task) = follow(&store, &recorder, &notifier, 7);
+    let more = acquires(&appender, &store, 50, 16).await;
+    tokio::time::timeout(Duration::from_secs(30), last.wait_for(|last| *last == more))
+        .await
+        .expect("the follower caught up")
+        .unwrap();
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        *recorder.seen.lock().unwrap(),
+        (1..=more).collect::<Vec<_>>()
+    );
+}
