@@ -192,11 +192,24 @@ pub async fn run<F: Follower>(
 ) {
     let mut commits = notifier.subscribe();
     let mut failing = false;
+    // The head a commit announced; `None` (at start, after a poll interval
+    // or a failure) asks the store, which also finds commits whose
+    // announcement was missed.
+    let mut announced = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let wait = match catch_up(&store, &notifier, &mut follower, &config, &status).await {
+        let caught_up = catch_up(
+            &store,
+            &notifier,
+            announced.take(),
+            &mut follower,
+            &config,
+            &status,
+        )
+        .await;
+        let wait = match caught_up {
             Ok(()) => {
                 if failing {
                     tracing::info!(follower = follower.name(), "follower recovered");
@@ -221,7 +234,11 @@ pub async fn run<F: Follower>(
             }
         }
         tokio::select! {
-            _ = commits.changed() => {}
+            changed = commits.changed() => {
+                if changed.is_ok() && !failing {
+                    announced = Some(*commits.borrow_and_update());
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
@@ -231,15 +248,21 @@ pub async fn run<F: Follower>(
 /// Applies everything up to the current head, range by range. The next
 /// range is read while the follower applies the current one, so reading
 /// the log and writing the output overlap. A range this process committed
-/// lately comes from the commit notifier's memory instead of the store.
+/// lately comes from the commit notifier's memory instead of the store,
+/// and a commit's announcement is the head (no query).
 async fn catch_up<F: Follower>(
     store: &Store,
     notifier: &CommitNotifier,
+    announced: Option<i64>,
     follower: &mut F,
     config: &RunnerConfig,
     status: &FollowerStatus,
 ) -> Result<(), FollowerError> {
-    let (head, _) = store.head(config.partition).await?;
+    // A committed position is never ahead of what the store shows.
+    let head = match announced {
+        Some(head) => head,
+        None => store.head(config.partition).await?.0,
+    };
     let mut position = follower.position().await?;
     status.position.store(position, Ordering::Relaxed);
     let read = |after: i64| {
