@@ -4,7 +4,7 @@
 //! publisher) reads each event the appender commits, usually within a
 //! batch of its commit. Reading them back from the store cost the server
 //! about 8% of its CPU under load (three range queries per batch, each row
-//! decoded) and PostgreSQL as much again; the appender already holds them.
+//! decoded), besides the reads in PostgreSQL; the appender already holds them.
 //!
 //! The rule that keeps this safe: only committed events enter, in the
 //! appender's commit order, and the kept events are always one run of
