@@ -201,6 +201,16 @@ impl Metrics {
                 appender.checkpoints.load(Ordering::Relaxed),
             ),
             (
+                "seatledger_appender_stream_loads_total",
+                "Streams the appender read whole from the store because its cache did not hold them (once per stream after a start; a steady rate means the partition holds more than the cache and batches pay reloads).",
+                appender.stream_loads.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_cache_evictions_total",
+                "Streams evicted from the appender's cache of states to make room.",
+                appender.cache_evictions.load(Ordering::Relaxed),
+            ),
+            (
                 "seatledger_stream_loads_failed_total",
                 "Appender loads that found a stream unreadable (one per stream per retry, not per request).",
                 appender.stream_loads_failed.load(Ordering::Relaxed),
@@ -280,6 +290,18 @@ impl Metrics {
              # TYPE seatledger_events_feed_waiting gauge\n\
              seatledger_events_feed_waiting {}",
             self.feed_waiting.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP seatledger_appender_cached_entries Entries (leases, remembered sessions, users) in the appender's cache of states; it evicts past {}.\n\
+             # TYPE seatledger_appender_cached_entries gauge\n\
+             seatledger_appender_cached_entries {}\n\
+             # HELP seatledger_appender_cached_streams Streams in the appender's cache of states.\n\
+             # TYPE seatledger_appender_cached_streams gauge\n\
+             seatledger_appender_cached_streams {}",
+            seatledger_schema::limits::APPENDER_CACHED_ENTRIES_MAX,
+            appender.cached_entries.load(Ordering::Relaxed),
+            appender.cached_streams.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -1122,6 +1122,26 @@ async fn metrics_count_requests_seats_and_appender_batches(pool: sqlx::PgPool) {
     }
     assert!(text.contains("seatledger_appender_batches_total"));
     assert!(text.contains("seatledger_appender_commit_seconds_sum"));
+    // Everything this server wrote is in the appender's cache: no stream
+    // read back, none evicted, the organization and the license held.
+    for line in [
+        "seatledger_appender_stream_loads_total 0",
+        "seatledger_appender_cache_evictions_total 0",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    let gauge = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("missing {name}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(gauge("seatledger_appender_cached_streams") >= 2);
+    assert!(
+        gauge("seatledger_appender_cached_entries") >= 4,
+        "the organization and the license, each counting itself and what it holds"
+    );
     app.stop().await;
 }
 

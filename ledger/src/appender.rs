@@ -234,6 +234,17 @@ pub struct AppenderStats {
     /// Connections closed instead of pooled after a batch carried a large
     /// snapshot (see `RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES`).
     pub connections_retired: AtomicU64,
+    /// Streams read whole from the store (snapshot and tail) because the
+    /// cache did not hold them: once per stream after a start, then only
+    /// for streams the cache evicted. A steady rate under steady traffic
+    /// means the partition holds more than the cache does
+    /// (`limits::APPENDER_CACHED_ENTRIES_MAX`), and every batch pays loads.
+    pub stream_loads: AtomicU64,
+    /// Streams evicted from the cache to make room.
+    pub cache_evictions: AtomicU64,
+    /// Streams and entries (leases, remembered sessions, users) cached now.
+    pub cached_streams: AtomicU64,
+    pub cached_entries: AtomicU64,
 }
 
 /// Tells followers the last committed position they may read up to, and
@@ -996,6 +1007,9 @@ impl Worker {
             }
             let stored_version = versions.get(stream_id).copied().unwrap_or(0);
             let cached = self.cache.take(stream_id);
+            if cached.is_none() && stored_version > 0 {
+                self.stats.stream_loads.fetch_add(1, Ordering::Relaxed);
+            }
             match load_state(tx, stream_id, cached, stored_version).await {
                 Ok(stream) => {
                     self.unreadable.forget(stream_id);
@@ -1055,8 +1069,33 @@ impl Worker {
             self.uncheckpointed = true;
         }
         self.cache.put_back(working.streams);
+        self.record_cache_usage();
         self.notifier.committed(std::mem::take(&mut batch.events));
         self.notifier.advance(batch.position);
+    }
+
+    /// Publishes the cache's size, and says once in the log when it first
+    /// evicts (what follows is a reload per evicted stream touched again).
+    fn record_cache_usage(&mut self) {
+        let (streams, entries, evictions) = self.cache.usage();
+        let before = self
+            .stats
+            .cache_evictions
+            .swap(evictions, Ordering::Relaxed);
+        if before == 0 && evictions > 0 {
+            tracing::warn!(
+                streams,
+                entries,
+                max_entries = limits::APPENDER_CACHED_ENTRIES_MAX,
+                "the appender's cache of states is full and evicts: streams touched again are read back from the store (see seatledger_appender_stream_loads_total)"
+            );
+        }
+        self.stats
+            .cached_streams
+            .store(streams as u64, Ordering::Relaxed);
+        self.stats
+            .cached_entries
+            .store(entries as u64, Ordering::Relaxed);
     }
 
     /// Signs the head if events were committed since the last checkpoint

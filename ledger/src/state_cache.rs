@@ -18,6 +18,8 @@ pub(crate) struct StateCache<V> {
     weight: fn(&V) -> usize,
     max_streams: usize,
     max_entries: usize,
+    /// Streams evicted to make room, since the start.
+    evictions: u64,
 }
 
 impl<V> StateCache<V> {
@@ -31,7 +33,13 @@ impl<V> StateCache<V> {
             weight,
             max_streams: max_streams.max(1),
             max_entries: max_entries.max(1),
+            evictions: 0,
         }
+    }
+
+    /// Streams held, entries they hold, and streams evicted so far.
+    pub(crate) fn usage(&self) -> (usize, usize, u64) {
+        (self.states.len(), self.entries, self.evictions)
     }
 
     pub(crate) fn get(&self, stream_id: &str) -> Option<&V> {
@@ -67,6 +75,7 @@ impl<V> StateCache<V> {
                 kept_entries -= (self.weight)(state);
                 victims.push(stream_id.clone());
             }
+            self.evictions += victims.len() as u64;
             for stream_id in victims {
                 self.take(&stream_id);
             }
@@ -139,5 +148,21 @@ mod tests {
         assert!(entries <= 1_000, "{entries}");
         assert!(streams < 500, "small streams made room: {streams}");
         assert!(cache.states.contains_key("large"));
+        assert_eq!(
+            cache.usage(),
+            (streams, entries, 500 - (streams as u64 - 1)),
+            "every small stream gone was counted as evicted"
+        );
+    }
+
+    #[test]
+    fn nothing_is_evicted_within_the_bounds() {
+        let mut cache = StateCache::new(100, 1_000, weight);
+        for round in 0..10 {
+            let batch: HashMap<String, usize> =
+                (0..10).map(|n| (format!("s{round}-{n}"), 8)).collect();
+            cache.put_back(batch);
+        }
+        assert_eq!(cache.usage(), (100, 900, 0));
     }
 }

@@ -1083,3 +1083,52 @@ async fn pipelined_batches_grant_exactly_the_seat_limit(pool: sqlx::PgPool) {
         assert_eq!(seats, 25);
     }
 }
+
+/// The appender reads a stream whole from the store once after it starts
+/// and then works from its cache: `stream_loads` counts exactly those
+/// reads (the figure an operator watches for a partition outgrowing the
+/// cache), the cache reports what it holds, and nothing is evicted.
+async fn each_stream_is_loaded_once_then_served_from_the_cache(store: &Store) {
+    let (first, _) = start_default(store);
+    let licenses: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for license in &licenses {
+        submit(&first, issue(*license, 100)).await;
+        submit(&first, acquire(*license, 1)).await;
+    }
+    assert_eq!(
+        first.stats().stream_loads.load(Ordering::Relaxed),
+        0,
+        "streams it created itself are cached from the start"
+    );
+
+    let (restarted, _) = start_default(store);
+    for round in 0..3 {
+        for license in &licenses {
+            submit(&restarted, acquire(*license, 2 + round)).await;
+        }
+        assert_eq!(
+            restarted.stats().stream_loads.load(Ordering::Relaxed),
+            licenses.len() as u64,
+            "round {round}: one load per stream, the first time it is touched"
+        );
+    }
+    let stats = restarted.stats();
+    assert_eq!(stats.cache_evictions.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.cached_streams.load(Ordering::Relaxed), 5);
+    assert_eq!(
+        stats.cached_entries.load(Ordering::Relaxed),
+        5 * (1 + 4),
+        "each license counts itself and its four leases"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn each_stream_is_loaded_once_then_served_from_the_cache_on_postgres(pool: sqlx::PgPool) {
+    each_stream_is_loaded_once_then_served_from_the_cache(&migrated(pool).await).await;
+}
+
+#[tokio::test]
+async fn each_stream_is_loaded_once_then_served_from_the_cache_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    each_stream_is_loaded_once_then_served_from_the_cache(&sqlite_store(&dir).await).await;
+}
