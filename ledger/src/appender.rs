@@ -283,13 +283,10 @@ impl CommitNotifier {
         });
     }
 
-    /// A batch this process committed: kept for followers, then announced.
-    pub(crate) fn committed(&self, events: Vec<RecordedEvent>) {
-        let Some(last) = events.last().map(|event| event.position) else {
-            return;
-        };
+    /// Keeps the events of a batch this process committed for followers;
+    /// the appender then announces the batch with [`CommitNotifier::advance`].
+    pub(crate) fn keep(&self, events: Vec<RecordedEvent>) {
         self.recent_events().push(events);
-        self.advance(last);
     }
 
     /// This process's committed events of `partition` from `after + 1` up
@@ -1070,7 +1067,7 @@ impl Worker {
         }
         self.cache.put_back(working.streams);
         self.record_cache_usage();
-        self.notifier.committed(std::mem::take(&mut batch.events));
+        self.notifier.keep(std::mem::take(&mut batch.events));
         self.notifier.advance(batch.position);
     }
 
