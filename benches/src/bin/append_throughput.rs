@@ -60,6 +60,11 @@ struct Args {
     /// every commit, as under `seatledger serve`).
     #[arg(long, value_delimiter = ',', default_value = "none")]
     followers: Vec<String>,
+    /// Partitions written at once, one run per value: K appenders, each
+    /// with its own partition (lock, positions, hash chain) on the same
+    /// database, client i on partition i mod K (DESIGN's scale-out plan).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    partitions: Vec<i16>,
 }
 
 #[tokio::main]
@@ -77,16 +82,19 @@ async fn main() -> anyhow::Result<()> {
             "--followers: none or billing, not {followers}"
         );
     }
-    println!("| batch_max | linger µs | clients | broken clients | followers | events/s | mean batch | commit ms (mean) | unreadable answers |");
-    println!("|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    for &partitions in &args.partitions {
+        anyhow::ensure!(partitions >= 1, "--partitions: at least 1");
+        anyhow::ensure!(
+            partitions == 1 || args.followers.iter().all(|f| f == "none"),
+            "--partitions above 1 runs without followers"
+        );
+    }
+    println!("| batch_max | linger µs | clients | broken clients | followers | events/s | mean batch | commit ms (mean) | unreadable answers | partitions |");
+    println!("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     for &batch_max in &args.batch_max {
         for &linger_us in &args.linger_us {
             for &clients in &args.clients {
-                for (&broken_clients, followers) in args
-                    .broken_clients
-                    .iter()
-                    .flat_map(|broken| args.followers.iter().map(move |f| (broken, f)))
-                {
+                for (broken_clients, followers, partitions) in runs(&args) {
                     let (store, cleanup) = fresh_store(&args.database_url).await?;
                     let config = AppenderConfig {
                         batch_max,
@@ -98,12 +106,13 @@ async fn main() -> anyhow::Result<()> {
                         broken_clients,
                         duration: Duration::from_secs(args.seconds),
                         billing: followers == "billing",
+                        partitions,
                     };
                     let result = run(&store, config, load).await;
                     drop(store);
                     cleanup.await?;
                     let (events_per_s, mean_batch, commit_ms, unreadable) = result?;
-                    println!("| {batch_max} | {linger_us} | {clients} | {broken_clients} | {followers} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} | {unreadable} |");
+                    println!("| {batch_max} | {linger_us} | {clients} | {broken_clients} | {followers} | {events_per_s:.0} | {mean_batch:.1} | {commit_ms:.2} | {unreadable} | {partitions} |");
                 }
             }
         }
@@ -111,11 +120,25 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every combination of broken clients, followers and partitions.
+fn runs(args: &Args) -> Vec<(usize, &str, i16)> {
+    let mut runs = Vec::new();
+    for &broken in &args.broken_clients {
+        for followers in &args.followers {
+            for &partitions in &args.partitions {
+                runs.push((broken, followers.as_str(), partitions));
+            }
+        }
+    }
+    runs
+}
+
 struct Load {
     clients: usize,
     broken_clients: usize,
     duration: Duration,
     billing: bool,
+    partitions: i16,
 }
 
 async fn run(
@@ -128,16 +151,42 @@ async fn run(
         broken_clients,
         duration,
         billing,
+        partitions,
     } = load;
     let key = Arc::new(SigningKey::generate()?);
     let notifier = CommitNotifier::default();
-    let (appender, task) = Appender::start(
-        store.clone(),
-        key,
-        Arc::new(SystemClock),
-        notifier.clone(),
-        config,
-    );
+    let mut appenders = Vec::new();
+    let mut tasks = Vec::new();
+    for partition in 0..partitions {
+        let (appender, task) = Appender::start(
+            store.clone(),
+            key.clone(),
+            Arc::new(SystemClock),
+            // Positions are per partition, and so is a notifier.
+            if partition == 0 {
+                notifier.clone()
+            } else {
+                CommitNotifier::default()
+            },
+            AppenderConfig {
+                partition,
+                ..config.clone()
+            },
+        );
+        appenders.push(appender);
+        tasks.push(task);
+    }
+    let appender = appenders[0].clone();
+    let events_of = |appenders: &[Appender]| -> (u64, u64, u64) {
+        appenders.iter().fold((0, 0, 0), |(e, b, c), a| {
+            let stats = a.stats();
+            (
+                e + stats.events.load(Ordering::Relaxed),
+                b + stats.batches.load(Ordering::Relaxed),
+                c + stats.commit_micros_total.load(Ordering::Relaxed),
+            )
+        })
+    };
     let (stop_followers, followers_shutdown) = tokio::sync::watch::channel(false);
     let billing_task = billing.then(|| {
         tokio::spawn(runner::run(
@@ -153,7 +202,8 @@ async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
     let mut licenses = Vec::new();
-    for _ in 0..clients {
+    for client in 0..clients {
+        let appender = &appenders[client % appenders.len()];
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
             license_id,
@@ -210,15 +260,13 @@ async fn run(
             }));
         }
     }
-    let before_events = appender.stats().events.load(Ordering::Relaxed);
-    let before_batches = appender.stats().batches.load(Ordering::Relaxed);
-    let before_commit = appender.stats().commit_micros_total.load(Ordering::Relaxed);
+    let (before_events, before_batches, before_commit) = events_of(&appenders);
     let started = Instant::now();
     let workers: Vec<_> = ready
         .into_iter()
         .enumerate()
         .map(|(client, license_id)| {
-            let appender = appender.clone();
+            let appender = appenders[client % appenders.len()].clone();
             let stop = stop.clone();
             let failures = failures.clone();
             tokio::spawn(async move {
@@ -257,11 +305,15 @@ async fn run(
         worker.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let events = appender.stats().events.load(Ordering::Relaxed) - before_events;
-    let batches = appender.stats().batches.load(Ordering::Relaxed) - before_batches;
-    let commit = appender.stats().commit_micros_total.load(Ordering::Relaxed) - before_commit;
+    let (after_events, after_batches, after_commit) = events_of(&appenders);
+    let events = after_events - before_events;
+    let batches = after_batches - before_batches;
+    let commit = after_commit - before_commit;
     drop(appender);
-    task.await?;
+    drop(appenders);
+    for task in tasks {
+        task.await?;
+    }
     let _ = stop_followers.send(true);
     if let Some(billing) = billing_task {
         billing.await?;

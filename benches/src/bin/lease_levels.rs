@@ -4,7 +4,11 @@
 //! One license of `--seats` seats (10% overage allowed) with a 24-hour heartbeat TTL (held leases
 //! stay live for the whole run). For each level (0, 10k, 50k, 100k live
 //! leases by default) it first fills the license up to that level through
-//! the API (acquires for distinct machines, kept), then measures for
+//! the API (acquires for distinct machines, kept), waits until the
+//! server's followers (hot counts, billing, NATS) have applied the fill
+//! (every `seatledger_follower_lag` at 0, at most 300 s; the wait is the
+//! last column), so a level is measured in its steady state and not while
+//! the followers still work off the fill, then measures for
 //! `--duration-s`: `--clients` keep-alive clients cycling acquire → release
 //! on the same license (distinct machines, so every cycle is a real grant
 //! and a real release), reporting ops/s, p50/p99, the appender's events/s
@@ -86,6 +90,27 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index].as_secs_f64() * 1000.0
+}
+
+/// Waits until every follower of the server reports no lag (at most
+/// `limit`); returns how long that took, or `None` if it did not happen.
+async fn settle(client: &reqwest::Client, url: &str, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(response) = client.get(format!("{url}/metrics")).send().await {
+            let text = response.text().await.unwrap_or_default();
+            let mut lags = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("seatledger_follower_lag{"))
+                .filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .peekable();
+            if lags.peek().is_some() && lags.all(|lag| lag == 0.0) {
+                return Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
@@ -263,14 +288,15 @@ async fn main() -> anyhow::Result<()> {
         .to_owned();
     let setup = Setup { token, key };
     let held = Arc::new(AtomicU64::new(0));
-    println!("| live leases | seat ops/s | p50 ms | p99 ms | appender events/s | server RSS MiB | burst of {} wall ms | burst p99 ms | fill acquires/s | failures |", args.burst);
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| live leases | seat ops/s | p50 ms | p99 ms | appender events/s | server RSS MiB | burst of {} wall ms | burst p99 ms | fill acquires/s | failures | followers caught up on the fill after s |", args.burst);
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &level in &args.levels {
         let filled_from = held.load(Ordering::Relaxed);
         let fill_started = Instant::now();
         fill(&client, &args, &setup, &held, level).await?;
         let fill_rate = (level.saturating_sub(filled_from)) as f64
             / fill_started.elapsed().as_secs_f64().max(1e-9);
+        let settled = settle(&client, &args.url, Duration::from_secs(300)).await;
         let events_before = metric(&client, &args.url, "seatledger_appender_events_total").await;
         let started = Instant::now();
         let (latencies, failures) = cycle(
@@ -288,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
         let rss = rss_mib(args.server_pid);
         let (wall, burst_latencies) = burst(&client, &args, &setup, level).await;
         println!(
-            "| {level} | {:.0} | {:.1} | {:.1} | {:.0} | {} | {:.0} | {:.1} | {} | {failures} |",
+            "| {level} | {:.0} | {:.1} | {:.1} | {:.0} | {} | {:.0} | {:.1} | {} | {failures} | {} |",
             latencies.len() as f64 / seconds,
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),
@@ -301,6 +327,10 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 "-".to_owned()
             },
+            settled.map_or_else(
+                || "not in 300 s".to_owned(),
+                |took| format!("{:.1}", took.as_secs_f64())
+            ),
         );
     }
     if args.suspend {
