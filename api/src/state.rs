@@ -16,6 +16,16 @@ use uuid::Uuid;
 pub const CACHE_CAPACITY: usize = 100_000;
 pub const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 
+/// Sessions the session look-up cache holds. Acquire adds a session and
+/// release removes it, so it holds the live sessions (plus those that
+/// expired without a release, until evicted or a day old): sized above
+/// the live leases of a large server, so that heartbeats and releases do
+/// not ask the log which license their session is on. At 100,000 live
+/// leases a cache of `CACHE_CAPACITY` sent about 500 of them a second to
+/// the log (TinyLFU admits a new session into a full cache only once it
+/// is seen more often than its victim).
+pub const SESSION_CACHE_CAPACITY: usize = 1_000_000;
+
 pub struct Caches {
     /// Token hash → principal and the token's expiry.
     pub tokens: TtlCache<[u8; 32], crate::directory::TokenGrant>,
@@ -38,7 +48,7 @@ impl Default for Caches {
         Caches {
             tokens: TtlCache::new(CACHE_CAPACITY, CREDENTIAL_CACHE_TTL),
             license_keys: TtlCache::new(CACHE_CAPACITY, CREDENTIAL_CACHE_TTL),
-            sessions: TtlCache::new(CACHE_CAPACITY, Duration::from_secs(24 * 3600)),
+            sessions: TtlCache::new(SESSION_CACHE_CAPACITY, Duration::from_secs(24 * 3600)),
         }
     }
 }

@@ -329,6 +329,19 @@ async fn heartbeat_after_expiry_is_gone_and_release_twice_is_ok_once_recorded(po
             .await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
     }
+    // Release forgets the session's cached license; its late heartbeat
+    // finds the session in the log and is told it is gone, not unknown.
+    let late = app
+        .post(
+            "/api/v1/licenses/heartbeat",
+            &org.token,
+            json!({"session_id": session}),
+        )
+        .await;
+    assert_eq!(
+        (late.status, late.body["code"].as_str()),
+        (410, Some("session_expired"))
+    );
     let releases = app
         .event_types()
         .await

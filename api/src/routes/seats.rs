@@ -78,10 +78,6 @@ fn seat_response(state: &AppState, result: &CommandResult) -> Result<SeatRespons
         .find(|event| matches!(event.event_type.as_str(), "SeatAcquired" | "SeatHeartbeat"))
         .map(|event| event.recorded_at)
         .ok_or_else(missing)?;
-    state
-        .caches
-        .sessions
-        .insert(lease.session_id, (view.license_id, view.org_id));
     let claims = SeatClaims {
         license_id: view.license_id,
         session_id: lease.session_id,
@@ -249,7 +245,19 @@ pub async fn acquire(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(seat_response(&state, &result)?)))
+    let response = seat_response(&state, &result)?;
+    // The session's heartbeats and release will ask which license it is on.
+    // Only acquire caches it: a heartbeat found it through the cache (or
+    // cached it on a miss), and writing the cache on every heartbeat made
+    // its concurrent map rehash under churn when full (a profile at 100k
+    // live leases on one license).
+    if granted || state.caches.sessions.get(&response.session_id).is_none() {
+        state
+            .caches
+            .sessions
+            .insert(response.session_id, (response.license_id, principal.org_id));
+    }
+    Ok((status, Json(response)))
 }
 
 /// Extends a live lease by its TTL. A released or expired session is 410
@@ -362,6 +370,10 @@ pub async fn release(
         )
         .await?,
     )?;
+    // A released session needs no look-up any more: the cache holds the
+    // live ones (a late heartbeat or a repeated release finds it in the
+    // log again, and is answered as before).
+    state.caches.sessions.remove(&session_id);
     Ok(Json(ReleaseResponse {
         session_id,
         released: true,
