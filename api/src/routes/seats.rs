@@ -251,12 +251,10 @@ pub async fn acquire(
     // cached it on a miss), and writing the cache on every heartbeat made
     // its concurrent map rehash under churn when full (a profile at 100k
     // live leases on one license).
-    if granted || state.caches.sessions.get(&response.session_id).is_none() {
-        state
-            .caches
-            .sessions
-            .insert(response.session_id, (response.license_id, principal.org_id));
-    }
+    state
+        .caches
+        .sessions
+        .insert(response.session_id, (response.license_id, principal.org_id));
     Ok((status, Json(response)))
 }
 
