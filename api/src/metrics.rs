@@ -39,6 +39,9 @@ pub struct Metrics {
     /// License reads the hot counts could not serve in time (read from the
     /// ledger instead).
     pub hot_read_fallbacks: AtomicU64,
+    /// Heartbeats and releases whose session the session cache did not
+    /// hold, so the log was asked which license it is on.
+    pub session_log_lookups: AtomicU64,
     /// Long-polls of the events feed waiting for a commit now.
     pub feed_waiting: AtomicI64,
     pub hot_licenses: FollowerStatus,
@@ -229,6 +232,11 @@ impl Metrics {
                 "seatledger_hot_read_fallbacks_total",
                 "License reads served from the ledger because the hot counts had not caught up in time.",
                 self.hot_read_fallbacks.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_session_log_lookups_total",
+                "Heartbeats and releases whose session was not in the session cache and was looked up in the log (a steady rate under steady traffic: more live sessions than the cache holds, or clients that heartbeat released sessions).",
+                self.session_log_lookups.load(Ordering::Relaxed),
             ),
             (
                 "seatledger_reaper_rounds_total",

@@ -331,6 +331,7 @@ async fn heartbeat_after_expiry_is_gone_and_release_twice_is_ok_once_recorded(po
     }
     // Release forgets the session's cached license; its late heartbeat
     // finds the session in the log and is told it is gone, not unknown.
+    let lookups = app.metric("seatledger_session_log_lookups_total").await;
     let late = app
         .post(
             "/api/v1/licenses/heartbeat",
@@ -341,6 +342,11 @@ async fn heartbeat_after_expiry_is_gone_and_release_twice_is_ok_once_recorded(po
     assert_eq!(
         (late.status, late.body["code"].as_str()),
         (410, Some("session_expired"))
+    );
+    assert_eq!(
+        app.metric("seatledger_session_log_lookups_total").await,
+        lookups + 1,
+        "the released session was looked up in the log"
     );
     let releases = app
         .event_types()
@@ -1114,8 +1120,18 @@ async fn metrics_count_requests_seats_and_appender_batches(pool: sqlx::PgPool) {
     let app = TestApp::postgres(pool).await;
     let org = app.register("metrics@example.com").await;
     let (_, key) = app.issue(&org, json!({"name": "IDE", "seats": 1})).await;
-    app.acquire(&org, &key, "m1").await;
+    let held = app.acquire(&org, &key, "m1").await;
     app.acquire(&org, &key, "m2").await;
+    // A session acquired here is in the session cache: its heartbeat does
+    // not ask the log.
+    let beat = app
+        .post(
+            "/api/v1/licenses/heartbeat",
+            &org.token,
+            json!({"session_id": session_of(&held)}),
+        )
+        .await;
+    assert_eq!(beat.status, 200, "{:?}", beat.body);
     let text = app
         .client
         .get(app.url("/metrics"))
@@ -1138,6 +1154,7 @@ async fn metrics_count_requests_seats_and_appender_batches(pool: sqlx::PgPool) {
     // Everything this server wrote is in the appender's cache: no stream
     // read back, none evicted, the organization and the license held.
     for line in [
+        "seatledger_session_log_lookups_total 0",
         "seatledger_appender_stream_loads_total 0",
         "seatledger_appender_cache_evictions_total 0",
     ] {

@@ -138,6 +138,10 @@ async fn license_for_session(
     let found = match state.caches.sessions.get(&session_id) {
         Some(found) => Some(found),
         None => {
+            state
+                .metrics
+                .session_log_lookups
+                .fetch_add(1, Ordering::Relaxed);
             let found =
                 state
                     .store
