@@ -60,11 +60,20 @@ struct Args {
     /// during.
     #[arg(long)]
     suspend: bool,
+    /// Cycle and burst on a second, empty license while the levels are
+    /// held on the first: separates what the leases of the license an
+    /// operation is on cost from what the server's whole working set costs.
+    #[arg(long)]
+    cycle_elsewhere: bool,
 }
 
 struct Setup {
     token: String,
+    /// The license the levels are held on.
     key: String,
+    /// The license the clients cycle and burst on (`key` unless
+    /// `--cycle-elsewhere`).
+    cycle_key: String,
 }
 
 async fn post(
@@ -226,7 +235,11 @@ async fn burst(
     let started = Instant::now();
     let acquires = (0..args.burst).map(|index| {
         let client = client.clone();
-        let (token, key, base) = (setup.token.clone(), setup.key.clone(), args.url.clone());
+        let (token, key, base) = (
+            setup.token.clone(),
+            setup.cycle_key.clone(),
+            args.url.clone(),
+        );
         async move {
             let started = Instant::now();
             let body = json!({"license_key": key, "hardware_id": format!("burst-{level}-{index}")});
@@ -286,7 +299,28 @@ async fn main() -> anyhow::Result<()> {
         .as_str()
         .with_context(|| format!("issue: {issued}"))?
         .to_owned();
-    let setup = Setup { token, key };
+    let cycle_key = if args.cycle_elsewhere {
+        let other: Value = client
+            .post(format!("{}/api/v1/licenses", args.url))
+            .bearer_auth(&token)
+            .json(&json!({"name": "cycling license", "seats": 10_000, "heartbeat_ttl_s": 86_400}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        println!("Clients cycle and burst on a second, empty license; the levels are held on the first.\n");
+        other["key"]
+            .as_str()
+            .with_context(|| format!("issue: {other}"))?
+            .to_owned()
+    } else {
+        key.clone()
+    };
+    let setup = Setup {
+        token,
+        key,
+        cycle_key,
+    };
     let held = Arc::new(AtomicU64::new(0));
     println!("| live leases | seat ops/s | p50 ms | p99 ms | appender events/s | server RSS MiB | burst of {} wall ms | burst p99 ms | fill acquires/s | failures | followers caught up on the fill after s |", args.burst);
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -303,7 +337,7 @@ async fn main() -> anyhow::Result<()> {
             &client,
             &args,
             &setup,
-            &setup.key,
+            &setup.cycle_key,
             level,
             started + Duration::from_secs(args.duration_s),
         )
