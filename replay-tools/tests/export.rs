@@ -214,7 +214,7 @@ async fn six_tamperings_are_detected_in_a_database_and_in_an_export_file(pool: s
         ),
         (
             "a streams snapshot altered",
-            format!("UPDATE streams SET state = replace(state::text, '\"status\": \"active\"', '\"status\": \"suspended\"')::jsonb WHERE stream_id = '{snapshot_stream}'"),
+            format!("UPDATE streams SET state = (state::jsonb || '{{\"status\": \"suspended\"}}'::jsonb)::text WHERE stream_id = '{snapshot_stream}'"),
             format!("stream {snapshot_stream}: the snapshot"),
         ),
     ];

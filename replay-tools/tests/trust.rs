@@ -204,8 +204,8 @@ async fn tamper(url: &str, attack: Attack, head: i64, snapshot_stream: &str) {
             sql(
                 &pool,
                 &format!(
-                    "UPDATE streams SET state = replace(state::text, '\"status\": \"active\"', \
-                     '\"status\": \"suspended\"')::jsonb WHERE stream_id = '{snapshot_stream}'"
+                    "UPDATE streams SET state = (state::jsonb || '{{\"status\": \"suspended\"}}'::jsonb)::text \
+                     WHERE stream_id = '{snapshot_stream}'"
                 ),
             )
             .await

@@ -530,35 +530,30 @@ impl Store {
         &self,
         stream_id: &str,
     ) -> Result<Option<(i64, serde_json::Value)>, StoreError> {
-        let row = match self {
+        // Both stores keep a snapshot as the JSON text the appender wrote.
+        const SQL: &str = "SELECT snapshot_version, state FROM streams WHERE stream_id = $1";
+        let row: Option<(Option<i64>, Option<String>)> = match self {
             Store::Postgres(pool) => {
-                let row: Option<(Option<i64>, Option<serde_json::Value>)> = sqlx::query_as(
-                    "SELECT snapshot_version, state FROM streams WHERE stream_id = $1",
-                )
-                .bind(stream_id)
-                .fetch_optional(pool)
-                .await?;
-                row.and_then(|(version, state)| Some((version?, state?)))
+                sqlx::query_as(SQL)
+                    .bind(stream_id)
+                    .fetch_optional(pool)
+                    .await?
             }
             Store::Sqlite(pool, _) => {
-                let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
-                    "SELECT snapshot_version, state FROM streams WHERE stream_id = $1",
-                )
-                .bind(stream_id)
-                .fetch_optional(pool)
-                .await?;
-                match row.and_then(|(version, state)| Some((version?, state?))) {
-                    Some((version, state)) => Some((
-                        version,
-                        serde_json::from_str(&state).map_err(|e| {
-                            StoreError::Corrupt(format!("snapshot of {stream_id}: {e}"))
-                        })?,
-                    )),
-                    None => None,
-                }
+                sqlx::query_as(SQL)
+                    .bind(stream_id)
+                    .fetch_optional(pool)
+                    .await?
             }
         };
-        Ok(row)
+        match row.and_then(|(version, state)| Some((version?, state?))) {
+            Some((version, state)) => Ok(Some((
+                version,
+                serde_json::from_str(&state)
+                    .map_err(|e| StoreError::Corrupt(format!("snapshot of {stream_id}: {e}")))?,
+            ))),
+            None => Ok(None),
+        }
     }
 
     /// A stream's current version and state, from its snapshot and the

@@ -178,9 +178,12 @@ pub(crate) async fn load_stream(
             .await?;
         if let Some(row) = row {
             let version: Option<i64> = row.try_get("snapshot_version")?;
-            let state: Option<serde_json::Value> = row.try_get("state")?;
+            let state: Option<String> = row.try_get("state")?;
             if let (Some(version), Some(state)) = (version, state) {
                 from_version = version;
+                let state = serde_json::from_str(&state).map_err(|error| {
+                    StoreError::Corrupt(format!("stream state of {stream_id}: {error}"))
+                })?;
                 snapshot = Some((version, state));
             }
         }
@@ -345,7 +348,7 @@ pub(crate) async fn write_batch(
     let sql = format!(
         "WITH inserted AS ({INSERT_EVENTS}), \
          streamed AS (INSERT INTO streams (stream_id, partition, version, snapshot_version, state) \
-           SELECT s, p, v, sv, st::jsonb \
+           SELECT s, p, v, sv, st \
            FROM UNNEST($15::text[], $16::smallint[], $17::bigint[], $18::bigint[], $19::text[]) AS y(s, p, v, sv, st) \
            ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
              snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
@@ -422,7 +425,7 @@ pub(crate) async fn upsert_streams(
         .collect();
     sqlx::query(
         "INSERT INTO streams (stream_id, partition, version, snapshot_version, state) \
-         SELECT s, p, v, sv, st::jsonb FROM UNNEST($1::text[], $2::smallint[], $3::bigint[], $4::bigint[], $5::text[]) \
+         SELECT s, p, v, sv, st FROM UNNEST($1::text[], $2::smallint[], $3::bigint[], $4::bigint[], $5::text[]) \
            AS x(s, p, v, sv, st) \
          ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
            snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
