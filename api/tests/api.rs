@@ -85,13 +85,7 @@ async fn seed_flow(app: &TestApp) {
     let fourth = app.acquire(&org, &key, "m4").await;
     assert_eq!(fourth.status, 201);
     assert_eq!(fourth.body["generation"], 4);
-    let beat = app
-        .post(
-            "/api/v1/licenses/heartbeat",
-            &org.token,
-            json!({"session_id": session_of(&fourth)}),
-        )
-        .await;
+    let beat = app.heartbeat(&org.token, session_of(&fourth)).await;
     assert_eq!(beat.status, 200, "{:?}", beat.body);
     assert_eq!(beat.body["session_id"], session_of(&fourth));
     let done = app
@@ -182,13 +176,7 @@ async fn suspended_revoked_and_expired_licenses_grant_nothing(pool: sqlx::PgPool
         )
         .await;
     assert_eq!(sessions.body, json!([]));
-    let beat = app
-        .post(
-            "/api/v1/licenses/heartbeat",
-            &org.token,
-            json!({"session_id": session_of(&held)}),
-        )
-        .await;
+    let beat = app.heartbeat(&org.token, session_of(&held)).await;
     assert_eq!(
         (beat.status, beat.body["code"].as_str()),
         (410, Some("session_expired"))
@@ -304,13 +292,7 @@ async fn heartbeat_after_expiry_is_gone_and_release_twice_is_ok_once_recorded(po
         .await;
     let first = app.acquire(&org, &key, "m1").await;
     app.clock.advance_seconds(31);
-    let beat = app
-        .post(
-            "/api/v1/licenses/heartbeat",
-            &org.token,
-            json!({"session_id": session_of(&first)}),
-        )
-        .await;
+    let beat = app.heartbeat(&org.token, session_of(&first)).await;
     assert_eq!(
         (beat.status, beat.body["code"].as_str()),
         (410, Some("session_expired"))
@@ -332,13 +314,7 @@ async fn heartbeat_after_expiry_is_gone_and_release_twice_is_ok_once_recorded(po
     // Release forgets the session's cached license; its late heartbeat
     // finds the session in the log and is told it is gone, not unknown.
     let lookups = app.metric("seatledger_session_log_lookups_total").await;
-    let late = app
-        .post(
-            "/api/v1/licenses/heartbeat",
-            &org.token,
-            json!({"session_id": session}),
-        )
-        .await;
+    let late = app.heartbeat(&org.token, session).await;
     assert_eq!(
         (late.status, late.body["code"].as_str()),
         (410, Some("session_expired"))
@@ -416,13 +392,7 @@ async fn signed_licenses_verify_offline_and_fail_after_any_change(pool: sqlx::Pg
     }
     // Heartbeats carry a fresh token with the new expiry.
     app.clock.advance_seconds(10);
-    let beat = app
-        .post(
-            "/api/v1/licenses/heartbeat",
-            &org.token,
-            json!({"session_id": seat.body["session_id"]}),
-        )
-        .await;
+    let beat = app.heartbeat(&org.token, &seat.body["session_id"]).await;
     let payload = URL_SAFE_NO_PAD
         .decode(beat.body["signed_license"]["payload"].as_str().unwrap())
         .unwrap();
@@ -530,13 +500,7 @@ async fn another_org_gets_404_for_everything_of_org_a_and_never_sees_its_events(
         "{tenants:?}"
     );
     // A's session is untouched.
-    let beat = app
-        .post(
-            "/api/v1/licenses/heartbeat",
-            &a.token,
-            json!({"session_id": session}),
-        )
-        .await;
+    let beat = app.heartbeat(&a.token, session).await;
     assert_eq!(beat.status, 200);
     app.stop().await;
 }
@@ -1124,13 +1088,7 @@ async fn metrics_count_requests_seats_and_appender_batches(pool: sqlx::PgPool) {
     app.acquire(&org, &key, "m2").await;
     // A session acquired here is in the session cache: its heartbeat does
     // not ask the log.
-    let beat = app
-        .post(
-            "/api/v1/licenses/heartbeat",
-            &org.token,
-            json!({"session_id": session_of(&held)}),
-        )
-        .await;
+    let beat = app.heartbeat(&org.token, session_of(&held)).await;
     assert_eq!(beat.status, 200, "{:?}", beat.body);
     let text = app
         .client

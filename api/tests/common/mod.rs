@@ -333,6 +333,15 @@ impl TestApp {
         .await
     }
 
+    pub async fn heartbeat(&self, token: &str, session_id: impl serde::Serialize) -> Reply {
+        self.post(
+            "/api/v1/licenses/heartbeat",
+            token,
+            serde_json::json!({ "session_id": session_id }),
+        )
+        .await
+    }
+
     /// Every event in the log, in order.
     pub async fn events(&self) -> Vec<seatledger_schema::RecordedEvent> {
         self.store.read_after(0, 0, 10_000).await.unwrap()
