@@ -173,10 +173,11 @@ async fn client_loop(
 /// The auditor's own fold of the raw log (position, stream, event type,
 /// payload): per license, its seats and overage allowance and its live
 /// sessions; at every SeatAcquired, the live sessions must not exceed what
-/// the license allows. Returns (grants checked, violations).
+/// the license allows. Returns (grants checked, violations, leases still
+/// live at the end of the log).
 fn seat_limit_violations<'a>(
     events: impl IntoIterator<Item = (i64, &'a str, &'a str, &'a serde_json::Value)>,
-) -> (usize, Vec<String>) {
+) -> (usize, Vec<String>, usize) {
     #[derive(Default)]
     struct License {
         seats: u64,
@@ -214,7 +215,8 @@ fn seat_limit_violations<'a>(
             _ => {}
         }
     }
-    (grants, violations)
+    let live = licenses.values().map(|license| license.live.len()).sum();
+    (grants, violations, live)
 }
 
 /// The auditor's fold finds a grant beyond the seats (and only that one),
@@ -235,14 +237,15 @@ fn the_auditor_finds_a_grant_beyond_the_seats() {
         (6, "license-1", "SeatExpired", &b),
         (7, "license-1", "SeatAcquired", &d),
     ];
-    assert_eq!(seat_limit_violations(log), (4, vec![]));
+    // a and b ended; c and d are still live.
+    assert_eq!(seat_limit_violations(log), (4, vec![], 2));
     let over = [
         (1, "license-1", "LicenseIssued", &issued),
         (2, "license-1", "SeatAcquired", &a),
         (3, "license-1", "SeatAcquired", &b),
         (4, "license-1", "SeatAcquired", &c),
     ];
-    let (_, violations) = seat_limit_violations(over);
+    let (_, violations, _) = seat_limit_violations(over);
     assert_eq!(
         violations,
         vec!["position 4: 3 live leases on license-1 allowing 2"]
@@ -386,22 +389,46 @@ async fn chaos_run_with_an_auditor() {
         client.await.unwrap();
     }
 
-    // Settle: the followers reach the head (both replicas stay up).
+    // Settle (both replicas stay up). The log must first stop growing: the
+    // reaper appends a SeatExpired for every lease whose client went away
+    // (acquires answered by a replica killed before the answer left, the
+    // leases held when the workload stopped), up to TTL + its interval
+    // after the workload ends. Only once no lease is live can nothing more
+    // be appended, and only then does "the followers reach the head" mean
+    // they hold the whole log: a head read earlier let the reaper add
+    // events after it that a replica stopped before publishing.
     let store = seatledger_ledger::Store::connect(&database).await.unwrap();
-    let (head, _) = store.head(0).await.unwrap();
     let client = reqwest::Client::new();
-    common::eventually("the followers reach the head", 60, || {
-        let (client, bases) = (&client, &bases);
-        async move {
-            let mut hot = false;
-            let mut published = false;
-            for base in bases {
+    let mut events: Vec<seatledger_schema::RecordedEvent> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        loop {
+            let after = events.last().map_or(0, |e| e.position);
+            let page = store.read_after(0, after, 10_000).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            events.extend(page);
+        }
+        let head = events.last().map_or(0, |e| e.position);
+        let (_, _, live) = seat_limit_violations(events.iter().map(|e| {
+            (
+                e.position,
+                e.stream_id.as_str(),
+                e.event_type.as_str(),
+                &e.payload,
+            )
+        }));
+        let mut hot = false;
+        let mut published = false;
+        if live == 0 {
+            for base in &bases {
                 let Ok(response) = client
                     .get(format!("{base}/api/v1/health/ready"))
                     .send()
                     .await
                 else {
-                    return false;
+                    continue;
                 };
                 let ready: serde_json::Value = response.json().await.unwrap_or_default();
                 hot |= ready["redis"] == "ok"
@@ -409,30 +436,31 @@ async fn chaos_run_with_an_auditor() {
                 published |= ready["nats"] == "ok"
                     && ready["event_stream"]["position"].as_i64() >= Some(head);
             }
-            hot && published
         }
-    })
-    .await;
+        if hot && published {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until every lease is reaped ({live} live) and the followers reach the head {head} (hot counts: {hot}, NATS: {published})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for replica in &mut replicas {
         replica.terminate(); // signs the head
     }
+    // Nothing was appended meanwhile (no lease was left to expire).
+    let (head, _) = store.head(0).await.unwrap();
+    assert_eq!(
+        Some(head),
+        events.last().map(|e| e.position),
+        "the log grew after it settled"
+    );
 
     // The auditor.
-    let mut events = Vec::new();
-    loop {
-        let after = events
-            .last()
-            .map_or(0, |e: &seatledger_schema::RecordedEvent| e.position);
-        let page = store.read_after(0, after, 10_000).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        events.extend(page);
-    }
-    let head = events.last().map_or(0, |e| e.position);
     let mut invariants: Vec<(String, usize, Vec<String>)> = Vec::new();
 
-    let (grants, over) = seat_limit_violations(events.iter().map(|e| {
+    let (grants, over, _) = seat_limit_violations(events.iter().map(|e| {
         (
             e.position,
             e.stream_id.as_str(),
