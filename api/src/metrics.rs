@@ -199,6 +199,26 @@ impl Metrics {
                 appender.connections_retired.load(Ordering::Relaxed),
             ),
             (
+                "seatledger_appender_snapshots_total",
+                "State snapshots taken (written with their batch, or by the snapshot writer after it).",
+                appender.snapshots.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_snapshot_bytes_total",
+                "Bytes of the snapshots taken (the states as JSON text).",
+                appender.snapshot_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_snapshots_written_after_commit_total",
+                "Large snapshots the snapshot writer stored after their batch committed.",
+                appender.snapshots_written_after_commit.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_appender_snapshots_not_written_total",
+                "Snapshots not stored (a store error, or the snapshot writer busy with two others): the stream's next snapshot comes one interval later and loads read a longer tail meanwhile.",
+                appender.snapshots_not_written.load(Ordering::Relaxed),
+            ),
+            (
                 "seatledger_appender_checkpoints_total",
                 "Signed checkpoints written.",
                 appender.checkpoints.load(Ordering::Relaxed),

@@ -293,8 +293,26 @@ fn billing(c: &mut Criterion) {
     group.finish();
 }
 
+/// What writing a large license's snapshot costs the appender: the
+/// serialization it does under the partition lock, against a copy of the
+/// state (what handing the serialization to another task would cost it).
+fn snapshots(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot (license holding 100000 leases)");
+    group.sample_size(10);
+    let state = license(100_000, 100_000);
+    let bytes = serde_json::to_string(&state).unwrap().len();
+    println!("snapshot of 100000 leases: {bytes} bytes of JSON");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("serialize (serde_json::to_string)", |b| {
+        b.iter(|| serde_json::to_string(black_box(&state)).unwrap())
+    });
+    group.bench_function("clone the state", |b| b.iter(|| black_box(&state).clone()));
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    snapshots,
     decide_and_evolve,
     hashing,
     nats_message,

@@ -34,7 +34,8 @@ use crate::keys::SigningKey;
 use crate::recent::{RecentEvents, RECENT_EVENTS_DEFAULT};
 use crate::state_cache::StateCache;
 use crate::store::{
-    BatchTx, CommandWrite, RecordedCommands, Released, Store, StoreError, StreamWrite,
+    BatchTx, CommandWrite, RecordedCommands, Released, SnapshotWrite, Store, StoreError,
+    StreamWrite,
 };
 use seatledger_schema::canonical::expected_hash;
 use seatledger_schema::{limits, ChainHash, Checkpoint, Event, Metadata, RecordedEvent, Timestamp};
@@ -177,6 +178,12 @@ pub struct AppenderConfig {
     /// open transaction) turns into 503 + Retry-After for the callers
     /// instead of requests that hang for as long as it does.
     pub lock_timeout: Duration,
+    /// Snapshots of at least this many bytes (as JSON text) are written
+    /// after their batch commits, by the appender's snapshot writer on a
+    /// connection of its own, instead of in the batch: the next batches go
+    /// on meanwhile (PostgreSQL; SQLite has one writer at a time and
+    /// writes every snapshot in its batch). See [`DEFER_SNAPSHOT_BYTES`].
+    pub defer_snapshot_bytes: usize,
 }
 
 /// The longest the appender leads the partition (holds its lock across
@@ -188,6 +195,20 @@ pub const LEADER_HOLD_MAX: Duration = Duration::from_millis(50);
 /// rather than pooled when the lead ends (see
 /// `BatchTx::retire_after_release`): a state of about 5,000 leases.
 pub const RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES: usize = 1 << 20;
+
+/// The default [`AppenderConfig::defer_snapshot_bytes`]: a state of about
+/// 5,000 leases. A license of 100,000 leases has a ~20 MB snapshot; written
+/// in its batch, it held that batch and everyone queued behind it for
+/// ~180 ms of `UPDATE` on top of the ~35 ms its serialization takes (which
+/// stays in the appender: copying the state for another task to serialize
+/// costs as much as serializing it, measured by `cargo bench --bench micro
+/// -- snapshot`). Below this size a snapshot costs its batch little.
+pub const DEFER_SNAPSHOT_BYTES: usize = 1 << 20;
+
+/// Snapshots handed to the snapshot writer and not yet written, at most;
+/// one more is skipped (the stream's next snapshot comes one interval
+/// later; loads read more events meanwhile).
+const SNAPSHOTS_QUEUED_MAX: usize = 2;
 
 /// The default [`AppenderConfig::lock_timeout`].
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -202,6 +223,7 @@ impl Default for AppenderConfig {
             checkpoint_every_events: limits::CHECKPOINT_EVERY_EVENTS,
             checkpoint_interval: Duration::from_secs(limits::CHECKPOINT_EVERY_S),
             lock_timeout: LOCK_TIMEOUT,
+            defer_snapshot_bytes: DEFER_SNAPSHOT_BYTES,
         }
     }
 }
@@ -223,16 +245,26 @@ pub struct AppenderStats {
     pub commands_on_unreadable_streams: AtomicU64,
     /// Streams currently remembered as unreadable.
     pub unreadable_streams: AtomicU64,
-    /// Snapshots committed, and their bytes (the state as JSON text).
+    /// Snapshots taken, and their bytes (the state as JSON text): written
+    /// with their batch, or handed to the snapshot writer after it.
     pub snapshots: AtomicU64,
     pub snapshot_bytes: AtomicU64,
+    /// Of those, the ones handed to the snapshot writer after their batch
+    /// committed, and the ones it stored.
+    pub snapshots_handed_to_writer: AtomicU64,
+    pub snapshots_written_after_commit: AtomicU64,
+    /// Snapshots the writer could not store (the error is logged) or that
+    /// found it busy with [`SNAPSHOTS_QUEUED_MAX`] others; the stream's
+    /// next snapshot is due one interval later.
+    pub snapshots_not_written: AtomicU64,
     /// Batches decided while the batch before them was written (pipelined
     /// group commit), and of those, the ones decided again because that
     /// batch failed or one of their idempotency keys turned out recorded.
     pub batches_decided_ahead: AtomicU64,
     pub batches_decided_again: AtomicU64,
-    /// Connections closed instead of pooled after a batch carried a large
-    /// snapshot (see `RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES`).
+    /// Connections closed instead of pooled after a batch, or the snapshot
+    /// writer, sent a large snapshot (see
+    /// `RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES`).
     pub connections_retired: AtomicU64,
     /// Streams read whole from the store (snapshot and tail) because the
     /// cache did not hold them: once per stream after a start, then only
@@ -358,6 +390,13 @@ impl Appender {
             last_checkpoint_at: Instant::now(),
             uncheckpointed: false,
             leader: None,
+            snapshot_writer: match &store {
+                Store::Postgres(_) => Some(SnapshotWriter::start(
+                    store.for_appender(config.lock_timeout),
+                    stats.clone(),
+                )),
+                Store::Sqlite(..) => None,
+            },
             config,
         };
         let handle = tokio::spawn(worker.run(receiver));
@@ -411,7 +450,82 @@ struct Worker {
     uncheckpointed: bool,
     /// The partition lock held across batches (PostgreSQL), if it is.
     leader: Option<Leader>,
+    /// Writes large snapshots after their batch (PostgreSQL).
+    snapshot_writer: Option<SnapshotWriter>,
     config: AppenderConfig,
+}
+
+/// The task that stores large snapshots after their batch committed, on a
+/// connection of its own, in a table of their own: the next batches do not
+/// wait for it (a snapshot is valid at its version whenever it lands, and
+/// the store never replaces a later snapshot with an earlier one). Only
+/// committed states reach it. On shutdown it writes what it was handed,
+/// then stops.
+struct SnapshotWriter {
+    sender: mpsc::Sender<SnapshotWrite>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SnapshotWriter {
+    fn start(store: Store, stats: Arc<AppenderStats>) -> SnapshotWriter {
+        let (sender, mut receiver) = mpsc::channel::<SnapshotWrite>(SNAPSHOTS_QUEUED_MAX);
+        let task = tokio::spawn(async move {
+            while let Some(snapshot) = receiver.recv().await {
+                let retire = snapshot.state.len() >= RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES;
+                let written = store.write_snapshots(std::slice::from_ref(&snapshot), retire);
+                match written.await {
+                    Ok(()) => {
+                        if retire {
+                            stats.connections_retired.fetch_add(1, Ordering::Relaxed);
+                        }
+                        stats
+                            .snapshots_written_after_commit
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        stats.snapshots_not_written.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            stream_id = %snapshot.stream_id,
+                            version = snapshot.version,
+                            error = %error,
+                            "cannot store a snapshot; the stream's next one is due one interval later"
+                        );
+                    }
+                }
+            }
+        });
+        SnapshotWriter { sender, task }
+    }
+
+    /// Hands a committed batch's large snapshots over; skips one the
+    /// writer has no room for (it is busy with earlier ones).
+    fn hand_over(&self, snapshots: Vec<SnapshotWrite>, stats: &AppenderStats) {
+        for snapshot in snapshots {
+            if let Err(error) = self.sender.try_send(snapshot) {
+                let snapshot = match error {
+                    mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+                };
+                stats.snapshots_not_written.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    stream_id = %snapshot.stream_id,
+                    version = snapshot.version,
+                    "the snapshot writer is busy; skipping a snapshot (the stream's next one is due one interval later)"
+                );
+            } else {
+                stats
+                    .snapshots_handed_to_writer
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes what was handed over, then stops.
+    async fn finish(self) {
+        drop(self.sender);
+        if let Err(error) = self.task.await {
+            tracing::warn!(error = %error, "the snapshot writer failed");
+        }
+    }
 }
 
 /// What the appender knows while it leads the partition: nobody else has
@@ -457,6 +571,9 @@ impl Worker {
         self.release_lead().await;
         if self.uncheckpointed {
             self.checkpoint_idle().await;
+        }
+        if let Some(writer) = self.snapshot_writer.take() {
+            writer.finish().await;
         }
     }
 
@@ -808,13 +925,15 @@ impl Worker {
             &mut recorded,
             now,
         )?;
-        let stream_writes = stream_writes(partition, &mut working, &versions)?;
+        let (stream_writes, deferred_snapshots) =
+            stream_writes(partition, &mut working, &versions, self.defer_from())?;
         Ok(Prepared {
             head,
             now,
             batch,
             replies,
             stream_writes,
+            deferred_snapshots,
             working,
             recorded,
             unchecked_keys: Vec::new(),
@@ -870,13 +989,15 @@ impl Worker {
             now,
         )
         .ok()?;
-        let stream_writes = stream_writes(partition, &mut working, &versions).ok()?;
+        let (stream_writes, deferred_snapshots) =
+            stream_writes(partition, &mut working, &versions, self.defer_from()).ok()?;
         Some(Prepared {
             head,
             now,
             batch,
             replies,
             stream_writes,
+            deferred_snapshots,
             working,
             recorded,
             unchecked_keys,
@@ -916,7 +1037,10 @@ impl Worker {
         leader
             .known
             .extend(prepared.working.streams.keys().cloned());
-        if self.count_snapshots(&prepared.stream_writes) >= RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES {
+        let deferred = std::mem::take(&mut prepared.deferred_snapshots);
+        if self.count_snapshots(&prepared.stream_writes, deferred)
+            >= RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES
+        {
             leader.tx.retire_after_release();
         }
         self.leader = Some(leader);
@@ -955,7 +1079,8 @@ impl Worker {
             &mut recorded,
             now,
         )?;
-        let stream_writes = stream_writes(partition, &mut working, &versions)?;
+        let (stream_writes, deferred) =
+            stream_writes(partition, &mut working, &versions, self.defer_from())?;
 
         let checkpoint = self.checkpoint_due(head.0, &batch, now);
         if let Some(checkpoint) = &checkpoint {
@@ -966,22 +1091,44 @@ impl Worker {
             .await?;
         tx.commit().await?;
 
-        self.count_snapshots(&stream_writes);
+        self.count_snapshots(&stream_writes, deferred);
         self.after_commit(head.0, &mut batch, checkpoint.is_some(), working);
         Ok(replies)
     }
 
-    /// Counts the snapshots a committed batch wrote; returns their bytes.
-    fn count_snapshots(&self, stream_writes: &[StreamWrite]) -> usize {
-        let mut bytes = 0;
+    /// Counts the snapshots of a committed batch and hands the deferred
+    /// ones to the snapshot writer; returns the bytes written in the batch.
+    fn count_snapshots(
+        &self,
+        stream_writes: &[StreamWrite],
+        deferred: Vec<SnapshotWrite>,
+    ) -> usize {
+        let mut in_batch = 0;
         for snapshot in stream_writes.iter().filter_map(|w| w.snapshot.as_ref()) {
+            in_batch += snapshot.1.len();
+        }
+        let sizes = stream_writes
+            .iter()
+            .filter_map(|w| Some(w.snapshot.as_ref()?.1.len()))
+            .chain(deferred.iter().map(|s| s.state.len()));
+        for bytes in sizes {
             self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .snapshot_bytes
-                .fetch_add(snapshot.1.len() as u64, Ordering::Relaxed);
-            bytes += snapshot.1.len();
+                .fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        bytes
+        if let Some(writer) = &self.snapshot_writer {
+            writer.hand_over(deferred, &self.stats);
+        }
+        in_batch
+    }
+
+    /// The size from which a snapshot goes to the snapshot writer.
+    fn defer_from(&self) -> usize {
+        match self.snapshot_writer {
+            Some(_) => self.config.defer_snapshot_bytes,
+            None => usize::MAX,
+        }
     }
 
     /// Phase 1: each stream's state at its stored version, from the cache
@@ -1178,6 +1325,8 @@ struct Prepared {
     batch: DecidedBatch,
     replies: Vec<Reply>,
     stream_writes: Vec<StreamWrite>,
+    /// Snapshots for the snapshot writer once the batch committed.
+    deferred_snapshots: Vec<SnapshotWrite>,
     working: Working,
     /// The idempotent results known after the batch (the next batch
     /// decides against them).
@@ -1459,28 +1608,38 @@ fn touched_session(events: &[RecordedEvent]) -> Option<Uuid> {
 }
 
 /// Phase 3: the `streams` rows of the streams the batch changed, with a
-/// snapshot for each that is due (see [`snapshot_due`]).
+/// snapshot for each that is due (see [`snapshot_due`]); due snapshots of
+/// `defer_from` bytes or more are returned apart, for the snapshot writer.
 fn stream_writes(
     partition: i16,
     working: &mut Working,
     versions: &HashMap<String, i64>,
-) -> Result<Vec<StreamWrite>, StoreError> {
+    defer_from: usize,
+) -> Result<(Vec<StreamWrite>, Vec<SnapshotWrite>), StoreError> {
     let mut writes = Vec::new();
+    let mut deferred = Vec::new();
     for (stream_id, stream) in working.streams.iter_mut() {
         let stored_version = versions.get(stream_id).copied().unwrap_or(0);
         if stream.version == stored_version {
             continue;
         }
-        let snapshot = if snapshot_due(stream) {
+        let mut snapshot = None;
+        if snapshot_due(stream) {
             let state = serde_json::to_string(&stream.state)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             // Only this batch's working copy: it reaches the cache once
             // the batch commits, and is dropped with it if it fails.
             stream.snapshot_version = stream.version;
-            Some((stream.version, state))
-        } else {
-            None
-        };
+            if state.len() >= defer_from {
+                deferred.push(SnapshotWrite {
+                    stream_id: stream_id.clone(),
+                    version: stream.version,
+                    state,
+                });
+            } else {
+                snapshot = Some((stream.version, state));
+            }
+        }
         writes.push(StreamWrite {
             stream_id: stream_id.clone(),
             partition,
@@ -1488,7 +1647,7 @@ fn stream_writes(
             snapshot,
         });
     }
-    Ok(writes)
+    Ok((writes, deferred))
 }
 
 /// The amortized snapshot policy: a stream's snapshot is rewritten once the

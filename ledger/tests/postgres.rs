@@ -377,12 +377,14 @@ async fn a_long_stream_is_snapshotted_and_a_fresh_appender_continues_from_snapsh
         tokio::spawn(async move { submit(&appender, acquire(license, machine)).await })
     });
     join_all(acquires).await;
-    let (snapshot_version, version): (Option<i64>, i64) =
-        sqlx::query_as("SELECT snapshot_version, version FROM streams WHERE stream_id = $1")
-            .bind(format!("license-{license}"))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (snapshot_version, version): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT p.version, s.version FROM streams s \
+         LEFT JOIN snapshots p ON p.stream_id = s.stream_id WHERE s.stream_id = $1",
+    )
+    .bind(format!("license-{license}"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(version, total as i64);
     let snapshot_version = snapshot_version.expect("a snapshot was written");
     assert!(snapshot_version >= SNAPSHOT_EVERY_EVENTS && snapshot_version < version);
@@ -420,12 +422,14 @@ async fn snapshot_bytes_per_event_stay_bounded_however_many_leases(pool: sqlx::P
         join_all(acquires).await;
     }
     let stats = appender.stats();
+    until_snapshots_stored(stats).await;
     let written = stats
         .snapshot_bytes
         .load(std::sync::atomic::Ordering::Relaxed);
     let snapshots = stats.snapshots.load(std::sync::atomic::Ordering::Relaxed);
     let (state, version, snapshot_version): (String, i64, i64) = sqlx::query_as(
-        "SELECT state::text, version, snapshot_version FROM streams WHERE stream_id = $1",
+        "SELECT p.state, s.version, p.version FROM streams s \
+         JOIN snapshots p ON p.stream_id = s.stream_id WHERE s.stream_id = $1",
     )
     .bind(format!("license-{license}"))
     .fetch_one(&pool)
@@ -471,6 +475,8 @@ async fn submit_all(appender: &seatledger_ledger::Appender, commands: Vec<Comman
     }
 }
 
+/// A large snapshot goes to the snapshot writer, whose connection is then
+/// closed rather than kept with a buffer of the snapshot's size.
 #[sqlx::test(migrations = false)]
 async fn the_connection_that_wrote_a_large_snapshot_is_closed_not_pooled(pool: sqlx::PgPool) {
     const LEASES: usize = 7_000;
@@ -501,8 +507,10 @@ async fn the_connection_that_wrote_a_large_snapshot_is_closed_not_pooled(pool: s
         by: seatledger_ledger::domain::SeatActor::Unchecked,
     });
     submit_all(&appender, heartbeats.collect()).await;
+    until_snapshots_stored(stats).await;
+    assert_eq!(stats.snapshots_handed_to_writer.load(Ordering::Relaxed), 1);
     let stored: i32 =
-        sqlx::query_scalar("SELECT octet_length(state::text) FROM streams WHERE stream_id = $1")
+        sqlx::query_scalar("SELECT octet_length(state) FROM snapshots WHERE stream_id = $1")
             .bind(format!("license-{license}"))
             .fetch_one(&pool)
             .await
@@ -888,6 +896,133 @@ async fn until_a_lock_is_awaited(pool: &sqlx::PgPool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits until the snapshot writer stored every snapshot handed to it.
+async fn until_snapshots_stored(stats: &seatledger_ledger::appender::AppenderStats) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let handed = stats.snapshots_handed_to_writer.load(Ordering::Relaxed);
+        let written = stats.snapshots_written_after_commit.load(Ordering::Relaxed);
+        if written == handed {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the snapshot writer stored {written} of {handed} snapshots ({} not written)",
+            stats.snapshots_not_written.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A store, an appender that hands every snapshot to its snapshot writer
+/// whatever its size, and a license of 5,000 seats issued through it.
+async fn licensed_with_every_snapshot_deferred(
+    pool: &sqlx::PgPool,
+) -> (Store, seatledger_ledger::Appender, Uuid) {
+    let store = migrated(pool.clone()).await;
+    let key = Arc::new(seatledger_ledger::SigningKey::generate().unwrap());
+    let config = AppenderConfig {
+        defer_snapshot_bytes: 0,
+        ..AppenderConfig::default()
+    };
+    let appender = start(&store, key, Arc::new(SystemClock), config);
+    let license = Uuid::now_v7();
+    submit(&appender, issue(license, 5_000)).await;
+    (store, appender, license)
+}
+
+/// The snapshot writer works off the batch's path: while a snapshot's
+/// write is held up (its row locked by someone else), the
+/// batches after it commit; once the lock goes, the snapshot lands at the
+/// version it was taken at, and another replica loads it plus the tail.
+#[sqlx::test(migrations = false)]
+async fn a_held_up_snapshot_write_does_not_hold_the_batches_after_it(pool: sqlx::PgPool) {
+    let (store, appender, license) = licensed_with_every_snapshot_deferred(&pool).await;
+    let stats = appender.stats();
+    // Someone else's uncommitted row for the stream: the writer's upsert
+    // waits for that transaction to end.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO snapshots (stream_id, version, state) VALUES ($1, 0, '{}')")
+        .bind(format!("license-{license}"))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // Past the first snapshot mark (version 1,000), and 500 more after it.
+    let first = SNAPSHOT_EVERY_EVENTS as usize;
+    submit_all(
+        &appender,
+        (1..first + 500).map(|m| acquire(license, m)).collect(),
+    )
+    .await;
+    until_counted(
+        &stats.snapshots_handed_to_writer,
+        1,
+        "a snapshot handed to the writer",
+    )
+    .await;
+    until_a_lock_is_awaited(&pool).await;
+    assert_eq!(
+        stats.snapshots_written_after_commit.load(Ordering::Relaxed),
+        0
+    );
+    let granted = submit(&appender, acquire(license, first + 500)).await;
+    assert_eq!(granted.license.unwrap().seats_used, (first + 500) as u32);
+    holder.rollback().await.unwrap();
+
+    until_snapshots_stored(stats).await;
+    let (snapshot_version, version): (i64, i64) = sqlx::query_as(
+        "SELECT p.version, s.version FROM streams s \
+         JOIN snapshots p ON p.stream_id = s.stream_id WHERE s.stream_id = $1",
+    )
+    .bind(format!("license-{license}"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // Taken at the batch that crossed the mark, long before the head.
+    assert!(
+        (SNAPSHOT_EVERY_EVENTS..SNAPSHOT_EVERY_EVENTS + 500).contains(&snapshot_version),
+        "snapshot at {snapshot_version}"
+    );
+    assert_eq!(version, (first + 501) as i64);
+    let (fresh, _) = start_default(&second_pg_store(&pool).await);
+    let again = submit(&fresh, acquire(license, 1)).await;
+    assert_eq!(again.license.unwrap().seats_used, (first + 500) as u32);
+    assert_chain_verifies(&store).await;
+}
+
+/// A snapshot that lands late never replaces a later one: the writer's
+/// upsert keeps the higher version.
+#[sqlx::test(migrations = false)]
+async fn a_late_snapshot_does_not_replace_a_later_one(pool: sqlx::PgPool) {
+    let (store, appender, license) = licensed_with_every_snapshot_deferred(&pool).await;
+    let first = SNAPSHOT_EVERY_EVENTS as usize;
+    submit_all(&appender, (1..first).map(|m| acquire(license, m)).collect()).await;
+    until_snapshots_stored(appender.stats()).await;
+    let stream_id = format!("license-{license}");
+    let (stored, state): (i64, String) =
+        sqlx::query_as("SELECT version, state FROM snapshots WHERE stream_id = $1")
+            .bind(&stream_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, SNAPSHOT_EVERY_EVENTS);
+    // An earlier snapshot arriving now (as a held-up write would) is
+    // ignored.
+    store
+        .store_snapshot(&stream_id, stored - 1, "{}")
+        .await
+        .unwrap();
+    let kept = store.stream_snapshot(&stream_id).await.unwrap();
+    assert_eq!(kept.map(|(version, _)| version), Some(stored));
+    // A later one replaces it.
+    store
+        .store_snapshot(&stream_id, stored + 1, &state)
+        .await
+        .unwrap();
+    let kept = store.stream_snapshot(&stream_id).await.unwrap();
+    assert_eq!(kept.map(|(version, _)| version), Some(stored + 1));
 }
 
 /// Waits until `count` reaches `at_least`.

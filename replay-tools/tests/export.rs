@@ -213,8 +213,8 @@ async fn six_tamperings_are_detected_in_a_database_and_in_an_export_file(pool: s
             format!("checkpoint at position {checkpoint}: signature does not verify"),
         ),
         (
-            "a streams snapshot altered",
-            format!("UPDATE streams SET state = (state::jsonb || '{{\"status\": \"suspended\"}}'::jsonb)::text WHERE stream_id = '{snapshot_stream}'"),
+            "a stored snapshot altered",
+            format!("UPDATE snapshots SET state = (state::jsonb || '{{\"status\": \"suspended\"}}'::jsonb)::text WHERE stream_id = '{snapshot_stream}'"),
             format!("stream {snapshot_stream}: the snapshot"),
         ),
     ];

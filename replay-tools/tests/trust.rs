@@ -81,7 +81,8 @@ async fn replay_beside_server(args: &[&str]) -> (Option<i32>, String, String) {
 const REPAIR_STREAMS: &str = "\
     DELETE FROM streams s WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id); \
     UPDATE streams s SET version = (SELECT max(e.stream_version) FROM events e WHERE e.stream_id = s.stream_id); \
-    UPDATE streams SET snapshot_version = NULL, state = NULL WHERE snapshot_version > version";
+    DELETE FROM snapshots p WHERE NOT EXISTS \
+      (SELECT 1 FROM streams s WHERE s.stream_id = p.stream_id AND s.version >= p.version)";
 
 #[derive(Debug, Clone, Copy)]
 enum Attack {
@@ -204,7 +205,7 @@ async fn tamper(url: &str, attack: Attack, head: i64, snapshot_stream: &str) {
             sql(
                 &pool,
                 &format!(
-                    "UPDATE streams SET state = (state::jsonb || '{{\"status\": \"suspended\"}}'::jsonb)::text \
+                    "UPDATE snapshots SET state = (state::jsonb || '{{\"status\": \"suspended\"}}'::jsonb)::text \
                      WHERE stream_id = '{snapshot_stream}'"
                 ),
             )

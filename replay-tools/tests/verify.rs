@@ -195,14 +195,13 @@ async fn verify_checks_snapshots_and_stream_versions() {
 
     let dir = tempfile::tempdir().unwrap();
     let store = ledger(&dir, key.clone()).await;
-    let snapshots: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM streams WHERE snapshot_version IS NOT NULL")
-            .fetch_one(store.sqlite_pool().unwrap())
-            .await
-            .unwrap();
+    let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM snapshots")
+        .fetch_one(store.sqlite_pool().unwrap())
+        .await
+        .unwrap();
     assert_eq!(snapshots, 1, "the license stream has a snapshot");
     verify(store.clone()).await.unwrap();
-    sqlx::query("UPDATE streams SET state = replace(state, '\"status\":\"active\"', '\"status\":\"suspended\"') WHERE snapshot_version IS NOT NULL")
+    sqlx::query("UPDATE snapshots SET state = replace(state, '\"status\":\"active\"', '\"status\":\"suspended\"')")
         .execute(store.sqlite_pool().unwrap())
         .await
         .unwrap();

@@ -132,11 +132,22 @@ pub(crate) struct StreamWrite {
     pub stream_id: String,
     pub partition: i16,
     pub version: i64,
-    /// `(snapshot_version, state as JSON text)` when the version crossed a
-    /// snapshot mark. Text, not a `serde_json::Value`: a license holding
+    /// `(snapshot_version, state as JSON text)` when a snapshot is due and
+    /// written with the batch (the `snapshots` table; a large one on
+    /// PostgreSQL goes to the appender's snapshot writer instead). Text, not a `serde_json::Value`: a license holding
     /// 100k leases serializes to ~30 MB, and the value tree would be several
     /// times that on the heap for nothing.
     pub snapshot: Option<(i64, String)>,
+}
+
+/// A snapshot written on its own, after the batch that reached its version
+/// committed (see [`Store::write_snapshots`]).
+#[derive(Debug)]
+pub(crate) struct SnapshotWrite {
+    pub stream_id: String,
+    pub version: i64,
+    /// The state as JSON text.
+    pub state: String,
 }
 
 pub(crate) struct CommandWrite {
@@ -503,8 +514,8 @@ impl Store {
         &self,
         partition: i16,
     ) -> Result<HashMap<String, (i64, Option<i64>)>, StoreError> {
-        const SELECT: &str =
-            "SELECT stream_id, version, snapshot_version FROM streams WHERE partition = $1";
+        const SELECT: &str = "SELECT s.stream_id, s.version, p.version FROM streams s \
+             LEFT JOIN snapshots p ON p.stream_id = s.stream_id WHERE s.partition = $1";
         let rows: Vec<(String, i64, Option<i64>)> = match self {
             Store::Postgres(pool) => {
                 sqlx::query_as(SELECT)
@@ -525,14 +536,56 @@ impl Store {
             .collect())
     }
 
+    /// Stores `snapshots` outside any batch, each unless its stream has a
+    /// later one stored. `retire`: close the connection afterwards instead
+    /// of pooling it (it sent a large message; see
+    /// [`BatchTx::retire_after_release`]).
+    pub(crate) async fn write_snapshots(
+        &self,
+        snapshots: &[SnapshotWrite],
+        retire: bool,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                postgres::write_snapshots(&mut conn, snapshots).await?;
+                if retire {
+                    conn.close().await?;
+                }
+            }
+            Store::Sqlite(pool, _) => {
+                let mut conn = pool.acquire().await?;
+                sqlite::write_snapshots(&mut conn, snapshots).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores one snapshot of `stream_id` at `version` (the state as JSON
+    /// text), unless a later one is stored: what the appender's snapshot
+    /// writer does, for tools and tests.
+    pub async fn store_snapshot(
+        &self,
+        stream_id: &str,
+        version: i64,
+        state: &str,
+    ) -> Result<(), StoreError> {
+        let snapshot = SnapshotWrite {
+            stream_id: stream_id.to_owned(),
+            version,
+            state: state.to_owned(),
+        };
+        self.write_snapshots(&[snapshot], false).await
+    }
+
     /// A stream's stored snapshot: its version and the state as JSON.
     pub async fn stream_snapshot(
         &self,
         stream_id: &str,
     ) -> Result<Option<(i64, serde_json::Value)>, StoreError> {
         // Both stores keep a snapshot as the JSON text the appender wrote.
-        const SQL: &str = "SELECT snapshot_version, state FROM streams WHERE stream_id = $1";
-        let row: Option<(Option<i64>, Option<String>)> = match self {
+        const SQL: &str = "SELECT version, state FROM snapshots WHERE stream_id = $1";
+        let row: Option<(i64, String)> = match self {
             Store::Postgres(pool) => {
                 sqlx::query_as(SQL)
                     .bind(stream_id)
@@ -546,7 +599,7 @@ impl Store {
                     .await?
             }
         };
-        match row.and_then(|(version, state)| Some((version?, state?))) {
+        match row {
             Some((version, state)) => Ok(Some((
                 version,
                 serde_json::from_str(&state)

@@ -2,8 +2,8 @@
 //! `INSERT … SELECT FROM UNNEST(arrays)` per table.
 
 use super::{
-    hash_from, stored_timestamp, CommandWrite, LoadedStream, RecordedCommands, StoreError,
-    StreamWrite, NOTIFY_CHANNEL,
+    hash_from, stored_timestamp, CommandWrite, LoadedStream, RecordedCommands, SnapshotWrite,
+    StoreError, StreamWrite, NOTIFY_CHANNEL,
 };
 use chrono::{DateTime, Utc};
 use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent};
@@ -172,20 +172,17 @@ pub(crate) async fn load_stream(
     let mut snapshot = None;
     let mut from_version = after_version.unwrap_or(0);
     if after_version.is_none() {
-        let row = sqlx::query("SELECT snapshot_version, state FROM streams WHERE stream_id = $1")
-            .bind(stream_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(row) = row {
-            let version: Option<i64> = row.try_get("snapshot_version")?;
-            let state: Option<String> = row.try_get("state")?;
-            if let (Some(version), Some(state)) = (version, state) {
-                from_version = version;
-                let state = serde_json::from_str(&state).map_err(|error| {
-                    StoreError::Corrupt(format!("stream state of {stream_id}: {error}"))
-                })?;
-                snapshot = Some((version, state));
-            }
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, state FROM snapshots WHERE stream_id = $1")
+                .bind(stream_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((version, state)) = row {
+            from_version = version;
+            let state = serde_json::from_str(&state).map_err(|error| {
+                StoreError::Corrupt(format!("stream state of {stream_id}: {error}"))
+            })?;
+            snapshot = Some((version, state));
         }
     }
     let events = read_stream(conn, stream_id, from_version, i64::MAX).await?;
@@ -320,8 +317,9 @@ pub(crate) async fn insert_events(
 }
 
 /// Everything a batch writes, in one statement (one round trip): events,
-/// stream versions and snapshots, idempotent command results, and the
-/// `NOTIFY` that wakes followers in other processes at commit.
+/// stream versions and the snapshots due inline, idempotent command
+/// results, and the `NOTIFY` that wakes followers in other processes at
+/// commit.
 pub(crate) async fn write_batch(
     conn: &mut PgConnection,
     events: &[RecordedEvent],
@@ -333,37 +331,29 @@ pub(crate) async fn write_batch(
     let stream_ids: Vec<&str> = streams.iter().map(|w| w.stream_id.as_str()).collect();
     let stream_partitions: Vec<i16> = streams.iter().map(|w| w.partition).collect();
     let versions: Vec<i64> = streams.iter().map(|w| w.version).collect();
-    let snapshot_versions: Vec<Option<i64>> = streams
-        .iter()
-        .map(|w| w.snapshot.as_ref().map(|s| s.0))
-        .collect();
-    let states: Vec<Option<&str>> = streams
-        .iter()
-        .map(|w| w.snapshot.as_ref().map(|s| s.1.as_str()))
-        .collect();
+    let snapshots = SnapshotColumns::new(streams);
     let tenants: Vec<Uuid> = commands.iter().map(|w| w.tenant_id).collect();
     let command_ids: Vec<&str> = commands.iter().map(|w| w.command_id.as_str()).collect();
     let request_hashes: Vec<&[u8]> = commands.iter().map(|w| w.request_hash.as_slice()).collect();
     let results: Vec<String> = commands.iter().map(|w| w.result.to_string()).collect();
     let sql = format!(
         "WITH inserted AS ({INSERT_EVENTS}), \
-         streamed AS (INSERT INTO streams (stream_id, partition, version, snapshot_version, state) \
-           SELECT s, p, v, sv, st \
-           FROM UNNEST($15::text[], $16::smallint[], $17::bigint[], $18::bigint[], $19::text[]) AS y(s, p, v, sv, st) \
-           ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-             snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
-             state = COALESCE(excluded.state, streams.state)), \
+         streamed AS (INSERT INTO streams (stream_id, partition, version) \
+           SELECT s, p, v FROM UNNEST($15::text[], $16::smallint[], $17::bigint[]) AS y(s, p, v) \
+           ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version), \
+         snapped AS ({}), \
          recorded AS (INSERT INTO commands (tenant_id, command_id, request_hash, result) \
-           SELECT t, c, h, r::jsonb FROM UNNEST($20::uuid[], $21::text[], $22::bytea[], $23::text[]) AS z(t, c, h, r)) \
-         SELECT pg_notify($24, $25) WHERE $25::text IS NOT NULL"
+           SELECT t, c, h, r::jsonb FROM UNNEST($21::uuid[], $22::text[], $23::bytea[], $24::text[]) AS z(t, c, h, r)) \
+         SELECT pg_notify($25, $26) WHERE $26::text IS NOT NULL",
+        upsert_snapshots(18)
     );
-    columns
+    let query = columns
         .bind(sqlx::query(&sql))
         .bind(&stream_ids)
         .bind(&stream_partitions)
-        .bind(&versions)
-        .bind(&snapshot_versions)
-        .bind(&states)
+        .bind(&versions);
+    snapshots
+        .bind(query)
         .bind(&tenants)
         .bind(&command_ids)
         .bind(&request_hashes)
@@ -373,6 +363,71 @@ pub(crate) async fn write_batch(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The statement that stores snapshots, each unless its stream has a later
+/// one stored: a snapshot written after its batch (the appender's snapshot
+/// writer) may land after a later one, and must not replace it. Parameters
+/// from `$first`: stream ids, versions, states (see [`SnapshotColumns`]).
+fn upsert_snapshots(first: usize) -> String {
+    let (ids, versions, states) = (first, first + 1, first + 2);
+    format!(
+        "INSERT INTO snapshots (stream_id, version, state) \
+         SELECT s, v, st FROM UNNEST(${ids}::text[], ${versions}::bigint[], ${states}::text[]) AS x(s, v, st) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state \
+         WHERE snapshots.version < excluded.version"
+    )
+}
+
+/// Writes snapshots on their own, outside any batch: the appender's
+/// snapshot writer.
+pub(crate) async fn write_snapshots(
+    conn: &mut PgConnection,
+    snapshots: &[SnapshotWrite],
+) -> Result<(), StoreError> {
+    let columns = SnapshotColumns {
+        stream_ids: snapshots.iter().map(|s| s.stream_id.as_str()).collect(),
+        versions: snapshots.iter().map(|s| s.version).collect(),
+        states: snapshots.iter().map(|s| s.state.as_str()).collect(),
+    };
+    let sql = upsert_snapshots(1);
+    columns.bind(sqlx::query(&sql)).execute(conn).await?;
+    Ok(())
+}
+
+/// Snapshots as the arrays [`upsert_snapshots`] takes.
+struct SnapshotColumns<'a> {
+    stream_ids: Vec<&'a str>,
+    versions: Vec<i64>,
+    states: Vec<&'a str>,
+}
+
+impl<'a> SnapshotColumns<'a> {
+    fn new(writes: &'a [StreamWrite]) -> Self {
+        let mut columns = SnapshotColumns {
+            stream_ids: Vec::new(),
+            versions: Vec::new(),
+            states: Vec::new(),
+        };
+        for write in writes {
+            if let Some((version, state)) = &write.snapshot {
+                columns.stream_ids.push(&write.stream_id);
+                columns.versions.push(*version);
+                columns.states.push(state);
+            }
+        }
+        columns
+    }
+
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.stream_ids)
+            .bind(&self.versions)
+            .bind(&self.states)
+    }
 }
 
 /// The partition head and the versions of `stream_ids`, in one round trip.
@@ -415,29 +470,19 @@ pub(crate) async fn upsert_streams(
     let ids: Vec<&str> = writes.iter().map(|w| w.stream_id.as_str()).collect();
     let partitions: Vec<i16> = writes.iter().map(|w| w.partition).collect();
     let versions: Vec<i64> = writes.iter().map(|w| w.version).collect();
-    let snapshot_versions: Vec<Option<i64>> = writes
-        .iter()
-        .map(|w| w.snapshot.as_ref().map(|s| s.0))
-        .collect();
-    let states: Vec<Option<&str>> = writes
-        .iter()
-        .map(|w| w.snapshot.as_ref().map(|s| s.1.as_str()))
-        .collect();
-    sqlx::query(
-        "INSERT INTO streams (stream_id, partition, version, snapshot_version, state) \
-         SELECT s, p, v, sv, st FROM UNNEST($1::text[], $2::smallint[], $3::bigint[], $4::bigint[], $5::text[]) \
-           AS x(s, p, v, sv, st) \
-         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-           snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
-           state = COALESCE(excluded.state, streams.state)",
-    )
-    .bind(&ids)
-    .bind(&partitions)
-    .bind(&versions)
-    .bind(&snapshot_versions)
-    .bind(&states)
-    .execute(conn)
-    .await?;
+    let snapshots = SnapshotColumns::new(writes);
+    let sql = format!(
+        "WITH streamed AS (INSERT INTO streams (stream_id, partition, version) \
+           SELECT s, p, v FROM UNNEST($1::text[], $2::smallint[], $3::bigint[]) AS y(s, p, v) \
+           ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version) \
+         {}",
+        upsert_snapshots(4)
+    );
+    let query = sqlx::query(&sql)
+        .bind(&ids)
+        .bind(&partitions)
+        .bind(&versions);
+    snapshots.bind(query).execute(conn).await?;
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 //! sqlx's SQLite worker thread.
 
 use super::{
-    hash_from, stored_timestamp, CommandWrite, LoadedStream, RecordedCommands, StoreError,
-    StreamWrite,
+    hash_from, stored_timestamp, CommandWrite, LoadedStream, RecordedCommands, SnapshotWrite,
+    StoreError, StreamWrite,
 };
 use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent, Timestamp};
 use sqlx::sqlite::SqliteRow;
@@ -237,17 +237,14 @@ pub(crate) async fn load_stream(
     let mut snapshot = None;
     let mut from_version = after_version.unwrap_or(0);
     if after_version.is_none() {
-        let row = sqlx::query("SELECT snapshot_version, state FROM streams WHERE stream_id = ?")
-            .bind(stream_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(row) = row {
-            let version: Option<i64> = row.try_get("snapshot_version")?;
-            let state: Option<String> = row.try_get("state")?;
-            if let (Some(version), Some(state)) = (version, state) {
-                from_version = version;
-                snapshot = Some((version, json_from(&state, "stream state")?));
-            }
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, state FROM snapshots WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((version, state)) = row {
+            from_version = version;
+            snapshot = Some((version, json_from(&state, "stream state")?));
         }
     }
     let events = read_stream(conn, stream_id, from_version, i64::MAX).await?;
@@ -366,20 +363,54 @@ pub(crate) async fn upsert_streams(
 
 fn push_upsert_streams<'a>(query: &mut QueryBuilder<'a, Sqlite>, writes: &'a [StreamWrite]) {
     for chunk in writes.chunks(ROWS_PER_STATEMENT) {
-        query.push("INSERT INTO streams (stream_id, partition, version, snapshot_version, state) ");
+        query.push("INSERT INTO streams (stream_id, partition, version) ");
         query.push_values(chunk, |mut row, write| {
             row.push_bind(write.stream_id.as_str())
                 .push_bind(write.partition)
-                .push_bind(write.version)
-                .push_bind(write.snapshot.as_ref().map(|s| s.0))
-                .push_bind(write.snapshot.as_ref().map(|s| s.1.as_str()));
+                .push_bind(write.version);
+        });
+        query.push(" ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version;\n");
+    }
+    let snapshots: Vec<(&str, i64, &str)> = writes
+        .iter()
+        .filter_map(|w| {
+            let (version, state) = w.snapshot.as_ref()?;
+            Some((w.stream_id.as_str(), *version, state.as_str()))
+        })
+        .collect();
+    push_upsert_snapshots(query, &snapshots);
+}
+
+/// Snapshots (stream id, version, state), each unless a later one of its
+/// stream is stored (as on PostgreSQL).
+fn push_upsert_snapshots<'a>(
+    query: &mut QueryBuilder<'a, Sqlite>,
+    snapshots: &[(&'a str, i64, &'a str)],
+) {
+    for chunk in snapshots.chunks(ROWS_PER_STATEMENT) {
+        query.push("INSERT INTO snapshots (stream_id, version, state) ");
+        query.push_values(chunk, |mut row, &(stream_id, version, state)| {
+            row.push_bind(stream_id).push_bind(version).push_bind(state);
         });
         query.push(
-            " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-             snapshot_version = COALESCE(excluded.snapshot_version, streams.snapshot_version), \
-             state = COALESCE(excluded.state, streams.state);\n",
+            " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = excluded.state \
+             WHERE snapshots.version < excluded.version;\n",
         );
     }
+}
+
+/// Snapshots written on their own, outside any batch.
+pub(crate) async fn write_snapshots(
+    conn: &mut SqliteConnection,
+    snapshots: &[SnapshotWrite],
+) -> Result<(), StoreError> {
+    let rows: Vec<(&str, i64, &str)> = snapshots
+        .iter()
+        .map(|s| (s.stream_id.as_str(), s.version, s.state.as_str()))
+        .collect();
+    let mut query = QueryBuilder::new("");
+    push_upsert_snapshots(&mut query, &rows);
+    execute_statements(conn, query).await
 }
 
 fn push_insert_commands<'a>(
