@@ -550,7 +550,9 @@ impl Store {
                 let mut conn = pool.acquire().await?;
                 postgres::write_snapshots(&mut conn, snapshots).await?;
                 if retire {
-                    conn.close().await?;
+                    // Written either way; a failed close only leaves the
+                    // pool to notice the connection is gone.
+                    let _ = conn.close().await;
                 }
             }
             Store::Sqlite(pool, _) => {
