@@ -1103,15 +1103,12 @@ impl Worker {
         stream_writes: &[StreamWrite],
         deferred: Vec<SnapshotWrite>,
     ) -> usize {
-        let mut in_batch = 0;
-        for snapshot in stream_writes.iter().filter_map(|w| w.snapshot.as_ref()) {
-            in_batch += snapshot.1.len();
-        }
-        let sizes = stream_writes
+        let in_batch: Vec<usize> = stream_writes
             .iter()
             .filter_map(|w| Some(w.snapshot.as_ref()?.1.len()))
-            .chain(deferred.iter().map(|s| s.state.len()));
-        for bytes in sizes {
+            .collect();
+        let deferred_sizes = deferred.iter().map(|s| s.state.len());
+        for bytes in in_batch.iter().copied().chain(deferred_sizes) {
             self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .snapshot_bytes
@@ -1120,7 +1117,7 @@ impl Worker {
         if let Some(writer) = &self.snapshot_writer {
             writer.hand_over(deferred, &self.stats);
         }
-        in_batch
+        in_batch.iter().sum()
     }
 
     /// The size from which a snapshot goes to the snapshot writer.
