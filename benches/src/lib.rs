@@ -19,6 +19,16 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Removes what `fresh_store` created.
 pub type Cleanup = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
+/// Refuses a store URL that is not on this machine (loopback PostgreSQL or
+/// an SQLite file): benchmarks only ever load loopback services.
+pub fn ensure_loopback_store(url: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        url.contains("127.0.0.1") || url.contains("localhost") || url.starts_with("sqlite:"),
+        "loopback only: {url} is neither 127.0.0.1, localhost nor sqlite:"
+    );
+    Ok(())
+}
+
 /// A migrated store of its own for one benchmark run: on PostgreSQL a new
 /// database on the server `url` names (dropped by the cleanup), for
 /// `sqlite:PATH` a new file beside `PATH` (deleted by the cleanup).

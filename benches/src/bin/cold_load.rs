@@ -42,12 +42,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        args.database_url.contains("127.0.0.1")
-            || args.database_url.contains("localhost")
-            || args.database_url.starts_with("sqlite:"),
-        "loopback only"
-    );
+    seatledger_benches::ensure_loopback_store(&args.database_url)?;
     anyhow::ensure!(
         args.leases.iter().all(|&n| (1..=100_000).contains(&n)),
         "--leases: 1 to 100,000"
