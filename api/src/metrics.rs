@@ -229,6 +229,11 @@ impl Metrics {
                 appender.stream_loads.load(Ordering::Relaxed),
             ),
             (
+                "seatledger_appender_streams_warmed_total",
+                "Streams the appender loaded into its cache at start, before the server listened, because their first load would have held the partition lock long.",
+                appender.streams_warmed.load(Ordering::Relaxed),
+            ),
+            (
                 "seatledger_appender_cache_evictions_total",
                 "Streams evicted from the appender's cache of states to make room.",
                 appender.cache_evictions.load(Ordering::Relaxed),

@@ -100,6 +100,10 @@ impl Server {
             notifier.clone(),
             AppenderConfig::default(),
         );
+        // Before listening: the appender loads the streams whose first
+        // load would hold the partition lock long (a license of many live
+        // leases), so no request waits for that after a start.
+        appender.warmed().await;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let (shutdown, followers_shutdown) = watch::channel(false);
         let (hot, hot_follower) = match &args.redis_url {

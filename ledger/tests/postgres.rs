@@ -684,6 +684,50 @@ async fn a_burst_commits_in_batches_without_failures_on_sqlite() {
     burst_commits_in_batches_without_failures(&sqlite_store(&dir).await).await;
 }
 
+/// A start warms the streams that are costly to load (here a license
+/// of 12,000 leases whose events mostly follow its snapshot) before its
+/// first batch: the first command on it loads nothing under the partition
+/// lock, only what another appender wrote since the warm-up is read, and a
+/// small stream is left to its first command. `second` is the new
+/// appender's store (another replica's pool on PostgreSQL).
+async fn a_start_warms_what_is_costly_to_load(first: &Store, second: &Store) {
+    const LEASES: usize = 12_000;
+    let (writer, _) = start_default(first);
+    let (large, small) = (Uuid::now_v7(), Uuid::now_v7());
+    submit(&writer, issue(large, 20_000)).await;
+    submit(&writer, issue(small, 10)).await;
+    submit_all(&writer, (0..LEASES).map(|m| acquire(large, m)).collect()).await;
+    submit(&writer, acquire(small, 0)).await;
+
+    let (fresh, _) = start_default(second);
+    fresh.warmed().await;
+    let stats = fresh.stats();
+    assert_eq!(stats.streams_warmed.load(Ordering::Relaxed), 1);
+    // Written by the other appender after the warm-up: read at the first
+    // command, on top of the warmed state.
+    submit(&writer, acquire(large, LEASES)).await;
+    let granted = submit(&fresh, acquire(large, LEASES + 1)).await;
+    assert_eq!(granted.license.unwrap().seats_used, LEASES as u32 + 2);
+    assert_eq!(stats.stream_loads.load(Ordering::Relaxed), 0);
+    let granted = submit(&fresh, acquire(small, 1)).await;
+    assert_eq!(granted.license.unwrap().seats_used, 2);
+    assert_eq!(stats.stream_loads.load(Ordering::Relaxed), 1);
+    assert_chain_verifies(first).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_start_warms_what_is_costly_to_load_on_postgres(pool: sqlx::PgPool) {
+    let first = migrated(pool.clone()).await;
+    a_start_warms_what_is_costly_to_load(&first, &second_pg_store(&pool).await).await;
+}
+
+#[tokio::test]
+async fn a_start_warms_what_is_costly_to_load_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    a_start_warms_what_is_costly_to_load(&store, &store).await;
+}
+
 /// `read_range` returns exactly `after < position <= through`, capped at
 /// the head, and nothing for an empty or inverted range.
 async fn read_range_is_bounded_on_both_sides(store: &Store) {

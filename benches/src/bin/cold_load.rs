@@ -11,14 +11,17 @@
 //! ```
 //! For each value: a fresh database, one license holding that many live
 //! leases (filled straight through the appender, 256 in flight), then the
-//! appender stopped and a new one started on a new connection pool; it
-//! gets a heartbeat on the large license and, right behind it, an acquire
-//! on a small license. Reports both latencies, then the same two commands
-//! again (warm), and how many events followed the license's last snapshot.
+//! appender stopped and a new one started on a new connection pool, once
+//! without and once with its warm-up (`AppenderConfig::warm_from_entries`);
+//! each gets a heartbeat on the large license and, right behind it, an
+//! acquire on a small license. Reports how long the start took until the
+//! appender took commands, both latencies, then the same two commands
+//! again, and how many events followed the license's last snapshot.
 //! Loopback only; each run stops by itself.
 
 use clap::Parser;
 use seatledger_benches::fresh_store;
+use seatledger_ledger::appender::WARM_FROM_ENTRIES;
 use seatledger_ledger::domain::{
     Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatActor, SeatCount,
 };
@@ -47,51 +50,65 @@ async fn main() -> anyhow::Result<()> {
         args.leases.iter().all(|&n| (1..=100_000).contains(&n)),
         "--leases: 1 to 100,000"
     );
-    println!("| live leases | events after its snapshot | cold: heartbeat on the large license ms | cold: acquire on another license behind it ms | warm: heartbeat ms | warm: acquire ms |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| live leases | events after its snapshot | warm-up at start | start until the appender takes commands ms | first: heartbeat on the large license ms | first: acquire on another license behind it ms | then: heartbeat ms | then: acquire ms |");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
     for &leases in &args.leases {
         let (store, cleanup) = fresh_store(&args.database_url).await?;
         let result = run(&store, &args.database_url, leases).await;
         drop(store);
         cleanup.await?;
-        let row = result?;
-        println!(
-            "| {leases} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            row.tail,
-            ms(row.cold.0),
-            ms(row.cold.1),
-            ms(row.warm.0),
-            ms(row.warm.1)
-        );
+        for row in result? {
+            println!(
+                "| {leases} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                row.tail,
+                if row.warm_up { "on" } else { "off" },
+                ms(row.start),
+                ms(row.first.0),
+                ms(row.first.1),
+                ms(row.then.0),
+                ms(row.then.1)
+            );
+        }
     }
     Ok(())
 }
 
 struct Row {
     tail: i64,
-    cold: (Duration, Duration),
-    warm: (Duration, Duration),
+    warm_up: bool,
+    /// From the appender's start until it takes commands (its warm-up).
+    start: Duration,
+    first: (Duration, Duration),
+    then: (Duration, Duration),
 }
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn start(store: &Store, key: &Arc<SigningKey>) -> (Appender, tokio::task::JoinHandle<()>) {
+fn start(
+    store: &Store,
+    key: &Arc<SigningKey>,
+    warm_up: bool,
+) -> (Appender, tokio::task::JoinHandle<()>) {
+    let config = AppenderConfig {
+        warm_from_entries: if warm_up { WARM_FROM_ENTRIES } else { i64::MAX },
+        ..AppenderConfig::default()
+    };
     Appender::start(
         store.clone(),
         key.clone(),
         Arc::new(SystemClock),
         CommitNotifier::default(),
-        AppenderConfig::default(),
+        config,
     )
 }
 
-async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Row> {
+async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Vec<Row>> {
     let key = Arc::new(SigningKey::generate()?);
     let tenant = Uuid::now_v7();
     let (large, small) = (Uuid::now_v7(), Uuid::now_v7());
-    let (appender, task) = start(store, &key);
+    let (appender, task) = start(store, &key, true);
     for (license_id, seats) in [(large, 100_000), (small, 10)] {
         let issue = Command::IssueLicense {
             license_id,
@@ -142,27 +159,43 @@ async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Row> {
         .ok_or_else(|| anyhow::anyhow!("{stream_id} has no streams row"))?;
     let tail = version - snapshot.unwrap_or(0);
 
-    // A new process's view: a new pool, an appender with an empty cache.
-    let cold_store = if url.starts_with("sqlite:") {
-        store.clone()
-    } else {
-        let Some(pool) = store.pg_pool() else {
-            anyhow::bail!("a PostgreSQL URL without a PostgreSQL store");
-        };
-        Store::from_pg_pool(sqlx::PgPool::connect_with((*pool.connect_options()).clone()).await?)
-    };
-    let (appender, task) = start(&cold_store, &key);
     let on = Licenses {
         tenant,
         large,
         held,
         small,
     };
-    let cold = on.pair(&appender, 1).await?;
-    let warm = on.pair(&appender, 2).await?;
-    drop(appender);
-    task.await?;
-    Ok(Row { tail, cold, warm })
+    let mut rows = Vec::new();
+    // Without, then with the warm-up: the two commands of each start add
+    // nothing a later load would notice (one heartbeat, one lease).
+    for (machine, warm_up) in [(1, false), (3, true)] {
+        // A new process's view: a new pool, an appender with an empty cache.
+        let cold_store = if url.starts_with("sqlite:") {
+            store.clone()
+        } else {
+            let Some(pool) = store.pg_pool() else {
+                anyhow::bail!("a PostgreSQL URL without a PostgreSQL store");
+            };
+            let options = (*pool.connect_options()).clone();
+            Store::from_pg_pool(sqlx::PgPool::connect_with(options).await?)
+        };
+        let started = Instant::now();
+        let (appender, task) = start(&cold_store, &key, warm_up);
+        appender.warmed().await;
+        let start = started.elapsed();
+        let first = on.pair(&appender, machine).await?;
+        let then = on.pair(&appender, machine + 1).await?;
+        drop(appender);
+        task.await?;
+        rows.push(Row {
+            tail,
+            warm_up,
+            start,
+            first,
+            then,
+        });
+    }
+    Ok(rows)
 }
 
 /// The large license and one of its leases, and the small license.

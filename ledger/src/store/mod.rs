@@ -611,6 +611,42 @@ impl Store {
         }
     }
 
+    /// Streams of `partition` whose load would read about `min_entries` or
+    /// more (the events after its snapshot, plus the snapshot's entries at
+    /// ~200 bytes of JSON each), costliest first, at most `limit`, each
+    /// with its snapshot's version: what the appender warms at start.
+    pub async fn streams_costly_to_load(
+        &self,
+        partition: i16,
+        min_entries: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+        const SELECT: &str = "SELECT stream_id, snapshot_version FROM ( \
+               SELECT s.stream_id, p.version AS snapshot_version, \
+                 s.version - COALESCE(p.version, 0) + COALESCE(length(p.state), 0) / 200 AS cost \
+               FROM streams s LEFT JOIN snapshots p ON p.stream_id = s.stream_id \
+               WHERE s.partition = $1) AS c \
+             WHERE cost >= $2 ORDER BY cost DESC LIMIT $3";
+        Ok(match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(SELECT)
+                    .bind(partition)
+                    .bind(min_entries)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Store::Sqlite(pool, _) => {
+                sqlx::query_as(SELECT)
+                    .bind(partition)
+                    .bind(min_entries)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+        })
+    }
+
     /// A stream's current version and state, from its snapshot and the
     /// events after it (the read path; the appender keeps its own cache).
     pub async fn stream_state(
