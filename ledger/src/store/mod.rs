@@ -165,6 +165,18 @@ const POSTGRES_POOL_MAX: u32 = 16;
 const SQLITE_POOL_MAX: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `sqlx::query_as(sql)` with `binds`, fetched with `fetch` from the
+/// store's pool, on either backend: for SQL text both accept (`$N`
+/// parameters). Propagates the error with `?`.
+macro_rules! query_either {
+    ($store:expr, $sql:expr, $fetch:ident, $($bind:expr),+) => {
+        match $store {
+            Store::Postgres(pool) => sqlx::query_as($sql)$(.bind($bind))+.$fetch(pool).await?,
+            Store::Sqlite(pool, _) => sqlx::query_as($sql)$(.bind($bind))+.$fetch(pool).await?,
+        }
+    };
+}
+
 impl Store {
     /// Connects to `url`: `postgres://…`/`postgresql://…` for PostgreSQL,
     /// `sqlite:PATH` or a plain file path for SQLite (created if missing,
@@ -516,20 +528,8 @@ impl Store {
     ) -> Result<HashMap<String, (i64, Option<i64>)>, StoreError> {
         const SELECT: &str = "SELECT s.stream_id, s.version, p.version FROM streams s \
              LEFT JOIN snapshots p ON p.stream_id = s.stream_id WHERE s.partition = $1";
-        let rows: Vec<(String, i64, Option<i64>)> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(SELECT)
-                    .bind(partition)
-                    .fetch_all(pool)
-                    .await?
-            }
-            Store::Sqlite(pool, _) => {
-                sqlx::query_as(SELECT)
-                    .bind(partition)
-                    .fetch_all(pool)
-                    .await?
-            }
-        };
+        let rows: Vec<(String, i64, Option<i64>)> =
+            query_either!(self, SELECT, fetch_all, partition);
         Ok(rows
             .into_iter()
             .map(|(stream_id, version, snapshot)| (stream_id, (version, snapshot)))
@@ -587,20 +587,7 @@ impl Store {
     ) -> Result<Option<(i64, serde_json::Value)>, StoreError> {
         // Both stores keep a snapshot as the JSON text the appender wrote.
         const SQL: &str = "SELECT version, state FROM snapshots WHERE stream_id = $1";
-        let row: Option<(i64, String)> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(SQL)
-                    .bind(stream_id)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Store::Sqlite(pool, _) => {
-                sqlx::query_as(SQL)
-                    .bind(stream_id)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
+        let row: Option<(i64, String)> = query_either!(self, SQL, fetch_optional, stream_id);
         match row {
             Some((version, state)) => Ok(Some((
                 version,
@@ -627,24 +614,14 @@ impl Store {
                FROM streams s LEFT JOIN snapshots p ON p.stream_id = s.stream_id \
                WHERE s.partition = $1) AS c \
              WHERE cost >= $2 ORDER BY cost DESC LIMIT $3";
-        Ok(match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(SELECT)
-                    .bind(partition)
-                    .bind(min_entries)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?
-            }
-            Store::Sqlite(pool, _) => {
-                sqlx::query_as(SELECT)
-                    .bind(partition)
-                    .bind(min_entries)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?
-            }
-        })
+        Ok(query_either!(
+            self,
+            SELECT,
+            fetch_all,
+            partition,
+            min_entries,
+            limit
+        ))
     }
 
     /// A stream's current version and state, from its snapshot and the
