@@ -274,3 +274,156 @@ async fn a_key_left_in_the_database_works_until_it_is_exported(pool: sqlx::PgPoo
     assert_ne!(listed(&keys, "token", "active"), vec![legacy_key.key_id()]);
     app.stop().await;
 }
+
+/// Runs `openssl` with `args`, panicking with its stderr when it fails.
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed (scripts/test installs it)");
+    assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    output.stdout
+}
+
+/// The raw public key of the private key file at `path`, as openssl reads it
+/// (the last 32 bytes of its SubjectPublicKeyInfo).
+fn openssl_public_key(path: &std::path::Path) -> Vec<u8> {
+    let der = openssl(&[
+        "pkey",
+        "-in",
+        path.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+    ]);
+    der[der.len() - 32..].to_vec()
+}
+
+/// Key files as the standard tools write them: `openssl genpkey` (PKCS#8
+/// v1, PEM), its DER form, and a v2 document in PEM are all accepted for
+/// the ledger key, the token key, a retired key and `admin public-key`,
+/// and `/api/v1/keys` lists the public keys openssl derives from them. A
+/// file that is no key names the accepted forms.
+#[sqlx::test(migrations = false)]
+async fn key_files_made_by_openssl_are_accepted(pool: sqlx::PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let text = |name: &str| path(name).to_str().unwrap().to_owned();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        &text("ledger.pem"),
+    ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-outform",
+        "DER",
+        "-out",
+        &text("token.der"),
+    ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        &text("retired.pem"),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        &text("retired.pem"),
+        "-outform",
+        "DER",
+        "-out",
+        &text("retired.der"),
+    ]);
+    // PKCS#8 v2 (RFC 5958, with the public key) in PEM.
+    let v2 = SigningKey::generate_pkcs8().unwrap();
+    let body = base64::engine::general_purpose::STANDARD.encode(&v2);
+    let (first, rest) = body.split_at(64);
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{first}\n{rest}\n-----END PRIVATE KEY-----\n");
+    std::fs::write(path("retired-v2.pem"), pem).unwrap();
+    let v2_public = SigningKey::from_pkcs8(&v2).unwrap().public_key().to_vec();
+    let der_text = String::from_utf8(openssl(&[
+        "pkey",
+        "-in",
+        &text("token.der"),
+        "-inform",
+        "DER",
+    ]))
+    .unwrap();
+    assert!(der_text.starts_with("-----BEGIN PRIVATE KEY-----"));
+
+    let app = TestApp::postgres_with_keys(
+        pool,
+        KeyArgs {
+            signing_key: Some(path("ledger.pem")),
+            token_signing_key: Some(path("token.der")),
+            retired_signing_keys: vec![path("retired.der")],
+            retired_token_keys: vec![path("retired-v2.pem")],
+        },
+    )
+    .await;
+    let keys = app.send("GET", "/api/v1/keys", None, None).await.body;
+    let public_of = |purpose: &str, status: &str| -> Vec<Vec<u8>> {
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|key| key["purpose"] == purpose && key["status"] == status)
+            .map(|key| {
+                URL_SAFE_NO_PAD
+                    .decode(key["public_key"].as_str().unwrap())
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(
+        public_of("ledger", "active"),
+        vec![openssl_public_key(&path("ledger.pem"))]
+    );
+    assert_eq!(
+        public_of("token", "active"),
+        vec![openssl_public_key(&path("token.der"))]
+    );
+    assert_eq!(
+        public_of("ledger", "retired"),
+        vec![openssl_public_key(&path("retired.pem"))]
+    );
+    assert_eq!(public_of("token", "retired"), vec![v2_public]);
+    let ledger_id = seatledger_schema::key_id_of(&openssl_public_key(&path("ledger.pem")));
+    assert_eq!(listed(&keys, "ledger", "active"), vec![ledger_id.as_str()]);
+    // Seat tokens are signed with the openssl-made token key.
+    let org = app.register("openssl@example.com").await;
+    let (_, key) = app.issue(&org, json!({"name": "IDE", "seats": 1})).await;
+    let seat = app.acquire(&org, &key, "laptop").await;
+    client_accepts(&keys, &seat.body["signed_license"], app.clock_now()).unwrap();
+    app.stop().await;
+
+    for file in ["ledger.pem", "token.der", "retired-v2.pem"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_seatledger"))
+            .args(["admin", "public-key", "--key", &text(file)])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{file}: {output:?}");
+        let expected = SigningKey::from_pkcs8(&std::fs::read(path(file)).unwrap()).unwrap();
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap().trim(),
+            seatledger_schema::pinned_key_text(expected.public_key())
+        );
+    }
+    std::fs::write(path("garbage.pem"), "-----BEGIN PRIVATE KEY-----\nnope\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_seatledger"))
+        .args(["admin", "public-key", "--key", &text("garbage.pem")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for form in ["PKCS#8 v1", "v2", "DER", "PEM"] {
+        assert!(stderr.contains(form), "{form}: {stderr}");
+    }
+}

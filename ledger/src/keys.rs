@@ -1,10 +1,15 @@
 //! An Ed25519 signing key: the ledger key signs checkpoints, and the API
-//! holds another for seat tokens. Loaded from a PKCS#8 file (generated
-//! there on first start), never from the database it signs (issue 15).
+//! holds another for seat tokens. Loaded from a key file (generated there
+//! on first start), never from the database it signs. A key file is an
+//! Ed25519 private key as PKCS#8 v1 (RFC 5208, what `openssl genpkey
+//! -algorithm ed25519` and most libraries write) or v2 (RFC 5958, with the
+//! public key; what seatledger writes), in DER or PEM.
 //! The private key is never logged: `Debug` shows only the key id.
 //!
-//! ring parses and checks the PKCS#8 document (and generates new ones);
-//! ed25519-dalek signs. Ed25519 signatures are deterministic, so both give
+//! ed25519-dalek decodes every accepted form; the key is then held as the
+//! one canonical v2 DER document ring generates, which ring checks (its
+//! public key must be the private key's), so that a key reads the same
+//! whatever form its file has; ed25519-dalek signs. Ed25519 signatures are deterministic, so both give
 //! the same bytes (a property test holds them to it); dalek's signing was
 //! 17.4 µs against ring's 23.8 µs here, and the API signs a seat token for
 //! every acquire and heartbeat answer (a fifth of the server's CPU under
@@ -19,7 +24,7 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("the signing key is not a valid Ed25519 PKCS#8 document")]
+    #[error("the signing key is not an Ed25519 private key in an accepted form: PKCS#8 v1 (RFC 5208, as `openssl genpkey -algorithm ed25519` writes it) or v2 (RFC 5958), DER or PEM (\"-----BEGIN PRIVATE KEY-----\")")]
     InvalidKey,
     #[error("cannot generate a signing key")]
     Generate,
@@ -62,18 +67,18 @@ impl SigningKey {
         SigningKey::from_pkcs8(&SigningKey::generate_pkcs8()?)
     }
 
+    /// The key in `document`: PKCS#8 v1 or v2, DER or PEM.
     pub fn from_pkcs8(document: &[u8]) -> Result<SigningKey, KeyError> {
-        use ed25519_dalek::pkcs8::DecodePrivateKey;
-        let pair = Ed25519KeyPair::from_pkcs8(document).map_err(|_| KeyError::InvalidKey)?;
-        let signer = ed25519_dalek::SigningKey::from_pkcs8_der(document)
-            .map_err(|_| KeyError::InvalidKey)?;
+        let signer = decode_private_key(document)?;
+        let document = canonical_pkcs8(&signer);
+        let pair = Ed25519KeyPair::from_pkcs8(&document).map_err(|_| KeyError::InvalidKey)?;
         if signer.verifying_key().as_bytes() != pair.public_key().as_ref() {
             return Err(KeyError::InvalidKey);
         }
         let key_id = key_id_of(pair.public_key().as_ref());
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         context.update(b"seatledger derivation key v1\0");
-        context.update(document);
+        context.update(&document);
         let derivation = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, context.finish().as_ref());
         Ok(SigningKey {
             pair,
@@ -160,6 +165,38 @@ impl SigningKey {
     }
 }
 
+/// An Ed25519 private key from PKCS#8 v1 or v2, DER or PEM. A v2
+/// document's public key must be its private key's.
+fn decode_private_key(document: &[u8]) -> Result<ed25519_dalek::SigningKey, KeyError> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let pem = std::str::from_utf8(document)
+        .ok()
+        .map(str::trim)
+        .filter(|text| text.starts_with("-----BEGIN"));
+    match pem {
+        Some(text) => ed25519_dalek::SigningKey::from_pkcs8_pem(text),
+        None => ed25519_dalek::SigningKey::from_pkcs8_der(document),
+    }
+    .map_err(|_| KeyError::InvalidKey)
+}
+
+/// The PKCS#8 v2 DER document ring generates for this key (RFC 5958
+/// `OneAsymmetricKey`, the public key as `[1] IMPLICIT BIT STRING`), byte
+/// for byte.
+fn canonical_pkcs8(key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    const BEFORE_SEED: [u8; 16] = [
+        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    const BEFORE_PUBLIC: [u8; 3] = [0x81, 0x21, 0x00];
+    let mut document = Vec::with_capacity(83);
+    document.extend_from_slice(&BEFORE_SEED);
+    document.extend_from_slice(key.as_bytes());
+    document.extend_from_slice(&BEFORE_PUBLIC);
+    document.extend_from_slice(key.verifying_key().as_bytes());
+    document
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -242,6 +279,15 @@ mod tests {
             SigningKey::from_pkcs8(b"not a key"),
             Err(KeyError::InvalidKey)
         ));
+    }
+
+    #[test]
+    fn generated_documents_are_the_canonical_form() {
+        for _ in 0..16 {
+            let document = SigningKey::generate_pkcs8().unwrap();
+            let signer = decode_private_key(&document).unwrap();
+            assert_eq!(canonical_pkcs8(&signer), document);
+        }
     }
 
     #[test]

@@ -112,6 +112,7 @@ ensure_services() {
   ensure_binary redis-server redis-server
   ensure_binary nats-server nats-server
   ensure_binary curl curl # the README walk-through test pastes it into bash
+  ensure_binary openssl openssl # the key tests make key files with the standard tool
   ensure_binary psql postgresql-client # the contract run creates its database
   case "${SEATLEDGER_TEST_REDIS_URL:-redis://127.0.0.1:6379}" in *127.0.0.1:6379*|*localhost:6379*) ensure_redis ;; esac
   case "${SEATLEDGER_TEST_NATS_URL:-nats://127.0.0.1:4222}" in *127.0.0.1:4222*|*localhost:4222*) ensure_nats ;; esac
