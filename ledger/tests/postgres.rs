@@ -1311,3 +1311,57 @@ async fn each_stream_is_loaded_once_then_served_from_the_cache_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     each_stream_is_loaded_once_then_served_from_the_cache(&sqlite_store(&dir).await).await;
 }
+
+/// Records every event's target, level and fields, for tests that assert
+/// on what is logged.
+#[derive(Clone, Default)]
+struct Recorded(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorded {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        let metadata = event.metadata();
+        self.0.lock().unwrap().push(format!(
+            "{} {}{}",
+            metadata.level(),
+            metadata.target(),
+            fields.0
+        ));
+    }
+}
+
+/// Starting again on a migrated database logs no PostgreSQL notice (the
+/// migrator's "relation \"_sqlx_migrations\" already exists, skipping"),
+/// and the migrating connection goes back to the pool hearing notices
+/// again.
+#[sqlx::test(migrations = false)]
+async fn migrating_again_logs_no_expected_notice(pool: sqlx::PgPool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let recorded = Recorded::default();
+    let subscriber = tracing_subscriber::registry().with(recorded.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let store = Store::from_pg_pool(pool.clone());
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let notices: Vec<String> = recorded
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains("sqlx::postgres::notice"))
+        .cloned()
+        .collect();
+    assert_eq!(notices, Vec::<String>::new());
+    let level: String = sqlx::query_scalar("SHOW client_min_messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(level, "notice");
+}

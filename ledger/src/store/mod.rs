@@ -346,9 +346,24 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pool) => {
-                sqlx::migrate!("../schema/migrations/postgres")
-                    .run(pool)
-                    .await?
+                // The migrator's `CREATE TABLE IF NOT EXISTS` raises a
+                // notice on every start but the first ("already exists,
+                // skipping"), which sqlx logs at INFO: expected, so the
+                // migrating session hears warnings and worse only.
+                let mut connection = pool.acquire().await?;
+                sqlx::query("SET client_min_messages TO warning")
+                    .execute(&mut *connection)
+                    .await?;
+                let migrated = sqlx::migrate!("../schema/migrations/postgres")
+                    .run(&mut *connection)
+                    .await;
+                let reset = sqlx::query("RESET client_min_messages")
+                    .execute(&mut *connection)
+                    .await;
+                if reset.is_err() {
+                    connection.close_on_drop();
+                }
+                migrated?
             }
             Store::Sqlite(pool, _) => {
                 sqlx::migrate!("../schema/migrations/sqlite")
