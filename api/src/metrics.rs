@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Heartbeats and releases whose session the session cache did not
     /// hold, so the log was asked which license it is on.
     pub session_log_lookups: AtomicU64,
+    /// Passwords checked against a stored hash by login (each one an
+    /// argon2 hash: what the login back-off bounds).
+    pub login_password_checks: AtomicU64,
     /// Long-polls of the events feed waiting for a commit now.
     pub feed_waiting: AtomicI64,
     pub hot_licenses: FollowerStatus,
@@ -277,6 +280,11 @@ impl Metrics {
                 "seatledger_reaper_failures_total",
                 "Reaper expiries that failed (retried next round).",
                 self.reaper.failures.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_login_password_checks_total",
+                "Passwords login checked against a stored hash (argon2), after the back-off let the attempt through.",
+                self.login_password_checks.load(Ordering::Relaxed),
             ),
             (
                 "seatledger_seats_granted_total",

@@ -173,6 +173,34 @@ async fn a_revocation_reaches_the_other_replica(pool: sqlx::PgPool) {
     b.stop().await;
 }
 
+/// Refreshing keeps the lifetime the token was issued with: a 60 s token
+/// becomes another 60 s token (twice over), not one of the server's 30 days.
+#[tokio::test]
+async fn a_refreshed_token_keeps_its_lifetime() {
+    let app = TestApp::embedded().await;
+    app.register("ada@example.com").await;
+    let short = login(&app, "ada@example.com", json!({"ttl_s": 60})).await;
+    let mut token = short.body["api_token"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        app.clock.advance_seconds(30);
+        let refreshed = app
+            .send("POST", "/api/v1/auth/refresh", Some(&token), None)
+            .await;
+        assert_eq!(refreshed.status, 200);
+        assert_eq!(
+            refreshed.body["expires_at"],
+            app.clock_now().plus_seconds(60).to_string()
+        );
+        token = refreshed.body["api_token"].as_str().unwrap().to_owned();
+    }
+    app.clock.advance_seconds(61);
+    assert_eq!(
+        status(&app, &token).await,
+        (401, Some("token_expired".into()))
+    );
+    app.stop().await;
+}
+
 /// Brute force: five wrong passwords are answered 401, the sixth 429 with
 /// Retry-After (even the right password must wait); once the delay has
 /// passed (manual clock) the right password works and clears the count.
@@ -211,6 +239,109 @@ async fn the_sixth_wrong_password_waits() {
         401,
         "cleared"
     );
+    app.stop().await;
+}
+
+/// `POST /api/v1/auth/login` for `email` with `password`, sent from the
+/// loopback address `from` (127.0.0.0/8 all reaches the server on Linux).
+async fn login_from(app: &TestApp, from: [u8; 4], email: &str, password: &str) -> common::Reply {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap();
+    let response = client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    TestApp::reply(response).await
+}
+
+/// 200 wrong guesses on one account sent at once from one address: the
+/// back-off counts each attempt before its password is hashed, so only
+/// the five free ones are checked (401), and every other one is 429
+/// without a hash (the counter of password checks says so).
+#[tokio::test]
+async fn simultaneous_guesses_are_hashed_at_most_five_times() {
+    let app = TestApp::embedded().await;
+    app.register("ada@example.com").await;
+    let checks_before = app.metric("seatledger_login_password_checks_total").await;
+    let replies = futures::future::join_all(
+        (0..200).map(|_| login_from(&app, [127, 0, 0, 1], "ada@example.com", "wrong password")),
+    )
+    .await;
+    let checks = app.metric("seatledger_login_password_checks_total").await - checks_before;
+    let answered = |status| {
+        replies
+            .iter()
+            .filter(|reply| reply.status == status)
+            .count()
+    };
+    assert_eq!(checks, 5, "password hashes checked");
+    assert_eq!((answered(401), answered(429)), (5, 195));
+    app.stop().await;
+}
+
+/// A guesser cannot lock the owner out. From another address, past the
+/// five free guesses, only the guesser waits; spread over eleven addresses
+/// (past the account-wide ceiling of fifty), a new address waits too, but
+/// the address the owner logged in from before still gets in.
+#[tokio::test]
+async fn a_guesser_elsewhere_does_not_lock_the_owner_out() {
+    let app = TestApp::embedded().await;
+    app.register("ada@example.com").await;
+    let owner = [127, 0, 0, 1];
+    let right = "correct horse battery";
+    assert_eq!(
+        login_from(&app, owner, "ada@example.com", right)
+            .await
+            .status,
+        200
+    );
+    for _ in 0..6 {
+        login_from(&app, [127, 0, 0, 2], "ada@example.com", "wrong password").await;
+    }
+    let guesser = login_from(&app, [127, 0, 0, 2], "ada@example.com", right).await;
+    assert_eq!(guesser.status, 429, "the guesser's address waits");
+    assert_eq!(
+        login_from(&app, owner, "ada@example.com", right)
+            .await
+            .status,
+        200
+    );
+
+    // Fifty more from ten other addresses: the account-wide ceiling (fifty,
+    // the five above included) stops the last five.
+    let shared = &app;
+    let statuses: Vec<u16> = futures::future::join_all((3..=12).map(|host| async move {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            let reply = login_from(
+                shared,
+                [127, 0, 0, host],
+                "ada@example.com",
+                "wrong password",
+            )
+            .await;
+            statuses.push(reply.status);
+        }
+        statuses
+    }))
+    .await
+    .concat();
+    let answered = |status| statuses.iter().filter(|s| **s == status).count();
+    assert_eq!((answered(401), answered(429)), (45, 5));
+    let new_address = login_from(&app, [127, 0, 0, 13], "ada@example.com", right).await;
+    assert_eq!(new_address.status, 429, "past the account-wide ceiling");
+    for _ in 0..3 {
+        let reply = login_from(&app, owner, "ada@example.com", right).await;
+        assert_eq!(
+            reply.status, 200,
+            "the owner's usual address: {:?}",
+            reply.body
+        );
+    }
     app.stop().await;
 }
 

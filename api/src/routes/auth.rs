@@ -177,11 +177,12 @@ pub(crate) async fn issue_token(
 ) -> Result<(String, Timestamp), ApiError> {
     let ttl = ttl.unwrap_or(state.token_ttl).min(state.token_ttl);
     let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    let expires_at = state.clock.now().plus_seconds(seconds);
+    let issued_at = state.clock.now();
+    let expires_at = issued_at.plus_seconds(seconds);
     let token = random_secret(TOKEN_PREFIX)?;
     state
         .directory
-        .insert_token(&secret_hash(&token), principal, expires_at)
+        .insert_token(&secret_hash(&token), principal, issued_at, expires_at)
         .await?;
     Ok((token, expires_at))
 }
@@ -334,7 +335,7 @@ pub struct LoginResponse {
     responses(
         (status = 200, body = LoginResponse),
         (status = 401, description = "`invalid_credentials`", body = ProblemDoc),
-        (status = 429, description = "`too_many_requests`: five wrong passwords for this account, then delays doubling from 1 s; or 120 attempts a minute from this address (Retry-After)", body = ProblemDoc),
+        (status = 429, description = "`too_many_requests`: five wrong passwords for this account from this address (or fifty from all addresses, for an address that has not logged in to it before), then delays doubling from 1 s; or 120 attempts a minute from this address (Retry-After)", body = ProblemDoc),
         (status = 422, description = "`invalid_request`", body = ProblemDoc)
     )
 )]
@@ -365,7 +366,7 @@ pub async fn login(
         |email| email.as_str().to_owned(),
     );
     let now = state.clock.now();
-    if let Err(seconds) = state.login_guard.check(&account, now) {
+    if let Err(seconds) = state.login_guard.begin(&account, peer, now) {
         return Err(ApiError::too_many_requests(
             seconds,
             format!("too many wrong passwords for this account: try again in {seconds} s"),
@@ -376,13 +377,17 @@ pub async fn login(
         None => None,
     };
     let stored = user.as_ref().map(|user| user.password_hash.clone());
-    if request.password.len() > PASSWORD_LEN_MAX * 4
-        || !verify_password(request.password, stored).await
-    {
-        state.login_guard.failed(&account, now);
+    if request.password.len() > PASSWORD_LEN_MAX * 4 {
         return Err(invalid());
     }
-    state.login_guard.succeeded(&account);
+    state
+        .metrics
+        .login_password_checks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !verify_password(request.password, stored).await {
+        return Err(invalid());
+    }
+    state.login_guard.succeeded(&account, peer, now);
     let user = user.ok_or_else(invalid)?;
     let ttl = match request.ttl_s {
         Some(seconds) if !(TOKEN_TTL_S_MIN..=TOKEN_TTL_S_MAX).contains(&seconds) => {
@@ -478,7 +483,9 @@ pub async fn logout_all(
 }
 
 /// Exchanges the calling (live) token for a new one with a fresh expiry,
-/// and revokes the old one.
+/// and revokes the old one. The new token lives as long as the old one was
+/// issued for (a 60 s token refreshes to another 60 s one), capped by the
+/// server's `--token-ttl-s`.
 #[utoipa::path(
     post,
     path = "/api/v1/auth/refresh",
@@ -491,7 +498,13 @@ pub async fn refresh(
     principal: Principal,
     Extension(token): Extension<CallingToken>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let (api_token, expires_at) = issue_token(&state, &principal, None).await?;
+    let lifetime = u64::try_from(token.expires_at.micros_since(token.issued_at))
+        .map(|micros| {
+            std::time::Duration::from_micros(micros)
+                .max(std::time::Duration::from_secs(TOKEN_TTL_S_MIN))
+        })
+        .ok();
+    let (api_token, expires_at) = issue_token(&state, &principal, lifetime).await?;
     revoke(&state, Revoke::Token(&token.hash), principal.user_id).await?;
     Ok(Json(LoginResponse {
         api_token,
