@@ -159,6 +159,7 @@ impl FromRequestParts<AppState> for Principal {
         };
         let TokenGrant {
             principal,
+            issued_at,
             expires_at,
             licenses,
         } = grant;
@@ -189,7 +190,11 @@ impl FromRequestParts<AppState> for Principal {
         }
         // The request's log line says whose request it was.
         tracing::Span::current().record("org_id", tracing::field::display(principal.org_id));
-        parts.extensions.insert(CallingToken { hash, expires_at });
+        parts.extensions.insert(CallingToken {
+            hash,
+            issued_at,
+            expires_at,
+        });
         parts.extensions.insert(TokenLicenses(licenses));
         Ok(principal)
     }
@@ -248,6 +253,7 @@ impl TokenLicenses {
 #[derive(Clone, Copy, Debug)]
 pub struct CallingToken {
     pub hash: [u8; 32],
+    pub issued_at: seatledger_schema::Timestamp,
     pub expires_at: seatledger_schema::Timestamp,
 }
 

@@ -98,6 +98,8 @@ pub struct Principal {
 #[derive(Clone, Debug)]
 pub struct TokenGrant {
     pub principal: Principal,
+    /// When the token was issued (its lifetime is `expires_at - issued_at`).
+    pub issued_at: Timestamp,
     pub expires_at: Timestamp,
     pub licenses: Option<std::sync::Arc<[Uuid]>>,
 }
@@ -299,6 +301,7 @@ impl Directory {
         &self,
         token_hash: &[u8; 32],
         principal: &Principal,
+        issued_at: Timestamp,
         expires_at: Timestamp,
     ) -> Result<(), DirectoryError> {
         with_write_pool!(&self.store, |pool| sqlx::query(
@@ -308,7 +311,7 @@ impl Directory {
         .bind(principal.user_id.to_string())
         .bind(principal.org_id.to_string())
         .bind(principal.role.as_str())
-        .bind(Timestamp::now().as_micros())
+        .bind(issued_at.as_micros())
         .bind(expires_at.as_micros())
         .execute(pool)
         .await
@@ -326,18 +329,20 @@ impl Directory {
             String,
             String,
             i64,
+            i64,
             Option<String>,
             Option<String>,
             Option<String>,
         );
         let row = with_pool!(&self.store, |pool| {
-            sqlx::query_as::<_, Row>("SELECT user_id, org_id, role, expires_at, token_id, scope, licenses FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+            sqlx::query_as::<_, Row>("SELECT user_id, org_id, role, created_at, expires_at, token_id, scope, licenses FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
                 .bind(token_hash.as_slice())
                 .fetch_optional(pool)
                 .await
                 .map_err(store_error)?
         });
-        let Some((user_id, org_id, role, expires_at, token_id, scope, licenses)) = row else {
+        let Some((user_id, org_id, role, issued_at, expires_at, token_id, scope, licenses)) = row
+        else {
             return Ok(None);
         };
         let client = match (token_id, scope.as_deref()) {
@@ -357,6 +362,7 @@ impl Directory {
         };
         Ok(Some(TokenGrant {
             principal,
+            issued_at: micros(issued_at)?,
             expires_at: micros(expires_at)?,
             licenses: licenses
                 .as_deref()
