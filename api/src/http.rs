@@ -136,7 +136,10 @@ pub async fn serve<S>(
         let mut stopped = stopped.clone();
         let open = open_rx.clone();
         tokio::spawn(async move {
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection(
+                TokioIo::new(crate::framing::GuardedIo::new(stream)),
+                service,
+            );
             tokio::pin!(connection);
             let mut stopping = false;
             loop {

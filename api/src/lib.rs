@@ -10,6 +10,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod extract;
+pub mod framing;
 pub mod http;
 pub mod keyring;
 pub mod login_guard;

@@ -1349,3 +1349,53 @@ async fn a_shutdown_ends_waiting_long_polls() {
         "answered at shutdown, not at the end of the wait"
     );
 }
+
+/// Every response says `X-Content-Type-Options: nosniff`, and the ones
+/// that carry secrets (register, login, refresh, client-token creation,
+/// license issue) say `Cache-Control: no-store`, as do errors.
+#[tokio::test]
+async fn responses_carrying_secrets_are_not_stored_and_never_sniffed() {
+    let app = TestApp::embedded().await;
+    let register = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"email": "ada@example.com", "password": "correct horse battery", "full_name": "Ada", "company_name": "Acme"}))
+        .send()
+        .await
+        .unwrap();
+    let register = TestApp::reply(register).await;
+    let token = register.body["api_token"].as_str().unwrap().to_owned();
+    let login = app
+        .login_with("ada@example.com", "correct horse battery")
+        .await;
+    let refresh = app
+        .send("POST", "/api/v1/auth/refresh", Some(&token), None)
+        .await;
+    let token = refresh.body["api_token"].as_str().unwrap().to_owned();
+    let client_token = app
+        .post("/api/v1/tokens", &token, json!({"name": "ci"}))
+        .await;
+    let license = app
+        .post(
+            "/api/v1/licenses",
+            &token,
+            json!({"name": "IDE", "seats": 1}),
+        )
+        .await;
+    let missing = app.send("GET", "/no/such/route", None, None).await;
+    let health = app.send("GET", "/api/v1/health", None, None).await;
+    for (what, reply, status) in [
+        ("register", &register, 201),
+        ("login", &login, 200),
+        ("refresh", &refresh, 200),
+        ("client token", &client_token, 201),
+        ("license", &license, 201),
+        ("not found", &missing, 404),
+        ("health", &health, 200),
+    ] {
+        assert_eq!(reply.status, status, "{what}: {:?}", reply.body);
+        assert_eq!(reply.headers["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(reply.headers["cache-control"], "no-store", "{what}");
+    }
+    app.stop().await;
+}

@@ -770,3 +770,44 @@ async fn a_request_answered_before_its_body_arrived_closes_its_connection_and_sa
     assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
     app.stop().await;
 }
+
+/// A request with both `Content-Length` and `Transfer-Encoding` (in
+/// either order, after a well-formed request on the same connection) is
+/// answered 400 problem+json, and the connection is closed: nothing after
+/// it is read as a request (RFC 9112 §6.3, request smuggling).
+#[tokio::test]
+async fn a_request_with_both_lengths_is_refused_and_the_connection_closed() {
+    let app = TestApp::embedded().await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    for (first, second) in [
+        ("Content-Length: 5", "Transfer-Encoding: chunked"),
+        ("Transfer-Encoding: chunked", "Content-Length: 5"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let smuggled = format!(
+            "GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n\
+             POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n{first}\r\n{second}\r\n\r\n\
+             0\r\n\r\nGET /api/v1/keys HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        stream.write_all(smuggled.as_bytes()).await.unwrap();
+        let received = closed_within(&mut stream, Duration::from_secs(10))
+            .await
+            .expect("the connection is closed");
+        let answers: Vec<&str> = received
+            .split("HTTP/1.1 ")
+            .skip(1)
+            .map(|answer| &answer[..3])
+            .collect();
+        assert_eq!(answers, ["200", "400"], "{received}");
+        assert!(received.contains("application/problem+json"), "{received}");
+        assert!(
+            received.contains("Content-Length and Transfer-Encoding"),
+            "{received}"
+        );
+        assert!(
+            !received.contains("\"keys\""),
+            "the request after it was not served"
+        );
+    }
+    app.stop().await;
+}

@@ -212,30 +212,41 @@ pub struct OpenApiJson(pub Arc<String>);
 pub fn router(state: AppState) -> Router {
     let (api, document) = api();
     let document = OpenApiJson(Arc::new(document.to_pretty_json().unwrap_or_default()));
-    api.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .method_not_allowed_fallback(|| async {
+    api.route(
+        crate::framing::AMBIGUOUS_PATH,
+        axum::routing::get(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not accept that method",
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "a request may not carry both Content-Length and Transfer-Encoding \
+                 (RFC 9112 section 6.3); the connection is closed",
             )
-        })
-        .layer(Extension(document))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(middleware::from_fn_with_state(
-            state.store_gate.clone(),
-            crate::store_gate::gate,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.request_timeout,
-            time_limit,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            crate::metrics::track,
-        ))
-        .layer(middleware::from_fn(request_id))
-        .with_state(state)
+        }),
+    )
+    .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+    .method_not_allowed_fallback(|| async {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not accept that method",
+        )
+    })
+    .layer(Extension(document))
+    .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+    .layer(middleware::from_fn_with_state(
+        state.store_gate.clone(),
+        crate::store_gate::gate,
+    ))
+    .layer(middleware::from_fn_with_state(
+        state.request_timeout,
+        time_limit,
+    ))
+    .layer(middleware::from_fn_with_state(
+        state.metrics.clone(),
+        crate::metrics::track,
+    ))
+    .layer(middleware::from_fn(request_id))
+    .with_state(state)
 }
 
 /// The request id header, read from clients and sent on every response.
@@ -286,9 +297,11 @@ async fn request_id(
     // org id once the caller is authenticated (recorded by `Principal`).
     let span = tracing::info_span!("request", request_id = %id, org_id = tracing::field::Empty);
     let mut response = next.run(request).instrument(span.clone()).await;
+    let headers = response.headers_mut();
     if let Some(header) = header {
-        response.headers_mut().insert(REQUEST_ID_HEADER, header);
+        headers.insert(REQUEST_ID_HEADER, header);
     }
+    security_headers(headers);
     span.in_scope(|| {
         tracing::info!(
             method = %method,
@@ -299,6 +312,23 @@ async fn request_id(
         )
     });
     response
+}
+
+/// Headers every response carries: `X-Content-Type-Options: nosniff`, and
+/// `Cache-Control: no-store` unless the route chose its own. Answers of
+/// this API carry secrets (tokens from login, register, refresh and token
+/// creation; license keys) or live state (seats in use) that no cache
+/// between client and server should keep, so storing is opted into, not
+/// out of.
+fn security_headers(headers: &mut axum::http::HeaderMap) {
+    use axum::http::{header, HeaderValue};
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
 }
 
 /// Answers 503 `request_timeout` (with Retry-After) when a request takes
