@@ -92,6 +92,7 @@ enum Attack {
     RewriteSecondHalf,
     ResignCheckpoints,
     AlterSnapshot,
+    AddMetadataKey,
 }
 
 impl Attack {
@@ -107,6 +108,7 @@ impl Attack {
             }
             Attack::ResignCheckpoints => "re-sign every checkpoint with another key",
             Attack::AlterSnapshot => "alter a snapshot",
+            Attack::AddMetadataKey => "add a metadata key to an event (no hash covers it)",
         }
     }
 }
@@ -211,6 +213,17 @@ async fn tamper(url: &str, attack: Attack, head: i64, snapshot_stream: &str) {
             )
             .await
         }
+        Attack::AddMetadataKey => {
+            sql(
+                &pool,
+                &format!(
+                    "UPDATE events SET metadata = metadata || '{{\"note\": \"refund approved\"}}'::jsonb \
+                     WHERE position = {}",
+                    head / 2
+                ),
+            )
+            .await
+        }
     }
     pool.close().await;
 }
@@ -311,6 +324,11 @@ async fn every_tampering_is_detected_against_what_a_witness_kept(pool: sqlx::PgP
             Attack::AlterSnapshot,
             1,
             format!("stream {snapshot_stream}: the snapshot"),
+        ),
+        (
+            Attack::AddMetadataKey,
+            1,
+            format!("the event at position {}: metadata", head / 2),
         ),
     ];
     println!("| attack | before: exit | now: exit | now: message |");

@@ -35,7 +35,10 @@ where
     M: serde::de::DeserializeOwned,
 {
     let payload: Json<P> = row.try_get(8)?;
-    let metadata: Json<M> = row.try_get(9)?;
+    let metadata: Json<M> = row.try_get(9).map_err(|e| {
+        let position: i64 = row.try_get(1).unwrap_or_default();
+        StoreError::Corrupt(format!("the event at position {position}: metadata: {e}"))
+    })?;
     let occurred_at: DateTime<Utc> = row.try_get(10)?;
     let recorded_at: DateTime<Utc> = row.try_get(11)?;
     let prev_hash: &[u8] = row.try_get(12)?;

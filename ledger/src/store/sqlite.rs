@@ -58,7 +58,10 @@ where
         event_type: row.try_get(6)?,
         schema_version: row.try_get(7)?,
         payload: json_from(payload, "payload")?,
-        metadata: json_from(metadata, "metadata")?,
+        metadata: json_from(metadata, "metadata").map_err(|e| {
+            let position: i64 = row.try_get(1).unwrap_or_default();
+            StoreError::Corrupt(format!("the event at position {position}: {e}"))
+        })?,
         occurred_at: stored_timestamp(row.try_get(10)?, "occurred_at")?,
         recorded_at: stored_timestamp(row.try_get(11)?, "recorded_at")?,
         prev_hash: hash_from(prev_hash, "prev_hash")?,
