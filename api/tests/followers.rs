@@ -455,3 +455,52 @@ async fn usage_reports_a_crafted_history_on_postgres(pool: sqlx::PgPool) {
     usage_reports_a_crafted_history(&app).await;
     app.stop().await;
 }
+
+/// A Redis prefix another ledger already claimed: ready says redis is
+/// degraded and why, a metric counts the conflict, reads come from the
+/// ledger, and the reaper goes on from the billing follower's open leases.
+#[sqlx::test(migrations = false)]
+async fn a_prefix_of_another_ledger_is_reported_and_the_reaper_goes_on(pool: sqlx::PgPool) {
+    let redis_url = std::env::var("SEATLEDGER_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("test:{}:", uuid::Uuid::now_v7());
+    // Another ledger claimed the prefix first.
+    let other =
+        seatledger_projections::RedisLicenses::new(&redis_url, &prefix, "another-ledger", 0)
+            .unwrap();
+    let mut claim = other.clone();
+    assert_eq!(
+        seatledger_projections::runner::Follower::position(&mut claim)
+            .await
+            .unwrap(),
+        0
+    );
+
+    let app = TestApp::postgres_with_redis(pool, &redis_url, &prefix).await;
+    eventually("ready reports the conflict", 20, || async {
+        let ready = app.send("GET", "/api/v1/health/ready", None, None).await;
+        ready.status == 200
+            && ready.body["redis"] == "degraded"
+            && ready.body["redis_problem"]
+                .as_str()
+                .is_some_and(|problem| problem.contains("belong to another ledger"))
+    })
+    .await;
+    assert!(app.metric("seatledger_redis_prefix_conflicts_total").await >= 1);
+
+    let org = app.register("ada@example.com").await;
+    let (license_id, key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
+    assert_eq!(app.acquire(&org, &key, "m1").await.status, 201);
+    let got = app
+        .get(&format!("/api/v1/licenses/{license_id}"), &org.token)
+        .await;
+    assert_eq!(got.body["seats_used"], 1, "read from the ledger");
+    // The client goes silent: the reaper expires its lease.
+    app.clock.advance_seconds(400);
+    eventually("the reaper expires the lease", 20, || async {
+        app.event_types().await.contains(&"SeatExpired".to_owned())
+    })
+    .await;
+    app.stop().await;
+    other.delete_all().await.unwrap();
+}

@@ -46,6 +46,22 @@ impl HotCounts {
         }
     }
 
+    /// Why the counts are degraded though their store answers, if so.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            HotCounts::Memory(_) => None,
+            HotCounts::Redis(redis) => redis.problem(),
+        }
+    }
+
+    /// Times the Redis prefix was found to belong to another ledger.
+    pub fn prefix_conflicts(&self) -> u64 {
+        match self {
+            HotCounts::Memory(_) => 0,
+            HotCounts::Redis(redis) => redis.prefix_conflicts(),
+        }
+    }
+
     /// The last position the counts are known to include.
     pub fn position(&self) -> i64 {
         match self {

@@ -92,6 +92,10 @@ pub struct RedisLicenses {
     /// The checkpoint as last seen by this process.
     position: Arc<watch::Sender<i64>>,
     healthy: Arc<AtomicBool>,
+    /// Set while the prefix belongs to another ledger: why.
+    conflict: Arc<std::sync::Mutex<Option<String>>>,
+    /// Times the follower found the prefix owned by another ledger.
+    conflicts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RedisLicenses {
@@ -114,6 +118,8 @@ impl RedisLicenses {
             script: Arc::new(redis::Script::new(APPLY)),
             position: Arc::new(watch::channel(0).0),
             healthy: Arc::new(AtomicBool::new(false)),
+            conflict: Arc::default(),
+            conflicts: Arc::default(),
         })
     }
 
@@ -122,9 +128,28 @@ impl RedisLicenses {
         &self.prefix
     }
 
-    /// True while Redis answered the last call.
+    /// True while Redis answered the last call and the prefix is this
+    /// ledger's.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed) && self.problem().is_none()
+    }
+
+    /// Why the counts cannot be used although Redis answers (the prefix
+    /// belongs to another ledger), if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        self.conflict
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Times the prefix was found to belong to another ledger.
+    pub fn prefix_conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+
+    fn set_conflict(&self, conflict: Option<String>) {
+        *self.conflict.lock().unwrap_or_else(|p| p.into_inner()) = conflict;
     }
 
     /// The checkpoint as last seen by this process.
@@ -289,12 +314,16 @@ impl RedisLicenses {
             .await?;
         if owner.as_deref() != Some(self.ledger.as_str()) {
             let owner = owner.unwrap_or_default();
-            tracing::error!(prefix = %self.prefix, owner, "the Redis keys under this prefix belong to another ledger; reads go to the ledger (use another --redis-prefix)");
-            return Err(format!(
-                "the prefix {} belongs to ledger {owner}",
+            tracing::error!(prefix = %self.prefix, owner, "the Redis keys under this prefix belong to another ledger; reads go to the ledger and the reaper to the billing follower's leases (use another --redis-prefix)");
+            let problem = format!(
+                "the Redis keys under the prefix {} belong to another ledger ({owner}): use another --redis-prefix",
                 self.prefix
-            ));
+            );
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+            self.set_conflict(Some(problem.clone()));
+            return Err(problem);
         }
+        self.set_conflict(None);
         let stored = stored.unwrap_or(0);
         self.position.send_replace(stored);
         Ok(stored)
@@ -415,6 +444,9 @@ impl RedisLicenses {
     }
 
     pub async fn stale(&self, now: Timestamp, limit: usize) -> Result<Vec<StaleLease>, String> {
+        if let Some(problem) = self.problem() {
+            return Err(problem);
+        }
         let key = self.key("stale");
         let members: Vec<String> = self
             .run(|mut c| async move {

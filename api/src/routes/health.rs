@@ -16,7 +16,8 @@ pub async fn live() -> Json<Value> {
 }
 
 /// Readiness: 200 when the event store answers; redis (`ok`, `degraded` or
-/// `not_configured`) and nats (`ok`, `standby`: another replica publishes,
+/// `not_configured`, with `redis_problem` saying why when Redis answers
+/// but its keys cannot be used) and nats (`ok`, `standby`: another replica publishes,
 /// `degraded`: NATS unreachable or publishing failing, or `not_configured`,
 /// with the publisher's position and lag under `event_stream`) are
 /// reported but never make the service unready (the ledger works without
@@ -46,6 +47,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                     "memory" => "not_configured",
                     status => status,
                 },
+                "redis_problem": state.hot.problem(),
                 "hot_counts": { "position": state.hot.position() },
                 "nats": state.nats.as_ref().map_or("not_configured", |nats| nats.status()),
                 "event_stream": state.nats.as_ref().map(|nats| json!({

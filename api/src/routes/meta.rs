@@ -27,6 +27,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "# HELP seatledger_live_leases Leases live now, over every license.\n# TYPE seatledger_live_leases gauge\nseatledger_live_leases {live}\n"
         ));
     }
+    text.push_str(&format!(
+        "# HELP seatledger_redis_prefix_conflicts_total Times the hot-count follower found the Redis prefix owned by another ledger (it then follows nothing there; see /api/v1/health/ready).\n# TYPE seatledger_redis_prefix_conflicts_total counter\nseatledger_redis_prefix_conflicts_total {}\n",
+        state.hot.prefix_conflicts()
+    ));
     if let Some(nats) = &state.nats {
         text.push_str(&crate::metrics::render_nats(nats, state.clock.now()));
     }
