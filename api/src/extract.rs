@@ -229,3 +229,91 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
         ))
     }
 }
+
+/// Integer fields as JSON Schema counts integers: `3600` and `3600.0` are
+/// the same number, and an integral JSON number is an integer whatever its
+/// spelling. For `#[serde(deserialize_with = "integral")]`.
+pub fn integral<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::{Error, Unexpected};
+    use serde::Deserialize;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    let unexpected = |number: &serde_json::Number| match number.as_f64() {
+        Some(f) => Unexpected::Float(f),
+        None => Unexpected::Other("a number"),
+    };
+    let whole = whole
+        .ok_or_else(|| D::Error::invalid_value(unexpected(&number), &"a non-negative integer"))?;
+    T::try_from(whole)
+        .map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(whole), &"a smaller integer"))
+}
+
+/// [`integral`] for an optional field (absent or `null`: `None`); use with
+/// `#[serde(default)]`.
+pub fn optional_integral<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(serde::Deserialize)]
+    struct Wrapped<T: TryFrom<u64>>(#[serde(deserialize_with = "integral")] T);
+    use serde::Deserialize;
+    Ok(Option::<Wrapped<T>>::deserialize(deserializer)?.map(|Wrapped(value)| value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Body {
+        #[serde(deserialize_with = "integral")]
+        seats: u32,
+        #[serde(default, deserialize_with = "optional_integral")]
+        ttl_s: Option<u64>,
+    }
+
+    #[test]
+    fn integral_numbers_are_integers_in_any_spelling() {
+        let parse = |text: &str| serde_json::from_str::<Body>(text).map_err(|e| e.to_string());
+        assert_eq!(
+            parse(r#"{"seats": 3.0, "ttl_s": 3600.0}"#),
+            Ok(Body {
+                seats: 3,
+                ttl_s: Some(3600)
+            })
+        );
+        assert_eq!(
+            parse(r#"{"seats": 3e0}"#),
+            Ok(Body {
+                seats: 3,
+                ttl_s: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"seats": 3, "ttl_s": null}"#),
+            Ok(Body {
+                seats: 3,
+                ttl_s: None
+            })
+        );
+        for bad in [
+            r#"{"seats": 3.5}"#,
+            r#"{"seats": -1}"#,
+            r#"{"seats": "3"}"#,
+            r#"{"seats": 4294967296}"#,
+            r#"{"seats": 1e300}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -555,6 +555,15 @@ fn within_limits(event: &Event) -> Result<(), String> {
             Err(format!(
                 "{field} has {chars} characters or untrimmed: {value:?}"
             ))
+        } else if value
+            .chars()
+            .any(seatledger_ledger::domain::is_disallowed_in_identifiers)
+        {
+            Err(format!(
+                "{field} holds an invisible or bidi character: {value:?}"
+            ))
+        } else if field == "hardware_id" && !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            Err(format!("{field} is not visible ASCII: {value:?}"))
         } else {
             Ok(())
         }

@@ -71,6 +71,9 @@ mod tests {
         assert_eq!(serde_json::to_string(&metadata).unwrap(), hashed);
         let extra = r#"{"actor":"u","correlation_id":null,"request_id":"r","note":"x"}"#;
         let error = serde_json::from_str::<Metadata>(extra).unwrap_err();
-        assert!(error.to_string().contains("unknown field `note`"), "{error}");
+        assert!(
+            error.to_string().contains("unknown field `note`"),
+            "{error}"
+        );
     }
 }

@@ -24,11 +24,12 @@ use uuid::Uuid;
 pub struct AcquireRequest {
     #[schema(min_length = 1)]
     pub license_key: String,
-    /// Identifies this machine (1 to 256 characters).
+    /// Identifies this machine: 1 to 256 visible ASCII characters (`!` to
+    /// `~`) and spaces.
     #[schema(
         min_length = 1,
         max_length = 256,
-        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x1f\x7f-\x9f\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[!-~]([ -~]*[!-~])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub hardware_id: String,
 }

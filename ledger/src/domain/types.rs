@@ -19,7 +19,36 @@ impl InvalidField {
     }
 }
 
+/// Characters no name, email or other identifier may hold: controls, and
+/// the ones that are invisible or reorder the text around them, so that
+/// two identifiers that look the same are the same. These are the code
+/// points of the Basic Multilingual Plane that PRECIS (RFC 8264) disallows
+/// for being controls, format characters (general category Cf: zero-width
+/// spaces and joiners, bidirectional embeddings, overrides and isolates,
+/// the byte-order mark), default-ignorable (fillers and selectors of no
+/// width), private use, or noncharacters, and the line and paragraph
+/// separators. The rest of PRECIS (unassigned code points, which change
+/// with each Unicode version, and the planes above the BMP) is not applied:
+/// the OpenAPI patterns state this exact set, and the contract run holds
+/// the server to them (docs/design.md, "Identifiers").
+pub fn is_disallowed_in_identifiers(c: char) -> bool {
+    c.is_control()
+        || matches!(c as u32,
+            0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+            | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x0890 | 0x0891 | 0x08E2
+            | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFFA0
+            | 0xE000..=0xF8FF | 0xFDD0..=0xFDEF | 0xFEFF | 0xFFF0..=0xFFFB | 0xFFFE | 0xFFFF)
+}
+
 fn bounded_text(field: &'static str, raw: &str, max: usize) -> Result<String, InvalidField> {
+    // The bound holds for what was sent, surrounding whitespace included
+    // (the schema's maxLength is the raw length); what is stored is trimmed.
+    if raw.chars().count() > max {
+        return Err(InvalidField::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
     let text = raw.trim();
     if text.is_empty() {
         return Err(InvalidField::new(field, "must not be empty"));
@@ -30,24 +59,42 @@ fn bounded_text(field: &'static str, raw: &str, max: usize) -> Result<String, In
             format!("must be at most {max} characters"),
         ));
     }
-    if text.chars().any(char::is_control) {
+    if text.chars().any(is_disallowed_in_identifiers) {
         return Err(InvalidField::new(
             field,
-            "must not contain control characters",
+            "must not contain control, invisible or text-direction characters",
         ));
     }
     Ok(text.to_owned())
 }
 
+/// A `hardware_id`: visible ASCII (`!` to `~`) with single spaces inside,
+/// after the surrounding whitespace is trimmed. Machine ids are made by
+/// programs (hostnames, serials, hashes); a strict class keeps two ids
+/// that print alike from being two ids.
+fn visible_ascii(field: &'static str, raw: &str, max: usize) -> Result<String, InvalidField> {
+    let text = bounded_text(field, raw, max)?;
+    if !text.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
+        return Err(InvalidField::new(
+            field,
+            "must be visible ASCII characters (! to ~) and spaces",
+        ));
+    }
+    Ok(text)
+}
+
 macro_rules! text_newtype {
     ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        text_newtype!($(#[$doc])* $name, $field, $max, bounded_text);
+    };
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $check:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash)]
         pub struct $name(String);
 
         impl $name {
             pub fn parse(raw: &str) -> Result<Self, InvalidField> {
-                bounded_text($field, raw, $max).map($name)
+                $check($field, raw, $max).map($name)
             }
 
             pub fn as_str(&self) -> &str {
@@ -68,8 +115,9 @@ text_newtype!(
     Name, "name", limits::NAME_LEN_MAX
 );
 text_newtype!(
-    /// Identifies the machine a seat is used on (client-chosen, opaque).
-    HardwareId, "hardware_id", limits::HARDWARE_ID_LEN_MAX
+    /// Identifies the machine a seat is used on (client-chosen, opaque):
+    /// visible ASCII and spaces.
+    HardwareId, "hardware_id", limits::HARDWARE_ID_LEN_MAX, visible_ascii
 );
 text_newtype!(
     /// Why an admin suspended, reinstated or revoked a license.
@@ -109,6 +157,18 @@ impl Email {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// `raw` as an account is looked up by: lower-cased, NFC, trimmed, with
+    /// no other check, so that an address recorded before a rule was added
+    /// still finds its account.
+    pub fn for_lookup(raw: &str) -> String {
+        use unicode_normalization::UnicodeNormalization;
+        raw.to_lowercase()
+            .nfc()
+            .collect::<String>()
+            .trim()
+            .to_owned()
     }
 }
 
@@ -183,6 +243,33 @@ mod tests {
     #[test]
     fn text_is_trimmed_and_bounded() {
         assert_eq!(HardwareId::parse("  m-1 ").unwrap().as_str(), "m-1");
+        assert_eq!(
+            HardwareId::parse("Ada's laptop #2").unwrap().as_str(),
+            "Ada's laptop #2"
+        );
+        for invisible in ["m\u{200b}1", "m\u{e9}", "\u{202e}m", "m\u{ff11}"] {
+            assert!(HardwareId::parse(invisible).is_err(), "{invisible:?}");
+        }
+        // Invisible and text-direction characters in names and emails.
+        for bad in [
+            "\u{200b}", "\u{202e}", "\u{feff}", "\u{ffff}", "\u{2066}", "\u{3164}", "\u{e000}",
+        ] {
+            assert!(Name::parse(&format!("Ada{bad}")).is_err(), "{bad:?}");
+            assert!(
+                Email::parse(&format!("{bad}@example.com")).is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                Email::parse(&format!("a{bad}b@example.com")).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Name::parse("José 😀 ❤\u{fe0f}").unwrap().as_str(),
+            "José 😀 ❤\u{fe0f}"
+        );
+        // The bound is on what was sent, surrounding whitespace included.
+        assert!(Name::parse(&format!("{} ", "x".repeat(limits::NAME_LEN_MAX))).is_err());
         assert!(HardwareId::parse("   ").is_err());
         assert!(HardwareId::parse(&"x".repeat(257)).is_err());
         assert!(Name::parse("a\u{0}b").is_err());
