@@ -104,6 +104,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// A request body parsed as an object: every body of this API is one.
+/// serde would also read a struct from an array of its fields in order
+/// (`[3, null]`), which the document does not allow.
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value = parse_json(bytes)?;
+    match bytes.trim_ascii_start().first() {
+        Some(b'{') => Ok(value),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "the body must be a JSON object",
+        )),
+    }
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
@@ -111,7 +126,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         let (headers, raw) = body_bytes(request, state).await?;
         require_json_content_type(&headers)?;
         Ok(JsonBody {
-            value: parse_json(&raw)?,
+            value: parse_object(&raw)?,
             raw,
         })
     }
@@ -133,7 +148,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T>
         if raw.trim_ascii() == b"null" {
             return Ok(OptionalJsonBody(None));
         }
-        Ok(OptionalJsonBody(Some(parse_json(&raw)?)))
+        Ok(OptionalJsonBody(Some(parse_object(&raw)?)))
     }
 }
 

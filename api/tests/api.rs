@@ -1399,3 +1399,50 @@ async fn responses_carrying_secrets_are_not_stored_and_never_sniffed() {
     }
     app.stop().await;
 }
+
+/// Bodies are JSON objects: a struct's fields sent as an array (which serde
+/// would read in field order) are refused with 422 and change nothing; an
+/// integral number is an integer (`3.0` seats), as JSON Schema counts it.
+#[tokio::test]
+async fn bodies_are_objects_and_integral_numbers_are_integers() {
+    let app = TestApp::embedded().await;
+    let org = app.register("ada@example.com").await;
+    let (license_id, _) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
+    let path = format!("/api/v1/licenses/{license_id}");
+    let array = app
+        .send("PATCH", &path, Some(&org.token), Some(json!([5, null])))
+        .await;
+    assert_eq!(
+        (array.status, array.body["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+    assert_eq!(app.get(&path, &org.token).await.body["seats"], 2);
+    let float = app
+        .send(
+            "PATCH",
+            &path,
+            Some(&org.token),
+            Some(json!({"seats": 3.0})),
+        )
+        .await;
+    assert_eq!((float.status, &float.body["seats"]), (200, &json!(3)));
+    let fraction = app
+        .send(
+            "PATCH",
+            &path,
+            Some(&org.token),
+            Some(json!({"seats": 3.5})),
+        )
+        .await;
+    assert_eq!(fraction.status, 422);
+    let login = app
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": "ada@example.com", "password": "correct horse battery", "ttl_s": 3600.0})),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{:?}", login.body);
+    app.stop().await;
+}

@@ -25,9 +25,12 @@
 //!   sequence is below the highest sequence this publisher was acked. It
 //!   then moves its checkpoint back to the last of its events the stream
 //!   still holds and sends the rest again (an event the stream kept is
-//!   dropped as a duplicate within the window). What it cannot notice (a
-//!   loss while no publisher of this process had published, or found only
-//!   after a restart of seatledger) `seatledger-replay republish` mends.
+//!   dropped as a duplicate within the window). At start and at each
+//!   take-over of the publisher lock it also reads the stream's last event
+//!   of its partition (`Seatledger-Position`): when that is behind the
+//!   checkpoint, the stream lost messages while no publisher was there to
+//!   notice, and the rest is sent again the same way. `seatledger-replay
+//!   republish` remains for a stream rebuilt by hand.
 //!
 //! PostgreSQL stays the truth: while NATS is unreachable events wait in the
 //! log, the API is unaffected, and publishing resumes from the checkpoint.
@@ -321,6 +324,9 @@ impl Follower for NatsPublisher {
         let position = match self.published {
             Some(position) => position,
             None => {
+                // At start or after a take-over: did the stream lose what
+                // the checkpoint says was published?
+                self.check_stream_at_start().await?;
                 let position =
                     checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
                 self.published = Some(position);
@@ -392,11 +398,63 @@ impl NatsPublisher {
         stream: &jetstream::stream::Stream,
         last_sequence: u64,
     ) -> Result<(), FollowerError> {
+        let (kept, kept_head) = self.last_kept(stream, last_sequence, true).await;
+        self.resend_after(kept, kept_head, last_sequence).await
+    }
+
+    /// At start and at each take-over of the lock: the stream must still
+    /// hold the last event the checkpoint says was published. A stream
+    /// whose last event of this partition is behind the checkpoint (or that
+    /// is empty and new, though events were published) lost messages while
+    /// no publisher of this process was there to notice: the rest is sent
+    /// again, with no operator action. A stream that cannot tell (its
+    /// messages aged out, or the last [`LOSS_SCAN_MAX`] are all of other
+    /// partitions) is trusted.
+    async fn check_stream_at_start(&mut self) -> Result<(), FollowerError> {
+        let checkpoint = checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
+        if checkpoint == 0 {
+            return Ok(());
+        }
+        let stream_error = |error: String| {
+            FollowerError::Output(format!("JetStream stream {}: {error}", self.config.stream))
+        };
+        let mut stream = self
+            .jetstream
+            .get_or_create_stream(self.config.stream_config())
+            .await
+            .map_err(|error| stream_error(format!("cannot create it: {error}")))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|error| stream_error(format!("cannot read its state: {error}")))?
+            .state
+            .clone();
+        let (kept, _) = self.last_kept(&stream, state.last_sequence, false).await;
+        let lost = match kept {
+            Some(position) => position < checkpoint,
+            None => state.last_sequence == 0,
+        };
+        if lost {
+            self.recover_loss(&stream, state.last_sequence).await?;
+        }
+        self.stream_ready = true;
+        Ok(())
+    }
+
+    /// The positions of the last event and (when `heads`) the last signed
+    /// head of this partition among the stream's last [`LOSS_SCAN_MAX`]
+    /// messages.
+    async fn last_kept(
+        &self,
+        stream: &jetstream::stream::Stream,
+        last_sequence: u64,
+        heads: bool,
+    ) -> (Option<i64>, Option<i64>) {
         let mut kept = None;
         let mut kept_head = None;
         let oldest = last_sequence.saturating_sub(LOSS_SCAN_MAX).max(1);
         let mut sequence = last_sequence;
-        while sequence >= oldest && (kept.is_none() || kept_head.is_none()) {
+        while sequence >= oldest && (kept.is_none() || (heads && kept_head.is_none())) {
             // A sequence may be gone (deleted, aged out): skip it.
             if let Ok(message) = stream.get_raw_message(sequence).await {
                 let header = |name: &str| {
@@ -416,6 +474,17 @@ impl NatsPublisher {
             }
             sequence -= 1;
         }
+        (kept, kept_head)
+    }
+
+    /// Moves both checkpoints back to what the stream still holds (`kept`,
+    /// `kept_head`; `None`: nothing), so everything after is sent again.
+    async fn resend_after(
+        &mut self,
+        kept: Option<i64>,
+        kept_head: Option<i64>,
+        last_sequence: u64,
+    ) -> Result<(), FollowerError> {
         let checkpoint = checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
         let heads = checkpoints::load(&self.store, NATS_HEADS_FOLLOWER, self.partition).await?;
         let back_to = kept.unwrap_or(0).min(checkpoint);

@@ -680,3 +680,43 @@ async fn a_consumer_stops_at_a_gap(pool: sqlx::PgPool) {
     );
     fixture.delete_stream().await;
 }
+
+/// The stream lost what was published while no publisher was running
+/// (here: deleted while seatledger was stopped, as a nats-server that lost
+/// its store would leave it). A publisher that starts reads the stream's
+/// last event, finds it behind its checkpoint, and resends the rest by
+/// itself: no `republish` by an operator.
+#[sqlx::test(migrations = false)]
+async fn a_loss_found_at_start_is_resent_without_an_operator(pool: sqlx::PgPool) {
+    let fixture = Fixture::new(pool).await;
+    let Fixture {
+        url,
+        config,
+        store,
+        appender,
+        ..
+    } = &fixture;
+    let publisher = fixture.publisher().await;
+    workload(appender, 150, 4).await;
+    fixture.all_published().await;
+    publisher.stop().await;
+
+    fixture.delete_stream().await;
+    let publisher = fixture.publisher().await;
+    eventually("the loss is noticed at start", 20, || async {
+        publisher.stats.losses_recovered.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    fixture.all_published().await;
+    assert_stream_holds_the_log_once(store, url, config).await;
+    publisher.stop().await;
+
+    // A start that finds the stream whole resends nothing.
+    let publisher = fixture.publisher().await;
+    workload(appender, 10, 2).await;
+    fixture.all_published().await;
+    assert_eq!(publisher.stats.losses_recovered.load(Ordering::Relaxed), 0);
+    assert_stream_holds_the_log_once(store, url, config).await;
+    publisher.stop().await;
+    fixture.delete_stream().await;
+}
