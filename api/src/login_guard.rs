@@ -211,6 +211,10 @@ impl LoginGuard {
 
 /// Registrations one client address may make per hour.
 pub const REGISTER_PER_ADDRESS_PER_HOUR: u32 = 20;
+/// Users one organization's admins may add per hour: each answer says
+/// whether an address is taken anywhere (409 `email_taken`), so this bounds
+/// how fast an admin can probe addresses of other organizations.
+pub const USERS_PER_ORG_PER_HOUR: u32 = 20;
 /// Login attempts one client address may make per minute (a company behind
 /// one NAT address logs in through it).
 pub const LOGIN_PER_ADDRESS_PER_MINUTE: u32 = 120;
@@ -224,6 +228,9 @@ const ADDRESSES_TRACKED_MAX: usize = 100_000;
 pub struct AddressLimits {
     register: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     login: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// Users added, per organization (not an address, but the same kind of
+    /// limit: GCRA, in memory, per replica).
+    add_user: governor::DefaultKeyedRateLimiter<uuid::Uuid>,
 }
 
 impl Default for AddressLimits {
@@ -235,6 +242,9 @@ impl Default for AddressLimits {
             ))),
             login: governor::RateLimiter::keyed(governor::Quota::per_minute(quota(
                 LOGIN_PER_ADDRESS_PER_MINUTE,
+            ))),
+            add_user: governor::RateLimiter::keyed(governor::Quota::per_hour(quota(
+                USERS_PER_ORG_PER_HOUR,
             ))),
         }
     }
@@ -251,22 +261,32 @@ impl AddressLimits {
         Self::check(&self.login, address)
     }
 
+    /// `Err(seconds)` to wait before `org_id`'s admins may add another user.
+    pub fn add_user(&self, org_id: uuid::Uuid) -> Result<(), u64> {
+        Self::check_key(&self.add_user, org_id)
+    }
+
     fn check(
         limiter: &governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
         address: std::net::IpAddr,
+    ) -> Result<(), u64> {
+        Self::check_key(limiter, address_group(address))
+    }
+
+    fn check_key<K: Clone + Eq + std::hash::Hash>(
+        limiter: &governor::DefaultKeyedRateLimiter<K>,
+        key: K,
     ) -> Result<(), u64> {
         use governor::clock::Clock;
         if limiter.len() > ADDRESSES_TRACKED_MAX {
             limiter.retain_recent();
         }
-        limiter
-            .check_key(&address_group(address))
-            .map_err(|not_until| {
-                not_until
-                    .wait_time_from(governor::clock::DefaultClock::default().now())
-                    .as_secs()
-                    .max(1)
-            })
+        limiter.check_key(&key).map_err(|not_until| {
+            not_until
+                .wait_time_from(governor::clock::DefaultClock::default().now())
+                .as_secs()
+                .max(1)
+        })
     }
 }
 

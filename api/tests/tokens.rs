@@ -345,6 +345,46 @@ async fn a_guesser_elsewhere_does_not_lock_the_owner_out() {
     app.stop().await;
 }
 
+/// An organization's admins may add 20 users an hour: the 21st answer is
+/// 429 with Retry-After and records nothing, whether or not its address is
+/// taken elsewhere (so probing which addresses exist is bounded); another
+/// organization is not slowed.
+#[tokio::test]
+async fn users_added_are_limited_per_organization() {
+    let app = TestApp::embedded().await;
+    let owner = app.register("owner@example.com").await;
+    let other = app.register("other@example.com").await;
+    let add = |org: &Org, email: String| {
+        let token = org.token.clone();
+        let app = &app;
+        async move {
+            app.post(
+                "/api/v1/users",
+                &token,
+                json!({"email": email, "password": "member password", "full_name": "M"}),
+            )
+            .await
+        }
+    };
+    for n in 0..20 {
+        let reply = add(&owner, format!("m{n}@example.com")).await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+    }
+    let head = app.store.head(0).await.unwrap().0;
+    for email in ["m20@example.com", "other@example.com"] {
+        let limited = add(&owner, email.to_owned()).await;
+        assert_eq!(
+            (limited.status, limited.body["code"].as_str()),
+            (429, Some("too_many_requests")),
+            "{email}"
+        );
+        assert!(limited.headers.contains_key("retry-after"));
+    }
+    assert_eq!(app.store.head(0).await.unwrap().0, head, "nothing recorded");
+    assert_eq!(add(&other, "x@example.com".to_owned()).await.status, 201);
+    app.stop().await;
+}
+
 /// One client address may register 20 organizations an hour; the 21st is
 /// 429 with Retry-After.
 #[tokio::test]

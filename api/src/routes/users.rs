@@ -65,7 +65,8 @@ pub struct UserResponse {
         (status = 201, body = UserResponse),
         (status = 403, description = "`forbidden` (not an admin)", body = ProblemDoc),
         (status = 409, description = "`email_taken`", body = ProblemDoc),
-        (status = 422, description = "`invalid_request`", body = ProblemDoc)
+        (status = 422, description = "`invalid_request`", body = ProblemDoc),
+        (status = 429, description = "`too_many_requests`: 20 users an hour per organization (Retry-After)", body = ProblemDoc)
     )
 )]
 pub async fn add_user(
@@ -78,6 +79,17 @@ pub async fn add_user(
     let email = Email::parse(&request.email)?;
     let full_name = Name::parse(&request.full_name)?;
     super::auth::check_password(&request.password)?;
+    // Counted once the request is valid: each answer from here on may say
+    // whether the address is taken.
+    if let Err(seconds) = state.address_limits.add_user(admin.org_id) {
+        return Err(ApiError::too_many_requests(
+            seconds,
+            format!(
+                "this organization added {} users in the last hour: try again in {seconds} s",
+                crate::login_guard::USERS_PER_ORG_PER_HOUR
+            ),
+        ));
+    }
     let role = match request.role {
         NewUserRole::Admin => Role::Admin,
         NewUserRole::Member => Role::Member,
