@@ -17,7 +17,7 @@ pub struct DatabaseArgs {
     pub database_url: String,
 }
 
-/// Event delivery to NATS JetStream (README "Event stream").
+/// Event delivery to NATS JetStream (docs/event-stream.md).
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
     /// NATS with JetStream: every event is published there (absent: no

@@ -1,4 +1,4 @@
-//! The server's keys (DESIGN §6, issue 15): the **ledger key** signs
+//! The server's keys (docs/design.md §6): the **ledger key** signs
 //! checkpoints, the **token key** signs seat tokens, and neither lives in
 //! the log's database, so whoever holds the database can neither re-sign
 //! the log nor mint seat tokens.

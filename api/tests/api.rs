@@ -1063,7 +1063,7 @@ async fn every_route_of_the_router_is_in_the_openapi_document() {
     wanted.sort();
     assert_eq!(
         documented, wanted,
-        "DESIGN §5 is exactly what is documented"
+        "docs/design.md §5 is exactly what is documented"
     );
     for (method, path) in operations {
         let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
@@ -1218,7 +1218,7 @@ async fn idempotency_keys_belong_to_their_caller_and_compare_parsed_json(pool: s
     app.stop().await;
 }
 
-/// The contract's form (issue 13): every problem response is documented as
+/// The contract's form: every problem response is documented as
 /// `application/problem+json`, and no operation declares a path parameter
 /// its path does not have (query parameters are `in: query`).
 #[test]

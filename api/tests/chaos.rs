@@ -1,4 +1,4 @@
-//! The chaos run with an auditor (issue 13, point 3).
+//! The chaos run with an auditor.
 //!
 //! Two replicas (`seatledger serve` processes) on a PostgreSQL, a Redis and
 //! a NATS of the run's own serve a mixed workload (acquire, heartbeat,

@@ -1,4 +1,4 @@
-//! Client tokens (issue 14): an admin creates a long-lived token with
+//! Client tokens: an admin creates a long-lived token with
 //! scope `seats` for a client app; it acquires, heartbeats and releases
 //! (recorded with its `token_id`), is refused on every other route, may be
 //! limited to some licenses, is listed without its secret, is revoked at

@@ -1,4 +1,4 @@
-//! Fault tests (issue 13): the server under load while its process is
+//! Fault tests: the server under load while its process is
 //! killed (kill -9), while its PostgreSQL goes away, with two replicas on
 //! one database, and against slow and abusive clients. Each is bounded in
 //! time, uses loopback only, and runs on its own database and its own

@@ -1,4 +1,4 @@
-//! HTTP bodies fuzzed in-process (issue 13): for every route that takes a
+//! HTTP bodies fuzzed in-process: for every route that takes a
 //! body, arbitrary bytes and mutations of a valid body (fields replaced by
 //! arbitrary JSON, dropped, added, the text truncated) never answer 5xx,
 //! never panic the server, and a request refused as bad input (400, 401,

@@ -1,4 +1,4 @@
-//! The server's keys (issue 15): seat tokens are signed by the token key
+//! The server's keys: seat tokens are signed by the token key
 //! only, checkpoints by the ledger key only, both keys live in files and
 //! can be rotated without breaking what they signed, and a key an older
 //! version kept in the database keeps working until it is moved out.

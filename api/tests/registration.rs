@@ -1,4 +1,4 @@
-//! Creating a user is atomic with its events (issue 14): the credentials
+//! Creating a user is atomic with its events: the credentials
 //! row is pending until `UserRegistered` is recorded; a request cut short
 //! cannot stop the steps half-way; a row a crash left behind logs no one in
 //! and frees its email after the grace period. And login takes as long

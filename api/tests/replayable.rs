@@ -148,7 +148,7 @@ async fn an_unreadable_license_fails_alone_over_http(pool: sqlx::PgPool) {
 }
 
 /// The recovery path: a license whose expiry an older version stored in
-/// the wide form (`+10000-…`, the bug of issue 8) reads, sells seats and
+/// the wide form (`+10000-…`, an older version's bug) reads, sells seats and
 /// can be changed again, with its history untouched.
 #[sqlx::test(migrations = false)]
 async fn a_license_with_a_legacy_out_of_range_expiry_works_again(pool: sqlx::PgPool) {
@@ -645,7 +645,7 @@ async fn every_accepted_request_replays(app: &TestApp) {
         assert!(reply.status < 500, "a server error: {context}");
         if reply.status >= 400 {
             // A refusal appends nothing, but for the denial the ledger
-            // records on purpose (DESIGN §2: every denial is an event).
+            // records on purpose (docs/design.md §2: every denial is an event).
             assert!(
                 appended.iter().all(|e| e.event_type == "SeatDenied"),
                 "a refused request appended: {context}"

@@ -1,4 +1,4 @@
-//! Seat authority (issue 14): a member heartbeats and releases only the
+//! Seat authority: a member heartbeats and releases only the
 //! leases they acquired; an owner or admin may force-release any lease of
 //! the organization, recorded with reason `admin` and the acting user as
 //! the event's actor; another organization's sessions stay 404.
@@ -82,7 +82,7 @@ async fn members_act_on_their_own_leases_and_admins_force_release(pool: sqlx::Pg
     app.stop().await;
 }
 
-/// Members and roles (issue 14): owners and admins list the users, change
+/// Members and roles: owners and admins list the users, change
 /// a member's role (recorded; the user's tokens revoked so the new role
 /// holds at their next login), and deactivate a user (recorded; tokens
 /// revoked, login refused, live leases released with reason `admin`).

@@ -1,4 +1,4 @@
-//! The group-commit appender: the only writer of the log (DESIGN §3).
+//! The group-commit appender: the only writer of the log (docs/design.md §3).
 //!
 //! Callers `submit` a command and await its result. One task per partition
 //! drains up to `batch_max` queued commands, opens one transaction, takes
@@ -1340,7 +1340,7 @@ impl Worker {
     }
 
     /// Signs the head if events were committed since the last checkpoint
-    /// (the "or 10 s" of DESIGN §3 when traffic stops).
+    /// (the "or 10 s" of docs/design.md §3 when traffic stops).
     async fn checkpoint_idle(&mut self) {
         // Its own transaction takes the partition lock: the lead must not
         // hold it (the appender has one connection).
@@ -1763,7 +1763,7 @@ fn snapshot_due(stream: &CachedStream) -> bool {
 
 /// Streams found unreadable, remembered for a while so that commands on
 /// them fail at once instead of reloading them under the partition lock
-/// on every request (the blast radius of issue 8). Bounded; each is logged
+/// on every request (the blast radius of one bad event). Bounded; each is logged
 /// once when first found, and tried again after a delay that doubles.
 #[derive(Default)]
 struct UnreadableStreams {
@@ -1787,7 +1787,7 @@ impl UnreadableStreams {
         let delay = match self.streams.get(stream_id) {
             Some(stream) => (stream.delay * 2).min(max),
             None => {
-                tracing::error!(stream_id, reason, "stream unreadable: its commands fail with stream_unreadable until it can be read; see the README's recovery notes");
+                tracing::error!(stream_id, reason, "stream unreadable: its commands fail with stream_unreadable until it can be read; see docs/design.md §2, "Recovery from an event that was stored anyway"");
                 Duration::from_secs(limits::UNREADABLE_STREAM_RETRY_S)
             }
         };

@@ -1,4 +1,4 @@
-//! The billing fold (DESIGN §4): per organization, license and UTC period,
+//! The billing fold (docs/design.md §4): per organization, license and UTC period,
 //! seat-seconds, overage seat-seconds, peak concurrent seats, distinct users
 //! and machines, and denials.
 //!

@@ -1,4 +1,4 @@
-//! Live billing (DESIGN §4): the billing fold as a follower whose output
+//! Live billing (docs/design.md §4): the billing fold as a follower whose output
 //! lives in the ledger's own database, and the usage report read from it.
 //!
 //! Tables (migration `…_usage.sql`, the same on PostgreSQL and SQLite;

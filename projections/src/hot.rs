@@ -1,4 +1,4 @@
-//! Hot seat counts, in memory (DESIGN §4): every license's state, folded
+//! Hot seat counts, in memory (docs/design.md §4): every license's state, folded
 //! from the log with the decider's own `evolve`, so the counts are the
 //! ledger's truth by construction. Reads (`seats_used`, a page of live
 //! sessions, the leases past their expiry) work under a read lock on the
@@ -22,7 +22,7 @@ use uuid::Uuid;
 struct Inner {
     licenses: HashMap<Uuid, LicenseState>,
     /// Licenses with an event that cannot be decoded: their state here is
-    /// not the ledger's, so they are never served (issue 8).
+    /// not the ledger's, so they are never served.
     unreadable: HashSet<Uuid>,
 }
 
@@ -183,7 +183,7 @@ impl Follower for HotLicenses {
                     continue;
                 };
                 // An event that cannot be decoded makes its license
-                // unreadable here as in the ledger (issue 8); every other
+                // unreadable here as in the ledger; every other
                 // license goes on.
                 let Ok(event) = record.event() else {
                     tracing::error!(position = record.position, stream_id = %record.stream_id, "hot counts: undecodable event; the license is not served from the counts");

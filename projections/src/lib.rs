@@ -1,4 +1,4 @@
-//! seatledger-projections: everything that follows the log (DESIGN §4):
+//! seatledger-projections: everything that follows the log (docs/design.md §4):
 //! the follower runner with checkpoints, hot seat counts, the zombie
 //! reaper, billing and the NATS JetStream publisher.
 //!

@@ -1,4 +1,4 @@
-//! The NATS JetStream publisher (DESIGN §4): a follower that publishes
+//! The NATS JetStream publisher (docs/design.md §4): a follower that publishes
 //! every event of a partition, in position order, to JetStream.
 //!
 //! - Stream `SEATLEDGER` (name, subject prefix, replicas and max age
@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 /// The follower's name in `follower_checkpoints`.
 pub const NATS_FOLLOWER: &str = "nats";
-/// The follower checkpoint of signed heads published (issue 15).
+/// The follower checkpoint of signed heads published.
 pub const NATS_HEADS_FOLLOWER: &str = "nats-heads";
 /// The header marking a signed head (not an event) on the stream.
 pub const CHECKPOINT_HEADER: &str = "Seatledger-Checkpoint";

@@ -1,4 +1,4 @@
-//! The zombie reaper (DESIGN §4): every interval it takes the leases past
+//! The zombie reaper (docs/design.md §4): every interval it takes the leases past
 //! their `expires_at` from the hot counts (in memory or Redis) and submits
 //! `ExpireSeat` for each through the appender. While Redis does not answer,
 //! it takes them from the billing follower's open leases instead, which

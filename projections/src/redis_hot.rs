@@ -1,4 +1,4 @@
-//! Hot seat counts in Redis (DESIGN §4), shared by every replica and kept
+//! Hot seat counts in Redis (docs/design.md §4), shared by every replica and kept
 //! across restarts. Per license, under the key prefix (`seatledger:` by
 //! default):
 //!

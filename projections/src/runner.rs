@@ -1,4 +1,4 @@
-//! The follower runner (DESIGN §4): one loop any follower plugs into. It
+//! The follower runner (docs/design.md §4): one loop any follower plugs into. It
 //! reads the log after the follower's position in bounded position ranges
 //! (`Store::read_range`), hands each range to the follower, and wakes on
 //! the commit notifier (this process's commits, and other replicas' through

@@ -43,7 +43,7 @@ pub struct Verified {
     pub unsigned_tail: i64,
 }
 
-/// What an auditor brings from outside the database (issue 15): the
+/// What an auditor brings from outside the database: the
 /// ledger's public keys (every key that signed a checkpoint, retired ones
 /// included), the signed heads a witness kept, and how many events may
 /// follow the last signed checkpoint.

@@ -1,4 +1,4 @@
-//! A witness (issue 15): keeps the ledger's signed heads outside its
+//! A witness: keeps the ledger's signed heads outside its
 //! database, and notices when the ledger stops being consistent with what
 //! it signed before.
 //!

@@ -1,4 +1,4 @@
-//! Tamper evidence against whoever holds the database (issue 15): a
+//! Tamper evidence against whoever holds the database: a
 //! witness keeps the signed heads a real server serves; then, on a fresh
 //! copy of the database per attack, an attacker with full access to the
 //! database (triggers disabled, but without the ledger key, which lives in

@@ -1,4 +1,4 @@
-//! Canonical bytes and the hash chain (DESIGN §3).
+//! Canonical bytes and the hash chain (docs/design.md §3).
 //!
 //! Canonical bytes of an event = compact JSON of every envelope field except
 //! `hash`, object keys sorted by their UTF-8 bytes at every depth, no
@@ -309,7 +309,7 @@ mod tests {
         });
         event.metadata.request_id = Some("req \\ 1".into());
         // Was -1 µs (1969-12-31T23:59:59.999999Z) until `Timestamp` got its
-        // range (issue 8); now the range's first instant. The new hash was
+        // range; now the range's first instant. The new hash was
         // computed outside this code: SHA-256 of 32 bytes 0xab and the text.
         event.occurred_at = Timestamp::MIN;
         event.recorded_at = Timestamp::MAX;

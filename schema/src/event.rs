@@ -1,4 +1,4 @@
-//! The event catalogue (DESIGN §2). Events are facts in the past tense; their
+//! The event catalogue (docs/design.md §2). Events are facts in the past tense; their
 //! payloads are what is hashed and kept forever, so they carry ids, not
 //! secrets, and names/emails only in the two registration events.
 
@@ -38,7 +38,7 @@ pub enum ReleaseReason {
     Client,
     Suspended,
     Revoked,
-    /// An owner or admin released another user's lease (issue 14); the
+    /// An owner or admin released another user's lease; the
     /// acting user is the event's `metadata.actor`.
     Admin,
 }
@@ -66,7 +66,7 @@ pub struct UserRegistered {
     pub role: Role,
 }
 
-/// An owner or admin changed a user's role (issue 14).
+/// An owner or admin changed a user's role.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRoleChanged {
     pub user_id: Uuid,
@@ -136,7 +136,7 @@ pub struct SeatAcquired {
     pub expires_at: Timestamp,
     pub overage: bool,
     /// Set when a client token acquired the lease (`user_id` is then that
-    /// token's id). Absent from events before issue 14 and from leases of
+    /// token's id). Absent from events before client tokens and from leases of
     /// users, so those encode and hash as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<Uuid>,
@@ -362,7 +362,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// `token_id` (issue 14) round-trips through the payload; absent,
+        /// `token_id` round-trips through the payload; absent,
         /// the payload has no such key, so events of before keep their
         /// bytes and hashes.
         #[test]
@@ -388,7 +388,7 @@ mod tests {
         }
     }
 
-    /// Every release reason, `admin` (issue 14) included, encodes to its
+    /// Every release reason, `admin` included, encodes to its
     /// snake_case name and decodes back; the reasons of before keep their
     /// bytes (so their hashes).
     #[test]
@@ -423,7 +423,7 @@ mod tests {
         assert_eq!(issued.expires_at, None);
     }
 
-    /// The event issue 8's request wrote before the range check: it reads
+    /// The event an out-of-range timestamp wrote before the range check: it reads
     /// back with its expiry clamped to the end of the range.
     #[test]
     fn legacy_out_of_range_expiries_decode_clamped() {

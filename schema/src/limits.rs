@@ -22,7 +22,7 @@ pub const COMMAND_ID_LEN_MAX: usize = 200;
 /// under churn; older sessions are forgotten first-in first-out.
 pub const ENDED_SESSIONS_REMEMBERED: usize = 4_096;
 /// A stream's state snapshot is rewritten when its version crosses a
-/// multiple of this (DESIGN §3).
+/// multiple of this (docs/design.md §3).
 pub const SNAPSHOT_EVERY_EVENTS: i64 = 1_000;
 /// A signed checkpoint is written when the position crosses a multiple of
 /// this, or after `CHECKPOINT_EVERY_S` with new events.
@@ -81,7 +81,7 @@ const _: () = assert!(APPENDER_BATCH_MAX * 14 < 32_766);
 /// the hour, 2.7 years by the day, 83 years by the month.
 pub const USAGE_PERIODS_MAX: usize = 1_000;
 
-/// Client tokens (issue 14): licenses one may be limited to, live tokens
+/// Client tokens: licenses one may be limited to, live tokens
 /// per organization, and the longest expiry one may be given (ten years;
 /// without one it lives until revoked).
 pub const CLIENT_TOKEN_LICENSES_MAX: usize = 100;

@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(Timestamp::parse("1970-01-01T00:00:00Z"), Ok(Timestamp::MIN));
     }
 
-    /// The requests of issue 8: offsets that move a four-digit year out of
+    /// Requests with offsets that move a four-digit year out of
     /// the range once normalized.
     #[test]
     fn offsets_that_leave_the_range_are_refused() {

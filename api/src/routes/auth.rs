@@ -443,7 +443,7 @@ pub const TOKEN_TTL_S_MIN: u64 = 60;
 pub const TOKEN_TTL_S_MAX: u64 = 31_536_000;
 
 /// Revokes the calling token: at once on this replica, and on the others
-/// as soon as they hear of it (README "Accounts and tokens").
+/// as soon as they hear of it (docs/api.md, "Accounts and tokens").
 #[utoipa::path(
     post,
     path = "/api/v1/auth/logout",

@@ -1,4 +1,4 @@
-//! Signed heads of the log (issue 15), for witnesses: every checkpoint the
+//! Signed heads of the log, for witnesses: every checkpoint the
 //! ledger signed, and the latest. Public like `/api/v1/keys`: a checkpoint
 //! tells only how long the log is, when it was signed and its hash.
 

@@ -1,4 +1,4 @@
-//! Client tokens (issue 14): long-lived bearer tokens an owner or admin
+//! Client tokens: long-lived bearer tokens an owner or admin
 //! creates for embedding in a client app. Scope `seats`: acquire, heartbeat
 //! and release (see [`crate::auth::SEAT_ROUTES`]); every other
 //! authenticated route answers 403. A token may be limited to some of the

@@ -1,4 +1,4 @@
-//! The router (DESIGN §5). Every API route is registered through
+//! The router (docs/design.md §5). Every API route is registered through
 //! utoipa-axum, so the router and `/openapi.json` come from the same list
 //! and cannot drift apart. Trailing slashes are trimmed before routing (see
 //! `server`).

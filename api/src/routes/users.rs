@@ -1,5 +1,5 @@
 //! An organization's users: adding them, listing them, changing their
-//! role, deactivating them (issue 14).
+//! role, deactivating them.
 
 use crate::auth::{Admin, Principal};
 use crate::directory::Revoke;

@@ -12,7 +12,7 @@
 //! only; every run stops by itself after `--seconds`.
 //!
 //! `--broken-clients 0,16` adds that many tasks hammering acquire on a
-//! license whose stream holds an undecodable event (issue 8's blast
+//! license whose stream holds an undecodable event (the blast
 //! radius): the healthy clients' events/s should not move.
 //!
 //! `--followers none,billing` runs each configuration without and with the

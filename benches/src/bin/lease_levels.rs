@@ -1,5 +1,5 @@
 //! `lease_levels`: seat operations on one license while it holds more and
-//! more live leases (issue 12), against a running `seatledger serve`.
+//! more live leases, against a running `seatledger serve`.
 //!
 //! One license of `--seats` seats (10% overage allowed) with a 24-hour heartbeat TTL (held leases
 //! stay live for the whole run). For each level (0, 10k, 50k, 100k live

@@ -7,7 +7,7 @@ use seatledger_schema::{Role, Timestamp};
 use std::fmt;
 use uuid::Uuid;
 
-/// Who asks for a heartbeat or a release (seat authority, issue 14).
+/// Who asks for a heartbeat or a release (seat authority).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeatActor {
     /// Not checked: replays, simulations and the operator's own tools.

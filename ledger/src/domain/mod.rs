@@ -1,5 +1,5 @@
 //! The domain: commands, rejections and the pure `decide`/`evolve` pair per
-//! stream kind (DESIGN §2). Nothing here does I/O, reads a clock or draws a
+//! stream kind (docs/design.md §2). Nothing here does I/O, reads a clock or draws a
 //! random number: `now` and every id come in as arguments.
 
 pub mod command;

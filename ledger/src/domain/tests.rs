@@ -1,4 +1,4 @@
-//! Decider tests in given/when/then form, one per rule of DESIGN §2 and per
+//! Decider tests in given/when/then form, one per rule of docs/design.md §2 and per
 //! rejection code, and property tests against a model.
 
 use super::*;

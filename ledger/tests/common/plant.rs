@@ -1,4 +1,4 @@
-//! Plants events a bug of an older version could have written (issue 8):
+//! Plants events a bug of an older version could have written:
 //! one the log cannot decode, or one in a legacy form. Imported with a
 //! valid hash chain, so the only thing wrong with them is their payload.
 //! Shared with the replay-tools and API tests and a benchmark (`#[path]`).
