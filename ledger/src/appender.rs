@@ -1787,7 +1787,7 @@ impl UnreadableStreams {
         let delay = match self.streams.get(stream_id) {
             Some(stream) => (stream.delay * 2).min(max),
             None => {
-                tracing::error!(stream_id, reason, "stream unreadable: its commands fail with stream_unreadable until it can be read; see docs/design.md §2, "Recovery from an event that was stored anyway"");
+                tracing::error!(stream_id, reason, "stream unreadable: its commands fail with stream_unreadable until it can be read; see docs/design.md §2, on recovery from an event that was stored anyway");
                 Duration::from_secs(limits::UNREADABLE_STREAM_RETRY_S)
             }
         };
