@@ -117,3 +117,68 @@ async fn nats_killed_mid_workload_loses_and_repeats_nothing(pool: sqlx::PgPool) 
     assert_eq!(seen, (1..=head).collect::<Vec<_>>(), "in position order");
     app.stop().await;
 }
+
+/// seatledger stopped, then nats-server killed (SIGKILL) and restarted
+/// without the JetStream data it had acknowledged (its store directory
+/// gone, as a disk or machine loss leaves it), then seatledger started
+/// again: the publisher finds the stream behind its checkpoint at start and
+/// resends what was lost, with no operator action; the stream holds every
+/// event exactly once, in position order.
+#[sqlx::test(migrations = false)]
+async fn a_jetstream_loss_across_restarts_is_mended_at_start(pool: sqlx::PgPool) {
+    let mut nats = PrivateServer::start(common::nats_server).await;
+    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
+    let stream = "SEATLEDGER_RESTART";
+    let nats_args = || NatsArgs {
+        url: Some(nats_url.clone()),
+        stream: stream.into(),
+        ..NatsArgs::off()
+    };
+    const PUBLISHED: &str = "seatledger_follower_position{follower=\"nats\"}";
+    let app = TestApp::postgres_with_nats(pool.clone(), nats_args()).await;
+    let org = app.register("ada@example.com").await;
+    let (_, key) = app
+        .issue(&org, json!({"name": "IDE", "seats": 1_000}))
+        .await;
+    for n in 0..200 {
+        let reply = app.acquire(&org, &key, &format!("m{n}")).await;
+        assert_eq!(reply.status, 201);
+    }
+    let (head, _) = app.store.head(0).await.unwrap();
+    eventually("everything is published", 30, || async {
+        app.metric(PUBLISHED).await >= head
+    })
+    .await;
+    app.stop().await;
+
+    nats.kill();
+    std::fs::remove_dir_all(nats.dir.path().join("jetstream")).unwrap();
+    nats.restart().await;
+
+    let app = TestApp::postgres_with_nats(pool, nats_args()).await;
+    eventually("the loss is noticed at start", 30, || async {
+        app.metric("seatledger_nats_losses_recovered_total").await == 1
+    })
+    .await;
+    eventually("everything is published again", 30, || async {
+        app.metric(PUBLISHED).await >= head
+    })
+    .await;
+    let client = async_nats::connect(nats_url.clone()).await.unwrap();
+    let messages = common::event_messages(client.clone(), stream).await;
+    assert_eq!(messages, head as usize, "no event twice, none missing");
+    let mut consumer = EventConsumer::from_start(client, stream).await.unwrap();
+    let mut seen = Vec::new();
+    while consumer.position(0) < head {
+        seen.extend(
+            consumer
+                .fetch(1_000, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|event| event.position),
+        );
+    }
+    assert_eq!(seen, (1..=head).collect::<Vec<_>>(), "in position order");
+    app.stop().await;
+}
