@@ -10,6 +10,23 @@ use seatledger_projections::EventConsumer;
 use serde_json::json;
 use std::time::Duration;
 
+/// The positions a consumer reads from the start of `stream` up to `head`.
+async fn consumed_positions(client: async_nats::Client, stream: &str, head: i64) -> Vec<i64> {
+    let mut consumer = EventConsumer::from_start(client, stream).await.unwrap();
+    let mut seen = Vec::new();
+    while consumer.position(0) < head {
+        seen.extend(
+            consumer
+                .fetch(1_000, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|event| event.position),
+        );
+    }
+    seen
+}
+
 /// NATS killed (SIGKILL) in the middle of a workload of more than 5,000
 /// events and restarted: every write was answered meanwhile, ready said
 /// `degraded`, and the stream ends up holding every event exactly once,
@@ -102,19 +119,11 @@ async fn nats_killed_mid_workload_loses_and_repeats_nothing(pool: sqlx::PgPool) 
     // Events only: signed heads go to `seatledger.checkpoints`.
     let messages = common::event_messages(client.clone(), stream).await;
     assert_eq!(messages, head as usize, "no event twice, none missing");
-    let mut consumer = EventConsumer::from_start(client, stream).await.unwrap();
-    let mut seen = Vec::new();
-    while consumer.position(0) < head {
-        seen.extend(
-            consumer
-                .fetch(1_000, Duration::from_secs(2))
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|event| event.position),
-        );
-    }
-    assert_eq!(seen, (1..=head).collect::<Vec<_>>(), "in position order");
+    assert_eq!(
+        consumed_positions(client, stream, head).await,
+        (1..=head).collect::<Vec<_>>(),
+        "in position order"
+    );
     app.stop().await;
 }
 
@@ -167,18 +176,10 @@ async fn a_jetstream_loss_across_restarts_is_mended_at_start(pool: sqlx::PgPool)
     let client = async_nats::connect(nats_url.clone()).await.unwrap();
     let messages = common::event_messages(client.clone(), stream).await;
     assert_eq!(messages, head as usize, "no event twice, none missing");
-    let mut consumer = EventConsumer::from_start(client, stream).await.unwrap();
-    let mut seen = Vec::new();
-    while consumer.position(0) < head {
-        seen.extend(
-            consumer
-                .fetch(1_000, Duration::from_secs(2))
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|event| event.position),
-        );
-    }
-    assert_eq!(seen, (1..=head).collect::<Vec<_>>(), "in position order");
+    assert_eq!(
+        consumed_positions(client, stream, head).await,
+        (1..=head).collect::<Vec<_>>(),
+        "in position order"
+    );
     app.stop().await;
 }

@@ -363,10 +363,10 @@ impl Follower for NatsPublisher {
 }
 
 impl NatsPublisher {
-    async fn ensure_stream(&mut self) -> Result<(), FollowerError> {
-        if self.stream_ready {
-            return Ok(());
-        }
+    /// The stream (created when missing) and its state now.
+    async fn open_stream(
+        &self,
+    ) -> Result<(jetstream::stream::Stream, jetstream::stream::State), FollowerError> {
         let stream_error = |error: String| {
             FollowerError::Output(format!("JetStream stream {}: {error}", self.config.stream))
         };
@@ -375,12 +375,21 @@ impl NatsPublisher {
             .get_or_create_stream(self.config.stream_config())
             .await
             .map_err(|error| stream_error(format!("cannot create it: {error}")))?;
-        let last_sequence = stream
+        let state = stream
             .info()
             .await
             .map_err(|error| stream_error(format!("cannot read its state: {error}")))?
             .state
-            .last_sequence;
+            .clone();
+        Ok((stream, state))
+    }
+
+    async fn ensure_stream(&mut self) -> Result<(), FollowerError> {
+        if self.stream_ready {
+            return Ok(());
+        }
+        let (stream, state) = self.open_stream().await?;
+        let last_sequence = state.last_sequence;
         if last_sequence < self.acked_sequence {
             self.recover_loss(&stream, last_sequence).await?;
         }
@@ -415,20 +424,7 @@ impl NatsPublisher {
         if checkpoint == 0 {
             return Ok(());
         }
-        let stream_error = |error: String| {
-            FollowerError::Output(format!("JetStream stream {}: {error}", self.config.stream))
-        };
-        let mut stream = self
-            .jetstream
-            .get_or_create_stream(self.config.stream_config())
-            .await
-            .map_err(|error| stream_error(format!("cannot create it: {error}")))?;
-        let state = stream
-            .info()
-            .await
-            .map_err(|error| stream_error(format!("cannot read its state: {error}")))?
-            .state
-            .clone();
+        let (stream, state) = self.open_stream().await?;
         let (kept, _) = self.last_kept(&stream, state.last_sequence, false).await;
         let lost = match kept {
             Some(position) => position < checkpoint,
