@@ -10,8 +10,13 @@ use seatledger_projections::EventConsumer;
 use serde_json::json;
 use std::time::Duration;
 
-/// The positions a consumer reads from the start of `stream` up to `head`.
-async fn consumed_positions(client: async_nats::Client, stream: &str, head: i64) -> Vec<i64> {
+/// `stream` holds events 1 to `head` (signed heads go to
+/// `seatledger.checkpoints`, not counted), each once, and a consumer reads
+/// them in position order.
+async fn assert_every_event_once_in_order(nats_url: &str, stream: &str, head: i64) {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let messages = common::event_messages(client.clone(), stream).await;
+    assert_eq!(messages, head as usize, "no event twice, none missing");
     let mut consumer = EventConsumer::from_start(client, stream).await.unwrap();
     let mut seen = Vec::new();
     while consumer.position(0) < head {
@@ -24,7 +29,7 @@ async fn consumed_positions(client: async_nats::Client, stream: &str, head: i64)
                 .map(|event| event.position),
         );
     }
-    seen
+    assert_eq!(seen, (1..=head).collect::<Vec<_>>(), "in position order");
 }
 
 /// NATS killed (SIGKILL) in the middle of a workload of more than 5,000
@@ -115,15 +120,7 @@ async fn nats_killed_mid_workload_loses_and_repeats_nothing(pool: sqlx::PgPool) 
     let losses = app.metric("seatledger_nats_losses_recovered_total").await;
     println!("JetStream losses noticed and resent by the publisher: {losses}");
 
-    let client = async_nats::connect(nats_url.clone()).await.unwrap();
-    // Events only: signed heads go to `seatledger.checkpoints`.
-    let messages = common::event_messages(client.clone(), stream).await;
-    assert_eq!(messages, head as usize, "no event twice, none missing");
-    assert_eq!(
-        consumed_positions(client, stream, head).await,
-        (1..=head).collect::<Vec<_>>(),
-        "in position order"
-    );
+    assert_every_event_once_in_order(&nats_url, stream, head).await;
     app.stop().await;
 }
 
@@ -173,13 +170,6 @@ async fn a_jetstream_loss_across_restarts_is_mended_at_start(pool: sqlx::PgPool)
         app.metric(PUBLISHED).await >= head
     })
     .await;
-    let client = async_nats::connect(nats_url.clone()).await.unwrap();
-    let messages = common::event_messages(client.clone(), stream).await;
-    assert_eq!(messages, head as usize, "no event twice, none missing");
-    assert_eq!(
-        consumed_positions(client, stream, head).await,
-        (1..=head).collect::<Vec<_>>(),
-        "in position order"
-    );
+    assert_every_event_once_in_order(&nats_url, stream, head).await;
     app.stop().await;
 }

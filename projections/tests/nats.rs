@@ -173,6 +173,15 @@ impl Fixture {
         Publisher::start(&self.store, &self.config, &self.notifier).await
     }
 
+    /// A publisher runs while `acquires` acquires are made, publishes
+    /// everything, and stops.
+    async fn publish_then_stop(&self, acquires: usize) {
+        let publisher = self.publisher().await;
+        workload(&self.appender, acquires, 4).await;
+        self.all_published().await;
+        publisher.stop().await;
+    }
+
     async fn all_published(&self) {
         eventually("everything is published", 20, || {
             published_through_head(&self.store)
@@ -534,16 +543,9 @@ async fn one_replica_publishes_and_the_other_takes_over(pool: sqlx::PgPool) {
 async fn republish_restores_a_lost_stream(pool: sqlx::PgPool) {
     let fixture = Fixture::new(pool).await;
     let Fixture {
-        url,
-        config,
-        store,
-        appender,
-        ..
+        url, config, store, ..
     } = &fixture;
-    let publisher = fixture.publisher().await;
-    workload(appender, 150, 4).await;
-    fixture.all_published().await;
-    publisher.stop().await;
+    fixture.publish_then_stop(150).await;
 
     delete_stream(url, &config.stream).await;
     let client = async_nats::connect(&url).await.unwrap();
@@ -696,10 +698,7 @@ async fn a_loss_found_at_start_is_resent_without_an_operator(pool: sqlx::PgPool)
         appender,
         ..
     } = &fixture;
-    let publisher = fixture.publisher().await;
-    workload(appender, 150, 4).await;
-    fixture.all_published().await;
-    publisher.stop().await;
+    fixture.publish_then_stop(150).await;
 
     fixture.delete_stream().await;
     let publisher = fixture.publisher().await;
