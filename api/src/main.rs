@@ -9,7 +9,7 @@ use seatledger_api::{DatabaseArgs, ServeArgs};
 
 /// jemalloc instead of glibc's allocator: the server allocates per request
 /// on every tokio thread and holds large, long-lived states. Same-run
-/// measurement (BENCHMARKS.md "Allocator"): 1.32x the seat ops/s at 256
+/// measurement (BENCHMARKS.md, "Choices these measurements settled"): 1.32x the seat ops/s at 256
 /// clients, p99 39 -> 30 ms, and less RSS with 100k leases on a license;
 /// mimalloc was as fast but held 25% more memory.
 #[global_allocator]

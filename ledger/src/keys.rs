@@ -13,7 +13,7 @@
 //! the same bytes (a property test holds them to it); dalek's signing was
 //! 17.4 µs against ring's 23.8 µs here, and the API signs a seat token for
 //! every acquire and heartbeat answer (a fifth of the server's CPU under
-//! load with ring; BENCHMARKS.md "Seat-token signing").
+//! load with ring; BENCHMARKS.md, "Choices these measurements settled").
 
 use crate::store::StoreError;
 use ring::rand::SystemRandom;
