@@ -345,12 +345,7 @@ pub fn apply_config_file(
             toml::Value::Array(items) => items.into_iter().map(scalar).collect::<Result<_, _>>()?,
             other => vec![scalar(other)?],
         };
-        // Start-up only, once per key: the values live as long as the
-        // command does.
-        let values: Vec<&'static str> = values
-            .into_iter()
-            .map(|value: String| &*Box::leak(value.into_boxed_str()))
-            .collect();
+        let values: Vec<String> = values;
         let mut found = false;
         command = set_default(command, &key, &values, &mut found);
         if !found {
@@ -366,7 +361,7 @@ pub fn apply_config_file(
 fn set_default(
     mut command: clap::Command,
     key: &str,
-    values: &[&'static str],
+    values: &[String],
     found: &mut bool,
 ) -> clap::Command {
     let id = command
@@ -375,7 +370,7 @@ fn set_default(
         .map(|argument| argument.get_id().clone());
     if let Some(id) = id {
         *found = true;
-        command = command.mut_arg(id, |argument| argument.default_values(values.to_vec()));
+        command = command.mut_arg(id, |argument| argument.default_values(values.iter().cloned()));
     }
     let names: Vec<String> = command
         .get_subcommands()
