@@ -370,7 +370,9 @@ fn set_default(
         .map(|argument| argument.get_id().clone());
     if let Some(id) = id {
         *found = true;
-        command = command.mut_arg(id, |argument| argument.default_values(values.iter().cloned()));
+        command = command.mut_arg(id, |argument| {
+            argument.default_values(values.iter().cloned())
+        });
     }
     let names: Vec<String> = command
         .get_subcommands()
