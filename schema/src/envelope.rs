@@ -56,11 +56,87 @@ impl RecordedEvent {
     pub fn event(&self) -> Result<Event, DecodeError> {
         Event::decode(&self.event_type, self.schema_version, &self.payload)
     }
+
+    /// The seat this record granted or extended, if it is a `SeatAcquired`
+    /// or a `SeatHeartbeat`: read from the type and the session id alone,
+    /// without decoding the whole payload (the appender and every seat
+    /// answer ask).
+    pub fn seat_touch(&self) -> Option<SeatTouch> {
+        let kind = match self.event_type.as_str() {
+            "SeatAcquired" => SeatTouchKind::Acquired,
+            "SeatHeartbeat" => SeatTouchKind::Heartbeat,
+            _ => return None,
+        };
+        let session_id = self.payload.get("session_id")?.as_str()?.parse().ok()?;
+        Some(SeatTouch {
+            kind,
+            session_id,
+            at: self.recorded_at,
+        })
+    }
+}
+
+/// A seat an event granted or extended (see [`RecordedEvent::seat_touch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeatTouch {
+    pub kind: SeatTouchKind,
+    pub session_id: Uuid,
+    /// When the event was recorded: a seat token's `issued_at`.
+    pub at: Timestamp,
+}
+
+/// Whether a seat was granted anew or an existing lease extended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeatTouchKind {
+    Acquired,
+    Heartbeat,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(event_type: &str, payload: serde_json::Value) -> RecordedEvent {
+        RecordedEvent {
+            partition: 0,
+            position: 7,
+            event_id: Uuid::from_u128(1),
+            stream_id: "license-x".into(),
+            stream_version: 3,
+            tenant_id: Uuid::from_u128(2),
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload,
+            metadata: Metadata::default(),
+            occurred_at: Timestamp::UNIX_EPOCH,
+            recorded_at: Timestamp::from_micros_saturating(5),
+            prev_hash: ChainHash::GENESIS,
+            hash: ChainHash::GENESIS,
+        }
+    }
+
+    /// Acquires and heartbeats name their session and kind; other seat
+    /// events and a payload without a session id are no seat touch.
+    #[test]
+    fn seat_touches_are_read_from_acquires_and_heartbeats_only() {
+        let session = Uuid::from_u128(9);
+        let payload = serde_json::json!({ "session_id": session.to_string() });
+        let acquired = record("SeatAcquired", payload.clone())
+            .seat_touch()
+            .unwrap();
+        assert_eq!(acquired.kind, SeatTouchKind::Acquired);
+        assert_eq!(acquired.session_id, session);
+        assert_eq!(acquired.at, Timestamp::from_micros_saturating(5));
+        let heartbeat = record("SeatHeartbeat", payload.clone())
+            .seat_touch()
+            .unwrap();
+        assert_eq!(heartbeat.kind, SeatTouchKind::Heartbeat);
+        assert_eq!(record("SeatReleased", payload).seat_touch(), None);
+        assert_eq!(
+            record("SeatAcquired", serde_json::json!({})).seat_touch(),
+            None
+        );
+    }
 
     /// Metadata outside the hashed fields is refused, so no reader (verify,
     /// the followers, the NATS publisher) passes on what no hash covers.

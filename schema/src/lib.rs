@@ -15,6 +15,6 @@ pub mod time;
 
 pub use canonical::{canonical_bytes, chain_hash, verify_chain, ChainError, ChainHash};
 pub use checkpoint::{key_id_of, parse_pinned_key, pinned_key_text, Checkpoint, CheckpointError};
-pub use envelope::{Metadata, RawRecordedEvent, RecordedEvent};
+pub use envelope::{Metadata, RawRecordedEvent, RecordedEvent, SeatTouch, SeatTouchKind};
 pub use event::*;
 pub use time::{Timestamp, TimestampError};

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use seatledger_ledger::domain::{Command, HardwareId, Rejection, SeatActor, StreamId};
 use seatledger_ledger::CommandResult;
-use seatledger_schema::Timestamp;
+use seatledger_schema::{SeatTouchKind, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use utoipa::ToSchema;
@@ -72,13 +72,7 @@ fn seat_response(state: &AppState, result: &CommandResult) -> Result<SeatRespons
     };
     let view = result.license.as_ref().ok_or_else(missing)?;
     let lease = result.lease.as_ref().ok_or_else(missing)?;
-    let issued_at = result
-        .events
-        .iter()
-        .rev()
-        .find(|event| matches!(event.event_type.as_str(), "SeatAcquired" | "SeatHeartbeat"))
-        .map(|event| event.recorded_at)
-        .ok_or_else(missing)?;
+    let issued_at = result.seat_touch().ok_or_else(missing)?.at;
     let claims = SeatClaims {
         license_id: view.license_id,
         session_id: lease.session_id,
@@ -241,9 +235,8 @@ pub async fn acquire(
     }
     let result = accepted(result)?;
     let granted = result
-        .events
-        .iter()
-        .any(|event| event.event_type == "SeatAcquired");
+        .seat_touch()
+        .is_some_and(|touch| touch.kind == SeatTouchKind::Acquired);
     let status = if granted {
         state.metrics.seats_granted.fetch_add(1, Ordering::Relaxed);
         StatusCode::CREATED

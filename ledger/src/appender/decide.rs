@@ -246,10 +246,8 @@ pub(super) fn touched_session(events: &[RecordedEvent]) -> Option<Uuid> {
     events
         .iter()
         .rev()
-        .find_map(|record| match record.event_type.as_str() {
-            "SeatAcquired" | "SeatHeartbeat" => record.payload["session_id"].as_str()?.parse().ok(),
-            _ => None,
-        })
+        .find_map(|record| record.seat_touch())
+        .map(|touch| touch.session_id)
 }
 
 /// Phase 3: the `streams` rows of the streams the batch changed, with a

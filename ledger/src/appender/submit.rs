@@ -2,7 +2,7 @@
 
 use crate::domain::{Command, Lease, LicenseView, Rejection};
 use crate::store::StoreError;
-use seatledger_schema::{Metadata, RecordedEvent};
+use seatledger_schema::{Metadata, RecordedEvent, SeatTouch};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -87,6 +87,12 @@ impl CommandResult {
             lease: None,
             replayed: false,
         }
+    }
+
+    /// The seat this command granted or extended (the latest, if several):
+    /// what an acquire or heartbeat answers with.
+    pub fn seat_touch(&self) -> Option<SeatTouch> {
+        self.events.iter().rev().find_map(RecordedEvent::seat_touch)
     }
 
     pub fn is_accepted(&self) -> bool {
