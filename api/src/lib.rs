@@ -7,7 +7,8 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
-pub mod directory;
+/// The credentials directory lives in the storage layer.
+pub use seatledger_ledger::store::directory;
 pub mod error;
 pub mod extract;
 pub mod framing;

@@ -189,9 +189,10 @@ impl Server {
         let caches: Arc<crate::state::Caches> = Default::default();
         if let Some(pool) = store.pg_pool() {
             // Revocations on other replicas reach this one's credential cache.
+            let caches = caches.clone();
             listeners.push(tokio::spawn(crate::directory::listen_revocations(
                 pool.clone(),
-                caches.clone(),
+                move |revoked| caches.forget(revoked),
             )));
         }
         let http = args.http.limits();

@@ -41,6 +41,16 @@ impl Caches {
         self.tokens
             .retain(|grant| grant.principal.user_id != user_id);
     }
+
+    /// Drops what another replica revoked.
+    pub fn forget(&self, revoked: crate::directory::Revoked) {
+        use crate::directory::Revoked;
+        match revoked {
+            Revoked::Token(hash) => self.tokens.remove(&hash),
+            Revoked::User(user_id) => self.forget_user(user_id),
+            Revoked::Unknown => self.tokens.retain(|_| false),
+        }
+    }
 }
 
 impl Default for Caches {

@@ -5,6 +5,19 @@
 //! The same events give the same rows on both backends and the same hashes:
 //! hashes are computed from `RecordedEvent`, never from a backend's text.
 
+/// Runs `$body` with `$pool` bound to the store's pool, whichever the
+/// backend: the one place a backend is chosen for SQL text both dialects
+/// accept (`$N` parameters, ids as text on SQLite).
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool, _) => $body,
+        }
+    };
+}
+
+pub mod directory;
 mod postgres;
 mod sqlite;
 
@@ -170,10 +183,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// parameters). Propagates the error with `?`.
 macro_rules! query_either {
     ($store:expr, $sql:expr, $fetch:ident, $($bind:expr),+) => {
-        match $store {
-            Store::Postgres(pool) => sqlx::query_as($sql)$(.bind($bind))+.$fetch(pool).await?,
-            Store::Sqlite(pool, _) => sqlx::query_as($sql)$(.bind($bind))+.$fetch(pool).await?,
-        }
+        on_pool!($store, |pool| sqlx::query_as($sql)$(.bind($bind))+.$fetch(pool).await?)
     };
 }
 

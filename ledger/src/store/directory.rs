@@ -3,21 +3,32 @@
 //! never holds a secret. The same SQL runs on PostgreSQL and SQLite (ids as
 //! text, times as microseconds, `$n` placeholders).
 
-use seatledger_ledger::{Store, StoreError};
+use crate::store::{Store, StoreError};
 use seatledger_schema::{Role, Timestamp};
 use sqlx::Row;
 use uuid::Uuid;
 
-/// Runs `$body` with `$pool` bound to whichever pool the store has.
 /// The PostgreSQL channel revocations are announced on (`token:<hex hash>`
 /// or `user:<uuid>`), so every replica drops them from its cache at once.
 pub const REVOCATIONS_CHANNEL: &str = "seatledger_revocations";
 
-/// Listens for revocations and drops them from `tokens` (the credential
-/// cache); reconnects after errors, until the pool closes. Without it (or
-/// while it reconnects) a revoked token stays usable on another replica
-/// for at most the cache's TTL.
-pub async fn listen_revocations(pool: sqlx::PgPool, tokens: std::sync::Arc<crate::state::Caches>) {
+/// A revocation another replica announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// The token with this hash.
+    Token([u8; 32]),
+    /// Every token of this user.
+    User(Uuid),
+    /// Announcements may have been missed (the listener reconnected):
+    /// forget every cached token.
+    Unknown,
+}
+
+/// Listens for revocations and hands each to `revoked`; reconnects after
+/// errors, until the pool closes. Without it (or while it reconnects) a
+/// revoked token stays usable on another replica for at most the cache's
+/// TTL.
+pub async fn listen_revocations(pool: sqlx::PgPool, mut revoked: impl FnMut(Revoked)) {
     loop {
         match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
@@ -29,11 +40,11 @@ pub async fn listen_revocations(pool: sqlx::PgPool, tokens: std::sync::Arc<crate
                         if let Some(hash) = payload.strip_prefix("token:") {
                             let mut key = [0u8; 32];
                             if hex::decode_to_slice(hash, &mut key).is_ok() {
-                                tokens.tokens.remove(&key);
+                                revoked(Revoked::Token(key));
                             }
                         } else if let Some(user) = payload.strip_prefix("user:") {
                             if let Ok(user_id) = Uuid::parse_str(user) {
-                                tokens.forget_user(user_id);
+                                revoked(Revoked::User(user_id));
                             }
                         }
                     }
@@ -45,9 +56,8 @@ pub async fn listen_revocations(pool: sqlx::PgPool, tokens: std::sync::Arc<crate
         if pool.is_closed() {
             return;
         }
-        // Whatever was announced meanwhile was missed: forget every cached
-        // token rather than keep a revoked one for the cache's TTL.
-        tokens.tokens.retain(|_| false);
+        // Whatever was announced meanwhile was missed.
+        revoked(Revoked::Unknown);
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
@@ -62,23 +72,14 @@ pub enum Revoke<'a> {
     All,
 }
 
-macro_rules! with_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Postgres($pool) => $body,
-            Store::Sqlite($pool, _) => $body,
-        }
-    };
-}
-
-/// `with_pool!` for a statement that writes: on SQLite it waits for the
+/// [`on_pool!`] for a statement that writes: on SQLite it waits for the
 /// process's turn to write first ([`Store::write_turn`]; without it, a
 /// login under a seat-operation load took up to 0.9 s).
 macro_rules! with_write_pool {
     ($store:expr, |$pool:ident| $body:expr) => {{
         let store: &Store = $store;
         let _turn = store.write_turn().await;
-        with_pool!(store, |$pool| $body)
+        on_pool!(store, |$pool| $body)
     }};
 }
 
@@ -247,14 +248,14 @@ impl Directory {
             .await?;
         Ok(matches!(
             state,
-            seatledger_ledger::domain::StreamState::Org(org) if org.users.contains_key(&principal.user_id)
+            crate::domain::StreamState::Org(org) if org.users.contains_key(&principal.user_id)
         ))
     }
 
     /// A user row by email (deactivated users are not found), pending or
     /// not.
     pub async fn user_by_email(&self, email: &str) -> Result<Option<FoundUser>, DirectoryError> {
-        let row = with_pool!(&self.store, |pool| {
+        let row = on_pool!(&self.store, |pool| {
             sqlx::query_as::<_, (String, String, String, String, String, Option<i64>)>(
                 "SELECT user_id, org_id, email, password_hash, role, pending_since FROM users WHERE email = $1 AND deactivated_at IS NULL",
             )
@@ -334,7 +335,7 @@ impl Directory {
             Option<String>,
             Option<String>,
         );
-        let row = with_pool!(&self.store, |pool| {
+        let row = on_pool!(&self.store, |pool| {
             sqlx::query_as::<_, Row>("SELECT user_id, org_id, role, created_at, expires_at, token_id, scope, licenses FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
                 .bind(token_hash.as_slice())
                 .fetch_optional(pool)
@@ -417,7 +418,7 @@ impl Directory {
             i64,
             Option<String>,
         );
-        let rows = with_pool!(&self.store, |pool| sqlx::query_as::<_, Row>(
+        let rows = on_pool!(&self.store, |pool| sqlx::query_as::<_, Row>(
             "SELECT token_id, name, created_by, created_at, expires_at, licenses FROM api_tokens WHERE org_id = $1 AND scope = $2 AND revoked_at IS NULL ORDER BY created_at, token_id"
         )
         .bind(org_id.to_string())
@@ -542,7 +543,7 @@ impl Directory {
         &self,
         org_id: Uuid,
     ) -> Result<Vec<(Uuid, String, Role, bool)>, DirectoryError> {
-        let rows = with_pool!(&self.store, |pool| sqlx::query_as::<
+        let rows = on_pool!(&self.store, |pool| sqlx::query_as::<
             _,
             (String, String, String, Option<i64>),
         >(
@@ -595,7 +596,7 @@ impl Directory {
         &self,
         user_id: Uuid,
     ) -> Result<Option<(String, String)>, DirectoryError> {
-        with_pool!(&self.store, |pool| sqlx::query_as::<_, (String, String)>(
+        on_pool!(&self.store, |pool| sqlx::query_as::<_, (String, String)>(
             "SELECT email, role FROM users WHERE user_id = $1"
         )
         .bind(user_id.to_string())
@@ -629,7 +630,7 @@ impl Directory {
         &self,
         key_hash: &[u8; 32],
     ) -> Result<Option<(Uuid, Uuid)>, DirectoryError> {
-        let row = with_pool!(&self.store, |pool| {
+        let row = on_pool!(&self.store, |pool| {
             match sqlx::query("SELECT license_id, org_id FROM license_keys WHERE key_hash = $1")
                 .bind(key_hash.as_slice())
                 .fetch_optional(pool)
@@ -653,7 +654,7 @@ impl Directory {
     /// The org a license belongs to (from its key row; one indexed read,
     /// whatever the license's history holds).
     pub async fn license_org(&self, license_id: Uuid) -> Result<Option<Uuid>, DirectoryError> {
-        let org: Option<String> = with_pool!(&self.store, |pool| sqlx::query_scalar(
+        let org: Option<String> = on_pool!(&self.store, |pool| sqlx::query_scalar(
             "SELECT org_id FROM license_keys WHERE license_id = $1"
         )
         .bind(license_id.to_string())
@@ -665,7 +666,7 @@ impl Directory {
 
     /// The org's licenses, oldest first, at most `limit`.
     pub async fn licenses_of(&self, org_id: Uuid, limit: i64) -> Result<Vec<Uuid>, DirectoryError> {
-        let ids: Vec<String> = with_pool!(&self.store, |pool| sqlx::query_scalar(
+        let ids: Vec<String> = on_pool!(&self.store, |pool| sqlx::query_scalar(
             "SELECT license_id FROM license_keys WHERE org_id = $1 ORDER BY created_at, license_id LIMIT $2"
         )
         .bind(org_id.to_string())
