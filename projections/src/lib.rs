@@ -1,5 +1,5 @@
 //! seatledger-projections: everything that follows the log (docs/design.md §4):
-//! the follower runner with checkpoints, hot seat counts, the zombie
+//! the follower runner, hot seat counts, the zombie
 //! reaper, billing and the NATS JetStream publisher.
 //!
 //! Built so far: the billing fold ([`billing`]), pure and replayable, and
@@ -11,7 +11,6 @@
 
 pub mod billing;
 pub mod billing_live;
-pub mod checkpoints;
 pub mod counts;
 pub mod event_consumer;
 pub mod hot;

@@ -35,11 +35,11 @@
 //! PostgreSQL stays the truth: while NATS is unreachable events wait in the
 //! log, the API is unaffected, and publishing resumes from the checkpoint.
 
-use crate::checkpoints;
 use crate::runner::{Follower, FollowerError};
 use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, stream::StorageType};
-use seatledger_ledger::Store;
+use seatledger_ledger::store::SessionLock;
+use seatledger_ledger::{Backend, Store};
 use seatledger_schema::{RawRecordedEvent, RecordedEvent, Timestamp};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -203,7 +203,7 @@ pub struct NatsPublisher {
     jetstream: jetstream::Context,
     stream_ready: bool,
     /// PostgreSQL: the connection holding the advisory lock.
-    lock: Option<sqlx::PgConnection>,
+    lock: Option<SessionLock>,
     stats: Arc<PublisherStats>,
     /// The last signed head published (loaded on first use).
     heads_published: Option<i64>,
@@ -260,18 +260,8 @@ impl NatsPublisher {
     /// Whether this replica may publish: on PostgreSQL, it holds (or just
     /// took) the partition's publisher lock on its own live connection.
     async fn lead(&mut self) -> Result<bool, FollowerError> {
-        let Store::Postgres(pool) = &self.store else {
-            // SQLite is one process: nobody to share with, nobody else
-            // moves the checkpoint.
-            self.stats.active.store(true, Ordering::Relaxed);
-            return Ok(true);
-        };
-        if let Some(connection) = &mut self.lock {
-            if sqlx::query("SELECT 1")
-                .execute(&mut *connection)
-                .await
-                .is_ok()
-            {
+        if let Some(lock) = &mut self.lock {
+            if lock.is_held().await {
                 return Ok(true);
             }
             // The connection (and the lock with it) is gone.
@@ -279,27 +269,19 @@ impl NatsPublisher {
             self.stats.active.store(false, Ordering::Relaxed);
             tracing::warn!("nats publisher: lost the publisher lock");
         }
-        use sqlx::Connection;
-        let mut connection = sqlx::PgConnection::connect_with(&pool.connect_options())
-            .await
-            .map_err(seatledger_ledger::StoreError::from)?;
         let key = PUBLISHER_LOCK_NAMESPACE + i64::from(self.partition);
-        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut connection)
-            .await
-            .map_err(seatledger_ledger::StoreError::from)?;
-        if held {
+        let Some(lock) = self.store.try_session_lock(key).await? else {
+            return Ok(false);
+        };
+        if self.store.backend() == Backend::Postgres {
             tracing::info!(partition = self.partition, "nats publisher: active");
-            // Another replica may have published meanwhile.
-            self.published = None;
-            self.heads_published = None;
-            self.lock = Some(connection);
-            self.stats.active.store(true, Ordering::Relaxed);
-        } else {
-            let _ = connection.close().await;
         }
-        Ok(held)
+        // Another replica may have published meanwhile.
+        self.published = None;
+        self.heads_published = None;
+        self.lock = Some(lock);
+        self.stats.active.store(true, Ordering::Relaxed);
+        Ok(true)
     }
 }
 
@@ -328,7 +310,7 @@ impl Follower for NatsPublisher {
                 // the checkpoint says was published?
                 self.check_stream_at_start().await?;
                 let position =
-                    checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
+                    Store::follower_position(&self.store, NATS_FOLLOWER, self.partition).await?;
                 self.published = Some(position);
                 self.saved = (position, Instant::now());
                 position
@@ -420,7 +402,8 @@ impl NatsPublisher {
     /// messages aged out, or the last [`LOSS_SCAN_MAX`] are all of other
     /// partitions) is trusted.
     async fn check_stream_at_start(&mut self) -> Result<(), FollowerError> {
-        let checkpoint = checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
+        let checkpoint =
+            Store::follower_position(&self.store, NATS_FOLLOWER, self.partition).await?;
         if checkpoint == 0 {
             return Ok(());
         }
@@ -481,8 +464,10 @@ impl NatsPublisher {
         kept_head: Option<i64>,
         last_sequence: u64,
     ) -> Result<(), FollowerError> {
-        let checkpoint = checkpoints::load(&self.store, NATS_FOLLOWER, self.partition).await?;
-        let heads = checkpoints::load(&self.store, NATS_HEADS_FOLLOWER, self.partition).await?;
+        let checkpoint =
+            Store::follower_position(&self.store, NATS_FOLLOWER, self.partition).await?;
+        let heads =
+            Store::follower_position(&self.store, NATS_HEADS_FOLLOWER, self.partition).await?;
         let back_to = kept.unwrap_or(0).min(checkpoint);
         let heads_back_to = kept_head.unwrap_or(0).min(heads);
         tracing::warn!(
@@ -493,8 +478,8 @@ impl NatsPublisher {
             resend_from = back_to + 1,
             "JetStream lost acknowledged messages; resending them from the log"
         );
-        checkpoints::save(&self.store, NATS_FOLLOWER, self.partition, back_to).await?;
-        checkpoints::save(
+        Store::save_follower_position(&self.store, NATS_FOLLOWER, self.partition, back_to).await?;
+        Store::save_follower_position(
             &self.store,
             NATS_HEADS_FOLLOWER,
             self.partition,
@@ -548,7 +533,8 @@ impl NatsPublisher {
         };
         let (saved, saved_at) = self.saved;
         if position > saved && (now || saved_at.elapsed() >= CHECKPOINT_SAVE_INTERVAL) {
-            checkpoints::save(&self.store, NATS_FOLLOWER, self.partition, position).await?;
+            Store::save_follower_position(&self.store, NATS_FOLLOWER, self.partition, position)
+                .await?;
             self.saved = (position, Instant::now());
             self.stats.checkpoints_saved.fetch_add(1, Ordering::Relaxed);
         }
@@ -562,7 +548,9 @@ impl NatsPublisher {
     async fn publish_heads(&mut self, through: i64) -> Result<(), FollowerError> {
         let published = match self.heads_published {
             Some(position) => position,
-            None => checkpoints::load(&self.store, NATS_HEADS_FOLLOWER, self.partition).await?,
+            None => {
+                Store::follower_position(&self.store, NATS_HEADS_FOLLOWER, self.partition).await?
+            }
         };
         self.heads_published = Some(published);
         if through <= published {
@@ -628,7 +616,13 @@ impl NatsPublisher {
             last = Some(checkpoint.position);
         }
         if let Some(position) = last {
-            checkpoints::save(&self.store, NATS_HEADS_FOLLOWER, self.partition, position).await?;
+            Store::save_follower_position(
+                &self.store,
+                NATS_HEADS_FOLLOWER,
+                self.partition,
+                position,
+            )
+            .await?;
             self.heads_published = Some(position);
         }
         Ok(())

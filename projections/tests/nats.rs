@@ -11,8 +11,8 @@ use seatledger_ledger::{
 };
 use seatledger_projections::nats::{self, NATS_FOLLOWER};
 use seatledger_projections::{
-    checkpoints, runner, BillingFold, EventConsumer, FollowerStatus, Granularity, NatsConfig,
-    NatsPublisher, PublisherStats, RunnerConfig,
+    runner, BillingFold, EventConsumer, FollowerStatus, Granularity, NatsConfig, NatsPublisher,
+    PublisherStats, RunnerConfig,
 };
 use seatledger_schema::{RecordedEvent, Timestamp};
 use std::sync::atomic::Ordering;
@@ -196,7 +196,10 @@ impl Fixture {
 
 async fn published_through_head(store: &Store) -> bool {
     let (head, _) = store.head(0).await.unwrap();
-    checkpoints::load(store, NATS_FOLLOWER, 0).await.unwrap() >= head
+    Store::follower_position(store, NATS_FOLLOWER, 0)
+        .await
+        .unwrap()
+        >= head
 }
 
 /// Every event message of the stream (signed heads left out), in stream
@@ -287,7 +290,7 @@ async fn signed_heads_follow_the_events_they_sign(pool: sqlx::PgPool) {
                 .last()
                 .map(|c| c.position);
             last.is_some()
-                && checkpoints::load(&store, nats::NATS_HEADS_FOLLOWER, 0)
+                && Store::follower_position(&store, nats::NATS_HEADS_FOLLOWER, 0)
                     .await
                     .unwrap()
                     >= last.unwrap_or(0)
@@ -483,7 +486,7 @@ async fn a_lost_checkpoint_repeats_nothing_in_the_stream(pool: sqlx::PgPool) {
     publisher.stop().await;
 
     // As if the last checkpoint writes had not happened.
-    checkpoints::save(store, NATS_FOLLOWER, 0, 50)
+    Store::save_follower_position(store, NATS_FOLLOWER, 0, 50)
         .await
         .unwrap();
     let publisher = fixture.publisher().await;

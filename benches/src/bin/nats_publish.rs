@@ -21,9 +21,7 @@ use clap::Parser;
 use seatledger_benches::{fill_live_leases, fresh_store};
 use seatledger_ledger::{CommitNotifier, Store};
 use seatledger_projections::nats::{self, NATS_FOLLOWER};
-use seatledger_projections::{
-    checkpoints, runner, FollowerStatus, NatsConfig, NatsPublisher, PublisherStats,
-};
+use seatledger_projections::{runner, FollowerStatus, NatsConfig, NatsPublisher, PublisherStats};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,7 +163,7 @@ async fn run(store: &Store, args: &Args) -> anyhow::Result<()> {
         let raw_per_s = head as f64 / started.elapsed().as_secs_f64();
 
         // The publisher follower, from 0.
-        checkpoints::save(store, NATS_FOLLOWER, 0, 0).await?;
+        Store::save_follower_position(store, NATS_FOLLOWER, 0, 0).await?;
         let stats = Arc::new(PublisherStats::default());
         let publisher_client = nats::connect(&args.nats_url, stats.clone())
             .await

@@ -187,6 +187,9 @@ macro_rules! query_either {
     };
 }
 
+mod followers;
+pub use followers::SessionLock;
+
 impl Store {
     /// Connects to `url`: `postgres://…`/`postgresql://…` for PostgreSQL,
     /// `sqlite:PATH` or a plain file path for SQLite (created if missing,
