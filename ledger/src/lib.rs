@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod appender;
+pub mod billing;
 pub mod clock;
 pub mod domain;
 pub mod keys;

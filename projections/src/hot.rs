@@ -48,12 +48,7 @@ impl Default for HotLicenses {
 }
 
 /// A lease past its `expires_at`, for the reaper.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StaleLease {
-    pub tenant_id: Uuid,
-    pub license_id: Uuid,
-    pub session_id: Uuid,
-}
+pub use seatledger_ledger::store::billing::StaleLease;
 
 impl HotLicenses {
     /// The last position applied.

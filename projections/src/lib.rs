@@ -9,7 +9,7 @@
 //! ([`nats`]).
 #![forbid(unsafe_code)]
 
-pub mod billing;
+pub use seatledger_ledger::billing;
 pub mod billing_live;
 pub mod counts;
 pub mod event_consumer;

@@ -17,6 +17,7 @@ macro_rules! on_pool {
     };
 }
 
+pub mod billing;
 pub mod directory;
 mod postgres;
 mod sqlite;

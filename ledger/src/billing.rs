@@ -29,8 +29,8 @@
 //! Seat time is kept in whole microseconds (the log's precision) so sums
 //! are exact; [`UsageRow::seat_seconds`] converts for display.
 
+use crate::domain::StreamId;
 use chrono::{Datelike, TimeZone, Utc};
-use seatledger_ledger::domain::StreamId;
 use seatledger_schema::{DecodeError, Event, RecordedEvent, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

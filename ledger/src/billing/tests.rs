@@ -3,10 +3,10 @@
 //! compare the fold with a brute-force recomputation from lease intervals.
 
 use super::*;
-use proptest::prelude::*;
-use seatledger_ledger::domain::{
+use crate::domain::{
     decide, evolve, Command, HardwareId, HeartbeatTtl, Name, OveragePercent, SeatCount, StreamState,
 };
+use proptest::prelude::*;
 use seatledger_schema::{
     ChainHash, DenialReason, Metadata, ReleaseReason, SeatAcquired, SeatDenied, SeatExpired,
     SeatHeartbeat, SeatReleased,
@@ -379,12 +379,12 @@ fn history(seats: u32, overage: u32, steps: &[(Step, i64)]) -> Vec<RecordedEvent
             Some(Step::Heartbeat(n)) => Command::Heartbeat {
                 license_id,
                 session_id: pick(n),
-                by: seatledger_ledger::domain::SeatActor::Unchecked,
+                by: crate::domain::SeatActor::Unchecked,
             },
             Some(Step::Release(n)) => Command::ReleaseSeat {
                 license_id,
                 session_id: pick(n),
-                by: seatledger_ledger::domain::SeatActor::Unchecked,
+                by: crate::domain::SeatActor::Unchecked,
             },
             Some(Step::Expire(n)) => Command::ExpireSeat {
                 license_id,
