@@ -11,7 +11,7 @@
 //! position's instant.
 
 use crate::events::EventStream;
-use crate::UsageBuilder;
+use crate::usage::UsageBuilder;
 use seatledger_ledger::domain::{LicenseState, StreamId};
 use seatledger_ledger::{Store, StoreError};
 use seatledger_projections::billing_live::{self, UsageQuery};

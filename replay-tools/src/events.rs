@@ -4,7 +4,7 @@
 //! Reading a file does not verify it: `verify --from-file` does.
 
 use crate::export::{Header, Line, FORMAT, FORMAT_VERSION};
-use crate::LogReader;
+use crate::verify::LogReader;
 use seatledger_ledger::{Store, StoreError};
 use seatledger_schema::RecordedEvent;
 use std::io::BufRead;

@@ -28,7 +28,9 @@
 //! events and, like `verify`, the state of streams whose snapshot is still
 //! ahead.
 
-use crate::{check_snapshot, DueSnapshot, LogReader, Trust, Verified, Verifier, VerifyError};
+use crate::verify::{
+    check_snapshot, DueSnapshot, LogReader, Trust, Verified, Verifier, VerifyError,
+};
 use seatledger_ledger::{ImportError, ImportExtras, Store, StoreError};
 use seatledger_schema::{Checkpoint, RecordedEvent};
 use serde::{Deserialize, Serialize};
@@ -197,7 +199,7 @@ pub async fn export(
             (Some(reader), _) => reader.next().await?,
             (None, Some(org)) => {
                 let mut batch = store
-                    .read_tenant_after(org, partition, after, crate::VERIFY_BATCH)
+                    .read_tenant_after(org, partition, after, crate::verify::VERIFY_BATCH)
                     .await?;
                 batch.retain(|event| event.position <= to);
                 (!batch.is_empty()).then_some(batch)

@@ -1,8 +1,8 @@
 //! `RecordedEvent`: an event as the log holds it, with its position, stream
 //! coordinates, tenant, timestamps and its link in the hash chain.
 
-use crate::canonical::ChainHash;
 use crate::event::{DecodeError, Event};
+use crate::hash::ChainHash;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

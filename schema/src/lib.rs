@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod checkpoint;
 pub mod envelope;
 pub mod event;
+pub mod hash;
 pub mod limits;
 pub mod time;
 

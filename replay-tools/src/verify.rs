@@ -1,0 +1,778 @@
+//! `verify`: the log proved unaltered, batch by batch, with reads
+//! overlapping the checks.
+
+use seatledger_ledger::{Store, StoreError};
+use seatledger_schema::canonical::expected_hash;
+use seatledger_schema::{
+    ChainError, ChainHash, Checkpoint, CheckpointError, DecodeError, RecordedEvent,
+};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use tokio::task::JoinHandle;
+
+/// Events read per batch, and batches read at once.
+pub const VERIFY_BATCH: i64 = 10_000;
+pub const READS_IN_FLIGHT: usize = 3;
+
+#[derive(Debug)]
+pub struct Verified {
+    pub events: i64,
+    pub head_hash: ChainHash,
+    pub checkpoints: usize,
+    /// Witnessed heads the log was checked against.
+    pub witnessed: usize,
+    /// Events after the last signed checkpoint.
+    pub unsigned_tail: i64,
+}
+
+/// What an auditor brings from outside the database: the
+/// ledger's public keys (every key that signed a checkpoint, retired ones
+/// included), the signed heads a witness kept, and how many events may
+/// follow the last signed checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    keys: HashMap<String, Vec<u8>>,
+    witnessed: BTreeMap<i64, Checkpoint>,
+    max_unsigned_events: Option<i64>,
+}
+
+impl Trust {
+    /// Trusts checkpoints signed with `key` (`(key_id, raw Ed25519 key)`).
+    pub fn key(key: (&str, &[u8])) -> Trust {
+        Trust::default().and_key(key)
+    }
+
+    /// Also trusts checkpoints signed with `key` (another ledger key, e.g.
+    /// one retired by a rotation).
+    pub fn and_key(mut self, key: (&str, &[u8])) -> Trust {
+        self.keys.insert(key.0.to_owned(), key.1.to_vec());
+        self
+    }
+
+    /// Signed heads a witness kept: the log must still hold each of them
+    /// (the checkpoint, and an event at its position with its hash).
+    pub fn witnessed(mut self, checkpoints: impl IntoIterator<Item = Checkpoint>) -> Trust {
+        self.witnessed
+            .extend(checkpoints.into_iter().map(|c| (c.position, c)));
+        self
+    }
+
+    /// Fails a whole log with more than `events` after its last signed
+    /// checkpoint.
+    pub fn max_unsigned_events(mut self, events: i64) -> Trust {
+        self.max_unsigned_events = Some(events);
+        self
+    }
+
+    /// The pinned key ids, sorted (for reports).
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    fn check_signature(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        match self.keys.get(&checkpoint.key_id) {
+            Some(key) => checkpoint.verify(&checkpoint.key_id, key),
+            None => Err(CheckpointError::UnknownKey {
+                position: checkpoint.position,
+                key_id: checkpoint.key_id.clone(),
+            }),
+        }
+    }
+}
+
+impl From<(&str, &[u8])> for Trust {
+    fn from(key: (&str, &[u8])) -> Trust {
+        Trust::key(key)
+    }
+}
+
+impl From<&Trust> for Trust {
+    fn from(trust: &Trust) -> Trust {
+        trust.clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] seatledger_ledger::StoreError),
+    #[error("the chain is broken: {0}")]
+    Chain(#[from] ChainError),
+    #[error("checkpoint at position {position} signs hash {signed} but the chain has {actual}")]
+    CheckpointMismatch {
+        position: i64,
+        signed: ChainHash,
+        actual: ChainHash,
+    },
+    #[error("checkpoint at position {0} is beyond the last event")]
+    CheckpointBeyondHead(i64),
+    #[error("checkpoint at position {position} is out of place (after position {after})")]
+    CheckpointOutOfPlace { position: i64, after: i64 },
+    #[error(transparent)]
+    Signature(#[from] CheckpointError),
+    #[error("a witnessed signed head: {0}")]
+    WitnessedSignature(CheckpointError),
+    #[error("the event at position {position} has hash {actual}, but a witness kept a signed head there with hash {witnessed}: the log was rewritten at or before that position")]
+    WitnessedHashMismatch {
+        position: i64,
+        witnessed: ChainHash,
+        actual: ChainHash,
+    },
+    #[error("the log ends at position {head}, but a witness kept a signed head at position {position}: events were removed from its end")]
+    WitnessedBeyondHead { position: i64, head: i64 },
+    #[error("a witness kept the signed checkpoint at position {0}, which the log no longer holds: checkpoints were deleted or replaced")]
+    WitnessedCheckpointMissing(i64),
+    #[error("witnessed heads can be checked only against a chain (the log, or an export of it), not one organization's events")]
+    WitnessedNeedsChain,
+    #[error("{tail} event(s) follow the last signed checkpoint (position {signed}), more than the {max} allowed (--max-unsigned-events): nothing proves they were written by the ledger")]
+    UnsignedTail { tail: i64, signed: i64, max: i64 },
+    #[error("event at position {position} cannot be decoded: {source}")]
+    Undecodable {
+        position: i64,
+        #[source]
+        source: DecodeError,
+    },
+    #[error(
+        "event at position {position} is version {got} of stream {stream_id}, expected {expected}"
+    )]
+    StreamVersionGap {
+        position: i64,
+        stream_id: String,
+        expected: i64,
+        got: i64,
+    },
+    #[error(
+        "stream {stream_id}: its streams row says version {stored}, its events end at {replayed}"
+    )]
+    StreamVersionMismatch {
+        stream_id: String,
+        stored: i64,
+        replayed: i64,
+    },
+    #[error("stream {stream_id}: the snapshot at version {version} is not the state its events replay to")]
+    SnapshotMismatch { stream_id: String, version: i64 },
+}
+
+/// Stream versions follow each other from 1 in every stream (from the
+/// first one seen, in a partial export), each `streams` row ends where its
+/// events end, and each stored snapshot is the state its stream's events
+/// replay to at the snapshot's version. Only the streams with a snapshot
+/// keep a state, and only until that version.
+struct StreamCheck {
+    versions: HashMap<String, i64>,
+    /// Whether every stream starts at version 1 (the log from position 1).
+    from_start: bool,
+    /// Snapshot version and the state replayed so far, per stream still to
+    /// reach its snapshot.
+    pending: HashMap<String, (i64, seatledger_ledger::domain::StreamState)>,
+    /// Leases held by the pending states, and the most they may hold
+    /// before the largest is left to a pass of its own.
+    pending_leases: usize,
+    lease_budget: usize,
+    /// Streams whose snapshot is checked after the main pass, one at a
+    /// time (stream id, snapshot version).
+    deferred: Vec<(String, i64)>,
+}
+
+/// Leases the replayed states of a verify may hold at once (about 400
+/// bytes each: ~40 MiB; at 200,000, a verify of 1M events with 750k live
+/// leases peaked at 205 MiB, `audit --shapes held`). Past it, the largest
+/// stream's snapshot is checked in a pass of its own over that stream, so
+/// memory follows this bound, not the live leases of the whole log.
+pub const VERIFY_LEASE_BUDGET: usize = 100_000;
+
+fn leases_of(state: &seatledger_ledger::domain::StreamState) -> usize {
+    match state {
+        seatledger_ledger::domain::StreamState::License(license) => license.lease_count(),
+        _ => 0,
+    }
+}
+
+/// A stream reached the version of its stored snapshot: the snapshot must
+/// be the state `replayed`. Kept as a state, not as JSON, until it is
+/// compared ([`check_snapshot`]), so that a batch in which many large
+/// streams reach their snapshots holds one JSON form at a time.
+#[derive(Debug)]
+pub struct DueSnapshot {
+    pub stream_id: String,
+    pub version: i64,
+    pub replayed: seatledger_ledger::domain::StreamState,
+}
+
+impl StreamCheck {
+    fn new(
+        stored: Option<&HashMap<String, (i64, Option<i64>)>>,
+        from_start: bool,
+        lease_budget: usize,
+    ) -> StreamCheck {
+        StreamCheck {
+            versions: HashMap::new(),
+            from_start,
+            pending_leases: 0,
+            lease_budget,
+            deferred: Vec::new(),
+            pending: stored
+                .into_iter()
+                .flatten()
+                .filter_map(|(stream_id, (_, snapshot))| {
+                    snapshot.map(|version| (stream_id.clone(), (version, Default::default())))
+                })
+                .collect(),
+        }
+    }
+
+    fn apply(&mut self, event: &RecordedEvent) -> Result<Option<DueSnapshot>, VerifyError> {
+        // No allocation for a stream already seen (verify's hot path).
+        if !self.versions.contains_key(&event.stream_id) {
+            let before = if self.from_start {
+                0
+            } else {
+                event.stream_version - 1
+            };
+            self.versions.insert(event.stream_id.clone(), before);
+        }
+        let Some(version) = self.versions.get_mut(&event.stream_id) else {
+            return Ok(None);
+        };
+        if event.stream_version != *version + 1 {
+            return Err(VerifyError::StreamVersionGap {
+                position: event.position,
+                stream_id: event.stream_id.clone(),
+                expected: *version + 1,
+                got: event.stream_version,
+            });
+        }
+        *version = event.stream_version;
+        let Some((snapshot_version, state)) = self.pending.get_mut(&event.stream_id) else {
+            return Ok(None);
+        };
+        let decoded = event.event().map_err(|source| VerifyError::Undecodable {
+            position: event.position,
+            source,
+        })?;
+        let before = leases_of(state);
+        *state = seatledger_ledger::domain::evolve(std::mem::take(state), &decoded);
+        let after = leases_of(state);
+        self.pending_leases = (self.pending_leases + after).saturating_sub(before);
+        if event.stream_version < *snapshot_version {
+            if self.pending_leases > self.lease_budget {
+                self.defer_largest();
+            }
+            return Ok(None);
+        }
+        let Some((version, replayed)) = self.pending.remove(&event.stream_id) else {
+            return Ok(None);
+        };
+        self.pending_leases = self.pending_leases.saturating_sub(leases_of(&replayed));
+        Ok(Some(DueSnapshot {
+            stream_id: event.stream_id.clone(),
+            version,
+            replayed,
+        }))
+    }
+
+    /// Drops the largest pending state; its stream is checked later.
+    fn defer_largest(&mut self) {
+        let Some(largest) = self
+            .pending
+            .iter()
+            .max_by_key(|(_, (_, state))| leases_of(state))
+            .map(|(stream_id, _)| stream_id.clone())
+        else {
+            return;
+        };
+        if let Some((version, state)) = self.pending.remove(&largest) {
+            self.pending_leases = self.pending_leases.saturating_sub(leases_of(&state));
+            self.deferred.push((largest, version));
+        }
+    }
+
+    fn finish(self, stored: &HashMap<String, (i64, Option<i64>)>) -> Result<(), VerifyError> {
+        for (stream_id, (stored_version, _)) in stored {
+            let replayed = self.versions.get(stream_id).copied().unwrap_or(0);
+            if replayed != *stored_version {
+                return Err(VerifyError::StreamVersionMismatch {
+                    stream_id: stream_id.clone(),
+                    stored: *stored_version,
+                    replayed,
+                });
+            }
+        }
+        if let Some((stream_id, replayed)) = self
+            .versions
+            .iter()
+            .find(|(stream_id, _)| !stored.contains_key(*stream_id))
+        {
+            return Err(VerifyError::StreamVersionMismatch {
+                stream_id: stream_id.clone(),
+                stored: 0,
+                replayed: *replayed,
+            });
+        }
+        if let Some((stream_id, (version, _))) = self.pending.into_iter().next() {
+            return Err(VerifyError::SnapshotMismatch { stream_id, version });
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with one event, found without looking at its neighbours.
+#[derive(Debug)]
+enum BadEvent {
+    HashMismatch,
+    Undecodable(DecodeError),
+}
+
+/// The first event whose stored hash is not the hash of its content and
+/// `prev_hash`, or that does not decode into an event seatledger can
+/// replay, computed on all cores.
+fn first_bad_event(events: &[RecordedEvent]) -> Option<(i64, BadEvent)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
+    let chunk = events.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = events
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter().find_map(|event| {
+                        if expected_hash(event) != event.hash {
+                            return Some((event.position, BadEvent::HashMismatch));
+                        }
+                        event
+                            .event()
+                            .err()
+                            .map(|error| (event.position, BadEvent::Undecodable(error)))
+                    })
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|worker| worker.join().ok().flatten())
+            .min_by_key(|(position, _)| *position)
+    })
+}
+
+/// Reads a partition in position order up to a head, in bounded ranges of
+/// `VERIFY_BATCH` events with `READS_IN_FLIGHT` reads under way.
+///
+/// Positions are meant to be gap-free (verify checks it), so the ranges of
+/// the next batches are known in advance; a gap or reorder still shows up
+/// to the caller as a position out of sequence.
+pub struct LogReader {
+    store: Store,
+    partition: i16,
+    through: i64,
+    next_after: i64,
+    pending: VecDeque<JoinHandle<Result<Vec<RecordedEvent>, StoreError>>>,
+}
+
+impl LogReader {
+    /// A reader of positions `1..=through` of `partition`.
+    pub fn new(store: &Store, partition: i16, through: i64) -> LogReader {
+        LogReader::range(store, partition, 0, through)
+    }
+
+    /// A reader of positions `after + 1..=through` of `partition`.
+    pub fn range(store: &Store, partition: i16, after: i64, through: i64) -> LogReader {
+        let mut reader = LogReader {
+            store: store.clone(),
+            partition,
+            through,
+            next_after: after,
+            pending: VecDeque::new(),
+        };
+        reader.refill();
+        reader
+    }
+
+    fn refill(&mut self) {
+        while self.pending.len() < READS_IN_FLIGHT && self.next_after < self.through {
+            let reader = self.store.clone();
+            let (partition, after) = (self.partition, self.next_after);
+            let through = (after + VERIFY_BATCH).min(self.through);
+            self.pending.push_back(tokio::spawn(async move {
+                reader.read_range(partition, after, through).await
+            }));
+            self.next_after = through;
+        }
+    }
+
+    /// The next batch (possibly empty where the log has a gap), or `None`
+    /// past `through`.
+    pub async fn next(&mut self) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        let Some(next) = self.pending.pop_front() else {
+            return Ok(None);
+        };
+        let batch = next
+            .await
+            .map_err(|e| StoreError::Corrupt(e.to_string()))??;
+        self.refill();
+        Ok(Some(batch))
+    }
+}
+
+impl Drop for LogReader {
+    /// Reads still under way when the caller stops early are not needed.
+    fn drop(&mut self) {
+        for read in &self.pending {
+            read.abort();
+        }
+    }
+}
+
+/// The checks of `verify`, fed in log order from any source (the store, an
+/// export file): positions, links and hashes of events, checkpoints at
+/// their positions, stream versions, and snapshots when their stream
+/// reaches them.
+pub struct Verifier {
+    trust: Trust,
+    /// The source is the whole log to its head (the store, a whole-log
+    /// export): its end and its unsigned tail are checked too.
+    whole: bool,
+    /// The first position checked.
+    first: Option<i64>,
+    /// The last position a log checkpoint signed.
+    last_signed: i64,
+    /// Witnessed positions whose checkpoint the log holds.
+    witnessed_present: HashSet<i64>,
+    /// A chain (the log or a range of it) or a selection of its events (one
+    /// organization's): a selection has gaps by nature, so its events are
+    /// checked one by one (hash of content and `prev_hash`, ascending
+    /// positions) and not linked.
+    chain: bool,
+    /// The last position and hash checked; `None` before the first event of
+    /// a range that does not start at position 1 (its `prev_hash` is then
+    /// taken as given).
+    last: Option<(i64, ChainHash)>,
+    events: i64,
+    checkpoints: usize,
+    streams: StreamCheck,
+}
+
+impl Verifier {
+    /// A verifier of events from position 1 (`from_start`), or from
+    /// wherever the first event is. `stored_streams`: the `streams` rows
+    /// (version and snapshot version) the events must end at, when the
+    /// source has them.
+    pub fn new(
+        trust: impl Into<Trust>,
+        chain: bool,
+        from_start: bool,
+        stored_streams: Option<&HashMap<String, (i64, Option<i64>)>>,
+    ) -> Verifier {
+        Verifier {
+            trust: trust.into(),
+            whole: false,
+            first: None,
+            last_signed: 0,
+            witnessed_present: HashSet::new(),
+            chain,
+            last: from_start.then_some((0, ChainHash::GENESIS)),
+            events: 0,
+            checkpoints: 0,
+            streams: StreamCheck::new(stored_streams, from_start && chain, usize::MAX),
+        }
+    }
+
+    /// Marks the source as the whole log up to its head.
+    pub fn whole_log(mut self) -> Verifier {
+        self.whole = true;
+        self
+    }
+
+    /// Bounds the leases the replayed states may hold; streams past it are
+    /// returned by [`deferred`](Self::deferred) to be checked on their own.
+    /// Only for a source that can read one stream again (the store).
+    pub fn with_lease_budget(mut self, leases: usize) -> Verifier {
+        self.streams.lease_budget = leases;
+        self
+    }
+
+    /// Streams whose snapshot was left to a pass of their own:
+    /// (stream id, snapshot version).
+    pub fn take_deferred(&mut self) -> Vec<(String, i64)> {
+        std::mem::take(&mut self.streams.deferred)
+    }
+
+    /// The last position checked (0 before any).
+    pub fn position(&self) -> i64 {
+        self.last.map_or(0, |(position, _)| position)
+    }
+
+    /// Checks the next events in log order; `checkpoints` holds those to
+    /// check as their position is reached (or none: see
+    /// [`checkpoint`](Self::checkpoint)). Returns the snapshots that became
+    /// due, in order.
+    pub async fn events(
+        &mut self,
+        batch: Vec<RecordedEvent>,
+        checkpoints: &HashMap<i64, Checkpoint>,
+    ) -> Result<Vec<DueSnapshot>, VerifyError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Hashes are independent given each event's own `prev_hash`:
+        // recompute them on every core, then check positions and links in
+        // order (cheap).
+        let batch = std::sync::Arc::new(batch);
+        let mut bad = tokio::task::spawn_blocking({
+            let batch = batch.clone();
+            move || first_bad_event(&batch)
+        })
+        .await
+        .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
+        let mut due = Vec::new();
+        for event in batch.iter() {
+            let (position, hash) = self.last.unwrap_or((event.position - 1, event.prev_hash));
+            if self.chain && event.position != position + 1
+                || !self.chain && event.position <= position
+            {
+                return Err(ChainError::PositionGap {
+                    position: event.position,
+                    expected: position + 1,
+                }
+                .into());
+            }
+            if self.chain && event.prev_hash != hash {
+                return Err(ChainError::BrokenLink {
+                    position: event.position,
+                }
+                .into());
+            }
+            if let Some((_, problem)) = bad.take_if(|(at, _)| *at == event.position) {
+                return Err(match problem {
+                    BadEvent::HashMismatch => ChainError::HashMismatch {
+                        position: event.position,
+                    }
+                    .into(),
+                    // The chain may be intact, but an event no version can
+                    // replay makes the log unusable for billing and audit.
+                    BadEvent::Undecodable(source) => VerifyError::Undecodable {
+                        position: event.position,
+                        source,
+                    },
+                });
+            }
+            if let Some(witnessed) = self.trust.witnessed.get(&event.position) {
+                if witnessed.hash != event.hash {
+                    return Err(VerifyError::WitnessedHashMismatch {
+                        position: event.position,
+                        witnessed: witnessed.hash,
+                        actual: event.hash,
+                    });
+                }
+            }
+            self.first.get_or_insert(event.position);
+            self.last = Some((event.position, event.hash));
+            self.events += 1;
+            due.extend(self.streams.apply(event)?);
+            if let Some(checkpoint) = checkpoints.get(&event.position) {
+                self.checkpoint(checkpoint)?;
+            }
+        }
+        Ok(due)
+    }
+
+    /// Checks a signed checkpoint at the position just reached: its hash
+    /// is the chain's there, and the pinned key signed it. In a selection
+    /// of events, a checkpoint between two of them is checked by its
+    /// signature alone.
+    pub fn checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), VerifyError> {
+        let (position, hash) = self.last.unwrap_or((0, ChainHash::GENESIS));
+        if checkpoint.position == position {
+            if checkpoint.hash != hash {
+                return Err(VerifyError::CheckpointMismatch {
+                    position,
+                    signed: checkpoint.hash,
+                    actual: hash,
+                });
+            }
+        } else if self.chain || checkpoint.position < position {
+            return Err(VerifyError::CheckpointOutOfPlace {
+                position: checkpoint.position,
+                after: position,
+            });
+        }
+        self.trust.check_signature(checkpoint)?;
+        if let Some(witnessed) = self.trust.witnessed.get(&checkpoint.position) {
+            if witnessed == checkpoint {
+                self.witnessed_present.insert(checkpoint.position);
+            }
+        }
+        self.last_signed = self.last_signed.max(checkpoint.position);
+        self.checkpoints += 1;
+        Ok(())
+    }
+
+    /// Ends the check: every stream ended where `stored_streams` says
+    /// (when known) and every snapshot was reached.
+    pub fn finish(
+        self,
+        stored_streams: Option<&HashMap<String, (i64, Option<i64>)>>,
+    ) -> Result<Verified, VerifyError> {
+        let (head, head_hash) = self.last.unwrap_or((0, ChainHash::GENESIS));
+        if let Some(stored) = stored_streams {
+            self.streams.finish(stored)?;
+        }
+        let trust = &self.trust;
+        if !trust.witnessed.is_empty() && !self.chain {
+            return Err(VerifyError::WitnessedNeedsChain);
+        }
+        let first = self.first.unwrap_or(1);
+        let mut witnessed = 0;
+        for (&position, checkpoint) in &trust.witnessed {
+            trust
+                .check_signature(checkpoint)
+                .map_err(VerifyError::WitnessedSignature)?;
+            if position > head {
+                if self.whole {
+                    return Err(VerifyError::WitnessedBeyondHead { position, head });
+                }
+                continue;
+            }
+            if position < first {
+                continue;
+            }
+            if !self.witnessed_present.contains(&position) {
+                return Err(VerifyError::WitnessedCheckpointMissing(position));
+            }
+            witnessed += 1;
+        }
+        let unsigned_tail = head - self.last_signed;
+        if let (true, Some(max)) = (self.whole, trust.max_unsigned_events) {
+            if unsigned_tail > max {
+                return Err(VerifyError::UnsignedTail {
+                    tail: unsigned_tail,
+                    signed: self.last_signed,
+                    max,
+                });
+            }
+        }
+        Ok(Verified {
+            events: self.events,
+            head_hash,
+            checkpoints: self.checkpoints,
+            witnessed,
+            unsigned_tail,
+        })
+    }
+}
+
+/// Verifies partition `partition` of `store` from position 0. `key` is the
+/// `(key_id, raw Ed25519 public key)` checkpoints must be signed with.
+pub async fn verify(
+    store: &Store,
+    partition: i16,
+    key: impl Into<Trust>,
+) -> Result<Verified, VerifyError> {
+    verify_with_progress(store, partition, key, |_| {}).await
+}
+
+/// [`verify`], calling `progress` with the last position of each batch
+/// verified.
+pub async fn verify_with_progress(
+    store: &Store,
+    partition: i16,
+    key: impl Into<Trust>,
+    progress: impl FnMut(i64),
+) -> Result<Verified, VerifyError> {
+    verify_with_budget(store, partition, key, VERIFY_LEASE_BUDGET, progress).await
+}
+
+/// [`verify_with_progress`] with another [`VERIFY_LEASE_BUDGET`] (a test
+/// can make every snapshot stream take the pass of its own).
+pub async fn verify_with_budget(
+    store: &Store,
+    partition: i16,
+    key: impl Into<Trust>,
+    lease_budget: usize,
+    mut progress: impl FnMut(i64),
+) -> Result<Verified, VerifyError> {
+    let checkpoints: HashMap<i64, Checkpoint> = store
+        .checkpoints(partition)
+        .await?
+        .into_iter()
+        .map(|c| (c.position, c))
+        .collect();
+    let (head_position, _) = store.head(partition).await?;
+    let stored_streams = store.stream_versions_of(partition).await?;
+    let mut verifier = Verifier::new(key, true, true, Some(&stored_streams))
+        .whole_log()
+        .with_lease_budget(lease_budget);
+    let mut reader = LogReader::new(store, partition, head_position);
+    while let Some(batch) = reader.next().await? {
+        for due in verifier.events(batch, &checkpoints).await? {
+            let stored = store.stream_snapshot(&due.stream_id).await?;
+            check_snapshot(due, stored)?;
+        }
+        progress(verifier.position());
+    }
+    let position = verifier.position();
+    if let Some(beyond) = checkpoints.keys().filter(|p| **p > position).min() {
+        return Err(VerifyError::CheckpointBeyondHead(*beyond));
+    }
+    // The chain is sound: every event the deferred streams replay was
+    // checked above.
+    for (stream_id, version) in verifier.take_deferred() {
+        check_stream_snapshot(store, &stream_id, version).await?;
+    }
+    verifier.finish(Some(&stored_streams))
+}
+
+/// Replays one stream up to its snapshot's version (in bounded reads) and
+/// compares the stored snapshot.
+async fn check_stream_snapshot(
+    store: &Store,
+    stream_id: &str,
+    version: i64,
+) -> Result<(), VerifyError> {
+    let mut state = seatledger_ledger::domain::StreamState::default();
+    let mut after = 0;
+    while after < version {
+        let through = version.min(after + VERIFY_BATCH);
+        let events = store.read_stream_range(stream_id, after, through).await?;
+        if events.is_empty() {
+            break;
+        }
+        for event in &events {
+            let decoded = event.event().map_err(|source| VerifyError::Undecodable {
+                position: event.position,
+                source,
+            })?;
+            state = seatledger_ledger::domain::evolve(state, &decoded);
+        }
+        after = through;
+    }
+    let due = DueSnapshot {
+        stream_id: stream_id.to_owned(),
+        version,
+        replayed: state,
+    };
+    let stored = store.stream_snapshot(stream_id).await?;
+    check_snapshot(due, stored)
+}
+
+/// A due snapshot against the one stored (version and state).
+pub fn check_snapshot(
+    due: DueSnapshot,
+    stored: Option<(i64, serde_json::Value)>,
+) -> Result<(), VerifyError> {
+    let mismatch = || VerifyError::SnapshotMismatch {
+        stream_id: due.stream_id.clone(),
+        version: due.version,
+    };
+    let Some((_, state)) = stored.filter(|(version, _)| *version == due.version) else {
+        return Err(mismatch());
+    };
+    let replayed = serde_json::to_value(&due.replayed)
+        .map_err(|e| seatledger_ledger::StoreError::Corrupt(e.to_string()))?;
+    if state == replayed {
+        Ok(())
+    } else {
+        Err(mismatch())
+    }
+}
