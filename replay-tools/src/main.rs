@@ -30,185 +30,37 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Verify positions, hash links, hashes and signed checkpoints.
-    Verify {
-        #[command(flatten)]
-        store: StoreArg,
-        /// A ledger public key as `KEY_ID:BASE64URL` (the `ledger` keys of
-        /// GET /api/v1/keys); repeat it for every key that signed (keys
-        /// retired by a rotation too). Without it, a key an older version
-        /// kept in the database is used, which proves integrity only
-        /// against accidents, not against whoever holds the database.
-        /// Required with --from-file.
-        #[arg(long)]
-        public_key: Vec<String>,
-        /// A witness's file of signed heads (`seatledger-replay witness
-        /// --store`): the log must still hold every one of them.
-        #[arg(long)]
-        trusted_checkpoints: Option<std::path::PathBuf>,
-        /// Fail when more events than this follow the last signed
-        /// checkpoint (the ledger signs every 1,000 events, and within 10 s
-        /// of the last event when idle). 0 on a quiet log: every event signed.
-        #[arg(long, default_value_t = seatledger_schema::limits::CHECKPOINT_EVERY_EVENTS, value_parser = clap::value_parser!(i64).range(0..))]
-        max_unsigned_events: i64,
-        /// Verify an export file (`-`: standard input) instead of a database.
-        #[arg(long)]
-        from_file: Option<String>,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(VerifyArgs),
     /// Keep the ledger's signed heads in an append-only file outside its
     /// database, polling `GET /api/v1/checkpoints`; fail loudly (exit 1,
     /// nothing kept) when the ledger contradicts a head kept before (the
     /// log got shorter, a kept head changed or vanished, its event's hash
     /// changed). Check a log against the file with `verify
     /// --trusted-checkpoints`.
-    Witness {
-        /// The server's base URL, e.g. http://127.0.0.1:8080.
-        #[arg(long)]
-        url: String,
-        /// The witness's file (JSON Lines; created if missing).
-        #[arg(long)]
-        store: std::path::PathBuf,
-        /// Accept only heads signed by this ledger key (`KEY_ID:BASE64URL`;
-        /// repeat for several). Without it any signature is kept as served.
-        #[arg(long)]
-        public_key: Vec<String>,
-        /// Seconds between polls.
-        #[arg(long, default_value_t = 10.0)]
-        interval_s: f64,
-        /// Poll once and exit (for cron, or a test).
-        #[arg(long)]
-        once: bool,
-    },
+    Witness(WitnessArgs),
     /// Write the log (or a range, or one organization's events) as JSON
     /// Lines: a header, the streams, every event with its hashes, the
     /// snapshots and the signed checkpoints. Verify it with
     /// `verify --from-file`; load it into an empty store with `import`.
-    Export {
-        #[command(flatten)]
-        store: StoreArg,
-        /// Only this organization's events (not a chain: each event's hash
-        /// verifies alone).
-        #[arg(long)]
-        org: Option<Uuid>,
-        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
-        from_position: Option<i64>,
-        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
-        to_position: Option<i64>,
-        /// Write here instead of standard output.
-        #[arg(long)]
-        output: Option<std::path::PathBuf>,
-    },
+    Export(ExportArgs),
     /// Load an export of a whole log into an empty store (PostgreSQL or a
     /// new SQLite file), verifying it as it goes: nothing that does not
     /// verify is written.
-    Import {
-        /// The store to fill (created and migrated; it must hold no event).
-        #[arg(long, env = "SEATLEDGER_DATABASE_URL")]
-        database_url: String,
-        /// The export file (`-`: standard input).
-        #[arg(long)]
-        from_file: String,
-        /// A ledger public key as `KEY_ID:BASE64URL`: checkpoints must be
-        /// signed with it (repeat for every key that signed).
-        #[arg(long, required = true)]
-        public_key: Vec<String>,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Import(ImportArgs),
     /// Recompute usage (seat-seconds, overage, peak seats, distinct users and
     /// machines, denials) per organization, license and UTC period from the
     /// whole log, with the billing fold the live projection uses.
-    Usage {
-        #[command(flatten)]
-        store: StoreArg,
-        /// Period length: hour, day or month (UTC).
-        #[arg(long, default_value = "day", value_parser = parse_granularity)]
-        granularity: Granularity,
-        /// Count leases still open up to this instant (RFC 3339). Default:
-        /// the last event's time, so the same log gives the same report.
-        #[arg(long, value_parser = parse_timestamp)]
-        as_of: Option<Timestamp>,
-        /// Only this organization's rows.
-        #[arg(long)]
-        org: Option<Uuid>,
-        /// Only periods that end after this instant (RFC 3339).
-        #[arg(long, value_parser = parse_timestamp)]
-        from: Option<Timestamp>,
-        /// Only periods that start before this instant (RFC 3339).
-        #[arg(long, value_parser = parse_timestamp)]
-        to: Option<Timestamp>,
-        /// csv (seat time in seconds) or json (seat time in microseconds).
-        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
-        format: String,
-        /// Read the events from this NATS JetStream (the stream
-        /// `--nats-stream`) instead of the database: the report billing
-        /// jobs consuming the stream would compute.
-        #[arg(long)]
-        from_nats: Option<String>,
-        #[arg(long, default_value = "SEATLEDGER")]
-        nats_stream: String,
-        /// Read the events from an export file (`-`: standard input).
-        #[arg(long, conflicts_with = "from_nats")]
-        from_file: Option<String>,
-    },
+    Usage(UsageArgs),
     /// The licenses' state at an instant: status, seats and the leases
     /// active then (who, which machine, since, until). A lease past its
     /// expires_at is not active, recorded as expired or not.
     #[command(group(clap::ArgGroup::new("instant").required(true).args(["time", "position"])))]
-    At {
-        #[command(flatten)]
-        store: StoreArg,
-        /// An instant (RFC 3339): everything recorded up to it.
-        #[arg(long, value_parser = parse_timestamp)]
-        time: Option<Timestamp>,
-        /// A log position: everything up to it, as of its event's time.
-        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
-        position: Option<i64>,
-        /// Only this organization's licenses.
-        #[arg(long)]
-        org: Option<Uuid>,
-        /// Only this license.
-        #[arg(long)]
-        license: Option<Uuid>,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Read the events from an export file (`-`: standard input).
-        #[arg(long)]
-        from_file: Option<String>,
-    },
+    At(AtArgs),
     /// Replay a license's real demand (acquires, heartbeats, releases,
     /// denials) against another seat count or heartbeat TTL through the
     /// real decider: which acquires would have been denied or granted,
     /// peak demand, denied seat-time. Writes nothing.
-    Simulate {
-        #[command(flatten)]
-        store: StoreArg,
-        #[arg(long)]
-        license: Uuid,
-        /// The seat count to try.
-        #[arg(long, value_parser = parse_seats)]
-        seats: SeatCount,
-        /// The heartbeat TTL to try (default: the license's own).
-        #[arg(long, value_parser = parse_ttl)]
-        ttl_s: Option<HeartbeatTtl>,
-        /// Report acquires from this instant (RFC 3339; earlier events
-        /// still build the state).
-        #[arg(long, value_parser = parse_timestamp)]
-        from: Option<Timestamp>,
-        /// Replay events before this instant only (RFC 3339).
-        #[arg(long, value_parser = parse_timestamp)]
-        to: Option<Timestamp>,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Read the events from an export file (`-`: standard input).
-        #[arg(long)]
-        from_file: Option<String>,
-    },
+    Simulate(SimulateArgs),
     /// Compare a live projection with a replay of the log up to the same
     /// position; exit 1 if they differ. `billing`: the server's live
     /// billing tables in the ledger's database.
@@ -221,26 +73,206 @@ enum Commands {
     /// Resend positions FROM..=TO (to the head without --to) of the log to
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
     /// if missing: for a JetStream that lost data, or a new one.
-    Republish {
-        #[command(flatten)]
-        store: StoreArg,
-        #[arg(long, env = "SEATLEDGER_NATS_URL")]
-        nats_url: String,
-        #[arg(long, env = "SEATLEDGER_NATS_STREAM", default_value = "SEATLEDGER")]
-        nats_stream: String,
-        #[arg(
-            long,
-            env = "SEATLEDGER_NATS_SUBJECT_PREFIX",
-            default_value = "seatledger"
-        )]
-        nats_subject_prefix: String,
-        /// The first position to resend.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
-        from: i64,
-        /// The last position to resend (default: the head).
-        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
-        to: Option<i64>,
-    },
+    Republish(RepublishArgs),
+}
+
+/// The arguments of `verify`.
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// A ledger public key as `KEY_ID:BASE64URL` (the `ledger` keys of
+    /// GET /api/v1/keys); repeat it for every key that signed (keys
+    /// retired by a rotation too). Without it, a key an older version
+    /// kept in the database is used, which proves integrity only
+    /// against accidents, not against whoever holds the database.
+    /// Required with --from-file.
+    #[arg(long)]
+    public_key: Vec<String>,
+    /// A witness's file of signed heads (`seatledger-replay witness
+    /// --store`): the log must still hold every one of them.
+    #[arg(long)]
+    trusted_checkpoints: Option<std::path::PathBuf>,
+    /// Fail when more events than this follow the last signed
+    /// checkpoint (the ledger signs every 1,000 events, and within 10 s
+    /// of the last event when idle). 0 on a quiet log: every event signed.
+    #[arg(long, default_value_t = seatledger_schema::limits::CHECKPOINT_EVERY_EVENTS, value_parser = clap::value_parser!(i64).range(0..))]
+    max_unsigned_events: i64,
+    /// Verify an export file (`-`: standard input) instead of a database.
+    #[arg(long)]
+    from_file: Option<String>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The arguments of `witness`.
+#[derive(clap::Args)]
+struct WitnessArgs {
+    /// The server's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// The witness's file (JSON Lines; created if missing).
+    #[arg(long)]
+    store: std::path::PathBuf,
+    /// Accept only heads signed by this ledger key (`KEY_ID:BASE64URL`;
+    /// repeat for several). Without it any signature is kept as served.
+    #[arg(long)]
+    public_key: Vec<String>,
+    /// Seconds between polls.
+    #[arg(long, default_value_t = 10.0)]
+    interval_s: f64,
+    /// Poll once and exit (for cron, or a test).
+    #[arg(long)]
+    once: bool,
+}
+
+/// The arguments of `export`.
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Only this organization's events (not a chain: each event's hash
+    /// verifies alone).
+    #[arg(long)]
+    org: Option<Uuid>,
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    from_position: Option<i64>,
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    to_position: Option<i64>,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    output: Option<std::path::PathBuf>,
+}
+
+/// The arguments of `import`.
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The store to fill (created and migrated; it must hold no event).
+    #[arg(long, env = "SEATLEDGER_DATABASE_URL")]
+    database_url: String,
+    /// The export file (`-`: standard input).
+    #[arg(long)]
+    from_file: String,
+    /// A ledger public key as `KEY_ID:BASE64URL`: checkpoints must be
+    /// signed with it (repeat for every key that signed).
+    #[arg(long, required = true)]
+    public_key: Vec<String>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The arguments of `usage`.
+#[derive(clap::Args)]
+struct UsageArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Period length: hour, day or month (UTC).
+    #[arg(long, default_value = "day", value_parser = parse_granularity)]
+    granularity: Granularity,
+    /// Count leases still open up to this instant (RFC 3339). Default:
+    /// the last event's time, so the same log gives the same report.
+    #[arg(long, value_parser = parse_timestamp)]
+    as_of: Option<Timestamp>,
+    /// Only this organization's rows.
+    #[arg(long)]
+    org: Option<Uuid>,
+    /// Only periods that end after this instant (RFC 3339).
+    #[arg(long, value_parser = parse_timestamp)]
+    from: Option<Timestamp>,
+    /// Only periods that start before this instant (RFC 3339).
+    #[arg(long, value_parser = parse_timestamp)]
+    to: Option<Timestamp>,
+    /// csv (seat time in seconds) or json (seat time in microseconds).
+    #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+    format: String,
+    /// Read the events from this NATS JetStream (the stream
+    /// `--nats-stream`) instead of the database: the report billing
+    /// jobs consuming the stream would compute.
+    #[arg(long)]
+    from_nats: Option<String>,
+    #[arg(long, default_value = "SEATLEDGER")]
+    nats_stream: String,
+    /// Read the events from an export file (`-`: standard input).
+    #[arg(long, conflicts_with = "from_nats")]
+    from_file: Option<String>,
+}
+
+/// The arguments of `at`.
+#[derive(clap::Args)]
+struct AtArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// An instant (RFC 3339): everything recorded up to it.
+    #[arg(long, value_parser = parse_timestamp)]
+    time: Option<Timestamp>,
+    /// A log position: everything up to it, as of its event's time.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    position: Option<i64>,
+    /// Only this organization's licenses.
+    #[arg(long)]
+    org: Option<Uuid>,
+    /// Only this license.
+    #[arg(long)]
+    license: Option<Uuid>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Read the events from an export file (`-`: standard input).
+    #[arg(long)]
+    from_file: Option<String>,
+}
+
+/// The arguments of `simulate`.
+#[derive(clap::Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    #[arg(long)]
+    license: Uuid,
+    /// The seat count to try.
+    #[arg(long, value_parser = parse_seats)]
+    seats: SeatCount,
+    /// The heartbeat TTL to try (default: the license's own).
+    #[arg(long, value_parser = parse_ttl)]
+    ttl_s: Option<HeartbeatTtl>,
+    /// Report acquires from this instant (RFC 3339; earlier events
+    /// still build the state).
+    #[arg(long, value_parser = parse_timestamp)]
+    from: Option<Timestamp>,
+    /// Replay events before this instant only (RFC 3339).
+    #[arg(long, value_parser = parse_timestamp)]
+    to: Option<Timestamp>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Read the events from an export file (`-`: standard input).
+    #[arg(long)]
+    from_file: Option<String>,
+}
+
+/// The arguments of `republish`.
+#[derive(clap::Args)]
+struct RepublishArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    #[arg(long, env = "SEATLEDGER_NATS_URL")]
+    nats_url: String,
+    #[arg(long, env = "SEATLEDGER_NATS_STREAM", default_value = "SEATLEDGER")]
+    nats_stream: String,
+    #[arg(
+        long,
+        env = "SEATLEDGER_NATS_SUBJECT_PREFIX",
+        default_value = "seatledger"
+    )]
+    nats_subject_prefix: String,
+    /// The first position to resend.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
+    from: i64,
+    /// The last position to resend (default: the head).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    to: Option<i64>,
 }
 
 /// The event store a tool reads.
@@ -501,467 +533,500 @@ fn error_chain(error: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Commands::Verify {
-            store: StoreArg { database_url },
-            public_key,
-            trusted_checkpoints,
-            max_unsigned_events,
-            from_file,
-            json,
-        } => {
-            let started = Instant::now();
-            let mut trust =
-                seatledger_replay::Trust::default().max_unsigned_events(max_unsigned_events);
-            for text in &public_key {
-                let (key_id, key) = parse_public_key(text);
-                trust = trust.and_key((&key_id, &key));
+        Commands::Verify(args) => verify(args).await,
+        Commands::Witness(args) => witness(args).await,
+        Commands::Export(args) => export(args).await,
+        Commands::Import(args) => import(args).await,
+        Commands::Usage(args) => usage(args).await,
+        Commands::At(args) => at(args).await,
+        Commands::Rebuild(args) => rebuild(args).await,
+        Commands::Diff(args) => diff(args).await,
+        Commands::Simulate(args) => simulate(args).await,
+        Commands::Republish(args) => republish_range(args).await,
+    }
+}
+
+async fn verify(
+    VerifyArgs {
+        store: StoreArg { database_url },
+        public_key,
+        trusted_checkpoints,
+        max_unsigned_events,
+        from_file,
+        json,
+    }: VerifyArgs,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut trust = seatledger_replay::Trust::default().max_unsigned_events(max_unsigned_events);
+    for text in &public_key {
+        let (key_id, key) = parse_public_key(text);
+        trust = trust.and_key((&key_id, &key));
+    }
+    if let Some(path) = &trusted_checkpoints {
+        let kept = seatledger_replay::witness::read_store(path)
+            .with_context(|| format!("--trusted-checkpoints {}", path.display()))?;
+        trust = trust.witnessed(kept);
+    }
+    let verified = match from_file {
+        Some(path) => {
+            if public_key.is_empty() {
+                usage_error("--from-file needs --public-key KEY_ID:BASE64URL (the file's own key proves nothing)");
             }
-            if let Some(path) = &trusted_checkpoints {
-                let kept = seatledger_replay::witness::read_store(path)
-                    .with_context(|| format!("--trusted-checkpoints {}", path.display()))?;
-                trust = trust.witnessed(kept);
+            let input = open_input(&path);
+            let bar = progress_bar(0);
+            let verified = seatledger_replay::export::verify_file_with_progress(
+                input,
+                &trust,
+                &mut |at, to| {
+                    bar.set_length(u64::try_from(to).unwrap_or(0));
+                    bar.set_position(u64::try_from(at).unwrap_or(0));
+                },
+            )
+            .await?
+            .verified;
+            bar.finish_and_clear();
+            verified
+        }
+        None => {
+            let store = open_read_only(&database_url).await?;
+            if public_key.is_empty() {
+                let document = store.stored_signing_key().await?.context(
+                    "pass the ledger's public key: --public-key KEY_ID:BASE64URL (GET /api/v1/keys)",
+                )?;
+                let stored = SigningKey::from_pkcs8(&document)?;
+                eprintln!(
+                    "seatledger-replay: warning: checking signatures with the key kept in the database itself ({}), which proves nothing against whoever holds the database; pass --public-key",
+                    stored.key_id()
+                );
+                trust = trust.and_key((stored.key_id(), stored.public_key()));
             }
-            let verified = match from_file {
-                Some(path) => {
-                    if public_key.is_empty() {
-                        usage_error("--from-file needs --public-key KEY_ID:BASE64URL (the file's own key proves nothing)");
-                    }
-                    let input = open_input(&path);
-                    let bar = progress_bar(0);
-                    let verified = seatledger_replay::export::verify_file_with_progress(
-                        input,
-                        &trust,
-                        &mut |at, to| {
-                            bar.set_length(u64::try_from(to).unwrap_or(0));
-                            bar.set_position(u64::try_from(at).unwrap_or(0));
-                        },
-                    )
-                    .await?
-                    .verified;
-                    bar.finish_and_clear();
-                    verified
+            let (head, _) = store.head(0).await?;
+            let bar = progress_bar(u64::try_from(head).unwrap_or(0));
+            let verified = seatledger_replay::verify_with_progress(&store, 0, &trust, |at| {
+                bar.set_position(u64::try_from(at).unwrap_or(0))
+            })
+            .await?;
+            bar.finish_and_clear();
+            verified
+        }
+    };
+    let key_id = trust.key_ids().join(",");
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "events": verified.events,
+                "checkpoints": verified.checkpoints,
+                "key_id": key_id,
+                "head_hash": verified.head_hash,
+                "witnessed": verified.witnessed,
+                "unsigned_tail": verified.unsigned_tail,
+            })
+        );
+    } else {
+        let witnessed = if trusted_checkpoints.is_some() {
+            format!(", {} witnessed heads", verified.witnessed)
+        } else {
+            String::new()
+        };
+        println!(
+            "verified {} events and {} signed checkpoints (key {key_id}{witnessed}); head hash {}; {} events after the last checkpoint; {:.0} events/s",
+            verified.events,
+            verified.checkpoints,
+            verified.head_hash,
+            verified.unsigned_tail,
+            verified.events as f64 / seconds.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+async fn witness(
+    WitnessArgs {
+        url,
+        store,
+        public_key,
+        interval_s,
+        once,
+    }: WitnessArgs,
+) -> anyhow::Result<()> {
+    if !(interval_s.is_finite() && (0.1..=86_400.0).contains(&interval_s)) {
+        usage_error("--interval-s is from 0.1 to 86400");
+    }
+    let keys = public_key
+        .iter()
+        .map(|text| parse_public_key(text))
+        .collect();
+    let mut witness = seatledger_replay::witness::Witness::open(&url, &store, keys)?;
+    loop {
+        match witness.poll().await {
+            Ok(polled) => {
+                if polled.new > 0 || once {
+                    println!(
+                        "kept {} new signed heads; {} in all, the last at position {}",
+                        polled.new, polled.kept, polled.position
+                    );
                 }
-                None => {
-                    let store = open_read_only(&database_url).await?;
-                    if public_key.is_empty() {
-                        let document = store.stored_signing_key().await?.context(
-                            "pass the ledger's public key: --public-key KEY_ID:BASE64URL (GET /api/v1/keys)",
-                        )?;
-                        let stored = SigningKey::from_pkcs8(&document)?;
-                        eprintln!(
-                            "seatledger-replay: warning: checking signatures with the key kept in the database itself ({}), which proves nothing against whoever holds the database; pass --public-key",
-                            stored.key_id()
-                        );
-                        trust = trust.and_key((stored.key_id(), stored.public_key()));
-                    }
-                    let (head, _) = store.head(0).await?;
-                    let bar = progress_bar(u64::try_from(head).unwrap_or(0));
-                    let verified =
-                        seatledger_replay::verify_with_progress(&store, 0, &trust, |at| {
-                            bar.set_position(u64::try_from(at).unwrap_or(0))
-                        })
-                        .await?;
-                    bar.finish_and_clear();
-                    verified
-                }
-            };
-            let key_id = trust.key_ids().join(",");
-            let seconds = started.elapsed().as_secs_f64();
+            }
+            Err(error @ seatledger_replay::witness::WitnessError::Unreachable(_)) if !once => {
+                eprintln!("seatledger-replay witness: {error}; trying again");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        if once {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs_f64(interval_s)).await;
+    }
+}
+
+async fn export(
+    ExportArgs {
+        store: StoreArg { database_url },
+        org,
+        from_position,
+        to_position,
+        output,
+    }: ExportArgs,
+) -> anyhow::Result<()> {
+    let store = open_read_only(&database_url).await?;
+    let (head, _) = store.head(0).await?;
+    let bar = progress_bar(u64::try_from(head).unwrap_or(0));
+    let range = seatledger_replay::export::ExportRange {
+        org,
+        from_position,
+        to_position,
+    };
+    let mut out: Box<dyn std::io::Write> = match &output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = std::io::BufWriter::new(&mut out);
+    let (header, events) =
+        seatledger_replay::export::export(&store, 0, range, &mut out, |position| {
+            bar.set_position(u64::try_from(position).unwrap_or(0))
+        })
+        .await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "exported {events} events (positions {}..={}): {}",
+        header.from_position, header.to_position, header.description
+    );
+    Ok(())
+}
+
+async fn import(
+    ImportArgs {
+        database_url,
+        from_file,
+        public_key,
+        json,
+    }: ImportArgs,
+) -> anyhow::Result<()> {
+    let mut trust = seatledger_replay::Trust::default();
+    for text in &public_key {
+        let (key_id, key) = parse_public_key(text);
+        trust = trust.and_key((&key_id, &key));
+    }
+    let key_id = trust.key_ids().join(",");
+    let input = open_input(&from_file);
+    let store = Store::connect(&database_url)
+        .await
+        .context("cannot open the store to import into")?;
+    store.migrate().await?;
+    let bar = progress_bar(0);
+    let done = seatledger_replay::export::import(input, &trust, &store, &mut |at, to| {
+        bar.set_length(u64::try_from(to).unwrap_or(0));
+        bar.set_position(u64::try_from(at).unwrap_or(0));
+    })
+    .await;
+    bar.finish_and_clear();
+    match done {
+        Ok(done) => {
             if json {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "events": verified.events,
-                        "checkpoints": verified.checkpoints,
+                        "events": done.imported,
+                        "checkpoints": done.verified.checkpoints,
                         "key_id": key_id,
-                        "head_hash": verified.head_hash,
-                        "witnessed": verified.witnessed,
-                        "unsigned_tail": verified.unsigned_tail,
+                        "head_hash": done.verified.head_hash,
                     })
                 );
             } else {
-                let witnessed = if trusted_checkpoints.is_some() {
-                    format!(", {} witnessed heads", verified.witnessed)
-                } else {
-                    String::new()
-                };
                 println!(
-                    "verified {} events and {} signed checkpoints (key {key_id}{witnessed}); head hash {}; {} events after the last checkpoint; {:.0} events/s",
-                    verified.events,
-                    verified.checkpoints,
-                    verified.head_hash,
-                    verified.unsigned_tail,
-                    verified.events as f64 / seconds.max(1e-9)
+                    "imported {} events and {} signed checkpoints (key {key_id}); head hash {}",
+                    done.imported, done.verified.checkpoints, done.verified.head_hash
                 );
             }
             Ok(())
         }
-        Commands::Witness {
-            url,
-            store,
-            public_key,
-            interval_s,
-            once,
-        } => {
-            if !(interval_s.is_finite() && (0.1..=86_400.0).contains(&interval_s)) {
-                usage_error("--interval-s is from 0.1 to 86400");
-            }
-            let keys = public_key
-                .iter()
-                .map(|text| parse_public_key(text))
-                .collect();
-            let mut witness = seatledger_replay::witness::Witness::open(&url, &store, keys)?;
-            loop {
-                match witness.poll().await {
-                    Ok(polled) => {
-                        if polled.new > 0 || once {
-                            println!(
-                                "kept {} new signed heads; {} in all, the last at position {}",
-                                polled.new, polled.kept, polled.position
-                            );
-                        }
-                    }
-                    Err(error @ seatledger_replay::witness::WitnessError::Unreachable(_))
-                        if !once =>
-                    {
-                        eprintln!("seatledger-replay witness: {error}; trying again");
-                    }
-                    Err(error) => return Err(error.into()),
-                }
-                if once {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_secs_f64(interval_s)).await;
-            }
-        }
-        Commands::Export {
-            store: StoreArg { database_url },
-            org,
-            from_position,
-            to_position,
-            output,
-        } => {
-            let store = open_read_only(&database_url).await?;
-            let (head, _) = store.head(0).await?;
-            let bar = progress_bar(u64::try_from(head).unwrap_or(0));
-            let range = seatledger_replay::export::ExportRange {
-                org,
-                from_position,
-                to_position,
-            };
-            let mut out: Box<dyn std::io::Write> = match &output {
-                Some(path) => Box::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?,
-                ),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            let mut out = std::io::BufWriter::new(&mut out);
-            let (header, events) =
-                seatledger_replay::export::export(&store, 0, range, &mut out, |position| {
-                    bar.set_position(u64::try_from(position).unwrap_or(0))
-                })
-                .await?;
-            bar.finish_and_clear();
-            eprintln!(
-                "exported {events} events (positions {}..={}): {}",
-                header.from_position, header.to_position, header.description
-            );
-            Ok(())
-        }
-        Commands::Import {
-            database_url,
-            from_file,
-            public_key,
-            json,
-        } => {
-            let mut trust = seatledger_replay::Trust::default();
-            for text in &public_key {
-                let (key_id, key) = parse_public_key(text);
-                trust = trust.and_key((&key_id, &key));
-            }
-            let key_id = trust.key_ids().join(",");
-            let input = open_input(&from_file);
-            let store = Store::connect(&database_url)
-                .await
-                .context("cannot open the store to import into")?;
-            store.migrate().await?;
-            let bar = progress_bar(0);
-            let done = seatledger_replay::export::import(input, &trust, &store, &mut |at, to| {
-                bar.set_length(u64::try_from(to).unwrap_or(0));
-                bar.set_position(u64::try_from(at).unwrap_or(0));
-            })
-            .await;
-            bar.finish_and_clear();
-            match done {
-                Ok(done) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({
-                                "events": done.imported,
-                                "checkpoints": done.verified.checkpoints,
-                                "key_id": key_id,
-                                "head_hash": done.verified.head_hash,
-                            })
-                        );
-                    } else {
-                        println!(
-                            "imported {} events and {} signed checkpoints (key {key_id}); head hash {}",
-                            done.imported, done.verified.checkpoints, done.verified.head_hash
-                        );
-                    }
-                    Ok(())
-                }
-                Err(error) => {
-                    let (head, _) = store.head(0).await.unwrap_or_default();
-                    anyhow::bail!(
-                        "{error}; nothing after position {head} was imported (the store holds the verified positions 1..={head})"
-                    )
-                }
-            }
-        }
-        Commands::Usage {
-            store: StoreArg { database_url },
-            granularity,
-            as_of,
-            org,
-            from,
-            to,
-            format,
-            from_nats,
-            nats_stream,
-            from_file,
-        } => {
-            let report = match (from_nats, from_file) {
-                (None, Some(path)) => {
-                    let (events, header) = EventStream::from_file(open_input(&path), None)?;
-                    let (events, bar) = with_bar(events, header.to_position);
-                    let report = seatledger_replay::usage_of(events, granularity, as_of).await?;
-                    bar.finish_and_clear();
-                    report
-                }
-                (Some(url), _) => {
-                    let client = async_nats::connect(&url)
-                        .await
-                        .with_context(|| format!("cannot connect to NATS at {url}"))?;
-                    seatledger_replay::usage_from_nats(client, &nats_stream, granularity, as_of)
-                        .await?
-                }
-                (None, None) => {
-                    let store = open_read_only(&database_url).await?;
-                    let (events, head) = EventStream::from_store(&store, 0, None).await?;
-                    let (events, bar) = with_bar(events, head);
-                    let report = seatledger_replay::usage_of(events, granularity, as_of).await?;
-                    bar.finish_and_clear();
-                    report
-                }
-            };
-            let incomplete = report.incomplete_tenants();
-            for bad in &report.undecodable {
-                if org.is_none_or(|org| org == bad.tenant_id) {
-                    eprintln!(
-                        "seatledger-replay usage: event at position {} of organization {} cannot be decoded: {}",
-                        bad.position, bad.tenant_id, bad.error
-                    );
-                }
-            }
-            let rows = seatledger_replay::select_usage(report.rows, org, from, to);
-            if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", seatledger_replay::usage_csv(&rows));
-            }
-            // Other organizations' undecodable events do not make this
-            // organization's usage wrong; its own do.
-            let affected: Vec<_> = incomplete
-                .into_iter()
-                .filter(|tenant| org.is_none_or(|org| org == *tenant))
-                .collect();
-            if affected.is_empty() {
-                if !report.undecodable.is_empty() {
-                    eprintln!(
-                        "seatledger-replay usage: {} undecodable event(s) of other organizations skipped; run verify",
-                        report.undecodable.len()
-                    );
-                }
-                Ok(())
-            } else {
-                anyhow::bail!(
-                    "usage of {} organization(s) left out: they have undecodable events (see above); run verify",
-                    affected.len()
-                )
-            }
-        }
-        Commands::At {
-            store: StoreArg { database_url },
-            time,
-            position,
-            org,
-            license,
-            json,
-            from_file,
-        } => {
-            let at = match (time, position) {
-                (Some(time), _) => seatledger_replay::at::At::Time(time),
-                (None, Some(position)) => seatledger_replay::at::At::Position(position),
-                (None, None) => anyhow::bail!("--time or --position is required"),
-            };
-            let (events, head) = match from_file {
-                Some(path) => {
-                    let (events, header) = EventStream::from_file(open_input(&path), position)?;
-                    (events, header.to_position)
-                }
-                None => {
-                    let store = open_read_only(&database_url).await?;
-                    let (head, _) = store.head(0).await?;
-                    if let Some(position) = position.filter(|position| *position > head) {
-                        anyhow::bail!(seatledger_replay::at::AtError::PastHead(position, head));
-                    }
-                    EventStream::from_store(&store, 0, position).await?
-                }
-            };
-            let (events, bar) = with_bar(events, head);
-            let state = seatledger_replay::at::state_of(events, at, org, license).await?;
-            bar.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&state)?);
-            } else {
-                print!("{}", seatledger_replay::at::describe(&state));
-            }
-            Ok(())
-        }
-        Commands::Rebuild(ProjectionArgs {
-            follower,
-            store: StoreArg { database_url },
-            redis,
-            json,
-        }) => {
-            if follower == "hot-counts" {
-                let store = open_read_only(&database_url).await?;
-                let (position, keys) = rebuild_hot_counts(&store, &redis).await?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"follower": follower, "position": position, "keys": keys})
-                    );
-                } else {
-                    println!(
-                        "hot counts rebuilt from the log up to position {position} and swapped in under {} ({keys} keys)",
-                        redis.redis_prefix
-                    );
-                }
-                return Ok(());
-            }
-            if let Some(path) = database_url.strip_prefix("sqlite:") {
-                if !std::path::Path::new(path).exists() {
-                    usage_error(&format!("no event store at {path}"));
-                }
-            }
-            let store = Store::connect(&database_url)
-                .await
-                .context("cannot open the event store")?;
-            let (events, head) = EventStream::from_store(&store, 0, None).await?;
-            let (mut events, bar) = with_bar(events, head);
-            let mut rebuild = seatledger_projections::BillingRebuild::new(0);
-            while let Some(batch) = events.next().await? {
-                rebuild.push(&batch);
-            }
-            let position = rebuild.replace(&store).await?;
-            bar.finish_and_clear();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"follower": follower, "position": position})
-                );
-            } else {
-                println!(
-                    "live billing rebuilt from the log up to position {position} and swapped in"
-                );
-            }
-            Ok(())
-        }
-        Commands::Diff(ProjectionArgs {
-            follower,
-            store: StoreArg { database_url },
-            redis,
-            json,
-        }) => {
-            let store = open_read_only(&database_url).await?;
-            let (text, differences) = if follower == "hot-counts" {
-                let redis = redis.counts(&store, None).await?;
-                let diff = seatledger_replay::diff::diff_hot_counts(&store, 0, &redis).await?;
-                let text = match json {
-                    true => serde_json::to_string_pretty(&diff)? + "\n",
-                    false => seatledger_replay::diff::describe_hot_counts(&diff),
-                };
-                (text, diff.differences.len())
-            } else {
-                let diff = seatledger_replay::diff::diff_billing(&store, 0).await?;
-                let text = match json {
-                    true => serde_json::to_string_pretty(&diff)? + "\n",
-                    false => seatledger_replay::diff::describe(&diff),
-                };
-                (text, diff.differences.len())
-            };
-            print!("{text}");
-            if differences == 0 {
-                Ok(())
-            } else {
-                anyhow::bail!("{differences} difference(s) between {follower} and the log")
-            }
-        }
-        Commands::Simulate {
-            store: StoreArg { database_url },
-            license,
-            seats,
-            ttl_s,
-            from,
-            to,
-            json,
-            from_file,
-        } => {
-            let (events, head) = match from_file {
-                Some(path) => {
-                    let (events, header) = EventStream::from_file(open_input(&path), None)?;
-                    (events, header.to_position)
-                }
-                None => {
-                    let store = open_read_only(&database_url).await?;
-                    EventStream::from_store(&store, 0, None).await?
-                }
-            };
-            let (events, bar) = with_bar(events, head);
-            let options = seatledger_replay::simulate::SimulateOptions {
-                license_id: license,
-                seats,
-                heartbeat_ttl: ttl_s,
-                from,
-                to,
-            };
-            let report = seatledger_replay::simulate::simulate(events, options).await?;
-            bar.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", seatledger_replay::simulate::describe(&report));
-            }
-            Ok(())
-        }
-        Commands::Republish {
-            store: StoreArg { database_url },
-            nats_url,
-            nats_stream,
-            nats_subject_prefix,
-            from,
-            to,
-        } => {
-            let config = NatsConfig {
-                stream: nats_stream,
-                subject_prefix: nats_subject_prefix,
-                ..NatsConfig::new(&nats_url)
-            };
-            republish(&database_url, config, from, to).await
+        Err(error) => {
+            let (head, _) = store.head(0).await.unwrap_or_default();
+            anyhow::bail!(
+                "{error}; nothing after position {head} was imported (the store holds the verified positions 1..={head})"
+            )
         }
     }
+}
+
+async fn usage(
+    UsageArgs {
+        store: StoreArg { database_url },
+        granularity,
+        as_of,
+        org,
+        from,
+        to,
+        format,
+        from_nats,
+        nats_stream,
+        from_file,
+    }: UsageArgs,
+) -> anyhow::Result<()> {
+    let report = match (from_nats, from_file) {
+        (None, Some(path)) => {
+            let (events, header) = EventStream::from_file(open_input(&path), None)?;
+            let (events, bar) = with_bar(events, header.to_position);
+            let report = seatledger_replay::usage_of(events, granularity, as_of).await?;
+            bar.finish_and_clear();
+            report
+        }
+        (Some(url), _) => {
+            let client = async_nats::connect(&url)
+                .await
+                .with_context(|| format!("cannot connect to NATS at {url}"))?;
+            seatledger_replay::usage_from_nats(client, &nats_stream, granularity, as_of).await?
+        }
+        (None, None) => {
+            let store = open_read_only(&database_url).await?;
+            let (events, head) = EventStream::from_store(&store, 0, None).await?;
+            let (events, bar) = with_bar(events, head);
+            let report = seatledger_replay::usage_of(events, granularity, as_of).await?;
+            bar.finish_and_clear();
+            report
+        }
+    };
+    let incomplete = report.incomplete_tenants();
+    for bad in &report.undecodable {
+        if org.is_none_or(|org| org == bad.tenant_id) {
+            eprintln!(
+                "seatledger-replay usage: event at position {} of organization {} cannot be decoded: {}",
+                bad.position, bad.tenant_id, bad.error
+            );
+        }
+    }
+    let rows = seatledger_replay::select_usage(report.rows, org, from, to);
+    if format == "json" {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", seatledger_replay::usage_csv(&rows));
+    }
+    // Other organizations' undecodable events do not make this
+    // organization's usage wrong; its own do.
+    let affected: Vec<_> = incomplete
+        .into_iter()
+        .filter(|tenant| org.is_none_or(|org| org == *tenant))
+        .collect();
+    if affected.is_empty() {
+        if !report.undecodable.is_empty() {
+            eprintln!(
+                "seatledger-replay usage: {} undecodable event(s) of other organizations skipped; run verify",
+                report.undecodable.len()
+            );
+        }
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "usage of {} organization(s) left out: they have undecodable events (see above); run verify",
+            affected.len()
+        )
+    }
+}
+
+async fn at(
+    AtArgs {
+        store: StoreArg { database_url },
+        time,
+        position,
+        org,
+        license,
+        json,
+        from_file,
+    }: AtArgs,
+) -> anyhow::Result<()> {
+    let at = match (time, position) {
+        (Some(time), _) => seatledger_replay::at::At::Time(time),
+        (None, Some(position)) => seatledger_replay::at::At::Position(position),
+        (None, None) => anyhow::bail!("--time or --position is required"),
+    };
+    let (events, head) = match from_file {
+        Some(path) => {
+            let (events, header) = EventStream::from_file(open_input(&path), position)?;
+            (events, header.to_position)
+        }
+        None => {
+            let store = open_read_only(&database_url).await?;
+            let (head, _) = store.head(0).await?;
+            if let Some(position) = position.filter(|position| *position > head) {
+                anyhow::bail!(seatledger_replay::at::AtError::PastHead(position, head));
+            }
+            EventStream::from_store(&store, 0, position).await?
+        }
+    };
+    let (events, bar) = with_bar(events, head);
+    let state = seatledger_replay::at::state_of(events, at, org, license).await?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+    } else {
+        print!("{}", seatledger_replay::at::describe(&state));
+    }
+    Ok(())
+}
+
+async fn rebuild(
+    ProjectionArgs {
+        follower,
+        store: StoreArg { database_url },
+        redis,
+        json,
+    }: ProjectionArgs,
+) -> anyhow::Result<()> {
+    if follower == "hot-counts" {
+        let store = open_read_only(&database_url).await?;
+        let (position, keys) = rebuild_hot_counts(&store, &redis).await?;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"follower": follower, "position": position, "keys": keys})
+            );
+        } else {
+            println!(
+                "hot counts rebuilt from the log up to position {position} and swapped in under {} ({keys} keys)",
+                redis.redis_prefix
+            );
+        }
+        return Ok(());
+    }
+    if let Some(path) = database_url.strip_prefix("sqlite:") {
+        if !std::path::Path::new(path).exists() {
+            usage_error(&format!("no event store at {path}"));
+        }
+    }
+    let store = Store::connect(&database_url)
+        .await
+        .context("cannot open the event store")?;
+    let (events, head) = EventStream::from_store(&store, 0, None).await?;
+    let (mut events, bar) = with_bar(events, head);
+    let mut rebuild = seatledger_projections::BillingRebuild::new(0);
+    while let Some(batch) = events.next().await? {
+        rebuild.push(&batch);
+    }
+    let position = rebuild.replace(&store).await?;
+    bar.finish_and_clear();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"follower": follower, "position": position})
+        );
+    } else {
+        println!("live billing rebuilt from the log up to position {position} and swapped in");
+    }
+    Ok(())
+}
+
+async fn diff(
+    ProjectionArgs {
+        follower,
+        store: StoreArg { database_url },
+        redis,
+        json,
+    }: ProjectionArgs,
+) -> anyhow::Result<()> {
+    let store = open_read_only(&database_url).await?;
+    let (text, differences) = if follower == "hot-counts" {
+        let redis = redis.counts(&store, None).await?;
+        let diff = seatledger_replay::diff::diff_hot_counts(&store, 0, &redis).await?;
+        let text = match json {
+            true => serde_json::to_string_pretty(&diff)? + "\n",
+            false => seatledger_replay::diff::describe_hot_counts(&diff),
+        };
+        (text, diff.differences.len())
+    } else {
+        let diff = seatledger_replay::diff::diff_billing(&store, 0).await?;
+        let text = match json {
+            true => serde_json::to_string_pretty(&diff)? + "\n",
+            false => seatledger_replay::diff::describe(&diff),
+        };
+        (text, diff.differences.len())
+    };
+    print!("{text}");
+    if differences == 0 {
+        Ok(())
+    } else {
+        anyhow::bail!("{differences} difference(s) between {follower} and the log")
+    }
+}
+
+async fn simulate(
+    SimulateArgs {
+        store: StoreArg { database_url },
+        license,
+        seats,
+        ttl_s,
+        from,
+        to,
+        json,
+        from_file,
+    }: SimulateArgs,
+) -> anyhow::Result<()> {
+    let (events, head) = match from_file {
+        Some(path) => {
+            let (events, header) = EventStream::from_file(open_input(&path), None)?;
+            (events, header.to_position)
+        }
+        None => {
+            let store = open_read_only(&database_url).await?;
+            EventStream::from_store(&store, 0, None).await?
+        }
+    };
+    let (events, bar) = with_bar(events, head);
+    let options = seatledger_replay::simulate::SimulateOptions {
+        license_id: license,
+        seats,
+        heartbeat_ttl: ttl_s,
+        from,
+        to,
+    };
+    let report = seatledger_replay::simulate::simulate(events, options).await?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", seatledger_replay::simulate::describe(&report));
+    }
+    Ok(())
+}
+
+async fn republish_range(
+    RepublishArgs {
+        store: StoreArg { database_url },
+        nats_url,
+        nats_stream,
+        nats_subject_prefix,
+        from,
+        to,
+    }: RepublishArgs,
+) -> anyhow::Result<()> {
+    let config = NatsConfig {
+        stream: nats_stream,
+        subject_prefix: nats_subject_prefix,
+        ..NatsConfig::new(&nats_url)
+    };
+    republish(&database_url, config, from, to).await
 }
