@@ -515,6 +515,20 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// A report as pretty JSON (`--json`) or as its text description.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    describe: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", describe(report));
+    }
+    Ok(())
+}
+
 /// The error and its causes on one line, leaving out a cause whose text
 /// the message before it already includes.
 fn error_chain(error: &anyhow::Error) -> String {
@@ -881,12 +895,7 @@ async fn at(
     let (events, bar) = with_bar(events, head);
     let state = seatledger_replay::at::state_of(events, at, org, license).await?;
     bar.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&state)?);
-    } else {
-        print!("{}", seatledger_replay::at::describe(&state));
-    }
-    Ok(())
+    print_report(json, &state, seatledger_replay::at::describe)
 }
 
 async fn rebuild(
@@ -1005,12 +1014,7 @@ async fn simulate(
     };
     let report = seatledger_replay::simulate::simulate(events, options).await?;
     bar.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", seatledger_replay::simulate::describe(&report));
-    }
-    Ok(())
+    print_report(json, &report, seatledger_replay::simulate::describe)
 }
 
 async fn republish_range(
