@@ -12,6 +12,8 @@ pub mod envelope;
 pub mod event;
 pub mod hash;
 pub mod limits;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 
 pub use canonical::{canonical_bytes, chain_hash, verify_chain, ChainError, ChainHash};

@@ -18,10 +18,13 @@ macro_rules! on_pool {
 }
 
 pub mod billing;
+mod blocks;
+mod compact;
 pub mod directory;
 mod postgres;
 mod sqlite;
 
+use compact::Conn;
 use seatledger_schema::{ChainHash, Checkpoint, RawRecordedEvent, RecordedEvent, Timestamp};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -139,6 +142,8 @@ pub enum Store {
 /// A stream's snapshot and the events recorded after it.
 pub(crate) struct LoadedStream {
     pub snapshot: Option<(i64, serde_json::Value)>,
+    /// The version the events follow (the snapshot's, or the one asked).
+    pub from_version: i64,
     pub events: Vec<RecordedEvent>,
 }
 
@@ -415,8 +420,16 @@ impl Store {
     /// The last `(position, hash)` of a partition; `(0, GENESIS)` when empty.
     pub async fn head(&self, partition: i16) -> Result<(i64, ChainHash), StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::head(&mut *pool.acquire().await?, partition).await,
-            Store::Sqlite(pool, _) => sqlite::head(&mut *pool.acquire().await?, partition).await,
+            Store::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                let head = postgres::head(&mut conn, partition).await?;
+                or_blocks_head(head, Conn::Pg(&mut conn), partition).await
+            }
+            Store::Sqlite(pool, _) => {
+                let mut conn = pool.acquire().await?;
+                let head = sqlite::head(&mut conn, partition).await?;
+                or_blocks_head(head, Conn::Lite(&mut conn), partition).await
+            }
         }
     }
 
@@ -488,12 +501,23 @@ impl Store {
         M: serde::de::DeserializeOwned,
     {
         let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
+        let wanted = usize::try_from(limit).unwrap_or(0);
         match self {
             Store::Postgres(pool) => {
-                postgres::read_between(pool, partition, after, through, limit).await
+                let mut conn = pool.acquire().await?;
+                let tail =
+                    postgres::read_between(&mut conn, partition, after, through, limit).await?;
+                Conn::Pg(&mut conn)
+                    .between(partition, after, through, wanted, tail)
+                    .await
             }
             Store::Sqlite(pool, _) => {
-                sqlite::read_between(pool, partition, after, through, limit).await
+                let mut conn = pool.acquire().await?;
+                let tail =
+                    sqlite::read_between(&mut conn, partition, after, through, limit).await?;
+                Conn::Lite(&mut conn)
+                    .between(partition, after, through, wanted, tail)
+                    .await
             }
         }
     }
@@ -507,26 +531,31 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
+        let wanted = usize::try_from(limit).unwrap_or(0);
         match self {
             Store::Postgres(pool) => {
-                postgres::read_tenant_after(pool, tenant_id, partition, after, limit).await
+                let mut conn = pool.acquire().await?;
+                let tail =
+                    postgres::read_tenant_after(&mut conn, tenant_id, partition, after, limit)
+                        .await?;
+                Conn::Pg(&mut conn)
+                    .of_tenant(tenant_id, partition, after, wanted, tail)
+                    .await
             }
             Store::Sqlite(pool, _) => {
-                sqlite::read_tenant_after(pool, tenant_id, partition, after, limit).await
+                let mut conn = pool.acquire().await?;
+                let tail = sqlite::read_tenant_after(&mut conn, tenant_id, partition, after, limit)
+                    .await?;
+                Conn::Lite(&mut conn)
+                    .of_tenant(tenant_id, partition, after, wanted, tail)
+                    .await
             }
         }
     }
 
     /// Every event of one stream, in stream order.
     pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
-        match self {
-            Store::Postgres(pool) => {
-                postgres::read_stream(&mut *pool.acquire().await?, stream_id, 0, i64::MAX).await
-            }
-            Store::Sqlite(pool, _) => {
-                sqlite::read_stream(&mut *pool.acquire().await?, stream_id, 0, i64::MAX).await
-            }
-        }
+        self.read_stream_range(stream_id, 0, i64::MAX).await
     }
 
     /// The events of one stream with `after_version < stream_version <=
@@ -540,11 +569,21 @@ impl Store {
         match self {
             Store::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
-                postgres::read_stream(&mut conn, stream_id, after_version, through_version).await
+                let tail =
+                    postgres::read_stream(&mut conn, stream_id, after_version, through_version)
+                        .await?;
+                Conn::Pg(&mut conn)
+                    .of_stream(None, stream_id, after_version, through_version, tail)
+                    .await
             }
             Store::Sqlite(pool, _) => {
                 let mut conn = pool.acquire().await?;
-                sqlite::read_stream(&mut conn, stream_id, after_version, through_version).await
+                let tail =
+                    sqlite::read_stream(&mut conn, stream_id, after_version, through_version)
+                        .await?;
+                Conn::Lite(&mut conn)
+                    .of_stream(None, stream_id, after_version, through_version, tail)
+                    .await
             }
         }
     }
@@ -661,10 +700,14 @@ impl Store {
     ) -> Result<(i64, crate::domain::StreamState), StoreError> {
         let loaded = match self {
             Store::Postgres(pool) => {
-                postgres::load_stream(&mut *pool.acquire().await?, stream_id, None).await?
+                let mut conn = pool.acquire().await?;
+                let loaded = postgres::load_stream(&mut conn, stream_id, None).await?;
+                loaded.with_blocks(Conn::Pg(&mut conn), stream_id).await?
             }
             Store::Sqlite(pool, _) => {
-                sqlite::load_stream(&mut *pool.acquire().await?, stream_id, None).await?
+                let mut conn = pool.acquire().await?;
+                let loaded = sqlite::load_stream(&mut conn, stream_id, None).await?;
+                loaded.with_blocks(Conn::Lite(&mut conn), stream_id).await?
             }
         };
         let (version, state) = match loaded.snapshot {
@@ -684,8 +727,20 @@ impl Store {
         session_id: Uuid,
     ) -> Result<Option<(String, Uuid)>, StoreError> {
         match self {
-            Store::Postgres(pool) => postgres::find_session(pool, session_id).await,
-            Store::Sqlite(pool, _) => sqlite::find_session(pool, session_id).await,
+            Store::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                match postgres::find_session(&mut conn, session_id).await? {
+                    Some(found) => Ok(Some(found)),
+                    None => Conn::Pg(&mut conn).session_in_blocks(session_id).await,
+                }
+            }
+            Store::Sqlite(pool, _) => {
+                let mut conn = pool.acquire().await?;
+                match sqlite::find_session(&mut conn, session_id).await? {
+                    Some(found) => Ok(Some(found)),
+                    None => Conn::Lite(&mut conn).session_in_blocks(session_id).await,
+                }
+            }
         }
     }
 
@@ -708,13 +763,35 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(Checkpoint, Option<ChainHash>)>, StoreError> {
+        self.checkpoint_rows(partition, after, limit, false).await
+    }
+
+    /// Checkpoints with the hash of the event at each one's position, from
+    /// its row or, once compacted, from its block.
+    async fn checkpoint_rows(
+        &self,
+        partition: i16,
+        after: i64,
+        limit: i64,
+        latest: bool,
+    ) -> Result<Vec<(Checkpoint, Option<ChainHash>)>, StoreError> {
+        macro_rules! with_block_hashes {
+            ($backend:ident, $conn_kind:ident, $pool:expr) => {{
+                let mut conn = $pool.acquire().await?;
+                let mut rows =
+                    $backend::checkpoints_after(&mut conn, partition, after, limit, latest).await?;
+                let mut blocks = Conn::$conn_kind(&mut conn);
+                for (checkpoint, event_hash) in &mut rows {
+                    if event_hash.is_none() {
+                        *event_hash = blocks.block_hash_at(partition, checkpoint.position).await?;
+                    }
+                }
+                Ok(rows)
+            }};
+        }
         match self {
-            Store::Postgres(pool) => {
-                postgres::checkpoints_after(pool, partition, after, limit, false).await
-            }
-            Store::Sqlite(pool, _) => {
-                sqlite::checkpoints_after(pool, partition, after, limit, false).await
-            }
+            Store::Postgres(pool) => with_block_hashes!(postgres, Pg, pool),
+            Store::Sqlite(pool, _) => with_block_hashes!(sqlite, Lite, pool),
         }
     }
 
@@ -723,11 +800,49 @@ impl Store {
         &self,
         partition: i16,
     ) -> Result<Option<(Checkpoint, Option<ChainHash>)>, StoreError> {
-        let mut rows = match self {
-            Store::Postgres(pool) => postgres::checkpoints_after(pool, partition, 0, 1, true).await,
-            Store::Sqlite(pool, _) => sqlite::checkpoints_after(pool, partition, 0, 1, true).await,
-        }?;
+        let mut rows = self.checkpoint_rows(partition, 0, 1, true).await?;
         Ok(rows.pop())
+    }
+
+    /// Moves the oldest events of `partition`'s row tail into one block
+    /// (docs/design.md §3, "Compact storage"): at most `max_events`, never
+    /// one of the newest `keep` (at least 1, so the appender finds its head
+    /// in a row) and none after the last signed checkpoint. Returns the
+    /// block's range, or `None` when nothing is due or another process is
+    /// compacting this partition. Readers see each event in exactly one of
+    /// the two forms throughout.
+    pub async fn compact(
+        &self,
+        partition: i16,
+        keep: i64,
+        max_events: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(postgres::compaction_lock_key(partition))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !ours {
+                    return Ok(None);
+                }
+                let range = Conn::Pg(&mut tx)
+                    .compact(partition, keep, max_events)
+                    .await?;
+                tx.commit().await?;
+                Ok(range)
+            }
+            Store::Sqlite(pool, lock) => {
+                let _turn = lock.lock().await;
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let range = Conn::Lite(&mut tx)
+                    .compact(partition, keep, max_events)
+                    .await?;
+                tx.commit().await?;
+                Ok(range)
+            }
+        }
     }
 
     /// Forgets the key an older version kept in the database (after
@@ -990,9 +1105,18 @@ pub(crate) enum BatchTx<'a> {
 
 impl BatchTx<'_> {
     pub async fn head(&mut self, partition: i16) -> Result<(i64, ChainHash), StoreError> {
+        let head = match self {
+            BatchTx::Postgres(tx) => postgres::head(tx, partition).await?,
+            BatchTx::Sqlite(tx, _) => sqlite::head(tx, partition).await?,
+        };
+        or_blocks_head(head, self.conn(), partition).await
+    }
+
+    /// The transaction's connection, for statements both backends accept.
+    fn conn(&mut self) -> Conn<'_> {
         match self {
-            BatchTx::Postgres(tx) => postgres::head(tx, partition).await,
-            BatchTx::Sqlite(tx, _) => sqlite::head(tx, partition).await,
+            BatchTx::Postgres(tx) => Conn::Pg(tx),
+            BatchTx::Sqlite(tx, _) => Conn::Lite(tx),
         }
     }
 
@@ -1002,10 +1126,14 @@ impl BatchTx<'_> {
         partition: i16,
         stream_ids: &[String],
     ) -> Result<((i64, ChainHash), HashMap<String, i64>), StoreError> {
-        match self {
-            BatchTx::Postgres(tx) => postgres::head_and_versions(tx, partition, stream_ids).await,
-            BatchTx::Sqlite(tx, _) => sqlite::head_and_versions(tx, partition, stream_ids).await,
-        }
+        let (head, versions) = match self {
+            BatchTx::Postgres(tx) => postgres::head_and_versions(tx, partition, stream_ids).await?,
+            BatchTx::Sqlite(tx, _) => sqlite::head_and_versions(tx, partition, stream_ids).await?,
+        };
+        Ok((
+            or_blocks_head(head, self.conn(), partition).await?,
+            versions,
+        ))
     }
 
     /// Everything a batch writes; on PostgreSQL in one statement.
@@ -1041,10 +1169,11 @@ impl BatchTx<'_> {
         stream_id: &str,
         after_version: Option<i64>,
     ) -> Result<LoadedStream, StoreError> {
-        match self {
-            BatchTx::Postgres(tx) => postgres::load_stream(tx, stream_id, after_version).await,
-            BatchTx::Sqlite(tx, _) => sqlite::load_stream(tx, stream_id, after_version).await,
-        }
+        let loaded = match self {
+            BatchTx::Postgres(tx) => postgres::load_stream(tx, stream_id, after_version).await?,
+            BatchTx::Sqlite(tx, _) => sqlite::load_stream(tx, stream_id, after_version).await?,
+        };
+        loaded.with_blocks(self.conn(), stream_id).await
     }
 
     pub async fn recorded_commands(
@@ -1164,6 +1293,29 @@ impl BatchTx<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// `head` as the row tail answered it, or, when the tail is empty (every
+/// event compacted), the end of the last block.
+async fn or_blocks_head(
+    head: (i64, ChainHash),
+    mut conn: Conn<'_>,
+    partition: i16,
+) -> Result<(i64, ChainHash), StoreError> {
+    if head.0 > 0 {
+        return Ok(head);
+    }
+    conn.head_of_blocks(partition).await
+}
+
+impl LoadedStream {
+    /// The events after the snapshot, completed with those in blocks.
+    async fn with_blocks(self, mut conn: Conn<'_>, stream_id: &str) -> Result<Self, StoreError> {
+        let events = conn
+            .of_stream(None, stream_id, self.from_version, i64::MAX, self.events)
+            .await?;
+        Ok(LoadedStream { events, ..self })
     }
 }
 

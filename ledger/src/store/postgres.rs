@@ -21,6 +21,12 @@ pub(crate) fn partition_lock_key(partition: i16) -> i64 {
     LOCK_NAMESPACE + i64::from(partition)
 }
 
+/// The lock a compaction of `partition` holds for its transaction: one
+/// compactor at a time, whichever process runs it.
+pub(crate) fn compaction_lock_key(partition: i16) -> i64 {
+    LOCK_NAMESPACE + 0x1_0000 + i64::from(partition)
+}
+
 const EVENT_COLUMNS: &str =
     "partition, position, event_id, stream_id, stream_version, tenant_id, event_type, \
      schema_version, payload, metadata, occurred_at, recorded_at, prev_hash, hash";
@@ -81,7 +87,7 @@ pub(crate) async fn head(
 }
 
 pub(crate) async fn read_between<P, M>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     partition: i16,
     after: i64,
     through: i64,
@@ -97,13 +103,13 @@ where
         .bind(after)
         .bind(through)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     rows.iter().map(event_from_row).collect()
 }
 
 pub(crate) async fn read_tenant_after(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant_id: Uuid,
     partition: i16,
     after: i64,
@@ -117,7 +123,7 @@ pub(crate) async fn read_tenant_after(
         .bind(partition)
         .bind(after)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     rows.iter().map(event_from_row).collect()
 }
@@ -139,14 +145,14 @@ pub(crate) async fn read_stream(
 }
 
 pub(crate) async fn find_session(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     session_id: Uuid,
 ) -> Result<Option<(String, Uuid)>, StoreError> {
     let row = sqlx::query(
         "SELECT stream_id, tenant_id FROM events WHERE event_type = 'SeatAcquired' AND payload->>'session_id' = $1 LIMIT 1",
     )
     .bind(session_id.to_string())
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     match row {
         Some(row) => Ok(Some((row.try_get("stream_id")?, row.try_get("tenant_id")?))),
@@ -189,7 +195,11 @@ pub(crate) async fn load_stream(
         }
     }
     let events = read_stream(conn, stream_id, from_version, i64::MAX).await?;
-    Ok(LoadedStream { snapshot, events })
+    Ok(LoadedStream {
+        snapshot,
+        from_version,
+        events,
+    })
 }
 
 pub(crate) async fn recorded_commands(
@@ -524,7 +534,7 @@ pub(crate) async fn insert_checkpoint(
 /// (`latest`: only the last one), each with the hash the event at its
 /// position has now (`None` if there is no such event).
 pub(crate) async fn checkpoints_after(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     partition: i16,
     after: i64,
     limit: i64,
@@ -543,7 +553,7 @@ pub(crate) async fn checkpoints_after(
         .bind(partition)
         .bind(after)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     rows.iter()
         .map(|row| {

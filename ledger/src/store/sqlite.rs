@@ -89,7 +89,7 @@ pub(crate) async fn head(
 }
 
 pub(crate) async fn read_between<P, M>(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     partition: i16,
     after: i64,
     through: i64,
@@ -105,13 +105,13 @@ where
         .bind(after)
         .bind(through)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     rows.iter().map(event_from_row).collect()
 }
 
 pub(crate) async fn read_tenant_after(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     tenant_id: Uuid,
     partition: i16,
     after: i64,
@@ -125,7 +125,7 @@ pub(crate) async fn read_tenant_after(
         .bind(partition)
         .bind(after)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     rows.iter().map(event_from_row).collect()
 }
@@ -147,7 +147,7 @@ pub(crate) async fn read_stream(
 }
 
 pub(crate) async fn find_session(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     session_id: Uuid,
 ) -> Result<Option<(String, Uuid)>, StoreError> {
     let row = sqlx::query(
@@ -155,7 +155,7 @@ pub(crate) async fn find_session(
          WHERE event_type = 'SeatAcquired' AND json_extract(payload, '$.session_id') = ? LIMIT 1",
     )
     .bind(session_id.to_string())
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     match row {
         Some(row) => {
@@ -251,7 +251,11 @@ pub(crate) async fn load_stream(
         }
     }
     let events = read_stream(conn, stream_id, from_version, i64::MAX).await?;
-    Ok(LoadedStream { snapshot, events })
+    Ok(LoadedStream {
+        snapshot,
+        from_version,
+        events,
+    })
 }
 
 pub(crate) async fn recorded_commands(
@@ -471,7 +475,7 @@ pub(crate) async fn insert_checkpoint(
 /// (`latest`: only the last one), each with the hash the event at its
 /// position has now (`None` if there is no such event).
 pub(crate) async fn checkpoints_after(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     partition: i16,
     after: i64,
     limit: i64,
@@ -490,7 +494,7 @@ pub(crate) async fn checkpoints_after(
         .bind(partition)
         .bind(after)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     rows.iter()
         .map(|row| {

@@ -107,4 +107,5 @@ pub async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
 }
 
 mod plant;
+#[allow(unused_imports)]
 pub use plant::{plant_event, plant_undecodable_event};
