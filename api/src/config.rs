@@ -145,6 +145,13 @@ pub struct ServeArgs {
         default_value_t = 2_000
     )]
     pub rate_limit_seat_ops_per_s: u32,
+    /// Events that stay one row each at the head of the log; older, signed
+    /// ones are compacted into blocks (docs/design.md §3). 0: no compaction.
+    #[arg(long, env = "SEATLEDGER_COMPACT_KEEP_EVENTS", default_value_t = seatledger_schema::limits::COMPACT_KEEP_EVENTS, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000))]
+    pub compact_keep_events: i64,
+    /// Events per compacted block at most.
+    #[arg(long, env = "SEATLEDGER_COMPACT_BLOCK_EVENTS", default_value_t = seatledger_schema::limits::COMPACT_BLOCK_EVENTS, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub compact_block_events: i64,
 }
 
 /// Limits against slow and abusive clients (see `seatledger_api::http`).
@@ -291,6 +298,11 @@ impl ServeArgs {
             (
                 "rate-limit-seat-ops-per-s",
                 self.rate_limit_seat_ops_per_s.to_string(),
+            ),
+            ("compact-keep-events", self.compact_keep_events.to_string()),
+            (
+                "compact-block-events",
+                self.compact_block_events.to_string(),
             ),
         ];
         lines

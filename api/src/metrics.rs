@@ -53,6 +53,7 @@ pub struct Metrics {
     /// The NATS publisher.
     pub nats: FollowerStatus,
     pub reaper: Arc<ReaperStats>,
+    pub compactor: Arc<seatledger_ledger::compactor::CompactorStats>,
 }
 
 fn method_label(method: &axum::http::Method) -> &'static str {
@@ -280,6 +281,21 @@ impl Metrics {
                 "seatledger_reaper_failures_total",
                 "Reaper expiries that failed (retried next round).",
                 self.reaper.failures.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_compacted_blocks_total",
+                "Blocks the compactor wrote (each holds consecutive events that were rows).",
+                self.compactor.blocks.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_compacted_events_total",
+                "Events the compactor moved from rows into blocks.",
+                self.compactor.events.load(Ordering::Relaxed),
+            ),
+            (
+                "seatledger_compaction_failures_total",
+                "Compaction rounds that failed (retried after a pause; the log says why).",
+                self.compactor.failures.load(Ordering::Relaxed),
             ),
             (
                 "seatledger_login_password_checks_total",

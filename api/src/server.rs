@@ -156,6 +156,18 @@ impl Server {
                 followers_shutdown.clone(),
             )),
         ];
+        if args.compact_keep_events > 0 {
+            followers.push(tokio::spawn(seatledger_ledger::compactor::run(
+                store.clone(),
+                seatledger_ledger::compactor::CompactorConfig {
+                    keep_events: args.compact_keep_events,
+                    block_events: args.compact_block_events,
+                    ..Default::default()
+                },
+                metrics.compactor.clone(),
+                followers_shutdown.clone(),
+            )));
+        }
         let nats = match &args.nats.url {
             Some(url) => {
                 let stats = Arc::new(PublisherStats::default());

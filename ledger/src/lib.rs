@@ -6,6 +6,7 @@
 pub mod appender;
 pub mod billing;
 pub mod clock;
+pub mod compactor;
 pub mod domain;
 pub mod keys;
 pub mod listen;

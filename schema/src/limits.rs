@@ -28,6 +28,12 @@ pub const SNAPSHOT_EVERY_EVENTS: i64 = 1_000;
 /// this, or after `CHECKPOINT_EVERY_S` with new events.
 pub const CHECKPOINT_EVERY_EVENTS: i64 = 1_000;
 pub const CHECKPOINT_EVERY_S: u64 = 10;
+/// The newest events of a partition that stay rows when the rest is
+/// compacted into blocks (docs/design.md §3): what followers and feeds at
+/// the head read.
+pub const COMPACT_KEEP_EVENTS: i64 = 10_000;
+/// Events per compacted block at most.
+pub const COMPACT_BLOCK_EVENTS: i64 = 1_000;
 /// Commands waiting for the appender; senders wait when it is full.
 pub const APPENDER_QUEUE_CAPACITY: usize = 16_384;
 /// Commands decided in one transaction.

@@ -32,6 +32,8 @@ pub fn args(database_url: String) -> ServeArgs {
         request_timeout_s: 30.0,
         reaper_interval_s: 30.0,
         rate_limit_seat_ops_per_s: 2_000,
+        compact_keep_events: seatledger_schema::limits::COMPACT_KEEP_EVENTS,
+        compact_block_events: seatledger_schema::limits::COMPACT_BLOCK_EVENTS,
     }
 }
 

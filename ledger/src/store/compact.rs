@@ -355,17 +355,18 @@ impl Conn<'_> {
         Ok(None)
     }
 
-    /// Moves the oldest rows of the partition's tail into one block: at
-    /// most `max_events` of them, never one of the newest `keep`, and none
-    /// after the last signed checkpoint (a block holds sealed events only).
-    /// Returns the block's range, or `None` when nothing is due. The caller
-    /// holds the transaction (and on PostgreSQL the compaction lock).
-    pub(crate) async fn compact(
+    /// The next block due in the partition: the oldest `max_events` rows
+    /// of the tail, if that many are older than the newest `keep` (at least
+    /// 1) and signed by a checkpoint (a block holds sealed events only).
+    /// Reads only: rows never change, so this may run outside the
+    /// transaction that stores the block ([`Conn::store_block`]).
+    pub(crate) async fn next_block(
         &mut self,
         partition: i16,
         keep: i64,
         max_events: i64,
-    ) -> Result<Option<(i64, i64)>, StoreError> {
+    ) -> Result<Option<EncodedBlock>, StoreError> {
+        let max_events = max_events.max(1);
         let (Some(start), Some(head)) = self.tail_bounds(partition).await? else {
             return Ok(None);
         };
@@ -374,16 +375,13 @@ impl Conn<'_> {
             .bind(partition)
             .fetch_one(&mut **c)
             .await?);
-        let end = (start + max_events.max(1) - 1)
-            .min(head - keep.max(1))
-            .min(signed.unwrap_or(0));
-        if end < start {
+        let end = start + max_events - 1;
+        if end > head - keep.max(1) || end > signed.unwrap_or(0) {
             return Ok(None);
         }
-        let limit = end - start + 1;
         let events: Vec<RecordedEvent> = match self {
-            Conn::Pg(c) => postgres::read_between(c, partition, start - 1, end, limit).await?,
-            Conn::Lite(c) => sqlite::read_between(c, partition, start - 1, end, limit).await?,
+            Conn::Pg(c) => postgres::read_between(c, partition, start - 1, end, max_events).await?,
+            Conn::Lite(c) => sqlite::read_between(c, partition, start - 1, end, max_events).await?,
         };
         let Some(first) = events.first() else {
             return Ok(None);
@@ -400,18 +398,29 @@ impl Conn<'_> {
                 "{error}: not compacted (run seatledger-replay verify)"
             ))
         })?;
-        let block = blocks::encode(&events)?;
-        self.insert_block(&block).await?;
+        Ok(Some(blocks::encode(&events)?))
+    }
+
+    /// Stores `block` and removes its rows, in the caller's transaction,
+    /// if the tail still starts where the block does (another compactor
+    /// may have moved it since [`Conn::next_block`] read it). Returns
+    /// whether it did.
+    pub(crate) async fn store_block(&mut self, block: &EncodedBlock) -> Result<bool, StoreError> {
+        let row = &block.row;
+        if self.tail_bounds(row.partition).await?.0 != Some(row.first_position) {
+            return Ok(false);
+        }
+        self.insert_block(block).await?;
         const DELETE: &str =
             "DELETE FROM events WHERE partition = $1 AND position >= $2 AND position <= $3";
         on_conn!(self, |c| sqlx::query(DELETE)
-            .bind(partition)
-            .bind(start)
-            .bind(end)
+            .bind(row.partition)
+            .bind(row.first_position)
+            .bind(row.last_position)
             .execute(&mut **c)
             .await
             .map(drop)?);
-        Ok(Some((start, end)))
+        Ok(true)
     }
 
     async fn insert_block(&mut self, block: &EncodedBlock) -> Result<(), StoreError> {

@@ -804,20 +804,22 @@ impl Store {
         Ok(rows.pop())
     }
 
-    /// Moves the oldest events of `partition`'s row tail into one block
-    /// (docs/design.md §3, "Compact storage"): at most `max_events`, never
-    /// one of the newest `keep` (at least 1, so the appender finds its head
-    /// in a row) and none after the last signed checkpoint. Returns the
-    /// block's range, or `None` when nothing is due or another process is
-    /// compacting this partition. Readers see each event in exactly one of
-    /// the two forms throughout.
+    /// Moves the oldest `max_events` events of `partition`'s row tail into
+    /// one block (docs/design.md §3, "Compact storage"), if that many are
+    /// older than the newest `keep` (at least 1, so the appender finds its
+    /// head in a row) and signed by a checkpoint. Returns the block's
+    /// range, or `None` when no full block is due or another process
+    /// compacted first. Readers see each event in exactly one of the two
+    /// forms throughout. The rows are read and encoded before the write
+    /// transaction, which only stores the block and removes them: on
+    /// SQLite the appender waits for that much only.
     pub async fn compact(
         &self,
         partition: i16,
         keep: i64,
         max_events: i64,
     ) -> Result<Option<(i64, i64)>, StoreError> {
-        match self {
+        let stored = match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -827,22 +829,31 @@ impl Store {
                 if !ours {
                     return Ok(None);
                 }
-                let range = Conn::Pg(&mut tx)
-                    .compact(partition, keep, max_events)
-                    .await?;
+                let mut conn = Conn::Pg(&mut tx);
+                let Some(block) = conn.next_block(partition, keep, max_events).await? else {
+                    return Ok(None);
+                };
+                let stored = conn.store_block(&block).await?;
                 tx.commit().await?;
-                Ok(range)
+                stored.then_some(block)
             }
             Store::Sqlite(pool, lock) => {
+                let mut conn = pool.acquire().await?;
+                let Some(block) = Conn::Lite(&mut conn)
+                    .next_block(partition, keep, max_events)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                drop(conn);
                 let _turn = lock.lock().await;
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let range = Conn::Lite(&mut tx)
-                    .compact(partition, keep, max_events)
-                    .await?;
+                let stored = Conn::Lite(&mut tx).store_block(&block).await?;
                 tx.commit().await?;
-                Ok(range)
+                stored.then_some(block)
             }
-        }
+        };
+        Ok(stored.map(|block| (block.row.first_position, block.row.last_position)))
     }
 
     /// Forgets the key an older version kept in the database (after

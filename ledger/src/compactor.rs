@@ -1,0 +1,89 @@
+//! The compactor: a task that keeps moving the oldest sealed rows of a
+//! partition's log into blocks (docs/design.md §3, "Compact storage"), so
+//! the live database holds each event once, compressed, after its first
+//! minutes. One replica at a time compacts a partition (PostgreSQL: a
+//! transaction lock; a replica that finds it taken waits for its next
+//! round).
+
+use crate::store::Store;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How the compactor runs.
+#[derive(Clone, Debug)]
+pub struct CompactorConfig {
+    pub partition: i16,
+    /// The newest events that stay rows (at least 1): followers and feeds
+    /// near the head read rows, which is cheaper than a block.
+    pub keep_events: i64,
+    /// Events per block: a block is written once that many are due, so
+    /// the rows number at most `keep_events` + `block_events` + the events
+    /// not yet signed by a checkpoint.
+    pub block_events: i64,
+    /// The pause once no block is due (or after a failure).
+    pub idle: Duration,
+}
+
+impl Default for CompactorConfig {
+    fn default() -> Self {
+        CompactorConfig {
+            partition: 0,
+            keep_events: seatledger_schema::limits::COMPACT_KEEP_EVENTS,
+            block_events: seatledger_schema::limits::COMPACT_BLOCK_EVENTS,
+            idle: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the compactor did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct CompactorStats {
+    pub blocks: AtomicU64,
+    pub events: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// Compacts until `shutdown` turns true: block after block while any is
+/// due, then a pause of `config.idle`.
+pub async fn run(
+    store: Store,
+    config: CompactorConfig,
+    stats: Arc<CompactorStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let pause = match store
+            .compact(config.partition, config.keep_events, config.block_events)
+            .await
+        {
+            Ok(Some((first, last))) => {
+                stats.blocks.fetch_add(1, Ordering::Relaxed);
+                stats.events.fetch_add(
+                    u64::try_from(last - first + 1).unwrap_or(0),
+                    Ordering::Relaxed,
+                );
+                tracing::debug!(first, last, "compacted events into a block");
+                None
+            }
+            Ok(None) => Some(config.idle),
+            Err(error) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "compaction failed; retrying later");
+                Some(config.idle)
+            }
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
