@@ -356,8 +356,8 @@ impl Conn<'_> {
     }
 
     /// The next block due in the partition: the oldest `max_events` rows
-    /// of the tail, if that many are older than the newest `keep` (at least
-    /// 1) and signed by a checkpoint (a block holds sealed events only).
+    /// of the tail, if that many are older than the newest `keep` (one at
+    /// least) and signed by a checkpoint (a block holds sealed events only).
     /// Reads only: rows never change, so this may run outside the
     /// transaction that stores the block ([`Conn::store_block`]).
     pub(crate) async fn next_block(
