@@ -24,6 +24,8 @@ pub struct CompactorConfig {
     pub block_events: i64,
     /// The pause once no block is due (or after a failure).
     pub idle: Duration,
+    /// Blocks between two vacuums of the row tail ([`Store::vacuum_rows`]).
+    pub vacuum_every_blocks: u64,
 }
 
 impl Default for CompactorConfig {
@@ -33,6 +35,7 @@ impl Default for CompactorConfig {
             keep_events: seatledger_schema::limits::COMPACT_KEEP_EVENTS,
             block_events: seatledger_schema::limits::COMPACT_BLOCK_EVENTS,
             idle: Duration::from_secs(1),
+            vacuum_every_blocks: 10,
         }
     }
 }
@@ -62,7 +65,12 @@ pub async fn run(
             .await
         {
             Ok(Some((first, last))) => {
-                stats.blocks.fetch_add(1, Ordering::Relaxed);
+                let blocks = stats.blocks.fetch_add(1, Ordering::Relaxed) + 1;
+                if blocks.is_multiple_of(config.vacuum_every_blocks.max(1)) {
+                    if let Err(error) = store.vacuum_rows().await {
+                        tracing::warn!(%error, "vacuuming the compacted rows failed");
+                    }
+                }
                 stats.events.fetch_add(
                     u64::try_from(last - first + 1).unwrap_or(0),
                     Ordering::Relaxed,
