@@ -84,7 +84,7 @@ struct Reads {
 async fn reads(store: &Store, events: &[RecordedEvent]) -> Reads {
     let head = events.last().map_or(0, |e| e.position);
     let mut windows = Vec::new();
-    for after in 0..=head {
+    for after in (0..=head).chain([i64::MAX]) {
         windows.push(store.read_after(0, after, 3).await.unwrap());
     }
     let raw_payloads = store
@@ -107,6 +107,11 @@ async fn reads(store: &Store, events: &[RecordedEvent]) -> Reads {
             }
             read.extend(page);
         }
+        assert!(store
+            .read_tenant_after(tenant, 0, i64::MAX, 2)
+            .await
+            .unwrap()
+            .is_empty());
         tenant_reads.push(read);
     }
     let streams: BTreeSet<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
@@ -115,6 +120,12 @@ async fn reads(store: &Store, events: &[RecordedEvent]) -> Reads {
     for stream in streams {
         stream_reads.push(store.read_stream(stream).await.unwrap());
         stream_ranges.push(store.read_stream_range(stream, 1, 3).await.unwrap());
+        stream_ranges.push(
+            store
+                .read_stream_range(stream, i64::MAX, i64::MAX)
+                .await
+                .unwrap(),
+        );
     }
     let mut sessions = Vec::new();
     for event in events {

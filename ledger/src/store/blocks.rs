@@ -164,8 +164,12 @@ impl BlockRow {
         M: serde::de::DeserializeOwned,
     {
         let lines = self.lines()?;
-        let expected = usize::try_from(self.last_position - self.first_position + 1)
-            .map_err(|_| self.corrupt("its range is empty"))?;
+        let expected = self
+            .last_position
+            .checked_sub(self.first_position)
+            .and_then(|span| usize::try_from(span).ok())
+            .and_then(|span| span.checked_add(1))
+            .ok_or_else(|| self.corrupt("its range is empty or impossible"))?;
         let mut prev_hash = ChainHash::from_slice(&self.prev_hash)
             .ok_or_else(|| self.corrupt("prev_hash is not 32 bytes"))?;
         let mut events = Vec::with_capacity(expected);
@@ -174,7 +178,7 @@ impl BlockRow {
             if index == expected {
                 return Err(self.corrupt("it holds more events than its range"));
             }
-            let position = self.first_position + index as i64;
+            let position = self.first_position.saturating_add(index as i64);
             let parsed: Line<String, serde_json::Value, Metadata> = serde_json::from_slice(text)
                 .map_err(|e| self.corrupt(format!("the event at position {position}: {e}")))?;
             let hashed = recorded(parsed, self.partition, position, prev_hash, prev_hash);

@@ -134,7 +134,7 @@ impl Conn<'_> {
         position: i64,
     ) -> Result<Option<ChainHash>, StoreError> {
         let Some(block) = self
-            .blocks_between(partition, position - 1, position, 1)
+            .blocks_between(partition, position.saturating_sub(1), position, 1)
             .await?
             .pop()
         else {
@@ -165,7 +165,7 @@ impl Conn<'_> {
         M: serde::de::DeserializeOwned,
     {
         let stop = match tail.first() {
-            Some(first) if first.position == after + 1 => return Ok(tail),
+            Some(first) if first.position == after.saturating_add(1) => return Ok(tail),
             Some(first) => (first.position - 1).min(through),
             None => through,
         };
@@ -205,7 +205,7 @@ impl Conn<'_> {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         // Asked after the tail was read: everything before it is in blocks.
         let before = self.tail_bounds(partition).await?.0.unwrap_or(i64::MAX);
-        if after + 1 >= before {
+        if after.saturating_add(1) >= before {
             return Ok(tail);
         }
         let mut events = Vec::new();
@@ -254,7 +254,9 @@ impl Conn<'_> {
         tail: Vec<RecordedEvent>,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let stop = match tail.first() {
-            Some(first) if first.stream_version == after_version + 1 => return Ok(tail),
+            Some(first) if first.stream_version == after_version.saturating_add(1) => {
+                return Ok(tail)
+            }
             Some(first) => (first.stream_version - 1).min(through_version),
             None => through_version,
         };
@@ -375,7 +377,7 @@ impl Conn<'_> {
             .bind(partition)
             .fetch_one(&mut **c)
             .await?);
-        let end = start + max_events - 1;
+        let end = start.saturating_add(max_events - 1);
         if end > head - keep.max(1) || end > signed.unwrap_or(0) {
             return Ok(None);
         }
