@@ -152,6 +152,13 @@ pub struct ServeArgs {
     /// Events per compacted block at most.
     #[arg(long, env = "SEATLEDGER_COMPACT_BLOCK_EVENTS", default_value_t = seatledger_schema::limits::COMPACT_BLOCK_EVENTS, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub compact_block_events: i64,
+    /// Events a segment of the log holds before it is sealed at the next
+    /// signed checkpoint; sealed segments are what `seatledger-replay
+    /// archive` writes and `seatledger admin prune` removes (docs/design.md
+    /// §3). The default is about a day of a 10k-seat customer. Segments are
+    /// sealed by the compactor: none with --compact-keep-events 0.
+    #[arg(long, env = "SEATLEDGER_SEGMENT_EVENTS", default_value_t = seatledger_schema::limits::SEGMENT_EVENTS, value_parser = clap::value_parser!(i64).range(1..=1_000_000_000_000))]
+    pub segment_events: i64,
 }
 
 /// Limits against slow and abusive clients (see `seatledger_api::http`).
@@ -304,6 +311,7 @@ impl ServeArgs {
                 "compact-block-events",
                 self.compact_block_events.to_string(),
             ),
+            ("segment-events", self.segment_events.to_string()),
         ];
         lines
             .iter()

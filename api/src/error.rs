@@ -150,6 +150,11 @@ impl From<AppendError> for ApiError {
 
 impl From<seatledger_ledger::StoreError> for ApiError {
     fn from(error: seatledger_ledger::StoreError) -> Self {
+        if let seatledger_ledger::StoreError::Pruned { .. } = error {
+            // What was asked for left the database with a pruned segment:
+            // gone for good here, readable from its archive.
+            return ApiError::new(StatusCode::GONE, "events_pruned", error.to_string());
+        }
         if error.is_unavailable() {
             tracing::warn!(error = %error_chain(&error), "store unavailable");
             ApiError::store_unavailable()

@@ -162,6 +162,7 @@ impl Server {
                 seatledger_ledger::compactor::CompactorConfig {
                     keep_events: args.compact_keep_events,
                     block_events: args.compact_block_events,
+                    segment_events: args.segment_events,
                     ..Default::default()
                 },
                 metrics.compactor.clone(),

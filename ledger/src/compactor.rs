@@ -1,7 +1,8 @@
 //! The compactor: a task that keeps moving the oldest sealed rows of a
 //! partition's log into blocks (docs/design.md §3, "Compact storage"), so
 //! the live database holds each event once, compressed, after its first
-//! minutes. One replica at a time compacts a partition (PostgreSQL: a
+//! minutes. It also seals the log's segments, which archive and prune
+//! work on. One replica at a time compacts a partition (PostgreSQL: a
 //! transaction lock; a replica that finds it taken waits for its next
 //! round).
 
@@ -22,6 +23,9 @@ pub struct CompactorConfig {
     /// the rows number at most `keep_events` + `block_events` + the events
     /// not yet signed by a checkpoint.
     pub block_events: i64,
+    /// The size a segment is sealed at (its end is the first signed
+    /// checkpoint at or after this many events into it).
+    pub segment_events: i64,
     /// The pause once no block is due (or after a failure).
     pub idle: Duration,
     /// Blocks between two vacuums of the row tail ([`Store::vacuum_rows`]).
@@ -34,6 +38,7 @@ impl Default for CompactorConfig {
             partition: 0,
             keep_events: seatledger_schema::limits::COMPACT_KEEP_EVENTS,
             block_events: seatledger_schema::limits::COMPACT_BLOCK_EVENTS,
+            segment_events: seatledger_schema::limits::SEGMENT_EVENTS,
             idle: Duration::from_secs(1),
             vacuum_every_blocks: 10,
         }
@@ -61,7 +66,12 @@ pub async fn run(
             return;
         }
         let pause = match store
-            .compact(config.partition, config.keep_events, config.block_events)
+            .compact(
+                config.partition,
+                config.keep_events,
+                config.block_events,
+                config.segment_events,
+            )
             .await
         {
             Ok(Some((first, last))) => {

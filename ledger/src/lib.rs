@@ -19,4 +19,4 @@ pub use appender::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keys::SigningKey;
-pub use store::{Backend, ImportError, ImportExtras, Store, StoreError};
+pub use store::{Backend, ImportError, ImportExtras, Segment, Store, StoreError};

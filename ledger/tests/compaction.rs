@@ -153,18 +153,54 @@ async fn reads(store: &Store, events: &[RecordedEvent]) -> Reads {
     }
 }
 
+/// The blocks compaction is expected to write, by the rules of
+/// docs/design.md §3: segments end at the first checkpoint at or after
+/// `segment_events` events into them; a block holds at most `max_events`,
+/// never crosses a segment's end, ends at or before a checkpoint, and
+/// leaves the newest `keep` (at least 1) as rows.
+fn expected_blocks(
+    head: i64,
+    signed: &std::collections::BTreeSet<i64>,
+    keep: i64,
+    max_events: i64,
+    segment_events: i64,
+) -> (Vec<(i64, i64)>, Vec<i64>) {
+    let mut ends = Vec::new();
+    let mut first = 1;
+    while let Some(&end) = signed.range(first + segment_events - 1..).next() {
+        ends.push(end);
+        first = end + 1;
+    }
+    let last_signed = signed.last().copied().unwrap_or(0);
+    let mut blocks = Vec::new();
+    let mut start = 1;
+    loop {
+        let mut end = start + max_events - 1;
+        if let Some(&segment_end) = ends.iter().find(|&&end| end >= start) {
+            end = end.min(segment_end);
+        }
+        if end > head - keep.max(1) || end > last_signed {
+            break;
+        }
+        blocks.push((start, end));
+        start = end + 1;
+    }
+    (blocks, ends)
+}
+
 /// Imports `events` with checkpoints at `signed` positions, compacts with
-/// `keep` and `max_events` until nothing is due, and checks that every
-/// read answers as before and that the rows left are the newest `keep`
-/// at most (beyond the last checkpoint: all of them).
+/// `keep`, `max_events` and `segment_events` until nothing is due, and
+/// checks the blocks and segments written against [`expected_blocks`] and
+/// that every read answers as before.
 async fn compaction_keeps_every_read(
     store: &Store,
     events: &[RecordedEvent],
     signed: &[usize],
     keep: i64,
     max_events: i64,
+    segment_events: i64,
 ) {
-    let checkpoints = signed
+    let checkpoints: Vec<Checkpoint> = signed
         .iter()
         .map(|index| {
             let event = &events[index % events.len()];
@@ -173,6 +209,7 @@ async fn compaction_keeps_every_read(
         .collect::<std::collections::BTreeMap<_, _>>()
         .into_values()
         .collect();
+    let signed_positions = checkpoints.iter().map(|c| c.position).collect();
     store
         .import_with(
             0,
@@ -186,22 +223,30 @@ async fn compaction_keeps_every_read(
         .unwrap();
     let before = reads(store, events).await;
     assert_eq!(before.all, events, "the store gives back what was imported");
-    let mut compacted = 0;
-    while let Some((first, last)) = store.compact(0, keep, max_events).await.unwrap() {
-        assert_eq!(last - first + 1, max_events);
-        compacted += last - first + 1;
+    let mut blocks = Vec::new();
+    while let Some(block) = store
+        .compact(0, keep, max_events, segment_events)
+        .await
+        .unwrap()
+    {
+        blocks.push(block);
     }
-    let last_signed = signed
-        .iter()
-        .map(|index| events[index % events.len()].position)
-        .max()
-        .unwrap_or(0);
-    let due = last_signed.min(events.len() as i64 - keep.max(1)).max(0);
-    assert_eq!(
-        compacted,
-        due / max_events * max_events,
-        "every full block of sealed events past the kept ones"
+    let (expected, segment_ends) = expected_blocks(
+        events.len() as i64,
+        &signed_positions,
+        keep,
+        max_events,
+        segment_events,
     );
+    assert_eq!(blocks, expected, "the blocks written");
+    let sealed: Vec<i64> = store
+        .segments(0)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|segment| segment.last_position)
+        .collect();
+    assert_eq!(sealed, segment_ends, "the segments sealed");
     let after = reads(store, events).await;
     for (read, written) in after.all.iter().zip(events) {
         assert_eq!(canonical_bytes(read), canonical_bytes(written));
@@ -220,12 +265,13 @@ proptest! {
         signed in proptest::collection::vec(0usize..30, 0..4),
         keep in 0i64..4,
         max_events in 1i64..8,
+        segment_events in 1i64..12,
     ) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let store = sqlite_store(&dir).await;
-            compaction_keeps_every_read(&store, &chain(0, &entries), &signed, keep, max_events).await;
+            compaction_keeps_every_read(&store, &chain(0, &entries), &signed, keep, max_events, segment_events).await;
         });
     }
 
@@ -235,11 +281,12 @@ proptest! {
         signed in proptest::collection::vec(0usize..30, 0..4),
         keep in 0i64..4,
         max_events in 1i64..8,
+        segment_events in 1i64..12,
     ) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let database = PgDatabase::new().await;
-            compaction_keeps_every_read(&database.store, &chain(0, &entries), &signed, keep, max_events).await;
+            compaction_keeps_every_read(&database.store, &chain(0, &entries), &signed, keep, max_events, segment_events).await;
             database.drop_database().await;
         });
     }
@@ -280,7 +327,7 @@ async fn a_license_decides_the_same_after_compaction(store: &Store) {
     drop(appender);
     let head = store.head(0).await.unwrap();
     let mut compacted = 0;
-    while let Some((first, last)) = store.compact(0, 1, 2).await.unwrap() {
+    while let Some((first, last)) = store.compact(0, 1, 2, i64::MAX).await.unwrap() {
         compacted += last - first + 1;
     }
     assert_eq!(
@@ -350,14 +397,14 @@ async fn an_altered_block_is_refused_and_uncompacted_rows_cannot_be_deleted() {
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("append-only"), "{refused}");
-    assert_eq!(store.compact(0, 1, 3).await.unwrap(), Some((1, 3)));
+    assert_eq!(store.compact(0, 1, 3, i64::MAX).await.unwrap(), Some((1, 3)));
     sqlx::query("DROP TRIGGER event_blocks_no_update")
         .execute(pool)
         .await
         .unwrap();
     // Give the first block the body of the second: well-formed, but not
     // the events its range and hashes record.
-    assert_eq!(store.compact(0, 1, 2).await.unwrap(), Some((4, 5)));
+    assert_eq!(store.compact(0, 1, 2, i64::MAX).await.unwrap(), Some((4, 5)));
     sqlx::query(
         "UPDATE event_blocks SET body = (SELECT body FROM event_blocks WHERE first_position = 4) \
          WHERE first_position = 1",

@@ -34,6 +34,12 @@ pub const CHECKPOINT_EVERY_S: u64 = 10;
 pub const COMPACT_KEEP_EVENTS: i64 = 10_000;
 /// Events per compacted block at most.
 pub const COMPACT_BLOCK_EVENTS: i64 = 1_000;
+/// Events a segment of the log holds (it ends at the first signed
+/// checkpoint at or after this many; docs/design.md §3): about a day of a
+/// 10k-seat customer (2.4M events over an 8-hour day at 120 s heartbeats),
+/// so retention is counted in days there, and a smaller customer's segment
+/// spans several days. An archive file of one is about 40 MB.
+pub const SEGMENT_EVENTS: i64 = 2_000_000;
 /// Commands waiting for the appender; senders wait when it is full.
 pub const APPENDER_QUEUE_CAPACITY: usize = 16_384;
 /// Commands decided in one transaction.

@@ -34,6 +34,7 @@ pub fn args(database_url: String) -> ServeArgs {
         rate_limit_seat_ops_per_s: 2_000,
         compact_keep_events: seatledger_schema::limits::COMPACT_KEEP_EVENTS,
         compact_block_events: seatledger_schema::limits::COMPACT_BLOCK_EVENTS,
+        segment_events: seatledger_schema::limits::SEGMENT_EVENTS,
     }
 }
 

@@ -31,6 +31,7 @@ macro_rules! on_conn {
         }
     };
 }
+pub(crate) use on_conn;
 
 const BLOCK_COLUMNS: &str =
     "b.partition, b.first_position, b.last_position, b.prev_hash, b.last_hash, b.body";
@@ -105,6 +106,28 @@ impl Conn<'_> {
             .await?))
     }
 
+    /// Fails with [`StoreError::Pruned`] when a read from after `after`
+    /// needs events a pruned segment took out of the database.
+    pub(crate) async fn refuse_pruned(
+        &mut self,
+        partition: i16,
+        after: i64,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "SELECT max(last_position) FROM event_segments \
+             WHERE partition = $1 AND pruned_at IS NOT NULL";
+        let pruned: Option<i64> = on_conn!(self, |c| sqlx::query_scalar(SQL)
+            .bind(partition)
+            .fetch_one(&mut **c)
+            .await?);
+        match pruned {
+            Some(pruned_through) if after < pruned_through => Err(StoreError::Pruned {
+                partition,
+                pruned_through,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The partition's last block.
     async fn last_block(&mut self, partition: i16) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         const SQL: &str = "SELECT last_position, last_hash FROM event_blocks \
@@ -121,7 +144,11 @@ impl Conn<'_> {
         &mut self,
         partition: i16,
     ) -> Result<(i64, ChainHash), StoreError> {
-        match self.last_block(partition).await? {
+        let found = match self.last_block(partition).await? {
+            Some(last) => Some(last),
+            None => self.pruned_through(partition).await?,
+        };
+        match found {
             Some((position, hash)) => Ok((position, hash_from(&hash, "last_hash")?)),
             None => Ok((0, ChainHash::GENESIS)),
         }
@@ -169,6 +196,9 @@ impl Conn<'_> {
             Some(first) => (first.position - 1).min(through),
             None => through,
         };
+        if stop > after {
+            self.refuse_pruned(partition, after).await?;
+        }
         let mut events = Vec::new();
         let mut cursor = after;
         while events.len() < limit && cursor < stop {
@@ -208,6 +238,7 @@ impl Conn<'_> {
         if after.saturating_add(1) >= before {
             return Ok(tail);
         }
+        self.refuse_pruned(partition, after).await?;
         let mut events = Vec::new();
         let mut cursor = after;
         'blocks: while events.len() < limit {
@@ -302,9 +333,15 @@ impl Conn<'_> {
                 }
             }
         }
-        Ok(merged(events, tail, usize::MAX, |event| {
-            event.stream_version
-        }))
+        let events = merged(events, tail, usize::MAX, |event| event.stream_version);
+        // A stream's events before a pruned segment's end are not here: a
+        // gap at the start means the read needs the archive.
+        if let Some(first) = events.first() {
+            if first.stream_version > after_version.saturating_add(1) {
+                self.refuse_pruned(partition, 0).await?;
+            }
+        }
+        Ok(events)
     }
 
     async fn partition_of(&mut self, stream_id: &str) -> Result<Option<i16>, StoreError> {
@@ -377,7 +414,15 @@ impl Conn<'_> {
             .bind(partition)
             .fetch_one(&mut **c)
             .await?);
-        let end = start.saturating_add(max_events - 1);
+        let mut end = start.saturating_add(max_events - 1);
+        // A block never crosses the end of its segment (a checkpoint).
+        if let Some(last) = self
+            .segment_of(partition, start)
+            .await?
+            .and_then(|segment| segment.last_position)
+        {
+            end = end.min(last);
+        }
         if end > head - keep.max(1) || end > signed.unwrap_or(0) {
             return Ok(None);
         }
@@ -427,9 +472,24 @@ impl Conn<'_> {
 
     async fn insert_block(&mut self, block: &EncodedBlock) -> Result<(), StoreError> {
         const INSERT: &str = "INSERT INTO event_blocks \
-             (partition, first_position, last_position, prev_hash, last_hash, body) \
-             VALUES ($1, $2, $3, $4, $5, $6)";
+             (partition, segment, first_position, last_position, prev_hash, last_hash, body) \
+             VALUES ($1, $7, $2, $3, $4, $5, $6)";
         let row = &block.row;
+        let Some(segment) = self.segment_of(row.partition, row.first_position).await? else {
+            return Err(StoreError::Corrupt(format!(
+                "no segment holds position {} of partition {}",
+                row.first_position, row.partition
+            )));
+        };
+        if segment
+            .last_position
+            .is_some_and(|last| last < row.last_position)
+        {
+            return Err(StoreError::Corrupt(format!(
+                "the block of positions {}..={} crosses the end of segment {}",
+                row.first_position, row.last_position, segment.segment
+            )));
+        }
         on_conn!(self, |c| sqlx::query(INSERT)
             .bind(row.partition)
             .bind(row.first_position)
@@ -437,22 +497,24 @@ impl Conn<'_> {
             .bind(&row.prev_hash)
             .bind(&row.last_hash)
             .bind(&row.body)
+            .bind(segment.segment)
             .execute(&mut **c)
             .await
             .map(drop)?);
         macro_rules! insert_keys {
             ($db:ty, $c:expr) => {
-                // 4 binds a row: far below either backend's limit.
+                // 5 binds a row: far below either backend's limit.
                 for chunk in block.keys.chunks(2_000) {
                     let mut query = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO event_block_keys (key, upto, partition, first_position) ",
+                        "INSERT INTO event_block_keys (key, upto, partition, first_position, segment) ",
                     );
                     query.push_values(chunk, |mut values, (key, upto)| {
                         values
                             .push_bind(*key)
                             .push_bind(*upto)
                             .push_bind(row.partition)
-                            .push_bind(row.first_position);
+                            .push_bind(row.first_position)
+                            .push_bind(segment.segment);
                     });
                     query.build().execute(&mut **$c).await?;
                 }

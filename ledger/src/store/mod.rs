@@ -20,6 +20,8 @@ macro_rules! on_pool {
 pub mod billing;
 mod blocks;
 mod compact;
+mod segments;
+pub use segments::Segment;
 pub mod directory;
 mod postgres;
 mod sqlite;
@@ -50,6 +52,13 @@ pub enum StoreError {
     /// created.
     #[error("no event store at {0}")]
     Missing(String),
+    /// The events asked for left the database with a pruned segment: read
+    /// them from its archive (docs/operating.md, "Retention").
+    #[error(
+        "the events through position {pruned_through} of partition {partition} were pruned \
+         from the database; read them from the archive (--archive DIR)"
+    )]
+    Pruned { partition: i16, pruned_through: i64 },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -818,6 +827,7 @@ impl Store {
         partition: i16,
         keep: i64,
         max_events: i64,
+        segment_events: i64,
     ) -> Result<Option<(i64, i64)>, StoreError> {
         let stored = match self {
             Store::Postgres(pool) => {
@@ -830,7 +840,10 @@ impl Store {
                     return Ok(None);
                 }
                 let mut conn = Conn::Pg(&mut tx);
+                conn.seal_segments(partition, segment_events).await?;
                 let Some(block) = conn.next_block(partition, keep, max_events).await? else {
+                    // The segments sealed are kept.
+                    tx.commit().await?;
                     return Ok(None);
                 };
                 let stored = conn.store_block(&block).await?;
@@ -839,6 +852,18 @@ impl Store {
             }
             Store::Sqlite(pool, lock) => {
                 let mut conn = pool.acquire().await?;
+                // The write turn only when a segment is to open or seal.
+                if Conn::Lite(&mut conn)
+                    .seal_due(partition, segment_events)
+                    .await?
+                {
+                    let _turn = lock.lock().await;
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    Conn::Lite(&mut tx)
+                        .seal_segments(partition, segment_events)
+                        .await?;
+                    tx.commit().await?;
+                }
                 let Some(block) = Conn::Lite(&mut conn)
                     .next_block(partition, keep, max_events)
                     .await?
@@ -854,6 +879,18 @@ impl Store {
             }
         };
         Ok(stored.map(|block| (block.row.first_position, block.row.last_position)))
+    }
+
+    /// The partition's segments, oldest first (docs/design.md §3).
+    pub async fn segments(&self, partition: i16) -> Result<Vec<Segment>, StoreError> {
+        match self {
+            Store::Postgres(pool) => Conn::Pg(&mut *pool.acquire().await?).segments(partition).await,
+            Store::Sqlite(pool, _) => {
+                Conn::Lite(&mut *pool.acquire().await?)
+                    .segments(partition)
+                    .await
+            }
+        }
     }
 
     /// Makes the space of rows the compactor removed reusable now
