@@ -80,3 +80,84 @@ pub async fn create_owner(
     recorded.map_err(invalid)?;
     Ok(principal)
 }
+
+/// What `prune` needs.
+pub struct PruneRequest {
+    pub archive: std::path::PathBuf,
+    pub before_position: i64,
+}
+
+/// Prunes the archived segments of partition 0 that end at or before
+/// `request.before_position` (see [`seatledger_ledger::archive::prune`]):
+/// each archive is checked whole, its checkpoints against the ledger keys
+/// the server lists (retired ones included), before anything is dropped.
+/// Prints a line per segment pruned.
+pub async fn prune(
+    store: Store,
+    database_url: &str,
+    keys: &KeyArgs,
+    request: PruneRequest,
+) -> Result<Vec<seatledger_ledger::archive::Pruned>, AdminError> {
+    store
+        .migrate()
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("cannot migrate the event store"))?;
+    let keys = crate::keyring::load(&store, database_url, keys)
+        .await
+        .context("cannot load the signing keys")?;
+    let ledger_keys: Vec<(String, Vec<u8>)> = keys
+        .listed
+        .iter()
+        .filter(|key| key.purpose == crate::keyring::Purpose::Ledger)
+        .map(|key| (key.key_id.clone(), key.public_key.clone()))
+        .chain(std::iter::once((
+            keys.ledger.key_id().to_owned(),
+            keys.ledger.public_key().to_vec(),
+        )))
+        .collect();
+    let check = |checkpoint: &seatledger_schema::Checkpoint| -> Result<(), String> {
+        match ledger_keys.iter().find(|(id, _)| *id == checkpoint.key_id) {
+            Some((id, key)) => checkpoint.verify(id, key).map_err(|e| e.to_string()),
+            None => Err(format!(
+                "the checkpoint at position {} is signed by key {}, which is not a ledger key of this server",
+                checkpoint.position, checkpoint.key_id
+            )),
+        }
+    };
+    let (appender, task) = Appender::start(
+        store.clone(),
+        keys.ledger.clone(),
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        AppenderConfig::default(),
+    );
+    let pruned = seatledger_ledger::archive::prune(
+        &store,
+        &appender,
+        0,
+        &request.archive,
+        request.before_position,
+        Some(&check),
+        |done| {
+            println!(
+                "pruned segment {} (positions {}..={}): archive {} sha256 {}, recorded at position {}",
+                done.segment,
+                done.first_position,
+                done.last_position,
+                done.path.display(),
+                seatledger_ledger::archive::hex_of(&done.sha256),
+                done.recorded_at_position
+            );
+        },
+    )
+    .await;
+    drop(appender);
+    task.await
+        .map_err(|e| anyhow::Error::new(e).context("appender task failed"))?;
+    pruned.map_err(|error| match error {
+        seatledger_ledger::archive::ArchiveError::Store(error) => {
+            AdminError::Other(anyhow::Error::new(error))
+        }
+        other => AdminError::Invalid(other.to_string()),
+    })
+}

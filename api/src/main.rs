@@ -88,6 +88,26 @@ enum AdminCommand {
         #[arg(long)]
         key: std::path::PathBuf,
     },
+    /// Remove sealed segments of the log that end at or before
+    /// --before-position from the database, once each one's archive (from
+    /// `seatledger-replay archive`) in --archive verifies and matches the
+    /// database's signed checkpoints. Each prune is recorded in the log as
+    /// a LogPruned event. Exits 1, dropping nothing, when an archive is
+    /// missing, altered or partial.
+    Prune {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The same key files the server uses (the prune is recorded, and
+        /// signed, in the log).
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// The directory of archive files.
+        #[arg(long)]
+        archive: std::path::PathBuf,
+        /// Prune the segments that end at or before this position.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        before_position: i64,
+    },
     /// Move the signing key an older version kept in the database
     /// (`signing_keys` table) to a new file (mode 0600), then delete it
     /// from the database. Start the server with `--signing-key FILE` (and a
@@ -217,6 +237,39 @@ async fn main() -> anyhow::Result<()> {
                 Err(seatledger_api::admin::AdminError::Invalid(detail)) => {
                     eprintln!("seatledger admin create-owner: {detail}");
                     std::process::exit(2);
+                }
+                Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
+            }
+        }
+        Commands::Admin {
+            command:
+                AdminCommand::Prune {
+                    database,
+                    keys,
+                    archive,
+                    before_position,
+                },
+        } => {
+            let store = seatledger_ledger::Store::connect(&database.database_url)
+                .await
+                .with_context(|| format!("cannot open {}", redacted_url(&database.database_url)))?;
+            let request = seatledger_api::admin::PruneRequest {
+                archive,
+                before_position,
+            };
+            match seatledger_api::admin::prune(store, &database.database_url, &keys, request).await
+            {
+                Ok(pruned) => {
+                    if pruned.is_empty() {
+                        println!(
+                            "no archived segment to prune ends at or before position {before_position}"
+                        );
+                    }
+                    Ok(())
+                }
+                Err(seatledger_api::admin::AdminError::Invalid(detail)) => {
+                    eprintln!("seatledger admin prune: {detail}; nothing more was pruned");
+                    std::process::exit(1);
                 }
                 Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
             }

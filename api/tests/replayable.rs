@@ -612,7 +612,8 @@ fn within_limits(event: &Event) -> Result<(), String> {
         | Event::SeatReleased(_)
         | Event::SeatExpired(_)
         | Event::UserRoleChanged(_)
-        | Event::UserDeactivated(_) => Ok(()),
+        | Event::UserDeactivated(_)
+        | Event::LogPruned(_) => Ok(()),
     }
 }
 

@@ -437,6 +437,7 @@ impl BillingFold {
                 }
             }
             Event::OrganizationRegistered(_)
+            | Event::LogPruned(_)
             | Event::UserRegistered(_)
             | Event::UserRoleChanged(_)
             | Event::UserDeactivated(_)

@@ -6,6 +6,7 @@
 pub mod appender;
 pub mod billing;
 pub mod clock;
+pub mod archive;
 pub mod compactor;
 pub mod domain;
 pub mod keys;
@@ -19,4 +20,5 @@ pub use appender::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use keys::SigningKey;
+pub use store::blocks::{write_line, Relinker};
 pub use store::{Backend, ImportError, ImportExtras, Segment, Store, StoreError};

@@ -613,7 +613,8 @@ impl RedisLicenses {
             | Event::OrganizationRegistered(_)
             | Event::UserRegistered(_)
             | Event::UserRoleChanged(_)
-            | Event::UserDeactivated(_) => {}
+            | Event::UserDeactivated(_)
+            | Event::LogPruned(_) => {}
         }
     }
 }

@@ -74,6 +74,23 @@ enum Commands {
     /// NATS JetStream with their original Nats-Msg-Ids, creating the stream
     /// if missing: for a JetStream that lost data, or a new one.
     Republish(RepublishArgs),
+    /// Write every sealed segment of the log that DIR lacks as one
+    /// self-verifying, zstd-compressed archive file: its events, the
+    /// checkpoints at its boundaries and within it, and every stream's
+    /// state at its start. Each file is written under a temporary name,
+    /// synced, read back and checked, then renamed. `seatledger admin
+    /// prune` removes archived segments from the database.
+    Archive(ArchiveArgs),
+}
+
+/// The arguments of `archive`.
+#[derive(clap::Args)]
+struct ArchiveArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The directory of archive files (created if missing).
+    #[arg(long)]
+    to: std::path::PathBuf,
 }
 
 /// The arguments of `verify`.
@@ -557,7 +574,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Diff(args) => diff(args).await,
         Commands::Simulate(args) => simulate(args).await,
         Commands::Republish(args) => republish_range(args).await,
+        Commands::Archive(args) => archive(args).await,
     }
+}
+
+async fn archive(
+    ArchiveArgs {
+        store: StoreArg { database_url },
+        to,
+    }: ArchiveArgs,
+) -> anyhow::Result<()> {
+    let store = open_read_only(&database_url).await?;
+    let written = seatledger_ledger::archive::archive(&store, 0, &to, |done| {
+        let header = &done.archive.header;
+        let events = header.last_position - header.first_position + 1;
+        println!(
+            "archived segment {} (positions {}..={}, {events} events) to {}: {} bytes, {:.1} bytes per event, sha256 {}",
+            header.segment,
+            header.first_position,
+            header.last_position,
+            done.path.display(),
+            done.archive.bytes,
+            done.archive.bytes as f64 / events as f64,
+            hex::encode(done.archive.sha256),
+        );
+    })
+    .await?;
+    if written.is_empty() {
+        println!("every sealed segment is already archived in {}", to.display());
+    }
+    Ok(())
 }
 
 async fn verify(

@@ -373,7 +373,8 @@ pub async fn simulate(
                 Event::OrganizationRegistered(_)
                 | Event::UserRegistered(_)
                 | Event::UserRoleChanged(_)
-                | Event::UserDeactivated(_) => {}
+                | Event::UserDeactivated(_)
+                | Event::LogPruned(_) => {}
             }
         }
     }

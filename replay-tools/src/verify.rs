@@ -70,6 +70,11 @@ impl Trust {
         ids
     }
 
+    /// Whether `checkpoint` is signed by one of the trusted keys.
+    pub fn check_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        self.check_signature(checkpoint)
+    }
+
     fn check_signature(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         match self.keys.get(&checkpoint.key_id) {
             Some(key) => checkpoint.verify(&checkpoint.key_id, key),

@@ -167,6 +167,22 @@ pub struct SeatDenied {
     pub reason: DenialReason,
 }
 
+/// A sealed segment of the log left the live database for an archive
+/// file (`seatledger admin prune`): recorded on the log's own stream
+/// (`log-{partition}`, tenant nil) so an auditor sees what left, when, and
+/// as which file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPruned {
+    pub partition: i16,
+    pub segment: i64,
+    pub first_position: i64,
+    pub last_position: i64,
+    /// SHA-256 of the archive file, lowercase hex.
+    pub archive_sha256: String,
+    /// The archive file's name.
+    pub archive_file: String,
+}
+
 /// Every event seatledger records. Serialized adjacently tagged, which is
 /// exactly the `(event_type, payload)` pair the log stores.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +203,7 @@ pub enum Event {
     SeatReleased(SeatReleased),
     SeatExpired(SeatExpired),
     SeatDenied(SeatDenied),
+    LogPruned(LogPruned),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +216,7 @@ pub struct DecodeError {
 }
 
 impl Event {
-    pub const TYPES: [&'static str; 15] = [
+    pub const TYPES: [&'static str; 16] = [
         "OrganizationRegistered",
         "UserRegistered",
         "UserRoleChanged",
@@ -215,6 +232,7 @@ impl Event {
         "SeatReleased",
         "SeatExpired",
         "SeatDenied",
+        "LogPruned",
     ];
 
     pub fn event_type(&self) -> &'static str {
@@ -234,6 +252,7 @@ impl Event {
             Event::SeatReleased(_) => "SeatReleased",
             Event::SeatExpired(_) => "SeatExpired",
             Event::SeatDenied(_) => "SeatDenied",
+            Event::LogPruned(_) => "LogPruned",
         }
     }
 

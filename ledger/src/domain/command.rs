@@ -106,6 +106,9 @@ pub enum Command {
         license_id: Uuid,
         session_id: Uuid,
     },
+    /// `seatledger admin prune`'s: records that a segment left the live
+    /// database for an archive file (on the stream `log-{partition}`).
+    RecordPrune(seatledger_schema::LogPruned),
 }
 
 /// A user registered together with a new organization.
@@ -122,6 +125,8 @@ pub struct NewUser {
 pub enum StreamId {
     Org(Uuid),
     License(Uuid),
+    /// The log's own stream of a partition (prunes).
+    Log(i16),
 }
 
 impl fmt::Display for StreamId {
@@ -129,6 +134,7 @@ impl fmt::Display for StreamId {
         match self {
             StreamId::Org(id) => write!(f, "org-{id}"),
             StreamId::License(id) => write!(f, "license-{id}"),
+            StreamId::Log(partition) => write!(f, "log-{partition}"),
         }
     }
 }
@@ -140,6 +146,13 @@ impl StreamId {
         }
         if let Some(id) = text.strip_prefix("license-") {
             return Uuid::parse_str(id).ok().map(StreamId::License);
+        }
+        if let Some(partition) = text.strip_prefix("log-") {
+            return partition
+                .parse::<i16>()
+                .ok()
+                .filter(|p| p.to_string() == partition)
+                .map(StreamId::Log);
         }
         None
     }
@@ -163,6 +176,7 @@ impl Command {
             | Command::Heartbeat { license_id, .. }
             | Command::ReleaseSeat { license_id, .. }
             | Command::ExpireSeat { license_id, .. } => StreamId::License(*license_id),
+            Command::RecordPrune(pruned) => StreamId::Log(pruned.partition),
         }
     }
 
@@ -184,6 +198,7 @@ impl Command {
             Command::Heartbeat { .. } => "heartbeat",
             Command::ReleaseSeat { .. } => "release_seat",
             Command::ExpireSeat { .. } => "expire_seat",
+            Command::RecordPrune(_) => "record_prune",
         }
     }
 }

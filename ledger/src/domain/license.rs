@@ -444,7 +444,8 @@ pub fn decide(
         Command::RegisterOrganization { .. }
         | Command::RegisterUser { .. }
         | Command::ChangeUserRole { .. }
-        | Command::DeactivateUser { .. } => Decision::reject(Rejection::LicenseNotFound),
+        | Command::DeactivateUser { .. }
+        | Command::RecordPrune(_) => Decision::reject(Rejection::LicenseNotFound),
     }
 }
 
@@ -714,7 +715,8 @@ pub fn evolve(mut state: LicenseState, event: &Event) -> LicenseState {
         | Event::OrganizationRegistered(_)
         | Event::UserRegistered(_)
         | Event::UserRoleChanged(_)
-        | Event::UserDeactivated(_) => {}
+        | Event::UserDeactivated(_)
+        | Event::LogPruned(_) => {}
     }
     state
 }

@@ -93,6 +93,12 @@ pub fn decide(state: &StreamState, tenant_id: Uuid, command: &Command, now: Time
             };
             license::decide(license, tenant_id, command, now)
         }
+        StreamId::Log(_) => match command {
+            Command::RecordPrune(pruned) if tenant_id.is_nil() => {
+                Decision::accept(vec![Event::LogPruned(pruned.clone())])
+            }
+            _ => Decision::reject(Rejection::OrganizationNotFound),
+        },
     }
 }
 
@@ -109,6 +115,8 @@ pub fn evolve(state: StreamState, event: &Event) -> StreamState {
             };
             StreamState::Org(org::evolve(org, event))
         }
+        // The log's own stream keeps no state.
+        Event::LogPruned(_) => state,
         _ => {
             let license = match state {
                 StreamState::License(license) => license,

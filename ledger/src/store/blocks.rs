@@ -92,6 +92,70 @@ pub(crate) fn session_key(session_id: Uuid) -> i64 {
     key_of(&format!("session:{session_id}"))
 }
 
+/// Appends `event` to `out` as one line of a block (or of an archive
+/// file): the envelope without partition, position and hashes, then `\n`.
+pub fn write_line(out: &mut Vec<u8>, event: &RecordedEvent) -> Result<(), serde_json::Error> {
+    let line = Line {
+        event_id: event.event_id,
+        event_type: event.event_type.as_str(),
+        metadata: &event.metadata,
+        occurred_at: event.occurred_at,
+        payload: &event.payload,
+        recorded_at: event.recorded_at,
+        schema_version: event.schema_version,
+        stream_id: event.stream_id.as_str(),
+        stream_version: event.stream_version,
+        tenant_id: event.tenant_id,
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Reads lines written by [`write_line`] back into events, giving each
+/// its position (counting up) and both hashes (recomputed from its
+/// canonical bytes and the previous event's hash).
+pub struct Relinker {
+    partition: i16,
+    next_position: i64,
+    prev_hash: ChainHash,
+}
+
+impl Relinker {
+    /// Lines that follow the event at `after` whose hash is `prev_hash`.
+    pub fn new(partition: i16, after: i64, prev_hash: ChainHash) -> Relinker {
+        Relinker {
+            partition,
+            next_position: after.saturating_add(1),
+            prev_hash,
+        }
+    }
+
+    /// The event of the next line, as `P` and `M`.
+    pub fn next<P, M>(&mut self, text: &[u8]) -> Result<RecordedEvent<P, M>, String>
+    where
+        P: serde::de::DeserializeOwned,
+        M: serde::de::DeserializeOwned,
+    {
+        let position = self.next_position;
+        let at = |e: serde_json::Error| format!("the event at position {position}: {e}");
+        let parsed: Line<String, serde_json::Value, Metadata> =
+            serde_json::from_slice(text).map_err(at)?;
+        let prev_hash = self.prev_hash;
+        let hashed = recorded(parsed, self.partition, position, prev_hash, prev_hash);
+        let hash = chain_hash(&prev_hash, &canonical_bytes(&hashed));
+        let wanted: Line<String, P, M> = serde_json::from_slice(text).map_err(at)?;
+        self.next_position = position.saturating_add(1);
+        self.prev_hash = hash;
+        Ok(recorded(wanted, self.partition, position, prev_hash, hash))
+    }
+
+    /// The position and hash of the last event read.
+    pub fn head(&self) -> (i64, ChainHash) {
+        (self.next_position - 1, self.prev_hash)
+    }
+}
+
 /// Encodes `events` (consecutive positions of one partition, at least one)
 /// as a block.
 pub(crate) fn encode(events: &[RecordedEvent]) -> Result<EncodedBlock, StoreError> {
@@ -101,21 +165,8 @@ pub(crate) fn encode(events: &[RecordedEvent]) -> Result<EncodedBlock, StoreErro
     let mut lines = Vec::with_capacity(events.len() * 400);
     let mut keys: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     for event in events {
-        let line = Line {
-            event_id: event.event_id,
-            event_type: event.event_type.as_str(),
-            metadata: &event.metadata,
-            occurred_at: event.occurred_at,
-            payload: &event.payload,
-            recorded_at: event.recorded_at,
-            schema_version: event.schema_version,
-            stream_id: event.stream_id.as_str(),
-            stream_version: event.stream_version,
-            tenant_id: event.tenant_id,
-        };
-        serde_json::to_writer(&mut lines, &line)
+        write_line(&mut lines, event)
             .map_err(|e| StoreError::Corrupt(format!("encoding a block: {e}")))?;
-        lines.push(b'\n');
         let mut upto = |key: i64, value: i64| {
             let entry = keys.entry(key).or_insert(value);
             *entry = (*entry).max(value);
@@ -170,24 +221,18 @@ impl BlockRow {
             .and_then(|span| usize::try_from(span).ok())
             .and_then(|span| span.checked_add(1))
             .ok_or_else(|| self.corrupt("its range is empty or impossible"))?;
-        let mut prev_hash = ChainHash::from_slice(&self.prev_hash)
+        let prev_hash = ChainHash::from_slice(&self.prev_hash)
             .ok_or_else(|| self.corrupt("prev_hash is not 32 bytes"))?;
+        let mut relinker = Relinker::new(self.partition, self.first_position - 1, prev_hash);
         let mut events = Vec::with_capacity(expected);
         let lines = lines.strip_suffix(b"\n").unwrap_or(&lines);
         for (index, text) in lines.split(|b| *b == b'\n').enumerate() {
             if index == expected {
                 return Err(self.corrupt("it holds more events than its range"));
             }
-            let position = self.first_position.saturating_add(index as i64);
-            let parsed: Line<String, serde_json::Value, Metadata> = serde_json::from_slice(text)
-                .map_err(|e| self.corrupt(format!("the event at position {position}: {e}")))?;
-            let hashed = recorded(parsed, self.partition, position, prev_hash, prev_hash);
-            let hash = chain_hash(&prev_hash, &canonical_bytes(&hashed));
-            let wanted: Line<String, P, M> = serde_json::from_slice(text)
-                .map_err(|e| self.corrupt(format!("the event at position {position}: {e}")))?;
-            events.push(recorded(wanted, self.partition, position, prev_hash, hash));
-            prev_hash = hash;
+            events.push(relinker.next(text).map_err(|e| self.corrupt(e))?);
         }
+        let prev_hash = relinker.head().1;
         if events.len() != expected {
             return Err(self.corrupt(format!(
                 "it holds {} events, its range {expected}",

@@ -18,10 +18,10 @@ macro_rules! on_pool {
 }
 
 pub mod billing;
-mod blocks;
+pub(crate) mod blocks;
 mod compact;
 mod segments;
-pub use segments::Segment;
+pub use segments::{PrunedSession, Segment};
 pub mod directory;
 mod postgres;
 mod sqlite;
@@ -740,14 +740,20 @@ impl Store {
                 let mut conn = pool.acquire().await?;
                 match postgres::find_session(&mut conn, session_id).await? {
                     Some(found) => Ok(Some(found)),
-                    None => Conn::Pg(&mut conn).session_in_blocks(session_id).await,
+                    None => match Conn::Pg(&mut conn).session_in_blocks(session_id).await? {
+                        Some(found) => Ok(Some(found)),
+                        None => Conn::Pg(&mut conn).pruned_session(session_id).await,
+                    },
                 }
             }
             Store::Sqlite(pool, _) => {
                 let mut conn = pool.acquire().await?;
                 match sqlite::find_session(&mut conn, session_id).await? {
                     Some(found) => Ok(Some(found)),
-                    None => Conn::Lite(&mut conn).session_in_blocks(session_id).await,
+                    None => match Conn::Lite(&mut conn).session_in_blocks(session_id).await? {
+                        Some(found) => Ok(Some(found)),
+                        None => Conn::Lite(&mut conn).pruned_session(session_id).await,
+                    },
                 }
             }
         }
@@ -891,6 +897,43 @@ impl Store {
                     .await
             }
         }
+    }
+
+    /// Removes sealed segment `segment` of `partition` from the database
+    /// (see [`segments::Conn::prune_segment`]); the caller has checked its
+    /// archive and recorded the prune in the log. Takes the partition's
+    /// compaction turn.
+    pub async fn prune_segment(
+        &self,
+        partition: i16,
+        segment: i64,
+        archive_sha256: &[u8; 32],
+        pruned_at: seatledger_schema::Timestamp,
+        sessions: &[PrunedSession],
+    ) -> Result<(), StoreError> {
+        let pruned_at = pruned_at.to_string();
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(postgres::compaction_lock_key(partition))
+                    .execute(&mut *tx)
+                    .await?;
+                Conn::Pg(&mut tx)
+                    .prune_segment(partition, segment, archive_sha256, &pruned_at, sessions)
+                    .await?;
+                tx.commit().await?;
+            }
+            Store::Sqlite(pool, lock) => {
+                let _turn = lock.lock().await;
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                Conn::Lite(&mut tx)
+                    .prune_segment(partition, segment, archive_sha256, &pruned_at, sessions)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes the space of rows the compactor removed reusable now

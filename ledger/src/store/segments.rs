@@ -205,3 +205,139 @@ impl Conn<'_> {
             .await?))
     }
 }
+
+/// A session granted in a segment being pruned and live at the cut: its
+/// id, its license stream and its tenant.
+pub type PrunedSession = (uuid::Uuid, String, uuid::Uuid);
+
+impl Conn<'_> {
+    /// Marks sealed segment `segment` pruned (with its archive's SHA-256)
+    /// and removes its blocks: on PostgreSQL by detaching and dropping its
+    /// tables, on SQLite by the DELETE its triggers allow only for a
+    /// segment marked pruned. Refuses an open or already pruned segment,
+    /// one that still has rows in `events`, and one after an unpruned
+    /// segment. `sessions` are kept for the session lookup. The caller
+    /// holds the partition's compaction turn, in a transaction.
+    pub(crate) async fn prune_segment(
+        &mut self,
+        partition: i16,
+        segment: i64,
+        archive_sha256: &[u8; 32],
+        pruned_at: &str,
+        sessions: &[PrunedSession],
+    ) -> Result<(), StoreError> {
+        let refuse = |why: String| {
+            Err(StoreError::Corrupt(format!(
+                "segment {segment} of partition {partition} cannot be pruned: {why}"
+            )))
+        };
+        let segments = self.segments(partition).await?;
+        let Some(index) = segments.iter().position(|s| s.segment == segment) else {
+            return refuse("there is no such segment".into());
+        };
+        let found = &segments[index];
+        let Some(last) = found.last_position else {
+            return refuse("it is not sealed".into());
+        };
+        if found.is_pruned() {
+            return refuse("it is already pruned".into());
+        }
+        if segments[..index].iter().any(|s| !s.is_pruned()) {
+            return refuse("an older segment is not pruned".into());
+        }
+        const TAIL: &str = "SELECT min(position) FROM events WHERE partition = $1";
+        let tail: Option<i64> = on_conn!(self, |c| sqlx::query_scalar(TAIL)
+            .bind(partition)
+            .fetch_one(&mut **c)
+            .await?);
+        if tail.is_some_and(|start| start <= last) {
+            return refuse("some of its events are not compacted into blocks yet".into());
+        }
+        const MARK: &str = "UPDATE event_segments SET archive_sha256 = $3, pruned_at = $4 \
+             WHERE partition = $1 AND segment = $2";
+        on_conn!(self, |c| sqlx::query(MARK)
+            .bind(partition)
+            .bind(segment)
+            .bind(archive_sha256.as_slice())
+            .bind(pruned_at)
+            .execute(&mut **c)
+            .await
+            .map(drop)?);
+        match self {
+            Conn::Pg(c) => {
+                for (session_id, stream_id, tenant_id) in sessions {
+                    sqlx::query(
+                        "INSERT INTO pruned_sessions (session_id, stream_id, tenant_id) \
+                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(session_id)
+                    .bind(stream_id)
+                    .bind(tenant_id)
+                    .execute(&mut **c)
+                    .await?;
+                }
+                for table in ["event_blocks", "event_block_keys"] {
+                    let part = format!("{table}_{partition}_{segment}");
+                    sqlx::query(&format!("ALTER TABLE {table} DETACH PARTITION {part}"))
+                        .execute(&mut **c)
+                        .await?;
+                    sqlx::query(&format!("DROP TABLE {part}"))
+                        .execute(&mut **c)
+                        .await?;
+                }
+            }
+            Conn::Lite(c) => {
+                for (session_id, stream_id, tenant_id) in sessions {
+                    sqlx::query(
+                        "INSERT INTO pruned_sessions (session_id, stream_id, tenant_id) \
+                         VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(session_id.to_string())
+                    .bind(stream_id)
+                    .bind(tenant_id.to_string())
+                    .execute(&mut **c)
+                    .await?;
+                }
+                for table in ["event_block_keys", "event_blocks"] {
+                    sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE partition = ? AND segment = ?"
+                    ))
+                    .bind(partition)
+                    .bind(segment)
+                    .execute(&mut **c)
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The license stream and tenant of a session a prune kept.
+    pub(crate) async fn pruned_session(
+        &mut self,
+        session_id: uuid::Uuid,
+    ) -> Result<Option<(String, uuid::Uuid)>, StoreError> {
+        match self {
+            Conn::Pg(c) => Ok(sqlx::query_as(
+                "SELECT stream_id, tenant_id FROM pruned_sessions WHERE session_id = $1",
+            )
+            .bind(session_id)
+            .fetch_optional(&mut **c)
+            .await?),
+            Conn::Lite(c) => {
+                let row: Option<(String, String)> = sqlx::query_as(
+                    "SELECT stream_id, tenant_id FROM pruned_sessions WHERE session_id = ?",
+                )
+                .bind(session_id.to_string())
+                .fetch_optional(&mut **c)
+                .await?;
+                row.map(|(stream_id, tenant)| {
+                    uuid::Uuid::parse_str(&tenant)
+                        .map(|tenant| (stream_id, tenant))
+                        .map_err(|e| StoreError::Corrupt(format!("pruned_sessions.tenant_id: {e}")))
+                })
+                .transpose()
+            }
+        }
+    }
+}

@@ -100,3 +100,12 @@ END;
 $$;
 CREATE TRIGGER event_segments_stay BEFORE UPDATE OR DELETE ON event_segments
     FOR EACH ROW EXECUTE FUNCTION event_segments_stay();
+
+-- Sessions granted in a pruned segment that were still live when it was
+-- pruned: the session lookup of a heartbeat finds them here once their
+-- SeatAcquired has left the database.
+CREATE TABLE pruned_sessions (
+    session_id uuid NOT NULL PRIMARY KEY,
+    stream_id  text NOT NULL,
+    tenant_id  uuid NOT NULL
+);

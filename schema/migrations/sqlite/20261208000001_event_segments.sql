@@ -52,3 +52,12 @@ CREATE TRIGGER event_segments_no_delete BEFORE DELETE ON event_segments
 BEGIN
     SELECT RAISE(ABORT, 'seatledger segments cannot be deleted');
 END;
+
+-- Sessions granted in a pruned segment that were still live when it was
+-- pruned: the session lookup of a heartbeat finds them here once their
+-- SeatAcquired has left the database.
+CREATE TABLE pruned_sessions (
+    session_id TEXT NOT NULL PRIMARY KEY,
+    stream_id  TEXT NOT NULL,
+    tenant_id  TEXT NOT NULL
+);
