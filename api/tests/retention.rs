@@ -176,7 +176,9 @@ async fn retention(store: Store, reopen: impl std::future::Future<Output = Store
     // Archive: one file per sealed segment, each reading back as the
     // store's events; a second run writes nothing.
     let archives = dir.path().join("archive");
-    let written = archive::archive(&store, 0, &archives, |_| {}).await.unwrap();
+    let written = archive::archive(&store, 0, &archives, |_| {})
+        .await
+        .unwrap();
     assert_eq!(written.len(), sealed.len());
     assert!(archive::archive(&store, 0, &archives, |_| {})
         .await
@@ -190,8 +192,7 @@ async fn retention(store: Store, reopen: impl std::future::Future<Output = Store
         })
         .unwrap();
         let header = &checked.header;
-        let expected =
-            &before[(header.first_position - 1) as usize..header.last_position as usize];
+        let expected = &before[(header.first_position - 1) as usize..header.last_position as usize];
         assert_eq!(read.len(), expected.len());
         for (read, stored) in read.iter().zip(expected) {
             assert_eq!(canonical_bytes(read), canonical_bytes(stored));
@@ -293,9 +294,7 @@ async fn retention(store: Store, reopen: impl std::future::Future<Output = Store
 }
 
 #[sqlx::test(migrations = false)]
-async fn segments_are_archived_pruned_and_licenses_decide_the_same_on_postgres(
-    pool: sqlx::PgPool,
-) {
+async fn segments_are_archived_pruned_and_licenses_decide_the_same_on_postgres(pool: sqlx::PgPool) {
     let options = pool.connect_options();
     let url = format!(
         "postgres://{}@{}:{}/{}",

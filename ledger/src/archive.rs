@@ -213,7 +213,10 @@ pub fn read_archive(
 
 /// The states at the end of the archive at `path`: its snapshots evolved
 /// by its events (the file checked whole on the way).
-pub fn states_after(path: &Path, trust: Option<CheckSignature<'_>>) -> Result<(Archive, States), ArchiveError> {
+pub fn states_after(
+    path: &Path,
+    trust: Option<CheckSignature<'_>>,
+) -> Result<(Archive, States), ArchiveError> {
     let mut states = States::new();
     let states_cell = std::cell::RefCell::new(&mut states);
     let archive = read_archive_from(
@@ -258,7 +261,9 @@ pub fn read_archive_from(
     let mut next_line = |text: &mut Vec<u8>| -> Result<bool, ArchiveError> {
         text.clear();
         let read = lines.read_until(b'\n', text).map_err(|error| {
-            invalid(format!("not a complete zstd stream (a partial file?): {error}"))
+            invalid(format!(
+                "not a complete zstd stream (a partial file?): {error}"
+            ))
         })?;
         if text.last() == Some(&b'\n') {
             text.pop();
@@ -318,8 +323,7 @@ pub fn read_archive_from(
         if let Some(trust) = trust {
             trust(checkpoint).map_err(invalid)?;
         }
-        if checkpoint.position == header.first_position - 1 && checkpoint.hash != header.prev_hash
-        {
+        if checkpoint.position == header.first_position - 1 && checkpoint.hash != header.prev_hash {
             return Err(invalid(format!(
                 "the checkpoint at position {} signs {}, the file starts after {}",
                 checkpoint.position, checkpoint.hash, header.prev_hash
@@ -333,7 +337,11 @@ pub fn read_archive_from(
             header.last_position
         )));
     }
-    let mut relinker = Relinker::new(header.partition, header.first_position - 1, header.prev_hash);
+    let mut relinker = Relinker::new(
+        header.partition,
+        header.first_position - 1,
+        header.prev_hash,
+    );
     let mut batch: Vec<RecordedEvent> = Vec::with_capacity(BATCH as usize);
     let expected = header.last_position - header.first_position + 1;
     let mut read = 0i64;
@@ -467,7 +475,9 @@ async fn write_segment(
         }
     };
     let Some(closing) = checkpoints.iter().find(|c| c.position == last).cloned() else {
-        return Err(invalid(format!("no checkpoint at its end, position {last}")));
+        return Err(invalid(format!(
+            "no checkpoint at its end, position {last}"
+        )));
     };
     let snapshots = snapshots_of(states).map_err(invalid)?;
     let header = ArchiveHeader {
@@ -524,12 +534,10 @@ async fn write_segment(
         fold(states, &events).map_err(invalid)?;
     }
     let writer = encoder.finish().map_err(io(&temp_path))?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| ArchiveError::Io {
-            path: temp_path.clone(),
-            error: e.into_error(),
-        })?;
+    let file = writer.into_inner().map_err(|e| ArchiveError::Io {
+        path: temp_path.clone(),
+        error: e.into_error(),
+    })?;
     file.sync_all().map_err(io(&temp_path))?;
     drop(file);
     // Read back whole before it takes its name.
@@ -578,7 +586,11 @@ async fn states_before(
     let mut after = 0;
     while after < through {
         let events = store
-            .read_range(segments[index].partition, after, (after + BATCH).min(through))
+            .read_range(
+                segments[index].partition,
+                after,
+                (after + BATCH).min(through),
+            )
             .await?;
         let Some(last) = events.last() else { break };
         after = last.position;

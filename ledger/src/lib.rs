@@ -4,9 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod appender;
+pub mod archive;
 pub mod billing;
 pub mod clock;
-pub mod archive;
 pub mod compactor;
 pub mod domain;
 pub mod keys;

@@ -397,14 +397,20 @@ async fn an_altered_block_is_refused_and_uncompacted_rows_cannot_be_deleted() {
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("append-only"), "{refused}");
-    assert_eq!(store.compact(0, 1, 3, i64::MAX).await.unwrap(), Some((1, 3)));
+    assert_eq!(
+        store.compact(0, 1, 3, i64::MAX).await.unwrap(),
+        Some((1, 3))
+    );
     sqlx::query("DROP TRIGGER event_blocks_no_update")
         .execute(pool)
         .await
         .unwrap();
     // Give the first block the body of the second: well-formed, but not
     // the events its range and hashes record.
-    assert_eq!(store.compact(0, 1, 2, i64::MAX).await.unwrap(), Some((4, 5)));
+    assert_eq!(
+        store.compact(0, 1, 2, i64::MAX).await.unwrap(),
+        Some((4, 5))
+    );
     sqlx::query(
         "UPDATE event_blocks SET body = (SELECT body FROM event_blocks WHERE first_position = 4) \
          WHERE first_position = 1",

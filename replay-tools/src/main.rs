@@ -601,7 +601,10 @@ async fn archive(
     })
     .await?;
     if written.is_empty() {
-        println!("every sealed segment is already archived in {}", to.display());
+        println!(
+            "every sealed segment is already archived in {}",
+            to.display()
+        );
     }
     Ok(())
 }

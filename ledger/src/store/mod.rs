@@ -890,7 +890,11 @@ impl Store {
     /// The partition's segments, oldest first (docs/design.md §3).
     pub async fn segments(&self, partition: i16) -> Result<Vec<Segment>, StoreError> {
         match self {
-            Store::Postgres(pool) => Conn::Pg(&mut *pool.acquire().await?).segments(partition).await,
+            Store::Postgres(pool) => {
+                Conn::Pg(&mut *pool.acquire().await?)
+                    .segments(partition)
+                    .await
+            }
             Store::Sqlite(pool, _) => {
                 Conn::Lite(&mut *pool.acquire().await?)
                     .segments(partition)

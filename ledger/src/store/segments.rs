@@ -5,9 +5,9 @@
 //! next one opens after it. Blocks never cross a segment's end, so a
 //! sealed segment's blocks can be archived, and pruned, as a whole.
 
+use super::compact::on_conn;
 use super::compact::Conn;
 use super::StoreError;
-use super::compact::on_conn;
 
 /// One segment, as `event_segments` holds it.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
