@@ -52,11 +52,11 @@ pub enum StoreError {
     /// created.
     #[error("no event store at {0}")]
     Missing(String),
-    /// The events asked for left the database with a pruned segment: read
-    /// them from its archive (docs/operating.md, "Retention").
+    /// The events asked for left the database with a pruned segment; its
+    /// archive file holds them (docs/operating.md, "Retention").
     #[error(
         "the events through position {pruned_through} of partition {partition} were pruned \
-         from the database; read them from the archive (--archive DIR)"
+         from the database (their archive files, from seatledger-replay archive, hold them)"
     )]
     Pruned { partition: i16, pruned_through: i64 },
 }
