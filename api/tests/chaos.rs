@@ -572,7 +572,7 @@ async fn chaos_run_with_an_auditor() {
 
     let redis_counts =
         seatledger_projections::RedisLicenses::new(&redis_url, "chaos:", key.key_id(), 0).unwrap();
-    let diff = seatledger_replay::diff::diff_hot_counts(&store, 0, &redis_counts).await;
+    let diff = seatledger_replay::diff::diff_hot_counts(&store, 0, &redis_counts, None).await;
     invariants.push((
         "Redis hot counts equal the ledger".into(),
         diff.as_ref().map_or(0, |d| d.licenses),

@@ -239,6 +239,21 @@ pub fn read_archive_from(
     on_snapshots: impl FnOnce(&[SnapshotRow]) -> Result<(), String>,
     mut on_events: impl FnMut(&[RecordedEvent]) -> Result<(), String>,
 ) -> Result<Archive, ArchiveError> {
+    read_owned(path, trust, on_snapshots, |batch| {
+        on_events(&batch)?;
+        Ok(Ok(batch))
+    })
+}
+
+/// [`read_archive_from`], handing each batch over; `on_events` hands the
+/// vector back (to be reused) or keeps it (`Ok(Err(()))`: a new one is
+/// allocated).
+fn read_owned(
+    path: &Path,
+    trust: Option<CheckSignature<'_>>,
+    on_snapshots: impl FnOnce(&[SnapshotRow]) -> Result<(), String>,
+    mut on_events: impl FnMut(Vec<RecordedEvent>) -> Result<Result<Vec<RecordedEvent>, ()>, String>,
+) -> Result<Archive, ArchiveError> {
     let invalid = |what: String| ArchiveError::Invalid {
         path: path.to_owned(),
         what,
@@ -364,12 +379,19 @@ pub fn read_archive_from(
         }
         batch.push(event);
         if batch.len() == BATCH as usize {
-            on_events(&batch).map_err(invalid)?;
-            batch.clear();
+            let full = std::mem::take(&mut batch);
+            batch = match on_events(full).map_err(invalid)? {
+                Ok(mut back) => {
+                    back.clear();
+                    back
+                }
+                Err(()) => Vec::with_capacity(BATCH as usize),
+            };
         }
     }
     if !batch.is_empty() {
-        on_events(&batch).map_err(invalid)?;
+        // The last batch: whether it comes back does not matter.
+        let _kept = on_events(batch).map_err(invalid)?;
     }
     if read != expected {
         return Err(invalid(format!(
@@ -394,6 +416,114 @@ pub fn read_archive_from(
         sha256,
         bytes: hashing.bytes,
     })
+}
+
+/// Checks a checkpoint's signature, shareable with a reading thread.
+pub type SharedCheck = std::sync::Arc<dyn Fn(&Checkpoint) -> Result<(), String> + Send + Sync>;
+
+enum FeedItem {
+    Snapshots(Vec<SnapshotRow>),
+    Events(Vec<RecordedEvent>),
+}
+
+/// An archive file read on a blocking thread of its own and handed over
+/// batch by batch: the pull form of [`read_archive_from`] for async
+/// readers. Its checks are the same; those that need the whole file (the
+/// count, the last hash, trailing bytes) fail at the end, as
+/// [`Feed::next`] returns the error instead of `None`, so a caller must
+/// read to the end before trusting what it got.
+pub struct Feed {
+    path: PathBuf,
+    items: tokio::sync::mpsc::Receiver<FeedItem>,
+    reading: Option<tokio::task::JoinHandle<Result<Archive, ArchiveError>>>,
+    snapshots: Option<Vec<SnapshotRow>>,
+    archive: Option<Archive>,
+}
+
+impl Feed {
+    /// Starts reading the archive at `path`; checkpoint signatures are
+    /// checked with `trust` when given.
+    pub fn open(path: PathBuf, trust: Option<SharedCheck>) -> Feed {
+        let (send, items) = tokio::sync::mpsc::channel(2);
+        let reading = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || {
+                let stopped = || "its reader stopped".to_owned();
+                let check = trust.as_deref().map(|check| check as CheckSignature<'_>);
+                read_owned(
+                    &path,
+                    check,
+                    |snapshots| {
+                        send.blocking_send(FeedItem::Snapshots(snapshots.to_vec()))
+                            .map_err(|_| stopped())
+                    },
+                    |batch| {
+                        send.blocking_send(FeedItem::Events(batch))
+                            .map_err(|_| stopped())?;
+                        Ok(Err(()))
+                    },
+                )
+            }
+        });
+        Feed {
+            path,
+            items,
+            reading: Some(reading),
+            snapshots: None,
+            archive: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The streams' states at the file's start (its snapshot lines). Call
+    /// it before the first [`Feed::next`].
+    pub async fn snapshots(&mut self) -> Result<Vec<SnapshotRow>, ArchiveError> {
+        match self.items.recv().await {
+            Some(FeedItem::Snapshots(rows)) => Ok(rows),
+            Some(FeedItem::Events(_)) => Err(ArchiveError::Invalid {
+                path: self.path.clone(),
+                what: "its snapshots were asked for after its events".into(),
+            }),
+            None => {
+                self.finish().await?;
+                Ok(self.snapshots.take().unwrap_or_default())
+            }
+        }
+    }
+
+    /// The next batch of events, or `None` once the whole file read and
+    /// checked out ([`Feed::archive`] then holds what it was).
+    pub async fn next(&mut self) -> Result<Option<Vec<RecordedEvent>>, ArchiveError> {
+        loop {
+            match self.items.recv().await {
+                Some(FeedItem::Events(batch)) => return Ok(Some(batch)),
+                Some(FeedItem::Snapshots(rows)) => self.snapshots = Some(rows),
+                None => {
+                    self.finish().await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), ArchiveError> {
+        if let Some(reading) = self.reading.take() {
+            let archive = reading.await.map_err(|error| ArchiveError::Invalid {
+                path: self.path.clone(),
+                what: format!("its reader failed: {error}"),
+            })??;
+            self.archive = Some(archive);
+        }
+        Ok(())
+    }
+
+    /// What the file held besides its events, once read to the end.
+    pub fn archive(&self) -> Option<&Archive> {
+        self.archive.as_ref()
+    }
 }
 
 /// The checkpoints of `partition` in `(after, through]`, from the store.

@@ -219,6 +219,21 @@ pub async fn run<F: Follower>(
             }
             Err(FollowerError::Superseded) => continue,
             Err(FollowerError::Standby) => config.retry_after,
+            Err(error @ FollowerError::Store(StoreError::Pruned { .. })) => {
+                // Retrying cannot help: the events it needs left the
+                // database. It waits for an operator (and says so once).
+                if !failing {
+                    tracing::error!(
+                        follower = follower.name(),
+                        error = %error,
+                        "follower needs pruned events; rebuild it from the archive files \
+                         (seatledger-replay rebuild billing --archive DIR, or republish --archive DIR \
+                         for a new JetStream stream)"
+                    );
+                    failing = true;
+                }
+                config.retry_after
+            }
             Err(error) => {
                 if !failing {
                     tracing::warn!(follower = follower.name(), error = %error, "follower failed; retrying");

@@ -85,11 +85,13 @@ pub async fn diff_hot_counts(
     store: &Store,
     partition: i16,
     redis: &RedisLicenses,
+    archive: Option<&std::path::Path>,
 ) -> Result<HotCountsDiff, DiffError> {
     let position = Follower::position(&mut redis.clone())
         .await
         .map_err(|error| DiffError::Redis(error.to_string()))?;
-    let (mut events, _) = EventStream::from_store(store, partition, Some(position)).await?;
+    let (mut events, _) =
+        EventStream::from_log(store, partition, archive, 0, Some(position)).await?;
     let mut states: BTreeMap<Uuid, LicenseState> = BTreeMap::new();
     let mut as_of = Timestamp::UNIX_EPOCH;
     while let Some(batch) = events.next().await? {
@@ -193,9 +195,14 @@ pub fn describe_hot_counts(diff: &HotCountsDiff) -> String {
 }
 
 /// Compares live billing of `partition` with the replayed fold.
-pub async fn diff_billing(store: &Store, partition: i16) -> Result<BillingDiff, DiffError> {
+pub async fn diff_billing(
+    store: &Store,
+    partition: i16,
+    archive: Option<&std::path::Path>,
+) -> Result<BillingDiff, DiffError> {
     let position = billing_live::checkpoint(store, partition).await?;
-    let (mut events, _) = EventStream::from_store(store, partition, Some(position)).await?;
+    let (mut events, _) =
+        EventStream::from_log(store, partition, archive, 0, Some(position)).await?;
     let mut builders: Vec<(Granularity, UsageBuilder)> = Granularity::ALL
         .iter()
         .map(|granularity| (*granularity, UsageBuilder::new(*granularity)))

@@ -28,9 +28,8 @@
 //! events and, like `verify`, the state of streams whose snapshot is still
 //! ahead.
 
-use crate::verify::{
-    check_snapshot, DueSnapshot, LogReader, Trust, Verified, Verifier, VerifyError,
-};
+use crate::events::EventStream;
+use crate::verify::{check_snapshot, DueSnapshot, Trust, Verified, Verifier, VerifyError};
 use seatledger_ledger::{ImportError, ImportExtras, Store, StoreError};
 use seatledger_schema::{Checkpoint, RecordedEvent};
 use serde::{Deserialize, Serialize};
@@ -112,11 +111,14 @@ pub enum ExportError {
 }
 
 /// What to export.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ExportRange {
     pub org: Option<Uuid>,
     pub from_position: Option<i64>,
     pub to_position: Option<i64>,
+    /// Where the archive files of pruned segments are, when the range
+    /// reaches into them.
+    pub archive: Option<std::path::PathBuf>,
 }
 
 fn write_line(out: &mut (impl Write + ?Sized), line: &Line) -> Result<(), ExportError> {
@@ -190,13 +192,24 @@ pub async fn export(
     }
     let mut events = 0i64;
     let mut after = from - 1;
-    let mut reader = match range.org {
-        None => Some(LogReader::range(store, partition, from - 1, to)),
-        Some(_) => None,
+    // One organization's events come from its index in the store; where
+    // they reach into pruned segments, from the whole log, filtered.
+    let mut reader = match (range.org, &range.archive) {
+        (None, archive) | (Some(_), archive @ Some(_)) => Some(
+            EventStream::from_log(store, partition, archive.as_deref(), from - 1, Some(to))
+                .await?
+                .0,
+        ),
+        (Some(_), None) => None,
     };
     loop {
         let batch = match (&mut reader, range.org) {
-            (Some(reader), _) => reader.next().await?,
+            (Some(reader), org) => reader.next().await?.map(|mut batch| {
+                if let Some(org) = org {
+                    batch.retain(|event| event.tenant_id == org);
+                }
+                batch
+            }),
             (None, Some(org)) => {
                 let mut batch = store
                     .read_tenant_after(org, partition, after, crate::verify::VERIFY_BATCH)

@@ -86,8 +86,13 @@ enum Commands {
 /// The arguments of `archive`.
 #[derive(clap::Args)]
 struct ArchiveArgs {
-    #[command(flatten)]
-    store: StoreArg,
+    /// `postgres://…` or `sqlite:PATH` (read only).
+    #[arg(
+        long,
+        env = "SEATLEDGER_DATABASE_URL",
+        default_value = "sqlite:seatledger.db"
+    )]
+    database_url: String,
     /// The directory of archive files (created if missing).
     #[arg(long)]
     to: std::path::PathBuf,
@@ -118,6 +123,15 @@ struct VerifyArgs {
     /// Verify an export file (`-`: standard input) instead of a database.
     #[arg(long)]
     from_file: Option<String>,
+    /// Start after the signed checkpoint at this position (one a witness
+    /// holds, or the head of the last audit) instead of at position 1:
+    /// the checkpoint's signature and the chain from it to the head are
+    /// checked, so the time follows the events since. Stream states at
+    /// the checkpoint come from the archive file that starts there, when
+    /// --archive has one; otherwise snapshots of streams that began
+    /// before it are left unchecked (and counted).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..), conflicts_with = "from_file")]
+    since_checkpoint: Option<i64>,
     /// JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -302,6 +316,12 @@ struct StoreArg {
         default_value = "sqlite:seatledger.db"
     )]
     database_url: String,
+    /// The directory of archive files (`seatledger-replay archive --to`):
+    /// the events of pruned segments are read from there, the rest from
+    /// the database. Needed once `seatledger admin prune` removed events
+    /// the tool reads.
+    #[arg(long, env = "SEATLEDGER_ARCHIVE")]
+    archive: Option<std::path::PathBuf>,
 }
 
 /// Which live projection `diff` and `rebuild` work on, and where it is.
@@ -365,7 +385,11 @@ impl RedisArgs {
 /// Rebuilds the Redis hot counts from position 0 under a fresh prefix and
 /// swaps them in for the live ones in one MULTI/EXEC.
 /// Returns the position rebuilt to and the keys swapped in.
-async fn rebuild_hot_counts(store: &Store, redis: &RedisArgs) -> anyhow::Result<(i64, usize)> {
+async fn rebuild_hot_counts(
+    store: &Store,
+    redis: &RedisArgs,
+    archive: Option<&std::path::Path>,
+) -> anyhow::Result<(i64, usize)> {
     use seatledger_projections::Follower;
     let live = redis.counts(store, None).await?;
     let fresh_prefix = format!(
@@ -381,12 +405,10 @@ async fn rebuild_hot_counts(store: &Store, redis: &RedisArgs) -> anyhow::Result<
         let mut position = Follower::position(&mut follower)
             .await
             .map_err(|error| anyhow::anyhow!("redis: {error}"))?;
-        while position < head {
-            let events = store
-                .read_range(0, position, head.min(position + 1_000))
-                .await?;
+        let (mut log, _) = EventStream::from_log(store, 0, archive, position, Some(head)).await?;
+        while let Some(events) = log.next().await? {
             let Some(last) = events.last().map(|event| event.position) else {
-                break;
+                continue;
             };
             follower
                 .apply(&events)
@@ -423,6 +445,7 @@ fn parse_granularity(text: &str) -> Result<Granularity, String> {
 
 async fn republish(
     database_url: &str,
+    archive: Option<&std::path::Path>,
     config: NatsConfig,
     from: i64,
     to: Option<i64>,
@@ -436,7 +459,8 @@ async fn republish(
     let bar = progress_bar(u64::try_from(last).unwrap_or(0));
     bar.set_position(u64::try_from(from - 1).unwrap_or(0));
     let context = async_nats::jetstream::new(client);
-    let done = nats::republish(&store, 0, &context, &config, from, Some(last), |position| {
+    let (events, _) = EventStream::from_log(&store, 0, archive, from - 1, Some(last)).await?;
+    let done = publish_log(&context, &config, events, |position| {
         bar.set_position(u64::try_from(position).unwrap_or(0));
     })
     .await
@@ -447,6 +471,36 @@ async fn republish(
         config.stream, done.events, done.duplicates
     );
     Ok(())
+}
+
+/// Publishes `events` to JetStream with their original `Nats-Msg-Id`s,
+/// creating the stream if missing (what `nats::republish` does for the
+/// store alone, here for archive files too).
+async fn publish_log(
+    context: &async_nats::jetstream::Context,
+    config: &NatsConfig,
+    mut events: EventStream,
+    mut progress: impl FnMut(i64),
+) -> Result<nats::Republished, String> {
+    context
+        .get_or_create_stream(config.stream_config())
+        .await
+        .map_err(|error| format!("cannot create JetStream stream {}: {error}", config.stream))?;
+    let mut done = nats::Republished::default();
+    while let Some(batch) = events.next().await.map_err(|error| error.to_string())? {
+        for range in batch.chunks(1_000) {
+            let outcome = nats::publish_range(context, config, range).await;
+            done.events += outcome.acked;
+            done.duplicates += outcome.duplicates;
+            if let Some(error) = outcome.error {
+                return Err(error);
+            }
+            if let Some(last) = range.last() {
+                progress(last.position);
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Opens the event store read-only. A SQLite file that does not exist is a
@@ -527,6 +581,17 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("seatledger-replay: {}", error_chain(&error));
+            let pruned = error.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref::<StoreError>(),
+                    Some(StoreError::Pruned { .. })
+                ) || cause.to_string().contains("were pruned from the database")
+            });
+            if pruned {
+                eprintln!(
+                    "seatledger-replay: pass --archive DIR, the directory `seatledger-replay archive --to DIR` wrote the pruned segments to"
+                );
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -578,12 +643,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn archive(
-    ArchiveArgs {
-        store: StoreArg { database_url },
-        to,
-    }: ArchiveArgs,
-) -> anyhow::Result<()> {
+async fn archive(ArchiveArgs { database_url, to }: ArchiveArgs) -> anyhow::Result<()> {
     let store = open_read_only(&database_url).await?;
     let written = seatledger_ledger::archive::archive(&store, 0, &to, |done| {
         let header = &done.archive.header;
@@ -611,11 +671,15 @@ async fn archive(
 
 async fn verify(
     VerifyArgs {
-        store: StoreArg { database_url },
+        store: StoreArg {
+            database_url,
+            archive,
+        },
         public_key,
         trusted_checkpoints,
         max_unsigned_events,
         from_file,
+        since_checkpoint,
         json,
     }: VerifyArgs,
 ) -> anyhow::Result<()> {
@@ -665,7 +729,12 @@ async fn verify(
             }
             let (head, _) = store.head(0).await?;
             let bar = progress_bar(u64::try_from(head).unwrap_or(0));
-            let verified = seatledger_replay::verify_with_progress(&store, 0, &trust, |at| {
+            let from = seatledger_replay::VerifyFrom {
+                archive: archive.as_deref(),
+                since_checkpoint,
+                ..Default::default()
+            };
+            let verified = seatledger_replay::verify_log(&store, 0, &trust, from, |at| {
                 bar.set_position(u64::try_from(at).unwrap_or(0))
             })
             .await?;
@@ -685,6 +754,9 @@ async fn verify(
                 "head_hash": verified.head_hash,
                 "witnessed": verified.witnessed,
                 "unsigned_tail": verified.unsigned_tail,
+                "since_checkpoint": verified.since,
+                "archives": verified.archives,
+                "snapshots_unchecked": verified.snapshots_unchecked,
             })
         );
     } else {
@@ -693,14 +765,28 @@ async fn verify(
         } else {
             String::new()
         };
+        let since = match verified.since {
+            0 => String::new(),
+            since => format!(" after the signed checkpoint at position {since}"),
+        };
+        let archives = match verified.archives {
+            0 => String::new(),
+            files => format!(" (read from {files} archive files and the database)"),
+        };
         println!(
-            "verified {} events and {} signed checkpoints (key {key_id}{witnessed}); head hash {}; {} events after the last checkpoint; {:.0} events/s",
+            "verified {} events{since}{archives} and {} signed checkpoints (key {key_id}{witnessed}); head hash {}; {} events after the last checkpoint; {:.0} events/s",
             verified.events,
             verified.checkpoints,
             verified.head_hash,
             verified.unsigned_tail,
             verified.events as f64 / seconds.max(1e-9)
         );
+        if verified.snapshots_unchecked > 0 {
+            println!(
+                "{} stored snapshots left unchecked: their streams' states at the starting checkpoint are not known (pass --archive with the file that starts there)",
+                verified.snapshots_unchecked
+            );
+        }
     }
     Ok(())
 }
@@ -746,7 +832,10 @@ async fn witness(
 
 async fn export(
     ExportArgs {
-        store: StoreArg { database_url },
+        store: StoreArg {
+            database_url,
+            archive,
+        },
         org,
         from_position,
         to_position,
@@ -760,6 +849,7 @@ async fn export(
         org,
         from_position,
         to_position,
+        archive,
     };
     let mut out: Box<dyn std::io::Write> = match &output {
         Some(path) => Box::new(
@@ -839,7 +929,10 @@ async fn import(
 
 async fn usage(
     UsageArgs {
-        store: StoreArg { database_url },
+        store: StoreArg {
+            database_url,
+            archive,
+        },
         granularity,
         as_of,
         org,
@@ -867,7 +960,8 @@ async fn usage(
         }
         (None, None) => {
             let store = open_read_only(&database_url).await?;
-            let (events, head) = EventStream::from_store(&store, 0, None).await?;
+            let (events, head) =
+                EventStream::from_log(&store, 0, archive.as_deref(), 0, None).await?;
             let (events, bar) = with_bar(events, head);
             let report = seatledger_replay::usage_of(events, granularity, as_of).await?;
             bar.finish_and_clear();
@@ -913,7 +1007,10 @@ async fn usage(
 
 async fn at(
     AtArgs {
-        store: StoreArg { database_url },
+        store: StoreArg {
+            database_url,
+            archive,
+        },
         time,
         position,
         org,
@@ -938,7 +1035,7 @@ async fn at(
             if let Some(position) = position.filter(|position| *position > head) {
                 anyhow::bail!(seatledger_replay::at::AtError::PastHead(position, head));
             }
-            EventStream::from_store(&store, 0, position).await?
+            EventStream::from_log(&store, 0, archive.as_deref(), 0, position).await?
         }
     };
     let (events, bar) = with_bar(events, head);
@@ -950,14 +1047,17 @@ async fn at(
 async fn rebuild(
     ProjectionArgs {
         follower,
-        store: StoreArg { database_url },
+        store: StoreArg {
+            database_url,
+            archive,
+        },
         redis,
         json,
     }: ProjectionArgs,
 ) -> anyhow::Result<()> {
     if follower == "hot-counts" {
         let store = open_read_only(&database_url).await?;
-        let (position, keys) = rebuild_hot_counts(&store, &redis).await?;
+        let (position, keys) = rebuild_hot_counts(&store, &redis, archive.as_deref()).await?;
         if json {
             println!(
                 "{}",
@@ -979,7 +1079,7 @@ async fn rebuild(
     let store = Store::connect(&database_url)
         .await
         .context("cannot open the event store")?;
-    let (events, head) = EventStream::from_store(&store, 0, None).await?;
+    let (events, head) = EventStream::from_log(&store, 0, archive.as_deref(), 0, None).await?;
     let (mut events, bar) = with_bar(events, head);
     let mut rebuild = seatledger_projections::BillingRebuild::new(0);
     while let Some(batch) = events.next().await? {
@@ -1001,7 +1101,10 @@ async fn rebuild(
 async fn diff(
     ProjectionArgs {
         follower,
-        store: StoreArg { database_url },
+        store: StoreArg {
+            database_url,
+            archive,
+        },
         redis,
         json,
     }: ProjectionArgs,
@@ -1009,14 +1112,15 @@ async fn diff(
     let store = open_read_only(&database_url).await?;
     let (text, differences) = if follower == "hot-counts" {
         let redis = redis.counts(&store, None).await?;
-        let diff = seatledger_replay::diff::diff_hot_counts(&store, 0, &redis).await?;
+        let diff =
+            seatledger_replay::diff::diff_hot_counts(&store, 0, &redis, archive.as_deref()).await?;
         let text = match json {
             true => serde_json::to_string_pretty(&diff)? + "\n",
             false => seatledger_replay::diff::describe_hot_counts(&diff),
         };
         (text, diff.differences.len())
     } else {
-        let diff = seatledger_replay::diff::diff_billing(&store, 0).await?;
+        let diff = seatledger_replay::diff::diff_billing(&store, 0, archive.as_deref()).await?;
         let text = match json {
             true => serde_json::to_string_pretty(&diff)? + "\n",
             false => seatledger_replay::diff::describe(&diff),
@@ -1033,7 +1137,10 @@ async fn diff(
 
 async fn simulate(
     SimulateArgs {
-        store: StoreArg { database_url },
+        store: StoreArg {
+            database_url,
+            archive,
+        },
         license,
         seats,
         ttl_s,
@@ -1050,7 +1157,7 @@ async fn simulate(
         }
         None => {
             let store = open_read_only(&database_url).await?;
-            EventStream::from_store(&store, 0, None).await?
+            EventStream::from_log(&store, 0, archive.as_deref(), 0, None).await?
         }
     };
     let (events, bar) = with_bar(events, head);
@@ -1068,7 +1175,10 @@ async fn simulate(
 
 async fn republish_range(
     RepublishArgs {
-        store: StoreArg { database_url },
+        store: StoreArg {
+            database_url,
+            archive,
+        },
         nats_url,
         nats_stream,
         nats_subject_prefix,
@@ -1081,5 +1191,5 @@ async fn republish_range(
         subject_prefix: nats_subject_prefix,
         ..NatsConfig::new(&nats_url)
     };
-    republish(&database_url, config, from, to).await
+    republish(&database_url, archive.as_deref(), config, from, to).await
 }

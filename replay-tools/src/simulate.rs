@@ -385,7 +385,9 @@ pub async fn simulate(
     report.peak_demand = unlimited.peak;
     let until = options.to.unwrap_or(report.until);
     let from = options.from.unwrap_or(Timestamp::UNIX_EPOCH);
-    report.denied_seat_seconds = lifetimes
+    // Summed in whole microseconds: a sum of floats would depend on the
+    // map's (random) order in its last digits.
+    let denied_micros: i64 = lifetimes
         .values()
         .map(|lifetime| {
             let end = lifetime
@@ -394,9 +396,10 @@ pub async fn simulate(
                 .min(lifetime.expires_at)
                 .min(until);
             let start = lifetime.start.max(from);
-            (end.as_micros() - start.as_micros()).max(0) as f64 / 1e6
+            (end.as_micros() - start.as_micros()).max(0)
         })
         .sum();
+    report.denied_seat_seconds = denied_micros as f64 / 1e6;
     Ok(report)
 }
 

@@ -1,12 +1,15 @@
 //! `verify`: the log proved unaltered, batch by batch, with reads
 //! overlapping the checks.
 
+use crate::events::{EventStream, ReadArchive};
+use seatledger_ledger::archive::{SharedCheck, SnapshotRow};
 use seatledger_ledger::{Store, StoreError};
 use seatledger_schema::canonical::expected_hash;
 use seatledger_schema::{
     ChainError, ChainHash, Checkpoint, CheckpointError, DecodeError, RecordedEvent,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
 use tokio::task::JoinHandle;
 
 /// Events read per batch, and batches read at once.
@@ -22,6 +25,13 @@ pub struct Verified {
     pub witnessed: usize,
     /// Events after the last signed checkpoint.
     pub unsigned_tail: i64,
+    /// The trusted checkpoint the check started from (0: position 1).
+    pub since: i64,
+    /// Archive files read (pruned segments).
+    pub archives: usize,
+    /// Stored snapshots left unchecked: taken before the trusted
+    /// checkpoint, or of streams whose state there was not known.
+    pub snapshots_unchecked: usize,
 }
 
 /// What an auditor brings from outside the database: the
@@ -157,6 +167,10 @@ pub enum VerifyError {
     },
     #[error("stream {stream_id}: the snapshot at version {version} is not the state its events replay to")]
     SnapshotMismatch { stream_id: String, version: i64 },
+    #[error("{0}")]
+    Prune(String),
+    #[error("there is no signed checkpoint at position {0} to start from (GET /api/v1/checkpoints lists them)")]
+    NoCheckpoint(i64),
 }
 
 /// Stream versions follow each other from 1 in every stream (from the
@@ -178,6 +192,11 @@ struct StreamCheck {
     /// Streams whose snapshot is checked after the main pass, one at a
     /// time (stream id, snapshot version).
     deferred: Vec<(String, i64)>,
+    /// The check starts at a checkpoint without the streams' states
+    /// there: a stream's version before its first event is unknown.
+    partial: bool,
+    /// Snapshots that cannot be checked from where the check starts.
+    unchecked: usize,
 }
 
 /// Leases the replayed states of a verify may hold at once (about 400
@@ -217,6 +236,8 @@ impl StreamCheck {
             pending_leases: 0,
             lease_budget,
             deferred: Vec::new(),
+            partial: false,
+            unchecked: 0,
             pending: stored
                 .into_iter()
                 .flatten()
@@ -235,6 +256,10 @@ impl StreamCheck {
             } else {
                 event.stream_version - 1
             };
+            // A stream that began before the start, its state unknown.
+            if self.partial && before > 0 && self.pending.remove(&event.stream_id).is_some() {
+                self.unchecked += 1;
+            }
             self.versions.insert(event.stream_id.clone(), before);
         }
         let Some(version) = self.versions.get_mut(&event.stream_id) else {
@@ -293,9 +318,17 @@ impl StreamCheck {
         }
     }
 
-    fn finish(self, stored: &HashMap<String, (i64, Option<i64>)>) -> Result<(), VerifyError> {
+    fn finish(
+        mut self,
+        stored: &HashMap<String, (i64, Option<i64>)>,
+    ) -> Result<usize, VerifyError> {
         for (stream_id, (stored_version, _)) in stored {
-            let replayed = self.versions.get(stream_id).copied().unwrap_or(0);
+            let Some(replayed) = self.versions.get(stream_id).copied().or_else(|| {
+                // A stream with no event since a start without states.
+                (!self.partial).then_some(0)
+            }) else {
+                continue;
+            };
             if replayed != *stored_version {
                 return Err(VerifyError::StreamVersionMismatch {
                     stream_id: stream_id.clone(),
@@ -315,10 +348,12 @@ impl StreamCheck {
                 replayed: *replayed,
             });
         }
-        if let Some((stream_id, (version, _))) = self.pending.into_iter().next() {
+        if self.partial {
+            self.unchecked += self.pending.len();
+        } else if let Some((stream_id, (version, _))) = self.pending.into_iter().next() {
             return Err(VerifyError::SnapshotMismatch { stream_id, version });
         }
-        Ok(())
+        Ok(self.unchecked)
     }
 }
 
@@ -497,6 +532,55 @@ impl Verifier {
         self
     }
 
+    /// Starts the check after a trusted signed `checkpoint` instead of at
+    /// position 1: the first event must link to its hash, and it is
+    /// checked like any other checkpoint. `states`: every stream's version
+    /// and state there, when known (an archive file that starts there);
+    /// without them a stream's versions are checked from its first event
+    /// on, and the snapshots of streams that began before are left
+    /// unchecked. Returns the stored snapshots that fall exactly on the
+    /// checkpoint, due at once.
+    pub fn start_after(
+        &mut self,
+        checkpoint: &Checkpoint,
+        states: Option<Vec<(String, i64, seatledger_ledger::domain::StreamState)>>,
+    ) -> Result<Vec<DueSnapshot>, VerifyError> {
+        self.last = Some((checkpoint.position, checkpoint.hash));
+        self.checkpoint(checkpoint)?;
+        let streams = &mut self.streams;
+        let mut due = Vec::new();
+        match states {
+            None => {
+                streams.from_start = false;
+                streams.partial = true;
+            }
+            Some(states) => {
+                streams.from_start = true;
+                for (stream_id, version, state) in states {
+                    if let Some((snapshot, _)) = streams.pending.get(&stream_id) {
+                        let snapshot = *snapshot;
+                        if snapshot == version {
+                            streams.pending.remove(&stream_id);
+                            due.push(DueSnapshot {
+                                stream_id: stream_id.clone(),
+                                version,
+                                replayed: state,
+                            });
+                        } else if snapshot < version {
+                            streams.pending.remove(&stream_id);
+                            streams.unchecked += 1;
+                        } else {
+                            streams.pending_leases += leases_of(&state);
+                            streams.pending.insert(stream_id.clone(), (snapshot, state));
+                        }
+                    }
+                    streams.versions.insert(stream_id, version);
+                }
+            }
+        }
+        Ok(due)
+    }
+
     /// Streams whose snapshot was left to a pass of their own:
     /// (stream id, snapshot version).
     pub fn take_deferred(&mut self) -> Vec<(String, i64)> {
@@ -620,9 +704,11 @@ impl Verifier {
         stored_streams: Option<&HashMap<String, (i64, Option<i64>)>>,
     ) -> Result<Verified, VerifyError> {
         let (head, head_hash) = self.last.unwrap_or((0, ChainHash::GENESIS));
-        if let Some(stored) = stored_streams {
-            self.streams.finish(stored)?;
-        }
+        let since = self.first.map_or(head, |first| first - 1);
+        let snapshots_unchecked = match stored_streams {
+            Some(stored) => self.streams.finish(stored)?,
+            None => 0,
+        };
         let trust = &self.trust;
         if !trust.witnessed.is_empty() && !self.chain {
             return Err(VerifyError::WitnessedNeedsChain);
@@ -663,6 +749,9 @@ impl Verifier {
             checkpoints: self.checkpoints,
             witnessed,
             unsigned_tail,
+            since,
+            archives: 0,
+            snapshots_unchecked,
         })
     }
 }
@@ -695,21 +784,111 @@ pub async fn verify_with_budget(
     partition: i16,
     key: impl Into<Trust>,
     lease_budget: usize,
+    progress: impl FnMut(i64),
+) -> Result<Verified, VerifyError> {
+    let from = VerifyFrom {
+        lease_budget,
+        ..VerifyFrom::default()
+    };
+    verify_log(store, partition, key, from, progress).await
+}
+
+/// Where a verify of a store reads and starts.
+#[derive(Clone, Debug)]
+pub struct VerifyFrom<'a> {
+    /// The archive files of pruned segments.
+    pub archive: Option<&'a Path>,
+    /// Start after the signed checkpoint at this position instead of at
+    /// position 1 (incremental verify).
+    pub since_checkpoint: Option<i64>,
+    pub lease_budget: usize,
+}
+
+impl Default for VerifyFrom<'_> {
+    fn default() -> Self {
+        VerifyFrom {
+            archive: None,
+            since_checkpoint: None,
+            lease_budget: VERIFY_LEASE_BUDGET,
+        }
+    }
+}
+
+/// The states an archive's snapshot lines hold, as a verifier takes them.
+fn parse_states(
+    rows: Vec<SnapshotRow>,
+) -> Result<Vec<(String, i64, seatledger_ledger::domain::StreamState)>, VerifyError> {
+    rows.into_iter()
+        .map(|row| {
+            let state = serde_json::from_value(row.state).map_err(|e| {
+                StoreError::Archive(format!("the snapshot line of {}: {e}", row.stream_id))
+            })?;
+            Ok((row.stream_id, row.version, state))
+        })
+        .collect()
+}
+
+/// Verifies partition `partition` of `store`: from position 1, or after a
+/// trusted checkpoint (`from.since_checkpoint`); the events of pruned
+/// segments from their archive files (`from.archive`), each checked whole
+/// and against the `LogPruned` event that recorded its prune.
+pub async fn verify_log(
+    store: &Store,
+    partition: i16,
+    key: impl Into<Trust>,
+    from: VerifyFrom<'_>,
     mut progress: impl FnMut(i64),
 ) -> Result<Verified, VerifyError> {
+    let trust: Trust = key.into();
+    let since = from.since_checkpoint.unwrap_or(0);
     let checkpoints: HashMap<i64, Checkpoint> = store
         .checkpoints(partition)
         .await?
         .into_iter()
+        .filter(|c| c.position >= since)
         .map(|c| (c.position, c))
         .collect();
     let (head_position, _) = store.head(partition).await?;
     let stored_streams = store.stream_versions_of(partition).await?;
-    let mut verifier = Verifier::new(key, true, true, Some(&stored_streams))
+    let mut verifier = Verifier::new(trust.clone(), true, since == 0, Some(&stored_streams))
         .whole_log()
-        .with_lease_budget(lease_budget);
-    let mut reader = LogReader::new(store, partition, head_position);
-    while let Some(batch) = reader.next().await? {
+        .with_lease_budget(from.lease_budget);
+    let signatures: SharedCheck = {
+        let trust = trust.clone();
+        std::sync::Arc::new(move |checkpoint: &Checkpoint| {
+            trust
+                .check_signature(checkpoint)
+                .map_err(|error| error.to_string())
+        })
+    };
+    let (events, _) =
+        EventStream::from_log(store, partition, from.archive, since, Some(head_position)).await?;
+    let mut events = events.check_signatures(signatures);
+    if since > 0 {
+        let Some(start) = checkpoints.get(&since) else {
+            return Err(VerifyError::NoCheckpoint(since));
+        };
+        if let Some(witnessed) = trust.witnessed.get(&since) {
+            if witnessed != start {
+                return Err(VerifyError::WitnessedCheckpointMissing(since));
+            }
+        }
+        let states = match events.starting_states().await? {
+            Some(rows) => Some(parse_states(rows)?),
+            None => None,
+        };
+        for due in verifier.start_after(start, states)? {
+            let stored = store.stream_snapshot(&due.stream_id).await?;
+            check_snapshot(due, stored)?;
+        }
+    }
+    let mut prunes = Vec::new();
+    while let Some(batch) = events.next().await? {
+        prunes.extend(batch.iter().filter_map(|event| {
+            event
+                .log_pruned()
+                .filter(|pruned| pruned.partition == partition)
+        }));
         for due in verifier.events(batch, &checkpoints).await? {
             let stored = store.stream_snapshot(&due.stream_id).await?;
             check_snapshot(due, stored)?;
@@ -720,18 +899,80 @@ pub async fn verify_with_budget(
     if let Some(beyond) = checkpoints.keys().filter(|p| **p > position).min() {
         return Err(VerifyError::CheckpointBeyondHead(*beyond));
     }
+    check_prunes(events.archives_read(), &prunes, since)?;
+    let archives = events.archives_read().len();
     // The chain is sound: every event the deferred streams replay was
     // checked above.
     for (stream_id, version) in verifier.take_deferred() {
-        check_stream_snapshot(store, &stream_id, version).await?;
+        check_stream_snapshot(store, partition, from.archive, &stream_id, version).await?;
     }
-    verifier.finish(Some(&stored_streams))
+    let mut verified = verifier.finish(Some(&stored_streams))?;
+    verified.archives = archives;
+    Ok(verified)
+}
+
+/// Every archive file read is the one a `LogPruned` event recorded, and
+/// every such event whose segment was read from a file names that file.
+/// A file read whose event lies before `since` (an incremental check) is
+/// taken on its recorded SHA-256 in the database.
+fn check_prunes(
+    read: &[ReadArchive],
+    prunes: &[seatledger_schema::LogPruned],
+    since: i64,
+) -> Result<(), VerifyError> {
+    for file in read {
+        let sha = seatledger_ledger::archive::hex_of(&file.archive.sha256);
+        let header = &file.archive.header;
+        let recorded = prunes.iter().find(|p| p.segment == header.segment);
+        match recorded {
+            Some(pruned)
+                if pruned.archive_sha256 == sha
+                    && pruned.first_position == header.first_position
+                    && pruned.last_position == header.last_position => {}
+            Some(pruned) => {
+                return Err(VerifyError::Prune(format!(
+                    "{}: the log recorded the prune of segment {} with archive {} (sha256 {}, positions {}..={}), this file is sha256 {sha} (positions {}..={})",
+                    file.path.display(),
+                    pruned.segment,
+                    pruned.archive_file,
+                    pruned.archive_sha256,
+                    pruned.first_position,
+                    pruned.last_position,
+                    header.first_position,
+                    header.last_position
+                )))
+            }
+            None if since > 0 => {}
+            None => {
+                return Err(VerifyError::Prune(format!(
+                    "{}: segment {} was pruned but no LogPruned event in the log records it",
+                    file.path.display(),
+                    header.segment
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn evolve_checked(
+    state: seatledger_ledger::domain::StreamState,
+    event: &RecordedEvent,
+) -> Result<seatledger_ledger::domain::StreamState, VerifyError> {
+    let decoded = event.event().map_err(|source| VerifyError::Undecodable {
+        position: event.position,
+        source,
+    })?;
+    Ok(seatledger_ledger::domain::evolve(state, &decoded))
 }
 
 /// Replays one stream up to its snapshot's version (in bounded reads) and
-/// compares the stored snapshot.
+/// compares the stored snapshot. Where its early events were pruned, they
+/// are read from the archive files: the whole log, filtered.
 async fn check_stream_snapshot(
     store: &Store,
+    partition: i16,
+    archive: Option<&Path>,
     stream_id: &str,
     version: i64,
 ) -> Result<(), VerifyError> {
@@ -739,16 +980,27 @@ async fn check_stream_snapshot(
     let mut after = 0;
     while after < version {
         let through = version.min(after + VERIFY_BATCH);
-        let events = store.read_stream_range(stream_id, after, through).await?;
+        let events = match store.read_stream_range(stream_id, after, through).await {
+            Err(StoreError::Pruned { .. }) if archive.is_some() => {
+                state = Default::default();
+                let (mut log, _) =
+                    EventStream::from_log(store, partition, archive, 0, None).await?;
+                while let Some(batch) = log.next().await? {
+                    for event in &batch {
+                        if event.stream_id == stream_id && event.stream_version <= version {
+                            state = evolve_checked(state, event)?;
+                        }
+                    }
+                }
+                break;
+            }
+            read => read?,
+        };
         if events.is_empty() {
             break;
         }
         for event in &events {
-            let decoded = event.event().map_err(|source| VerifyError::Undecodable {
-                position: event.position,
-                source,
-            })?;
-            state = seatledger_ledger::domain::evolve(state, &decoded);
+            state = evolve_checked(state, event)?;
         }
         after = through;
     }

@@ -57,6 +57,18 @@ impl RecordedEvent {
         Event::decode(&self.event_type, self.schema_version, &self.payload)
     }
 
+    /// The prune this record reports, if it is a `LogPruned` (decoded only
+    /// then: verify asks of every event).
+    pub fn log_pruned(&self) -> Option<crate::event::LogPruned> {
+        if self.event_type != "LogPruned" {
+            return None;
+        }
+        match self.event().ok()? {
+            Event::LogPruned(pruned) => Some(pruned),
+            _ => None,
+        }
+    }
+
     /// The seat this record granted or extended, if it is a `SeatAcquired`
     /// or a `SeatHeartbeat`: read from the type and the session id alone,
     /// without decoding the whole payload (the appender and every seat

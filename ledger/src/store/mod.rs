@@ -59,6 +59,10 @@ pub enum StoreError {
          from the database (their archive files, from seatledger-replay archive, hold them)"
     )]
     Pruned { partition: i16, pruned_through: i64 },
+    /// An archive file a reader needs is missing, altered or does not
+    /// continue the log.
+    #[error("archive: {0}")]
+    Archive(String),
 }
 
 impl From<sqlx::Error> for StoreError {
