@@ -1033,3 +1033,73 @@ pub fn check_snapshot(
         Err(mismatch())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seatledger_ledger::archive::{Archive, ArchiveHeader};
+    use seatledger_ledger::Segment;
+    use seatledger_schema::LogPruned;
+
+    fn read(segment: i64, first: i64, last: i64, sha: u8) -> ReadArchive {
+        ReadArchive {
+            segment: Segment {
+                partition: 0,
+                segment,
+                first_position: first,
+                last_position: Some(last),
+                archive_sha256: Some(vec![sha; 32]),
+                pruned_at: Some("2026-12-07T00:00:00Z".into()),
+            },
+            path: format!("seatledger-p0-s{segment:08}.archive").into(),
+            archive: Archive {
+                header: ArchiveHeader {
+                    format: "seatledger-archive".into(),
+                    format_version: 1,
+                    partition: 0,
+                    segment,
+                    first_position: first,
+                    last_position: last,
+                    prev_hash: ChainHash::GENESIS,
+                    last_hash: ChainHash::GENESIS,
+                    checkpoints: 0,
+                    snapshots: 0,
+                    description: String::new(),
+                },
+                checkpoints: Vec::new(),
+                snapshots: Vec::new(),
+                sha256: [sha; 32],
+                bytes: 0,
+            },
+        }
+    }
+
+    fn pruned(segment: i64, first: i64, last: i64, sha: u8) -> LogPruned {
+        LogPruned {
+            partition: 0,
+            segment,
+            first_position: first,
+            last_position: last,
+            archive_sha256: hex::encode([sha; 32]),
+            archive_file: format!("seatledger-p0-s{segment:08}.archive"),
+        }
+    }
+
+    #[test]
+    fn every_file_read_must_be_the_one_a_prune_recorded() {
+        let files = [read(1, 1, 100, 7), read(2, 101, 200, 8)];
+        let recorded = [pruned(1, 1, 100, 7), pruned(2, 101, 200, 8)];
+        assert!(check_prunes(&files, &recorded, 0).is_ok());
+        // Another file for segment 2 (another SHA-256), another range, or
+        // no record of the prune at all.
+        let other_file = [pruned(1, 1, 100, 7), pruned(2, 101, 200, 9)];
+        let error = check_prunes(&files, &other_file, 0).unwrap_err().to_string();
+        assert!(error.contains("recorded the prune of segment 2"), "{error}");
+        let other_range = [pruned(1, 1, 100, 7), pruned(2, 101, 199, 8)];
+        assert!(check_prunes(&files, &other_range, 0).is_err());
+        let error = check_prunes(&files, &recorded[..1], 0).unwrap_err().to_string();
+        assert!(error.contains("no LogPruned event"), "{error}");
+        // From a checkpoint on, the record may lie before the start.
+        assert!(check_prunes(&files, &recorded[..1], 150).is_ok());
+    }
+}
