@@ -323,7 +323,6 @@ fn read_owned(
             _ => return Err(invalid("a line out of place among the snapshots".into())),
         }
     }
-    on_snapshots(&snapshots).map_err(invalid)?;
     let mut wanted: BTreeMap<i64, &Checkpoint> = BTreeMap::new();
     for checkpoint in &checkpoints {
         if checkpoint.partition != header.partition
@@ -352,6 +351,8 @@ fn read_owned(
             header.last_position
         )));
     }
+    // The states are handed over once the checkpoints checked out.
+    on_snapshots(&snapshots).map_err(invalid)?;
     let mut relinker = Relinker::new(
         header.partition,
         header.first_position - 1,

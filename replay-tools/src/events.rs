@@ -22,6 +22,10 @@ const FILE_BATCH: usize = 10_000;
 /// Batches of events in position order.
 pub struct EventStream {
     source: Source,
+    /// An archive file (of a segment not pruned yet) that starts just
+    /// after the first position asked for: its states are the starting
+    /// states.
+    start_file: Option<PathBuf>,
     /// Called with the last position of each batch (a progress bar).
     progress: Option<Box<dyn FnMut(i64) + Send>>,
 }
@@ -207,12 +211,18 @@ impl EventStream {
     ) -> Result<(EventStream, i64), StoreError> {
         let (head, _) = store.head(partition).await?;
         let through = through.unwrap_or(head).min(head);
-        let pruned: Vec<Segment> = store
-            .segments(partition)
-            .await?
-            .into_iter()
-            .filter(Segment::is_pruned)
-            .collect();
+        let segments = store.segments(partition).await?;
+        let start_file = match archive {
+            Some(dir) => {
+                let found = archive::files_in(dir, partition).map_err(archive_error)?;
+                segments
+                    .iter()
+                    .find(|segment| segment.first_position == after + 1)
+                    .and_then(|segment| found.get(&segment.segment).cloned())
+            }
+            None => None,
+        };
+        let pruned: Vec<Segment> = segments.into_iter().filter(Segment::is_pruned).collect();
         let pruned_through = pruned
             .last()
             .and_then(|segment| segment.last_position)
@@ -261,6 +271,7 @@ impl EventStream {
         Ok((
             EventStream {
                 source,
+                start_file,
                 progress: None,
             },
             head,
@@ -278,10 +289,20 @@ impl EventStream {
 
     /// The streams' states just before the first event, when they are
     /// known: when the first event is the first of an archive file, its
-    /// snapshot lines (before the first batch).
-    pub async fn starting_states(&mut self) -> Result<Option<Vec<SnapshotRow>>, StoreError> {
+    /// snapshot lines (before the first batch). The file's checkpoint
+    /// signatures are checked first with `check` (a file of a pruned
+    /// segment is then read whole as the stream goes on; one of a segment
+    /// still in the database only for its states).
+    pub async fn starting_states(
+        &mut self,
+        check: Option<SharedCheck>,
+    ) -> Result<Option<Vec<SnapshotRow>>, StoreError> {
         let Source::Archived(archived) = &mut self.source else {
-            return Ok(None);
+            let Some(path) = self.start_file.clone() else {
+                return Ok(None);
+            };
+            let mut feed = Feed::open(path, check);
+            return Ok(Some(feed.snapshots().await.map_err(archive_error)?));
         };
         let starts_file = archived
             .files
@@ -293,7 +314,7 @@ impl EventStream {
         let Some((segment, path)) = archived.files.pop_front() else {
             return Ok(None);
         };
-        let mut feed = Feed::open(path, archived.trust.clone());
+        let mut feed = Feed::open(path, check.or_else(|| archived.trust.clone()));
         let rows = feed.snapshots().await.map_err(archive_error)?;
         archived.feed = Some((segment, feed));
         Ok(Some(rows))
@@ -336,6 +357,7 @@ impl EventStream {
         };
         let stream = EventStream {
             source: Source::File(events),
+            start_file: None,
             progress: None,
         };
         Ok((stream, header))

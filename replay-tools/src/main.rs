@@ -771,6 +771,7 @@ async fn verify(
         };
         let archives = match verified.archives {
             0 => String::new(),
+            1 => " (read from 1 archive file and the database)".to_owned(),
             files => format!(" (read from {files} archive files and the database)"),
         };
         println!(

@@ -863,7 +863,7 @@ pub async fn verify_log(
     };
     let (events, _) =
         EventStream::from_log(store, partition, from.archive, since, Some(head_position)).await?;
-    let mut events = events.check_signatures(signatures);
+    let mut events = events.check_signatures(signatures.clone());
     if since > 0 {
         let Some(start) = checkpoints.get(&since) else {
             return Err(VerifyError::NoCheckpoint(since));
@@ -873,7 +873,7 @@ pub async fn verify_log(
                 return Err(VerifyError::WitnessedCheckpointMissing(since));
             }
         }
-        let states = match events.starting_states().await? {
+        let states = match events.starting_states(Some(signatures)).await? {
             Some(rows) => Some(parse_states(rows)?),
             None => None,
         };
@@ -1093,11 +1093,15 @@ mod tests {
         // Another file for segment 2 (another SHA-256), another range, or
         // no record of the prune at all.
         let other_file = [pruned(1, 1, 100, 7), pruned(2, 101, 200, 9)];
-        let error = check_prunes(&files, &other_file, 0).unwrap_err().to_string();
+        let error = check_prunes(&files, &other_file, 0)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("recorded the prune of segment 2"), "{error}");
         let other_range = [pruned(1, 1, 100, 7), pruned(2, 101, 199, 8)];
         assert!(check_prunes(&files, &other_range, 0).is_err());
-        let error = check_prunes(&files, &recorded[..1], 0).unwrap_err().to_string();
+        let error = check_prunes(&files, &recorded[..1], 0)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("no LogPruned event"), "{error}");
         // From a checkpoint on, the record may lie before the start.
         assert!(check_prunes(&files, &recorded[..1], 150).is_ok());

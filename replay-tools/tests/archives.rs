@@ -255,9 +255,9 @@ async fn across_archives(store: Store, url: &str) {
         .unwrap();
 
     // Incremental: from the end of the first segment (the second's file
-    // starts there and carries the states), from the cut (no file: the
-    // snapshots of older streams are left unchecked), and from a position
-    // with no checkpoint (refused).
+    // starts there and carries the states), from the cut (the next file
+    // carries them; without --archive the snapshots of older streams are
+    // left unchecked), and from a position with no checkpoint (refused).
     let since = |position: i64| {
         let position = position.to_string();
         let text = ok(
@@ -279,9 +279,29 @@ async fn across_archives(store: Store, url: &str) {
     assert_eq!(from_first["archives"], 1);
     assert_eq!(from_first["snapshots_unchecked"], 0);
     assert_eq!(from_first["head_hash"], head_hash.to_string());
+    // From the cut, the third segment's file (archived, not pruned)
+    // supplies the states; without the archive they are not known.
     let from_cut = since(cut);
     assert_eq!(from_cut["events"], head - cut);
     assert_eq!(from_cut["archives"], 0);
+    assert_eq!(from_cut["snapshots_unchecked"], 0);
+    let blind = json(&ok(
+        url,
+        None,
+        &[
+            "verify",
+            "--public-key",
+            &key_arg,
+            "--since-checkpoint",
+            &cut.to_string(),
+            "--json",
+        ],
+    ));
+    assert_eq!(blind["events"], head - cut);
+    assert!(
+        blind["snapshots_unchecked"].as_u64().unwrap() > 0,
+        "{blind}"
+    );
     let checkpoints: Vec<i64> = store
         .checkpoints(0)
         .await

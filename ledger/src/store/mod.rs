@@ -955,7 +955,9 @@ impl Store {
     /// freed pages at once.
     pub async fn vacuum_rows(&self) -> Result<(), StoreError> {
         if let Store::Postgres(pool) = self {
-            sqlx::query("VACUUM events, snapshots").execute(pool).await?;
+            sqlx::query("VACUUM events, snapshots")
+                .execute(pool)
+                .await?;
         }
         Ok(())
     }
