@@ -44,21 +44,7 @@ pub async fn create_owner(
     let full_name = Name::parse(&owner.full_name).map_err(|e| invalid(e.into()))?;
     let company = Name::parse(&owner.company).map_err(|e| invalid(e.into()))?;
     check_password(&owner.password).map_err(invalid)?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| anyhow::Error::new(e).context("cannot migrate the event store"))?;
-    // The appender signs checkpoints: with the server's ledger key.
-    let keys = crate::keyring::load(&store, database_url, keys)
-        .await
-        .context("cannot load the signing keys")?;
-    let (appender, task) = Appender::start(
-        store.clone(),
-        keys.ledger.clone(),
-        Arc::new(SystemClock),
-        CommitNotifier::default(),
-        AppenderConfig::default(),
-    );
+    let (_, appender, task) = open_ledger(&store, database_url, keys).await?;
     let (principal, command) = new_organization(&email, &full_name, &company);
     let metadata = Metadata {
         actor: Some("admin-cli".to_owned()),
@@ -81,6 +67,38 @@ pub async fn create_owner(
     Ok(principal)
 }
 
+/// What an admin command that records events starts from: the store
+/// migrated, the server's keys, and an appender signing checkpoints with
+/// its ledger key (drop the appender, then await the task, to finish).
+async fn open_ledger(
+    store: &Store,
+    database_url: &str,
+    keys: &KeyArgs,
+) -> Result<
+    (
+        crate::keyring::KeyRing,
+        Appender,
+        tokio::task::JoinHandle<()>,
+    ),
+    AdminError,
+> {
+    store
+        .migrate()
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("cannot migrate the event store"))?;
+    let keys = crate::keyring::load(store, database_url, keys)
+        .await
+        .context("cannot load the signing keys")?;
+    let (appender, task) = Appender::start(
+        store.clone(),
+        keys.ledger.clone(),
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        AppenderConfig::default(),
+    );
+    Ok((keys, appender, task))
+}
+
 /// What `prune` needs.
 pub struct PruneRequest {
     pub archive: std::path::PathBuf,
@@ -98,13 +116,7 @@ pub async fn prune(
     keys: &KeyArgs,
     request: PruneRequest,
 ) -> Result<Vec<seatledger_ledger::archive::Pruned>, AdminError> {
-    store
-        .migrate()
-        .await
-        .map_err(|e| anyhow::Error::new(e).context("cannot migrate the event store"))?;
-    let keys = crate::keyring::load(&store, database_url, keys)
-        .await
-        .context("cannot load the signing keys")?;
+    let (keys, appender, task) = open_ledger(&store, database_url, keys).await?;
     let ledger_keys: Vec<(String, Vec<u8>)> = keys
         .listed
         .iter()
@@ -124,13 +136,6 @@ pub async fn prune(
             )),
         }
     };
-    let (appender, task) = Appender::start(
-        store.clone(),
-        keys.ledger.clone(),
-        Arc::new(SystemClock),
-        CommitNotifier::default(),
-        AppenderConfig::default(),
-    );
     let pruned = seatledger_ledger::archive::prune(
         &store,
         &appender,
