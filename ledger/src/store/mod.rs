@@ -765,8 +765,20 @@ impl Store {
 
     /// Signed checkpoints of a partition, by position.
     pub async fn checkpoints(&self, partition: i16) -> Result<Vec<Checkpoint>, StoreError> {
+        self.signed_checkpoints(partition, 0, i64::MAX).await
+    }
+
+    /// At most `limit` signed checkpoints of a partition after position
+    /// `after`, by position, without the hashes their events have now
+    /// (which cost a block's decoding each, once compacted).
+    pub async fn signed_checkpoints(
+        &self,
+        partition: i16,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
         Ok(self
-            .checkpoints_after(partition, 0, i64::MAX)
+            .checkpoint_rows(partition, after, limit, false, false)
             .await?
             .into_iter()
             .map(|(checkpoint, _)| checkpoint)
@@ -782,17 +794,19 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(Checkpoint, Option<ChainHash>)>, StoreError> {
-        self.checkpoint_rows(partition, after, limit, false).await
+        self.checkpoint_rows(partition, after, limit, false, true)
+            .await
     }
 
     /// Checkpoints with the hash of the event at each one's position, from
-    /// its row or, once compacted, from its block.
+    /// its row or, once compacted and `block_hashes`, from its block.
     async fn checkpoint_rows(
         &self,
         partition: i16,
         after: i64,
         limit: i64,
         latest: bool,
+        block_hashes: bool,
     ) -> Result<Vec<(Checkpoint, Option<ChainHash>)>, StoreError> {
         macro_rules! with_block_hashes {
             ($backend:ident, $conn_kind:ident, $pool:expr) => {{
@@ -801,7 +815,7 @@ impl Store {
                     $backend::checkpoints_after(&mut conn, partition, after, limit, latest).await?;
                 let mut blocks = Conn::$conn_kind(&mut conn);
                 for (checkpoint, event_hash) in &mut rows {
-                    if event_hash.is_none() {
+                    if event_hash.is_none() && block_hashes {
                         *event_hash = blocks.block_hash_at(partition, checkpoint.position).await?;
                     }
                 }
@@ -819,7 +833,7 @@ impl Store {
         &self,
         partition: i16,
     ) -> Result<Option<(Checkpoint, Option<ChainHash>)>, StoreError> {
-        let mut rows = self.checkpoint_rows(partition, 0, 1, true).await?;
+        let mut rows = self.checkpoint_rows(partition, 0, 1, true, true).await?;
         Ok(rows.pop())
     }
 
@@ -918,6 +932,7 @@ impl Store {
         archive_sha256: &[u8; 32],
         pruned_at: seatledger_schema::Timestamp,
         sessions: &[PrunedSession],
+        forget: &[Uuid],
     ) -> Result<(), StoreError> {
         let pruned_at = pruned_at.to_string();
         match self {
@@ -928,7 +943,14 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 Conn::Pg(&mut tx)
-                    .prune_segment(partition, segment, archive_sha256, &pruned_at, sessions)
+                    .prune_segment(
+                        partition,
+                        segment,
+                        archive_sha256,
+                        &pruned_at,
+                        sessions,
+                        forget,
+                    )
                     .await?;
                 tx.commit().await?;
             }
@@ -936,12 +958,33 @@ impl Store {
                 let _turn = lock.lock().await;
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 Conn::Lite(&mut tx)
-                    .prune_segment(partition, segment, archive_sha256, &pruned_at, sessions)
+                    .prune_segment(
+                        partition,
+                        segment,
+                        archive_sha256,
+                        &pruned_at,
+                        sessions,
+                        forget,
+                    )
                     .await?;
                 tx.commit().await?;
             }
         }
         Ok(())
+    }
+
+    /// The sessions earlier prunes kept for the session lookup.
+    pub async fn pruned_sessions(&self) -> Result<Vec<PrunedSession>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                Conn::Pg(&mut conn).pruned_sessions().await
+            }
+            Store::Sqlite(pool, _) => {
+                let mut conn = pool.acquire().await?;
+                Conn::Lite(&mut conn).pruned_sessions().await
+            }
+        }
     }
 
     /// Makes the space of rows the compactor removed reusable now
