@@ -1,7 +1,8 @@
 //! Retention on both stores: segments sealed by compaction, archived as
 //! files, pruned from the database by `seatledger admin prune`; refusals of
 //! a missing, altered or partial archive; every license deciding as before
-//! after a restart.
+//! after a restart; the sessions a prune keeps for the lookup, forgotten
+//! once they end.
 
 use seatledger_ledger::archive::{self, read_archive};
 use seatledger_ledger::domain::{
@@ -291,6 +292,82 @@ async fn retention(store: Store, reopen: impl std::future::Future<Output = Store
     assert_eq!(done.rejection, None);
     drop(appender);
     task.await.unwrap();
+
+    // The prune kept every session still live; once one ends, the next
+    // prune forgets it and keeps the others.
+    let kept = kept_sessions(&store).await;
+    let live: Vec<Uuid> = log.sessions.iter().map(|s| s.2).collect();
+    assert_eq!(kept, sorted(live.clone()));
+    let (appender, task) = Appender::start(
+        store.clone(),
+        keys.ledger.clone(),
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        AppenderConfig {
+            checkpoint_every_events: 100,
+            ..AppenderConfig::default()
+        },
+    );
+    let release = Command::ReleaseSeat {
+        license_id,
+        session_id,
+        by: SeatActor::Unchecked,
+    };
+    let done = appender
+        .submit(Submission::new(org, release))
+        .await
+        .unwrap();
+    assert_eq!(done.rejection, None);
+    for n in 0..700 {
+        let (org, license_id, session_id) = log.sessions[1 + n % (log.sessions.len() - 1)];
+        let beat = Command::Heartbeat {
+            license_id,
+            session_id,
+            by: SeatActor::Unchecked,
+        };
+        appender.submit(Submission::new(org, beat)).await.unwrap();
+    }
+    drop(appender);
+    task.await.unwrap();
+    compact(&store).await;
+    archive::archive(&store, 0, &archives, |_| {})
+        .await
+        .unwrap();
+    let newest = store
+        .segments(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|s| s.last_position)
+        .max()
+        .unwrap();
+    assert!(newest > head_before, "a segment sealed after the release");
+    let (code, out, err) = prune_cli(url, &keys, &archives, newest);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(kept_sessions(&store).await, sorted(live[1..].to_vec()));
+    assert_eq!(store.find_session(session_id).await.unwrap(), None);
+    let (org, license_id, session_id) = log.sessions[1];
+    assert_eq!(
+        store.find_session(session_id).await.unwrap(),
+        Some((format!("license-{license_id}"), org))
+    );
+}
+
+async fn kept_sessions(store: &Store) -> Vec<Uuid> {
+    sorted(
+        store
+            .pruned_sessions()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(session_id, _, _)| session_id)
+            .collect(),
+    )
+}
+
+fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+    ids.sort();
+    ids
 }
 
 #[sqlx::test(migrations = false)]

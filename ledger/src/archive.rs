@@ -536,16 +536,15 @@ async fn checkpoints_between(
 ) -> Result<Vec<Checkpoint>, StoreError> {
     let mut found = Vec::new();
     let mut cursor = after;
-    loop {
-        let page = store.checkpoints_after(partition, cursor, 1_000).await?;
-        let Some((last, _)) = page.last() else { break };
+    while cursor < through {
+        // Positions are unique, so (cursor, through] holds at most
+        // `through - cursor` checkpoints: no need to ask for more.
+        let limit = (through - cursor).min(1_000);
+        let page = store.signed_checkpoints(partition, cursor, limit).await?;
+        let Some(last) = page.last() else { break };
         cursor = last.position;
-        let done = cursor >= through || page.len() < 1_000;
-        found.extend(
-            page.into_iter()
-                .map(|(checkpoint, _)| checkpoint)
-                .filter(|c| c.position <= through),
-        );
+        let done = cursor >= through || (page.len() as i64) < limit;
+        found.extend(page.into_iter().filter(|c| c.position <= through));
         if done {
             break;
         }
@@ -938,9 +937,18 @@ pub async fn prune(
     let mut done = Vec::new();
     for item in checked {
         snapshot_at_cut(store, partition, item.last).await?;
+        // The sessions to keep for the session lookup: those granted in the
+        // segment and those kept by an earlier prune, while their lease
+        // lives. A kept session that has ended is forgotten, so the table
+        // stays as small as the leases that outlive their grant's segment.
+        let kept = store.pruned_sessions().await?;
+        let earlier = kept.len();
         let mut live = Vec::new();
+        let mut forget = Vec::new();
         let mut states: BTreeMap<String, Option<crate::domain::LicenseState>> = BTreeMap::new();
-        for (session_id, stream_id, tenant_id) in item.granted {
+        for (index, (session_id, stream_id, tenant_id)) in
+            kept.into_iter().chain(item.granted).enumerate()
+        {
             if !states.contains_key(&stream_id) {
                 let state = match store.stream_state(&stream_id).await?.1 {
                     StreamState::License(license) => Some(license),
@@ -952,8 +960,10 @@ pub async fn prune(
                 .get(&stream_id)
                 .and_then(Option::as_ref)
                 .is_some_and(|license| license.lease(session_id).is_some());
-            if holds {
-                live.push((session_id, stream_id, tenant_id));
+            match (holds, index < earlier) {
+                (true, false) => live.push((session_id, stream_id, tenant_id)),
+                (false, true) => forget.push(session_id),
+                (true, true) | (false, false) => {}
             }
         }
         let sha = hex_of(&item.archive.sha256);
@@ -995,6 +1005,7 @@ pub async fn prune(
                 &item.archive.sha256,
                 seatledger_schema::Timestamp::now(),
                 &live,
+                &forget,
             )
             .await?;
         let pruned = Pruned {

@@ -216,8 +216,9 @@ impl Conn<'_> {
     /// tables, on SQLite by the DELETE its triggers allow only for a
     /// segment marked pruned. Refuses an open or already pruned segment,
     /// one that still has rows in `events`, and one after an unpruned
-    /// segment. `sessions` are kept for the session lookup. The caller
-    /// holds the partition's compaction turn, in a transaction.
+    /// segment. `sessions` are kept for the session lookup, and the kept
+    /// sessions in `forget` (ended since an earlier prune) are dropped. The
+    /// caller holds the partition's compaction turn, in a transaction.
     pub(crate) async fn prune_segment(
         &mut self,
         partition: i16,
@@ -225,6 +226,7 @@ impl Conn<'_> {
         archive_sha256: &[u8; 32],
         pruned_at: &str,
         sessions: &[PrunedSession],
+        forget: &[uuid::Uuid],
     ) -> Result<(), StoreError> {
         let refuse = |why: String| {
             Err(StoreError::Corrupt(format!(
@@ -265,6 +267,12 @@ impl Conn<'_> {
             .map(drop)?);
         match self {
             Conn::Pg(c) => {
+                for session_id in forget {
+                    sqlx::query("DELETE FROM pruned_sessions WHERE session_id = $1")
+                        .bind(session_id)
+                        .execute(&mut **c)
+                        .await?;
+                }
                 for (session_id, stream_id, tenant_id) in sessions {
                     sqlx::query(
                         "INSERT INTO pruned_sessions (session_id, stream_id, tenant_id) \
@@ -287,6 +295,12 @@ impl Conn<'_> {
                 }
             }
             Conn::Lite(c) => {
+                for session_id in forget {
+                    sqlx::query("DELETE FROM pruned_sessions WHERE session_id = ?")
+                        .bind(session_id.to_string())
+                        .execute(&mut **c)
+                        .await?;
+                }
                 for (session_id, stream_id, tenant_id) in sessions {
                     sqlx::query(
                         "INSERT INTO pruned_sessions (session_id, stream_id, tenant_id) \
@@ -310,6 +324,32 @@ impl Conn<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Every session a prune kept, oldest prune first.
+    pub(crate) async fn pruned_sessions(&mut self) -> Result<Vec<PrunedSession>, StoreError> {
+        match self {
+            Conn::Pg(c) => Ok(sqlx::query_as(
+                "SELECT session_id, stream_id, tenant_id FROM pruned_sessions",
+            )
+            .fetch_all(&mut **c)
+            .await?),
+            Conn::Lite(c) => {
+                let rows: Vec<(String, String, String)> =
+                    sqlx::query_as("SELECT session_id, stream_id, tenant_id FROM pruned_sessions")
+                        .fetch_all(&mut **c)
+                        .await?;
+                let uuid = |text: &str| {
+                    uuid::Uuid::parse_str(text)
+                        .map_err(|e| StoreError::Corrupt(format!("pruned_sessions: {e}")))
+                };
+                rows.into_iter()
+                    .map(|(session, stream_id, tenant)| {
+                        Ok((uuid(&session)?, stream_id, uuid(&tenant)?))
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// The license stream and tenant of a session a prune kept.
