@@ -230,3 +230,63 @@ pub async fn register_org(
         .map(str::to_owned)
         .with_context(|| format!("register: no api_token in {registered}"))
 }
+
+/// An open loop's schedule for one of `clients` clients sharing `rate`
+/// operations a second (wrk2's model): client `index` sends its k-th
+/// operation at `(index + k·clients) / rate` seconds, so the clients'
+/// operations together arrive every `1 / rate` seconds, each at its own
+/// instant, however long the answers take.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenLoop {
+    rate: f64,
+    index: usize,
+    clients: usize,
+}
+
+impl OpenLoop {
+    pub fn new(rate: f64, index: usize, clients: usize) -> OpenLoop {
+        OpenLoop {
+            rate,
+            index,
+            clients,
+        }
+    }
+
+    /// When the client's `k`-th operation (from 0) is due, after the start.
+    pub fn offset(&self, k: u64) -> std::time::Duration {
+        let slot = self.index as f64 + k as f64 * self.clients as f64;
+        std::time::Duration::from_secs_f64(slot / self.rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OpenLoop;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The clients' schedules together are one constant-rate stream:
+        /// sorted, the intended send times are `j / rate` for j = 0, 1, 2…
+        /// with none missing or repeated.
+        #[test]
+        fn the_clients_together_send_at_a_constant_rate(
+            rate in 1.0f64..50_000.0,
+            clients in 1usize..300,
+            per_client in 1u64..40,
+        ) {
+            let mut times: Vec<f64> = (0..clients)
+                .flat_map(|index| {
+                    let schedule = OpenLoop::new(rate, index, clients);
+                    (0..per_client).map(move |k| schedule.offset(k).as_secs_f64())
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            let interval = 1.0 / rate;
+            for (j, time) in times.iter().enumerate() {
+                let expected = j as f64 * interval;
+                prop_assert!((time - expected).abs() <= 1e-6 + expected * 1e-9,
+                    "operation {j} at {time} s, expected {expected} s");
+            }
+        }
+    }
+}

@@ -3,18 +3,32 @@
 //! and releases it, again and again until `--duration-s` is up. Reports per
 //! operation ops/s and latency p50/p99/p99.9/max, and errors by `code`.
 //!
+//! `--rate N` runs an open loop instead: N seat operations a second in
+//! all, at constant arrival (wrk2's model). Client i of C sends its k-th
+//! operation at `(i + k·C) / N` seconds after the start, whether or not its
+//! previous one was slow, and each latency is measured from that intended
+//! time, so a stalled server counts every request it delayed (coordinated
+//! omission corrected). `--clients` is then the most requests in flight:
+//! raise it if the report says the clients fell behind.
+//!
 //! `--hold N` instead acquires N leases on distinct machines and keeps them
 //! (for measuring the server's memory with many active leases).
+//!
+//! Percentiles come from HdrHistogram (3 significant digits).
 //!
 //! Loopback only; bounded in time (at most 600 s) and stops by itself.
 //!
 //! ```text
 //! cargo run --release -p seatledger-benches --bin loadgen -- \
 //!     --url http://127.0.0.1:8080 --clients 256 --heartbeats 2 --duration-s 20
+//! cargo run --release -p seatledger-benches --bin loadgen -- \
+//!     --url http://127.0.0.1:8080 --rate 5000 --duration-s 20
 //! ```
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use hdrhistogram::Histogram;
+use seatledger_benches::OpenLoop;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,22 +56,39 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
     /// Acquire this many leases and keep them, instead of cycling.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rate")]
     hold: Option<u64>,
+    /// Open loop: seat operations per second in all, at constant arrival,
+    /// latency measured from each one's intended send time.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
+/// Latencies in µs by operation, and errors by `operation:code`.
 #[derive(Default)]
 struct Recorder {
-    latencies_us: BTreeMap<&'static str, Vec<u64>>,
+    latencies_us: BTreeMap<&'static str, Histogram<u64>>,
     errors: BTreeMap<String, u64>,
+    /// Open loop: operations sent more than a millisecond after their
+    /// intended time because the client was still waiting for an answer.
+    late: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant digits is a valid precision")
 }
 
 impl Recorder {
-    fn record(&mut self, operation: &'static str, started: Instant) {
+    /// Records an operation that was due at `due` (its intended send time
+    /// in an open loop, else when it was sent).
+    fn record(&mut self, operation: &'static str, due: Instant) {
+        let micros = due.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
         self.latencies_us
             .entry(operation)
-            .or_default()
-            .push(started.elapsed().as_micros() as u64);
+            .or_insert_with(histogram)
+            .record(micros.max(1))
+            // An auto-resizing histogram grows to any value it is given.
+            .expect("an auto-resizing histogram records any value");
     }
 
     fn error(&mut self, operation: &'static str, code: &str) {
@@ -69,14 +100,44 @@ impl Recorder {
 
     fn merge(&mut self, other: Recorder) {
         for (operation, latencies) in other.latencies_us {
-            self.latencies_us
-                .entry(operation)
-                .or_default()
-                .extend(latencies);
+            let into = self.latencies_us.entry(operation).or_insert_with(histogram);
+            // Auto-resizing histograms of the same precision always add.
+            let _ = into.add(&latencies);
         }
         for (code, count) in other.errors {
             *self.errors.entry(code).or_default() += count;
         }
+        self.late += other.late;
+    }
+}
+
+/// When a client sends its operations: at once (closed loop), or on its
+/// open-loop schedule.
+struct Pace {
+    schedule: Option<(OpenLoop, Instant)>,
+    sent: u64,
+    deadline: Instant,
+}
+
+impl Pace {
+    /// Waits for the next operation's turn and returns when it is due, or
+    /// `None` once the run is over.
+    async fn next(&mut self, recorder: &mut Recorder) -> Option<Instant> {
+        let due = match &self.schedule {
+            None => Instant::now(),
+            Some((schedule, start)) => {
+                let due = *start + schedule.offset(self.sent);
+                self.sent += 1;
+                let now = Instant::now();
+                if due > now {
+                    tokio::time::sleep_until(due.into()).await;
+                } else if now.duration_since(due) > Duration::from_millis(1) {
+                    recorder.late += 1;
+                }
+                due
+            }
+        };
+        (due < self.deadline).then_some(due)
     }
 }
 
@@ -159,7 +220,7 @@ async fn cycle_client(
     args: Arc<Args>,
     setup: Arc<Setup>,
     index: usize,
-    deadline: Instant,
+    mut pace: Pace,
 ) -> Recorder {
     let mut recorder = Recorder::default();
     let key = &setup.keys[index % setup.keys.len()];
@@ -167,8 +228,7 @@ async fn cycle_client(
     let heartbeat_url = format!("{}/api/v1/licenses/heartbeat", args.url);
     let release_url = format!("{}/api/v1/licenses/release", args.url);
     let hardware_id = format!("loadgen-machine-{index}");
-    while Instant::now() < deadline {
-        let started = Instant::now();
+    while let Some(due) = pace.next(&mut recorder).await {
         let acquired = call(
             &client,
             &acquire_url,
@@ -178,7 +238,7 @@ async fn cycle_client(
         .await;
         let session = match &acquired {
             Ok((200 | 201, body)) => {
-                recorder.record("acquire", started);
+                recorder.record("acquire", due);
                 body["session_id"].as_str().map(str::to_owned)
             }
             _ => {
@@ -187,34 +247,28 @@ async fn cycle_client(
             }
         };
         let Some(session) = session else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if pace.schedule.is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             continue;
         };
-        for _ in 0..args.heartbeats {
-            let started = Instant::now();
-            let beat = call(
-                &client,
-                &heartbeat_url,
-                &setup.token,
-                json!({"session_id": session}),
-            )
-            .await;
-            match &beat {
-                Ok((200, _)) => recorder.record("heartbeat", started),
-                _ => recorder.error("heartbeat", &code_of(&beat)),
+        let mut session_ops = (0..args.heartbeats)
+            .map(|_| ("heartbeat", &heartbeat_url))
+            .chain(std::iter::once(("release", &release_url)));
+        for (operation, url) in &mut session_ops {
+            // A closed loop finishes its session; in an open loop the run
+            // may end mid-session, and the lease is left to expire, as a
+            // client that vanished would.
+            let due = match pace.next(&mut recorder).await {
+                Some(due) => due,
+                None if pace.schedule.is_none() => Instant::now(),
+                None => break,
+            };
+            let answer = call(&client, url, &setup.token, json!({"session_id": session})).await;
+            match &answer {
+                Ok((200, _)) => recorder.record(operation, due),
+                _ => recorder.error(operation, &code_of(&answer)),
             }
-        }
-        let started = Instant::now();
-        let released = call(
-            &client,
-            &release_url,
-            &setup.token,
-            json!({"session_id": session}),
-        )
-        .await;
-        match &released {
-            Ok((200, _)) => recorder.record("release", started),
-            _ => recorder.error("release", &code_of(&released)),
         }
     }
     recorder
@@ -258,12 +312,11 @@ async fn hold_client(
     recorder
 }
 
-fn percentile(sorted: &[u64], fraction: f64) -> f64 {
-    if sorted.is_empty() {
+fn percentile_ms(latencies: &Histogram<u64>, quantile: f64) -> f64 {
+    if latencies.is_empty() {
         return 0.0;
     }
-    let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index] as f64 / 1000.0
+    latencies.value_at_quantile(quantile) as f64 / 1000.0
 }
 
 #[tokio::main]
@@ -275,6 +328,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.clients == 0 || args.licenses == 0 {
         bail!("--clients and --licenses must be at least 1");
+    }
+    if args
+        .rate
+        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+    {
+        bail!("--rate must be a number of operations per second above 0");
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
@@ -294,10 +353,17 @@ async fn main() -> anyhow::Result<()> {
                 setup.clone(),
                 remaining.clone(),
             );
+            let pace = Pace {
+                schedule: args
+                    .rate
+                    .map(|rate| (OpenLoop::new(rate, index, args.clients), started)),
+                sent: 0,
+                deadline,
+            };
             tokio::spawn(async move {
                 match args.hold {
                     Some(_) => hold_client(client, args, setup, index, remaining, deadline).await,
-                    None => cycle_client(client, args, setup, index, deadline).await,
+                    None => cycle_client(client, args, setup, index, pace).await,
                 }
             })
         })
@@ -307,52 +373,62 @@ async fn main() -> anyhow::Result<()> {
         total.merge(task.await?);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    report(&args, &total, elapsed);
+    Ok(())
+}
 
-    println!(
-        "loadgen: {} clients, {:.1} s, {}",
-        args.clients, elapsed, args.url
-    );
+fn report(args: &Args, total: &Recorder, elapsed: f64) {
+    match args.rate {
+        Some(rate) => println!(
+            "loadgen: open loop at {rate} operations/s over {} clients, {elapsed:.1} s, {} (latency from each intended send time)",
+            args.clients, args.url
+        ),
+        None => println!(
+            "loadgen: {} clients, {elapsed:.1} s, {}",
+            args.clients, args.url
+        ),
+    }
     println!("| operation | ops | ops/s | p50 ms | p99 ms | p99.9 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let mut all: Vec<u64> = Vec::new();
-    for (operation, latencies) in &mut total.latencies_us {
-        latencies.sort_unstable();
-        all.extend_from_slice(latencies);
-        println!(
-            "| {operation} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+    let mut all = histogram();
+    let row = |label: &str, latencies: &Histogram<u64>| {
+        format!(
+            "| {label} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
             latencies.len(),
             latencies.len() as f64 / elapsed,
-            percentile(latencies, 0.50),
-            percentile(latencies, 0.99),
-            percentile(latencies, 0.999),
-            percentile(latencies, 1.0)
-        );
+            percentile_ms(latencies, 0.50),
+            percentile_ms(latencies, 0.99),
+            percentile_ms(latencies, 0.999),
+            percentile_ms(latencies, 1.0)
+        )
+    };
+    for (operation, latencies) in &total.latencies_us {
+        let _ = all.add(latencies);
+        println!("{}", row(operation, latencies));
     }
-    all.sort_unstable();
-    println!(
-        "| all seat operations | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
-        all.len(),
-        all.len() as f64 / elapsed,
-        percentile(&all, 0.50),
-        percentile(&all, 0.99),
-        percentile(&all, 0.999),
-        percentile(&all, 1.0)
-    );
+    println!("{}", row("all seat operations", &all));
     let errors: u64 = total.errors.values().sum();
     if total.errors.is_empty() {
         println!("errors: none");
     } else {
         println!("errors by code: {:?}", total.errors);
     }
+    if total.late > 0 {
+        println!(
+            "{} operations were sent late because every client was waiting for an answer: the latencies count that wait; raise --clients if the server was not the cause",
+            total.late
+        );
+    }
     // One machine-readable line for scripts.
     println!(
-        "RESULT ops={} ops_per_s={:.0} p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2} errors={errors} seconds={elapsed:.2}",
+        "RESULT ops={} ops_per_s={:.0} p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2} errors={errors} seconds={elapsed:.2} rate={} late={}",
         all.len(),
         all.len() as f64 / elapsed,
-        percentile(&all, 0.50),
-        percentile(&all, 0.99),
-        percentile(&all, 0.999),
-        percentile(&all, 1.0)
+        percentile_ms(&all, 0.50),
+        percentile_ms(&all, 0.99),
+        percentile_ms(&all, 0.999),
+        percentile_ms(&all, 1.0),
+        args.rate.map_or_else(|| "closed".to_owned(), |rate| rate.to_string()),
+        total.late
     );
-    Ok(())
 }
