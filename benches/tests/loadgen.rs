@@ -4,7 +4,7 @@
 //! that can stop passing bytes, which is a paused server as a client sees
 //! it.
 
-use seatledger_api::{DatabaseArgs, NatsArgs, ServeArgs, Server};
+use seatledger_api::{ServeArgs, Server};
 use seatledger_ledger::{Store, SystemClock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,24 +13,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-fn args(database_url: String) -> ServeArgs {
-    ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database: DatabaseArgs { database_url },
-        keys: Default::default(),
-        redis_url: None,
-        redis_prefix: "seatledger:".into(),
-        nats: NatsArgs::off(),
-        http: Default::default(),
-        registration: "open".into(),
-        token_ttl_s: 2_592_000,
-        request_timeout_s: 30.0,
-        reaper_interval_s: 30.0,
-        rate_limit_seat_ops_per_s: 0,
-        compact_keep_events: seatledger_schema::limits::COMPACT_KEEP_EVENTS,
-        compact_block_events: seatledger_schema::limits::COMPACT_BLOCK_EVENTS,
-        segment_events: seatledger_schema::limits::SEGMENT_EVENTS,
+/// `seatledger serve`'s own defaults, on `database_url`, on a free
+/// loopback port, without the per-token rate limit (one token sends
+/// everything here).
+fn args(database_url: &str) -> ServeArgs {
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
     }
+    <Serve as clap::Parser>::parse_from([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+        "--rate-limit-seat-ops-per-s",
+        "0",
+    ])
+    .args
 }
 
 /// Copies `from` to `to`, holding the bytes while `paused` is true.
@@ -90,7 +91,7 @@ async fn an_open_loop_keeps_its_rate_and_counts_a_stall_for_every_request_it_del
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("seatledger.db").display());
     let store = Store::connect(&url).await.unwrap();
-    let server = Server::start(store, &args(url), Arc::new(SystemClock))
+    let server = Server::start(store, &args(&url), Arc::new(SystemClock))
         .await
         .unwrap();
     let upstream = server.local_addr().unwrap();

@@ -567,13 +567,13 @@ impl NatsPublisher {
         self.heads_checked_at = Some(Instant::now());
         let heads = self
             .store
-            .checkpoints_after(self.partition, published, 1_000)
+            .signed_checkpoints(self.partition, published, 1_000)
             .await?;
-        if heads.iter().any(|(c, _)| c.position <= through) {
+        if heads.iter().any(|c| c.position <= through) {
             self.ensure_stream().await?;
         }
         let mut last = None;
-        for (checkpoint, _) in heads.iter().filter(|(c, _)| c.position <= through) {
+        for checkpoint in heads.iter().filter(|c| c.position <= through) {
             let body = serde_json::to_vec(checkpoint)
                 .map_err(|error| FollowerError::Output(error.to_string()))?;
             let mut headers = async_nats::HeaderMap::new();
