@@ -1001,11 +1001,13 @@ pub async fn prune(
         store
             .prune_segment(
                 partition,
-                item.segment.segment,
-                &item.archive.sha256,
+                crate::store::SegmentPrune {
+                    segment: item.segment.segment,
+                    archive_sha256: &item.archive.sha256,
+                    sessions: &live,
+                    forget: &forget,
+                },
                 seatledger_schema::Timestamp::now(),
-                &live,
-                &forget,
             )
             .await?;
         let pruned = Pruned {

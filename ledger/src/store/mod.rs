@@ -21,7 +21,7 @@ pub mod billing;
 pub(crate) mod blocks;
 mod compact;
 mod segments;
-pub use segments::{PrunedSession, Segment};
+pub use segments::{PrunedSession, Segment, SegmentPrune};
 pub mod directory;
 mod postgres;
 mod sqlite;
@@ -928,11 +928,8 @@ impl Store {
     pub async fn prune_segment(
         &self,
         partition: i16,
-        segment: i64,
-        archive_sha256: &[u8; 32],
+        prune: SegmentPrune<'_>,
         pruned_at: seatledger_schema::Timestamp,
-        sessions: &[PrunedSession],
-        forget: &[Uuid],
     ) -> Result<(), StoreError> {
         let pruned_at = pruned_at.to_string();
         match self {
@@ -943,14 +940,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 Conn::Pg(&mut tx)
-                    .prune_segment(
-                        partition,
-                        segment,
-                        archive_sha256,
-                        &pruned_at,
-                        sessions,
-                        forget,
-                    )
+                    .prune_segment(partition, prune, &pruned_at)
                     .await?;
                 tx.commit().await?;
             }
@@ -958,14 +948,7 @@ impl Store {
                 let _turn = lock.lock().await;
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 Conn::Lite(&mut tx)
-                    .prune_segment(
-                        partition,
-                        segment,
-                        archive_sha256,
-                        &pruned_at,
-                        sessions,
-                        forget,
-                    )
+                    .prune_segment(partition, prune, &pruned_at)
                     .await?;
                 tx.commit().await?;
             }

@@ -210,24 +210,37 @@ impl Conn<'_> {
 /// id, its license stream and its tenant.
 pub type PrunedSession = (uuid::Uuid, String, uuid::Uuid);
 
+/// One segment's prune: which segment, its archive's SHA-256, the
+/// sessions to keep for the session lookup (granted in it and live at the
+/// cut), and the kept sessions to drop (ended since an earlier prune).
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentPrune<'a> {
+    pub segment: i64,
+    pub archive_sha256: &'a [u8; 32],
+    pub sessions: &'a [PrunedSession],
+    pub forget: &'a [uuid::Uuid],
+}
+
 impl Conn<'_> {
-    /// Marks sealed segment `segment` pruned (with its archive's SHA-256)
+    /// Marks sealed segment `prune.segment` pruned (with its archive's SHA-256)
     /// and removes its blocks: on PostgreSQL by detaching and dropping its
     /// tables, on SQLite by the DELETE its triggers allow only for a
     /// segment marked pruned. Refuses an open or already pruned segment,
     /// one that still has rows in `events`, and one after an unpruned
-    /// segment. `sessions` are kept for the session lookup, and the kept
-    /// sessions in `forget` (ended since an earlier prune) are dropped. The
-    /// caller holds the partition's compaction turn, in a transaction.
+    /// segment. Keeps and drops the sessions `prune` names. The caller
+    /// holds the partition's compaction turn, in a transaction.
     pub(crate) async fn prune_segment(
         &mut self,
         partition: i16,
-        segment: i64,
-        archive_sha256: &[u8; 32],
+        prune: SegmentPrune<'_>,
         pruned_at: &str,
-        sessions: &[PrunedSession],
-        forget: &[uuid::Uuid],
     ) -> Result<(), StoreError> {
+        let SegmentPrune {
+            segment,
+            archive_sha256,
+            sessions,
+            forget,
+        } = prune;
         let refuse = |why: String| {
             Err(StoreError::Corrupt(format!(
                 "segment {segment} of partition {partition} cannot be pruned: {why}"
