@@ -37,6 +37,20 @@ fn keys(dir: &Path) -> Keys {
     }
 }
 
+/// An appender on `store` signing a checkpoint every 100 events.
+fn start_appender(store: &Store, key: Arc<SigningKey>) -> (Appender, tokio::task::JoinHandle<()>) {
+    Appender::start(
+        store.clone(),
+        key,
+        Arc::new(SystemClock),
+        CommitNotifier::default(),
+        AppenderConfig {
+            checkpoint_every_events: 100,
+            ..AppenderConfig::default()
+        },
+    )
+}
+
 /// What the log holds: licenses with live sessions (acquired first, so in
 /// the first segment) kept alive by heartbeats past 1,000 events, with a
 /// checkpoint every 100.
@@ -46,16 +60,7 @@ struct Log {
 }
 
 async fn write_log(store: &Store, key: Arc<SigningKey>) -> Log {
-    let (appender, task) = Appender::start(
-        store.clone(),
-        key,
-        Arc::new(SystemClock),
-        CommitNotifier::default(),
-        AppenderConfig {
-            checkpoint_every_events: 100,
-            ..AppenderConfig::default()
-        },
-    );
+    let (appender, task) = start_appender(store, key);
     let mut licenses = Vec::new();
     for seats in [50, 5] {
         let org = Uuid::now_v7();
@@ -298,16 +303,7 @@ async fn retention(store: Store, reopen: impl std::future::Future<Output = Store
     let kept = kept_sessions(&store).await;
     let live: Vec<Uuid> = log.sessions.iter().map(|s| s.2).collect();
     assert_eq!(kept, sorted(live.clone()));
-    let (appender, task) = Appender::start(
-        store.clone(),
-        keys.ledger.clone(),
-        Arc::new(SystemClock),
-        CommitNotifier::default(),
-        AppenderConfig {
-            checkpoint_every_events: 100,
-            ..AppenderConfig::default()
-        },
-    );
+    let (appender, task) = start_appender(&store, keys.ledger.clone());
     let release = Command::ReleaseSeat {
         license_id,
         session_id,

@@ -258,11 +258,11 @@ async fn across_archives(store: Store, url: &str) {
     // starts there and carries the states), from the cut (the next file
     // carries them; without --archive the snapshots of older streams are
     // left unchecked), and from a position with no checkpoint (refused).
-    let since = |position: i64| {
+    let since_with = |position: i64, archive: Option<&Path>| {
         let position = position.to_string();
         let text = ok(
             url,
-            Some(&files),
+            archive,
             &[
                 "verify",
                 "--public-key",
@@ -274,6 +274,7 @@ async fn across_archives(store: Store, url: &str) {
         );
         json(&text)
     };
+    let since = |position: i64| since_with(position, Some(&files));
     let from_first = since(first_end);
     assert_eq!(from_first["events"], head - first_end);
     assert_eq!(from_first["archives"], 1);
@@ -285,18 +286,7 @@ async fn across_archives(store: Store, url: &str) {
     assert_eq!(from_cut["events"], head - cut);
     assert_eq!(from_cut["archives"], 0);
     assert_eq!(from_cut["snapshots_unchecked"], 0);
-    let blind = json(&ok(
-        url,
-        None,
-        &[
-            "verify",
-            "--public-key",
-            &key_arg,
-            "--since-checkpoint",
-            &cut.to_string(),
-            "--json",
-        ],
-    ));
+    let blind = since_with(cut, None);
     assert_eq!(blind["events"], head - cut);
     assert!(
         blind["snapshots_unchecked"].as_u64().unwrap() > 0,
