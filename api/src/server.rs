@@ -104,7 +104,7 @@ impl Server {
         // load would hold the partition lock long (a license of many live
         // leases), so no request waits for that after a start.
         appender.warmed().await;
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(appender.stats().clone()));
         let (shutdown, followers_shutdown) = watch::channel(false);
         let (hot, hot_follower) = match &args.redis_url {
             Some(url) => {

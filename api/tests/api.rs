@@ -1108,7 +1108,7 @@ async fn metrics_count_requests_seats_and_appender_batches(pool: sqlx::PgPool) {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
     assert!(text.contains("seatledger_appender_batches_total"));
-    assert!(text.contains("seatledger_appender_commit_seconds_sum"));
+    assert!(text.contains("seatledger_appender_commit_seconds_total"));
     // Everything this server wrote is in the appender's cache: no stream
     // read back, none evicted, the organization and the license held.
     for line in [

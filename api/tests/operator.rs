@@ -412,12 +412,13 @@ fn an_unreachable_database_is_named_in_the_start_up_error() {
     assert!(!err.contains("s3cret"), "{err}");
 }
 
-/// `/metrics` is valid Prometheus text (every sample of a declared family,
-/// a name, optional labels and a number) and has what a dashboard needs:
-/// latency by route and method, build info, process metrics, live leases
-/// and denials by reason.
+/// `/metrics` is valid OpenMetrics text (every sample of a declared family,
+/// a name, optional labels and a number, then `# EOF`) and has what a
+/// dashboard needs: latency by route and method, build info, process
+/// metrics, live leases and denials by reason. (The contract run also
+/// parses it with the Python `prometheus_client` OpenMetrics parser.)
 #[tokio::test]
-async fn metrics_parse_as_prometheus_text_and_have_the_dashboard_families() {
+async fn metrics_parse_as_openmetrics_text_and_have_the_dashboard_families() {
     let app = common::TestApp::embedded().await;
     let org = app.register("ada@example.com").await;
     let (_, key) = app
@@ -427,19 +428,20 @@ async fn metrics_parse_as_prometheus_text_and_have_the_dashboard_families() {
     assert_eq!(app.acquire(&org, &key, "m2").await.status, 409);
     let reply = app.send("GET", "/metrics", None, None).await;
     let text = reply.body.as_str().unwrap().to_owned();
+    assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
     let mut declared = std::collections::HashSet::new();
     let mut samples = std::collections::HashMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             assert!(
-                ["counter", "gauge", "histogram", "summary"].contains(&kind),
+                ["counter", "gauge", "histogram", "info"].contains(&kind),
                 "{line}"
             );
-            declared.insert(name.to_owned());
+            assert!(declared.insert(name.to_owned()), "declared twice: {line}");
             continue;
         }
-        if line.starts_with("# HELP ") {
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") || line == "# EOF" {
             continue;
         }
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
@@ -456,7 +458,7 @@ async fn metrics_parse_as_prometheus_text_and_have_the_dashboard_families() {
                 "{line}"
             );
         }
-        let family = ["_bucket", "_sum", "_count"]
+        let family = ["_bucket", "_sum", "_count", "_total", "_info"]
             .iter()
             .find_map(|suffix| name.strip_suffix(suffix).filter(|f| declared.contains(*f)))
             .unwrap_or(name);
@@ -464,12 +466,12 @@ async fn metrics_parse_as_prometheus_text_and_have_the_dashboard_families() {
         samples.insert(series.to_owned(), value.to_owned());
     }
     for family in [
-        "seatledger_build_info",
-        "process_cpu_seconds_total",
+        "seatledger_build",
+        "process_cpu_seconds",
         "process_resident_memory_bytes",
         "process_open_fds",
         "seatledger_live_leases",
-        "seatledger_seats_denied_by_reason_total",
+        "seatledger_seats_denied_by_reason",
         "seatledger_http_request_duration_seconds",
     ] {
         assert!(declared.contains(family), "{family} in\n{text}");

@@ -380,10 +380,7 @@ pub async fn login(
     if request.password.len() > PASSWORD_LEN_MAX * 4 {
         return Err(invalid());
     }
-    state
-        .metrics
-        .login_password_checks
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state.metrics.login_password_checks.inc();
     if !verify_password(request.password, stored).await {
         return Err(invalid());
     }

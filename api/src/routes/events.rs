@@ -133,7 +133,7 @@ pub async fn feed(
         }
         // Counted while it waits, uncounted however it ends (a client that
         // goes away drops this future).
-        waiting.get_or_insert_with(|| Waiting::new(&state.metrics.feed_waiting));
+        waiting.get_or_insert_with(|| Waiting::new(state.metrics.feed_waiting.inner()));
         let stop = tokio::select! {
             // An error: the appender stopped and nothing more will commit.
             changed = commits.changed() => changed.is_err(),

@@ -22,7 +22,6 @@ use seatledger_ledger::StoreError;
 use seatledger_projections::HotReadError;
 use seatledger_schema::{limits, Timestamp};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -83,10 +82,7 @@ pub(crate) async fn load_license(
         .map_err(|error| match error {
             StoreError::Corrupt(reason) => {
                 tracing::error!(stream_id, reason, "stream unreadable on a read");
-                state
-                    .metrics
-                    .unreadable_reads
-                    .fetch_add(1, Ordering::Relaxed);
+                state.metrics.unreadable_reads.inc();
                 ApiError::stream_unreadable()
             }
             other => ApiError::from(other),
@@ -247,10 +243,7 @@ async fn hot_position(state: &AppState) -> Option<i64> {
     if state.hot.wait_for(target, wait).await {
         Some(state.hot.position())
     } else {
-        state
-            .metrics
-            .hot_read_fallbacks
-            .fetch_add(1, Ordering::Relaxed);
+        state.metrics.hot_read_fallbacks.inc();
         None
     }
 }
@@ -266,10 +259,7 @@ fn hot_read<T>(
         Ok(found) => Ok(found),
         Err(HotReadError::Unreadable(_)) => Err(ApiError::stream_unreadable()),
         Err(HotReadError::Unavailable(_)) => {
-            state
-                .metrics
-                .hot_read_fallbacks
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.hot_read_fallbacks.inc();
             Ok(None)
         }
     }

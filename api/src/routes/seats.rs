@@ -15,7 +15,6 @@ use seatledger_ledger::domain::{Command, HardwareId, Rejection, SeatActor, Strea
 use seatledger_ledger::CommandResult;
 use seatledger_schema::{SeatTouchKind, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -133,10 +132,7 @@ async fn license_for_session(
     let found = match state.caches.sessions.get(&session_id) {
         Some(found) => Some(found),
         None => {
-            state
-                .metrics
-                .session_log_lookups
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.session_log_lookups.inc();
             let found =
                 state
                     .store
@@ -238,7 +234,7 @@ pub async fn acquire(
         .seat_touch()
         .is_some_and(|touch| touch.kind == SeatTouchKind::Acquired);
     let status = if granted {
-        state.metrics.seats_granted.fetch_add(1, Ordering::Relaxed);
+        state.metrics.seats_granted.inc();
         StatusCode::CREATED
     } else {
         StatusCode::OK

@@ -157,7 +157,7 @@ impl Appender {
         &self.notifier
     }
 
-    pub fn stats(&self) -> &AppenderStats {
+    pub fn stats(&self) -> &Arc<AppenderStats> {
         &self.stats
     }
 }
