@@ -106,94 +106,30 @@ impl Server {
         appender.warmed().await;
         let metrics = Arc::new(crate::metrics::Metrics::new(appender.stats().clone()));
         let (shutdown, followers_shutdown) = watch::channel(false);
-        let (hot, hot_follower) = match &args.redis_url {
-            Some(url) => {
-                let redis = RedisLicenses::new(url, &args.redis_prefix, signer.key_id(), 0)
-                    .with_context(|| format!("invalid --redis-url {}", redacted_url(url)))?;
-                tracing::info!(redis = %redacted_url(url), prefix = %args.redis_prefix, "hot seat counts in Redis");
-                let follower = tokio::spawn(runner::run(
-                    store.clone(),
-                    redis.clone(),
-                    notifier.clone(),
-                    RunnerConfig::default(),
-                    metrics.hot_licenses.clone(),
-                    followers_shutdown.clone(),
-                ));
-                (HotCounts::Redis(redis), follower)
-            }
-            None => {
-                let memory = HotLicenses::default();
-                let follower = tokio::spawn(runner::run(
-                    store.clone(),
-                    memory.clone(),
-                    notifier.clone(),
-                    RunnerConfig::default(),
-                    metrics.hot_licenses.clone(),
-                    followers_shutdown.clone(),
-                ));
-                (HotCounts::Memory(memory), follower)
-            }
-        };
-        let publisher_notifier = notifier.clone();
+        let (hot, mut followers) = start_followers(
+            &store,
+            args,
+            signer.key_id(),
+            &appender,
+            &clock,
+            &notifier,
+            &metrics,
+            &followers_shutdown,
+        )?;
         let commits = notifier.clone();
-        let mut followers = vec![
-            hot_follower,
-            tokio::spawn(runner::run(
-                store.clone(),
-                LiveBilling::new(store.clone(), 0),
-                notifier,
-                seatledger_projections::billing_live::runner_config(),
-                metrics.billing.clone(),
-                followers_shutdown.clone(),
-            )),
-            tokio::spawn(reaper::run(
-                hot.clone(),
-                store.clone(),
-                appender.clone(),
-                clock.clone(),
-                Duration::from_secs_f64(args.reaper_interval_s),
-                metrics.reaper.clone(),
-                followers_shutdown.clone(),
-            )),
-        ];
-        if args.compact_keep_events > 0 {
-            followers.push(tokio::spawn(seatledger_ledger::compactor::run(
-                store.clone(),
-                seatledger_ledger::compactor::CompactorConfig {
-                    keep_events: args.compact_keep_events,
-                    block_events: args.compact_block_events,
-                    segment_events: args.segment_events,
-                    ..Default::default()
-                },
-                metrics.compactor.clone(),
-                followers_shutdown.clone(),
-            )));
-        }
         let nats = match &args.nats.url {
-            Some(url) => {
-                let stats = Arc::new(PublisherStats::default());
-                let client = nats::connect(url, stats.clone())
-                    .await
-                    .map_err(|error| anyhow::anyhow!("{error} ({})", redacted_url(url)))?;
-                let config = NatsConfig {
-                    url: url.clone(),
-                    stream: args.nats.stream.clone(),
-                    subject_prefix: args.nats.subject_prefix.clone(),
-                    replicas: usize::from(args.nats.replicas),
-                    max_age: Duration::from_secs(args.nats.max_age_s),
-                    window: usize::from(args.nats.window),
-                };
-                tracing::info!(nats = %redacted_url(url), stream = %config.stream, "publishing events to NATS JetStream");
-                followers.push(tokio::spawn(runner::run(
-                    store.clone(),
-                    NatsPublisher::new(store.clone(), 0, config, client, stats.clone()),
-                    publisher_notifier,
-                    nats::runner_config(),
-                    metrics.nats.clone(),
-                    followers_shutdown.clone(),
-                )));
-                Some(stats)
-            }
+            Some(url) => Some(
+                start_publisher(
+                    url,
+                    args,
+                    &store,
+                    notifier,
+                    &metrics,
+                    &mut followers,
+                    &followers_shutdown,
+                )
+                .await?,
+            ),
             None => None,
         };
         let listener = TcpListener::bind(args.listen)
@@ -326,4 +262,114 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down: finishing in-flight requests and draining the appender");
+}
+
+/// The hot counts' follower (Redis, or memory without `--redis-url`), live
+/// billing, the reaper and, unless turned off, the compactor.
+fn start_followers(
+    store: &Store,
+    args: &ServeArgs,
+    ledger_key_id: &str,
+    appender: &Appender,
+    clock: &Arc<dyn Clock>,
+    notifier: &CommitNotifier,
+    metrics: &crate::metrics::Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<(HotCounts, Vec<tokio::task::JoinHandle<()>>)> {
+    let (hot, hot_follower) = match &args.redis_url {
+        Some(url) => {
+            let redis = RedisLicenses::new(url, &args.redis_prefix, ledger_key_id, 0)
+                .with_context(|| format!("invalid --redis-url {}", redacted_url(url)))?;
+            tracing::info!(redis = %redacted_url(url), prefix = %args.redis_prefix, "hot seat counts in Redis");
+            let follower = tokio::spawn(runner::run(
+                store.clone(),
+                redis.clone(),
+                notifier.clone(),
+                RunnerConfig::default(),
+                metrics.hot_licenses.clone(),
+                shutdown.clone(),
+            ));
+            (HotCounts::Redis(redis), follower)
+        }
+        None => {
+            let memory = HotLicenses::default();
+            let follower = tokio::spawn(runner::run(
+                store.clone(),
+                memory.clone(),
+                notifier.clone(),
+                RunnerConfig::default(),
+                metrics.hot_licenses.clone(),
+                shutdown.clone(),
+            ));
+            (HotCounts::Memory(memory), follower)
+        }
+    };
+    let mut followers = vec![
+        hot_follower,
+        tokio::spawn(runner::run(
+            store.clone(),
+            LiveBilling::new(store.clone(), 0),
+            notifier.clone(),
+            seatledger_projections::billing_live::runner_config(),
+            metrics.billing.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(reaper::run(
+            hot.clone(),
+            store.clone(),
+            appender.clone(),
+            clock.clone(),
+            Duration::from_secs_f64(args.reaper_interval_s),
+            metrics.reaper.clone(),
+            shutdown.clone(),
+        )),
+    ];
+    if args.compact_keep_events > 0 {
+        followers.push(tokio::spawn(seatledger_ledger::compactor::run(
+            store.clone(),
+            seatledger_ledger::compactor::CompactorConfig {
+                keep_events: args.compact_keep_events,
+                block_events: args.compact_block_events,
+                segment_events: args.segment_events,
+                ..Default::default()
+            },
+            metrics.compactor.clone(),
+            shutdown.clone(),
+        )));
+    }
+    Ok((hot, followers))
+}
+
+/// Connects to NATS and starts the publisher (one of the followers).
+async fn start_publisher(
+    url: &str,
+    args: &ServeArgs,
+    store: &Store,
+    notifier: CommitNotifier,
+    metrics: &crate::metrics::Metrics,
+    followers: &mut Vec<tokio::task::JoinHandle<()>>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Arc<PublisherStats>> {
+    let stats = Arc::new(PublisherStats::default());
+    let client = nats::connect(url, stats.clone())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error} ({})", redacted_url(url)))?;
+    let config = NatsConfig {
+        url: url.to_owned(),
+        stream: args.nats.stream.clone(),
+        subject_prefix: args.nats.subject_prefix.clone(),
+        replicas: usize::from(args.nats.replicas),
+        max_age: Duration::from_secs(args.nats.max_age_s),
+        window: usize::from(args.nats.window),
+    };
+    tracing::info!(nats = %redacted_url(url), stream = %config.stream, "publishing events to NATS JetStream");
+    followers.push(tokio::spawn(runner::run(
+        store.clone(),
+        NatsPublisher::new(store.clone(), 0, config, client, stats.clone()),
+        notifier,
+        nats::runner_config(),
+        metrics.nats.clone(),
+        shutdown.clone(),
+    )));
+    Ok(stats)
 }

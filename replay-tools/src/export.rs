@@ -127,6 +127,79 @@ fn write_line(out: &mut (impl Write + ?Sized), line: &Line) -> Result<(), Export
     Ok(())
 }
 
+fn describe(org: Option<Uuid>, whole: bool, from: i64, to: i64) -> String {
+    match (org, whole) {
+        (Some(org), _) => format!(
+            "the events of organization {org} in positions {from}..={to}: not a chain (other organizations' events are left out); each event's hash verifies alone"
+        ),
+        (None, true) => "the whole log: a chain from position 1, with streams and snapshots".into(),
+        (None, false) => format!("positions {from}..={to} of the log: a chain from the first event's prev_hash"),
+    }
+}
+
+/// A whole log's stream rows; the version each stream's snapshot is at.
+async fn write_streams(
+    store: &Store,
+    partition: i16,
+    out: &mut impl Write,
+) -> Result<HashMap<String, i64>, ExportError> {
+    let mut snapshot_versions = HashMap::new();
+    let mut streams: Vec<_> = store
+        .stream_versions_of(partition)
+        .await?
+        .into_iter()
+        .collect();
+    streams.sort();
+    for (stream_id, (version, snapshot_version)) in streams {
+        if let Some(snapshot_version) = snapshot_version {
+            snapshot_versions.insert(stream_id.clone(), snapshot_version);
+        }
+        write_line(
+            out,
+            &Line::Stream(StreamRow {
+                stream_id,
+                version,
+                snapshot_version,
+            }),
+        )?;
+    }
+    Ok(snapshot_versions)
+}
+
+/// One event, with the checkpoints before and at it and the snapshot
+/// taken at it.
+async fn write_event(
+    store: &Store,
+    out: &mut impl Write,
+    event: RecordedEvent,
+    checkpoints: &mut BTreeMap<i64, Checkpoint>,
+    snapshot_versions: &HashMap<String, i64>,
+) -> Result<(), ExportError> {
+    let position = event.position;
+    while let Some(entry) = checkpoints.first_entry().filter(|e| *e.key() < position) {
+        write_line(out, &Line::Checkpoint(entry.remove()))?;
+    }
+    let due = snapshot_versions.get(&event.stream_id) == Some(&event.stream_version);
+    let stream_id = due.then(|| event.stream_id.clone());
+    write_line(out, &Line::Event(event))?;
+    // One snapshot in memory at a time: a license with many leases has a
+    // large one, and many may fall in one batch.
+    if let Some(stream_id) = stream_id {
+        if let Some((version, state)) = store.stream_snapshot(&stream_id).await? {
+            let row = SnapshotRow {
+                stream_id,
+                version,
+                state,
+            };
+            write_line(out, &Line::Snapshot(row))?;
+        }
+    }
+    if let Some(checkpoint) = checkpoints.remove(&position) {
+        write_line(out, &Line::Checkpoint(checkpoint))?;
+    }
+    Ok(())
+}
+
 /// Writes partition `partition` of `store` (or the range and organization
 /// asked for) to `out`; `progress` is called with each position reached.
 /// Returns the header written and the number of events.
@@ -148,13 +221,6 @@ pub async fn export(
         .filter(|checkpoint| (from..=to).contains(&checkpoint.position))
         .map(|checkpoint| (checkpoint.position, checkpoint))
         .collect();
-    let description = match (range.org, whole) {
-        (Some(org), _) => format!(
-            "the events of organization {org} in positions {from}..={to}: not a chain (other organizations' events are left out); each event's hash verifies alone"
-        ),
-        (None, true) => "the whole log: a chain from position 1, with streams and snapshots".into(),
-        (None, false) => format!("positions {from}..={to} of the log: a chain from the first event's prev_hash"),
-    };
     let header = Header {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -165,31 +231,14 @@ pub async fn export(
         from_position: from,
         to_position: to,
         streams: whole,
-        description,
+        description: describe(range.org, whole, from, to),
     };
     write_line(out, &Line::Header(header.clone()))?;
-    let mut snapshot_versions = HashMap::new();
-    if whole {
-        let mut streams: Vec<_> = store
-            .stream_versions_of(partition)
-            .await?
-            .into_iter()
-            .collect();
-        streams.sort();
-        for (stream_id, (version, snapshot_version)) in streams {
-            if let Some(snapshot_version) = snapshot_version {
-                snapshot_versions.insert(stream_id.clone(), snapshot_version);
-            }
-            write_line(
-                out,
-                &Line::Stream(StreamRow {
-                    stream_id,
-                    version,
-                    snapshot_version,
-                }),
-            )?;
-        }
-    }
+    let snapshot_versions = if whole {
+        write_streams(store, partition, out).await?
+    } else {
+        HashMap::new()
+    };
     let mut events = 0i64;
     let mut after = from - 1;
     // One organization's events come from its index in the store; where
@@ -225,28 +274,7 @@ pub async fn export(
         };
         after = last;
         for event in batch {
-            let position = event.position;
-            while let Some(entry) = checkpoints.first_entry().filter(|e| *e.key() < position) {
-                write_line(out, &Line::Checkpoint(entry.remove()))?;
-            }
-            let due = snapshot_versions.get(&event.stream_id) == Some(&event.stream_version);
-            let stream_id = due.then(|| event.stream_id.clone());
-            write_line(out, &Line::Event(event))?;
-            // One snapshot in memory at a time: a license with many leases
-            // has a large one, and many may fall in one batch.
-            if let Some(stream_id) = stream_id {
-                if let Some((version, state)) = store.stream_snapshot(&stream_id).await? {
-                    let row = SnapshotRow {
-                        stream_id,
-                        version,
-                        state,
-                    };
-                    write_line(out, &Line::Snapshot(row))?;
-                }
-            }
-            if let Some(checkpoint) = checkpoints.remove(&position) {
-                write_line(out, &Line::Checkpoint(checkpoint))?;
-            }
+            write_event(store, out, event, &mut checkpoints, &snapshot_versions).await?;
             events += 1;
         }
         progress(last);
@@ -337,23 +365,67 @@ async fn read_export(
     store: Option<&Store>,
     progress: &mut dyn FnMut(i64, i64),
 ) -> Result<FileVerified, ExportError> {
-    let mut lines = input.lines();
-    let mut number = 0u64;
-    let mut next_line =
-        |lines: &mut std::io::Lines<_>| -> Result<Option<(u64, Line)>, ExportError> {
-            let Some(text) = lines.next().transpose()? else {
-                return Ok(None);
-            };
-            number += 1;
-            let text: String = text;
-            serde_json::from_str(&text)
-                .map(|line| Some((number, line)))
-                .map_err(|error| ExportError::Malformed {
-                    line: number,
-                    error: error.to_string(),
-                })
+    let mut lines = Lines {
+        lines: input.lines(),
+        number: 0,
+    };
+    let header = read_header(&mut lines, store).await?;
+    let mut reading = Reading {
+        streams: header.streams.then(HashMap::new),
+        from_start: header.chain && header.from_position == 1,
+        header,
+        trust,
+        verifier: None,
+        pending: Pending {
+            unverified: Vec::new(),
+            due: Vec::new(),
+            import: store.map(|_| ImportChunk::default()),
+        },
+        imported: 0,
+    };
+    loop {
+        let next = lines.next()?;
+        let is_event = matches!(next, Some((_, Line::Event(_))));
+        if !is_event || reading.pending.unverified.len() >= FILE_BATCH {
+            reading.verify_pending(progress).await?;
+        }
+        if let Some(store) = store {
+            reading.import(store, is_event, next.is_none()).await?;
+        }
+        let Some((line, next)) = next else { break };
+        reading.take(line, next)?;
+    }
+    reading.finish()
+}
+
+/// An export's lines, parsed, with their numbers.
+struct Lines<R> {
+    lines: std::io::Lines<R>,
+    number: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn next(&mut self) -> Result<Option<(u64, Line)>, ExportError> {
+        let Some(text) = self.lines.next().transpose()? else {
+            return Ok(None);
         };
-    let header = match next_line(&mut lines)? {
+        self.number += 1;
+        serde_json::from_str(&text)
+            .map(|line| Some((self.number, line)))
+            .map_err(|error| ExportError::Malformed {
+                line: self.number,
+                error: error.to_string(),
+            })
+    }
+}
+
+/// The first line, checked; with a `store` to import into, also that the
+/// export is of a whole log and the store is empty.
+async fn read_header<R: BufRead>(
+    lines: &mut Lines<R>,
+    store: Option<&Store>,
+) -> Result<Header, ExportError> {
+    let header = match lines.next()? {
         Some((_, Line::Header(header))) => header,
         Some((line, _)) => {
             return Err(ExportError::OutOfPlace {
@@ -374,57 +446,86 @@ async fn read_export(
             version: header.format_version,
         });
     }
-    let partition = header.partition;
     if let Some(store) = store {
         if !(header.chain && header.streams) {
             return Err(ExportError::NotImportable(
                 "an export of a whole log (this one is a range or one organization's)",
             ));
         }
-        if store.head(partition).await?.0 != 0 {
+        if store.head(header.partition).await?.0 != 0 {
             return Err(ExportError::NotImportable("an empty store"));
         }
     }
-    let mut streams: Option<HashMap<String, (i64, Option<i64>)>> =
-        header.streams.then(HashMap::new);
-    let from_start = header.chain && header.from_position == 1;
-    let mut verifier: Option<Verifier> = None;
-    let mut pending = Pending {
-        unverified: Vec::new(),
-        due: Vec::new(),
-        import: store.map(|_| ImportChunk::default()),
-    };
-    let mut imported = 0i64;
-    let no_checkpoints = HashMap::new();
-    loop {
-        let next = next_line(&mut lines)?;
-        let is_event = matches!(next, Some((_, Line::Event(_))));
-        if !is_event || pending.unverified.len() >= FILE_BATCH {
-            if let Some(verifier) = verifier.as_mut() {
-                let batch = std::mem::take(&mut pending.unverified);
-                if let Some(chunk) = pending.import.as_mut() {
-                    chunk.events.extend(batch.iter().cloned());
-                }
-                pending
-                    .due
-                    .extend(verifier.events(batch, &no_checkpoints).await?);
-                progress(verifier.position(), header.to_position);
+    Ok(header)
+}
+
+/// An export being read: its stream rows, the verifier once events began,
+/// and what waits to be verified or imported.
+struct Reading {
+    header: Header,
+    trust: Trust,
+    streams: Option<HashMap<String, (i64, Option<i64>)>>,
+    from_start: bool,
+    verifier: Option<Verifier>,
+    pending: Pending,
+    imported: i64,
+}
+
+impl Reading {
+    fn verifier(&mut self) -> &mut Verifier {
+        self.verifier.get_or_insert_with(|| {
+            new_verifier(
+                &self.trust,
+                &self.header,
+                self.from_start,
+                self.streams.as_ref(),
+            )
+        })
+    }
+
+    async fn verify_pending(
+        &mut self,
+        progress: &mut dyn FnMut(i64, i64),
+    ) -> Result<(), ExportError> {
+        let Some(verifier) = self.verifier.as_mut() else {
+            return Ok(());
+        };
+        let batch = std::mem::take(&mut self.pending.unverified);
+        if let Some(chunk) = self.pending.import.as_mut() {
+            chunk.events.extend(batch.iter().cloned());
+        }
+        self.pending
+            .due
+            .extend(verifier.events(batch, &HashMap::new()).await?);
+        progress(verifier.position(), self.header.to_position);
+        Ok(())
+    }
+
+    /// Imports at an event boundary, so a chunk carries the snapshots and
+    /// checkpoints that follow its last event.
+    async fn import(
+        &mut self,
+        store: &Store,
+        is_event: bool,
+        at_end: bool,
+    ) -> Result<(), ExportError> {
+        let Some(chunk) = self.pending.import.as_mut() else {
+            return Ok(());
+        };
+        if (is_event && chunk.events.len() >= IMPORT_BATCH) || at_end {
+            let chunk = std::mem::take(chunk);
+            if !chunk.events.is_empty() {
+                store
+                    .import_with(self.header.partition, &chunk.events, &chunk.extras)
+                    .await?;
+                self.imported += chunk.events.len() as i64;
             }
         }
-        // Import at an event boundary, so a chunk carries the snapshots
-        // and checkpoints that follow its last event.
-        if let (Some(store), Some(chunk)) = (store, pending.import.as_mut()) {
-            if (is_event && chunk.events.len() >= IMPORT_BATCH) || next.is_none() {
-                let chunk = std::mem::take(chunk);
-                if !chunk.events.is_empty() {
-                    store
-                        .import_with(partition, &chunk.events, &chunk.extras)
-                        .await?;
-                    imported += chunk.events.len() as i64;
-                }
-            }
-        }
-        let Some((line, next)) = next else { break };
+        Ok(())
+    }
+
+    /// Takes line number `line`.
+    fn take(&mut self, line: u64, next: Line) -> Result<(), ExportError> {
         match next {
             Line::Header(_) => {
                 return Err(ExportError::OutOfPlace {
@@ -433,7 +534,8 @@ async fn read_export(
                 })
             }
             Line::Stream(row) => {
-                let Some(streams) = streams.as_mut().filter(|_| verifier.is_none()) else {
+                let Some(streams) = self.streams.as_mut().filter(|_| self.verifier.is_none())
+                else {
                     return Err(ExportError::OutOfPlace {
                         line,
                         what: format!(
@@ -445,76 +547,87 @@ async fn read_export(
                 streams.insert(row.stream_id, (row.version, row.snapshot_version));
             }
             Line::Event(event) => {
-                if event.partition != partition {
+                if event.partition != self.header.partition {
                     return Err(ExportError::OutOfPlace {
                         line,
                         what: format!("event at position {} of another partition", event.position),
                     });
                 }
-                verifier.get_or_insert_with(|| {
-                    new_verifier(&trust, &header, from_start, streams.as_ref())
-                });
-                pending.unverified.push(event);
+                self.verifier();
+                self.pending.unverified.push(event);
             }
             Line::Checkpoint(checkpoint) => {
-                let verifier = verifier.get_or_insert_with(|| {
-                    new_verifier(&trust, &header, from_start, streams.as_ref())
-                });
-                verifier.checkpoint(&checkpoint)?;
-                if let Some(chunk) = pending.import.as_mut() {
+                self.verifier().checkpoint(&checkpoint)?;
+                if let Some(chunk) = self.pending.import.as_mut() {
                     chunk.extras.checkpoints.push(checkpoint);
                 }
             }
-            Line::Snapshot(row) => {
-                let Some(index) = pending
-                    .due
-                    .iter()
-                    .position(|due| due.stream_id == row.stream_id)
-                else {
-                    return Err(VerifyError::SnapshotMismatch {
-                        stream_id: row.stream_id,
-                        version: row.version,
-                    }
-                    .into());
-                };
-                let due = pending.due.remove(index);
-                let state = match pending.import {
-                    Some(_) => {
-                        Some(serde_json::to_string(&row.state).map_err(std::io::Error::from)?)
-                    }
-                    None => None,
-                };
-                check_snapshot(due, Some((row.version, row.state)))?;
-                if let (Some(chunk), Some(state)) = (pending.import.as_mut(), state) {
-                    chunk
-                        .extras
-                        .snapshots
-                        .push((row.stream_id, row.version, state));
-                }
+            Line::Snapshot(row) => self.snapshot(row)?,
+        }
+        Ok(())
+    }
+
+    /// A snapshot row must be one the verified events made due.
+    fn snapshot(&mut self, row: SnapshotRow) -> Result<(), ExportError> {
+        let Some(index) = self
+            .pending
+            .due
+            .iter()
+            .position(|due| due.stream_id == row.stream_id)
+        else {
+            return Err(VerifyError::SnapshotMismatch {
+                stream_id: row.stream_id,
+                version: row.version,
             }
+            .into());
+        };
+        let due = self.pending.due.remove(index);
+        let state = match self.pending.import {
+            Some(_) => Some(serde_json::to_string(&row.state).map_err(std::io::Error::from)?),
+            None => None,
+        };
+        check_snapshot(due, Some((row.version, row.state)))?;
+        if let (Some(chunk), Some(state)) = (self.pending.import.as_mut(), state) {
+            chunk
+                .extras
+                .snapshots
+                .push((row.stream_id, row.version, state));
         }
+        Ok(())
     }
-    if let Some(due) = pending.due.first() {
-        // A stream reached its snapshot's version and no snapshot followed.
-        return Err(VerifyError::SnapshotMismatch {
-            stream_id: due.stream_id.clone(),
-            version: due.version,
+
+    fn finish(mut self) -> Result<FileVerified, ExportError> {
+        if let Some(due) = self.pending.due.first() {
+            // A stream reached its snapshot's version and no snapshot followed.
+            return Err(VerifyError::SnapshotMismatch {
+                stream_id: due.stream_id.clone(),
+                version: due.version,
+            }
+            .into());
         }
-        .into());
+        let verifier = match self.verifier.take() {
+            Some(verifier) => verifier,
+            None => new_verifier(
+                &self.trust,
+                &self.header,
+                self.from_start,
+                self.streams.as_ref(),
+            ),
+        };
+        let last = verifier.position();
+        let header = self.header;
+        if header.chain && last != header.to_position || !header.chain && last > header.to_position
+        {
+            return Err(ExportError::Truncated {
+                last,
+                to: header.to_position,
+            });
+        }
+        let verified = verifier.finish(self.streams.as_ref())?;
+        Ok(FileVerified {
+            header,
+            verified,
+            imported: self.imported,
+        })
     }
-    let verifier =
-        verifier.unwrap_or_else(|| new_verifier(&trust, &header, from_start, streams.as_ref()));
-    let last = verifier.position();
-    if header.chain && last != header.to_position || !header.chain && last > header.to_position {
-        return Err(ExportError::Truncated {
-            last,
-            to: header.to_position,
-        });
-    }
-    let verified = verifier.finish(streams.as_ref())?;
-    Ok(FileVerified {
-        header,
-        verified,
-        imported,
-    })
 }

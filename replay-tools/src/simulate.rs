@@ -21,7 +21,7 @@ use seatledger_ledger::domain::{
     Command, HardwareId, HeartbeatTtl, LicenseState, Name, OveragePercent, SeatCount, StreamId,
 };
 use seatledger_ledger::StoreError;
-use seatledger_schema::{Event, ReleaseReason, Timestamp};
+use seatledger_schema::{Event, RecordedEvent, ReleaseReason, Timestamp};
 use serde::Serialize;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -130,35 +130,13 @@ pub async fn simulate(
     options: SimulateOptions,
 ) -> Result<Simulation, SimulateError> {
     let stream_id = StreamId::License(options.license_id).to_string();
-    let mut simulated: Option<Replay> = None;
-    let mut unlimited: Option<Replay> = None;
-    let mut report = Simulation {
-        license_id: options.license_id,
-        org_id: None,
-        seats_recorded: None,
-        seats_simulated: options.seats.get(),
-        heartbeat_ttl_s_simulated: options.heartbeat_ttl.map(HeartbeatTtl::get),
-        from: options.from,
-        until: Timestamp::UNIX_EPOCH,
-        acquires: 0,
-        granted_recorded: 0,
-        granted_simulated: 0,
-        would_be_denied: 0,
-        would_be_granted: 0,
-        heartbeats_refused: 0,
-        peak_demand: 0,
-        peak_simulated: 0,
-        denied_seat_seconds: 0.0,
-        would_be_denied_acquires: Vec::new(),
-        would_be_granted_acquires: Vec::new(),
-    };
-    let mut lifetimes: HashMap<Uuid, Lifetime> = HashMap::new();
+    let mut simulator = Simulator::new(options);
     'log: while let Some(batch) = events.next().await? {
         for record in batch {
             if options.to.is_some_and(|to| record.occurred_at >= to) {
                 break 'log;
             }
-            report.until = report.until.max(record.occurred_at);
+            simulator.report.until = simulator.report.until.max(record.occurred_at);
             if record.stream_id != stream_id {
                 continue;
             }
@@ -166,241 +144,300 @@ pub async fn simulate(
                 position: record.position,
                 error: error.to_string(),
             })?;
-            let now = record.occurred_at;
-            let in_window = options.from.is_none_or(|from| now >= from);
-            let license_id = options.license_id;
-            match &event {
-                Event::LicenseIssued(issued) => {
-                    report.org_id = Some(issued.org_id);
-                    report.seats_recorded = Some(issued.seats);
-                    let Ok(name) = Name::parse(&issued.name) else {
-                        continue;
-                    };
-                    let issue = |seats: SeatCount| Command::IssueLicense {
-                        license_id,
-                        name: name.clone(),
-                        seats,
-                        expires_at: issued.expires_at,
-                        heartbeat_ttl_s: options.heartbeat_ttl.unwrap_or_else(|| {
-                            HeartbeatTtl::new(issued.heartbeat_ttl_s).unwrap_or_default()
-                        }),
-                        max_overage_percent: OveragePercent::new(issued.max_overage_percent)
-                            .unwrap_or_default(),
-                    };
-                    for (replay, seats) in [
-                        (&mut simulated, options.seats),
-                        (&mut unlimited, unlimited_seats(options.seats)),
-                    ] {
-                        let mut fresh = Replay {
-                            state: LicenseState::default(),
-                            tenant_id: record.tenant_id,
-                            peak: 0,
-                        };
-                        fresh.run(&issue(seats), now, |_| {});
-                        *replay = Some(fresh);
-                    }
-                }
-                Event::LicenseSeatsChanged(changed) => {
-                    // The simulation keeps its own seat count.
-                    report.seats_recorded = Some(changed.seats);
-                }
-                Event::SeatAcquired(_) | Event::SeatDenied(_) => {
-                    let (Some(simulated), Some(unlimited)) =
-                        (simulated.as_mut(), unlimited.as_mut())
-                    else {
-                        continue;
-                    };
-                    let (session_id, user_id, hardware_id, granted) = match &event {
-                        Event::SeatAcquired(acquired) => (
-                            acquired.session_id,
-                            acquired.user_id,
-                            acquired.hardware_id.clone(),
-                            true,
-                        ),
-                        Event::SeatDenied(denied) => {
-                            // A denial has no session: the event id stands in.
-                            (
-                                record.event_id,
-                                denied.user_id,
-                                denied.hardware_id.clone(),
-                                false,
-                            )
-                        }
-                        _ => continue,
-                    };
-                    let Ok(machine) = HardwareId::parse(&hardware_id) else {
-                        continue;
-                    };
-                    let acquire = Command::AcquireSeat {
-                        token_id: None,
-                        license_id,
-                        session_id,
-                        user_id,
-                        hardware_id: machine,
-                    };
-                    let granted_simulated = simulated.run(&acquire, now, |_| {});
-                    let mut granted_unlimited_to = None;
-                    let granted_unlimited = unlimited.run(&acquire, now, |event| {
-                        if let Event::SeatAcquired(acquired) = event {
-                            granted_unlimited_to = Some(acquired.expires_at);
-                        }
-                    });
-                    if !in_window {
-                        continue;
-                    }
-                    report.acquires += 1;
-                    report.granted_recorded += u64::from(granted);
-                    report.granted_simulated += u64::from(granted_simulated);
-                    let outcome = || AcquireOutcome {
-                        at: now,
-                        position: record.position,
-                        user_id,
-                        hardware_id: hardware_id.clone(),
-                    };
-                    if granted && !granted_simulated {
-                        report.would_be_denied += 1;
-                        if report.would_be_denied_acquires.len() < LIST_MAX {
-                            report.would_be_denied_acquires.push(outcome());
-                        }
-                    }
-                    if !granted && granted_simulated {
-                        report.would_be_granted += 1;
-                        if report.would_be_granted_acquires.len() < LIST_MAX {
-                            report.would_be_granted_acquires.push(outcome());
-                        }
-                    }
-                    if let (false, true, Some(expires_at)) =
-                        (granted_simulated, granted_unlimited, granted_unlimited_to)
-                    {
-                        lifetimes.insert(
-                            session_id,
-                            Lifetime {
-                                start: now,
-                                expires_at,
-                                ended_at: None,
-                            },
-                        );
-                    }
-                }
-                Event::SeatHeartbeat(beat) => {
-                    let command = Command::Heartbeat {
-                        license_id,
-                        session_id: beat.session_id,
-                        by: seatledger_ledger::domain::SeatActor::Unchecked,
-                    };
-                    if let Some(simulated) = simulated.as_mut() {
-                        if !simulated.run(&command, now, |_| {}) {
-                            report.heartbeats_refused += 1;
-                        }
-                    }
-                    if let Some(unlimited) = unlimited.as_mut() {
-                        unlimited.run(&command, now, |event| {
-                            if let Event::SeatHeartbeat(beat) = event {
-                                if let Some(lifetime) = lifetimes.get_mut(&beat.session_id) {
-                                    lifetime.expires_at = beat.expires_at;
-                                }
-                            }
-                        });
-                    }
-                }
-                // Released by its holder or by an admin: the seat is free
-                // from then on, whatever the seats.
-                Event::SeatReleased(released)
-                    if matches!(
-                        released.reason,
-                        ReleaseReason::Client | ReleaseReason::Admin
-                    ) =>
-                {
-                    let command = Command::ReleaseSeat {
+            simulator.apply(&record, &event);
+        }
+    }
+    simulator.finish()
+}
+
+/// The two replays (simulated terms, unlimited seats) and what they found.
+struct Simulator {
+    options: SimulateOptions,
+    simulated: Option<Replay>,
+    unlimited: Option<Replay>,
+    report: Simulation,
+    lifetimes: HashMap<Uuid, Lifetime>,
+}
+
+impl Simulator {
+    fn new(options: SimulateOptions) -> Simulator {
+        Simulator {
+            options,
+            simulated: None,
+            unlimited: None,
+            report: Simulation {
+                license_id: options.license_id,
+                org_id: None,
+                seats_recorded: None,
+                seats_simulated: options.seats.get(),
+                heartbeat_ttl_s_simulated: options.heartbeat_ttl.map(HeartbeatTtl::get),
+                from: options.from,
+                until: Timestamp::UNIX_EPOCH,
+                acquires: 0,
+                granted_recorded: 0,
+                granted_simulated: 0,
+                would_be_denied: 0,
+                would_be_granted: 0,
+                heartbeats_refused: 0,
+                peak_demand: 0,
+                peak_simulated: 0,
+                denied_seat_seconds: 0.0,
+                would_be_denied_acquires: Vec::new(),
+                would_be_granted_acquires: Vec::new(),
+            },
+            lifetimes: HashMap::new(),
+        }
+    }
+
+    /// Replays one event of the license's stream.
+    fn apply(&mut self, record: &RecordedEvent, event: &Event) {
+        let now = record.occurred_at;
+        let license_id = self.options.license_id;
+        match event {
+            Event::LicenseIssued(issued) => self.issued(record, issued),
+            Event::LicenseSeatsChanged(changed) => {
+                // The simulation keeps its own seat count.
+                self.report.seats_recorded = Some(changed.seats);
+            }
+            Event::SeatAcquired(acquired) => {
+                let hardware_id = acquired.hardware_id.clone();
+                self.acquire(
+                    record,
+                    acquired.session_id,
+                    acquired.user_id,
+                    hardware_id,
+                    true,
+                );
+            }
+            Event::SeatDenied(denied) => {
+                // A denial has no session: the event id stands in.
+                let hardware_id = denied.hardware_id.clone();
+                self.acquire(record, record.event_id, denied.user_id, hardware_id, false);
+            }
+            Event::SeatHeartbeat(beat) => self.heartbeat(beat.session_id, now),
+            // Released by its holder or by an admin: the seat is free
+            // from then on, whatever the seats.
+            Event::SeatReleased(released)
+                if matches!(
+                    released.reason,
+                    ReleaseReason::Client | ReleaseReason::Admin
+                ) =>
+            {
+                self.run_both(
+                    &Command::ReleaseSeat {
                         license_id,
                         session_id: released.session_id,
                         by: seatledger_ledger::domain::SeatActor::Unchecked,
-                    };
-                    for replay in [simulated.as_mut(), unlimited.as_mut()]
-                        .into_iter()
-                        .flatten()
-                    {
-                        replay.run(&command, now, |_| {});
-                    }
-                    if let Some(lifetime) = lifetimes.get_mut(&released.session_id) {
-                        lifetime.ended_at.get_or_insert(now);
-                    }
+                    },
+                    now,
+                );
+                if let Some(lifetime) = self.lifetimes.get_mut(&released.session_id) {
+                    lifetime.ended_at.get_or_insert(now);
                 }
-                Event::LicenseRenewed(renewed) => {
-                    let command = Command::RenewLicense {
-                        license_id,
-                        expires_at: renewed.expires_at,
-                    };
-                    for replay in [simulated.as_mut(), unlimited.as_mut()]
-                        .into_iter()
-                        .flatten()
-                    {
-                        replay.run(&command, now, |_| {});
-                    }
-                }
-                Event::LicenseSuspended(_)
-                | Event::LicenseReinstated(_)
-                | Event::LicenseRevoked(_) => {
-                    let command = match &event {
-                        Event::LicenseSuspended(_) => Command::SuspendLicense {
-                            license_id,
-                            reason: None,
-                        },
-                        Event::LicenseReinstated(_) => Command::ReinstateLicense {
-                            license_id,
-                            reason: None,
-                        },
-                        _ => Command::RevokeLicense {
-                            license_id,
-                            reason: None,
-                        },
-                    };
-                    for replay in [simulated.as_mut(), unlimited.as_mut()]
-                        .into_iter()
-                        .flatten()
-                    {
-                        replay.run(&command, now, |_| {});
-                    }
-                    if !matches!(event, Event::LicenseReinstated(_)) {
-                        for lifetime in lifetimes.values_mut() {
-                            lifetime.ended_at.get_or_insert(now);
-                        }
-                    }
-                }
-                // Releases for a suspension or revocation come from the
-                // replayed suspension; expiries follow from time itself.
-                Event::SeatReleased(_) | Event::SeatExpired(_) => {}
-                Event::OrganizationRegistered(_)
-                | Event::UserRegistered(_)
-                | Event::UserRoleChanged(_)
-                | Event::UserDeactivated(_)
-                | Event::LogPruned(_) => {}
             }
+            Event::LicenseRenewed(renewed) => self.run_both(
+                &Command::RenewLicense {
+                    license_id,
+                    expires_at: renewed.expires_at,
+                },
+                now,
+            ),
+            Event::LicenseSuspended(_) | Event::LicenseRevoked(_) => {
+                let command = if matches!(event, Event::LicenseSuspended(_)) {
+                    Command::SuspendLicense {
+                        license_id,
+                        reason: None,
+                    }
+                } else {
+                    Command::RevokeLicense {
+                        license_id,
+                        reason: None,
+                    }
+                };
+                self.run_both(&command, now);
+                for lifetime in self.lifetimes.values_mut() {
+                    lifetime.ended_at.get_or_insert(now);
+                }
+            }
+            Event::LicenseReinstated(_) => self.run_both(
+                &Command::ReinstateLicense {
+                    license_id,
+                    reason: None,
+                },
+                now,
+            ),
+            // Releases for a suspension or revocation come from the
+            // replayed suspension; expiries follow from time itself.
+            Event::SeatReleased(_) | Event::SeatExpired(_) => {}
+            Event::OrganizationRegistered(_)
+            | Event::UserRegistered(_)
+            | Event::UserRoleChanged(_)
+            | Event::UserDeactivated(_)
+            | Event::LogPruned(_) => {}
         }
     }
-    let (Some(simulated), Some(unlimited)) = (simulated, unlimited) else {
-        return Err(SimulateError::UnknownLicense(options.license_id));
-    };
-    report.peak_simulated = simulated.peak;
-    report.peak_demand = unlimited.peak;
-    let until = options.to.unwrap_or(report.until);
-    let from = options.from.unwrap_or(Timestamp::UNIX_EPOCH);
-    // Summed in whole microseconds: a sum of floats would depend on the
-    // map's (random) order in its last digits.
-    let denied_micros: i64 = lifetimes
-        .values()
-        .map(|lifetime| {
-            let end = lifetime
-                .ended_at
-                .unwrap_or(lifetime.expires_at)
-                .min(lifetime.expires_at)
-                .min(until);
-            let start = lifetime.start.max(from);
-            (end.as_micros() - start.as_micros()).max(0)
-        })
-        .sum();
-    report.denied_seat_seconds = denied_micros as f64 / 1e6;
-    Ok(report)
+
+    /// Both replays start from the issue, each with its own seats.
+    fn issued(&mut self, record: &RecordedEvent, issued: &seatledger_schema::LicenseIssued) {
+        self.report.org_id = Some(issued.org_id);
+        self.report.seats_recorded = Some(issued.seats);
+        let Ok(name) = Name::parse(&issued.name) else {
+            return;
+        };
+        let options = self.options;
+        let issue = |seats: SeatCount| Command::IssueLicense {
+            license_id: options.license_id,
+            name: name.clone(),
+            seats,
+            expires_at: issued.expires_at,
+            heartbeat_ttl_s: options
+                .heartbeat_ttl
+                .unwrap_or_else(|| HeartbeatTtl::new(issued.heartbeat_ttl_s).unwrap_or_default()),
+            max_overage_percent: OveragePercent::new(issued.max_overage_percent)
+                .unwrap_or_default(),
+        };
+        for (replay, seats) in [
+            (&mut self.simulated, options.seats),
+            (&mut self.unlimited, unlimited_seats(options.seats)),
+        ] {
+            let mut fresh = Replay {
+                state: LicenseState::default(),
+                tenant_id: record.tenant_id,
+                peak: 0,
+            };
+            fresh.run(&issue(seats), record.occurred_at, |_| {});
+            *replay = Some(fresh);
+        }
+    }
+
+    /// A recorded acquire (granted or not) replayed in both.
+    fn acquire(
+        &mut self,
+        record: &RecordedEvent,
+        session_id: Uuid,
+        user_id: Uuid,
+        hardware_id: String,
+        granted: bool,
+    ) {
+        let (Some(simulated), Some(unlimited)) = (self.simulated.as_mut(), self.unlimited.as_mut())
+        else {
+            return;
+        };
+        let Ok(machine) = HardwareId::parse(&hardware_id) else {
+            return;
+        };
+        let now = record.occurred_at;
+        let acquire = Command::AcquireSeat {
+            token_id: None,
+            license_id: self.options.license_id,
+            session_id,
+            user_id,
+            hardware_id: machine,
+        };
+        let granted_simulated = simulated.run(&acquire, now, |_| {});
+        let mut granted_unlimited_to = None;
+        let granted_unlimited = unlimited.run(&acquire, now, |event| {
+            if let Event::SeatAcquired(acquired) = event {
+                granted_unlimited_to = Some(acquired.expires_at);
+            }
+        });
+        if self.options.from.is_some_and(|from| now < from) {
+            return;
+        }
+        let report = &mut self.report;
+        report.acquires += 1;
+        report.granted_recorded += u64::from(granted);
+        report.granted_simulated += u64::from(granted_simulated);
+        let outcome = AcquireOutcome {
+            at: now,
+            position: record.position,
+            user_id,
+            hardware_id,
+        };
+        if granted && !granted_simulated {
+            report.would_be_denied += 1;
+            if report.would_be_denied_acquires.len() < LIST_MAX {
+                report.would_be_denied_acquires.push(outcome);
+            }
+        } else if !granted && granted_simulated {
+            report.would_be_granted += 1;
+            if report.would_be_granted_acquires.len() < LIST_MAX {
+                report.would_be_granted_acquires.push(outcome);
+            }
+        }
+        if let (false, true, Some(expires_at)) =
+            (granted_simulated, granted_unlimited, granted_unlimited_to)
+        {
+            self.lifetimes.insert(
+                session_id,
+                Lifetime {
+                    start: now,
+                    expires_at,
+                    ended_at: None,
+                },
+            );
+        }
+    }
+
+    fn heartbeat(&mut self, session_id: Uuid, now: Timestamp) {
+        let command = Command::Heartbeat {
+            license_id: self.options.license_id,
+            session_id,
+            by: seatledger_ledger::domain::SeatActor::Unchecked,
+        };
+        if let Some(simulated) = self.simulated.as_mut() {
+            if !simulated.run(&command, now, |_| {}) {
+                self.report.heartbeats_refused += 1;
+            }
+        }
+        if let Some(unlimited) = self.unlimited.as_mut() {
+            let lifetimes = &mut self.lifetimes;
+            unlimited.run(&command, now, |event| {
+                if let Event::SeatHeartbeat(beat) = event {
+                    if let Some(lifetime) = lifetimes.get_mut(&beat.session_id) {
+                        lifetime.expires_at = beat.expires_at;
+                    }
+                }
+            });
+        }
+    }
+
+    fn run_both(&mut self, command: &Command, now: Timestamp) {
+        for replay in [self.simulated.as_mut(), self.unlimited.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            replay.run(command, now, |_| {});
+        }
+    }
+
+    fn finish(self) -> Result<Simulation, SimulateError> {
+        let mut report = self.report;
+        let (Some(simulated), Some(unlimited)) = (self.simulated, self.unlimited) else {
+            return Err(SimulateError::UnknownLicense(self.options.license_id));
+        };
+        report.peak_simulated = simulated.peak;
+        report.peak_demand = unlimited.peak;
+        let until = self.options.to.unwrap_or(report.until);
+        let from = self.options.from.unwrap_or(Timestamp::UNIX_EPOCH);
+        // Summed in whole microseconds: a sum of floats would depend on the
+        // map's (random) order in its last digits.
+        let denied_micros: i64 = self
+            .lifetimes
+            .values()
+            .map(|lifetime| {
+                let end = lifetime
+                    .ended_at
+                    .unwrap_or(lifetime.expires_at)
+                    .min(lifetime.expires_at)
+                    .min(until);
+                let start = lifetime.start.max(from);
+                (end.as_micros() - start.as_micros()).max(0)
+            })
+            .sum();
+        report.denied_seat_seconds = denied_micros as f64 / 1e6;
+        Ok(report)
+    }
 }
 
 /// The most seats a license can have (the demand as if never denied);
