@@ -61,95 +61,40 @@ impl Server {
         args: &ServeArgs,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Server> {
-        store
-            .migrate()
-            .await
-            .context("cannot migrate the event store")?;
-        let keys = Arc::new(
-            crate::keyring::load(&store, &args.database.database_url, &args.keys)
-                .await
-                .context("cannot load the signing keys")?,
-        );
-        let signer = keys.ledger.clone();
-        tracing::info!(
-            ledger_key_id = keys.ledger.key_id(),
-            token_key_id = keys.token.key_id(),
-            "signing keys loaded"
-        );
-        let notifier = CommitNotifier::default();
-        // Reads wait for the hot counts to reach the notifier's position:
-        // start it at the head, so no read is served from counts still
-        // replaying the log at start-up.
-        let (head, _) = store
-            .head(0)
-            .await
-            .context("cannot read the event store's head")?;
-        notifier.advance(head);
-        let mut listeners = Vec::new();
-        if let Some(pool) = store.pg_pool() {
-            listeners.push(tokio::spawn(seatledger_ledger::listen::listen(
-                pool.clone(),
-                0,
-                notifier.clone(),
-            )));
-        }
+        let (keys, notifier) = open_ledger(&store, args).await?;
+        let caches: Arc<crate::state::Caches> = Default::default();
+        let mut listeners = listen(&store, &notifier, &caches);
         let (appender, appender_task) = Appender::start(
             store.clone(),
-            signer.clone(),
+            keys.ledger.clone(),
             clock.clone(),
             notifier.clone(),
             AppenderConfig::default(),
         );
-        // Before listening: the appender loads the streams whose first
-        // load would hold the partition lock long (a license of many live
-        // leases), so no request waits for that after a start.
+        // Before listening: streams whose first load would hold the
+        // partition lock long are loaded, so no request waits for them.
         appender.warmed().await;
         let metrics = Arc::new(crate::metrics::Metrics::new(appender.stats().clone()));
         let (shutdown, followers_shutdown) = watch::channel(false);
-        let (hot, mut followers) = start_followers(
-            &store,
+        let context = FollowerContext {
+            store: &store,
             args,
-            signer.key_id(),
-            &appender,
-            &clock,
-            &notifier,
-            &metrics,
-            &followers_shutdown,
-        )?;
-        let commits = notifier.clone();
-        let nats = match &args.nats.url {
-            Some(url) => Some(
-                start_publisher(
-                    url,
-                    args,
-                    &store,
-                    notifier,
-                    &metrics,
-                    &mut followers,
-                    &followers_shutdown,
-                )
-                .await?,
-            ),
-            None => None,
+            appender: &appender,
+            clock: &clock,
+            notifier: &notifier,
+            metrics: &metrics,
+            shutdown: &followers_shutdown,
         };
+        let (hot, mut followers) = start_followers(&context, keys.ledger.key_id())?;
+        let nats = start_publisher(&context, &mut followers).await?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let caches: Arc<crate::state::Caches> = Default::default();
-        if let Some(pool) = store.pg_pool() {
-            // Revocations on other replicas reach this one's credential cache.
-            let caches = caches.clone();
-            listeners.push(tokio::spawn(crate::directory::listen_revocations(
-                pool.clone(),
-                move |revoked| caches.forget(revoked),
-            )));
-        }
-        let http = args.http.limits();
         let store_gate = crate::store_gate::StoreGate::new(store.clone());
         listeners.push(tokio::spawn(store_gate.clone().watch()));
         let (draining, draining_watch) = watch::channel(false);
         let state = AppState::new(crate::state::Shared {
-            commits,
+            commits: notifier,
             draining: draining_watch,
             store_gate,
             directory: crate::directory::Directory::new(store.clone()),
@@ -178,7 +123,7 @@ impl Server {
             listeners,
             shutdown,
             draining,
-            http,
+            http: args.http.limits(),
         })
     }
 
@@ -264,61 +209,112 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests and draining the appender");
 }
 
+/// Migrates the store and loads the keys; a commit notifier at the head.
+async fn open_ledger(
+    store: &Store,
+    args: &ServeArgs,
+) -> anyhow::Result<(Arc<crate::keyring::KeyRing>, CommitNotifier)> {
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the event store")?;
+    let keys = Arc::new(
+        crate::keyring::load(store, &args.database.database_url, &args.keys)
+            .await
+            .context("cannot load the signing keys")?,
+    );
+    tracing::info!(
+        ledger_key_id = keys.ledger.key_id(),
+        token_key_id = keys.token.key_id(),
+        "signing keys loaded"
+    );
+    let notifier = CommitNotifier::default();
+    // Reads wait for the hot counts to reach the notifier's position: start
+    // it at the head, so no read is served from counts still replaying the
+    // log at start-up.
+    let (head, _) = store
+        .head(0)
+        .await
+        .context("cannot read the event store's head")?;
+    notifier.advance(head);
+    Ok((keys, notifier))
+}
+
+/// On PostgreSQL: other replicas' commits reach `notifier`, their
+/// revocations the credential `caches`.
+fn listen(
+    store: &Store,
+    notifier: &CommitNotifier,
+    caches: &Arc<crate::state::Caches>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(pool) = store.pg_pool() else {
+        return Vec::new();
+    };
+    let caches = caches.clone();
+    vec![
+        tokio::spawn(seatledger_ledger::listen::listen(
+            pool.clone(),
+            0,
+            notifier.clone(),
+        )),
+        tokio::spawn(crate::directory::listen_revocations(
+            pool.clone(),
+            move |revoked| caches.forget(revoked),
+        )),
+    ]
+}
+
+/// What the followers are started with.
+struct FollowerContext<'a> {
+    store: &'a Store,
+    args: &'a ServeArgs,
+    appender: &'a Appender,
+    clock: &'a Arc<dyn Clock>,
+    notifier: &'a CommitNotifier,
+    metrics: &'a crate::metrics::Metrics,
+    shutdown: &'a watch::Receiver<bool>,
+}
+
 /// The hot counts' follower (Redis, or memory without `--redis-url`), live
 /// billing, the reaper and, unless turned off, the compactor.
 fn start_followers(
-    store: &Store,
-    args: &ServeArgs,
+    context: &FollowerContext<'_>,
     ledger_key_id: &str,
-    appender: &Appender,
-    clock: &Arc<dyn Clock>,
-    notifier: &CommitNotifier,
-    metrics: &crate::metrics::Metrics,
-    shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<(HotCounts, Vec<tokio::task::JoinHandle<()>>)> {
+    let FollowerContext {
+        store,
+        args,
+        metrics,
+        shutdown,
+        ..
+    } = *context;
+    let status = || metrics.hot_licenses.clone();
     let (hot, hot_follower) = match &args.redis_url {
         Some(url) => {
             let redis = RedisLicenses::new(url, &args.redis_prefix, ledger_key_id, 0)
                 .with_context(|| format!("invalid --redis-url {}", redacted_url(url)))?;
             tracing::info!(redis = %redacted_url(url), prefix = %args.redis_prefix, "hot seat counts in Redis");
-            let follower = tokio::spawn(runner::run(
-                store.clone(),
-                redis.clone(),
-                notifier.clone(),
-                RunnerConfig::default(),
-                metrics.hot_licenses.clone(),
-                shutdown.clone(),
-            ));
+            let follower = context.spawn(redis.clone(), RunnerConfig::default(), status());
             (HotCounts::Redis(redis), follower)
         }
         None => {
             let memory = HotLicenses::default();
-            let follower = tokio::spawn(runner::run(
-                store.clone(),
-                memory.clone(),
-                notifier.clone(),
-                RunnerConfig::default(),
-                metrics.hot_licenses.clone(),
-                shutdown.clone(),
-            ));
+            let follower = context.spawn(memory.clone(), RunnerConfig::default(), status());
             (HotCounts::Memory(memory), follower)
         }
     };
     let mut followers = vec![
         hot_follower,
-        tokio::spawn(runner::run(
-            store.clone(),
+        context.spawn(
             LiveBilling::new(store.clone(), 0),
-            notifier.clone(),
             seatledger_projections::billing_live::runner_config(),
             metrics.billing.clone(),
-            shutdown.clone(),
-        )),
+        ),
         tokio::spawn(reaper::run(
             hot.clone(),
             store.clone(),
-            appender.clone(),
-            clock.clone(),
+            context.appender.clone(),
+            context.clock.clone(),
             Duration::from_secs_f64(args.reaper_interval_s),
             metrics.reaper.clone(),
             shutdown.clone(),
@@ -340,22 +336,46 @@ fn start_followers(
     Ok((hot, followers))
 }
 
-/// Connects to NATS and starts the publisher (one of the followers).
+impl FollowerContext<'_> {
+    /// Runs `follower` of the log until the followers' shutdown.
+    fn spawn<F: runner::Follower + 'static>(
+        &self,
+        follower: F,
+        config: RunnerConfig,
+        status: seatledger_projections::FollowerStatus,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(runner::run(
+            self.store.clone(),
+            follower,
+            self.notifier.clone(),
+            config,
+            status,
+            self.shutdown.clone(),
+        ))
+    }
+}
+
+/// With `--nats-url`: connects to NATS and starts the publisher (one of
+/// the followers).
 async fn start_publisher(
-    url: &str,
-    args: &ServeArgs,
-    store: &Store,
-    notifier: CommitNotifier,
-    metrics: &crate::metrics::Metrics,
+    context: &FollowerContext<'_>,
     followers: &mut Vec<tokio::task::JoinHandle<()>>,
-    shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<Arc<PublisherStats>> {
+) -> anyhow::Result<Option<Arc<PublisherStats>>> {
+    let FollowerContext {
+        store,
+        args,
+        metrics,
+        ..
+    } = *context;
+    let Some(url) = &args.nats.url else {
+        return Ok(None);
+    };
     let stats = Arc::new(PublisherStats::default());
     let client = nats::connect(url, stats.clone())
         .await
         .map_err(|error| anyhow::anyhow!("{error} ({})", redacted_url(url)))?;
     let config = NatsConfig {
-        url: url.to_owned(),
+        url: url.clone(),
         stream: args.nats.stream.clone(),
         subject_prefix: args.nats.subject_prefix.clone(),
         replicas: usize::from(args.nats.replicas),
@@ -363,13 +383,10 @@ async fn start_publisher(
         window: usize::from(args.nats.window),
     };
     tracing::info!(nats = %redacted_url(url), stream = %config.stream, "publishing events to NATS JetStream");
-    followers.push(tokio::spawn(runner::run(
-        store.clone(),
+    followers.push(context.spawn(
         NatsPublisher::new(store.clone(), 0, config, client, stats.clone()),
-        notifier,
         nats::runner_config(),
         metrics.nats.clone(),
-        shutdown.clone(),
-    )));
-    Ok(stats)
+    ));
+    Ok(Some(stats))
 }
