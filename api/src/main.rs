@@ -168,28 +168,15 @@ fn read_password() -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = parse_cli();
-    // Logs go to stderr, in colour only on a terminal and without NO_COLOR:
-    // a log file or a pipe gets plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.with_ansi(colour).init();
-    }
+    init_logs(&cli.log_format);
     match cli.command {
         Commands::Serve(args) => seatledger_api::run(*args).await,
         Commands::Migrate(args) => {
-            let store = seatledger_ledger::Store::connect(&args.database_url)
+            open(&args.database_url)
+                .await?
+                .migrate()
                 .await
-                .with_context(|| format!("cannot open {}", redacted_url(&args.database_url)))?;
-            store.migrate().await.context("migration failed")?;
+                .context("migration failed")?;
             println!("migrated {}", redacted_url(&args.database_url));
             Ok(())
         }
@@ -204,79 +191,64 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", args.to_toml());
             Ok(())
         }
-        Commands::Admin {
-            command:
-                AdminCommand::CreateOwner {
-                    database,
-                    keys,
-                    email,
-                    company,
-                    full_name,
-                },
+        Commands::Admin { command } => admin(command).await,
+    }
+}
+
+/// Logs go to stderr, in colour only on a terminal and without NO_COLOR:
+/// a log file or a pipe gets plain text.
+fn init_logs(format: &str) {
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(colour).init();
+    }
+}
+
+async fn open(database_url: &str) -> anyhow::Result<seatledger_ledger::Store> {
+    seatledger_ledger::Store::connect(database_url)
+        .await
+        .with_context(|| format!("cannot open {}", redacted_url(database_url)))
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::CreateOwner {
+            database,
+            keys,
+            email,
+            company,
+            full_name,
         } => {
-            let password = read_password()?;
-            let store = seatledger_ledger::Store::connect(&database.database_url)
-                .await
-                .with_context(|| format!("cannot open {}", redacted_url(&database.database_url)))?;
             let owner = seatledger_api::admin::NewOwner {
                 full_name: full_name.unwrap_or_else(|| email.clone()),
                 email,
                 company,
-                password,
+                password: read_password()?,
             };
-            match seatledger_api::admin::create_owner(store, &database.database_url, &keys, owner)
-                .await
-            {
-                Ok(principal) => {
-                    println!(
-                        "created organization {} with owner {}",
-                        principal.org_id, principal.user_id
-                    );
-                    Ok(())
-                }
-                Err(seatledger_api::admin::AdminError::Invalid(detail)) => {
-                    eprintln!("seatledger admin create-owner: {detail}");
-                    std::process::exit(2);
-                }
-                Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
-            }
+            create_owner(&database, &keys, owner).await
         }
-        Commands::Admin {
-            command:
-                AdminCommand::Prune {
-                    database,
-                    keys,
-                    archive,
-                    before_position,
-                },
+        AdminCommand::Prune {
+            database,
+            keys,
+            archive,
+            before_position,
         } => {
-            let store = seatledger_ledger::Store::connect(&database.database_url)
-                .await
-                .with_context(|| format!("cannot open {}", redacted_url(&database.database_url)))?;
             let request = seatledger_api::admin::PruneRequest {
                 archive,
                 before_position,
             };
-            match seatledger_api::admin::prune(store, &database.database_url, &keys, request).await
-            {
-                Ok(pruned) => {
-                    if pruned.is_empty() {
-                        println!(
-                            "no archived segment to prune ends at or before position {before_position}"
-                        );
-                    }
-                    Ok(())
-                }
-                Err(seatledger_api::admin::AdminError::Invalid(detail)) => {
-                    eprintln!("seatledger admin prune: {detail}; nothing more was pruned");
-                    std::process::exit(1);
-                }
-                Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
-            }
+            prune(&database, &keys, request).await
         }
-        Commands::Admin {
-            command: AdminCommand::PublicKey { key },
-        } => {
+        AdminCommand::PublicKey { key } => {
             let document =
                 std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?;
             let key = seatledger_ledger::SigningKey::from_pkcs8(&document)
@@ -284,34 +256,78 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", seatledger_schema::pinned_key_text(key.public_key()));
             Ok(())
         }
-        Commands::Admin {
-            command: AdminCommand::ExportKey { database, to },
-        } => {
-            let Some(to) = to.or_else(|| {
-                seatledger_api::keyring::beside_database(
-                    &database.database_url,
-                    seatledger_api::keyring::LEDGER_KEY_SUFFIX,
-                )
-            }) else {
-                eprintln!("seatledger admin export-key: --to FILE is required on PostgreSQL");
-                std::process::exit(2);
-            };
-            let store = seatledger_ledger::Store::connect(&database.database_url)
-                .await
-                .with_context(|| format!("cannot open {}", redacted_url(&database.database_url)))?;
-            match seatledger_api::keyring::export_legacy_key(&store, &to).await? {
-                Some(key_id) => {
-                    println!(
-                        "wrote key {key_id} to {} and deleted it from the database",
-                        to.display()
-                    );
-                    Ok(())
-                }
-                None => {
-                    eprintln!("seatledger admin export-key: the database holds no signing key");
-                    std::process::exit(1);
-                }
+        AdminCommand::ExportKey { database, to } => export_key(&database, to).await,
+    }
+}
+
+async fn create_owner(
+    database: &DatabaseArgs,
+    keys: &KeyArgs,
+    owner: seatledger_api::admin::NewOwner,
+) -> anyhow::Result<()> {
+    let store = open(&database.database_url).await?;
+    match seatledger_api::admin::create_owner(store, &database.database_url, keys, owner).await {
+        Ok(principal) => {
+            println!(
+                "created organization {} with owner {}",
+                principal.org_id, principal.user_id
+            );
+            Ok(())
+        }
+        Err(seatledger_api::admin::AdminError::Invalid(detail)) => {
+            eprintln!("seatledger admin create-owner: {detail}");
+            std::process::exit(2);
+        }
+        Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
+    }
+}
+
+async fn prune(
+    database: &DatabaseArgs,
+    keys: &KeyArgs,
+    request: seatledger_api::admin::PruneRequest,
+) -> anyhow::Result<()> {
+    let before_position = request.before_position;
+    let store = open(&database.database_url).await?;
+    match seatledger_api::admin::prune(store, &database.database_url, keys, request).await {
+        Ok(pruned) => {
+            if pruned.is_empty() {
+                println!(
+                    "no archived segment to prune ends at or before position {before_position}"
+                );
             }
+            Ok(())
+        }
+        Err(seatledger_api::admin::AdminError::Invalid(detail)) => {
+            eprintln!("seatledger admin prune: {detail}; nothing more was pruned");
+            std::process::exit(1);
+        }
+        Err(seatledger_api::admin::AdminError::Other(error)) => Err(error),
+    }
+}
+
+async fn export_key(database: &DatabaseArgs, to: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let Some(to) = to.or_else(|| {
+        seatledger_api::keyring::beside_database(
+            &database.database_url,
+            seatledger_api::keyring::LEDGER_KEY_SUFFIX,
+        )
+    }) else {
+        eprintln!("seatledger admin export-key: --to FILE is required on PostgreSQL");
+        std::process::exit(2);
+    };
+    let store = open(&database.database_url).await?;
+    match seatledger_api::keyring::export_legacy_key(&store, &to).await? {
+        Some(key_id) => {
+            println!(
+                "wrote key {key_id} to {} and deleted it from the database",
+                to.display()
+            );
+            Ok(())
+        }
+        None => {
+            eprintln!("seatledger admin export-key: the database holds no signing key");
+            std::process::exit(1);
         }
     }
 }
