@@ -475,7 +475,7 @@ impl RedisLicenses {
     }
 
     /// The changes `record` makes, as `(command, key, args)`.
-    fn changes(&self, record: &RecordedEvent, out: &mut Vec<(&'static str, String, Vec<String>)>) {
+    fn changes(&self, record: &RecordedEvent, out: &mut Vec<Change>) {
         let Some(StreamId::License(license_id)) = StreamId::parse(&record.stream_id) else {
             return;
         };
@@ -485,8 +485,6 @@ impl RedisLicenses {
             out.push(("SADD", self.key("unreadable"), vec![license_id.to_string()]));
             return;
         };
-        let stale_member =
-            |session_id: Uuid| format!("{}:{license_id}:{session_id}", record.tenant_id);
         let status = |status: LicenseStatus| {
             (
                 "HSET",
@@ -494,28 +492,14 @@ impl RedisLicenses {
                 vec!["status".to_owned(), status.as_str().to_owned()],
             )
         };
+        let lease = LeaseKeys {
+            hot: self,
+            license_id,
+            tenant_id: record.tenant_id,
+        };
         match &event {
             Event::LicenseIssued(issued) => {
-                out.push((
-                    "HSET",
-                    license.clone(),
-                    vec![
-                        "org_id".into(),
-                        issued.org_id.to_string(),
-                        "name".into(),
-                        issued.name.clone(),
-                        "seats".into(),
-                        issued.seats.to_string(),
-                        "heartbeat_ttl_s".into(),
-                        issued.heartbeat_ttl_s.to_string(),
-                        "max_overage_percent".into(),
-                        issued.max_overage_percent.to_string(),
-                        "status".into(),
-                        LicenseStatus::Active.as_str().into(),
-                        "last_generation".into(),
-                        "0".into(),
-                    ],
-                ));
+                out.push(("HSET", license.clone(), issued_fields(issued)));
                 out.push(expiry(&license, issued.expires_at));
             }
             Event::LicenseSeatsChanged(changed) => out.push((
@@ -531,83 +515,15 @@ impl RedisLicenses {
                     LicenseStatus::Revoked
                 }));
                 if changed.ends_leases {
-                    out.push((
-                        "ENDLEASES",
-                        self.license_key(license_id, ":ids"),
-                        vec![
-                            self.license_key(license_id, ":exp"),
-                            self.license_key(license_id, ":ses"),
-                            self.key("stale"),
-                            format!("{}:{license_id}:", record.tenant_id),
-                        ],
-                    ));
+                    out.push(lease.end_all());
                 }
             }
             Event::LicenseReinstated(_) => out.push(status(LicenseStatus::Active)),
-            Event::SeatAcquired(acquired) => {
-                let session = acquired.session_id.to_string();
-                let score = acquired.expires_at.as_micros().to_string();
-                out.push((
-                    "HSET",
-                    license.clone(),
-                    vec!["last_generation".into(), acquired.generation.to_string()],
-                ));
-                out.push((
-                    "ZADD",
-                    self.license_key(license_id, ":exp"),
-                    vec![score.clone(), session.clone()],
-                ));
-                out.push((
-                    "HSET",
-                    self.license_key(license_id, ":ses"),
-                    vec![
-                        session.clone(),
-                        format!(
-                            "{}|{}|{}|{}",
-                            acquired.generation,
-                            acquired.user_id,
-                            u8::from(acquired.overage),
-                            acquired.hardware_id
-                        ),
-                    ],
-                ));
-                out.push((
-                    "ZADD",
-                    self.license_key(license_id, ":ids"),
-                    vec!["0".into(), session],
-                ));
-                out.push((
-                    "ZADD",
-                    self.key("stale"),
-                    vec![score, stale_member(acquired.session_id)],
-                ));
-            }
-            Event::SeatHeartbeat(beat) => {
-                // XX: only a lease that exists is extended, as in `evolve`.
-                let score = beat.expires_at.as_micros().to_string();
-                out.push((
-                    "ZADD",
-                    self.license_key(license_id, ":exp"),
-                    vec!["XX".into(), score.clone(), beat.session_id.to_string()],
-                ));
-                out.push((
-                    "ZADD",
-                    self.key("stale"),
-                    vec!["XX".into(), score, stale_member(beat.session_id)],
-                ));
-            }
+            Event::SeatAcquired(acquired) => lease.acquired(acquired, out),
+            Event::SeatHeartbeat(beat) => lease.extended(beat, out),
             Event::SeatReleased(seatledger_schema::SeatReleased { session_id, .. })
             | Event::SeatExpired(seatledger_schema::SeatExpired { session_id, .. }) => {
-                let session = session_id.to_string();
-                for suffix in [":exp", ":ids"] {
-                    out.push((
-                        "ZREM",
-                        self.license_key(license_id, suffix),
-                        vec![session.clone()],
-                    ));
-                }
-                out.push(("HDEL", self.license_key(license_id, ":ses"), vec![session]));
-                out.push(("ZREM", self.key("stale"), vec![stale_member(*session_id)]));
+                lease.ended(*session_id, out)
             }
             Event::SeatDenied(_)
             | Event::OrganizationRegistered(_)
@@ -734,5 +650,122 @@ impl Follower for RedisLicenses {
             )));
         }
         Ok(())
+    }
+}
+
+/// A Redis command: its name, key and arguments.
+type Change = (&'static str, String, Vec<String>);
+
+/// A new license's fields in its hash.
+fn issued_fields(issued: &seatledger_schema::LicenseIssued) -> Vec<String> {
+    vec![
+        "org_id".into(),
+        issued.org_id.to_string(),
+        "name".into(),
+        issued.name.clone(),
+        "seats".into(),
+        issued.seats.to_string(),
+        "heartbeat_ttl_s".into(),
+        issued.heartbeat_ttl_s.to_string(),
+        "max_overage_percent".into(),
+        issued.max_overage_percent.to_string(),
+        "status".into(),
+        LicenseStatus::Active.as_str().into(),
+        "last_generation".into(),
+        "0".into(),
+    ]
+}
+
+/// The keys of one license's leases: by expiry (`:exp`), by id (`:ids`),
+/// the sessions (`:ses`), and the prefix-wide `stale` index.
+struct LeaseKeys<'a> {
+    hot: &'a RedisLicenses,
+    license_id: Uuid,
+    tenant_id: Uuid,
+}
+
+impl LeaseKeys<'_> {
+    fn key(&self, suffix: &str) -> String {
+        self.hot.license_key(self.license_id, suffix)
+    }
+
+    fn stale_member(&self, session_id: Uuid) -> String {
+        format!("{}:{}:{session_id}", self.tenant_id, self.license_id)
+    }
+
+    fn acquired(&self, acquired: &seatledger_schema::SeatAcquired, out: &mut Vec<Change>) {
+        let session = acquired.session_id.to_string();
+        let score = acquired.expires_at.as_micros().to_string();
+        let held = format!(
+            "{}|{}|{}|{}",
+            acquired.generation,
+            acquired.user_id,
+            u8::from(acquired.overage),
+            acquired.hardware_id
+        );
+        out.extend([
+            (
+                "HSET",
+                self.key(""),
+                vec!["last_generation".into(), acquired.generation.to_string()],
+            ),
+            (
+                "ZADD",
+                self.key(":exp"),
+                vec![score.clone(), session.clone()],
+            ),
+            ("HSET", self.key(":ses"), vec![session.clone(), held]),
+            ("ZADD", self.key(":ids"), vec!["0".into(), session]),
+            (
+                "ZADD",
+                self.hot.key("stale"),
+                vec![score, self.stale_member(acquired.session_id)],
+            ),
+        ]);
+    }
+
+    /// XX: only a lease that exists is extended, as in `evolve`.
+    fn extended(&self, beat: &seatledger_schema::SeatHeartbeat, out: &mut Vec<Change>) {
+        let score = beat.expires_at.as_micros().to_string();
+        out.extend([
+            (
+                "ZADD",
+                self.key(":exp"),
+                vec!["XX".into(), score.clone(), beat.session_id.to_string()],
+            ),
+            (
+                "ZADD",
+                self.hot.key("stale"),
+                vec!["XX".into(), score, self.stale_member(beat.session_id)],
+            ),
+        ]);
+    }
+
+    fn ended(&self, session_id: Uuid, out: &mut Vec<Change>) {
+        let session = session_id.to_string();
+        out.extend([
+            ("ZREM", self.key(":exp"), vec![session.clone()]),
+            ("ZREM", self.key(":ids"), vec![session.clone()]),
+            ("HDEL", self.key(":ses"), vec![session]),
+            (
+                "ZREM",
+                self.hot.key("stale"),
+                vec![self.stale_member(session_id)],
+            ),
+        ]);
+    }
+
+    /// A suspension or revocation that ends every lease.
+    fn end_all(&self) -> Change {
+        (
+            "ENDLEASES",
+            self.key(":ids"),
+            vec![
+                self.key(":exp"),
+                self.key(":ses"),
+                self.hot.key("stale"),
+                format!("{}:{}:", self.tenant_id, self.license_id),
+            ],
+        )
     }
 }
