@@ -130,29 +130,48 @@ pub async fn load(store: &Store, database_url: &str, args: &KeyArgs) -> anyhow::
         },
     };
     if used_legacy {
-        tracing::warn!(
-            key_id = legacy.as_ref().map(|key| key.key_id()),
-            "the signing key is kept in the database, where whoever reads the database can \
-             re-sign the log and mint seat tokens: move it out with `seatledger admin \
-             export-key --to FILE`, then start with --signing-key FILE and a new \
-             --token-signing-key FILE"
-        );
+        warn_legacy(legacy.as_deref());
     }
     anyhow::ensure!(
         !Arc::ptr_eq(&ledger, &token) && ledger.key_id() != token.key_id() || used_legacy,
         "--signing-key and --token-signing-key hold the same key ({}): give each purpose a key of its own",
         ledger.key_id()
     );
-    let mut listed = vec![
-        listed(&ledger, Purpose::Ledger),
-        listed(&token, Purpose::Token),
+    let listed = listed_keys(&ledger, &token, legacy.as_deref(), args)?;
+    Ok(KeyRing {
+        ledger,
+        token,
+        listed,
+        legacy: used_legacy,
+    })
+}
+
+fn warn_legacy(legacy: Option<&SigningKey>) {
+    tracing::warn!(
+        key_id = legacy.map(|key| key.key_id()),
+        "the signing key is kept in the database, where whoever reads the database can \
+         re-sign the log and mint seat tokens: move it out with `seatledger admin \
+         export-key --to FILE`, then start with --signing-key FILE and a new \
+         --token-signing-key FILE"
+    );
+}
+
+/// Every key `/api/v1/keys` lists: the two in use, a legacy key's tokens
+/// (they still verify until they expire), and the retired key files.
+fn listed_keys(
+    ledger: &SigningKey,
+    token: &SigningKey,
+    legacy: Option<&SigningKey>,
+    args: &KeyArgs,
+) -> anyhow::Result<Vec<ListedKey>> {
+    let mut keys = vec![
+        listed(ledger, Purpose::Ledger),
+        listed(token, Purpose::Token),
     ];
-    // Tokens signed with a legacy key before it became the ledger key alone
-    // still verify until they expire.
-    if let Some(key) = legacy.as_ref().filter(|key| key.key_id() != token.key_id()) {
-        listed.push(ListedKey {
+    if let Some(key) = legacy.filter(|key| key.key_id() != token.key_id()) {
+        keys.push(ListedKey {
             active: false,
-            ..self::listed(key, Purpose::Token)
+            ..listed(key, Purpose::Token)
         });
     }
     for (paths, purpose) in [
@@ -161,11 +180,11 @@ pub async fn load(store: &Store, database_url: &str, args: &KeyArgs) -> anyhow::
     ] {
         for path in paths {
             let (key_id, public_key) = read_public_key(path)?;
-            if !listed
+            if !keys
                 .iter()
                 .any(|key| key.key_id == key_id && key.purpose == purpose)
             {
-                listed.push(ListedKey {
+                keys.push(ListedKey {
                     key_id,
                     public_key,
                     purpose,
@@ -174,12 +193,7 @@ pub async fn load(store: &Store, database_url: &str, args: &KeyArgs) -> anyhow::
             }
         }
     }
-    Ok(KeyRing {
-        ledger,
-        token,
-        listed,
-        legacy: used_legacy,
-    })
+    Ok(keys)
 }
 
 fn listed(key: &SigningKey, purpose: Purpose) -> ListedKey {

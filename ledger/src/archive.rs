@@ -252,12 +252,8 @@ fn read_owned(
     path: &Path,
     trust: Option<CheckSignature<'_>>,
     on_snapshots: impl FnOnce(&[SnapshotRow]) -> Result<(), String>,
-    mut on_events: impl FnMut(Vec<RecordedEvent>) -> Result<Result<Vec<RecordedEvent>, ()>, String>,
+    on_events: impl FnMut(Vec<RecordedEvent>) -> Result<Result<Vec<RecordedEvent>, ()>, String>,
 ) -> Result<Archive, ArchiveError> {
-    let invalid = |what: String| ArchiveError::Invalid {
-        path: path.to_owned(),
-        what,
-    };
     let io = |error| ArchiveError::Io {
         path: path.to_owned(),
         error,
@@ -268,143 +264,20 @@ fn read_owned(
         digest: ring::digest::Context::new(&ring::digest::SHA256),
         bytes: 0,
     };
-    let mut lines = BufReader::with_capacity(
-        1 << 20,
-        zstd::stream::read::Decoder::new(&mut hashing).map_err(io)?,
-    );
-    let mut text = Vec::with_capacity(4096);
-    let mut next_line = |text: &mut Vec<u8>| -> Result<bool, ArchiveError> {
-        text.clear();
-        let read = lines.read_until(b'\n', text).map_err(|error| {
-            invalid(format!(
-                "not a complete zstd stream (a partial file?): {error}"
-            ))
-        })?;
-        if text.last() == Some(&b'\n') {
-            text.pop();
-        }
-        Ok(read > 0)
+    let mut lines = ArchiveLines {
+        path,
+        lines: BufReader::with_capacity(
+            1 << 20,
+            zstd::stream::read::Decoder::new(&mut hashing).map_err(io)?,
+        ),
+        text: Vec::with_capacity(4096),
     };
-    let head_line = |text: &[u8]| -> Result<HeadLine, ArchiveError> {
-        serde_json::from_slice(text).map_err(|e| invalid(format!("a malformed line: {e}")))
-    };
-    if !next_line(&mut text)? {
-        return Err(invalid("empty".into()));
-    }
-    let HeadLine::Header(header) = head_line(&text)? else {
-        return Err(invalid("it does not start with a header".into()));
-    };
-    if header.format != FORMAT || header.format_version != FORMAT_VERSION {
-        return Err(invalid(format!(
-            "not a seatledger archive (format {} version {})",
-            header.format, header.format_version
-        )));
-    }
-    if header.first_position < 1 || header.last_position < header.first_position {
-        return Err(invalid("its header's range is impossible".into()));
-    }
-    let mut checkpoints = Vec::with_capacity(header.checkpoints.min(1 << 16));
-    for _ in 0..header.checkpoints {
-        if !next_line(&mut text)? {
-            return Err(invalid("it ends among its checkpoints".into()));
-        }
-        match head_line(&text)? {
-            HeadLine::Checkpoint(checkpoint) => checkpoints.push(checkpoint),
-            _ => return Err(invalid("a line out of place among the checkpoints".into())),
-        }
-    }
-    let mut snapshots = Vec::with_capacity(header.snapshots.min(1 << 16));
-    for _ in 0..header.snapshots {
-        if !next_line(&mut text)? {
-            return Err(invalid("it ends among its snapshots".into()));
-        }
-        match head_line(&text)? {
-            HeadLine::Snapshot(snapshot) => snapshots.push(snapshot),
-            _ => return Err(invalid("a line out of place among the snapshots".into())),
-        }
-    }
-    let mut wanted: BTreeMap<i64, &Checkpoint> = BTreeMap::new();
-    for checkpoint in &checkpoints {
-        if checkpoint.partition != header.partition
-            || checkpoint.position < header.first_position - 1
-            || checkpoint.position > header.last_position
-        {
-            return Err(invalid(format!(
-                "the checkpoint at position {} is outside the file",
-                checkpoint.position
-            )));
-        }
-        if let Some(trust) = trust {
-            trust(checkpoint).map_err(invalid)?;
-        }
-        if checkpoint.position == header.first_position - 1 && checkpoint.hash != header.prev_hash {
-            return Err(invalid(format!(
-                "the checkpoint at position {} signs {}, the file starts after {}",
-                checkpoint.position, checkpoint.hash, header.prev_hash
-            )));
-        }
-        wanted.insert(checkpoint.position, checkpoint);
-    }
-    if !wanted.contains_key(&header.last_position) {
-        return Err(invalid(format!(
-            "no signed checkpoint at its last position {}",
-            header.last_position
-        )));
-    }
+    let (header, checkpoints, snapshots) = lines.head()?;
+    let wanted =
+        check_checkpoints(&header, &checkpoints, trust).map_err(|what| lines.invalid(what))?;
     // The states are handed over once the checkpoints checked out.
-    on_snapshots(&snapshots).map_err(invalid)?;
-    let mut relinker = Relinker::new(
-        header.partition,
-        header.first_position - 1,
-        header.prev_hash,
-    );
-    let mut batch: Vec<RecordedEvent> = Vec::with_capacity(BATCH as usize);
-    let expected = header.last_position - header.first_position + 1;
-    let mut read = 0i64;
-    while next_line(&mut text)? {
-        if read == expected {
-            return Err(invalid(format!(
-                "it holds more events than its range {}..={}",
-                header.first_position, header.last_position
-            )));
-        }
-        let event: RecordedEvent = relinker.next(&text).map_err(invalid)?;
-        read += 1;
-        if let Some(checkpoint) = wanted.get(&event.position) {
-            if checkpoint.hash != event.hash {
-                return Err(invalid(format!(
-                    "the checkpoint at position {} signs {}, the events hash to {}",
-                    event.position, checkpoint.hash, event.hash
-                )));
-            }
-        }
-        batch.push(event);
-        if batch.len() == BATCH as usize {
-            let full = std::mem::take(&mut batch);
-            batch = match on_events(full).map_err(invalid)? {
-                Ok(mut back) => {
-                    back.clear();
-                    back
-                }
-                Err(()) => Vec::with_capacity(BATCH as usize),
-            };
-        }
-    }
-    if !batch.is_empty() {
-        // The last batch: whether it comes back does not matter.
-        let _kept = on_events(batch).map_err(invalid)?;
-    }
-    if read != expected {
-        return Err(invalid(format!(
-            "it holds {read} events, its range {expected}: events are missing"
-        )));
-    }
-    if relinker.head().1 != header.last_hash {
-        return Err(invalid(
-            "its events do not hash to its header's last hash (altered after it was written)"
-                .into(),
-        ));
-    }
+    on_snapshots(&snapshots).map_err(|what| lines.invalid(what))?;
+    lines.events(&header, &wanted, on_events)?;
     drop(lines);
     // The rest of the file, if any, is hashed too.
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io)?;
@@ -417,6 +290,184 @@ fn read_owned(
         sha256,
         bytes: hashing.bytes,
     })
+}
+
+/// The checkpoints a file carries must lie in its range, be signed by a
+/// trusted key (when `trust` is given), continue the previous file's last
+/// hash, and include one at its last position. By position.
+fn check_checkpoints<'a>(
+    header: &ArchiveHeader,
+    checkpoints: &'a [Checkpoint],
+    trust: Option<CheckSignature<'_>>,
+) -> Result<BTreeMap<i64, &'a Checkpoint>, String> {
+    let mut wanted = BTreeMap::new();
+    for checkpoint in checkpoints {
+        if checkpoint.partition != header.partition
+            || checkpoint.position < header.first_position - 1
+            || checkpoint.position > header.last_position
+        {
+            return Err(format!(
+                "the checkpoint at position {} is outside the file",
+                checkpoint.position
+            ));
+        }
+        if let Some(trust) = trust {
+            trust(checkpoint)?;
+        }
+        if checkpoint.position == header.first_position - 1 && checkpoint.hash != header.prev_hash {
+            return Err(format!(
+                "the checkpoint at position {} signs {}, the file starts after {}",
+                checkpoint.position, checkpoint.hash, header.prev_hash
+            ));
+        }
+        wanted.insert(checkpoint.position, checkpoint);
+    }
+    if !wanted.contains_key(&header.last_position) {
+        return Err(format!(
+            "no signed checkpoint at its last position {}",
+            header.last_position
+        ));
+    }
+    Ok(wanted)
+}
+
+/// An archive's decompressed lines.
+struct ArchiveLines<'p, R> {
+    path: &'p Path,
+    lines: BufReader<R>,
+    text: Vec<u8>,
+}
+
+impl<R: std::io::Read> ArchiveLines<'_, R> {
+    fn invalid(&self, what: String) -> ArchiveError {
+        ArchiveError::Invalid {
+            path: self.path.to_owned(),
+            what,
+        }
+    }
+
+    /// The next line into `text`; false at the end.
+    fn next(&mut self) -> Result<bool, ArchiveError> {
+        self.text.clear();
+        let read = self
+            .lines
+            .read_until(b'\n', &mut self.text)
+            .map_err(|error| {
+                self.invalid(format!(
+                    "not a complete zstd stream (a partial file?): {error}"
+                ))
+            })?;
+        if self.text.last() == Some(&b'\n') {
+            self.text.pop();
+        }
+        Ok(read > 0)
+    }
+
+    /// The next line, which must be a header, checkpoint or snapshot line.
+    fn head_line(&mut self, missing: &str) -> Result<HeadLine, ArchiveError> {
+        if !self.next()? {
+            return Err(self.invalid(missing.into()));
+        }
+        serde_json::from_slice(&self.text)
+            .map_err(|e| self.invalid(format!("a malformed line: {e}")))
+    }
+
+    /// The header, then the checkpoints and snapshots it announces.
+    fn head(&mut self) -> Result<(ArchiveHeader, Vec<Checkpoint>, Vec<SnapshotRow>), ArchiveError> {
+        let HeadLine::Header(header) = self.head_line("empty")? else {
+            return Err(self.invalid("it does not start with a header".into()));
+        };
+        if header.format != FORMAT || header.format_version != FORMAT_VERSION {
+            return Err(self.invalid(format!(
+                "not a seatledger archive (format {} version {})",
+                header.format, header.format_version
+            )));
+        }
+        if header.first_position < 1 || header.last_position < header.first_position {
+            return Err(self.invalid("its header's range is impossible".into()));
+        }
+        let mut checkpoints = Vec::with_capacity(header.checkpoints.min(1 << 16));
+        for _ in 0..header.checkpoints {
+            match self.head_line("it ends among its checkpoints")? {
+                HeadLine::Checkpoint(checkpoint) => checkpoints.push(checkpoint),
+                _ => return Err(self.invalid("a line out of place among the checkpoints".into())),
+            }
+        }
+        let mut snapshots = Vec::with_capacity(header.snapshots.min(1 << 16));
+        for _ in 0..header.snapshots {
+            match self.head_line("it ends among its snapshots")? {
+                HeadLine::Snapshot(snapshot) => snapshots.push(snapshot),
+                _ => return Err(self.invalid("a line out of place among the snapshots".into())),
+            }
+        }
+        Ok((header, checkpoints, snapshots))
+    }
+
+    /// The events, relinked into a chain from the header's previous hash,
+    /// checked against the signed checkpoints and handed to `on_events` in
+    /// batches (a batch it hands back is reused).
+    fn events(
+        &mut self,
+        header: &ArchiveHeader,
+        wanted: &BTreeMap<i64, &Checkpoint>,
+        mut on_events: impl FnMut(Vec<RecordedEvent>) -> Result<Result<Vec<RecordedEvent>, ()>, String>,
+    ) -> Result<(), ArchiveError> {
+        let mut relinker = Relinker::new(
+            header.partition,
+            header.first_position - 1,
+            header.prev_hash,
+        );
+        let mut batch: Vec<RecordedEvent> = Vec::with_capacity(BATCH as usize);
+        let expected = header.last_position - header.first_position + 1;
+        let mut read = 0i64;
+        while self.next()? {
+            if read == expected {
+                return Err(self.invalid(format!(
+                    "it holds more events than its range {}..={}",
+                    header.first_position, header.last_position
+                )));
+            }
+            let event: RecordedEvent = relinker
+                .next(&self.text)
+                .map_err(|what| self.invalid(what))?;
+            read += 1;
+            if let Some(checkpoint) = wanted.get(&event.position) {
+                if checkpoint.hash != event.hash {
+                    return Err(self.invalid(format!(
+                        "the checkpoint at position {} signs {}, the events hash to {}",
+                        event.position, checkpoint.hash, event.hash
+                    )));
+                }
+            }
+            batch.push(event);
+            if batch.len() == BATCH as usize {
+                let full = std::mem::take(&mut batch);
+                batch = match on_events(full).map_err(|what| self.invalid(what))? {
+                    Ok(mut back) => {
+                        back.clear();
+                        back
+                    }
+                    Err(()) => Vec::with_capacity(BATCH as usize),
+                };
+            }
+        }
+        if !batch.is_empty() {
+            // The last batch: whether it comes back does not matter.
+            let _kept = on_events(batch).map_err(|what| self.invalid(what))?;
+        }
+        if read != expected {
+            return Err(self.invalid(format!(
+                "it holds {read} events, its range {expected}: events are missing"
+            )));
+        }
+        if relinker.head().1 != header.last_hash {
+            return Err(self.invalid(
+                "its events do not hash to its header's last hash (altered after it was written)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Checks a checkpoint's signature, shareable with a reading thread.
@@ -579,112 +630,164 @@ async fn write_segment(
         }
     };
     let partition = segment.partition;
-    let final_path = dir.join(file_name(partition, segment.segment));
-    let temp_path = dir.join(format!(
-        ".{}.partial",
-        file_name(partition, segment.segment)
-    ));
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |error| ArchiveError::Io { path, error }
+    let file = SegmentFile {
+        path: dir.join(file_name(partition, segment.segment)),
+        temp: dir.join(format!(
+            ".{}.partial",
+            file_name(partition, segment.segment)
+        )),
     };
-    let invalid = |what: String| ArchiveError::Invalid {
-        path: final_path.clone(),
-        what,
-    };
-    let checkpoints = checkpoints_between(store, partition, (first - 2).max(0), last).await?;
-    let opening = checkpoints.iter().find(|c| c.position == first - 1);
-    let prev_hash = match (first, opening) {
-        (1, _) => ChainHash::GENESIS,
-        (_, Some(checkpoint)) => checkpoint.hash,
-        (_, None) => {
-            return Err(invalid(format!(
-                "no checkpoint ends the segment before (at position {})",
-                first - 1
-            )))
-        }
-    };
-    let Some(closing) = checkpoints.iter().find(|c| c.position == last).cloned() else {
-        return Err(invalid(format!(
-            "no checkpoint at its end, position {last}"
-        )));
-    };
-    let snapshots = snapshots_of(states).map_err(invalid)?;
-    let header = ArchiveHeader {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        partition,
-        segment: segment.segment,
-        first_position: first,
-        last_position: last,
-        prev_hash,
-        last_hash: closing.hash,
-        checkpoints: checkpoints.len(),
-        snapshots: snapshots.len(),
-        description: format!(
-            "segment {} of partition {partition} of a seatledger log: positions {first}..={last}",
-            segment.segment
-        ),
-    };
-    let file = std::fs::File::create(&temp_path).map_err(io(&temp_path))?;
-    let mut encoder = zstd::stream::write::Encoder::new(
-        std::io::BufWriter::with_capacity(1 << 20, file),
-        ZSTD_LEVEL,
-    )
-    .map_err(io(&temp_path))?;
-    encoder
-        .long_distance_matching(true)
-        .and_then(|_| encoder.window_log(ZSTD_WINDOW_LOG))
-        .map_err(io(&temp_path))?;
+    let (header, checkpoints, closing) = file.head(store, segment, (first, last)).await?;
+    let prev_hash = header.prev_hash;
+    let snapshots = snapshots_of(states).map_err(|what| file.invalid(what))?;
+    let mut encoder = file.encoder()?;
     let mut out = Vec::with_capacity(1 << 20);
-    let head = std::iter::once(HeadLine::Header(header))
-        .chain(checkpoints.into_iter().map(HeadLine::Checkpoint))
-        .chain(snapshots.into_iter().map(HeadLine::Snapshot));
+    let head = std::iter::once(HeadLine::Header(ArchiveHeader {
+        snapshots: snapshots.len(),
+        ..header
+    }))
+    .chain(checkpoints.into_iter().map(HeadLine::Checkpoint))
+    .chain(snapshots.into_iter().map(HeadLine::Snapshot));
     for line in head {
-        serde_json::to_writer(&mut out, &line).map_err(|e| invalid(e.to_string()))?;
+        serde_json::to_writer(&mut out, &line).map_err(|e| file.invalid(e.to_string()))?;
         out.push(b'\n');
     }
-    encoder.write_all(&out).map_err(io(&temp_path))?;
+    encoder.write_all(&out).map_err(file.io(&file.temp))?;
     let mut after = first - 1;
     while after < last {
         let events = store
             .read_range(partition, after, (after + BATCH).min(last))
             .await?;
         let Some(last_read) = events.last() else {
-            return Err(invalid(format!(
-                "the store holds no events after position {after}"
-            )));
+            return Err(file.invalid(format!("the store holds no events after position {after}")));
         };
         after = last_read.position;
         out.clear();
         for event in &events {
-            crate::write_line(&mut out, event).map_err(|e| invalid(e.to_string()))?;
+            crate::write_line(&mut out, event).map_err(|e| file.invalid(e.to_string()))?;
         }
-        encoder.write_all(&out).map_err(io(&temp_path))?;
-        fold(states, &events).map_err(invalid)?;
+        encoder.write_all(&out).map_err(file.io(&file.temp))?;
+        fold(states, &events).map_err(|what| file.invalid(what))?;
     }
-    let writer = encoder.finish().map_err(io(&temp_path))?;
-    let file = writer.into_inner().map_err(|e| ArchiveError::Io {
-        path: temp_path.clone(),
-        error: e.into_error(),
-    })?;
-    file.sync_all().map_err(io(&temp_path))?;
-    drop(file);
-    // Read back whole before it takes its name.
-    let archive = read_archive(&temp_path, None, |_| Ok(()))?;
-    if archive.closing_checkpoint() != Some(&closing) || archive.header.prev_hash != prev_hash {
-        return Err(invalid(
-            "the file read back does not match the store's boundary checkpoints".into(),
-        ));
+    file.finish(encoder, dir, &closing, prev_hash)
+}
+
+/// An archive file being written: its name, and the partial file it is
+/// written to first.
+struct SegmentFile {
+    path: PathBuf,
+    temp: PathBuf,
+}
+
+impl SegmentFile {
+    fn invalid(&self, what: String) -> ArchiveError {
+        ArchiveError::Invalid {
+            path: self.path.clone(),
+            what,
+        }
     }
-    std::fs::rename(&temp_path, &final_path).map_err(io(&final_path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(Written {
-        path: final_path,
-        archive,
-    })
+
+    fn io(&self, path: &Path) -> impl Fn(std::io::Error) -> ArchiveError {
+        let path = path.to_owned();
+        move |error| ArchiveError::Io {
+            path: path.clone(),
+            error,
+        }
+    }
+
+    /// The header (its snapshot count left 0), the checkpoints from the
+    /// one before the segment to its end, and the closing checkpoint.
+    async fn head(
+        &self,
+        store: &Store,
+        segment: &Segment,
+        (first, last): (i64, i64),
+    ) -> Result<(ArchiveHeader, Vec<Checkpoint>, Checkpoint), ArchiveError> {
+        let partition = segment.partition;
+        let checkpoints = checkpoints_between(store, partition, (first - 2).max(0), last).await?;
+        let opening = checkpoints.iter().find(|c| c.position == first - 1);
+        let prev_hash = match (first, opening) {
+            (1, _) => ChainHash::GENESIS,
+            (_, Some(checkpoint)) => checkpoint.hash,
+            (_, None) => {
+                return Err(self.invalid(format!(
+                    "no checkpoint ends the segment before (at position {})",
+                    first - 1
+                )))
+            }
+        };
+        let Some(closing) = checkpoints.iter().find(|c| c.position == last).cloned() else {
+            return Err(self.invalid(format!("no checkpoint at its end, position {last}")));
+        };
+        let header = ArchiveHeader {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            partition,
+            segment: segment.segment,
+            first_position: first,
+            last_position: last,
+            prev_hash,
+            last_hash: closing.hash,
+            checkpoints: checkpoints.len(),
+            snapshots: 0,
+            description: format!(
+                "segment {} of partition {partition} of a seatledger log: positions {first}..={last}",
+                segment.segment
+            ),
+        };
+        Ok((header, checkpoints, closing))
+    }
+
+    fn encoder(
+        &self,
+    ) -> Result<
+        zstd::stream::write::Encoder<'static, std::io::BufWriter<std::fs::File>>,
+        ArchiveError,
+    > {
+        let file = std::fs::File::create(&self.temp).map_err(self.io(&self.temp))?;
+        let mut encoder = zstd::stream::write::Encoder::new(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            ZSTD_LEVEL,
+        )
+        .map_err(self.io(&self.temp))?;
+        encoder
+            .long_distance_matching(true)
+            .and_then(|_| encoder.window_log(ZSTD_WINDOW_LOG))
+            .map_err(self.io(&self.temp))?;
+        Ok(encoder)
+    }
+
+    /// Flushes and syncs the partial file, reads it back whole, and only
+    /// then gives it its name (and syncs the directory).
+    fn finish(
+        self,
+        encoder: zstd::stream::write::Encoder<'static, std::io::BufWriter<std::fs::File>>,
+        dir: &Path,
+        closing: &Checkpoint,
+        prev_hash: ChainHash,
+    ) -> Result<Written, ArchiveError> {
+        let writer = encoder.finish().map_err(self.io(&self.temp))?;
+        let file = writer.into_inner().map_err(|e| ArchiveError::Io {
+            path: self.temp.clone(),
+            error: e.into_error(),
+        })?;
+        file.sync_all().map_err(self.io(&self.temp))?;
+        drop(file);
+        let archive = read_archive(&self.temp, None, |_| Ok(()))?;
+        if archive.closing_checkpoint() != Some(closing) || archive.header.prev_hash != prev_hash {
+            return Err(self.invalid(
+                "the file read back does not match the store's boundary checkpoints".into(),
+            ));
+        }
+        std::fs::rename(&self.temp, &self.path).map_err(self.io(&self.path))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io(dir))?;
+        Ok(Written {
+            path: self.path,
+            archive,
+        })
+    }
 }
 
 /// The states just before segment `segment` starts: from the archive of
@@ -795,6 +898,40 @@ struct Checked {
     granted: Vec<crate::store::PrunedSession>,
 }
 
+/// Whether `archive` closes with the database's signed checkpoint at
+/// `last` and continues the one before the segment: what is wrong, if
+/// anything.
+async fn check_boundaries(
+    store: &Store,
+    segment: &Segment,
+    last: i64,
+    archive: &Archive,
+) -> Result<Option<String>, ArchiveError> {
+    let live = checkpoints_between(store, segment.partition, last - 1, last).await?;
+    let live_closing = live.iter().find(|c| c.position == last);
+    if live_closing.is_none() || archive.closing_checkpoint() != live_closing {
+        return Ok(Some(format!(
+            "its closing checkpoint is not the database's signed checkpoint at position {last}"
+        )));
+    }
+    if segment.first_position > 1 {
+        let opening = checkpoints_between(
+            store,
+            segment.partition,
+            segment.first_position - 2,
+            segment.first_position - 1,
+        )
+        .await?;
+        if opening.last().map(|c| c.hash) != Some(archive.header.prev_hash) {
+            return Ok(Some(format!(
+                "it does not continue the database's checkpoint at position {}",
+                segment.first_position - 1
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// Checks the archive of `segment` in `dir` against the store: the file
 /// verifies whole and its boundary checkpoints are the store's, to the
 /// signature.
@@ -849,28 +986,9 @@ async fn check_archive(
             segment.first_position
         )));
     }
-    let live = checkpoints_between(store, segment.partition, last - 1, last).await?;
-    let live_closing = live.iter().find(|c| c.position == last);
-    if live_closing.is_none() || archive.closing_checkpoint() != live_closing {
-        return Err(invalid(format!(
-            "its closing checkpoint is not the database's signed checkpoint at position {last}"
-        )));
-    }
-    if segment.first_position > 1 {
-        let opening = checkpoints_between(
-            store,
-            segment.partition,
-            segment.first_position - 2,
-            segment.first_position - 1,
-        )
-        .await?;
-        if opening.last().map(|c| c.hash) != Some(header.prev_hash) {
-            return Err(invalid(format!(
-                "it does not continue the database's checkpoint at position {}",
-                segment.first_position - 1
-            )));
-        }
-    }
+    check_boundaries(store, segment, last, &archive)
+        .await?
+        .map_or(Ok(()), |what| Err(invalid(what)))?;
     Ok(Checked {
         segment: segment.clone(),
         last,
@@ -906,6 +1024,79 @@ async fn snapshot_at_cut(store: &Store, partition: i16, cut: i64) -> Result<(), 
     Ok(())
 }
 
+/// The sessions to keep for the session lookup: those granted in the
+/// segment and those kept by an earlier prune, while their lease lives. A
+/// kept session that has ended is forgotten, so the table stays as small
+/// as the leases that outlive their grant's segment. (Kept, forgotten.)
+async fn sessions_at_cut(
+    store: &Store,
+    granted: Vec<(uuid::Uuid, String, uuid::Uuid)>,
+) -> Result<(Vec<(uuid::Uuid, String, uuid::Uuid)>, Vec<uuid::Uuid>), ArchiveError> {
+    let kept = store.pruned_sessions().await?;
+    let earlier = kept.len();
+    let mut live = Vec::new();
+    let mut forget = Vec::new();
+    let mut states: BTreeMap<String, Option<crate::domain::LicenseState>> = BTreeMap::new();
+    for (index, (session_id, stream_id, tenant_id)) in kept.into_iter().chain(granted).enumerate() {
+        if !states.contains_key(&stream_id) {
+            let state = match store.stream_state(&stream_id).await?.1 {
+                StreamState::License(license) => Some(license),
+                _ => None,
+            };
+            states.insert(stream_id.clone(), state);
+        }
+        let holds = states
+            .get(&stream_id)
+            .and_then(Option::as_ref)
+            .is_some_and(|license| license.lease(session_id).is_some());
+        match (holds, index < earlier) {
+            (true, false) => live.push((session_id, stream_id, tenant_id)),
+            (false, true) => forget.push(session_id),
+            (true, true) | (false, false) => {}
+        }
+    }
+    Ok((live, forget))
+}
+
+/// Records the prune of a checked segment as a `LogPruned` event, keyed so
+/// a rerun finds it and a different file is refused.
+async fn record_prune(
+    appender: &crate::Appender,
+    partition: i16,
+    item: &Checked,
+) -> Result<crate::CommandResult, ArchiveError> {
+    let event = seatledger_schema::LogPruned {
+        partition,
+        segment: item.segment.segment,
+        first_position: item.segment.first_position,
+        last_position: item.last,
+        archive_sha256: hex_of(&item.archive.sha256),
+        archive_file: item
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let mut submission = crate::Submission::new(
+        uuid::Uuid::nil(),
+        crate::domain::Command::RecordPrune(event),
+    );
+    submission.command_id = Some(format!("prune-{partition}-{}", item.segment.segment));
+    submission.request_hash = item.archive.sha256;
+    submission.metadata.actor = Some("admin-cli".into());
+    let recorded = appender.submit(submission).await.map_err(|e| {
+        ArchiveError::Missing(format!("recording the prune in the log failed: {e}"))
+    })?;
+    if let Some(rejection) = recorded.rejection {
+        return Err(ArchiveError::Missing(format!(
+            "recording the prune of segment {} was refused ({rejection:?}): it was recorded before with another archive",
+            item.segment.segment
+        )));
+    }
+    Ok(recorded)
+}
+
 /// Prunes every sealed segment of `partition` that ends at or before
 /// `before_position` and is not pruned yet, oldest first: each one's
 /// archive in `dir` must verify and match the store's boundary checkpoints
@@ -935,68 +1126,10 @@ pub async fn prune(
         checked.push(check_archive(store, dir, segment, trust).await?);
     }
     let mut done = Vec::new();
-    for item in checked {
+    for mut item in checked {
         snapshot_at_cut(store, partition, item.last).await?;
-        // The sessions to keep for the session lookup: those granted in the
-        // segment and those kept by an earlier prune, while their lease
-        // lives. A kept session that has ended is forgotten, so the table
-        // stays as small as the leases that outlive their grant's segment.
-        let kept = store.pruned_sessions().await?;
-        let earlier = kept.len();
-        let mut live = Vec::new();
-        let mut forget = Vec::new();
-        let mut states: BTreeMap<String, Option<crate::domain::LicenseState>> = BTreeMap::new();
-        for (index, (session_id, stream_id, tenant_id)) in
-            kept.into_iter().chain(item.granted).enumerate()
-        {
-            if !states.contains_key(&stream_id) {
-                let state = match store.stream_state(&stream_id).await?.1 {
-                    StreamState::License(license) => Some(license),
-                    _ => None,
-                };
-                states.insert(stream_id.clone(), state);
-            }
-            let holds = states
-                .get(&stream_id)
-                .and_then(Option::as_ref)
-                .is_some_and(|license| license.lease(session_id).is_some());
-            match (holds, index < earlier) {
-                (true, false) => live.push((session_id, stream_id, tenant_id)),
-                (false, true) => forget.push(session_id),
-                (true, true) | (false, false) => {}
-            }
-        }
-        let sha = hex_of(&item.archive.sha256);
-        let file = item
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let event = seatledger_schema::LogPruned {
-            partition,
-            segment: item.segment.segment,
-            first_position: item.segment.first_position,
-            last_position: item.last,
-            archive_sha256: sha.clone(),
-            archive_file: file,
-        };
-        let mut submission = crate::Submission::new(
-            uuid::Uuid::nil(),
-            crate::domain::Command::RecordPrune(event),
-        );
-        submission.command_id = Some(format!("prune-{partition}-{}", item.segment.segment));
-        submission.request_hash = item.archive.sha256;
-        submission.metadata.actor = Some("admin-cli".into());
-        let recorded = appender.submit(submission).await.map_err(|e| {
-            ArchiveError::Missing(format!("recording the prune in the log failed: {e}"))
-        })?;
-        if let Some(rejection) = recorded.rejection {
-            return Err(ArchiveError::Missing(format!(
-                "recording the prune of segment {} was refused ({rejection:?}): it was recorded before with another archive",
-                item.segment.segment
-            )));
-        }
+        let (live, forget) = sessions_at_cut(store, std::mem::take(&mut item.granted)).await?;
+        let recorded = record_prune(appender, partition, &item).await?;
         let recorded_at_position = recorded.events.first().map_or(0, |e| e.position);
         store
             .prune_segment(

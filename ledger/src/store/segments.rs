@@ -241,32 +241,10 @@ impl Conn<'_> {
             sessions,
             forget,
         } = prune;
-        let refuse = |why: String| {
-            Err(StoreError::Corrupt(format!(
+        if let Some(why) = self.unprunable(partition, segment).await? {
+            return Err(StoreError::Corrupt(format!(
                 "segment {segment} of partition {partition} cannot be pruned: {why}"
-            )))
-        };
-        let segments = self.segments(partition).await?;
-        let Some(index) = segments.iter().position(|s| s.segment == segment) else {
-            return refuse("there is no such segment".into());
-        };
-        let found = &segments[index];
-        let Some(last) = found.last_position else {
-            return refuse("it is not sealed".into());
-        };
-        if found.is_pruned() {
-            return refuse("it is already pruned".into());
-        }
-        if segments[..index].iter().any(|s| !s.is_pruned()) {
-            return refuse("an older segment is not pruned".into());
-        }
-        const TAIL: &str = "SELECT min(position) FROM events WHERE partition = $1";
-        let tail: Option<i64> = on_conn!(self, |c| sqlx::query_scalar(TAIL)
-            .bind(partition)
-            .fetch_one(&mut **c)
-            .await?);
-        if tail.is_some_and(|start| start <= last) {
-            return refuse("some of its events are not compacted into blocks yet".into());
+            )));
         }
         const MARK: &str = "UPDATE event_segments SET archive_sha256 = $3, pruned_at = $4 \
              WHERE partition = $1 AND segment = $2";
@@ -278,6 +256,50 @@ impl Conn<'_> {
             .execute(&mut **c)
             .await
             .map(drop)?);
+        self.keep_sessions(sessions, forget).await?;
+        self.drop_blocks(partition, segment).await
+    }
+
+    /// Why segment `segment` cannot be pruned, if it cannot: it must exist,
+    /// be sealed and not pruned, follow pruned segments only, and be
+    /// compacted into blocks whole.
+    async fn unprunable(
+        &mut self,
+        partition: i16,
+        segment: i64,
+    ) -> Result<Option<&'static str>, StoreError> {
+        let segments = self.segments(partition).await?;
+        let Some(index) = segments.iter().position(|s| s.segment == segment) else {
+            return Ok(Some("there is no such segment"));
+        };
+        let found = &segments[index];
+        let Some(last) = found.last_position else {
+            return Ok(Some("it is not sealed"));
+        };
+        if found.is_pruned() {
+            return Ok(Some("it is already pruned"));
+        }
+        if segments[..index].iter().any(|s| !s.is_pruned()) {
+            return Ok(Some("an older segment is not pruned"));
+        }
+        const TAIL: &str = "SELECT min(position) FROM events WHERE partition = $1";
+        let tail: Option<i64> = on_conn!(self, |c| sqlx::query_scalar(TAIL)
+            .bind(partition)
+            .fetch_one(&mut **c)
+            .await?);
+        if tail.is_some_and(|start| start <= last) {
+            return Ok(Some("some of its events are not compacted into blocks yet"));
+        }
+        Ok(None)
+    }
+
+    /// Keeps `sessions` (granted in pruned segments, still live) for the
+    /// session lookup, and forgets `forget` (ended).
+    async fn keep_sessions(
+        &mut self,
+        sessions: &[PrunedSession],
+        forget: &[uuid::Uuid],
+    ) -> Result<(), StoreError> {
         match self {
             Conn::Pg(c) => {
                 for session_id in forget {
@@ -296,15 +318,6 @@ impl Conn<'_> {
                     .bind(tenant_id)
                     .execute(&mut **c)
                     .await?;
-                }
-                for table in ["event_blocks", "event_block_keys"] {
-                    let part = format!("{table}_{partition}_{segment}");
-                    sqlx::query(&format!("ALTER TABLE {table} DETACH PARTITION {part}"))
-                        .execute(&mut **c)
-                        .await?;
-                    sqlx::query(&format!("DROP TABLE {part}"))
-                        .execute(&mut **c)
-                        .await?;
                 }
             }
             Conn::Lite(c) => {
@@ -325,6 +338,28 @@ impl Conn<'_> {
                     .execute(&mut **c)
                     .await?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a segment's blocks: on PostgreSQL its partitions are detached
+    /// and dropped; on SQLite its rows deleted (the trigger allows it now
+    /// that the segment is marked pruned).
+    async fn drop_blocks(&mut self, partition: i16, segment: i64) -> Result<(), StoreError> {
+        match self {
+            Conn::Pg(c) => {
+                for table in ["event_blocks", "event_block_keys"] {
+                    let part = format!("{table}_{partition}_{segment}");
+                    sqlx::query(&format!("ALTER TABLE {table} DETACH PARTITION {part}"))
+                        .execute(&mut **c)
+                        .await?;
+                    sqlx::query(&format!("DROP TABLE {part}"))
+                        .execute(&mut **c)
+                        .await?;
+                }
+            }
+            Conn::Lite(c) => {
                 for table in ["event_block_keys", "event_blocks"] {
                     sqlx::query(&format!(
                         "DELETE FROM {table} WHERE partition = ? AND segment = ?"
