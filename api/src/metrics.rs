@@ -335,6 +335,15 @@ impl Collector for StatsCollector {
             "Streams the appender currently remembers as unreadable.",
             load(&appender.unreadable_streams),
         )?;
+        self.encode_background(&mut encoder)?;
+        self.encode_followers(&mut encoder)
+    }
+}
+
+impl StatsCollector {
+    /// The reaper's and the compactor's counters.
+    fn encode_background(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let load = |atomic: &AtomicU64| atomic.load(Ordering::Relaxed);
         for (name, help, value) in [
             (
                 "seatledger_reaper_rounds",
@@ -367,13 +376,11 @@ impl Collector for StatsCollector {
                 &self.compactor.failures,
             ),
         ] {
-            encode_counter(&mut encoder, name, help, load(value))?;
+            encode_counter(encoder, name, help, load(value))?;
         }
-        self.encode_followers(&mut encoder)
+        Ok(())
     }
-}
 
-impl StatsCollector {
     fn encode_followers(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         for (name, help, field) in [
             (

@@ -200,6 +200,37 @@ async fn write_event(
     Ok(())
 }
 
+/// One organization's next events after `after`, from its index.
+async fn org_batch(
+    store: &Store,
+    org: Uuid,
+    partition: i16,
+    after: i64,
+    to: i64,
+) -> Result<Option<Vec<RecordedEvent>>, ExportError> {
+    let mut batch = store
+        .read_tenant_after(org, partition, after, crate::verify::VERIFY_BATCH)
+        .await?;
+    batch.retain(|event| event.position <= to);
+    Ok((!batch.is_empty()).then_some(batch))
+}
+
+/// The signed checkpoints at positions `from..=to`, by position.
+async fn checkpoints_in(
+    store: &Store,
+    partition: i16,
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<i64, Checkpoint>, ExportError> {
+    Ok(store
+        .checkpoints(partition)
+        .await?
+        .into_iter()
+        .filter(|checkpoint| (from..=to).contains(&checkpoint.position))
+        .map(|checkpoint| (checkpoint.position, checkpoint))
+        .collect())
+}
+
 /// Writes partition `partition` of `store` (or the range and organization
 /// asked for) to `out`; `progress` is called with each position reached.
 /// Returns the header written and the number of events.
@@ -214,13 +245,7 @@ pub async fn export(
     let from = range.from_position.unwrap_or(1).max(1);
     let to = range.to_position.unwrap_or(head).min(head);
     let whole = range.org.is_none() && from == 1 && to == head;
-    let mut checkpoints: BTreeMap<i64, Checkpoint> = store
-        .checkpoints(partition)
-        .await?
-        .into_iter()
-        .filter(|checkpoint| (from..=to).contains(&checkpoint.position))
-        .map(|checkpoint| (checkpoint.position, checkpoint))
-        .collect();
+    let mut checkpoints = checkpoints_in(store, partition, from, to).await?;
     let header = Header {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -254,18 +279,10 @@ pub async fn export(
     loop {
         let batch = match (&mut reader, range.org) {
             (Some(reader), org) => reader.next().await?.map(|mut batch| {
-                if let Some(org) = org {
-                    batch.retain(|event| event.tenant_id == org);
-                }
+                batch.retain(|event| org.is_none_or(|org| event.tenant_id == org));
                 batch
             }),
-            (None, Some(org)) => {
-                let mut batch = store
-                    .read_tenant_after(org, partition, after, crate::verify::VERIFY_BATCH)
-                    .await?;
-                batch.retain(|event| event.position <= to);
-                (!batch.is_empty()).then_some(batch)
-            }
+            (None, Some(org)) => org_batch(store, org, partition, after, to).await?,
             (None, None) => None,
         };
         let Some(batch) = batch else { break };

@@ -223,17 +223,7 @@ impl Simulator {
                     ReleaseReason::Client | ReleaseReason::Admin
                 ) =>
             {
-                self.run_both(
-                    &Command::ReleaseSeat {
-                        license_id,
-                        session_id: released.session_id,
-                        by: seatledger_ledger::domain::SeatActor::Unchecked,
-                    },
-                    now,
-                );
-                if let Some(lifetime) = self.lifetimes.get_mut(&released.session_id) {
-                    lifetime.ended_at.get_or_insert(now);
-                }
+                self.released(released.session_id, now)
             }
             Event::LicenseRenewed(renewed) => self.run_both(
                 &Command::RenewLicense {
@@ -243,21 +233,7 @@ impl Simulator {
                 now,
             ),
             Event::LicenseSuspended(_) | Event::LicenseRevoked(_) => {
-                let command = if matches!(event, Event::LicenseSuspended(_)) {
-                    Command::SuspendLicense {
-                        license_id,
-                        reason: None,
-                    }
-                } else {
-                    Command::RevokeLicense {
-                        license_id,
-                        reason: None,
-                    }
-                };
-                self.run_both(&command, now);
-                for lifetime in self.lifetimes.values_mut() {
-                    lifetime.ended_at.get_or_insert(now);
-                }
+                self.ended(matches!(event, Event::LicenseSuspended(_)), now)
             }
             Event::LicenseReinstated(_) => self.run_both(
                 &Command::ReinstateLicense {
@@ -399,6 +375,40 @@ impl Simulator {
                     }
                 }
             });
+        }
+    }
+
+    fn released(&mut self, session_id: Uuid, now: Timestamp) {
+        self.run_both(
+            &Command::ReleaseSeat {
+                license_id: self.options.license_id,
+                session_id,
+                by: seatledger_ledger::domain::SeatActor::Unchecked,
+            },
+            now,
+        );
+        if let Some(lifetime) = self.lifetimes.get_mut(&session_id) {
+            lifetime.ended_at.get_or_insert(now);
+        }
+    }
+
+    /// A suspension (or revocation) ends every lease in both replays.
+    fn ended(&mut self, suspended: bool, now: Timestamp) {
+        let license_id = self.options.license_id;
+        let command = if suspended {
+            Command::SuspendLicense {
+                license_id,
+                reason: None,
+            }
+        } else {
+            Command::RevokeLicense {
+                license_id,
+                reason: None,
+            }
+        };
+        self.run_both(&command, now);
+        for lifetime in self.lifetimes.values_mut() {
+            lifetime.ended_at.get_or_insert(now);
         }
     }
 
