@@ -69,25 +69,6 @@ struct CommonProblems;
 
 impl utoipa::Modify for CommonProblems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::path::Operation;
-        fn add(operation: &mut Operation, status: &str, codes: &str) {
-            operation
-                .responses
-                .responses
-                .entry(status.to_owned())
-                .or_insert_with(|| {
-                    utoipa::openapi::ResponseBuilder::new()
-                        .description(codes)
-                        .content(
-                            "application/problem+json",
-                            utoipa::openapi::Content::new(Some(
-                                utoipa::openapi::Ref::from_schema_name("ProblemDoc"),
-                            )),
-                        )
-                        .build()
-                        .into()
-                });
-        }
         for (path, item) in openapi.paths.paths.iter_mut() {
             let reaches_store = crate::store_gate::reaches_store(path);
             for operation in [
@@ -101,48 +82,63 @@ impl utoipa::Modify for CommonProblems {
             .flatten()
             {
                 problems_as_sent(operation);
-                if operation.security.is_some() {
-                    add(
-                        operation,
-                        "401",
-                        "`unauthorized`: missing, malformed, unknown or revoked bearer token; `token_expired`",
-                    );
-                    add(
-                        operation,
-                        "403",
-                        "`forbidden`: a client token (scope `seats`) calling anything but acquire, heartbeat or release",
-                    );
-                }
-                if operation.request_body.is_some() {
-                    add(operation, "400", "`malformed_json`");
-                    add(
-                        operation,
-                        "408",
-                        "`body_timeout`: the body did not arrive within `--body-read-timeout-s`; the connection is closed",
-                    );
-                    add(operation, "413", "`payload_too_large`: body over 64 KiB");
-                    add(
-                        operation,
-                        "415",
-                        "`unsupported_media_type`: the body must be application/json",
-                    );
-                    add(operation, "422", "`invalid_request`: wrong types, missing or unknown fields, values out of range");
-                }
-                if reaches_store {
-                    add(
-                        operation,
-                        "500",
-                        "`stream_unreadable`: the license's or organization's history cannot be read back (logged for the operator); other licenses are unaffected",
-                    );
-                    add(
-                        operation,
-                        "503",
-                        "`store_unavailable` or `request_timeout`, with Retry-After",
-                    );
+                let token = operation.security.is_some();
+                let body = operation.request_body.is_some();
+                for (applies, status, codes) in COMMON_PROBLEMS {
+                    let applies = match applies {
+                        Applies::Token => token,
+                        Applies::Body => body,
+                        Applies::Store => reaches_store,
+                    };
+                    if applies {
+                        add_problem(operation, status, codes);
+                    }
                 }
             }
         }
     }
+}
+
+/// Which operations a common problem applies to.
+enum Applies {
+    /// Those that need a token.
+    Token,
+    /// Those with a JSON body.
+    Body,
+    /// Those that reach the event store.
+    Store,
+}
+
+const COMMON_PROBLEMS: [(Applies, &str, &str); 9] = [
+    (Applies::Token, "401", "`unauthorized`: missing, malformed, unknown or revoked bearer token; `token_expired`"),
+    (Applies::Token, "403", "`forbidden`: a client token (scope `seats`) calling anything but acquire, heartbeat or release"),
+    (Applies::Body, "400", "`malformed_json`"),
+    (Applies::Body, "408", "`body_timeout`: the body did not arrive within `--body-read-timeout-s`; the connection is closed"),
+    (Applies::Body, "413", "`payload_too_large`: body over 64 KiB"),
+    (Applies::Body, "415", "`unsupported_media_type`: the body must be application/json"),
+    (Applies::Body, "422", "`invalid_request`: wrong types, missing or unknown fields, values out of range"),
+    (Applies::Store, "500", "`stream_unreadable`: the license's or organization's history cannot be read back (logged for the operator); other licenses are unaffected"),
+    (Applies::Store, "503", "`store_unavailable` or `request_timeout`, with Retry-After"),
+];
+
+/// Adds a problem response, unless the route documents that status itself.
+fn add_problem(operation: &mut utoipa::openapi::path::Operation, status: &str, codes: &str) {
+    operation
+        .responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(codes)
+                .content(
+                    "application/problem+json",
+                    utoipa::openapi::Content::new(Some(utoipa::openapi::Ref::from_schema_name(
+                        "ProblemDoc",
+                    ))),
+                )
+                .build()
+                .into()
+        });
 }
 
 /// Every problem is sent as application/problem+json: say so for the
