@@ -173,30 +173,7 @@ pub async fn issue(
         .map(OveragePercent::new)
         .transpose()?
         .unwrap_or_default();
-    // With an idempotency key the license id and key are derived from it
-    // and its caller (keyed by the ledger's secret), so a retry reproduces
-    // them without the key ever being stored.
-    let (license_id, key) = match &idempotency_key {
-        Some(idempotency) => {
-            let org = admin.org_id.as_bytes().as_slice();
-            let caller = admin.user_id.as_bytes().as_slice();
-            let id_bytes = state
-                .keys
-                .ledger
-                .derive("license-id", &[org, caller, idempotency.as_bytes()]);
-            let mut random = [0u8; 16];
-            random.copy_from_slice(&id_bytes[..16]);
-            let key_bytes = state
-                .keys
-                .ledger
-                .derive("license-key", &[org, caller, idempotency.as_bytes()]);
-            (
-                uuid::Builder::from_random_bytes(random).into_uuid(),
-                secret_from_bytes(LICENSE_KEY_PREFIX, &key_bytes),
-            )
-        }
-        None => (Uuid::now_v7(), random_secret(LICENSE_KEY_PREFIX)?),
-    };
+    let (license_id, key) = new_license_id_and_key(&state, &admin, idempotency_key.as_deref())?;
     state
         .directory
         .insert_license_key(&secret_hash(&key), license_id, admin.org_id)
@@ -226,6 +203,30 @@ pub async fn issue(
     let Json(mut response) = view_of(result)?;
     response.key = Some(key);
     Ok((StatusCode::CREATED, Json(response)))
+}
+
+/// A new license's id and key. With an idempotency key they are derived
+/// from it and its caller (keyed by the ledger's secret), so a retry
+/// reproduces them without the key ever being stored.
+fn new_license_id_and_key(
+    state: &AppState,
+    admin: &Principal,
+    idempotency_key: Option<&str>,
+) -> Result<(Uuid, String), ApiError> {
+    let Some(idempotency) = idempotency_key else {
+        return Ok((Uuid::now_v7(), random_secret(LICENSE_KEY_PREFIX)?));
+    };
+    let org = admin.org_id.as_bytes().as_slice();
+    let caller = admin.user_id.as_bytes().as_slice();
+    let ledger = &state.keys.ledger;
+    let id_bytes = ledger.derive("license-id", &[org, caller, idempotency.as_bytes()]);
+    let mut random = [0u8; 16];
+    random.copy_from_slice(&id_bytes[..16]);
+    let key_bytes = ledger.derive("license-key", &[org, caller, idempotency.as_bytes()]);
+    Ok((
+        uuid::Builder::from_random_bytes(random).into_uuid(),
+        secret_from_bytes(LICENSE_KEY_PREFIX, &key_bytes),
+    ))
 }
 
 /// The response header saying which log position a read is as of: every
