@@ -209,38 +209,8 @@ pub async fn run<F: Follower>(
             &status,
         )
         .await;
-        let wait = match caught_up {
-            Ok(()) => {
-                if failing {
-                    tracing::info!(follower = follower.name(), "follower recovered");
-                    failing = false;
-                }
-                config.poll_interval
-            }
-            Err(FollowerError::Superseded) => continue,
-            Err(FollowerError::Standby) => config.retry_after,
-            Err(error @ FollowerError::Store(StoreError::Pruned { .. })) => {
-                // Retrying cannot help: the events it needs left the
-                // database. It waits for an operator (and says so once).
-                if !failing {
-                    tracing::error!(
-                        follower = follower.name(),
-                        error = %error,
-                        "follower needs pruned events; rebuild it from the archive files \
-                         (seatledger-replay rebuild billing --archive DIR, or republish --archive DIR \
-                         for a new JetStream stream)"
-                    );
-                    failing = true;
-                }
-                config.retry_after
-            }
-            Err(error) => {
-                if !failing {
-                    tracing::warn!(follower = follower.name(), error = %error, "follower failed; retrying");
-                    failing = true;
-                }
-                config.retry_after
-            }
+        let Some(wait) = next_wait(caught_up, &mut failing, follower.name(), &config) else {
+            continue;
         };
         if !config.coalesce.is_zero() {
             tokio::select! {
@@ -256,6 +226,49 @@ pub async fn run<F: Follower>(
             }
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// How long a follower waits after a round that ended with `caught_up`
+/// (None: go again now), and whether it is failing (said once per spell).
+fn next_wait(
+    caught_up: Result<(), FollowerError>,
+    failing: &mut bool,
+    name: &str,
+    config: &RunnerConfig,
+) -> Option<Duration> {
+    match caught_up {
+        Ok(()) => {
+            if *failing {
+                tracing::info!(follower = name, "follower recovered");
+                *failing = false;
+            }
+            Some(config.poll_interval)
+        }
+        Err(FollowerError::Superseded) => None,
+        Err(FollowerError::Standby) => Some(config.retry_after),
+        Err(error @ FollowerError::Store(StoreError::Pruned { .. })) => {
+            // Retrying cannot help: the events it needs left the database.
+            // It waits for an operator (and says so once).
+            if !*failing {
+                tracing::error!(
+                    follower = name,
+                    error = %error,
+                    "follower needs pruned events; rebuild it from the archive files \
+                     (seatledger-replay rebuild billing --archive DIR, or republish --archive DIR \
+                     for a new JetStream stream)"
+                );
+                *failing = true;
+            }
+            Some(config.retry_after)
+        }
+        Err(error) => {
+            if !*failing {
+                tracing::warn!(follower = name, error = %error, "follower failed; retrying");
+                *failing = true;
+            }
+            Some(config.retry_after)
         }
     }
 }

@@ -236,24 +236,7 @@ impl EventStream {
                     pruned_through,
                 });
             };
-            let found = archive::files_in(dir, partition).map_err(archive_error)?;
-            let mut files = VecDeque::new();
-            for segment in pruned {
-                let last = segment.last_position.unwrap_or_default();
-                if last <= after || segment.first_position > through {
-                    continue;
-                }
-                let Some(path) = found.get(&segment.segment) else {
-                    return Err(archive_error(format!(
-                        "segment {} (positions {}..={last}) was pruned and {} has no {}",
-                        segment.segment,
-                        segment.first_position,
-                        dir.display(),
-                        archive::file_name(partition, segment.segment)
-                    )));
-                };
-                files.push_back((segment, path.clone()));
-            }
+            let files = archive_files(dir, partition, pruned, after, through)?;
             Source::Archived(Box::new(Archived {
                 store: store.clone(),
                 partition,
@@ -405,4 +388,34 @@ impl FileEvents {
         }
         Ok((!batch.is_empty()).then_some(batch))
     }
+}
+
+/// The archive files in `dir` of the `pruned` segments that hold positions
+/// after `after` through `through`, in order; every one must be there.
+fn archive_files(
+    dir: &Path,
+    partition: i16,
+    pruned: Vec<Segment>,
+    after: i64,
+    through: i64,
+) -> Result<VecDeque<(Segment, std::path::PathBuf)>, StoreError> {
+    let found = archive::files_in(dir, partition).map_err(archive_error)?;
+    let mut files = VecDeque::new();
+    for segment in pruned {
+        let last = segment.last_position.unwrap_or_default();
+        if last <= after || segment.first_position > through {
+            continue;
+        }
+        let Some(path) = found.get(&segment.segment) else {
+            return Err(archive_error(format!(
+                "segment {} (positions {}..={last}) was pruned and {} has no {}",
+                segment.segment,
+                segment.first_position,
+                dir.display(),
+                archive::file_name(partition, segment.segment)
+            )));
+        };
+        files.push_back((segment, path.clone()));
+    }
+    Ok(files)
 }
