@@ -865,22 +865,16 @@ pub async fn verify_log(
         EventStream::from_log(store, partition, from.archive, since, Some(head_position)).await?;
     let mut events = events.check_signatures(signatures.clone());
     if since > 0 {
-        let Some(start) = checkpoints.get(&since) else {
-            return Err(VerifyError::NoCheckpoint(since));
-        };
-        if let Some(witnessed) = trust.witnessed.get(&since) {
-            if witnessed != start {
-                return Err(VerifyError::WitnessedCheckpointMissing(since));
-            }
-        }
-        let states = match events.starting_states(Some(signatures)).await? {
-            Some(rows) => Some(parse_states(rows)?),
-            None => None,
-        };
-        for due in verifier.start_after(start, states)? {
-            let stored = store.stream_snapshot(&due.stream_id).await?;
-            check_snapshot(due, stored)?;
-        }
+        start_at_checkpoint(
+            store,
+            &trust,
+            &checkpoints,
+            since,
+            &mut events,
+            &mut verifier,
+            signatures,
+        )
+        .await?;
     }
     let mut prunes = Vec::new();
     while let Some(batch) = events.next().await? {
@@ -909,6 +903,39 @@ pub async fn verify_log(
     let mut verified = verifier.finish(Some(&stored_streams))?;
     verified.archives = archives;
     Ok(verified)
+}
+
+/// Verifying since checkpoint `since`: it must exist (and match a
+/// witnessed head at its position), and the verifier starts from the
+/// states the archives or snapshots give there.
+async fn start_at_checkpoint(
+    store: &Store,
+    trust: &Trust,
+    checkpoints: &HashMap<i64, Checkpoint>,
+    since: i64,
+    events: &mut EventStream,
+    verifier: &mut Verifier,
+    signatures: SharedCheck,
+) -> Result<(), VerifyError> {
+    let Some(start) = checkpoints.get(&since) else {
+        return Err(VerifyError::NoCheckpoint(since));
+    };
+    if trust
+        .witnessed
+        .get(&since)
+        .is_some_and(|witnessed| witnessed != start)
+    {
+        return Err(VerifyError::WitnessedCheckpointMissing(since));
+    }
+    let states = match events.starting_states(Some(signatures)).await? {
+        Some(rows) => Some(parse_states(rows)?),
+        None => None,
+    };
+    for due in verifier.start_after(start, states)? {
+        let stored = store.stream_snapshot(&due.stream_id).await?;
+        check_snapshot(due, stored)?;
+    }
+    Ok(())
 }
 
 /// Every archive file read is the one a `LogPruned` event recorded, and
