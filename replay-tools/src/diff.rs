@@ -92,22 +92,7 @@ pub async fn diff_hot_counts(
         .map_err(|error| DiffError::Redis(error.to_string()))?;
     let (mut events, _) =
         EventStream::from_log(store, partition, archive, 0, Some(position)).await?;
-    let mut states: BTreeMap<Uuid, LicenseState> = BTreeMap::new();
-    let mut as_of = Timestamp::UNIX_EPOCH;
-    while let Some(batch) = events.next().await? {
-        for record in batch {
-            as_of = record.occurred_at;
-            let Some(StreamId::License(license_id)) = StreamId::parse(&record.stream_id) else {
-                continue;
-            };
-            let event = record.event().map_err(|error| DiffError::Undecodable {
-                position: record.position,
-                error: error.to_string(),
-            })?;
-            let state = states.entry(license_id).or_default();
-            *state = seatledger_ledger::domain::license::evolve(std::mem::take(state), &event);
-        }
-    }
+    let (states, as_of) = replay_licenses(&mut events).await?;
     let mut differences = Vec::new();
     let mut leases_compared = 0;
     for (license_id, state) in &states {
@@ -130,22 +115,7 @@ pub async fn diff_hot_counts(
             continue;
         }
         let replayed_leases = state.live_leases_after(as_of, None, usize::MAX);
-        let mut live_leases = Vec::new();
-        loop {
-            let after = live_leases
-                .last()
-                .map(|lease: &seatledger_ledger::domain::Lease| lease.session_id);
-            let page = redis
-                .sessions(org_id, *license_id, as_of, after, SESSIONS_PAGE)
-                .await
-                .map_err(|error| DiffError::Redis(error.to_string()))?
-                .unwrap_or_default();
-            let full = page.len() == SESSIONS_PAGE;
-            live_leases.extend(page);
-            if !full {
-                break;
-            }
-        }
+        let live_leases = live_leases(redis, org_id, *license_id, as_of).await?;
         leases_compared += replayed_leases.len().max(live_leases.len());
         if live_leases != replayed_leases {
             differences.push(LicenseDifference {
@@ -164,6 +134,54 @@ pub async fn diff_hot_counts(
         leases_compared,
         differences,
     })
+}
+
+/// Every license's state at the end of `events`, and that end's time.
+async fn replay_licenses(
+    events: &mut EventStream,
+) -> Result<(BTreeMap<Uuid, LicenseState>, Timestamp), DiffError> {
+    let mut states: BTreeMap<Uuid, LicenseState> = BTreeMap::new();
+    let mut as_of = Timestamp::UNIX_EPOCH;
+    while let Some(batch) = events.next().await? {
+        for record in batch {
+            as_of = record.occurred_at;
+            let Some(StreamId::License(license_id)) = StreamId::parse(&record.stream_id) else {
+                continue;
+            };
+            let event = record.event().map_err(|error| DiffError::Undecodable {
+                position: record.position,
+                error: error.to_string(),
+            })?;
+            let state = states.entry(license_id).or_default();
+            *state = seatledger_ledger::domain::license::evolve(std::mem::take(state), &event);
+        }
+    }
+    Ok((states, as_of))
+}
+
+/// A license's live leases in Redis, every page.
+async fn live_leases(
+    redis: &RedisLicenses,
+    org_id: Uuid,
+    license_id: Uuid,
+    as_of: Timestamp,
+) -> Result<Vec<seatledger_ledger::domain::Lease>, DiffError> {
+    let mut leases = Vec::new();
+    loop {
+        let after = leases
+            .last()
+            .map(|lease: &seatledger_ledger::domain::Lease| lease.session_id);
+        let page = redis
+            .sessions(org_id, license_id, as_of, after, SESSIONS_PAGE)
+            .await
+            .map_err(|error| DiffError::Redis(error.to_string()))?
+            .unwrap_or_default();
+        let full = page.len() == SESSIONS_PAGE;
+        leases.extend(page);
+        if !full {
+            return Ok(leases);
+        }
+    }
 }
 
 /// A value as JSON for a report (null if it cannot be: never for these).
@@ -222,52 +240,15 @@ pub async fn diff_billing(
     let mut rows_compared = 0;
     for (granularity, builder) in builders {
         let report = builder.finish(Some(as_of));
-        let incomplete = report.incomplete_tenants();
-        let mut replayed: BTreeMap<(Uuid, Uuid, Timestamp), UsageRow> = report
-            .rows
-            .into_iter()
-            .map(|row| ((row.org_id, row.license_id, row.period_start), row))
-            .collect();
-        for org_id in &organizations {
-            if incomplete.contains(org_id) {
-                continue;
-            }
-            let query = UsageQuery {
-                org_id: *org_id,
-                license_id: None,
-                granularity,
-                from: Timestamp::MIN,
-                to: Timestamp::MAX,
-                as_of,
-            };
-            let live = billing_live::usage(store, &query).await?;
-            for row in live.rows {
-                rows_compared += 1;
-                let key = (row.org_id, row.license_id, row.period_start);
-                match replayed.remove(&key) {
-                    Some(expected) if expected == row => {}
-                    expected => differences.push(Difference {
-                        granularity,
-                        org_id: row.org_id,
-                        license_id: row.license_id,
-                        period_start: row.period_start,
-                        live: Some(row),
-                        replayed: expected,
-                    }),
-                }
-            }
-        }
-        for ((org_id, license_id, period_start), row) in replayed {
-            rows_compared += 1;
-            differences.push(Difference {
-                granularity,
-                org_id,
-                license_id,
-                period_start,
-                live: None,
-                replayed: Some(row),
-            });
-        }
+        rows_compared += compare_usage(
+            store,
+            granularity,
+            report,
+            &organizations,
+            as_of,
+            &mut differences,
+        )
+        .await?;
     }
     Ok(BillingDiff {
         position,
@@ -276,6 +257,65 @@ pub async fn diff_billing(
         rows_compared,
         differences,
     })
+}
+
+/// Compares one granularity's replayed usage with live billing's, for
+/// every organization whose history was read whole; how many rows.
+async fn compare_usage(
+    store: &Store,
+    granularity: Granularity,
+    report: crate::UsageReport,
+    organizations: &BTreeSet<Uuid>,
+    as_of: Timestamp,
+    differences: &mut Vec<Difference>,
+) -> Result<usize, DiffError> {
+    let mut rows_compared = 0;
+    let incomplete = report.incomplete_tenants();
+    let mut replayed: BTreeMap<(Uuid, Uuid, Timestamp), UsageRow> = report
+        .rows
+        .into_iter()
+        .map(|row| ((row.org_id, row.license_id, row.period_start), row))
+        .collect();
+    for org_id in organizations
+        .iter()
+        .filter(|org| !incomplete.contains(*org))
+    {
+        let query = UsageQuery {
+            org_id: *org_id,
+            license_id: None,
+            granularity,
+            from: Timestamp::MIN,
+            to: Timestamp::MAX,
+            as_of,
+        };
+        for row in billing_live::usage(store, &query).await?.rows {
+            rows_compared += 1;
+            let key = (row.org_id, row.license_id, row.period_start);
+            match replayed.remove(&key) {
+                Some(expected) if expected == row => {}
+                expected => differences.push(Difference {
+                    granularity,
+                    org_id: row.org_id,
+                    license_id: row.license_id,
+                    period_start: row.period_start,
+                    live: Some(row),
+                    replayed: expected,
+                }),
+            }
+        }
+    }
+    for ((org_id, license_id, period_start), row) in replayed {
+        rows_compared += 1;
+        differences.push(Difference {
+            granularity,
+            org_id,
+            license_id,
+            period_start,
+            live: None,
+            replayed: Some(row),
+        });
+    }
+    Ok(rows_compared)
 }
 
 /// The human-readable form.

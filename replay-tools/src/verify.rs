@@ -853,14 +853,7 @@ pub async fn verify_log(
     let mut verifier = Verifier::new(trust.clone(), true, since == 0, Some(&stored_streams))
         .whole_log()
         .with_lease_budget(from.lease_budget);
-    let signatures: SharedCheck = {
-        let trust = trust.clone();
-        std::sync::Arc::new(move |checkpoint: &Checkpoint| {
-            trust
-                .check_signature(checkpoint)
-                .map_err(|error| error.to_string())
-        })
-    };
+    let signatures = signature_check(&trust);
     let (events, _) =
         EventStream::from_log(store, partition, from.archive, since, Some(head_position)).await?;
     let mut events = events.check_signatures(signatures.clone());
@@ -903,6 +896,16 @@ pub async fn verify_log(
     let mut verified = verifier.finish(Some(&stored_streams))?;
     verified.archives = archives;
     Ok(verified)
+}
+
+/// Checks a checkpoint's signature against `trust` (for archive readers).
+fn signature_check(trust: &Trust) -> SharedCheck {
+    let trust = trust.clone();
+    std::sync::Arc::new(move |checkpoint: &Checkpoint| {
+        trust
+            .check_signature(checkpoint)
+            .map_err(|error| error.to_string())
+    })
 }
 
 /// Verifying since checkpoint `since`: it must exist (and match a
