@@ -574,45 +574,7 @@ impl NatsPublisher {
         }
         let mut last = None;
         for checkpoint in heads.iter().filter(|c| c.position <= through) {
-            let body = serde_json::to_vec(checkpoint)
-                .map_err(|error| FollowerError::Output(error.to_string()))?;
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                "Nats-Msg-Id",
-                format!(
-                    "checkpoint:{}:{}",
-                    checkpoint.partition, checkpoint.position
-                )
-                .as_str(),
-            );
-            headers.insert(CHECKPOINT_HEADER, "1");
-            headers.insert(
-                "Seatledger-Partition",
-                checkpoint.partition.to_string().as_str(),
-            );
-            headers.insert(
-                "Seatledger-Position",
-                checkpoint.position.to_string().as_str(),
-            );
-            let publish_error = |error: String| {
-                FollowerError::Output(format!(
-                    "publishing the signed head at position {}: {error}",
-                    checkpoint.position
-                ))
-            };
-            let acked = self
-                .jetstream
-                .publish_with_headers(self.config.checkpoint_subject(), headers, body.into())
-                .await
-                .map_err(|error| publish_error(error.to_string()))?
-                .await;
-            match acked {
-                Ok(ack) => self.acked_sequence = self.acked_sequence.max(ack.sequence),
-                Err(error) => {
-                    self.stream_ready = false;
-                    return Err(publish_error(error.to_string()));
-                }
-            }
+            self.publish_head(checkpoint).await?;
             last = Some(checkpoint.position);
         }
         if let Some(position) = last {
@@ -626,6 +588,56 @@ impl NatsPublisher {
             self.heads_published = Some(position);
         }
         Ok(())
+    }
+
+    /// Publishes one signed head on the checkpoint subject and waits for
+    /// its ack (de-duplicated by partition and position).
+    async fn publish_head(
+        &mut self,
+        checkpoint: &seatledger_schema::Checkpoint,
+    ) -> Result<(), FollowerError> {
+        let body = serde_json::to_vec(checkpoint)
+            .map_err(|error| FollowerError::Output(error.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!(
+                "checkpoint:{}:{}",
+                checkpoint.partition, checkpoint.position
+            )
+            .as_str(),
+        );
+        headers.insert(CHECKPOINT_HEADER, "1");
+        headers.insert(
+            "Seatledger-Partition",
+            checkpoint.partition.to_string().as_str(),
+        );
+        headers.insert(
+            "Seatledger-Position",
+            checkpoint.position.to_string().as_str(),
+        );
+        let publish_error = |error: String| {
+            FollowerError::Output(format!(
+                "publishing the signed head at position {}: {error}",
+                checkpoint.position
+            ))
+        };
+        let acked = self
+            .jetstream
+            .publish_with_headers(self.config.checkpoint_subject(), headers, body.into())
+            .await
+            .map_err(|error| publish_error(error.to_string()))?
+            .await;
+        match acked {
+            Ok(ack) => {
+                self.acked_sequence = self.acked_sequence.max(ack.sequence);
+                Ok(())
+            }
+            Err(error) => {
+                self.stream_ready = false;
+                Err(publish_error(error.to_string()))
+            }
+        }
     }
 }
 

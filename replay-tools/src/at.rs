@@ -148,41 +148,49 @@ pub async fn state_of(
     let licenses: BTreeMap<Uuid, LicenseAt> = states
         .into_iter()
         .filter_map(|(license_id, (state, since))| {
-            let terms = state.terms.as_ref()?;
-            let leases = state
-                .live_leases_after(time, None, usize::MAX)
-                .into_iter()
-                .map(|lease| LeaseAt {
-                    since: since
-                        .get(&lease.session_id)
-                        .copied()
-                        .unwrap_or(Timestamp::UNIX_EPOCH),
-                    session_id: lease.session_id,
-                    user_id: lease.user_id,
-                    hardware_id: lease.hardware_id,
-                    expires_at: lease.expires_at,
-                    generation: lease.generation,
-                    overage: lease.overage,
-                })
-                .collect();
-            Some((
-                license_id,
-                LicenseAt {
-                    license_id,
-                    org_id: terms.org_id,
-                    name: terms.name.clone(),
-                    status: state.status.as_str().to_owned(),
-                    seats: terms.seats,
-                    expires_at: terms.expires_at,
-                    leases,
-                },
-            ))
+            Some((license_id, license_at(license_id, &state, &since, time)?))
         })
         .collect();
     Ok(StateAt {
         time,
         position,
         licenses: licenses.into_values().collect(),
+    })
+}
+
+/// A license as it stood at `time`, its leases with when each began
+/// (`since`); None before it was issued.
+fn license_at(
+    license_id: Uuid,
+    state: &LicenseState,
+    since: &HashMap<Uuid, Timestamp>,
+    time: Timestamp,
+) -> Option<LicenseAt> {
+    let terms = state.terms.as_ref()?;
+    let leases = state
+        .live_leases_after(time, None, usize::MAX)
+        .into_iter()
+        .map(|lease| LeaseAt {
+            since: since
+                .get(&lease.session_id)
+                .copied()
+                .unwrap_or(Timestamp::UNIX_EPOCH),
+            session_id: lease.session_id,
+            user_id: lease.user_id,
+            hardware_id: lease.hardware_id,
+            expires_at: lease.expires_at,
+            generation: lease.generation,
+            overage: lease.overage,
+        })
+        .collect();
+    Some(LicenseAt {
+        license_id,
+        org_id: terms.org_id,
+        name: terms.name.clone(),
+        status: state.status.as_str().to_owned(),
+        seats: terms.seats,
+        expires_at: terms.expires_at,
+        leases,
     })
 }
 
