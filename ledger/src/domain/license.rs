@@ -514,26 +514,8 @@ fn acquire(
         Ok(terms) => terms,
         Err(rejection) => return Decision::reject(rejection),
     };
-    match state.status {
-        LicenseStatus::Revoked => {
-            return Decision::deny(
-                vec![denial(user_id, hardware_id, DenialReason::Revoked)],
-                Rejection::LicenseRevoked,
-            )
-        }
-        LicenseStatus::Suspended => {
-            return Decision::deny(
-                vec![denial(user_id, hardware_id, DenialReason::Suspended)],
-                Rejection::LicenseSuspended,
-            )
-        }
-        LicenseStatus::Active => {}
-    }
-    if terms.is_expired_at(now) {
-        return Decision::deny(
-            vec![denial(user_id, hardware_id, DenialReason::Expired)],
-            Rejection::LicenseExpired,
-        );
+    if let Some((reason, rejection)) = unavailable(state.status, terms, now) {
+        return Decision::deny(vec![denial(user_id, hardware_id, reason)], rejection);
     }
     let expires_at = now.plus_seconds(i64::from(terms.heartbeat_ttl_s));
     let mut events = Vec::new();
@@ -578,6 +560,23 @@ fn acquire(
         overage: active >= terms.seats as usize,
     }));
     Decision::accept(events)
+}
+
+/// Why a license grants no seat at all now, if it does not: revoked,
+/// suspended or expired.
+fn unavailable(
+    status: LicenseStatus,
+    terms: &LicenseTerms,
+    now: Timestamp,
+) -> Option<(DenialReason, Rejection)> {
+    match status {
+        LicenseStatus::Revoked => Some((DenialReason::Revoked, Rejection::LicenseRevoked)),
+        LicenseStatus::Suspended => Some((DenialReason::Suspended, Rejection::LicenseSuspended)),
+        LicenseStatus::Active if terms.is_expired_at(now) => {
+            Some((DenialReason::Expired, Rejection::LicenseExpired))
+        }
+        LicenseStatus::Active => None,
+    }
 }
 
 /// Whether `by` may act on `lease` as its holder.

@@ -453,13 +453,31 @@ macro_rules! backend {
                 // Reports cover partition 0, the only one a ledger writes today.
                 let position = read_checkpoint(&mut tx, 0).await?;
                 let low = query.granularity.period_start(query.from);
+                let closed = read_closed(&mut tx, query, &org, low).await?;
+                let open = read_open_leases(&mut tx, 0, Some((query.org_id, query.license_id))).await?;
+                let sets = match open.iter().map(|lease| lease.start).min() {
+                    Some(earliest) => read_sets(&mut tx, query, &org, low.max(query.granularity.period_start(earliest))).await?,
+                    None => BTreeMap::new(),
+                };
+                tx.commit().await?;
+                Ok(Stored { position, incomplete, closed, sets, open })
+            }
+
+            /// The closed periods' sums in range, with their counts of
+            /// users and machines.
+            async fn read_closed(
+                conn: &mut <Db as sqlx::Database>::Connection,
+                query: &UsageQuery,
+                org: &str,
+                low: Timestamp,
+            ) -> Result<BTreeMap<PeriodKey, (PeriodUsage, u64, u64)>, StoreError> {
                 let mut closed = BTreeMap::new();
                 let mut select = QueryBuilder::<Db>::new(
                     "SELECT license_id, period_start, seat_micros, overage_seat_micros, \
                      peak_at_grant, carried_in, denials FROM usage_periods",
                 );
-                push_range(&mut select, query, &org, low, query.to);
-                for row in select.build().fetch_all(&mut *tx).await? {
+                push_range(&mut select, query, org, low, query.to);
+                for row in select.build().fetch_all(&mut *conn).await? {
                     let key = PeriodKey {
                         granularity: query.granularity,
                         org_id: query.org_id,
@@ -479,9 +497,9 @@ macro_rules! backend {
                 for (table, is_users) in [("usage_users", true), ("usage_machines", false)] {
                     let mut select = QueryBuilder::<Db>::new("SELECT license_id, period_start, count(*) FROM ");
                     select.push(table);
-                    push_range(&mut select, query, &org, low, query.to);
+                    push_range(&mut select, query, org, low, query.to);
                     select.push(" GROUP BY license_id, period_start");
-                    for row in select.build().fetch_all(&mut *tx).await? {
+                    for row in select.build().fetch_all(&mut *conn).await? {
                         let key = PeriodKey {
                             granularity: query.granularity,
                             org_id: query.org_id,
@@ -494,39 +512,42 @@ macro_rules! backend {
                         }
                     }
                 }
-                let open = read_open_leases(&mut tx, 0, Some((query.org_id, query.license_id))).await?;
-                // The sets of the periods open leases reach, to count their
-                // users and machines once.
+                Ok(closed)
+            }
+
+            /// The sets of users and machines of the periods open leases
+            /// reach (from `low`), to count each once.
+            async fn read_sets(
+                conn: &mut <Db as sqlx::Database>::Connection,
+                query: &UsageQuery,
+                org: &str,
+                low: Timestamp,
+            ) -> Result<BTreeMap<PeriodKey, PeriodUsage>, StoreError> {
                 let mut sets: BTreeMap<PeriodKey, PeriodUsage> = BTreeMap::new();
-                let earliest = open.iter().map(|lease| lease.start).min();
-                if let Some(earliest) = earliest {
-                    let low = low.max(query.granularity.period_start(earliest));
-                    let high = query.to.min(query.as_of);
-                    for (table, column) in [("usage_users", "user_id"), ("usage_machines", "hardware_id")] {
-                        let mut select = QueryBuilder::<Db>::new("SELECT license_id, period_start, ");
-                        select.push(column);
-                        select.push(" FROM ");
-                        select.push(table);
-                        push_range(&mut select, query, &org, low, high);
-                        for row in select.build().fetch_all(&mut *tx).await? {
-                            let key = PeriodKey {
-                                granularity: query.granularity,
-                                org_id: query.org_id,
-                                license_id: uuid(row.try_get(0)?)?,
-                                period_start: timestamp(row.try_get(1)?)?,
-                            };
-                            let value: String = row.try_get(2)?;
-                            let entry = sets.entry(key).or_default();
-                            if column == "user_id" {
-                                entry.users.insert(uuid(&value)?);
-                            } else {
-                                entry.machines.insert(value);
-                            }
+                let high = query.to.min(query.as_of);
+                for (table, column) in [("usage_users", "user_id"), ("usage_machines", "hardware_id")] {
+                    let mut select = QueryBuilder::<Db>::new("SELECT license_id, period_start, ");
+                    select.push(column);
+                    select.push(" FROM ");
+                    select.push(table);
+                    push_range(&mut select, query, org, low, high);
+                    for row in select.build().fetch_all(&mut *conn).await? {
+                        let key = PeriodKey {
+                            granularity: query.granularity,
+                            org_id: query.org_id,
+                            license_id: uuid(row.try_get(0)?)?,
+                            period_start: timestamp(row.try_get(1)?)?,
+                        };
+                        let value: String = row.try_get(2)?;
+                        let entry = sets.entry(key).or_default();
+                        if column == "user_id" {
+                            entry.users.insert(uuid(&value)?);
+                        } else {
+                            entry.machines.insert(value);
                         }
                     }
                 }
-                tx.commit().await?;
-                Ok(Stored { position, incomplete, closed, sets, open })
+                Ok(sets)
             }
 
             fn push_range(
