@@ -133,31 +133,10 @@ pub async fn serve<S>(
             }
         });
         let builder = builder.clone();
-        let mut stopped = stopped.clone();
+        let stopped = stopped.clone();
         let open = open_rx.clone();
         tokio::spawn(async move {
-            let connection = builder.serve_connection(
-                TokioIo::new(crate::framing::GuardedIo::new(stream)),
-                service,
-            );
-            tokio::pin!(connection);
-            let mut stopping = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    changed = stopped.changed(), if !stopping => {
-                        if changed.is_err() || *stopped.borrow() {
-                            stopping = true;
-                            connection.as_mut().graceful_shutdown();
-                        }
-                    }
-                }
-            }
+            drive(&builder, stream, service, stopped, peer).await;
             drop(permit);
             drop(open);
         });
@@ -166,6 +145,45 @@ pub async fn serve<S>(
     let _ = stop.send(true);
     drop(open_rx);
     open_tx.closed().await;
+}
+
+/// Serves one connection until it ends, or, once `stopped` turns true,
+/// until its graceful shutdown finishes.
+async fn drive<S>(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: tokio::net::TcpStream,
+    service: S,
+    mut stopped: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    S: hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = axum::response::Response,
+        Error = Infallible,
+    >,
+{
+    let connection = builder.serve_connection(
+        TokioIo::new(crate::framing::GuardedIo::new(stream)),
+        service,
+    );
+    tokio::pin!(connection);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(peer = %peer, error = %error, "connection ended with an error");
+                }
+                return;
+            }
+            changed = stopped.changed(), if !stopping => {
+                if changed.is_err() || *stopped.borrow() {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
 }
 
 /// The error a request body gives once its deadline passed; extractors

@@ -171,60 +171,9 @@ impl Witness {
     /// One round: check the ledger against the heads kept, then keep the
     /// new ones.
     pub async fn poll(&mut self) -> Result<Polled, WitnessError> {
-        let latest: Option<Served> = self.get("/api/v1/checkpoints/latest").await?;
         let last = self.kept.last().cloned();
         if let Some(last) = &last {
-            let Some(latest) = &latest else {
-                return Err(WitnessError::Inconsistent(format!(
-                    "the ledger serves no checkpoint, but this witness kept one at position {}",
-                    last.position
-                )));
-            };
-            if latest.checkpoint.position < last.position {
-                return Err(WitnessError::Inconsistent(format!(
-                    "the log got shorter: its latest signed head is at position {}, but this witness kept one at position {}",
-                    latest.checkpoint.position, last.position
-                )));
-            }
-            let page: Page = self
-                .get(&format!(
-                    "/api/v1/checkpoints?after={}&limit=1",
-                    last.position - 1
-                ))
-                .await?
-                .unwrap_or(Page {
-                    checkpoints: Vec::new(),
-                });
-            match page.checkpoints.first() {
-                Some(served) if served.checkpoint == *last => {
-                    if served.event_hash != Some(last.hash) {
-                        return Err(WitnessError::Inconsistent(format!(
-                            "the event at position {} no longer has the hash {} that was signed there (it has {})",
-                            last.position,
-                            last.hash,
-                            served
-                                .event_hash
-                                .map_or("no event".to_owned(), |hash| hash.to_string())
-                        )));
-                    }
-                }
-                Some(served) if served.checkpoint.position == last.position => {
-                    return Err(WitnessError::Inconsistent(format!(
-                        "the signed head at position {} changed: hash {} signed at {} became hash {} signed at {}",
-                        last.position,
-                        last.hash,
-                        last.signed_at,
-                        served.checkpoint.hash,
-                        served.checkpoint.signed_at
-                    )));
-                }
-                _ => {
-                    return Err(WitnessError::Inconsistent(format!(
-                    "the signed head at position {} that this witness kept is gone from the ledger",
-                    last.position
-                )))
-                }
-            }
+            self.check_kept(last).await?;
         }
         let mut after = last.as_ref().map_or(0, |c| c.position);
         let mut new = Vec::new();
@@ -270,6 +219,64 @@ impl Witness {
             kept: self.kept.len(),
             position: self.kept.last().map_or(0, |c| c.position),
         })
+    }
+
+    /// The ledger still serves the last head this witness kept, unchanged,
+    /// and its log did not get shorter.
+    async fn check_kept(&self, last: &Checkpoint) -> Result<(), WitnessError> {
+        let latest: Option<Served> = self.get("/api/v1/checkpoints/latest").await?;
+        let Some(latest) = &latest else {
+            return Err(WitnessError::Inconsistent(format!(
+                "the ledger serves no checkpoint, but this witness kept one at position {}",
+                last.position
+            )));
+        };
+        if latest.checkpoint.position < last.position {
+            return Err(WitnessError::Inconsistent(format!(
+                "the log got shorter: its latest signed head is at position {}, but this witness kept one at position {}",
+                latest.checkpoint.position, last.position
+            )));
+        }
+        let page: Page = self
+            .get(&format!(
+                "/api/v1/checkpoints?after={}&limit=1",
+                last.position - 1
+            ))
+            .await?
+            .unwrap_or(Page {
+                checkpoints: Vec::new(),
+            });
+        match page.checkpoints.first() {
+            Some(served) if served.checkpoint == *last => {
+                if served.event_hash != Some(last.hash) {
+                    return Err(WitnessError::Inconsistent(format!(
+                        "the event at position {} no longer has the hash {} that was signed there (it has {})",
+                        last.position,
+                        last.hash,
+                        served
+                            .event_hash
+                            .map_or("no event".to_owned(), |hash| hash.to_string())
+                    )));
+                }
+            }
+            Some(served) if served.checkpoint.position == last.position => {
+                return Err(WitnessError::Inconsistent(format!(
+                    "the signed head at position {} changed: hash {} signed at {} became hash {} signed at {}",
+                    last.position,
+                    last.hash,
+                    last.signed_at,
+                    served.checkpoint.hash,
+                    served.checkpoint.signed_at
+                )));
+            }
+            _ => {
+                return Err(WitnessError::Inconsistent(format!(
+                    "the signed head at position {} that this witness kept is gone from the ledger",
+                    last.position
+                )))
+            }
+        }
+        Ok(())
     }
 
     fn append(&mut self, new: &[Checkpoint]) -> Result<(), WitnessError> {
