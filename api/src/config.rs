@@ -237,6 +237,8 @@ pub fn redacted_url(url: &str) -> String {
 impl ServeArgs {
     /// The effective configuration as `key = value` lines of a config
     /// file (keys are the flags without `--`; passwords in URLs redacted).
+    /// Long because it lists every option once, in the order `--help`
+    /// gives them.
     pub fn to_toml(&self) -> String {
         let quoted = |text: &str| format!("{text:?}");
         let optional = |value: Option<String>| match value {

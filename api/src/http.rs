@@ -102,36 +102,7 @@ pub async fn serve<S>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let body_read_timeout = limits.body_read_timeout;
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let read = Arc::new(AtomicBool::new(true));
-            let mut request = request.map(|body| {
-                if hyper::body::Body::is_end_stream(&body) {
-                    Body::new(body)
-                } else {
-                    read.store(false, Ordering::Relaxed);
-                    Body::new(DeadlineBody::new(body, body_read_timeout, read.clone()))
-                }
-            });
-            request.extensions_mut().insert(ConnectInfo(peer));
-            let response = app.clone().oneshot(request);
-            async move {
-                let mut response = response.await?;
-                if !read.load(Ordering::Relaxed) {
-                    // Answered before its body was read (401, 404, 405,
-                    // 415, ...): hyper closes the connection rather than
-                    // wait for the rest of the body, so say so, or the
-                    // client sends its next request on a connection the
-                    // server is closing and sees it dropped unanswered.
-                    response.headers_mut().insert(
-                        axum::http::header::CONNECTION,
-                        axum::http::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok::<_, Infallible>(response)
-            }
-        });
+        let service = request_service(app.clone(), peer, limits.body_read_timeout);
         let builder = builder.clone();
         let stopped = stopped.clone();
         let open = open_rx.clone();
@@ -145,6 +116,60 @@ pub async fn serve<S>(
     let _ = stop.send(true);
     drop(open_rx);
     open_tx.closed().await;
+}
+
+/// What serves each request of a connection from `peer`: the app, with the
+/// peer's address, a deadline on reading the body, and `Connection: close`
+/// on an answer given before the body was read.
+fn request_service<S>(
+    app: S,
+    peer: std::net::SocketAddr,
+    body_read_timeout: Duration,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
+       + 'static
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let read = Arc::new(AtomicBool::new(true));
+        let mut request = request.map(|body| {
+            if hyper::body::Body::is_end_stream(&body) {
+                Body::new(body)
+            } else {
+                read.store(false, Ordering::Relaxed);
+                Body::new(DeadlineBody::new(body, body_read_timeout, read.clone()))
+            }
+        });
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let response = app.clone().oneshot(request);
+        async move {
+            let mut response = response.await?;
+            if !read.load(Ordering::Relaxed) {
+                // Answered before its body was read (401, 404, 405,
+                // 415, ...): hyper closes the connection rather than
+                // wait for the rest of the body, so say so, or the
+                // client sends its next request on a connection the
+                // server is closing and sees it dropped unanswered.
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
+    })
 }
 
 /// Serves one connection until it ends, or, once `stopped` turns true,

@@ -359,6 +359,9 @@ impl BillingFold {
 
     /// Applies one license event that happened at `at`. Callers that use
     /// this directly are responsible for applying each event once, in order.
+    ///
+    /// Long because it is one match over every event kind that moves
+    /// billing; each arm is a few lines of the fold.
     pub fn apply_event(&mut self, org_id: Uuid, license_id: Uuid, at: Timestamp, event: &Event) {
         match event {
             Event::SeatAcquired(acquired) => {

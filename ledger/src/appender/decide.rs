@@ -132,13 +132,7 @@ impl DecidedBatch {
             .as_ref()
             .map(|id| (submission.tenant_id, id.clone()));
         if let Some((hash, result)) = key.as_ref().and_then(|key| recorded.get(key)) {
-            if hash.as_slice() != submission.request_hash.as_slice() {
-                return Ok(Ok(CommandResult::rejected(Rejection::IdempotencyKeyReused)));
-            }
-            let mut result: CommandResult = serde_json::from_value(result.clone())
-                .map_err(|e| StoreError::Corrupt(format!("recorded command result: {e}")))?;
-            result.replayed = true;
-            return Ok(Ok(result));
+            return recorded_reply(submission, hash, result);
         }
         let stream_id = submission.command.stream_id().to_string();
         let Some(stream) = working.streams.get_mut(&stream_id) else {
@@ -153,23 +147,10 @@ impl DecidedBatch {
             &submission.command,
             now,
         );
-        // The last guard of "never store what cannot be replayed": every
-        // event must decode back to itself before any of the command's
-        // events is appended. The edge parsers make this hold; if a bug
-        // ever breaks it, the command fails alone and the log stays clean.
-        let mut payloads = Vec::with_capacity(decision.events.len());
-        for event in &decision.events {
-            let payload = event.payload();
-            match Event::decode(event.event_type(), event.schema_version(), &payload) {
-                Ok(decoded) if decoded == *event => payloads.push(payload),
-                _ => {
-                    tracing::error!(stream_id, event_type = event.event_type(), "decided an event that does not decode to itself; nothing of its command was written");
-                    return Ok(Err(AppendError::Unencodable {
-                        event_type: event.event_type(),
-                    }));
-                }
-            }
-        }
+        let payloads = match replayable_payloads(&decision.events, &stream_id) {
+            Ok(payloads) => payloads,
+            Err(error) => return Ok(Err(error)),
+        };
         let first = self.events.len();
         for (event, payload) in decision.events.iter().zip(payloads) {
             self.append(submission, &stream_id, stream, event, payload, now);
@@ -305,6 +286,46 @@ pub(super) fn stream_writes(
 pub(super) fn snapshot_due(stream: &CachedStream) -> bool {
     let interval = limits::SNAPSHOT_EVERY_EVENTS.max(stream.state.size() as i64);
     stream.version - stream.snapshot_version >= interval
+}
+
+/// The answer to a repeated idempotent request: the recorded result, or
+/// `IdempotencyKeyReused` when the request differs from the recorded one.
+fn recorded_reply(
+    submission: &Submission,
+    hash: &[u8],
+    result: &serde_json::Value,
+) -> Result<Reply, StoreError> {
+    if hash != submission.request_hash.as_slice() {
+        return Ok(Ok(CommandResult::rejected(Rejection::IdempotencyKeyReused)));
+    }
+    let mut result: CommandResult = serde_json::from_value(result.clone())
+        .map_err(|e| StoreError::Corrupt(format!("recorded command result: {e}")))?;
+    result.replayed = true;
+    Ok(Ok(result))
+}
+
+/// The last guard of "never store what cannot be replayed": every event
+/// must decode back to itself before any of the command's events is
+/// appended. The edge parsers make this hold; if a bug ever breaks it, the
+/// command fails alone and the log stays clean. The events' payloads.
+fn replayable_payloads(
+    events: &[Event],
+    stream_id: &str,
+) -> Result<Vec<serde_json::Value>, AppendError> {
+    let mut payloads = Vec::with_capacity(events.len());
+    for event in events {
+        let payload = event.payload();
+        match Event::decode(event.event_type(), event.schema_version(), &payload) {
+            Ok(decoded) if decoded == *event => payloads.push(payload),
+            _ => {
+                tracing::error!(stream_id, event_type = event.event_type(), "decided an event that does not decode to itself; nothing of its command was written");
+                return Err(AppendError::Unencodable {
+                    event_type: event.event_type(),
+                });
+            }
+        }
+    }
+    Ok(payloads)
 }
 
 #[cfg(test)]

@@ -62,6 +62,10 @@ impl Worker {
     /// nobody answered before their batch is durable); if N fails, what was
     /// decided for N+1 is dropped and N+1 is decided again from the store.
     /// Returns N's result and N+1.
+    ///
+    /// Long because the overlap is one `select!` over the write of N and
+    /// the gathering of N+1, whose branches share the batch's locals;
+    /// split apart, the hand-off of N+1 would be spread over functions.
     pub(super) async fn commit_pipelined(
         &mut self,
         submissions: &[Submission],

@@ -323,6 +323,9 @@ fn terms_for(state: &LicenseState, tenant_id: Uuid) -> Result<&LicenseTerms, Rej
     }
 }
 
+/// A license's decider: one arm per command, each a guard or two and the
+/// events it records. Long because it is the table of what every command
+/// does to a license; splitting it would hide that table across files.
 pub fn decide(
     state: &LicenseState,
     tenant_id: Uuid,

@@ -32,6 +32,8 @@ pub struct OrgState {
     pub users: BTreeMap<Uuid, OrgUser>,
 }
 
+/// An organization's decider: one arm per command. Long because it is the
+/// table of what every command does to an organization and its members.
 pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timestamp) -> Decision {
     match command {
         Command::RegisterOrganization {
