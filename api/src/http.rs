@@ -52,22 +52,38 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve<S>(
-    listener: TcpListener,
-    app: S,
-    limits: HttpLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) where
+/// What `serve` serves: a tower service of axum requests (the router).
+pub trait App:
+    tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
     S: tower::Service<
             axum::extract::Request,
             Response = axum::response::Response,
             Error = Infallible,
+            Future: Send + 'static,
         > + Clone
         + Send
-        + 'static,
-    S::Future: Send + 'static,
+        + 'static
 {
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains.
+pub async fn serve<S: App>(
+    listener: TcpListener,
+    app: S,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -121,7 +137,7 @@ pub async fn serve<S>(
 /// What serves each request of a connection from `peer`: the app, with the
 /// peer's address, a deadline on reading the body, and `Connection: close`
 /// on an answer given before the body was read.
-fn request_service<S>(
+fn request_service<S: App>(
     app: S,
     peer: std::net::SocketAddr,
     body_read_timeout: Duration,
@@ -131,17 +147,7 @@ fn request_service<S>(
     Error = Infallible,
     Future: Send + 'static,
 > + Send
-       + 'static
-where
-    S: tower::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+       + 'static {
     hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let read = Arc::new(AtomicBool::new(true));
         let mut request = request.map(|body| {

@@ -478,12 +478,7 @@ macro_rules! backend {
                 );
                 push_range(&mut select, query, org, low, query.to);
                 for row in select.build().fetch_all(&mut *conn).await? {
-                    let key = PeriodKey {
-                        granularity: query.granularity,
-                        org_id: query.org_id,
-                        license_id: uuid(row.try_get(0)?)?,
-                        period_start: timestamp(row.try_get(1)?)?,
-                    };
+                    let key = period_key(query, &row)?;
                     let usage = PeriodUsage {
                         seat_micros: count(row.try_get(2)?),
                         overage_seat_micros: count(row.try_get(3)?),
@@ -500,12 +495,7 @@ macro_rules! backend {
                     push_range(&mut select, query, org, low, query.to);
                     select.push(" GROUP BY license_id, period_start");
                     for row in select.build().fetch_all(&mut *conn).await? {
-                        let key = PeriodKey {
-                            granularity: query.granularity,
-                            org_id: query.org_id,
-                            license_id: uuid(row.try_get(0)?)?,
-                            period_start: timestamp(row.try_get(1)?)?,
-                        };
+                        let key = period_key(query, &row)?;
                         if let Some((_, users, machines)) = closed.get_mut(&key) {
                             let counted = count(row.try_get(2)?);
                             if is_users { *users = counted } else { *machines = counted }
@@ -532,12 +522,7 @@ macro_rules! backend {
                     select.push(table);
                     push_range(&mut select, query, org, low, high);
                     for row in select.build().fetch_all(&mut *conn).await? {
-                        let key = PeriodKey {
-                            granularity: query.granularity,
-                            org_id: query.org_id,
-                            license_id: uuid(row.try_get(0)?)?,
-                            period_start: timestamp(row.try_get(1)?)?,
-                        };
+                        let key = period_key(query, &row)?;
                         let value: String = row.try_get(2)?;
                         let entry = sets.entry(key).or_default();
                         if column == "user_id" {
@@ -548,6 +533,17 @@ macro_rules! backend {
                     }
                 }
                 Ok(sets)
+            }
+
+            /// The period a row of a usage table is about (its first two
+            /// columns: license and period start) for `query`'s organization.
+            fn period_key(query: &UsageQuery, row: &<Db as sqlx::Database>::Row) -> Result<PeriodKey, StoreError> {
+                Ok(PeriodKey {
+                    granularity: query.granularity,
+                    org_id: query.org_id,
+                    license_id: uuid(row.try_get(0)?)?,
+                    period_start: timestamp(row.try_get(1)?)?,
+                })
             }
 
             fn push_range(
