@@ -94,15 +94,7 @@ async fn write_log(store: &Store, key: Arc<SigningKey>) -> Log {
         assert!(done.rejection.is_none());
         sessions.push((org, license_id, session_id));
     }
-    for n in 0..1_100 {
-        let (org, license_id, session_id) = sessions[n % sessions.len()];
-        let beat = Command::Heartbeat {
-            license_id,
-            session_id,
-            by: SeatActor::Unchecked,
-        };
-        appender.submit(Submission::new(org, beat)).await.unwrap();
-    }
+    heartbeats(&appender, &sessions, 1_100).await;
     drop(appender);
     task.await.unwrap();
     Log { licenses, sessions }
@@ -314,15 +306,7 @@ async fn retention(store: Store, reopen: impl std::future::Future<Output = Store
         .await
         .unwrap();
     assert_eq!(done.rejection, None);
-    for n in 0..700 {
-        let (org, license_id, session_id) = log.sessions[1 + n % (log.sessions.len() - 1)];
-        let beat = Command::Heartbeat {
-            license_id,
-            session_id,
-            by: SeatActor::Unchecked,
-        };
-        appender.submit(Submission::new(org, beat)).await.unwrap();
-    }
+    heartbeats(&appender, &log.sessions[1..], 700).await;
     drop(appender);
     task.await.unwrap();
     compact(&store).await;
@@ -390,4 +374,18 @@ async fn segments_are_archived_pruned_and_licenses_decide_the_same_on_sqlite() {
     store.migrate().await.unwrap();
     let reopen = Store::connect(&url);
     retention(store, async { reopen.await.unwrap() }, &url).await;
+}
+
+/// `count` heartbeats, cycling over `sessions` (organization, license,
+/// session).
+async fn heartbeats(appender: &Appender, sessions: &[(Uuid, Uuid, Uuid)], count: usize) {
+    for n in 0..count {
+        let (org, license_id, session_id) = sessions[n % sessions.len()];
+        let beat = Command::Heartbeat {
+            license_id,
+            session_id,
+            by: SeatActor::Unchecked,
+        };
+        appender.submit(Submission::new(org, beat)).await.unwrap();
+    }
 }
