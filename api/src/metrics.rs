@@ -276,12 +276,15 @@ struct StatsCollector {
     followers: [(&'static str, FollowerStatus); 3],
 }
 
-fn encode_counter(
+fn encode_counter<N>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: u64,
-) -> std::fmt::Result {
+    value: N,
+) -> std::fmt::Result
+where
+    ConstCounter<N>: EncodeMetric,
+{
     let counter = ConstCounter::new(value);
     counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
 }
@@ -307,13 +310,12 @@ impl Collector for StatsCollector {
             encode_counter(&mut encoder, name, help, load(field(appender)))?;
         }
         let commit_s = load(&appender.commit_micros_total) as f64 / 1e6;
-        let gauge = ConstCounter::new(commit_s);
-        gauge.encode(encoder.encode_descriptor(
+        encode_counter(
+            &mut encoder,
             "seatledger_appender_commit_seconds",
             "Time spent committing batches (÷ seatledger_appender_batches_total: the mean commit latency).",
-            None,
-            gauge.metric_type(),
-        )?)?;
+            commit_s,
+        )?;
         encode_gauge(
             &mut encoder,
             "seatledger_appender_cached_entries",
@@ -492,13 +494,12 @@ struct ProcessCollector;
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         if let Some(ticks) = cpu_ticks() {
-            let counter = ConstCounter::new(ticks as f64 / 100.0);
-            counter.encode(encoder.encode_descriptor(
+            encode_counter(
+                &mut encoder,
                 "process_cpu_seconds",
                 "User and system CPU time.",
-                None,
-                counter.metric_type(),
-            )?)?;
+                ticks as f64 / 100.0,
+            )?;
         }
         if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
             .ok()
