@@ -276,30 +276,15 @@ struct StatsCollector {
     followers: [(&'static str, FollowerStatus); 3],
 }
 
-fn encode_counter<N>(
+/// Encodes one metric whose value is read at this scrape
+/// (`ConstCounter` or `ConstGauge`).
+fn encode_const(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: N,
-) -> std::fmt::Result
-where
-    ConstCounter<N>: EncodeMetric,
-{
-    let counter = ConstCounter::new(value);
-    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
-}
-
-fn encode_gauge<N>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: N,
-) -> std::fmt::Result
-where
-    ConstGauge<N>: EncodeMetric,
-{
-    let gauge = ConstGauge::new(value);
-    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+    metric: impl EncodeMetric,
+) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 impl Collector for StatsCollector {
@@ -307,35 +292,30 @@ impl Collector for StatsCollector {
         let load = |atomic: &AtomicU64| atomic.load(Ordering::Relaxed);
         let appender = &*self.appender;
         for (name, help, field) in APPENDER_COUNTERS {
-            encode_counter(&mut encoder, name, help, load(field(appender)))?;
+            encode_const(
+                &mut encoder,
+                name,
+                help,
+                ConstCounter::new(load(field(appender))),
+            )?;
         }
         let commit_s = load(&appender.commit_micros_total) as f64 / 1e6;
-        encode_counter(
-            &mut encoder,
-            "seatledger_appender_commit_seconds",
-            "Time spent committing batches (÷ seatledger_appender_batches_total: the mean commit latency).",
-            commit_s,
-        )?;
-        encode_gauge(
-            &mut encoder,
-            "seatledger_appender_cached_entries",
-            &format!(
+        encode_const(&mut encoder, "seatledger_appender_commit_seconds", "Time spent committing batches (÷ seatledger_appender_batches_total: the mean commit latency).", ConstCounter::new(commit_s))?;
+        encode_const(&mut encoder, "seatledger_appender_cached_entries", &format!(
                 "Entries (leases, remembered sessions, users) in the appender's cache of states; it evicts past {}.",
                 seatledger_schema::limits::APPENDER_CACHED_ENTRIES_MAX
-            ),
-            load(&appender.cached_entries),
-        )?;
-        encode_gauge(
+            ), ConstGauge::new(load(&appender.cached_entries)))?;
+        encode_const(
             &mut encoder,
             "seatledger_appender_cached_streams",
             "Streams in the appender's cache of states.",
-            load(&appender.cached_streams),
+            ConstGauge::new(load(&appender.cached_streams)),
         )?;
-        encode_gauge(
+        encode_const(
             &mut encoder,
             "seatledger_unreadable_streams",
             "Streams the appender currently remembers as unreadable.",
-            load(&appender.unreadable_streams),
+            ConstGauge::new(load(&appender.unreadable_streams)),
         )?;
         self.encode_background(&mut encoder)?;
         self.encode_followers(&mut encoder)
@@ -378,7 +358,7 @@ impl StatsCollector {
                 &self.compactor.failures,
             ),
         ] {
-            encode_counter(encoder, name, help, load(value))?;
+            encode_const(encoder, name, help, ConstCounter::new(load(value)))?;
         }
         Ok(())
     }
@@ -456,7 +436,7 @@ impl Collector for NatsCollector {
             ("seatledger_nats_checkpoints_saved", "Times the publisher stored its position (at most every 250 ms while publishing, and once idle).", &stats.checkpoints_saved),
             ("seatledger_nats_losses_recovered", "Times JetStream was found to have lost acknowledged messages; the publisher resent them from the log.", &stats.losses_recovered),
         ] {
-            encode_counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
+            encode_const(&mut encoder, name, help, ConstCounter::new(value.load(Ordering::Relaxed)))?;
         }
         for (name, help, value) in [
             (
@@ -470,18 +450,18 @@ impl Collector for NatsCollector {
                 &stats.connected,
             ),
         ] {
-            encode_gauge(
+            encode_const(
                 &mut encoder,
                 name,
                 help,
-                i64::from(value.load(Ordering::Relaxed)),
+                ConstGauge::new(i64::from(value.load(Ordering::Relaxed))),
             )?;
         }
-        encode_gauge(
+        encode_const(
             &mut encoder,
             "seatledger_nats_publish_lag_seconds",
             "How long the oldest event not yet published has waited (0 when caught up).",
-            stats.lag_seconds(self.now),
+            ConstGauge::new(stats.lag_seconds(self.now)),
         )
     }
 }
@@ -494,30 +474,30 @@ struct ProcessCollector;
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         if let Some(ticks) = cpu_ticks() {
-            encode_counter(
+            encode_const(
                 &mut encoder,
                 "process_cpu_seconds",
                 "User and system CPU time.",
-                ticks as f64 / 100.0,
+                ConstCounter::new(ticks as f64 / 100.0),
             )?;
         }
         if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
             .ok()
             .and_then(|statm| statm.split(' ').nth(1)?.parse::<u64>().ok())
         {
-            encode_gauge(
+            encode_const(
                 &mut encoder,
                 "process_resident_memory_bytes",
                 "Resident memory.",
-                pages * 4096,
+                ConstGauge::new(pages * 4096),
             )?;
         }
         if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-            encode_gauge(
+            encode_const(
                 &mut encoder,
                 "process_open_fds",
                 "Open file descriptors.",
-                entries.count() as u64,
+                ConstGauge::new(entries.count() as u64),
             )?;
         }
         Ok(())
