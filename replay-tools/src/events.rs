@@ -7,8 +7,8 @@
 //! SHA-256 against the one the prune recorded, and the chain's links
 //! where one file or the store takes over from another).
 
-use crate::export::{Header, Line, FORMAT, FORMAT_VERSION};
-use crate::verify::LogReader;
+use crate::format::{Header, Line, FORMAT, FORMAT_VERSION};
+use crate::read::LogReader;
 use seatledger_ledger::archive::{self, Archive, Feed, SharedCheck, SnapshotRow};
 use seatledger_ledger::{Segment, Store, StoreError};
 use seatledger_schema::{ChainHash, RecordedEvent};

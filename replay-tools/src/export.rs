@@ -29,64 +29,19 @@
 //! ahead.
 
 use crate::events::EventStream;
+pub use crate::format::{Header, Line, SnapshotRow, StreamRow, FORMAT, FORMAT_VERSION};
+use crate::read::VERIFY_BATCH;
 use crate::verify::{check_snapshot, DueSnapshot, Trust, Verified, Verifier, VerifyError};
 use seatledger_ledger::{ImportError, ImportExtras, Store, StoreError};
 use seatledger_schema::{Checkpoint, RecordedEvent};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use uuid::Uuid;
 
-pub const FORMAT: &str = "seatledger-export";
-pub const FORMAT_VERSION: u32 = 1;
 /// Events verified per batch when reading a file.
 const FILE_BATCH: usize = 10_000;
 /// Events imported per transaction.
 const IMPORT_BATCH: usize = 1_000;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Header {
-    pub format: String,
-    pub format_version: u32,
-    pub partition: i16,
-    /// The key of the last checkpoint in the file (none without any).
-    pub key_id: Option<String>,
-    /// Whether the events are a chain (consecutive positions, linked).
-    pub chain: bool,
-    /// The organization of a per-organization export.
-    pub org_id: Option<Uuid>,
-    pub from_position: i64,
-    pub to_position: i64,
-    /// Whether `stream` and `snapshot` lines are included (whole log only).
-    pub streams: bool,
-    /// What the file is, in a sentence.
-    pub description: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamRow {
-    pub stream_id: String,
-    pub version: i64,
-    pub snapshot_version: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotRow {
-    pub stream_id: String,
-    pub version: i64,
-    pub state: serde_json::Value,
-}
-
-/// One line of an export.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Line {
-    Header(Header),
-    Stream(StreamRow),
-    Event(RecordedEvent),
-    Snapshot(SnapshotRow),
-    Checkpoint(Checkpoint),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -209,7 +164,7 @@ async fn org_batch(
     to: i64,
 ) -> Result<Option<Vec<RecordedEvent>>, ExportError> {
     let mut batch = store
-        .read_tenant_after(org, partition, after, crate::verify::VERIFY_BATCH)
+        .read_tenant_after(org, partition, after, VERIFY_BATCH)
         .await?;
     batch.retain(|event| event.position <= to);
     Ok((!batch.is_empty()).then_some(batch))

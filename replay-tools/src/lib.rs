@@ -12,9 +12,12 @@
 #![forbid(unsafe_code)]
 
 pub mod at;
+pub mod cli;
 pub mod diff;
 pub mod events;
 pub mod export;
+pub mod format;
+pub mod read;
 pub mod simulate;
 pub mod usage;
 pub mod verify;

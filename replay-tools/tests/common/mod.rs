@@ -38,9 +38,17 @@ pub fn replay(args: &[&str]) -> (bool, String, String) {
     (code == Some(0), out, err)
 }
 
+/// The `seatledger-replay` binary: this package's, or in the system tests
+/// (which include this module) their build of the same command line.
+fn replay_binary() -> &'static str {
+    option_env!("CARGO_BIN_EXE_seatledger-replay")
+        .or(option_env!("CARGO_BIN_EXE_replay-cli"))
+        .expect("a test target of a package with the auditor tools' binary")
+}
+
 /// Runs `seatledger-replay` with `args`: (exit code, stdout, stderr).
 pub fn replay_code(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_seatledger-replay"))
+    let output = std::process::Command::new(replay_binary())
         .args(args)
         .output()
         .unwrap();

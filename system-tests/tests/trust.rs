@@ -7,6 +7,7 @@
 //! unsigned tail) passed four of the six. Also: checkpoints refuse UPDATE
 //! and DELETE, and the auditor tools leave the database unchanged.
 
+#[path = "../../replay-tools/tests/common/mod.rs"]
 mod common;
 
 use clap::Parser;
