@@ -1446,3 +1446,31 @@ async fn bodies_are_objects_and_integral_numbers_are_integers() {
     assert_eq!(login.status, 200, "{:?}", login.body);
     app.stop().await;
 }
+
+/// The wire format is a contract: the document is `api/tests/openapi.json`
+/// byte for byte, so a change of a Rust type behind a request or an answer
+/// (typed ids, secrets) cannot change what clients see unnoticed. A
+/// deliberate change regenerates the file:
+/// `cargo run -q --bin seatledger -- openapi > api/tests/openapi.json`.
+#[test]
+fn the_openapi_document_is_the_committed_one() {
+    let (_, document) = seatledger_api::routes::api();
+    let served = document.to_pretty_json().unwrap() + "\n";
+    let committed = include_str!("openapi.json");
+    if let Some((line, (a, b))) = served
+        .lines()
+        .zip(committed.lines())
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
+        panic!(
+            "the document differs at line {}: {a:?}, committed {b:?}",
+            line + 1
+        );
+    }
+    assert_eq!(
+        served.len(),
+        committed.len(),
+        "the document's length differs"
+    );
+}
