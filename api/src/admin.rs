@@ -12,6 +12,7 @@ use anyhow::Context;
 use seatledger_ledger::domain::{Email, Name};
 use seatledger_ledger::{Appender, AppenderConfig, CommitNotifier, Store, SystemClock};
 use seatledger_schema::Metadata;
+use seatledger_schema::Password;
 use std::sync::Arc;
 
 /// What `create-owner` needs.
@@ -19,7 +20,7 @@ pub struct NewOwner {
     pub email: String,
     pub full_name: String,
     pub company: String,
-    pub password: String,
+    pub password: Password,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,8 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use base64::Engine;
 use ring::rand::SecureRandom;
+use seatledger_schema::LicenseId;
+use seatledger_schema::Password;
 use std::sync::OnceLock;
 
 pub use crate::directory::{Principal, TokenGrant};
@@ -69,7 +71,7 @@ fn argon2() -> Argon2<'static> {
     Argon2::default()
 }
 
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
+pub async fn hash_password(password: Password) -> Result<String, ApiError> {
     let mut salt = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut salt)
@@ -84,7 +86,7 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(&e))?;
         argon2()
-            .hash_password(password.as_bytes(), &salt)
+            .hash_password(password.expose().as_bytes(), &salt)
             .map(|hash| hash.to_string())
             .map_err(|e| ApiError::internal(&e))
     })
@@ -94,7 +96,7 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
 
 /// Verifies `password` against a stored hash, or against a dummy hash when
 /// there is no user, so that unknown emails take as long as wrong passwords.
-pub async fn verify_password(password: String, stored: Option<String>) -> bool {
+pub async fn verify_password(password: Password, stored: Option<String>) -> bool {
     static DUMMY: OnceLock<String> = OnceLock::new();
     let stored = stored.unwrap_or_else(|| {
         DUMMY
@@ -113,7 +115,7 @@ pub async fn verify_password(password: String, stored: Option<String>) -> bool {
     };
     tokio::task::spawn_blocking(move || match PasswordHash::new(&stored) {
         Ok(parsed) => argon2()
-            .verify_password(password.as_bytes(), &parsed)
+            .verify_password(password.expose().as_bytes(), &parsed)
             .is_ok(),
         Err(_) => false,
     })
@@ -220,7 +222,7 @@ fn is_seat_route(parts: &Parts) -> bool {
 /// The licenses a client token is limited to (`None`: any of its org's);
 /// set by the `Principal` extractor.
 #[derive(Clone, Debug, Default)]
-pub struct TokenLicenses(pub Option<std::sync::Arc<[uuid::Uuid]>>);
+pub struct TokenLicenses(pub Option<std::sync::Arc<[LicenseId]>>);
 
 /// Read after the `Principal` extractor (declare it first); missing, the
 /// request fails rather than run unlimited.
@@ -243,7 +245,7 @@ impl FromRequestParts<AppState> for TokenLicenses {
 }
 
 impl TokenLicenses {
-    pub fn allows(&self, license_id: uuid::Uuid) -> bool {
+    pub fn allows(&self, license_id: LicenseId) -> bool {
         self.0.as_ref().is_none_or(|ids| ids.contains(&license_id))
     }
 }
@@ -296,10 +298,10 @@ mod tests {
 
     #[tokio::test]
     async fn passwords_verify_only_with_the_right_password() {
-        let hash = hash_password("correct horse".into()).await.unwrap();
+        let hash = hash_password(Password::new("correct horse")).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse".into(), Some(hash.clone())).await);
-        assert!(!verify_password("wrong".into(), Some(hash)).await);
-        assert!(!verify_password("anything".into(), None).await);
+        assert!(verify_password(Password::new("correct horse"), Some(hash.clone())).await);
+        assert!(!verify_password(Password::new("wrong"), Some(hash)).await);
+        assert!(!verify_password(Password::new("anything"), None).await);
     }
 }

@@ -8,6 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use seatledger_schema::limits::COMMAND_ID_LEN_MAX;
+use seatledger_schema::LicenseId;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -154,7 +155,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T>
 
 /// A license id in the path; anything that is not a uuid cannot name a
 /// license, so it is 404 `license_not_found`.
-pub struct LicenseIdPath(pub Uuid);
+pub struct LicenseIdPath(pub LicenseId);
 
 impl<S: Send + Sync> FromRequestParts<S> for LicenseIdPath {
     type Rejection = ApiError;
@@ -171,11 +172,11 @@ impl<S: Send + Sync> FromRequestParts<S> for LicenseIdPath {
 
 /// The path's one parameter as a uuid; None if it is not one (which then
 /// names nothing: the caller answers its own 404).
-pub async fn path_uuid<S: Send + Sync>(parts: &mut Parts, state: &S) -> Option<Uuid> {
+pub async fn path_uuid<S: Send + Sync, T: From<Uuid>>(parts: &mut Parts, state: &S) -> Option<T> {
     let Path(text) = Path::<String>::from_request_parts(parts, state)
         .await
         .ok()?;
-    Uuid::parse_str(&text).ok()
+    Uuid::parse_str(&text).ok().map(T::from)
 }
 
 /// A query string; errors are 400 `invalid_query`.

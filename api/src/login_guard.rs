@@ -32,6 +32,7 @@
 //! entries go. Per replica and in memory: with several replicas a guesser
 //! gets the free attempts once per replica, then the same doubling on each.
 
+use seatledger_schema::OrgId;
 use seatledger_schema::Timestamp;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -230,7 +231,7 @@ pub struct AddressLimits {
     login: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Users added, per organization (not an address, but the same kind of
     /// limit: GCRA, in memory, per replica).
-    add_user: governor::DefaultKeyedRateLimiter<uuid::Uuid>,
+    add_user: governor::DefaultKeyedRateLimiter<OrgId>,
 }
 
 impl Default for AddressLimits {
@@ -262,7 +263,7 @@ impl AddressLimits {
     }
 
     /// `Err(seconds)` to wait before `org_id`'s admins may add another user.
-    pub fn add_user(&self, org_id: uuid::Uuid) -> Result<(), u64> {
+    pub fn add_user(&self, org_id: OrgId) -> Result<(), u64> {
         Self::check_key(&self.add_user, org_id)
     }
 

@@ -232,7 +232,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
                 full_name: full_name.unwrap_or_else(|| email.clone()),
                 email,
                 company,
-                password: read_password()?,
+                password: seatledger_schema::Password::new(read_password()?),
             };
             create_owner(&database, &keys, owner).await
         }

@@ -7,9 +7,10 @@ use crate::directory::Directory;
 use crate::metrics::Metrics;
 use seatledger_ledger::{Appender, Clock, Store};
 use seatledger_projections::{HotCounts, PublisherStats};
+use seatledger_schema::UserId;
+use seatledger_schema::{LicenseId, OrgId, SessionId};
 use std::sync::Arc;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// Entries each look-up cache holds, and how long a token or key stays
 /// trusted without asking the database again.
@@ -30,14 +31,14 @@ pub struct Caches {
     /// Token hash → principal and the token's expiry.
     pub tokens: TtlCache<[u8; 32], crate::directory::TokenGrant>,
     /// License key hash → (license id, org id).
-    pub license_keys: TtlCache<[u8; 32], (Uuid, Uuid)>,
+    pub license_keys: TtlCache<[u8; 32], (LicenseId, OrgId)>,
     /// Session id → (license id, org id); never changes once granted.
-    pub sessions: TtlCache<Uuid, (Uuid, Uuid)>,
+    pub sessions: TtlCache<SessionId, (LicenseId, OrgId)>,
 }
 
 impl Caches {
     /// Forgets every cached token of `user_id` (their tokens were revoked).
-    pub fn forget_user(&self, user_id: Uuid) {
+    pub fn forget_user(&self, user_id: UserId) {
         self.tokens
             .retain(|grant| grant.principal.user_id != user_id);
     }

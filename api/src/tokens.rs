@@ -7,16 +7,16 @@ use base64::Engine;
 use seatledger_ledger::SigningKey;
 use seatledger_schema::canonical::write_canonical_json;
 use seatledger_schema::Timestamp;
+use seatledger_schema::{LicenseId, OrgId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatClaims {
-    pub license_id: Uuid,
-    pub session_id: Uuid,
-    pub org_id: Uuid,
-    pub user_id: Uuid,
+    pub license_id: LicenseId,
+    pub session_id: SessionId,
+    pub org_id: OrgId,
+    pub user_id: UserId,
     pub hardware_id: String,
     pub seats_total: u32,
     pub issued_at: Timestamp,

@@ -489,15 +489,15 @@ async fn another_org_gets_404_for_everything_of_org_a_and_never_sees_its_events(
     let listed = app.get("/api/v1/licenses", &b.token).await;
     assert_eq!(listed.body, json!([]));
     let feed = app.get("/api/v1/events?limit=1000", &b.token).await;
-    let tenants: Vec<&str> = feed.body["events"]
+    let orgs: Vec<&str> = feed.body["events"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["tenant_id"].as_str().unwrap())
         .collect();
     assert!(
-        !tenants.is_empty() && tenants.iter().all(|t| *t == b.org_id),
-        "{tenants:?}"
+        !orgs.is_empty() && orgs.iter().all(|t| *t == b.org_id),
+        "{orgs:?}"
     );
     // A's session is untouched.
     let beat = app.heartbeat(&a.token, session).await;

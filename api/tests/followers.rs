@@ -401,7 +401,7 @@ async fn usage_reports_a_crafted_history(app: &TestApp) {
         let org_id = uuid::Uuid::parse_str(&org.org_id).unwrap();
         let offline = seatledger_replay::select_usage(
             offline.rows,
-            Some(org_id),
+            Some(org_id.into()),
             Some(Timestamp::parse("2030-01-01T00:00:00Z").unwrap()),
             Some(Timestamp::parse("2030-03-01T00:00:00Z").unwrap()),
         );

@@ -10,8 +10,8 @@ use common::{eventually, TestApp};
 use seatledger_api::directory::{Directory, Principal, UserRecord};
 use seatledger_ledger::Store;
 use seatledger_schema::Role;
+use seatledger_schema::{OrgId, UserId};
 use serde_json::json;
-use uuid::Uuid;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -47,15 +47,17 @@ async fn a_pending_row_without_its_event_is_no_user(pool: sqlx::PgPool) {
     let directory = Directory::new(Store::from_pg_pool(pool.clone()));
     let orphan = UserRecord {
         principal: Principal {
-            user_id: Uuid::now_v7(),
-            org_id: Uuid::now_v7(),
+            user_id: UserId::now_v7(),
+            org_id: OrgId::now_v7(),
             role: Role::Owner,
             client: None,
         },
         email: "ada@example.com".into(),
-        password_hash: seatledger_api::auth::hash_password(PASSWORD.into())
-            .await
-            .unwrap(),
+        password_hash: seatledger_api::auth::hash_password(seatledger_schema::Password::new(
+            PASSWORD,
+        ))
+        .await
+        .unwrap(),
     };
     directory.insert_user(&orphan).await.unwrap();
     assert_eq!(login(&app, "ada@example.com", PASSWORD).await, 401);

@@ -101,9 +101,9 @@ async fn an_unreadable_license_fails_alone_over_http(pool: sqlx::PgPool) {
     let org = app.register("ada@example.com").await;
     let (broken_id, broken_key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
     let (_, healthy_key) = app.issue(&org, json!({"name": "CLI", "seats": 2})).await;
-    let tenant = org.org_id.parse().unwrap();
+    let org_uuid = org.org_id.parse().unwrap();
     let planted =
-        plant::plant_undecodable_event(&app.store, tenant, &format!("license-{broken_id}")).await;
+        plant::plant_undecodable_event(&app.store, org_uuid, &format!("license-{broken_id}")).await;
 
     for _ in 0..3 {
         let acquire = app.acquire(&org, &broken_key, "m1").await;
@@ -155,10 +155,10 @@ async fn a_license_with_a_legacy_out_of_range_expiry_works_again(pool: sqlx::PgP
     let app = TestApp::postgres(pool).await;
     let org = app.register("ada@example.com").await;
     let (license_id, key) = app.issue(&org, json!({"name": "IDE", "seats": 2})).await;
-    let tenant = org.org_id.parse().unwrap();
+    let org_uuid = org.org_id.parse().unwrap();
     let planted = plant::plant_event(
         &app.store,
-        tenant,
+        org_uuid,
         &format!("license-{license_id}"),
         "LicenseRenewed",
         json!({ "expires_at": "+10000-01-01T23:58:59.000000Z" }),

@@ -12,7 +12,9 @@ use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, StoreError, Submission,
     SystemClock,
 };
+use seatledger_schema::UserId;
 use seatledger_schema::{canonical_bytes, Event, RecordedEvent};
+use seatledger_schema::{LicenseId, OrgId, SessionId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -56,7 +58,7 @@ fn start_appender(store: &Store, key: Arc<SigningKey>) -> (Appender, tokio::task
 /// checkpoint every 100.
 struct Log {
     licenses: Vec<(Uuid, Uuid)>,
-    sessions: Vec<(Uuid, Uuid, Uuid)>,
+    sessions: Vec<(OrgId, LicenseId, SessionId)>,
 }
 
 async fn write_log(store: &Store, key: Arc<SigningKey>) -> Log {
@@ -66,14 +68,17 @@ async fn write_log(store: &Store, key: Arc<SigningKey>) -> Log {
         let org = Uuid::now_v7();
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
-            license_id,
+            license_id: license_id.into(),
             name: Name::parse("IDE").unwrap(),
             seats: SeatCount::new(seats).unwrap(),
             expires_at: None,
             heartbeat_ttl_s: HeartbeatTtl::default(),
             max_overage_percent: OveragePercent::default(),
         };
-        appender.submit(Submission::new(org, issue)).await.unwrap();
+        appender
+            .submit(Submission::new(org.into(), issue))
+            .await
+            .unwrap();
         licenses.push((org, license_id));
     }
     let mut sessions = Vec::new();
@@ -82,17 +87,17 @@ async fn write_log(store: &Store, key: Arc<SigningKey>) -> Log {
         let session_id = Uuid::now_v7();
         let acquire = Command::AcquireSeat {
             token_id: None,
-            license_id,
-            session_id,
-            user_id: Uuid::now_v7(),
+            license_id: license_id.into(),
+            session_id: session_id.into(),
+            user_id: UserId::now_v7(),
             hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
         };
         let done = appender
-            .submit(Submission::new(org, acquire))
+            .submit(Submission::new(org.into(), acquire))
             .await
             .unwrap();
         assert!(done.rejection.is_none());
-        sessions.push((org, license_id, session_id));
+        sessions.push((org.into(), license_id.into(), session_id.into()));
     }
     heartbeats(&appender, &sessions, 1_100).await;
     drop(appender);
@@ -293,7 +298,7 @@ async fn retention(store: Store, reopen: impl std::future::Future<Output = Store
     // The prune kept every session still live; once one ends, the next
     // prune forgets it and keeps the others.
     let kept = kept_sessions(&store).await;
-    let live: Vec<Uuid> = log.sessions.iter().map(|s| s.2).collect();
+    let live: Vec<SessionId> = log.sessions.iter().map(|s| s.2).collect();
     assert_eq!(kept, sorted(live.clone()));
     let (appender, task) = start_appender(&store, keys.ledger.clone());
     let release = Command::ReleaseSeat {
@@ -333,7 +338,7 @@ async fn retention(store: Store, reopen: impl std::future::Future<Output = Store
     );
 }
 
-async fn kept_sessions(store: &Store) -> Vec<Uuid> {
+async fn kept_sessions(store: &Store) -> Vec<SessionId> {
     sorted(
         store
             .pruned_sessions()
@@ -345,7 +350,7 @@ async fn kept_sessions(store: &Store) -> Vec<Uuid> {
     )
 }
 
-fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+fn sorted(mut ids: Vec<SessionId>) -> Vec<SessionId> {
     ids.sort();
     ids
 }
@@ -378,7 +383,7 @@ async fn segments_are_archived_pruned_and_licenses_decide_the_same_on_sqlite() {
 
 /// `count` heartbeats, cycling over `sessions` (organization, license,
 /// session).
-async fn heartbeats(appender: &Appender, sessions: &[(Uuid, Uuid, Uuid)], count: usize) {
+async fn heartbeats(appender: &Appender, sessions: &[(OrgId, LicenseId, SessionId)], count: usize) {
     for n in 0..count {
         let (org, license_id, session_id) = sessions[n % sessions.len()];
         let beat = Command::Heartbeat {

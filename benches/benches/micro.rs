@@ -15,11 +15,13 @@ use seatledger_schema::{
     ChainHash, Event, Metadata, RecordedEvent, ReleaseReason, SeatAcquired, SeatHeartbeat,
     SeatReleased, Timestamp,
 };
+use seatledger_schema::{LicenseId, OrgId};
+use seatledger_schema::{SessionId, UserId};
 use std::hint::black_box;
 use uuid::Uuid;
 
-const ORG: Uuid = Uuid::from_u128(1);
-const LICENSE: Uuid = Uuid::from_u128(2);
+const ORG: OrgId = OrgId::from_u128(1);
+const LICENSE: LicenseId = LicenseId::from_u128(2);
 
 fn now() -> Timestamp {
     Timestamp::from_micros_saturating(1_800_000_000_000_000)
@@ -29,8 +31,8 @@ fn acquire(machine: u128) -> Command {
     Command::AcquireSeat {
         token_id: None,
         license_id: LICENSE,
-        session_id: Uuid::from_u128(0x10_0000 + machine),
-        user_id: Uuid::from_u128(machine),
+        session_id: SessionId::from_u128(0x10_0000 + machine),
+        user_id: UserId::from_u128(machine),
         hardware_id: HardwareId::parse(&format!("machine-{machine}")).unwrap(),
     }
 }
@@ -70,7 +72,7 @@ fn decide_and_evolve(c: &mut Criterion) {
         });
         let heartbeat = Command::Heartbeat {
             license_id: LICENSE,
-            session_id: Uuid::from_u128(0x10_0000),
+            session_id: SessionId::from_u128(0x10_0000),
             by: seatledger_ledger::domain::SeatActor::Unchecked,
         };
         group.bench_function(format!("heartbeat (license holding {held} leases)"), |b| {
@@ -82,7 +84,7 @@ fn decide_and_evolve(c: &mut Criterion) {
         });
         let release = Command::ReleaseSeat {
             license_id: LICENSE,
-            session_id: Uuid::from_u128(0x10_0000),
+            session_id: SessionId::from_u128(0x10_0000),
             by: seatledger_ledger::domain::SeatActor::Unchecked,
         };
         group.bench_function(format!("release (license holding {held} leases)"), |b| {
@@ -106,7 +108,7 @@ fn decide_and_evolve(c: &mut Criterion) {
     group.bench_function("decide only: heartbeat (10000 leases)", |b| {
         let heartbeat = Command::Heartbeat {
             license_id: LICENSE,
-            session_id: Uuid::from_u128(0x10_0000),
+            session_id: SessionId::from_u128(0x10_0000),
             by: seatledger_ledger::domain::SeatActor::Unchecked,
         };
         b.iter(|| decide(black_box(&state), ORG, black_box(&heartbeat), now()))
@@ -121,7 +123,7 @@ fn sample_event() -> RecordedEvent {
         event_id: Uuid::now_v7(),
         stream_id: format!("license-{LICENSE}"),
         stream_version: 4_242,
-        tenant_id: ORG,
+        org_id: ORG,
         event_type: "SeatAcquired".into(),
         schema_version: 1,
         payload: serde_json::json!({
@@ -174,9 +176,9 @@ fn seat_tokens(c: &mut Criterion) {
     let key = SigningKey::generate().unwrap();
     let claims = SeatClaims {
         license_id: LICENSE,
-        session_id: Uuid::now_v7(),
+        session_id: SessionId::now_v7(),
         org_id: ORG,
-        user_id: Uuid::now_v7(),
+        user_id: UserId::now_v7(),
         hardware_id: "machine-0042".into(),
         seats_total: 25,
         issued_at: now(),
@@ -213,9 +215,9 @@ fn seat_traffic() -> Vec<RecordedEvent> {
             start,
             Event::SeatAcquired(SeatAcquired {
                 token_id: None,
-                session_id,
+                session_id: session_id.into(),
                 generation: machine as u64 + 1,
-                user_id: Uuid::from_u128(machine % 50),
+                user_id: UserId::from_u128(machine % 50),
                 hardware_id: format!("machine-{machine}"),
                 expires_at: start.plus_seconds(360),
                 overage: false,
@@ -226,7 +228,7 @@ fn seat_traffic() -> Vec<RecordedEvent> {
             timed.push((
                 at,
                 Event::SeatHeartbeat(SeatHeartbeat {
-                    session_id,
+                    session_id: session_id.into(),
                     expires_at: at.plus_seconds(360),
                 }),
             ));
@@ -234,7 +236,7 @@ fn seat_traffic() -> Vec<RecordedEvent> {
         timed.push((
             start.plus_seconds(3_630),
             Event::SeatReleased(SeatReleased {
-                session_id,
+                session_id: session_id.into(),
                 reason: ReleaseReason::Client,
             }),
         ));
@@ -249,7 +251,7 @@ fn seat_traffic() -> Vec<RecordedEvent> {
             event_id: Uuid::from_u128(i as u128),
             stream_id: format!("license-{LICENSE}"),
             stream_version: i as i64 + 1,
-            tenant_id: ORG,
+            org_id: ORG,
             event_type: event.event_type().into(),
             schema_version: event.schema_version(),
             payload: event.payload(),

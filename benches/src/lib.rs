@@ -8,6 +8,8 @@ use seatledger_ledger::domain::{
 use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
 };
+use seatledger_schema::OrgId;
+use seatledger_schema::UserId;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -67,7 +69,7 @@ pub async fn fresh_store(url: &str) -> anyhow::Result<(Store, Cleanup)> {
 /// About `events` events: per license, acquires that stay live and
 /// heartbeats, 256 submissions in flight.
 /// Returns the tenant and how many leases are open.
-pub async fn fill_live_leases(store: &Store, events: u64) -> anyhow::Result<(Uuid, u64)> {
+pub async fn fill_live_leases(store: &Store, events: u64) -> anyhow::Result<(OrgId, u64)> {
     fill_live_leases_signed(store, events, Arc::new(SigningKey::generate()?)).await
 }
 
@@ -77,8 +79,8 @@ pub async fn fill_live_leases_signed(
     store: &Store,
     events: u64,
     key: Arc<SigningKey>,
-) -> anyhow::Result<(Uuid, u64)> {
-    let (appender, task, tenant, licenses) = bench_licenses(store, key, 100_000, 86_400).await?;
+) -> anyhow::Result<(OrgId, u64)> {
+    let (appender, task, org, licenses) = bench_licenses(store, key, 100_000, 86_400).await?;
     let per_client = events / 256 + 1;
     let workers: Vec<_> = (0..256u64)
         .map(|client| {
@@ -89,8 +91,8 @@ pub async fn fill_live_leases_signed(
                 for step in 0..per_client {
                     let command = if step % 4 == 3 && !sessions.is_empty() {
                         Command::Heartbeat {
-                            license_id,
-                            session_id: sessions[(step as usize / 4) % sessions.len()],
+                            license_id: license_id.into(),
+                            session_id: sessions[(step as usize / 4) % sessions.len()].into(),
                             by: seatledger_ledger::domain::SeatActor::Unchecked,
                         }
                     } else {
@@ -98,13 +100,15 @@ pub async fn fill_live_leases_signed(
                         sessions.push(session_id);
                         Command::AcquireSeat {
                             token_id: None,
-                            license_id,
-                            session_id,
-                            user_id: Uuid::now_v7(),
+                            license_id: license_id.into(),
+                            session_id: session_id.into(),
+                            user_id: UserId::now_v7(),
                             hardware_id: HardwareId::parse(&format!("m-{client}-{step}"))?,
                         }
                     };
-                    appender.submit(Submission::new(tenant, command)).await?;
+                    appender
+                        .submit(Submission::new(org.into(), command))
+                        .await?;
                 }
                 anyhow::Ok(sessions.len() as u64)
             })
@@ -116,7 +120,7 @@ pub async fn fill_live_leases_signed(
     }
     drop(appender);
     task.await?;
-    Ok((tenant, open))
+    Ok((org.into(), open))
 }
 
 /// Fills `store` with about `events` events of 256 clients that each
@@ -128,7 +132,7 @@ pub async fn fill_cycling_leases_signed(
     events: u64,
     key: Arc<SigningKey>,
 ) -> anyhow::Result<()> {
-    let (appender, task, tenant, licenses) = bench_licenses(store, key, 1_000, 3_600).await?;
+    let (appender, task, org, licenses) = bench_licenses(store, key, 1_000, 3_600).await?;
     let cycles_per_client = events / 256 / 3 + 1;
     let workers: Vec<_> = (0..256u64)
         .map(|client| {
@@ -140,24 +144,26 @@ pub async fn fill_cycling_leases_signed(
                     let commands = [
                         Command::AcquireSeat {
                             token_id: None,
-                            license_id,
-                            session_id,
-                            user_id: Uuid::from_u128(u128::from(client)),
+                            license_id: license_id.into(),
+                            session_id: session_id.into(),
+                            user_id: UserId::from_u128(u128::from(client)),
                             hardware_id: HardwareId::parse(&format!("m-{client}-{}", cycle % 8))?,
                         },
                         Command::Heartbeat {
-                            license_id,
-                            session_id,
+                            license_id: license_id.into(),
+                            session_id: session_id.into(),
                             by: seatledger_ledger::domain::SeatActor::Unchecked,
                         },
                         Command::ReleaseSeat {
-                            license_id,
-                            session_id,
+                            license_id: license_id.into(),
+                            session_id: session_id.into(),
                             by: seatledger_ledger::domain::SeatActor::Unchecked,
                         },
                     ];
                     for command in commands {
-                        appender.submit(Submission::new(tenant, command)).await?;
+                        appender
+                            .submit(Submission::new(org.into(), command))
+                            .await?;
                     }
                 }
                 anyhow::Ok(())
@@ -187,20 +193,20 @@ async fn bench_licenses(
         CommitNotifier::default(),
         AppenderConfig::default(),
     );
-    let tenant = Uuid::now_v7();
+    let org = OrgId::now_v7();
     let licenses: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
     for license_id in &licenses {
         let issue = Command::IssueLicense {
-            license_id: *license_id,
+            license_id: (*license_id).into(),
             name: Name::parse("bench")?,
             seats: SeatCount::new(seats)?,
             expires_at: None,
             heartbeat_ttl_s: HeartbeatTtl::new(ttl_s)?,
             max_overage_percent: OveragePercent::default(),
         };
-        appender.submit(Submission::new(tenant, issue)).await?;
+        appender.submit(Submission::new(org, issue)).await?;
     }
-    Ok((appender, task, tenant, licenses))
+    Ok((appender, task, org.into(), licenses))
 }
 
 /// Registers a new organization (a fresh email per run, `label` naming the

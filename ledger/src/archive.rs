@@ -26,6 +26,7 @@
 use crate::domain::StreamState;
 use crate::{Relinker, Segment, Store, StoreError};
 use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent};
+use seatledger_schema::{OrgId, SessionId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -961,7 +962,7 @@ async fn check_archive(
         for event in events {
             if let Some(touch) = event.seat_touch() {
                 if touch.kind == seatledger_schema::SeatTouchKind::Acquired {
-                    granted.push((touch.session_id, event.stream_id.clone(), event.tenant_id));
+                    granted.push((touch.session_id, event.stream_id.clone(), event.org_id));
                 }
             }
         }
@@ -1030,14 +1031,14 @@ async fn snapshot_at_cut(store: &Store, partition: i16, cut: i64) -> Result<(), 
 /// as the leases that outlive their grant's segment. (Kept, forgotten.)
 async fn sessions_at_cut(
     store: &Store,
-    granted: Vec<(uuid::Uuid, String, uuid::Uuid)>,
-) -> Result<(Vec<(uuid::Uuid, String, uuid::Uuid)>, Vec<uuid::Uuid>), ArchiveError> {
+    granted: Vec<crate::store::PrunedSession>,
+) -> Result<(Vec<crate::store::PrunedSession>, Vec<SessionId>), ArchiveError> {
     let kept = store.pruned_sessions().await?;
     let earlier = kept.len();
     let mut live = Vec::new();
     let mut forget = Vec::new();
     let mut states: BTreeMap<String, Option<crate::domain::LicenseState>> = BTreeMap::new();
-    for (index, (session_id, stream_id, tenant_id)) in kept.into_iter().chain(granted).enumerate() {
+    for (index, (session_id, stream_id, org_id)) in kept.into_iter().chain(granted).enumerate() {
         if !states.contains_key(&stream_id) {
             let state = match store.stream_state(&stream_id).await?.1 {
                 StreamState::License(license) => Some(license),
@@ -1050,7 +1051,7 @@ async fn sessions_at_cut(
             .and_then(Option::as_ref)
             .is_some_and(|license| license.lease(session_id).is_some());
         match (holds, index < earlier) {
-            (true, false) => live.push((session_id, stream_id, tenant_id)),
+            (true, false) => live.push((session_id, stream_id, org_id)),
             (false, true) => forget.push(session_id),
             (true, true) | (false, false) => {}
         }
@@ -1078,10 +1079,8 @@ async fn record_prune(
             .unwrap_or_default()
             .to_owned(),
     };
-    let mut submission = crate::Submission::new(
-        uuid::Uuid::nil(),
-        crate::domain::Command::RecordPrune(event),
-    );
+    let mut submission =
+        crate::Submission::new(OrgId::nil(), crate::domain::Command::RecordPrune(event));
     submission.command_id = Some(format!("prune-{partition}-{}", item.segment.segment));
     submission.request_hash = item.archive.sha256;
     submission.metadata.actor = Some("admin-cli".into());

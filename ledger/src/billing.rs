@@ -32,6 +32,7 @@
 use crate::domain::StreamId;
 use chrono::{Datelike, TimeZone, Utc};
 use seatledger_schema::{DecodeError, Event, RecordedEvent, Timestamp};
+use seatledger_schema::{LicenseId, OrgId, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
@@ -125,8 +126,8 @@ fn month_start(year: i32, month: u32) -> Option<Timestamp> {
 /// One row of a usage report: one license in one period.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRow {
-    pub org_id: Uuid,
-    pub license_id: Uuid,
+    pub org_id: OrgId,
+    pub license_id: LicenseId,
     pub period_start: Timestamp,
     pub period_end: Timestamp,
     /// Seat time held in the period, in microseconds.
@@ -153,8 +154,8 @@ impl UsageRow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeriodKey {
     pub granularity: Granularity,
-    pub org_id: Uuid,
-    pub license_id: Uuid,
+    pub org_id: OrgId,
+    pub license_id: LicenseId,
     pub period_start: Timestamp,
 }
 
@@ -171,7 +172,7 @@ pub struct PeriodUsage {
     pub peak_at_grant: u32,
     /// Leases that were held at the period's first instant.
     pub carried_in: u32,
-    pub users: BTreeSet<Uuid>,
+    pub users: BTreeSet<UserId>,
     pub machines: BTreeSet<String>,
     pub denials: u64,
 }
@@ -216,27 +217,30 @@ impl PeriodUsage {
 /// A lease granted and not yet released or expired.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenLease {
-    pub org_id: Uuid,
-    pub license_id: Uuid,
-    pub session_id: Uuid,
+    pub org_id: OrgId,
+    pub license_id: LicenseId,
+    pub session_id: SessionId,
     pub start: Timestamp,
     pub expires_at: Timestamp,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub hardware_id: String,
     pub overage: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct LicenseLeases {
-    open: HashMap<Uuid, OpenLease>,
+    open: HashMap<SessionId, OpenLease>,
     /// `(expires_at, session_id)` of every open lease, to count the live ones.
-    by_expiry: BTreeSet<(Timestamp, Uuid)>,
+    by_expiry: BTreeSet<(Timestamp, SessionId)>,
 }
 
 impl LicenseLeases {
     /// Open leases whose `expires_at` is after `at`.
     fn live_at(&self, at: Timestamp) -> usize {
-        let stale = self.by_expiry.range(..=(at, Uuid::max())).count();
+        let stale = self
+            .by_expiry
+            .range(..=(at, SessionId::from_uuid(Uuid::max())))
+            .count();
         self.open.len() - stale
     }
 
@@ -252,7 +256,7 @@ impl LicenseLeases {
 }
 
 /// `(org_id, license_id, session_id)` of a lease.
-pub type LeaseKey = (Uuid, Uuid, Uuid);
+pub type LeaseKey = (OrgId, LicenseId, SessionId);
 
 /// What a fold that tracks its changes accumulated since the last
 /// [`BillingFold::take_changes`]: period deltas to merge into the stored
@@ -271,7 +275,7 @@ pub struct BillingFold {
     /// The last position applied, per partition.
     applied: BTreeMap<i16, i64>,
     /// Open leases per `(org_id, license_id)`.
-    licenses: HashMap<(Uuid, Uuid), LicenseLeases>,
+    licenses: HashMap<(OrgId, LicenseId), LicenseLeases>,
     buckets: BTreeMap<PeriodKey, PeriodUsage>,
     /// Leases changed since the last `take_changes`, when tracked, and
     /// whether each was open (so stored) before the first change.
@@ -347,7 +351,7 @@ impl BillingFold {
         }
         let result = match StreamId::parse(&record.stream_id) {
             Some(StreamId::License(license_id)) => record.event().map(|event| {
-                self.apply_event(record.tenant_id, license_id, record.occurred_at, &event);
+                self.apply_event(record.org_id, license_id, record.occurred_at, &event);
             }),
             _ => Ok(()),
         };
@@ -362,7 +366,13 @@ impl BillingFold {
     ///
     /// Long because it is one match over every event kind that moves
     /// billing; each arm is a few lines of the fold.
-    pub fn apply_event(&mut self, org_id: Uuid, license_id: Uuid, at: Timestamp, event: &Event) {
+    pub fn apply_event(
+        &mut self,
+        org_id: OrgId,
+        license_id: LicenseId,
+        at: Timestamp,
+        event: &Event,
+    ) {
         match event {
             Event::SeatAcquired(acquired) => {
                 let lease = OpenLease {
@@ -495,7 +505,13 @@ impl BillingFold {
         FoldChanges { periods, leases }
     }
 
-    fn changed(&mut self, org_id: Uuid, license_id: Uuid, session_id: Uuid, was_open: bool) {
+    fn changed(
+        &mut self,
+        org_id: OrgId,
+        license_id: LicenseId,
+        session_id: SessionId,
+        was_open: bool,
+    ) {
         if let Some(changed) = &mut self.changed_leases {
             changed
                 .entry((org_id, license_id, session_id))
@@ -503,7 +519,12 @@ impl BillingFold {
         }
     }
 
-    fn take(&mut self, org_id: Uuid, license_id: Uuid, session_id: Uuid) -> Option<OpenLease> {
+    fn take(
+        &mut self,
+        org_id: OrgId,
+        license_id: LicenseId,
+        session_id: SessionId,
+    ) -> Option<OpenLease> {
         let leases = self.licenses.get_mut(&(org_id, license_id))?;
         let lease = leases.open.remove(&session_id)?;
         leases.by_expiry.remove(&(lease.expires_at, session_id));
@@ -523,8 +544,8 @@ impl BillingFold {
     fn bucket(
         &mut self,
         granularity: Granularity,
-        org_id: Uuid,
-        license_id: Uuid,
+        org_id: OrgId,
+        license_id: LicenseId,
         at: Timestamp,
     ) -> &mut PeriodUsage {
         let key = PeriodKey {

@@ -133,7 +133,7 @@ pub fn in_range(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use seatledger_schema::{ChainHash, Metadata, Timestamp};
+    use seatledger_schema::{ChainHash, Metadata, OrgId, Timestamp};
     use uuid::Uuid;
 
     fn event(position: i64) -> RecordedEvent {
@@ -143,7 +143,7 @@ mod tests {
             event_id: Uuid::nil(),
             stream_id: "license-x".into(),
             stream_version: position,
-            tenant_id: Uuid::nil(),
+            org_id: OrgId::nil(),
             event_type: "SeatHeartbeat".into(),
             schema_version: 1,
             payload: serde_json::json!({ "n": position }),

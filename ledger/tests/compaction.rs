@@ -10,7 +10,9 @@ use proptest::prelude::*;
 use seatledger_ledger::domain::{Command, Rejection};
 use seatledger_ledger::{ImportExtras, Store};
 use seatledger_schema::testing::{any_entry, chain};
+use seatledger_schema::OrgId;
 use seatledger_schema::{canonical_bytes, Checkpoint, RecordedEvent, Timestamp};
+use seatledger_schema::{LicenseId, SessionId};
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
@@ -74,10 +76,10 @@ struct Reads {
     all: Vec<RecordedEvent>,
     windows: Vec<Vec<RecordedEvent>>,
     raw_payloads: Vec<serde_json::Value>,
-    tenants: Vec<Vec<RecordedEvent>>,
+    orgs: Vec<Vec<RecordedEvent>>,
     streams: Vec<Vec<RecordedEvent>>,
     stream_ranges: Vec<Vec<RecordedEvent>>,
-    sessions: Vec<Option<(String, Uuid)>>,
+    sessions: Vec<Option<(String, OrgId)>>,
     checkpoint_hashes: Vec<Option<seatledger_schema::ChainHash>>,
 }
 
@@ -94,25 +96,25 @@ async fn reads(store: &Store, events: &[RecordedEvent]) -> Reads {
         .iter()
         .map(|event| serde_json::from_str(event.payload.get()).unwrap())
         .collect();
-    let tenants: BTreeSet<Uuid> = events.iter().map(|e| e.tenant_id).collect();
-    let mut tenant_reads = Vec::new();
-    for tenant in tenants {
+    let orgs: BTreeSet<OrgId> = events.iter().map(|e| e.org_id).collect();
+    let mut org_reads = Vec::new();
+    for org in orgs {
         // Paged two at a time, as a feed reader would.
         let mut read = Vec::new();
         loop {
             let after = read.last().map_or(0, |e: &RecordedEvent| e.position);
-            let page = store.read_tenant_after(tenant, 0, after, 2).await.unwrap();
+            let page = store.read_org_after(org, 0, after, 2).await.unwrap();
             if page.is_empty() {
                 break;
             }
             read.extend(page);
         }
         assert!(store
-            .read_tenant_after(tenant, 0, i64::MAX, 2)
+            .read_org_after(org, 0, i64::MAX, 2)
             .await
             .unwrap()
             .is_empty());
-        tenant_reads.push(read);
+        org_reads.push(read);
     }
     let streams: BTreeSet<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
     let mut stream_reads = Vec::new();
@@ -145,7 +147,7 @@ async fn reads(store: &Store, events: &[RecordedEvent]) -> Reads {
         all: store.read_range(0, 0, head).await.unwrap(),
         windows,
         raw_payloads,
-        tenants: tenant_reads,
+        orgs: org_reads,
         streams: stream_reads,
         stream_ranges,
         sessions,
@@ -292,7 +294,7 @@ proptest! {
     }
 }
 
-fn heartbeat(license_id: Uuid, session_id: Uuid) -> Command {
+fn heartbeat(license_id: LicenseId, session_id: SessionId) -> Command {
     Command::Heartbeat {
         license_id,
         session_id,
@@ -313,14 +315,16 @@ async fn a_license_decides_the_same_after_compaction(store: &Store) {
     let clock = std::sync::Arc::new(seatledger_ledger::SystemClock);
     let appender = start(store, key.clone(), clock.clone(), config.clone());
     let license = Uuid::now_v7();
-    assert!(submit(&appender, issue(license, 3)).await.is_accepted());
+    assert!(submit(&appender, issue(license.into(), 3))
+        .await
+        .is_accepted());
     let mut sessions = Vec::new();
     for machine in 0..3 {
-        let granted = submit(&appender, acquire(license, machine)).await;
+        let granted = submit(&appender, acquire(license.into(), machine)).await;
         sessions.push(granted.lease.expect("a seat").session_id);
     }
     for session in &sessions {
-        assert!(submit(&appender, heartbeat(license, *session))
+        assert!(submit(&appender, heartbeat(license.into(), *session))
             .await
             .is_accepted());
     }
@@ -338,9 +342,9 @@ async fn a_license_decides_the_same_after_compaction(store: &Store) {
     assert_eq!(store.head(0).await.unwrap(), head);
 
     let restarted = start(store, key, clock, config);
-    let denied = submit(&restarted, acquire(license, 7)).await;
+    let denied = submit(&restarted, acquire(license.into(), 7)).await;
     assert_eq!(denied.rejection, Some(Rejection::NoSeatsAvailable));
-    let extended = submit(&restarted, heartbeat(license, sessions[0])).await;
+    let extended = submit(&restarted, heartbeat(license.into(), sessions[0])).await;
     assert!(extended.is_accepted(), "{:?}", extended.rejection);
     assert_eq!(
         store
@@ -379,7 +383,7 @@ async fn an_altered_block_is_refused_and_uncompacted_rows_cannot_be_deleted() {
             payload: serde_json::json!({"session_id": Uuid::from_u128(n), "expires_at": "2030-01-01T00:00:00.000000Z"}),
             metadata: Default::default(),
             event_id: Uuid::from_u128(50 + n),
-            tenant: 0,
+            org: 0,
             stream: 0,
             occurred_at: Timestamp::from_micros_saturating(1),
             recorded_at: Timestamp::from_micros_saturating(1),

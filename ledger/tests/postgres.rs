@@ -10,6 +10,7 @@ use seatledger_ledger::{
     request_hash, AppendError, AppenderConfig, CommitNotifier, Store, Submission, SystemClock,
 };
 use seatledger_schema::limits::SNAPSHOT_EVERY_EVENTS;
+use seatledger_schema::SessionId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,9 @@ async fn two_appenders_on_separate_pools_grant_exactly_the_seat_limit(pool: sqlx
         AppenderConfig::default(),
     );
     let license = Uuid::now_v7();
-    assert!(submit(&replica_a, issue(license, 10)).await.is_accepted());
+    assert!(submit(&replica_a, issue(license.into(), 10))
+        .await
+        .is_accepted());
 
     let attempts = (0..200).map(|machine| {
         let replica = if machine % 2 == 0 {
@@ -47,7 +50,7 @@ async fn two_appenders_on_separate_pools_grant_exactly_the_seat_limit(pool: sqlx
         } else {
             replica_b.clone()
         };
-        tokio::spawn(async move { submit(&replica, acquire(license, machine)).await })
+        tokio::spawn(async move { submit(&replica, acquire(license.into(), machine)).await })
     });
     let results: Vec<_> = join_all(attempts)
         .await
@@ -92,7 +95,7 @@ async fn the_clock_is_read_after_the_partition_lock_is_taken(pool: sqlx::PgPool)
         AppenderConfig::default(),
     );
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 5)).await;
+    submit(&appender, issue(license.into(), 5)).await;
 
     // Another replica holds the partition lock.
     let mut holder = pool.acquire().await.unwrap();
@@ -103,7 +106,7 @@ async fn the_clock_is_read_after_the_partition_lock_is_taken(pool: sqlx::PgPool)
         .unwrap();
     let pending = tokio::spawn({
         let appender = appender.clone();
-        async move { submit(&appender, acquire(license, 1)).await }
+        async move { submit(&appender, acquire(license.into(), 1)).await }
     });
     // Wait until the batch is queued behind the lock, then let time pass.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -153,9 +156,9 @@ async fn a_tailing_reader_never_sees_a_gap_or_a_later_position_first(pool: sqlx:
             let replica = replicas[writer % 2].clone();
             tokio::spawn(async move {
                 let license = Uuid::now_v7();
-                submit(&replica, issue(license, 1000)).await;
+                submit(&replica, issue(license.into(), 1000)).await;
                 for machine in 1..COMMANDS_PER_WRITER {
-                    assert!(submit(&replica, acquire(license, machine))
+                    assert!(submit(&replica, acquire(license.into(), machine))
                         .await
                         .is_accepted());
                 }
@@ -206,10 +209,10 @@ async fn idempotency_holds_on_sqlite_too() {
 async fn idempotency_scenario(store: &Store) {
     let (appender, _) = start_default(store);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 2)).await;
+    submit(&appender, issue(license.into(), 2)).await;
     let hash = request_hash(&[b"POST /acquire", b"{machine-1}"]);
     let first = appender
-        .submit(Submission::new(ORG, acquire(license, 1)).with_command_id("key-1", hash))
+        .submit(Submission::new(ORG, acquire(license.into(), 1)).with_command_id("key-1", hash))
         .await
         .unwrap();
     assert!(first.is_accepted() && !first.replayed);
@@ -217,7 +220,7 @@ async fn idempotency_scenario(store: &Store) {
     // A retry carries a fresh session id: the request hash, not the
     // command, identifies the request.
     let again = appender
-        .submit(Submission::new(ORG, acquire(license, 1)).with_command_id("key-1", hash))
+        .submit(Submission::new(ORG, acquire(license.into(), 1)).with_command_id("key-1", hash))
         .await
         .unwrap();
     assert!(again.replayed);
@@ -227,7 +230,7 @@ async fn idempotency_scenario(store: &Store) {
 
     let other = request_hash(&[b"POST /acquire", b"{machine-2}"]);
     let reused = appender
-        .submit(Submission::new(ORG, acquire(license, 2)).with_command_id("key-1", other))
+        .submit(Submission::new(ORG, acquire(license.into(), 2)).with_command_id("key-1", other))
         .await
         .unwrap();
     assert_eq!(reused.rejection, Some(Rejection::IdempotencyKeyReused));
@@ -244,7 +247,7 @@ async fn idempotency_scenario(store: &Store) {
         Submission::new(
             ORG,
             Command::ReleaseSeat {
-                license_id: license,
+                license_id: license.into(),
                 session_id: session,
                 by: seatledger_ledger::domain::SeatActor::Unchecked,
             },
@@ -262,7 +265,7 @@ async fn idempotency_scenario(store: &Store) {
 async fn the_database_rejects_update_delete_and_truncate_of_events(pool: sqlx::PgPool) {
     let store = migrated(pool.clone()).await;
     let (appender, _) = start_default(&store);
-    submit(&appender, issue(Uuid::now_v7(), 1)).await;
+    submit(&appender, issue(Uuid::now_v7().into(), 1)).await;
     for statement in [
         "UPDATE events SET event_type = 'X'",
         "DELETE FROM events",
@@ -282,7 +285,7 @@ async fn sqlite_rejects_update_and_delete_of_events_and_runs_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_store(&dir).await;
     let (appender, _) = start_default(&store);
-    submit(&appender, issue(Uuid::now_v7(), 1)).await;
+    submit(&appender, issue(Uuid::now_v7().into(), 1)).await;
     let pool = store.sqlite_pool().unwrap();
     for statement in ["UPDATE events SET event_type = 'X'", "DELETE FROM events"] {
         let error = sqlx::query(statement).execute(pool).await.unwrap_err();
@@ -305,9 +308,9 @@ async fn an_export_from_sqlite_imports_into_postgres_with_identical_hashes(pool:
     let sqlite = sqlite_store(&dir).await;
     let (appender, _) = start_default(&sqlite);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 3)).await;
+    submit(&appender, issue(license.into(), 3)).await;
     for machine in 0..5 {
-        submit(&appender, acquire(license, machine)).await;
+        submit(&appender, acquire(license.into(), machine)).await;
     }
     let exported = assert_chain_verifies(&sqlite).await;
 
@@ -323,8 +326,8 @@ async fn an_export_from_sqlite_imports_into_postgres_with_identical_hashes(pool:
 
     // Both continue from the same state: the next acquire is denied on both.
     let (pg_appender, _) = start_default(&postgres);
-    let on_pg = submit(&pg_appender, acquire(license, 99)).await;
-    let on_sqlite = submit(&appender, acquire(license, 99)).await;
+    let on_pg = submit(&pg_appender, acquire(license.into(), 99)).await;
+    let on_sqlite = submit(&appender, acquire(license.into(), 99)).await;
     assert_eq!(on_pg.rejection, Some(Rejection::NoSeatsAvailable));
     assert_eq!(on_sqlite.rejection, Some(Rejection::NoSeatsAvailable));
 }
@@ -341,10 +344,10 @@ async fn checkpoints_are_signed_every_n_events_and_verify_against_the_chain(pool
     };
     let appender = start(&store, key.clone(), Arc::new(SystemClock), config);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 1000)).await;
+    submit(&appender, issue(license.into(), 1000)).await;
     let acquires = (0..180).map(|machine| {
         let appender = appender.clone();
-        tokio::spawn(async move { submit(&appender, acquire(license, machine)).await })
+        tokio::spawn(async move { submit(&appender, acquire(license.into(), machine)).await })
     });
     join_all(acquires).await;
     let events = assert_chain_verifies(&store).await;
@@ -370,11 +373,11 @@ async fn a_long_stream_is_snapshotted_and_a_fresh_appender_continues_from_snapsh
     let store = migrated(pool.clone()).await;
     let (appender, _) = start_default(&store);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 2000)).await;
+    submit(&appender, issue(license.into(), 2000)).await;
     let total = SNAPSHOT_EVERY_EVENTS as usize + 200;
     let acquires = (1..total).map(|machine| {
         let appender = appender.clone();
-        tokio::spawn(async move { submit(&appender, acquire(license, machine)).await })
+        tokio::spawn(async move { submit(&appender, acquire(license.into(), machine)).await })
     });
     join_all(acquires).await;
     let (snapshot_version, version): (Option<i64>, i64) = sqlx::query_as(
@@ -391,7 +394,7 @@ async fn a_long_stream_is_snapshotted_and_a_fresh_appender_continues_from_snapsh
 
     // Another replica (no cache) loads snapshot + tail and sees every lease.
     let (fresh, _) = start_default(&second_pg_store(&pool).await);
-    let again = submit(&fresh, acquire(license, 1)).await;
+    let again = submit(&fresh, acquire(license.into(), 1)).await;
     assert!(
         matches!(again.events[0].event_type.as_str(), "SeatHeartbeat"),
         "re-acquire is recognised"
@@ -412,12 +415,12 @@ async fn snapshot_bytes_per_event_stay_bounded_however_many_leases(pool: sqlx::P
     let store = migrated(pool.clone()).await;
     let (appender, _) = start_default(&store);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 30_000)).await;
+    submit(&appender, issue(license.into(), 30_000)).await;
     const LEASES: usize = 20_000;
     for chunk in (1..=LEASES).collect::<Vec<_>>().chunks(500) {
         let acquires = chunk.iter().map(|&machine| {
             let appender = appender.clone();
-            tokio::spawn(async move { submit(&appender, acquire(license, machine)).await })
+            tokio::spawn(async move { submit(&appender, acquire(license.into(), machine)).await })
         });
         join_all(acquires).await;
     }
@@ -438,7 +441,7 @@ async fn snapshot_bytes_per_event_stay_bounded_however_many_leases(pool: sqlx::P
     assert_eq!(version, LEASES as i64 + 1);
     // The final state's size (as JSON text, as the appender writes it).
     let (fresh, _) = start_default(&second_pg_store(&pool).await);
-    let again = submit(&fresh, acquire(license, 1)).await;
+    let again = submit(&fresh, acquire(license.into(), 1)).await;
     assert_eq!(again.license.unwrap().seats_used, LEASES as u32);
     let final_bytes = {
         let value: serde_json::Value = serde_json::from_str(&state).unwrap();
@@ -483,12 +486,12 @@ async fn the_connection_that_wrote_a_large_snapshot_is_closed_not_pooled(pool: s
     let store = migrated(pool.clone()).await;
     let (appender, _) = start_default(&store);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 20_000)).await;
+    submit(&appender, issue(license.into(), 20_000)).await;
     let stats = appender.stats();
     let acquires: Vec<Command> = (0..LEASES)
-        .map(|machine| acquire(license, machine))
+        .map(|machine| acquire(license.into(), machine))
         .collect();
-    let sessions: Vec<Uuid> = acquires
+    let sessions: Vec<SessionId> = acquires
         .iter()
         .filter_map(|command| match command {
             Command::AcquireSeat { session_id, .. } => Some(*session_id),
@@ -502,7 +505,7 @@ async fn the_connection_that_wrote_a_large_snapshot_is_closed_not_pooled(pool: s
     // A heartbeat for each lease: the next snapshot is due (as many events
     // as the state holds leases) and holds 7,000 leases, over 1 MiB.
     let heartbeats = sessions.iter().map(|&session_id| Command::Heartbeat {
-        license_id: license,
+        license_id: license.into(),
         session_id,
         by: seatledger_ledger::domain::SeatActor::Unchecked,
     });
@@ -518,7 +521,7 @@ async fn the_connection_that_wrote_a_large_snapshot_is_closed_not_pooled(pool: s
     assert!(stored >= 1 << 20, "the stored snapshot is {stored} bytes");
     assert!(stats.connections_retired.load(Ordering::Relaxed) >= 1);
     // The appender goes on, on a new connection.
-    let granted = submit(&appender, acquire(license, LEASES)).await;
+    let granted = submit(&appender, acquire(license.into(), LEASES)).await;
     assert_eq!(granted.license.unwrap().seats_used, LEASES as u32 + 1);
     assert_chain_verifies(&store).await;
 }
@@ -537,7 +540,7 @@ async fn a_commit_notifies_a_listener_on_another_pool(pool: sqlx::PgPool) {
     let (appender, _) = start_default(&store);
     // The listener may not have subscribed yet: keep appending until woken.
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 100)).await;
+    submit(&appender, issue(license.into(), 100)).await;
     let wait = async {
         let mut machine = 0;
         loop {
@@ -545,7 +548,7 @@ async fn a_commit_notifies_a_listener_on_another_pool(pool: sqlx::PgPool) {
                 changed = woken.changed() => { changed.unwrap(); return *woken.borrow(); }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     machine += 1;
-                    submit(&appender, acquire(license, machine)).await;
+                    submit(&appender, acquire(license.into(), machine)).await;
                 }
             }
         }
@@ -562,14 +565,14 @@ async fn a_store_failure_fails_the_batch_and_writes_nothing(pool: sqlx::PgPool) 
     let store = migrated(pool.clone()).await;
     let (appender, _) = start_default(&store);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 5)).await;
+    submit(&appender, issue(license.into(), 5)).await;
     // Make the next insert fail inside the transaction.
     sqlx::query("ALTER TABLE events ADD CONSTRAINT no_more CHECK (position < 2) NOT VALID")
         .execute(&pool)
         .await
         .unwrap();
     let error = appender
-        .submit(Submission::new(ORG, acquire(license, 1)))
+        .submit(Submission::new(ORG, acquire(license.into(), 1)))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("no_more"), "{error}");
@@ -579,7 +582,7 @@ async fn a_store_failure_fails_the_batch_and_writes_nothing(pool: sqlx::PgPool) 
         .unwrap();
     assert_eq!(read_all(&store).await.len(), 1);
     // The appender recovers; the failed command left no state behind.
-    let retried = submit(&appender, acquire(license, 1)).await;
+    let retried = submit(&appender, acquire(license.into(), 1)).await;
     assert_eq!(retried.events[0].event_type, "SeatAcquired");
     assert_eq!(retried.license.unwrap().seats_used, 1);
     assert_chain_verifies(&store).await;
@@ -596,7 +599,7 @@ async fn a_command_the_database_refuses_fails_alone_not_its_batch(pool: sqlx::Pg
     };
     let appender = start(&store, key, Arc::new(SystemClock), config);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 100)).await;
+    submit(&appender, issue(license.into(), 100)).await;
     // The database refuses one particular machine's event.
     sqlx::query("ALTER TABLE events ADD CONSTRAINT no_poison CHECK (payload->>'hardware_id' IS DISTINCT FROM 'machine-13')")
         .execute(&pool)
@@ -606,7 +609,7 @@ async fn a_command_the_database_refuses_fails_alone_not_its_batch(pool: sqlx::Pg
         let appender = appender.clone();
         tokio::spawn(async move {
             appender
-                .submit(Submission::new(ORG, acquire(license, machine)))
+                .submit(Submission::new(ORG, acquire(license.into(), machine)))
                 .await
         })
     });
@@ -647,14 +650,14 @@ async fn burst_commits_in_batches_without_failures(store: &Store) {
     let appender = start(store, key, Arc::new(SystemClock), config);
     let licenses: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
     for license in &licenses {
-        submit(&appender, issue(*license, 100)).await;
+        submit(&appender, issue((*license).into(), 100)).await;
     }
     let stats = appender.stats();
     let before = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
     let attempts = (0..60).map(|machine| {
         let appender = appender.clone();
         let license = licenses[machine % licenses.len()];
-        tokio::spawn(async move { submit(&appender, acquire(license, machine)).await })
+        tokio::spawn(async move { submit(&appender, acquire(license.into(), machine)).await })
     });
     for result in join_all(attempts).await {
         assert!(result.unwrap().is_accepted());
@@ -694,10 +697,14 @@ async fn a_start_warms_what_is_costly_to_load(first: &Store, second: &Store) {
     const LEASES: usize = 12_000;
     let (writer, _) = start_default(first);
     let (large, small) = (Uuid::now_v7(), Uuid::now_v7());
-    submit(&writer, issue(large, 20_000)).await;
-    submit(&writer, issue(small, 10)).await;
-    submit_all(&writer, (0..LEASES).map(|m| acquire(large, m)).collect()).await;
-    submit(&writer, acquire(small, 0)).await;
+    submit(&writer, issue(large.into(), 20_000)).await;
+    submit(&writer, issue(small.into(), 10)).await;
+    submit_all(
+        &writer,
+        (0..LEASES).map(|m| acquire(large.into(), m)).collect(),
+    )
+    .await;
+    submit(&writer, acquire(small.into(), 0)).await;
 
     let (fresh, _) = start_default(second);
     fresh.warmed().await;
@@ -705,11 +712,11 @@ async fn a_start_warms_what_is_costly_to_load(first: &Store, second: &Store) {
     assert_eq!(stats.streams_warmed.load(Ordering::Relaxed), 1);
     // Written by the other appender after the warm-up: read at the first
     // command, on top of the warmed state.
-    submit(&writer, acquire(large, LEASES)).await;
-    let granted = submit(&fresh, acquire(large, LEASES + 1)).await;
+    submit(&writer, acquire(large.into(), LEASES)).await;
+    let granted = submit(&fresh, acquire(large.into(), LEASES + 1)).await;
     assert_eq!(granted.license.unwrap().seats_used, LEASES as u32 + 2);
     assert_eq!(stats.stream_loads.load(Ordering::Relaxed), 0);
-    let granted = submit(&fresh, acquire(small, 1)).await;
+    let granted = submit(&fresh, acquire(small.into(), 1)).await;
     assert_eq!(granted.license.unwrap().seats_used, 2);
     assert_eq!(stats.stream_loads.load(Ordering::Relaxed), 1);
     assert_chain_verifies(first).await;
@@ -733,9 +740,9 @@ async fn a_start_warms_what_is_costly_to_load_on_sqlite() {
 async fn read_range_is_bounded_on_both_sides(store: &Store) {
     let (appender, _) = start_default(store);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 10)).await;
+    submit(&appender, issue(license.into(), 10)).await;
     for machine in 0..5 {
-        submit(&appender, acquire(license, machine)).await;
+        submit(&appender, acquire(license.into(), machine)).await;
     }
     let positions = |events: Vec<seatledger_schema::RecordedEvent>| {
         events.iter().map(|e| e.position).collect::<Vec<_>>()
@@ -772,9 +779,9 @@ async fn read_range_is_bounded_on_both_sides_on_sqlite() {
 async fn a_raw_read_is_the_same_envelope_as_a_parsed_read(store: &Store) {
     let (appender, _) = start_default(store);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 2)).await;
+    submit(&appender, issue(license.into(), 2)).await;
     for machine in 0..3 {
-        submit(&appender, acquire(license, machine)).await;
+        submit(&appender, acquire(license.into(), machine)).await;
     }
     let awkward = [
         serde_json::json!({}),
@@ -824,7 +831,7 @@ async fn a_batch_behind_a_stuck_lock_holder_fails_as_unavailable_then_recovers(p
     };
     let appender = start(&store, key, Arc::new(SystemClock), config);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 5)).await;
+    submit(&appender, issue(license.into(), 5)).await;
     // A stuck writer (a hung replica, an operator's open transaction)
     // holds the partition lock.
     let mut holder = pool.begin().await.unwrap();
@@ -835,7 +842,7 @@ async fn a_batch_behind_a_stuck_lock_holder_fails_as_unavailable_then_recovers(p
         .unwrap();
     let blocked = tokio::time::timeout(
         Duration::from_secs(30),
-        appender.submit(Submission::new(ORG, acquire(license, 1))),
+        appender.submit(Submission::new(ORG, acquire(license.into(), 1))),
     )
     .await
     .expect("the append gave up instead of waiting for the holder");
@@ -843,7 +850,7 @@ async fn a_batch_behind_a_stuck_lock_holder_fails_as_unavailable_then_recovers(p
     assert!(error.is_unavailable(), "{error}");
     assert_eq!(read_all(&store).await.len(), 1, "nothing was written");
     holder.rollback().await.unwrap();
-    let retried = submit(&appender, acquire(license, 1)).await;
+    let retried = submit(&appender, acquire(license.into(), 1)).await;
     assert_eq!(retried.events[0].event_type, "SeatAcquired");
     assert_chain_verifies(&store).await;
 }
@@ -863,17 +870,17 @@ async fn an_unreadable_stream_fails_alone_and_is_not_reloaded(pool: sqlx::PgPool
     };
     let appender = start(&store, key, Arc::new(SystemClock), config);
     let broken = Uuid::now_v7();
-    submit(&appender, issue(broken, 5)).await;
+    submit(&appender, issue(broken.into(), 5)).await;
     let healthy: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
     for license in &healthy {
-        submit(&appender, issue(*license, 5)).await;
+        submit(&appender, issue((*license).into(), 5)).await;
     }
     let planted = plant_undecodable_event(&store, ORG, &format!("license-{broken}")).await;
     let stats = appender.stats();
     let batches_before = stats.batches.load(Ordering::Relaxed);
 
-    let mut commands = vec![acquire(broken, 0)];
-    commands.extend(healthy.iter().map(|license| acquire(*license, 1)));
+    let mut commands = vec![acquire(broken.into(), 0)];
+    commands.extend(healthy.iter().map(|license| acquire((*license).into(), 1)));
     let results = join_all(commands.into_iter().map(|command| {
         let appender = appender.clone();
         async move { appender.submit(Submission::new(ORG, command)).await }
@@ -901,7 +908,7 @@ async fn an_unreadable_stream_fails_alone_and_is_not_reloaded(pool: sqlx::PgPool
 
     // Again: answered at once from memory, no second load.
     let again = appender
-        .submit(Submission::new(ORG, acquire(broken, 2)))
+        .submit(Submission::new(ORG, acquire(broken.into(), 2)))
         .await;
     assert!(
         matches!(again, Err(AppendError::StreamUnreadable { .. })),
@@ -973,7 +980,7 @@ async fn licensed_with_every_snapshot_deferred(
     };
     let appender = start(&store, key, Arc::new(SystemClock), config);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 5_000)).await;
+    submit(&appender, issue(license.into(), 5_000)).await;
     (store, appender, license)
 }
 
@@ -997,7 +1004,9 @@ async fn a_held_up_snapshot_write_does_not_hold_the_batches_after_it(pool: sqlx:
     let first = SNAPSHOT_EVERY_EVENTS as usize;
     submit_all(
         &appender,
-        (1..first + 500).map(|m| acquire(license, m)).collect(),
+        (1..first + 500)
+            .map(|m| acquire(license.into(), m))
+            .collect(),
     )
     .await;
     until_counted(
@@ -1011,7 +1020,7 @@ async fn a_held_up_snapshot_write_does_not_hold_the_batches_after_it(pool: sqlx:
         stats.snapshots_written_after_commit.load(Ordering::Relaxed),
         0
     );
-    let granted = submit(&appender, acquire(license, first + 500)).await;
+    let granted = submit(&appender, acquire(license.into(), first + 500)).await;
     assert_eq!(granted.license.unwrap().seats_used, (first + 500) as u32);
     holder.rollback().await.unwrap();
 
@@ -1031,7 +1040,7 @@ async fn a_held_up_snapshot_write_does_not_hold_the_batches_after_it(pool: sqlx:
     );
     assert_eq!(version, (first + 501) as i64);
     let (fresh, _) = start_default(&second_pg_store(&pool).await);
-    let again = submit(&fresh, acquire(license, 1)).await;
+    let again = submit(&fresh, acquire(license.into(), 1)).await;
     assert_eq!(again.license.unwrap().seats_used, (first + 500) as u32);
     assert_chain_verifies(&store).await;
 }
@@ -1042,7 +1051,11 @@ async fn a_held_up_snapshot_write_does_not_hold_the_batches_after_it(pool: sqlx:
 async fn a_late_snapshot_does_not_replace_a_later_one(pool: sqlx::PgPool) {
     let (store, appender, license) = licensed_with_every_snapshot_deferred(&pool).await;
     let first = SNAPSHOT_EVERY_EVENTS as usize;
-    submit_all(&appender, (1..first).map(|m| acquire(license, m)).collect()).await;
+    submit_all(
+        &appender,
+        (1..first).map(|m| acquire(license.into(), m)).collect(),
+    )
+    .await;
     until_snapshots_stored(appender.stats()).await;
     let stream_id = format!("license-{license}");
     let (stored, state): (i64, String) =
@@ -1116,20 +1129,23 @@ async fn decide_one_ahead(pool: &sqlx::PgPool) -> Ahead {
     let store = migrated(pool.clone()).await;
     let (appender, _) = start_default(&store);
     let license = Uuid::now_v7();
-    submit(&appender, issue(license, 1)).await;
+    submit(&appender, issue(license.into(), 1)).await;
     let holder = hold_command_key(pool, "first").await;
     let first = tokio::spawn({
         let appender = appender.clone();
         async move {
             appender
-                .submit(Submission::new(ORG, acquire(license, 1)).with_command_id("first", [1; 32]))
+                .submit(
+                    Submission::new(ORG, acquire(license.into(), 1))
+                        .with_command_id("first", [1; 32]),
+                )
                 .await
         }
     });
     until_a_lock_is_awaited(pool).await;
     let second = tokio::spawn({
         let appender = appender.clone();
-        async move { submit(&appender, acquire(license, 2)).await }
+        async move { submit(&appender, acquire(license.into(), 2)).await }
     });
     until_counted(&appender.stats().batches_decided_ahead, 1, "deciding ahead").await;
     Ahead {
@@ -1216,7 +1232,7 @@ async fn pipelined_batches_grant_exactly_the_seat_limit(pool: sqlx::PgPool) {
     let appender = start(&store, key, Arc::new(SystemClock), config);
     let licenses: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
     for license in &licenses {
-        submit(&appender, issue(*license, 25)).await;
+        submit(&appender, issue((*license).into(), 25)).await;
     }
     let clients = (0..64).map(|client| {
         let appender = appender.clone();
@@ -1225,7 +1241,7 @@ async fn pipelined_batches_grant_exactly_the_seat_limit(pool: sqlx::PgPool) {
             let mut granted = 0;
             for round in 0..10 {
                 let license = licenses[(client + round) % licenses.len()];
-                if submit(&appender, acquire(license, client * 100 + round))
+                if submit(&appender, acquire(license.into(), client * 100 + round))
                     .await
                     .is_accepted()
                 {
@@ -1271,8 +1287,8 @@ async fn each_stream_is_loaded_once_then_served_from_the_cache(store: &Store) {
     let (first, _) = start_default(store);
     let licenses: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
     for license in &licenses {
-        submit(&first, issue(*license, 100)).await;
-        submit(&first, acquire(*license, 1)).await;
+        submit(&first, issue((*license).into(), 100)).await;
+        submit(&first, acquire((*license).into(), 1)).await;
     }
     assert_eq!(
         first.stats().stream_loads.load(Ordering::Relaxed),
@@ -1283,7 +1299,7 @@ async fn each_stream_is_loaded_once_then_served_from_the_cache(store: &Store) {
     let (restarted, _) = start_default(store);
     for round in 0..3 {
         for license in &licenses {
-            submit(&restarted, acquire(*license, 2 + round)).await;
+            submit(&restarted, acquire((*license).into(), 2 + round)).await;
         }
         assert_eq!(
             restarted.stats().stream_loads.load(Ordering::Relaxed),

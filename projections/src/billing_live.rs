@@ -105,7 +105,7 @@ impl Follower for LiveBilling {
                 incomplete.push(Incomplete {
                     partition: record.partition,
                     position: record.position,
-                    org_id: record.tenant_id,
+                    org_id: record.org_id,
                 });
             }
         }
@@ -220,7 +220,7 @@ impl BillingRebuild {
                 self.incomplete.push(Incomplete {
                     partition: record.partition,
                     position: record.position,
-                    org_id: record.tenant_id,
+                    org_id: record.org_id,
                 });
             }
         }

@@ -6,9 +6,10 @@
 use crate::hot::{HotLicenses, StaleLease, Unreadable};
 use crate::redis_hot::{RedisLicenses, RedisReadError};
 use seatledger_ledger::domain::{Lease, LicenseView};
+use seatledger_schema::SessionId;
 use seatledger_schema::Timestamp;
+use seatledger_schema::{LicenseId, OrgId};
 use std::time::Duration;
-use uuid::Uuid;
 
 #[derive(Clone)]
 pub enum HotCounts {
@@ -79,8 +80,8 @@ impl HotCounts {
 
     pub async fn view(
         &self,
-        org_id: Uuid,
-        license_id: Uuid,
+        org_id: OrgId,
+        license_id: LicenseId,
         now: Timestamp,
     ) -> Result<Option<LicenseView>, HotReadError> {
         match self {
@@ -91,10 +92,10 @@ impl HotCounts {
 
     pub async fn sessions(
         &self,
-        org_id: Uuid,
-        license_id: Uuid,
+        org_id: OrgId,
+        license_id: LicenseId,
         now: Timestamp,
-        after: Option<Uuid>,
+        after: Option<SessionId>,
         limit: usize,
     ) -> Result<Option<Vec<Lease>>, HotReadError> {
         match self {

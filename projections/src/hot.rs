@@ -11,25 +11,26 @@
 use crate::runner::{Follower, FollowerError};
 use seatledger_ledger::domain::license::evolve;
 use seatledger_ledger::domain::{Lease, LicenseState, LicenseView, StreamId};
+use seatledger_schema::SessionId;
+use seatledger_schema::{LicenseId, OrgId};
 use seatledger_schema::{RecordedEvent, Timestamp};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 #[derive(Default)]
 struct Inner {
-    licenses: HashMap<Uuid, LicenseState>,
+    licenses: HashMap<LicenseId, LicenseState>,
     /// Licenses with an event that cannot be decoded: their state here is
     /// not the ledger's, so they are never served.
-    unreadable: HashSet<Uuid>,
+    unreadable: HashSet<LicenseId>,
 }
 
 /// The license has an event that cannot be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("license {0} has an undecodable event")]
-pub struct Unreadable(pub Uuid);
+pub struct Unreadable(pub LicenseId);
 
 /// The in-memory hot counts. Cheap to clone (shared).
 #[derive(Clone)]
@@ -69,8 +70,8 @@ impl HotLicenses {
     /// and it is `org_id`'s; an unreadable license is an error.
     fn read_license<T>(
         &self,
-        org_id: Uuid,
-        license_id: Uuid,
+        org_id: OrgId,
+        license_id: LicenseId,
         read: impl FnOnce(&LicenseState) -> T,
     ) -> Result<Option<T>, Unreadable> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
@@ -87,8 +88,8 @@ impl HotLicenses {
     /// The license as of now, if the counts know it and it is `org_id`'s.
     pub fn view(
         &self,
-        org_id: Uuid,
-        license_id: Uuid,
+        org_id: OrgId,
+        license_id: LicenseId,
         now: Timestamp,
     ) -> Result<Option<LicenseView>, Unreadable> {
         Ok(self
@@ -100,10 +101,10 @@ impl HotLicenses {
     /// `after`; `None` if the license is not `org_id`'s.
     pub fn sessions(
         &self,
-        org_id: Uuid,
-        license_id: Uuid,
+        org_id: OrgId,
+        license_id: LicenseId,
         now: Timestamp,
-        after: Option<Uuid>,
+        after: Option<SessionId>,
         limit: usize,
     ) -> Result<Option<Vec<Lease>>, Unreadable> {
         self.read_license(org_id, license_id, |license| {
@@ -137,7 +138,7 @@ impl HotLicenses {
                     return stale;
                 }
                 stale.push(StaleLease {
-                    tenant_id: terms.org_id,
+                    org_id: terms.org_id,
                     license_id: *license_id,
                     session_id: lease.session_id,
                 });
@@ -147,7 +148,7 @@ impl HotLicenses {
     }
 
     /// Every license's state, for tests that compare with a replay.
-    pub fn snapshot(&self) -> HashMap<Uuid, LicenseState> {
+    pub fn snapshot(&self) -> HashMap<LicenseId, LicenseState> {
         self.inner
             .read()
             .unwrap_or_else(|p| p.into_inner())

@@ -125,7 +125,7 @@ impl NatsConfig {
     pub fn subject<P, M>(&self, event: &RecordedEvent<P, M>) -> String {
         format!(
             "{}.{}.{}",
-            self.subject_prefix, event.tenant_id, event.event_type
+            self.subject_prefix, event.org_id, event.event_type
         )
     }
 }

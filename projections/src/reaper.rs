@@ -88,7 +88,7 @@ pub async fn reap_once(
             license_id: lease.license_id,
             session_id: lease.session_id,
         };
-        let submission = Submission::new(lease.tenant_id, command).with_metadata(Metadata {
+        let submission = Submission::new(lease.org_id, command).with_metadata(Metadata {
             actor: Some("reaper".to_owned()),
             ..Metadata::default()
         });

@@ -33,12 +33,12 @@ use crate::runner::{Follower, FollowerError};
 use redis::aio::ConnectionManager;
 use seatledger_ledger::domain::{Lease, LicenseStatus, LicenseView, StreamId};
 use seatledger_schema::{Event, RecordedEvent, Timestamp};
+use seatledger_schema::{LicenseId, OrgId, SessionId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
-use uuid::Uuid;
 
 /// How long one Redis call may take before Redis counts as down.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -173,7 +173,7 @@ impl RedisLicenses {
         format!("{}{suffix}", self.prefix)
     }
 
-    fn license_key(&self, license_id: Uuid, suffix: &str) -> String {
+    fn license_key(&self, license_id: LicenseId, suffix: &str) -> String {
         format!("{}lic:{license_id}{suffix}", self.prefix)
     }
 
@@ -332,8 +332,8 @@ impl RedisLicenses {
     /// The license as of now, if Redis knows it and it is `org_id`'s.
     pub async fn view(
         &self,
-        org_id: Uuid,
-        license_id: Uuid,
+        org_id: OrgId,
+        license_id: LicenseId,
         now: Timestamp,
     ) -> Result<Option<LicenseView>, RedisReadError> {
         let (fields, live, unreadable): (HashMap<String, String>, u32, bool) = self
@@ -362,10 +362,10 @@ impl RedisLicenses {
     /// Redis does not know the license or it is not `org_id`'s.
     pub async fn sessions(
         &self,
-        org_id: Uuid,
-        license_id: Uuid,
+        org_id: OrgId,
+        license_id: LicenseId,
         now: Timestamp,
-        after: Option<Uuid>,
+        after: Option<SessionId>,
         limit: usize,
     ) -> Result<Option<Vec<Lease>>, RedisReadError> {
         let Some(_) = self.view(org_id, license_id, now).await? else {
@@ -466,7 +466,7 @@ impl RedisLicenses {
             .filter_map(|member| {
                 let mut parts = member.split(':');
                 Some(StaleLease {
-                    tenant_id: parts.next()?.parse().ok()?,
+                    org_id: parts.next()?.parse().ok()?,
                     license_id: parts.next()?.parse().ok()?,
                     session_id: parts.next()?.parse().ok()?,
                 })
@@ -495,7 +495,7 @@ impl RedisLicenses {
         let lease = LeaseKeys {
             hot: self,
             license_id,
-            tenant_id: record.tenant_id,
+            org_id: record.org_id,
         };
         match &event {
             Event::LicenseIssued(issued) => {
@@ -558,7 +558,11 @@ fn redis_glob_escape(text: &str) -> String {
     escaped
 }
 
-fn view_from(license_id: Uuid, fields: &HashMap<String, String>, live: u32) -> Option<LicenseView> {
+fn view_from(
+    license_id: LicenseId,
+    fields: &HashMap<String, String>,
+    live: u32,
+) -> Option<LicenseView> {
     let number = |name: &str| fields.get(name)?.parse::<u64>().ok();
     let seats = u32::try_from(number("seats")?).ok()?;
     let max_overage_percent = u32::try_from(number("max_overage_percent")?).ok()?;
@@ -680,8 +684,8 @@ fn issued_fields(issued: &seatledger_schema::LicenseIssued) -> Vec<String> {
 /// the sessions (`:ses`), and the prefix-wide `stale` index.
 struct LeaseKeys<'a> {
     hot: &'a RedisLicenses,
-    license_id: Uuid,
-    tenant_id: Uuid,
+    license_id: LicenseId,
+    org_id: OrgId,
 }
 
 impl LeaseKeys<'_> {
@@ -689,8 +693,8 @@ impl LeaseKeys<'_> {
         self.hot.license_key(self.license_id, suffix)
     }
 
-    fn stale_member(&self, session_id: Uuid) -> String {
-        format!("{}:{}:{session_id}", self.tenant_id, self.license_id)
+    fn stale_member(&self, session_id: SessionId) -> String {
+        format!("{}:{}:{session_id}", self.org_id, self.license_id)
     }
 
     fn acquired(&self, acquired: &seatledger_schema::SeatAcquired, out: &mut Vec<Change>) {
@@ -741,7 +745,7 @@ impl LeaseKeys<'_> {
         ]);
     }
 
-    fn ended(&self, session_id: Uuid, out: &mut Vec<Change>) {
+    fn ended(&self, session_id: SessionId, out: &mut Vec<Change>) {
         let session = session_id.to_string();
         out.extend([
             ("ZREM", self.key(":exp"), vec![session.clone()]),
@@ -764,7 +768,7 @@ impl LeaseKeys<'_> {
                 self.key(":exp"),
                 self.key(":ses"),
                 self.hot.key("stale"),
-                format!("{}:{}:", self.tenant_id, self.license_id),
+                format!("{}:{}:", self.org_id, self.license_id),
             ],
         )
     }

@@ -92,7 +92,7 @@ where
             event_id: event.event_id,
             stream_id: event.stream_id.clone(),
             stream_version: event.stream_version,
-            tenant_id: event.tenant_id,
+            org_id: event.org_id,
             event_type: event.event_type.clone(),
             schema_version: event.schema_version,
             payload: P::from_committed(&event.payload)?,

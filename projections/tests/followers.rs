@@ -15,14 +15,16 @@ use seatledger_projections::{
     billing_live, reap_once, runner, BillingFold, Follower, FollowerStatus, Granularity, HotCounts,
     HotLicenses, LiveBilling, ReaperStats, RedisLicenses, RunnerConfig, UsageQuery, UsageRow,
 };
+use seatledger_schema::OrgId;
 use seatledger_schema::Timestamp;
+use seatledger_schema::{LicenseId, SessionId, UserId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-const ORG: Uuid = Uuid::from_u128(0x0a);
+const ORG: OrgId = OrgId::from_u128(0x0a);
 const TTL_S: u32 = 60;
 
 async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
@@ -49,7 +51,7 @@ fn start_appender(store: &Store, clock: &ManualClock, notifier: &CommitNotifier)
     .0
 }
 
-fn issue(license_id: Uuid, seats: u32) -> Command {
+fn issue(license_id: LicenseId, seats: u32) -> Command {
     Command::IssueLicense {
         license_id,
         name: Name::parse("IDE").unwrap(),
@@ -60,12 +62,12 @@ fn issue(license_id: Uuid, seats: u32) -> Command {
     }
 }
 
-fn acquire(license_id: Uuid, session_id: Uuid, machine: u8) -> Command {
+fn acquire(license_id: LicenseId, session_id: SessionId, machine: u8) -> Command {
     Command::AcquireSeat {
         token_id: None,
         license_id,
         session_id,
-        user_id: Uuid::from_u128(u128::from(machine)),
+        user_id: UserId::from_u128(u128::from(machine)),
         hardware_id: HardwareId::parse(&format!("machine-{machine}")).unwrap(),
     }
 }
@@ -126,7 +128,7 @@ async fn issue_licenses(appender: &Appender, count: usize) -> Vec<Uuid> {
     let licenses: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
     for license in &licenses {
         appender
-            .submit(Submission::new(ORG, issue(*license, 2)))
+            .submit(Submission::new(ORG, issue((*license).into(), 2)))
             .await
             .unwrap();
     }
@@ -159,32 +161,32 @@ fn command_of(
         Step::Acquire { license, machine } => {
             let session_id = Uuid::now_v7();
             sessions[license].push(session_id);
-            acquire(licenses[license], session_id, machine)
+            acquire(licenses[license].into(), session_id.into(), machine)
         }
         Step::Heartbeat { license, lease: n } => Command::Heartbeat {
-            license_id: licenses[license],
-            session_id: lease(sessions, license, n),
+            license_id: licenses[license].into(),
+            session_id: lease(sessions, license, n).into(),
             by: seatledger_ledger::domain::SeatActor::Unchecked,
         },
         Step::Release { license, lease: n } => Command::ReleaseSeat {
-            license_id: licenses[license],
-            session_id: lease(sessions, license, n),
+            license_id: licenses[license].into(),
+            session_id: lease(sessions, license, n).into(),
             by: seatledger_ledger::domain::SeatActor::Unchecked,
         },
         Step::Expire { license, lease: n } => Command::ExpireSeat {
-            license_id: licenses[license],
-            session_id: lease(sessions, license, n),
+            license_id: licenses[license].into(),
+            session_id: lease(sessions, license, n).into(),
         },
         Step::Suspend(license) => Command::SuspendLicense {
-            license_id: licenses[license],
+            license_id: licenses[license].into(),
             reason: None,
         },
         Step::Reinstate(license) => Command::ReinstateLicense {
-            license_id: licenses[license],
+            license_id: licenses[license].into(),
             reason: None,
         },
         Step::ChangeSeats { license, seats } => Command::ChangeSeats {
-            license_id: licenses[license],
+            license_id: licenses[license].into(),
             seats: SeatCount::new(seats).unwrap(),
         },
         Step::Advance(seconds) => {
@@ -236,13 +238,16 @@ async fn assert_redis_equals_memory(
     now: Timestamp,
 ) {
     for license in licenses {
-        let expected = memory.view(ORG, *license, now).unwrap();
-        assert_eq!(redis.view(ORG, *license, now).await.unwrap(), expected);
+        let expected = memory.view(ORG, (*license).into(), now).unwrap();
+        assert_eq!(
+            redis.view(ORG, (*license).into(), now).await.unwrap(),
+            expected
+        );
         let mut after = None;
         let mut pages = Vec::new();
         loop {
             let page = redis
-                .sessions(ORG, *license, now, after, 2)
+                .sessions(ORG, (*license).into(), now, after, 2)
                 .await
                 .unwrap()
                 .unwrap();
@@ -256,7 +261,7 @@ async fn assert_redis_equals_memory(
         assert_eq!(
             pages,
             memory
-                .sessions(ORG, *license, now, None, 1_000)
+                .sessions(ORG, (*license).into(), now, None, 1_000)
                 .unwrap()
                 .unwrap()
         );
@@ -303,7 +308,7 @@ async fn hot_counts_equal_the_ledger(store: Store) {
                 panic!("a license stream");
             };
             assert_eq!(
-                live.get(license),
+                live.get(&LicenseId::from(*license)),
                 Some(&replayed),
                 "live = the ledger's replay"
             );
@@ -343,7 +348,7 @@ async fn hot_counts_equal_the_ledger(store: Store) {
     let (head, _) = store.head(0).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while redis
-        .view(ORG, licenses[0], clock.now())
+        .view(ORG, licenses[0].into(), clock.now())
         .await
         .unwrap()
         .is_none()
@@ -396,14 +401,14 @@ async fn two_reapers_expire_each_stale_lease_exactly_once(pool: sqlx::PgPool) {
 
     let license = Uuid::now_v7();
     appender
-        .submit(Submission::new(ORG, issue(license, 50)))
+        .submit(Submission::new(ORG, issue(license.into(), 50)))
         .await
         .unwrap();
     for machine in 0..20 {
         let result = appender
             .submit(Submission::new(
                 ORG,
-                acquire(license, Uuid::now_v7(), machine),
+                acquire(license.into(), Uuid::now_v7().into(), machine),
             ))
             .await
             .unwrap();
@@ -604,7 +609,7 @@ async fn live_billing_equals_the_fold(store: Store) {
         &store,
         &UsageQuery {
             org_id: ORG,
-            license_id: Some(licenses[0]),
+            license_id: Some(licenses[0].into()),
             granularity: Granularity::Hour,
             from: Timestamp::UNIX_EPOCH,
             to: Timestamp::MAX,
@@ -614,7 +619,10 @@ async fn live_billing_equals_the_fold(store: Store) {
     .await
     .unwrap();
     assert!(!before.rows.is_empty(), "the license was billed");
-    assert!(before.rows.iter().all(|row| row.license_id == licenses[0]));
+    assert!(before
+        .rows
+        .iter()
+        .all(|row| row.license_id == licenses[0].into()));
 
     // Rebuilt from position 0: the same report.
     for table in [
@@ -698,14 +706,14 @@ impl Follower for Recorder {
 async fn acquires(appender: &Appender, store: &Store, acquires: usize, concurrency: usize) -> i64 {
     let license = Uuid::now_v7();
     appender
-        .submit(Submission::new(ORG, issue(license, acquires as u32)))
+        .submit(Submission::new(ORG, issue(license.into(), acquires as u32)))
         .await
         .unwrap();
     for chunk in (0..acquires).collect::<Vec<_>>().chunks(concurrency) {
         let submits = chunk.iter().map(|n| {
             appender.submit(Submission::new(
                 ORG,
-                acquire(license, Uuid::now_v7(), (*n % 250) as u8),
+                acquire(license.into(), Uuid::now_v7().into(), (*n % 250) as u8),
             ))
         });
         for result in futures::future::join_all(submits).await {

@@ -14,14 +14,16 @@ use seatledger_projections::{
     runner, BillingFold, EventConsumer, FollowerStatus, Granularity, NatsConfig, NatsPublisher,
     PublisherStats, RunnerConfig,
 };
+use seatledger_schema::OrgId;
 use seatledger_schema::{RecordedEvent, Timestamp};
+use seatledger_schema::{SessionId, UserId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-const ORG: Uuid = Uuid::from_u128(0x0a);
+const ORG: OrgId = OrgId::from_u128(0x0a);
 
 fn nats_url() -> String {
     std::env::var("SEATLEDGER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -61,7 +63,7 @@ fn start_appender(store: &Store, notifier: &CommitNotifier) -> Appender {
 async fn workload(appender: &Appender, acquires: usize, concurrency: usize) {
     let license_id = Uuid::now_v7();
     let issue = Command::IssueLicense {
-        license_id,
+        license_id: license_id.into(),
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(100_000).unwrap(),
         expires_at: None,
@@ -76,9 +78,9 @@ async fn workload(appender: &Appender, acquires: usize, concurrency: usize) {
                 for n in (worker..acquires).step_by(concurrency) {
                     let acquire = Command::AcquireSeat {
                         token_id: None,
-                        license_id,
-                        session_id: Uuid::now_v7(),
-                        user_id: Uuid::from_u128(n as u128 % 7),
+                        license_id: license_id.into(),
+                        session_id: SessionId::now_v7(),
+                        user_id: UserId::from_u128(n as u128 % 7),
                         hardware_id: HardwareId::parse(&format!("m{n}")).unwrap(),
                     };
                     let result = appender

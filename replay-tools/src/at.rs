@@ -12,9 +12,9 @@ use seatledger_ledger::domain::license::evolve;
 use seatledger_ledger::domain::{LicenseState, StreamId};
 use seatledger_ledger::{Store, StoreError};
 use seatledger_schema::{Event, Timestamp};
+use seatledger_schema::{LicenseId, OrgId, SessionId, UserId};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use uuid::Uuid;
 
 /// Which instant.
 #[derive(Clone, Copy, Debug)]
@@ -29,8 +29,8 @@ pub enum At {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LeaseAt {
-    pub session_id: Uuid,
-    pub user_id: Uuid,
+    pub session_id: SessionId,
+    pub user_id: UserId,
     pub hardware_id: String,
     /// When it was granted.
     pub since: Timestamp,
@@ -41,8 +41,8 @@ pub struct LeaseAt {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LicenseAt {
-    pub license_id: Uuid,
-    pub org_id: Uuid,
+    pub license_id: LicenseId,
+    pub org_id: OrgId,
     pub name: String,
     /// `active`, `suspended` or `revoked`.
     pub status: String,
@@ -79,8 +79,8 @@ pub async fn state_at(
     store: &Store,
     partition: i16,
     at: At,
-    org: Option<Uuid>,
-    license: Option<Uuid>,
+    org: Option<OrgId>,
+    license: Option<LicenseId>,
 ) -> Result<StateAt, AtError> {
     let (head, _) = store.head(partition).await?;
     if let At::Position(position) = at {
@@ -100,10 +100,11 @@ pub async fn state_at(
 pub async fn state_of(
     mut reader: EventStream,
     at: At,
-    org: Option<Uuid>,
-    license: Option<Uuid>,
+    org: Option<OrgId>,
+    license: Option<LicenseId>,
 ) -> Result<StateAt, AtError> {
-    let mut states: HashMap<Uuid, (LicenseState, HashMap<Uuid, Timestamp>)> = HashMap::new();
+    let mut states: HashMap<LicenseId, (LicenseState, HashMap<SessionId, Timestamp>)> =
+        HashMap::new();
     let mut position = 0;
     let mut last_time = Timestamp::UNIX_EPOCH;
     'log: while let Some(batch) = reader.next().await? {
@@ -115,7 +116,7 @@ pub async fn state_of(
             }
             position = record.position;
             last_time = record.occurred_at;
-            if org.is_some_and(|org| org != record.tenant_id) {
+            if org.is_some_and(|org| org != record.org_id) {
                 continue;
             }
             let Some(StreamId::License(license_id)) = StreamId::parse(&record.stream_id) else {
@@ -145,7 +146,7 @@ pub async fn state_of(
         At::Time(time) => time,
         At::Position(_) => last_time,
     };
-    let licenses: BTreeMap<Uuid, LicenseAt> = states
+    let licenses: BTreeMap<LicenseId, LicenseAt> = states
         .into_iter()
         .filter_map(|(license_id, (state, since))| {
             Some((license_id, license_at(license_id, &state, &since, time)?))
@@ -161,9 +162,9 @@ pub async fn state_of(
 /// A license as it stood at `time`, its leases with when each began
 /// (`since`); None before it was issued.
 fn license_at(
-    license_id: Uuid,
+    license_id: LicenseId,
     state: &LicenseState,
-    since: &HashMap<Uuid, Timestamp>,
+    since: &HashMap<SessionId, Timestamp>,
     time: Timestamp,
 ) -> Option<LicenseAt> {
     let terms = state.terms.as_ref()?;

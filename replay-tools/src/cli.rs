@@ -12,6 +12,7 @@ use seatledger_ledger::domain::{HeartbeatTtl, SeatCount};
 use seatledger_ledger::{SigningKey, Store, StoreError};
 use seatledger_projections::{nats, Granularity, NatsConfig};
 use seatledger_schema::Timestamp;
+use seatledger_schema::{LicenseId, OrgId};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -165,7 +166,7 @@ struct ExportArgs {
     /// Only this organization's events (not a chain: each event's hash
     /// verifies alone).
     #[arg(long)]
-    org: Option<Uuid>,
+    org: Option<OrgId>,
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     from_position: Option<i64>,
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
@@ -207,7 +208,7 @@ struct UsageArgs {
     as_of: Option<Timestamp>,
     /// Only this organization's rows.
     #[arg(long)]
-    org: Option<Uuid>,
+    org: Option<OrgId>,
     /// Only periods that end after this instant (RFC 3339).
     #[arg(long, value_parser = parse_timestamp)]
     from: Option<Timestamp>,
@@ -242,10 +243,10 @@ struct AtArgs {
     position: Option<i64>,
     /// Only this organization's licenses.
     #[arg(long)]
-    org: Option<Uuid>,
+    org: Option<OrgId>,
     /// Only this license.
     #[arg(long)]
-    license: Option<Uuid>,
+    license: Option<LicenseId>,
     /// JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -260,7 +261,7 @@ struct SimulateArgs {
     #[command(flatten)]
     store: StoreArg,
     #[arg(long)]
-    license: Uuid,
+    license: LicenseId,
     /// The seat count to try.
     #[arg(long, value_parser = parse_seats)]
     seats: SeatCount,
@@ -964,12 +965,12 @@ async fn usage(
             report
         }
     };
-    let incomplete = report.incomplete_tenants();
+    let incomplete = report.incomplete_orgs();
     for bad in &report.undecodable {
-        if org.is_none_or(|org| org == bad.tenant_id) {
+        if org.is_none_or(|org| org == bad.org_id) {
             eprintln!(
                 "seatledger-replay usage: event at position {} of organization {} cannot be decoded: {}",
-                bad.position, bad.tenant_id, bad.error
+                bad.position, bad.org_id, bad.error
             );
         }
     }
@@ -983,7 +984,7 @@ async fn usage(
     // organization's usage wrong; its own do.
     let affected: Vec<_> = incomplete
         .into_iter()
-        .filter(|tenant| org.is_none_or(|org| org == *tenant))
+        .filter(|affected| org.is_none_or(|org| org == *affected))
         .collect();
     if affected.is_empty() {
         if !report.undecodable.is_empty() {

@@ -17,15 +17,15 @@ use seatledger_ledger::{Store, StoreError};
 use seatledger_projections::billing_live::{self, UsageQuery};
 use seatledger_projections::{Follower, Granularity, RedisLicenses, UsageError, UsageRow};
 use seatledger_schema::Timestamp;
+use seatledger_schema::{LicenseId, OrgId};
 use std::collections::{BTreeMap, BTreeSet};
-use uuid::Uuid;
 
 /// One difference between the live projection and the replay.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
     pub granularity: Granularity,
-    pub org_id: Uuid,
-    pub license_id: Uuid,
+    pub org_id: OrgId,
+    pub license_id: LicenseId,
     pub period_start: Timestamp,
     /// The live row (none: missing from the projection).
     pub live: Option<UsageRow>,
@@ -61,8 +61,8 @@ const SESSIONS_PAGE: usize = 1_000;
 /// One license whose hot counts differ from the replay.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LicenseDifference {
-    pub license_id: Uuid,
-    pub org_id: Uuid,
+    pub license_id: LicenseId,
+    pub org_id: OrgId,
     /// `view` (terms, status, seats used) or `leases`.
     pub what: &'static str,
     pub live: serde_json::Value,
@@ -106,7 +106,7 @@ pub async fn diff_hot_counts(
             .map_err(|error| DiffError::Redis(error.to_string()))?;
         if live.as_ref() != Some(&replayed) {
             differences.push(LicenseDifference {
-                license_id: *license_id,
+                license_id: (*license_id),
                 org_id,
                 what: "view",
                 live: json(&live),
@@ -119,7 +119,7 @@ pub async fn diff_hot_counts(
         leases_compared += replayed_leases.len().max(live_leases.len());
         if live_leases != replayed_leases {
             differences.push(LicenseDifference {
-                license_id: *license_id,
+                license_id: (*license_id),
                 org_id,
                 what: "leases",
                 live: json(&live_leases),
@@ -139,8 +139,8 @@ pub async fn diff_hot_counts(
 /// Every license's state at the end of `events`, and that end's time.
 async fn replay_licenses(
     events: &mut EventStream,
-) -> Result<(BTreeMap<Uuid, LicenseState>, Timestamp), DiffError> {
-    let mut states: BTreeMap<Uuid, LicenseState> = BTreeMap::new();
+) -> Result<(BTreeMap<LicenseId, LicenseState>, Timestamp), DiffError> {
+    let mut states: BTreeMap<LicenseId, LicenseState> = BTreeMap::new();
     let mut as_of = Timestamp::UNIX_EPOCH;
     while let Some(batch) = events.next().await? {
         for record in batch {
@@ -162,8 +162,8 @@ async fn replay_licenses(
 /// A license's live leases in Redis, every page.
 async fn live_leases(
     redis: &RedisLicenses,
-    org_id: Uuid,
-    license_id: Uuid,
+    org_id: OrgId,
+    license_id: LicenseId,
     as_of: Timestamp,
 ) -> Result<Vec<seatledger_ledger::domain::Lease>, DiffError> {
     let mut leases = Vec::new();
@@ -232,7 +232,7 @@ pub async fn diff_billing(
             builder.push(&batch);
         }
         for event in &batch {
-            organizations.insert(event.tenant_id);
+            organizations.insert(event.org_id);
             as_of = event.occurred_at;
         }
     }
@@ -265,13 +265,13 @@ async fn compare_usage(
     store: &Store,
     granularity: Granularity,
     report: crate::UsageReport,
-    organizations: &BTreeSet<Uuid>,
+    organizations: &BTreeSet<OrgId>,
     as_of: Timestamp,
     differences: &mut Vec<Difference>,
 ) -> Result<usize, DiffError> {
     let mut rows_compared = 0;
-    let incomplete = report.incomplete_tenants();
-    let mut replayed: BTreeMap<(Uuid, Uuid, Timestamp), UsageRow> = report
+    let incomplete = report.incomplete_orgs();
+    let mut replayed: BTreeMap<(OrgId, LicenseId, Timestamp), UsageRow> = report
         .rows
         .into_iter()
         .map(|row| ((row.org_id, row.license_id, row.period_start), row))
@@ -281,7 +281,7 @@ async fn compare_usage(
         .filter(|org| !incomplete.contains(*org))
     {
         let query = UsageQuery {
-            org_id: *org_id,
+            org_id: (*org_id),
             license_id: None,
             granularity,
             from: Timestamp::MIN,

@@ -33,10 +33,10 @@ pub use crate::format::{Header, Line, SnapshotRow, StreamRow, FORMAT, FORMAT_VER
 use crate::read::VERIFY_BATCH;
 use crate::verify::{check_snapshot, DueSnapshot, Trust, Verified, Verifier, VerifyError};
 use seatledger_ledger::{ImportError, ImportExtras, Store, StoreError};
+use seatledger_schema::OrgId;
 use seatledger_schema::{Checkpoint, RecordedEvent};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
-use uuid::Uuid;
 
 /// Events verified per batch when reading a file.
 const FILE_BATCH: usize = 10_000;
@@ -68,7 +68,7 @@ pub enum ExportError {
 /// What to export.
 #[derive(Clone, Debug, Default)]
 pub struct ExportRange {
-    pub org: Option<Uuid>,
+    pub org: Option<OrgId>,
     pub from_position: Option<i64>,
     pub to_position: Option<i64>,
     /// Where the archive files of pruned segments are, when the range
@@ -82,7 +82,7 @@ fn write_line(out: &mut (impl Write + ?Sized), line: &Line) -> Result<(), Export
     Ok(())
 }
 
-fn describe(org: Option<Uuid>, whole: bool, from: i64, to: i64) -> String {
+fn describe(org: Option<OrgId>, whole: bool, from: i64, to: i64) -> String {
     match (org, whole) {
         (Some(org), _) => format!(
             "the events of organization {org} in positions {from}..={to}: not a chain (other organizations' events are left out); each event's hash verifies alone"
@@ -158,13 +158,13 @@ async fn write_event(
 /// One organization's next events after `after`, from its index.
 async fn org_batch(
     store: &Store,
-    org: Uuid,
+    org: OrgId,
     partition: i16,
     after: i64,
     to: i64,
 ) -> Result<Option<Vec<RecordedEvent>>, ExportError> {
     let mut batch = store
-        .read_tenant_after(org, partition, after, VERIFY_BATCH)
+        .read_org_after(org, partition, after, VERIFY_BATCH)
         .await?;
     batch.retain(|event| event.position <= to);
     Ok((!batch.is_empty()).then_some(batch))
@@ -234,7 +234,7 @@ pub async fn export(
     loop {
         let batch = match (&mut reader, range.org) {
             (Some(reader), org) => reader.next().await?.map(|mut batch| {
-                batch.retain(|event| org.is_none_or(|org| event.tenant_id == org));
+                batch.retain(|event| org.is_none_or(|org| event.org_id == org));
                 batch
             }),
             (None, Some(org)) => org_batch(store, org, partition, after, to).await?,

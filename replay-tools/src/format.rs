@@ -1,9 +1,9 @@
 //! The export file's lines (see [`crate::export`] for the format): the
 //! types both the writer and the readers of export files use.
 
+use seatledger_schema::OrgId;
 use seatledger_schema::{Checkpoint, RecordedEvent};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 pub const FORMAT: &str = "seatledger-export";
 pub const FORMAT_VERSION: u32 = 1;
@@ -18,7 +18,7 @@ pub struct Header {
     /// Whether the events are a chain (consecutive positions, linked).
     pub chain: bool,
     /// The organization of a per-organization export.
-    pub org_id: Option<Uuid>,
+    pub org_id: Option<OrgId>,
     pub from_position: i64,
     pub to_position: i64,
     /// Whether `stream` and `snapshot` lines are included (whole log only).

@@ -22,16 +22,16 @@ use seatledger_ledger::domain::{
 };
 use seatledger_ledger::StoreError;
 use seatledger_schema::{Event, RecordedEvent, ReleaseReason, Timestamp};
+use seatledger_schema::{LicenseId, OrgId, SessionId, UserId};
 use serde::Serialize;
 use std::collections::HashMap;
-use uuid::Uuid;
 
 /// Acquires listed per kind in a report at most (the counts are exact).
 pub const LIST_MAX: usize = 1_000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SimulateOptions {
-    pub license_id: Uuid,
+    pub license_id: LicenseId,
     pub seats: SeatCount,
     pub heartbeat_ttl: Option<HeartbeatTtl>,
     /// Only acquires at or after this instant are reported (earlier events
@@ -46,14 +46,14 @@ pub struct AcquireOutcome {
     pub at: Timestamp,
     /// The position of the recorded acquire (or denial).
     pub position: i64,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub hardware_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Simulation {
-    pub license_id: Uuid,
-    pub org_id: Option<Uuid>,
+    pub license_id: LicenseId,
+    pub org_id: Option<OrgId>,
     /// The seats the license had at the end of the window, in reality.
     pub seats_recorded: Option<u32>,
     pub seats_simulated: u32,
@@ -90,13 +90,13 @@ pub enum SimulateError {
     #[error("the event at position {position} cannot be decoded: {error}; run verify")]
     Undecodable { position: i64, error: String },
     #[error("license {0} is not in the log")]
-    UnknownLicense(Uuid),
+    UnknownLicense(LicenseId),
 }
 
 /// One replay of the demand: a license state under given terms.
 struct Replay {
     state: LicenseState,
-    tenant_id: Uuid,
+    org_id: OrgId,
     peak: u32,
 }
 
@@ -104,7 +104,7 @@ impl Replay {
     /// Decides `command` at `now` and applies what it decided; whether it
     /// was accepted.
     fn run(&mut self, command: &Command, now: Timestamp, mut seen: impl FnMut(&Event)) -> bool {
-        let decision = decide(&self.state, self.tenant_id, command, now);
+        let decision = decide(&self.state, self.org_id, command, now);
         for event in &decision.events {
             seen(event);
             self.state = evolve(std::mem::take(&mut self.state), event);
@@ -156,7 +156,7 @@ struct Simulator {
     simulated: Option<Replay>,
     unlimited: Option<Replay>,
     report: Simulation,
-    lifetimes: HashMap<Uuid, Lifetime>,
+    lifetimes: HashMap<SessionId, Lifetime>,
 }
 
 impl Simulator {
@@ -212,7 +212,13 @@ impl Simulator {
             Event::SeatDenied(denied) => {
                 // A denial has no session: the event id stands in.
                 let hardware_id = denied.hardware_id.clone();
-                self.acquire(record, record.event_id, denied.user_id, hardware_id, false);
+                self.acquire(
+                    record,
+                    record.event_id.into(),
+                    denied.user_id,
+                    hardware_id,
+                    false,
+                );
             }
             Event::SeatHeartbeat(beat) => self.heartbeat(beat.session_id, now),
             // Released by its holder or by an admin: the seat is free
@@ -278,7 +284,7 @@ impl Simulator {
         ] {
             let mut fresh = Replay {
                 state: LicenseState::default(),
-                tenant_id: record.tenant_id,
+                org_id: record.org_id,
                 peak: 0,
             };
             fresh.run(&issue(seats), record.occurred_at, |_| {});
@@ -290,8 +296,8 @@ impl Simulator {
     fn acquire(
         &mut self,
         record: &RecordedEvent,
-        session_id: Uuid,
-        user_id: Uuid,
+        session_id: SessionId,
+        user_id: UserId,
         hardware_id: String,
         granted: bool,
     ) {
@@ -355,7 +361,7 @@ impl Simulator {
         }
     }
 
-    fn heartbeat(&mut self, session_id: Uuid, now: Timestamp) {
+    fn heartbeat(&mut self, session_id: SessionId, now: Timestamp) {
         let command = Command::Heartbeat {
             license_id: self.options.license_id,
             session_id,
@@ -378,7 +384,7 @@ impl Simulator {
         }
     }
 
-    fn released(&mut self, session_id: Uuid, now: Timestamp) {
+    fn released(&mut self, session_id: SessionId, now: Timestamp) {
         self.run_both(
             &Command::ReleaseSeat {
                 license_id: self.options.license_id,

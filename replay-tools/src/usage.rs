@@ -4,15 +4,15 @@
 use crate::events;
 use seatledger_ledger::{Store, StoreError};
 use seatledger_projections::{BillingFold, Granularity, UsageRow};
+use seatledger_schema::OrgId;
 use seatledger_schema::{DecodeError, RecordedEvent, Timestamp};
-use uuid::Uuid;
 
 /// An event the billing fold could not read: its tenant's usage is
 /// incomplete, every other tenant's is not affected.
 #[derive(Debug)]
 pub struct UndecodableEvent {
     pub position: i64,
-    pub tenant_id: Uuid,
+    pub org_id: OrgId,
     pub error: DecodeError,
 }
 
@@ -27,14 +27,14 @@ pub struct UsageReport {
 
 impl UsageReport {
     /// Tenants with an undecodable event, in position order, once each.
-    pub fn incomplete_tenants(&self) -> Vec<Uuid> {
-        let mut tenants = Vec::new();
+    pub fn incomplete_orgs(&self) -> Vec<OrgId> {
+        let mut orgs = Vec::new();
         for event in &self.undecodable {
-            if !tenants.contains(&event.tenant_id) {
-                tenants.push(event.tenant_id);
+            if !orgs.contains(&event.org_id) {
+                orgs.push(event.org_id);
             }
         }
-        tenants
+        orgs
     }
 }
 
@@ -89,7 +89,7 @@ impl UsageBuilder {
             if let Err(error) = self.fold.apply(record) {
                 self.undecodable.push(UndecodableEvent {
                     position: record.position,
-                    tenant_id: record.tenant_id,
+                    org_id: record.org_id,
                     error,
                 });
             }
@@ -104,7 +104,7 @@ impl UsageBuilder {
             rows: self.fold.report(as_of),
             undecodable: self.undecodable,
         };
-        let incomplete = report.incomplete_tenants();
+        let incomplete = report.incomplete_orgs();
         report.rows.retain(|row| !incomplete.contains(&row.org_id));
         report
     }
@@ -138,7 +138,7 @@ pub async fn usage_from_nats(
 /// `[from, to)` (unbounded where absent).
 pub fn select_usage(
     rows: Vec<UsageRow>,
-    org: Option<Uuid>,
+    org: Option<OrgId>,
     from: Option<Timestamp>,
     to: Option<Timestamp>,
 ) -> Vec<UsageRow> {

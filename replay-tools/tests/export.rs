@@ -103,7 +103,7 @@ async fn a_per_organization_export_verifies_event_by_event(pool: sqlx::PgPool) {
     let text = export_text(
         &store,
         ExportRange {
-            org: Some(second_org),
+            org: Some(second_org.into()),
             ..ExportRange::default()
         },
     )

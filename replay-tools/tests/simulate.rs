@@ -14,11 +14,13 @@ use seatledger_ledger::{
 use seatledger_replay::events::EventStream;
 use seatledger_replay::simulate::{simulate, SimulateOptions, Simulation};
 use seatledger_schema::Timestamp;
+use seatledger_schema::{LicenseId, OrgId};
+use seatledger_schema::{SessionId, UserId};
 use std::sync::Arc;
 use uuid::Uuid;
 
-const ORG: Uuid = Uuid::from_u128(0x0a);
-const LICENSE: Uuid = Uuid::from_u128(0x1c);
+const ORG: OrgId = OrgId::from_u128(0x0a);
+const LICENSE: LicenseId = LicenseId::from_u128(0x1c);
 
 fn t0() -> Timestamp {
     Timestamp::parse("2030-03-01T10:00:00Z").unwrap()
@@ -28,8 +30,8 @@ fn acquire(machine: u128) -> Command {
     Command::AcquireSeat {
         token_id: None,
         license_id: LICENSE,
-        session_id: Uuid::from_u128(0x5e55_0000 + machine),
-        user_id: Uuid::from_u128(0xa0 + machine),
+        session_id: SessionId::from_u128(0x5e55_0000 + machine),
+        user_id: UserId::from_u128(0xa0 + machine),
         hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
     }
 }
@@ -63,7 +65,7 @@ async fn history(store: &Store) {
             50,
             Command::ReleaseSeat {
                 license_id: LICENSE,
-                session_id: Uuid::from_u128(0x5e55_0001),
+                session_id: SessionId::from_u128(0x5e55_0001),
                 by: seatledger_ledger::domain::SeatActor::Unchecked,
             },
             true,

@@ -16,11 +16,14 @@ use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
 };
 use seatledger_projections::Granularity;
+use seatledger_schema::LicenseId;
+use seatledger_schema::OrgId;
+use seatledger_schema::{SessionId, UserId};
 use std::sync::Arc;
 use uuid::Uuid;
 
-const HEALTHY: Uuid = Uuid::from_u128(0xA);
-const BROKEN: Uuid = Uuid::from_u128(0xB);
+const HEALTHY: OrgId = OrgId::from_u128(0xA);
+const BROKEN: OrgId = OrgId::from_u128(0xB);
 
 /// Each organization gets a license with one lease; the broken one then
 /// gets an undecodable event. Returns the planted event's position.
@@ -36,7 +39,7 @@ async fn two_orgs_one_broken(store: &Store, key: Arc<SigningKey>) -> (Uuid, i64)
     for org in [HEALTHY, BROKEN] {
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
-            license_id,
+            license_id: license_id.into(),
             name: Name::parse("IDE").unwrap(),
             seats: SeatCount::new(5).unwrap(),
             expires_at: None,
@@ -45,9 +48,9 @@ async fn two_orgs_one_broken(store: &Store, key: Arc<SigningKey>) -> (Uuid, i64)
         };
         let acquire = Command::AcquireSeat {
             token_id: None,
-            license_id,
-            session_id: Uuid::now_v7(),
-            user_id: Uuid::now_v7(),
+            license_id: license_id.into(),
+            session_id: SessionId::now_v7(),
+            user_id: UserId::now_v7(),
             hardware_id: HardwareId::parse("m1").unwrap(),
         };
         for command in [issue, acquire] {
@@ -115,19 +118,17 @@ async fn usage_of_a_healthy_org_works_and_verify_names_the_undecodable_event() {
 }
 
 #[sqlx::test(migrations = false)]
-async fn usage_reports_the_undecodable_event_and_keeps_other_tenants_on_postgres(
-    pool: sqlx::PgPool,
-) {
+async fn usage_reports_the_undecodable_event_and_keeps_other_orgs_on_postgres(pool: sqlx::PgPool) {
     let store = common::pg_store(pool).await;
     let key = Arc::new(SigningKey::generate().unwrap());
     let (healthy_license, position) = two_orgs_one_broken(&store, key.clone()).await;
     let report = seatledger_replay::usage(&store, 0, Granularity::Day, None)
         .await
         .unwrap();
-    assert_eq!(report.incomplete_tenants(), vec![BROKEN]);
+    assert_eq!(report.incomplete_orgs(), vec![BROKEN]);
     assert_eq!(report.undecodable[0].position, position);
-    let licenses: Vec<Uuid> = report.rows.iter().map(|row| row.license_id).collect();
-    assert_eq!(licenses, vec![healthy_license]);
+    let licenses: Vec<LicenseId> = report.rows.iter().map(|row| row.license_id).collect();
+    assert_eq!(licenses, vec![LicenseId::from(healthy_license)]);
     let error = seatledger_replay::verify(&store, 0, (key.key_id(), key.public_key()))
         .await
         .unwrap_err();

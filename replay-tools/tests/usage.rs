@@ -12,19 +12,21 @@ use seatledger_ledger::{
 };
 use seatledger_projections::Granularity;
 use seatledger_schema::Timestamp;
+use seatledger_schema::UserId;
+use seatledger_schema::{LicenseId, OrgId, SessionId};
 use std::sync::Arc;
 use uuid::Uuid;
 
-const ORG: Uuid = Uuid::from_u128(0x0a);
-const LICENSE: Uuid = Uuid::from_u128(0x1c);
+const ORG: OrgId = OrgId::from_u128(0x0a);
+const LICENSE: LicenseId = LicenseId::from_u128(0x1c);
 const SECOND: u64 = 1_000_000;
 
 fn t0() -> Timestamp {
     Timestamp::parse("2027-01-15T08:00:00Z").unwrap()
 }
 
-fn session(n: u128) -> Uuid {
-    Uuid::from_u128(0x5000 + n)
+fn session(n: u128) -> SessionId {
+    SessionId::from_u128(0x5000 + n)
 }
 
 fn acquire(n: u128) -> Command {
@@ -32,7 +34,7 @@ fn acquire(n: u128) -> Command {
         token_id: None,
         license_id: LICENSE,
         session_id: session(n),
-        user_id: Uuid::from_u128(0x100 + n),
+        user_id: UserId::from_u128(0x100 + n),
         hardware_id: HardwareId::parse(&format!("machine-{n}")).unwrap(),
     }
 }
@@ -140,7 +142,7 @@ async fn usage_is_recomputed_from_the_log(store: &Store) {
     );
     let select = |org, from, to| seatledger_replay::select_usage(rows.clone(), org, from, to);
     assert_eq!(select(Some(ORG), None, None).len(), 1);
-    assert!(select(Some(Uuid::from_u128(0x0b)), None, None).is_empty());
+    assert!(select(Some(Uuid::from_u128(0x0b).into()), None, None).is_empty());
     let next_day = Timestamp::parse("2027-01-16T00:00:00Z").unwrap();
     assert!(select(None, Some(next_day), None).is_empty());
     assert!(select(None, None, Some(t0().minus_seconds(86_400))).is_empty());
@@ -264,7 +266,7 @@ async fn at_shows_who_held_which_seat_at_an_instant() {
         &store,
         0,
         At::Position(3),
-        Some(Uuid::from_u128(0x0b)),
+        Some(Uuid::from_u128(0x0b).into()),
         None,
     )
     .await

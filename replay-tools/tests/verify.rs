@@ -8,6 +8,7 @@ use seatledger_ledger::domain::{
 use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
 };
+use seatledger_schema::{SessionId, UserId};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -27,24 +28,27 @@ async fn ledger_with_events(store: &Store, key: Arc<SigningKey>) {
     let org = Uuid::now_v7();
     let license_id = Uuid::now_v7();
     let issue = Command::IssueLicense {
-        license_id,
+        license_id: license_id.into(),
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(50).unwrap(),
         expires_at: None,
         heartbeat_ttl_s: HeartbeatTtl::default(),
         max_overage_percent: OveragePercent::default(),
     };
-    appender.submit(Submission::new(org, issue)).await.unwrap();
+    appender
+        .submit(Submission::new(org.into(), issue))
+        .await
+        .unwrap();
     for machine in 0..20 {
         let acquire = Command::AcquireSeat {
             token_id: None,
-            license_id,
-            session_id: Uuid::now_v7(),
-            user_id: Uuid::now_v7(),
+            license_id: license_id.into(),
+            session_id: SessionId::now_v7(),
+            user_id: UserId::now_v7(),
             hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
         };
         appender
-            .submit(Submission::new(org, acquire))
+            .submit(Submission::new(org.into(), acquire))
             .await
             .unwrap();
     }
@@ -155,33 +159,39 @@ async fn verify_checks_snapshots_and_stream_versions() {
         let org = Uuid::now_v7();
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
-            license_id,
+            license_id: license_id.into(),
             name: Name::parse("IDE").unwrap(),
             seats: SeatCount::new(5).unwrap(),
             expires_at: None,
             heartbeat_ttl_s: HeartbeatTtl::default(),
             max_overage_percent: OveragePercent::default(),
         };
-        appender.submit(Submission::new(org, issue)).await.unwrap();
+        appender
+            .submit(Submission::new(org.into(), issue))
+            .await
+            .unwrap();
         let session_id = Uuid::now_v7();
         let acquire = Command::AcquireSeat {
             token_id: None,
-            license_id,
-            session_id,
-            user_id: Uuid::now_v7(),
+            license_id: license_id.into(),
+            session_id: session_id.into(),
+            user_id: UserId::now_v7(),
             hardware_id: HardwareId::parse("m1").unwrap(),
         };
         appender
-            .submit(Submission::new(org, acquire))
+            .submit(Submission::new(org.into(), acquire))
             .await
             .unwrap();
         for _ in 0..1_010 {
             let beat = Command::Heartbeat {
-                license_id,
-                session_id,
+                license_id: license_id.into(),
+                session_id: session_id.into(),
                 by: seatledger_ledger::domain::SeatActor::Unchecked,
             };
-            appender.submit(Submission::new(org, beat)).await.unwrap();
+            appender
+                .submit(Submission::new(org.into(), beat))
+                .await
+                .unwrap();
         }
         drop(appender);
         task.await.unwrap();

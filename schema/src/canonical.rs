@@ -92,7 +92,7 @@ pub fn canonical_bytes(event: &RecordedEvent) -> Vec<u8> {
     out.extend_from_slice(b",\"stream_version\":");
     write_display(&mut out, event.stream_version);
     out.extend_from_slice(b",\"tenant_id\":\"");
-    write_uuid(&mut out, &event.tenant_id);
+    write_uuid(&mut out, &event.org_id.as_uuid());
     out.extend_from_slice(b"\"}");
     out
 }
@@ -190,7 +190,7 @@ mod tests {
             event_id: Uuid::from_u128(position as u128),
             stream_id: "license-00000000-0000-0000-0000-000000000001".into(),
             stream_version: position,
-            tenant_id: Uuid::from_u128(9),
+            org_id: crate::OrgId::from_u128(9),
             event_type: "SeatReleased".into(),
             schema_version: 1,
             payload: serde_json::json!({"session_id": Uuid::nil(), "reason": "client"}),
@@ -311,7 +311,7 @@ mod tests {
             match field {
                 0 => event.stream_version += delta,
                 1 => event.occurred_at = event.occurred_at.plus_seconds(delta),
-                2 => event.tenant_id = Uuid::from_u128(delta as u128 + 100),
+                2 => event.org_id = crate::OrgId::from_u128(delta as u128 + 100),
                 3 => event.metadata.request_id = Some(delta.to_string()),
                 4 => event.payload["extra"] = delta.into(),
                 _ => event.schema_version += delta as i32,

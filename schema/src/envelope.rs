@@ -3,7 +3,9 @@
 
 use crate::event::{DecodeError, Event};
 use crate::hash::ChainHash;
+use crate::ids::OrgId;
 use crate::time::Timestamp;
+use crate::SessionId;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -34,7 +36,10 @@ pub struct RecordedEvent<P = serde_json::Value, M = Metadata> {
     pub event_id: Uuid,
     pub stream_id: String,
     pub stream_version: i64,
-    pub tenant_id: Uuid,
+    /// The organization the event belongs to (nil for the log's own
+    /// events); `tenant_id` on the wire and in the hashed bytes.
+    #[serde(rename = "tenant_id")]
+    pub org_id: OrgId,
     pub event_type: String,
     pub schema_version: i32,
     pub payload: P,
@@ -92,7 +97,7 @@ impl RecordedEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SeatTouch {
     pub kind: SeatTouchKind,
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     /// When the event was recorded: a seat token's `issued_at`.
     pub at: Timestamp,
 }
@@ -115,7 +120,7 @@ mod tests {
             event_id: Uuid::from_u128(1),
             stream_id: "license-x".into(),
             stream_version: 3,
-            tenant_id: Uuid::from_u128(2),
+            org_id: OrgId::from_u128(2),
             event_type: event_type.into(),
             schema_version: 1,
             payload,
@@ -137,7 +142,7 @@ mod tests {
             .seat_touch()
             .unwrap();
         assert_eq!(acquired.kind, SeatTouchKind::Acquired);
-        assert_eq!(acquired.session_id, session);
+        assert_eq!(acquired.session_id, SessionId::from(session));
         assert_eq!(acquired.at, Timestamp::from_micros_saturating(5));
         let heartbeat = record("SeatHeartbeat", payload.clone())
             .seat_touch()

@@ -2,9 +2,9 @@
 //! payloads are what is hashed and kept forever, so they carry ids, not
 //! secrets, and names/emails only in the two registration events.
 
+use crate::ids::{LicenseId, OrgId, SessionId, TokenId, UserId};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// The payload schema version every event type is written with today.
 pub const CURRENT_SCHEMA_VERSION: i32 = 1;
@@ -54,13 +54,13 @@ pub enum DenialReason {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrganizationRegistered {
-    pub org_id: Uuid,
+    pub org_id: OrgId,
     pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRegistered {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub email: String,
     pub full_name: String,
     pub role: Role,
@@ -69,7 +69,7 @@ pub struct UserRegistered {
 /// An owner or admin changed a user's role.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRoleChanged {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub role: Role,
 }
 
@@ -77,7 +77,7 @@ pub struct UserRoleChanged {
 /// refused, and their live leases are released (reason `admin`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserDeactivated {
-    pub user_id: Uuid,
+    pub user_id: UserId,
 }
 
 fn default_heartbeat_ttl_s() -> u32 {
@@ -86,8 +86,8 @@ fn default_heartbeat_ttl_s() -> u32 {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LicenseIssued {
-    pub license_id: Uuid,
-    pub org_id: Uuid,
+    pub license_id: LicenseId,
+    pub org_id: OrgId,
     pub name: String,
     pub seats: u32,
     #[serde(default)]
@@ -128,10 +128,10 @@ fn is_false(value: &bool) -> bool {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatAcquired {
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     /// Fencing token: strictly increases per license with every grant.
     pub generation: u64,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub hardware_id: String,
     pub expires_at: Timestamp,
     pub overage: bool,
@@ -139,30 +139,30 @@ pub struct SeatAcquired {
     /// token's id). Absent from events before client tokens and from leases of
     /// users, so those encode and hash as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<Uuid>,
+    pub token_id: Option<TokenId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatHeartbeat {
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     pub expires_at: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatReleased {
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     pub reason: ReleaseReason,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatExpired {
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     pub last_heartbeat_at: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatDenied {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub hardware_id: String,
     pub reason: DenialReason,
 }
@@ -367,9 +367,9 @@ mod tests {
     fn payload_and_decode_round_trip() {
         let event = Event::SeatAcquired(SeatAcquired {
             token_id: None,
-            session_id: Uuid::nil(),
+            session_id: SessionId::nil(),
             generation: 7,
-            user_id: Uuid::nil(),
+            user_id: UserId::nil(),
             hardware_id: "machine-1".into(),
             expires_at: Timestamp::from_micros_saturating(1),
             overage: false,
@@ -391,10 +391,10 @@ mod tests {
             overage in proptest::prelude::any::<bool>(),
         ) {
             let event = Event::SeatAcquired(SeatAcquired {
-                token_id: token.map(Uuid::from_u128),
-                session_id: Uuid::from_u128(1),
+                token_id: token.map(TokenId::from_u128),
+                session_id: SessionId::from_u128(1),
                 generation,
-                user_id: Uuid::from_u128(2),
+                user_id: UserId::from_u128(2),
                 hardware_id: "machine-1".into(),
                 expires_at: Timestamp::from_micros_saturating(1),
                 overage,
@@ -419,7 +419,7 @@ mod tests {
             (ReleaseReason::Admin, "admin"),
         ] {
             let event = Event::SeatReleased(SeatReleased {
-                session_id: Uuid::nil(),
+                session_id: SessionId::nil(),
                 reason,
             });
             let payload = event.payload();
@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn license_issued_defaults_apply_when_fields_are_absent() {
         let payload = serde_json::json!({
-            "license_id": Uuid::nil(), "org_id": Uuid::nil(), "name": "ide", "seats": 3
+            "license_id": LicenseId::nil(), "org_id": OrgId::nil(), "name": "ide", "seats": 3
         });
         let Event::LicenseIssued(issued) = Event::decode("LicenseIssued", 1, &payload).unwrap()
         else {
@@ -447,7 +447,7 @@ mod tests {
     #[test]
     fn legacy_out_of_range_expiries_decode_clamped() {
         let payload = serde_json::json!({
-            "license_id": Uuid::nil(), "org_id": Uuid::nil(), "name": "ide", "seats": 3,
+            "license_id": LicenseId::nil(), "org_id": OrgId::nil(), "name": "ide", "seats": 3,
             "expires_at": "+10000-01-01T23:58:59.000000Z"
         });
         let Event::LicenseIssued(issued) = Event::decode("LicenseIssued", 1, &payload).unwrap()

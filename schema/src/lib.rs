@@ -11,7 +11,9 @@ pub mod checkpoint;
 pub mod envelope;
 pub mod event;
 pub mod hash;
+pub mod ids;
 pub mod limits;
+pub mod secret;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
@@ -20,4 +22,6 @@ pub use canonical::{canonical_bytes, chain_hash, verify_chain, ChainError, Chain
 pub use checkpoint::{key_id_of, parse_pinned_key, pinned_key_text, Checkpoint, CheckpointError};
 pub use envelope::{Metadata, RawRecordedEvent, RecordedEvent, SeatTouch, SeatTouchKind};
 pub use event::*;
+pub use ids::{LicenseId, OrgId, SessionId, StreamId, TokenId, UserId};
+pub use secret::{ApiToken, LicenseKey, Password};
 pub use time::{Timestamp, TimestampError};

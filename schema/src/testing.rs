@@ -7,12 +7,14 @@ use crate::canonical::expected_hash;
 use crate::envelope::{Metadata, RecordedEvent};
 use crate::event::*;
 use crate::hash::ChainHash;
+use crate::ids::OrgId;
 use crate::time::Timestamp;
 use proptest::prelude::*;
 use uuid::Uuid;
 
-fn uuid() -> impl Strategy<Value = Uuid> {
-    any::<u128>().prop_map(Uuid::from_u128)
+/// Any id (`Uuid` or a typed id).
+fn id<T: From<Uuid> + std::fmt::Debug>() -> impl Strategy<Value = T> {
+    any::<u128>().prop_map(|v| T::from(Uuid::from_u128(v)))
 }
 
 fn timestamp() -> impl Strategy<Value = Timestamp> {
@@ -46,10 +48,10 @@ fn status() -> impl Strategy<Value = LicenseStatusChanged> {
 /// Any event of the catalogue.
 pub fn any_event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        (uuid(), text()).prop_map(|(org_id, name)| Event::OrganizationRegistered(
+        (id(), text()).prop_map(|(org_id, name)| Event::OrganizationRegistered(
             OrganizationRegistered { org_id, name }
         )),
-        (uuid(), text(), text(), role()).prop_map(|(user_id, email, full_name, role)| {
+        (id(), text(), text(), role()).prop_map(|(user_id, email, full_name, role)| {
             Event::UserRegistered(UserRegistered {
                 user_id,
                 email,
@@ -57,12 +59,12 @@ pub fn any_event() -> impl Strategy<Value = Event> {
                 role,
             })
         }),
-        (uuid(), role())
+        (id(), role())
             .prop_map(|(user_id, role)| Event::UserRoleChanged(UserRoleChanged { user_id, role })),
-        uuid().prop_map(|user_id| Event::UserDeactivated(UserDeactivated { user_id })),
+        id().prop_map(|user_id| Event::UserDeactivated(UserDeactivated { user_id })),
         (
-            uuid(),
-            uuid(),
+            id(),
+            id(),
             text(),
             any::<u32>(),
             proptest::option::of(timestamp()),
@@ -89,13 +91,13 @@ pub fn any_event() -> impl Strategy<Value = Event> {
         status().prop_map(Event::LicenseReinstated),
         status().prop_map(Event::LicenseRevoked),
         (
-            uuid(),
+            id(),
             any::<u64>(),
-            uuid(),
+            id(),
             text(),
             timestamp(),
             any::<bool>(),
-            proptest::option::of(uuid())
+            proptest::option::of(id())
         )
             .prop_map(
                 |(session_id, generation, user_id, hardware_id, expires_at, overage, token_id)| {
@@ -110,14 +112,14 @@ pub fn any_event() -> impl Strategy<Value = Event> {
                     })
                 }
             ),
-        (uuid(), timestamp()).prop_map(|(session_id, expires_at)| Event::SeatHeartbeat(
+        (id(), timestamp()).prop_map(|(session_id, expires_at)| Event::SeatHeartbeat(
             SeatHeartbeat {
                 session_id,
                 expires_at
             }
         )),
         (
-            uuid(),
+            id(),
             prop_oneof![
                 Just(ReleaseReason::Client),
                 Just(ReleaseReason::Suspended),
@@ -129,14 +131,14 @@ pub fn any_event() -> impl Strategy<Value = Event> {
                 session_id,
                 reason
             })),
-        (uuid(), timestamp()).prop_map(|(session_id, last_heartbeat_at)| Event::SeatExpired(
+        (id(), timestamp()).prop_map(|(session_id, last_heartbeat_at)| Event::SeatExpired(
             SeatExpired {
                 session_id,
                 last_heartbeat_at
             }
         )),
         (
-            uuid(),
+            id(),
             text(),
             prop_oneof![
                 Just(DenialReason::NoSeats),
@@ -161,12 +163,12 @@ pub fn any_event() -> impl Strategy<Value = Event> {
 pub fn any_recorded_payload() -> impl Strategy<Value = (String, serde_json::Value)> {
     prop_oneof![
         8 => any_event().prop_map(|event| (event.event_type().to_owned(), event.payload())),
-        1 => (uuid(), prop_oneof![Just("+10000-01-01T00:00:00.000000Z"), Just("-0001-12-31T23:59:59.000000Z")])
+        1 => (id::<Uuid>(), prop_oneof![Just("+10000-01-01T00:00:00.000000Z"), Just("-0001-12-31T23:59:59.000000Z")])
             .prop_map(|(session_id, at)| (
                 "SeatHeartbeat".to_owned(),
                 serde_json::json!({"session_id": session_id, "expires_at": at}),
             )),
-        1 => (uuid(), text(), any::<i64>(), any::<u64>()).prop_map(|(session_id, note, small, large)| (
+        1 => (id::<Uuid>(), text(), any::<i64>(), any::<u64>()).prop_map(|(session_id, note, small, large)| (
             "SeatReleased".to_owned(),
             serde_json::json!({"session_id": session_id, "reason": "client", "note": note,
                                "n": small, "m": large, "nested": {"b": [1, null, true], "a": 0.5}}),
@@ -194,40 +196,32 @@ pub struct Entry {
     pub payload: serde_json::Value,
     pub metadata: Metadata,
     pub event_id: Uuid,
-    pub tenant: u8,
+    pub org: u8,
     pub stream: u8,
     pub occurred_at: Timestamp,
     pub recorded_at: Timestamp,
 }
 
-/// Entries of a log: a few tenants and streams, so that streams and
-/// tenants recur.
+/// Entries of a log: a few organizations and streams, so that streams and
+/// organizations recur.
 pub fn any_entry() -> impl Strategy<Value = Entry> {
     (
         any_recorded_payload(),
         metadata(),
-        uuid(),
+        id(),
         0u8..3,
         0u8..4,
         timestamp(),
         timestamp(),
     )
         .prop_map(
-            |(
-                (event_type, payload),
-                metadata,
-                event_id,
-                tenant,
-                stream,
-                occurred_at,
-                recorded_at,
-            )| {
+            |((event_type, payload), metadata, event_id, org, stream, occurred_at, recorded_at)| {
                 Entry {
                     event_type,
                     payload,
                     metadata,
                     event_id,
-                    tenant,
+                    org,
                     stream,
                     occurred_at,
                     recorded_at,
@@ -239,16 +233,16 @@ pub fn any_entry() -> impl Strategy<Value = Entry> {
 /// `entries` as a log of `partition` from position 1: consecutive
 /// positions, stream versions counting per stream, and a valid chain.
 pub fn chain(partition: i16, entries: &[Entry]) -> Vec<RecordedEvent> {
-    let tenants = [
-        Uuid::from_u128(11),
-        Uuid::from_u128(12),
-        Uuid::from_u128(13),
+    let orgs = [
+        OrgId::from_u128(11),
+        OrgId::from_u128(12),
+        OrgId::from_u128(13),
     ];
     let mut versions = std::collections::HashMap::new();
     let mut prev_hash = ChainHash::GENESIS;
     let mut events = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
-        let tenant_id = tenants[usize::from(entry.tenant) % tenants.len()];
+        let org_id = orgs[usize::from(entry.org) % orgs.len()];
         let stream_id = format!(
             "license-{}",
             Uuid::from_u128(100 + u128::from(entry.stream))
@@ -261,7 +255,7 @@ pub fn chain(partition: i16, entries: &[Entry]) -> Vec<RecordedEvent> {
             event_id: entry.event_id,
             stream_id,
             stream_version: *version,
-            tenant_id,
+            org_id,
             event_type: entry.event_type.clone(),
             schema_version: CURRENT_SCHEMA_VERSION,
             payload: entry.payload.clone(),

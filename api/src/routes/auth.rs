@@ -16,6 +16,8 @@ use axum::Json;
 use seatledger_ledger::domain::{Command, Email, Name, NewUser};
 use seatledger_schema::Role;
 use seatledger_schema::Timestamp;
+use seatledger_schema::{ApiToken, Password};
+use seatledger_schema::{OrgId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -23,8 +25,8 @@ use uuid::Uuid;
 pub const PASSWORD_LEN_MIN: usize = 8;
 pub const PASSWORD_LEN_MAX: usize = 1024;
 
-pub(crate) fn check_password(password: &str) -> Result<(), ApiError> {
-    let length = password.chars().count();
+pub(crate) fn check_password(password: &Password) -> Result<(), ApiError> {
+    let length = password.expose().chars().count();
     if !(PASSWORD_LEN_MIN..=PASSWORD_LEN_MAX).contains(&length) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -47,7 +49,7 @@ pub(crate) async fn create_user(
     state: &AppState,
     principal: &Principal,
     email: &Email,
-    password: String,
+    password: Password,
     command: Command,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
@@ -69,7 +71,7 @@ pub async fn record_user(
     appender: &seatledger_ledger::Appender,
     principal: &Principal,
     email: &Email,
-    password: String,
+    password: Password,
     command: Command,
     metadata: seatledger_schema::Metadata,
 ) -> Result<(), ApiError> {
@@ -150,8 +152,8 @@ async fn insert_or_take_over(
 /// records both.
 pub fn new_organization(email: &Email, full_name: &Name, company: &Name) -> (Principal, Command) {
     let principal = Principal {
-        user_id: Uuid::now_v7(),
-        org_id: Uuid::now_v7(),
+        user_id: UserId::now_v7(),
+        org_id: OrgId::now_v7(),
         role: Role::Owner,
         client: None,
     };
@@ -196,8 +198,8 @@ pub struct RegisterRequest {
         pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff]+@[^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff][^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff]*\.[^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff]*[^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff][\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub email: String,
-    #[schema(min_length = 8, max_length = 1024)]
-    pub password: String,
+    #[schema(value_type = String, min_length = 8, max_length = 1024)]
+    pub password: Password,
     #[schema(
         min_length = 1,
         max_length = 200,
@@ -226,7 +228,8 @@ pub struct RegisterResponse {
     pub full_name: String,
     pub organization: OrganizationSummary,
     /// Bearer token, shown once.
-    pub api_token: String,
+    #[schema(value_type = String)]
+    pub api_token: ApiToken,
     /// When it stops working (401 `token_expired`).
     #[schema(value_type = String, format = DateTime)]
     pub token_expires_at: Timestamp,
@@ -291,14 +294,14 @@ pub async fn register(
     Ok((
         StatusCode::CREATED,
         Json(RegisterResponse {
-            id: principal.user_id,
+            id: principal.user_id.into(),
             email: email.as_str().to_owned(),
             full_name: full_name.as_str().to_owned(),
             organization: OrganizationSummary {
-                id: principal.org_id,
+                id: principal.org_id.into(),
                 name: company.as_str().to_owned(),
             },
-            api_token,
+            api_token: ApiToken::new(api_token),
             token_expires_at,
         }),
     ))
@@ -309,8 +312,8 @@ pub async fn register(
 pub struct LoginRequest {
     #[schema(min_length = 1)]
     pub email: String,
-    #[schema(min_length = 1)]
-    pub password: String,
+    #[schema(value_type = String, min_length = 1)]
+    pub password: Password,
     /// Seconds the token should live: at most the server's `--token-ttl-s`
     /// (30 days by default), which is also the default.
     #[schema(minimum = 60, maximum = 31_536_000)]
@@ -321,7 +324,8 @@ pub struct LoginRequest {
 #[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
     /// A new bearer token, shown once.
-    pub api_token: String,
+    #[schema(value_type = String)]
+    pub api_token: ApiToken,
     /// When it stops working (401 `token_expired`): log in or refresh before.
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
@@ -377,7 +381,7 @@ pub async fn login(
         None
     };
     let stored = user.as_ref().map(|user| user.password_hash.clone());
-    if request.password.len() > PASSWORD_LEN_MAX * 4 {
+    if request.password.expose().len() > PASSWORD_LEN_MAX * 4 {
         return Err(invalid());
     }
     state.metrics.login_password_checks.inc();
@@ -399,14 +403,14 @@ pub async fn login(
     };
     let (api_token, expires_at) = issue_token(&state, &user.principal, ttl).await?;
     Ok(Json(LoginResponse {
-        api_token,
+        api_token: ApiToken::new(api_token),
         expires_at,
     }))
 }
 
 /// Revokes `which` tokens of `user_id` in the directory (and so on every
 /// replica) and drops them from this replica's credential cache at once.
-async fn revoke(state: &AppState, which: Revoke<'_>, user_id: Uuid) -> Result<u64, ApiError> {
+async fn revoke(state: &AppState, which: Revoke<'_>, user_id: UserId) -> Result<u64, ApiError> {
     let revoked = state
         .directory
         .revoke_tokens(which, user_id, state.clock.now())
@@ -504,7 +508,7 @@ pub async fn refresh(
     let (api_token, expires_at) = issue_token(&state, &principal, lifetime).await?;
     revoke(&state, Revoke::Token(&token.hash), principal.user_id).await?;
     Ok(Json(LoginResponse {
-        api_token,
+        api_token: ApiToken::new(api_token),
         expires_at,
     }))
 }
@@ -515,7 +519,8 @@ pub struct MeResponse {
     pub email: String,
     /// `owner`, `admin` or `member`.
     pub role: String,
-    pub org_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub org_id: OrgId,
     /// When the calling token stops working.
     #[schema(value_type = String, format = DateTime)]
     pub token_expires_at: Timestamp,
@@ -536,7 +541,7 @@ pub async fn me(
 ) -> Result<Json<MeResponse>, ApiError> {
     let (email, role) = user_of(&state, &principal).await?;
     Ok(Json(MeResponse {
-        id: principal.user_id,
+        id: principal.user_id.into(),
         email,
         role,
         org_id: principal.org_id,
@@ -547,9 +552,10 @@ pub async fn me(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
-    pub current_password: String,
-    #[schema(min_length = 8, max_length = 1024)]
-    pub new_password: String,
+    #[schema(value_type = String)]
+    pub current_password: Password,
+    #[schema(value_type = String, min_length = 8, max_length = 1024)]
+    pub new_password: Password,
 }
 
 /// Changes the calling user's password (the current one is required) and
@@ -579,7 +585,7 @@ pub async fn change_password(
         .user_by_email(&email)
         .await?
         .map(|user| user.record.password_hash);
-    if request.current_password.len() > PASSWORD_LEN_MAX * 4
+    if request.current_password.expose().len() > PASSWORD_LEN_MAX * 4
         || !verify_password(request.current_password, stored).await
     {
         return Err(ApiError::new(

@@ -17,7 +17,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use seatledger_ledger::domain::Name;
+use seatledger_schema::ApiToken;
+use seatledger_schema::LicenseId;
 use seatledger_schema::{limits, Timestamp};
+use seatledger_schema::{OrgId, TokenId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -34,8 +37,8 @@ pub struct CreateClientTokenRequest {
     pub name: String,
     /// Limits the token to these licenses of the organization; absent, it
     /// may use any of them.
-    #[schema(min_items = 1, max_items = 100)]
-    pub licenses: Option<Vec<Uuid>>,
+    #[schema(min_items = 1, max_items = 100, value_type = Option<Vec<Uuid>>)]
+    pub licenses: Option<Vec<LicenseId>>,
     /// Seconds until the token expires; absent, it lives until revoked.
     #[schema(minimum = 60, maximum = 315_360_000)]
     #[serde(default, deserialize_with = "crate::extract::optional_integral")]
@@ -48,7 +51,8 @@ pub struct ClientToken {
     pub name: String,
     pub scope: String,
     /// The licenses it is limited to; null: any of the organization's.
-    pub licenses: Option<Vec<Uuid>>,
+    #[schema(value_type = Option<Vec<Uuid>>)]
+    pub licenses: Option<Vec<LicenseId>>,
     /// The owner or admin who created it.
     pub created_by: Uuid,
     #[schema(value_type = String, format = DateTime)]
@@ -61,11 +65,11 @@ pub struct ClientToken {
 impl From<ClientTokenRecord> for ClientToken {
     fn from(record: ClientTokenRecord) -> Self {
         ClientToken {
-            id: record.token_id,
+            id: record.token_id.into(),
             name: record.name,
             scope: crate::directory::SCOPE_SEATS.to_owned(),
             licenses: record.licenses,
-            created_by: record.created_by,
+            created_by: record.created_by.into(),
             created_at: record.created_at,
             expires_at: record.expires_at,
         }
@@ -77,7 +81,8 @@ pub struct CreatedClientToken {
     #[serde(flatten)]
     pub token: ClientToken,
     /// The bearer token, shown once: embed it in the client app.
-    pub api_token: String,
+    #[schema(value_type = String)]
+    pub api_token: ApiToken,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -94,9 +99,9 @@ fn invalid(detail: String) -> ApiError {
 /// license is as unknown as none).
 async fn parse_licenses(
     state: &AppState,
-    org_id: Uuid,
-    licenses: Option<Vec<Uuid>>,
-) -> Result<Option<Vec<Uuid>>, ApiError> {
+    org_id: OrgId,
+    licenses: Option<Vec<LicenseId>>,
+) -> Result<Option<Vec<LicenseId>>, ApiError> {
     let Some(mut licenses) = licenses else {
         return Ok(None);
     };
@@ -176,7 +181,7 @@ pub async fn create(
         ));
     }
     let record = ClientTokenRecord {
-        token_id: Uuid::now_v7(),
+        token_id: TokenId::now_v7(),
         name: name.as_str().to_owned(),
         created_by: admin.user_id,
         created_at: now,
@@ -192,7 +197,7 @@ pub async fn create(
         StatusCode::CREATED,
         Json(CreatedClientToken {
             token: record.into(),
-            api_token: secret,
+            api_token: ApiToken::new(secret),
         }),
     ))
 }
@@ -221,7 +226,7 @@ pub async fn list(
 }
 
 /// A client token id in the path; anything else names no token.
-pub struct TokenIdPath(pub Uuid);
+pub struct TokenIdPath(pub TokenId);
 
 fn token_not_found() -> ApiError {
     ApiError::new(

@@ -54,6 +54,7 @@ pub struct EventDoc {
     event_id: uuid::Uuid,
     stream_id: String,
     stream_version: i64,
+    // The organization: the wire keeps the envelope's hashed name.
     tenant_id: uuid::Uuid,
     event_type: String,
     schema_version: i32,
@@ -125,7 +126,7 @@ pub async fn feed(
         let read_at = tokio::time::Instant::now();
         let events = state
             .store
-            .read_tenant_after(admin.org_id, 0, after, limit)
+            .read_org_after(admin.org_id, 0, after, limit)
             .await?;
         if !events.is_empty() || read_at >= deadline || *draining.borrow() {
             let next_after = events.last().map_or(after, |event| event.position);

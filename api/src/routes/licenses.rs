@@ -20,7 +20,9 @@ use seatledger_ledger::domain::{
 };
 use seatledger_ledger::StoreError;
 use seatledger_projections::HotReadError;
+use seatledger_schema::LicenseKey;
 use seatledger_schema::{limits, Timestamp};
+use seatledger_schema::{LicenseId, OrgId, SessionId, UserId};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
@@ -32,7 +34,8 @@ pub const LICENSES_LIST_MAX: i64 = 1_000;
 #[derive(Serialize, ToSchema)]
 pub struct LicenseResponse {
     pub id: Uuid,
-    pub org_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub org_id: OrgId,
     pub name: String,
     /// `active`, `suspended` or `revoked`.
     pub status: String,
@@ -47,13 +50,14 @@ pub struct LicenseResponse {
     pub max_overage_percent: u32,
     /// The license key, shown once: only in the answer to issuing.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub key: Option<LicenseKey>,
 }
 
 impl From<LicenseView> for LicenseResponse {
     fn from(view: LicenseView) -> Self {
         LicenseResponse {
-            id: view.license_id,
+            id: view.license_id.into(),
             org_id: view.org_id,
             name: view.name,
             status: view.status.as_str().to_owned(),
@@ -71,8 +75,8 @@ impl From<LicenseView> for LicenseResponse {
 /// The license's state if it belongs to `org_id`, else `license_not_found`.
 pub(crate) async fn load_license(
     state: &AppState,
-    org_id: Uuid,
-    license_id: Uuid,
+    org_id: OrgId,
+    license_id: LicenseId,
 ) -> Result<LicenseState, ApiError> {
     let stream_id = format!("license-{license_id}");
     let (_, stream) = state
@@ -188,7 +192,7 @@ pub async fn issue(
     };
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
-        caller: admin.user_id,
+        caller: admin.user_id.into(),
         route: ISSUE_ROUTE,
         body: body.raw.as_ref(),
     });
@@ -201,7 +205,7 @@ pub async fn issue(
     )
     .await?;
     let Json(mut response) = view_of(result)?;
-    response.key = Some(key);
+    response.key = Some(LicenseKey::new(key));
     Ok((StatusCode::CREATED, Json(response)))
 }
 
@@ -212,9 +216,9 @@ fn new_license_id_and_key(
     state: &AppState,
     admin: &Principal,
     idempotency_key: Option<&str>,
-) -> Result<(Uuid, String), ApiError> {
+) -> Result<(LicenseId, String), ApiError> {
     let Some(idempotency) = idempotency_key else {
-        return Ok((Uuid::now_v7(), random_secret(LICENSE_KEY_PREFIX)?));
+        return Ok((LicenseId::now_v7(), random_secret(LICENSE_KEY_PREFIX)?));
     };
     let org = admin.org_id.as_bytes().as_slice();
     let caller = admin.user_id.as_bytes().as_slice();
@@ -224,7 +228,7 @@ fn new_license_id_and_key(
     random.copy_from_slice(&id_bytes[..16]);
     let key_bytes = ledger.derive("license-key", &[org, caller, idempotency.as_bytes()]);
     Ok((
-        uuid::Builder::from_random_bytes(random).into_uuid(),
+        uuid::Builder::from_random_bytes(random).into_uuid().into(),
         secret_from_bytes(LICENSE_KEY_PREFIX, &key_bytes),
     ))
 }
@@ -279,8 +283,8 @@ fn position_header(state: &AppState, hot: Option<i64>) -> [(&'static str, String
 async fn license_view(
     state: &AppState,
     hot: Option<i64>,
-    org_id: Uuid,
-    license_id: Uuid,
+    org_id: OrgId,
+    license_id: LicenseId,
 ) -> Result<LicenseView, ApiError> {
     let now = state.clock.now();
     if hot.is_some() {
@@ -537,8 +541,10 @@ pub async fn revoke(
 
 #[derive(Serialize, ToSchema)]
 pub struct SessionResponse {
-    pub session_id: Uuid,
-    pub user_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub session_id: SessionId,
+    #[schema(value_type = Uuid)]
+    pub user_id: UserId,
     pub hardware_id: String,
     pub generation: u64,
     #[schema(value_type = String, format = DateTime)]
@@ -552,7 +558,8 @@ pub struct SessionResponse {
 pub struct SessionsQuery {
     /// Return sessions whose id sorts after this one (the last `session_id`
     /// of the previous page).
-    pub after: Option<Uuid>,
+    #[param(value_type = Option<Uuid>)]
+    pub after: Option<SessionId>,
     /// 1 to 1000 (default 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,

@@ -24,6 +24,7 @@ use axum::{middleware, Extension, Router};
 use seatledger_ledger::domain::Command;
 use seatledger_ledger::{CommandResult, Submission};
 use seatledger_schema::Metadata;
+use seatledger_schema::OrgId;
 use std::sync::Arc;
 use tracing::Instrument;
 use utoipa::OpenApi;
@@ -402,12 +403,12 @@ impl Idempotency<'_> {
 /// One command through the appender, with the request's idempotency key.
 pub(crate) async fn submit(
     state: &AppState,
-    tenant_id: Uuid,
+    org_id: OrgId,
     command: Command,
     metadata: Metadata,
     idempotency: Option<Idempotency<'_>>,
 ) -> Result<CommandResult, ApiError> {
-    let mut submission = Submission::new(tenant_id, command).with_metadata(metadata);
+    let mut submission = Submission::new(org_id, command).with_metadata(metadata);
     if let Some(idempotency) = idempotency {
         submission =
             submission.with_command_id(idempotency.command_id(), idempotency.request_hash());

@@ -13,16 +13,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use seatledger_ledger::domain::{Command, HardwareId, Rejection, SeatActor, StreamId};
 use seatledger_ledger::CommandResult;
+use seatledger_schema::LicenseKey;
+use seatledger_schema::{LicenseId, SessionId};
 use seatledger_schema::{SeatTouchKind, Timestamp};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
-    #[schema(min_length = 1)]
-    pub license_key: String,
+    #[schema(value_type = String, min_length = 1)]
+    pub license_key: LicenseKey,
     /// Identifies this machine: 1 to 256 visible ASCII characters (`!` to
     /// `~`) and spaces.
     #[schema(
@@ -36,13 +37,16 @@ pub struct AcquireRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
-    pub session_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub session_id: SessionId,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct SeatResponse {
-    pub session_id: Uuid,
-    pub license_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub session_id: SessionId,
+    #[schema(value_type = Uuid)]
+    pub license_id: LicenseId,
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
     /// Heartbeat at least this often (a third of the lease's TTL).
@@ -56,7 +60,8 @@ pub struct SeatResponse {
 
 #[derive(Serialize, ToSchema)]
 pub struct ReleaseResponse {
-    pub session_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub session_id: SessionId,
     pub released: bool,
 }
 
@@ -99,8 +104,9 @@ async fn license_for_key(
     state: &AppState,
     principal: &Principal,
     licenses: &TokenLicenses,
-    key: &str,
-) -> Result<Uuid, ApiError> {
+    key: &LicenseKey,
+) -> Result<LicenseId, ApiError> {
+    let key = key.expose();
     let not_found = || ApiError::rejection(Rejection::LicenseNotFound);
     if key.is_empty() || key.len() > 200 {
         return Err(not_found());
@@ -127,8 +133,8 @@ async fn license_for_session(
     state: &AppState,
     principal: &Principal,
     licenses: &TokenLicenses,
-    session_id: Uuid,
-) -> Result<Uuid, ApiError> {
+    session_id: SessionId,
+) -> Result<LicenseId, ApiError> {
     let found = match state.caches.sessions.get(&session_id) {
         Some(found) => Some(found),
         None => {
@@ -157,7 +163,7 @@ async fn license_for_session(
 /// `license_id` if the calling token may use it: a client token limited
 /// to other licenses of its org is refused (403; another org's licenses
 /// were already 404).
-fn in_scope(licenses: &TokenLicenses, license_id: Uuid) -> Result<Uuid, ApiError> {
+fn in_scope(licenses: &TokenLicenses, license_id: LicenseId) -> Result<LicenseId, ApiError> {
     if licenses.allows(license_id) {
         Ok(license_id)
     } else {
@@ -208,13 +214,13 @@ pub async fn acquire(
     let command = Command::AcquireSeat {
         token_id: principal.client,
         license_id,
-        session_id: Uuid::now_v7(),
+        session_id: SessionId::now_v7(),
         user_id: principal.user_id,
         hardware_id,
     };
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
-        caller: principal.user_id,
+        caller: principal.user_id.into(),
         route: ACQUIRE_ROUTE,
         body: body.raw.as_ref(),
     });
@@ -282,7 +288,7 @@ pub async fn heartbeat(
     let license_id = license_for_session(&state, &principal, &licenses, session_id).await?;
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
-        caller: principal.user_id,
+        caller: principal.user_id.into(),
         route: HEARTBEAT_ROUTE,
         body: body.raw.as_ref(),
     });
@@ -343,7 +349,7 @@ pub async fn release(
     let license_id = license_for_session(&state, &principal, &licenses, session_id).await?;
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
-        caller: principal.user_id,
+        caller: principal.user_id.into(),
         route: RELEASE_ROUTE,
         body: body.raw.as_ref(),
     });

@@ -13,9 +13,9 @@ use axum::Json;
 use seatledger_projections::billing_live::{self, UsageError, UsageQuery};
 use seatledger_projections::{usage_csv, Granularity, UsageRow};
 use seatledger_schema::{limits, Timestamp};
+use seatledger_schema::{LicenseId, OrgId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
 /// Headers that say what a report reflects (on JSON and CSV alike).
 pub const AS_OF_HEADER: &str = "seatledger-as-of";
@@ -44,8 +44,10 @@ pub struct UsageParams {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct UsageRowDoc {
-    org_id: Uuid,
-    license_id: Uuid,
+    #[schema(value_type = Uuid)]
+    org_id: OrgId,
+    #[schema(value_type = Uuid)]
+    license_id: LicenseId,
     #[schema(format = DateTime)]
     period_start: String,
     #[schema(format = DateTime)]
@@ -60,7 +62,8 @@ pub struct UsageRowDoc {
 
 #[derive(Serialize, ToSchema)]
 pub struct UsageReport {
-    pub org_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub org_id: OrgId,
     /// `hour`, `day` or `month`.
     pub granularity: String,
     #[schema(value_type = String, format = DateTime)]
@@ -89,7 +92,7 @@ fn instant(name: &str, value: Option<&str>) -> Result<Timestamp, ApiError> {
 
 /// The query, checked: both instants, `from < to`, a known granularity and
 /// at most `USAGE_PERIODS_MAX` periods.
-fn parse(params: &UsageParams, org_id: Uuid, as_of: Timestamp) -> Result<UsageQuery, ApiError> {
+fn parse(params: &UsageParams, org_id: OrgId, as_of: Timestamp) -> Result<UsageQuery, ApiError> {
     let from = instant("from", params.from.as_deref())?;
     let to = instant("to", params.to.as_deref())?;
     let granularity = match params.granularity.as_deref() {
@@ -99,9 +102,10 @@ fn parse(params: &UsageParams, org_id: Uuid, as_of: Timestamp) -> Result<UsageQu
     };
     let license_id = match params.license_id.as_deref() {
         None => None,
-        Some(text) => {
-            Some(Uuid::parse_str(text).map_err(|_| invalid("license_id must be a UUID"))?)
-        }
+        Some(text) => Some(
+            text.parse::<LicenseId>()
+                .map_err(|_| invalid("license_id must be a UUID"))?,
+        ),
     };
     if from >= to {
         return Err(invalid("from must be before to"));

@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use seatledger_ledger::domain::{Command, Email, Name, Rejection, SeatActor};
+use seatledger_schema::Password;
 use seatledger_schema::Role;
+use seatledger_schema::UserId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -32,8 +34,8 @@ pub struct AddUserRequest {
         pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff]+@[^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff][^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff]*\.[^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff]*[^@\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000.\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\uffa0\ue000-\uf8ff\ufdd0-\ufdef\ufeff\ufff0-\ufffb\ufffe\uffff][\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
     )]
     pub email: String,
-    #[schema(min_length = 8, max_length = 1024)]
-    pub password: String,
+    #[schema(value_type = String, min_length = 8, max_length = 1024)]
+    pub password: Password,
     #[schema(
         min_length = 1,
         max_length = 200,
@@ -95,7 +97,7 @@ pub async fn add_user(
         NewUserRole::Member => Role::Member,
     };
     let principal = Principal {
-        user_id: Uuid::now_v7(),
+        user_id: UserId::now_v7(),
         org_id: admin.org_id,
         role,
         client: None,
@@ -119,11 +121,11 @@ pub async fn add_user(
     Ok((
         StatusCode::CREATED,
         Json(UserResponse {
-            id: principal.user_id,
+            id: principal.user_id.into(),
             email: email.as_str().to_owned(),
             full_name: full_name.as_str().to_owned(),
             role: role.as_str().to_owned(),
-            organization_id: admin.org_id,
+            organization_id: admin.org_id.into(),
         }),
     ))
 }
@@ -165,7 +167,7 @@ pub async fn list_users(
         .await?
         .into_iter()
         .map(|(id, email, role, deactivated)| MemberResponse {
-            id,
+            id: id.into(),
             email,
             role: role.as_str().to_owned(),
             active: !deactivated,
@@ -175,7 +177,7 @@ pub async fn list_users(
 }
 
 /// A user id in the path; anything that is not a uuid names no user.
-pub struct UserIdPath(pub Uuid);
+pub struct UserIdPath(pub UserId);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for UserIdPath {
     type Rejection = ApiError;
@@ -257,7 +259,7 @@ pub async fn change_role(
         state.caches.forget_user(user_id);
     }
     Ok(Json(MemberResponse {
-        id: user_id,
+        id: user_id.into(),
         email,
         role: role.as_str().to_owned(),
         active: true,
@@ -332,7 +334,7 @@ pub async fn deactivate(
         }
     }
     Ok(Json(DeactivatedResponse {
-        id: user_id,
+        id: user_id.into(),
         active: false,
         leases_released: released,
     }))

@@ -31,6 +31,8 @@ use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
 };
 use seatledger_projections::{billing_live, runner, FollowerStatus, LiveBilling};
+use seatledger_schema::OrgId;
+use seatledger_schema::{SessionId, UserId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -193,7 +195,7 @@ async fn run(
             followers_shutdown,
         ))
     });
-    let tenant = Uuid::now_v7();
+    let org = OrgId::now_v7();
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
     let mut licenses = Vec::new();
@@ -201,14 +203,14 @@ async fn run(
         let appender = &appenders[client % appenders.len()];
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
-            license_id,
+            license_id: license_id.into(),
             name: Name::parse("bench")?,
             seats: SeatCount::new(10)?,
             expires_at: None,
             heartbeat_ttl_s: HeartbeatTtl::default(),
             max_overage_percent: OveragePercent::default(),
         };
-        licenses.push((license_id, appender.submit(Submission::new(tenant, issue))));
+        licenses.push((license_id, appender.submit(Submission::new(org, issue))));
     }
     let mut ready = Vec::new();
     for (license_id, issued) in licenses {
@@ -220,15 +222,15 @@ async fn run(
     let mut broken_workers = Vec::new();
     if broken_clients > 0 {
         let issue = Command::IssueLicense {
-            license_id: broken_license,
+            license_id: broken_license.into(),
             name: Name::parse("broken")?,
             seats: SeatCount::new(10)?,
             expires_at: None,
             heartbeat_ttl_s: HeartbeatTtl::default(),
             max_overage_percent: OveragePercent::default(),
         };
-        appender.submit(Submission::new(tenant, issue)).await?;
-        plant::plant_undecodable_event(store, tenant, &format!("license-{broken_license}")).await;
+        appender.submit(Submission::new(org, issue)).await?;
+        plant::plant_undecodable_event(store, org, &format!("license-{broken_license}")).await;
         for client in 0..broken_clients {
             let appender = appender.clone();
             let stop = stop.clone();
@@ -239,13 +241,13 @@ async fn run(
                 while !stop.load(Ordering::Relaxed) {
                     let acquire = Command::AcquireSeat {
                         token_id: None,
-                        license_id: broken_license,
-                        session_id: Uuid::now_v7(),
-                        user_id: Uuid::now_v7(),
+                        license_id: broken_license.into(),
+                        session_id: SessionId::now_v7(),
+                        user_id: UserId::now_v7(),
                         hardware_id: hardware_id.clone(),
                     };
                     if appender
-                        .submit(Submission::new(tenant, acquire))
+                        .submit(Submission::new(org, acquire))
                         .await
                         .is_err()
                     {
@@ -272,18 +274,18 @@ async fn run(
                     let session_id = Uuid::now_v7();
                     let acquire = Command::AcquireSeat {
                         token_id: None,
-                        license_id,
-                        session_id,
-                        user_id,
+                        license_id: license_id.into(),
+                        session_id: session_id.into(),
+                        user_id: user_id.into(),
                         hardware_id: hardware_id.clone(),
                     };
                     let release = Command::ReleaseSeat {
-                        license_id,
-                        session_id,
+                        license_id: license_id.into(),
+                        session_id: session_id.into(),
                         by: seatledger_ledger::domain::SeatActor::Unchecked,
                     };
                     for command in [acquire, release] {
-                        match appender.submit(Submission::new(tenant, command)).await {
+                        match appender.submit(Submission::new(org, command)).await {
                             Ok(result) if result.is_accepted() => {}
                             _ => {
                                 failures.fetch_add(1, Ordering::Relaxed);

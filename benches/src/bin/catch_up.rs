@@ -22,6 +22,7 @@ use seatledger_projections::{
     billing_live, runner, Follower, FollowerStatus, Granularity, LiveBilling, RedisLicenses,
     RunnerConfig, UsageQuery,
 };
+use seatledger_schema::OrgId;
 use seatledger_schema::Timestamp;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -73,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(store: &Store, args: &Args, events: u64) -> anyhow::Result<Vec<String>> {
     let started = Instant::now();
-    let (tenant, open) = fill_live_leases(store, events).await?;
+    let (org, open) = fill_live_leases(store, events).await?;
     let fill_s = started.elapsed().as_secs_f64();
     let (head, _) = store.head(0).await?;
     let mut lines = Vec::new();
@@ -81,7 +82,7 @@ async fn run(store: &Store, args: &Args, events: u64) -> anyhow::Result<Vec<Stri
         let (catch_up_s, report_ms) = if follower == "redis" {
             (redis_catch_up(store, &args.redis_url, head).await?, None)
         } else {
-            billing_catch_up(store, head, tenant).await?
+            billing_catch_up(store, head, org).await?
         };
         lines.push(format!(
             "| {follower} | {head} | {open} | {fill_s:.1} | {catch_up_s:.2} | {:.0} | {} |",
@@ -157,7 +158,7 @@ async fn redis_catch_up(store: &Store, redis_url: &str, head: i64) -> anyhow::Re
 async fn billing_catch_up(
     store: &Store,
     head: i64,
-    tenant: Uuid,
+    org: OrgId,
 ) -> anyhow::Result<(f64, Option<f64>)> {
     let catch_up_s = follow(store, LiveBilling::new(store.clone(), 0), head, || async {
         Ok(billing_live::checkpoint(store, 0).await?)
@@ -165,7 +166,7 @@ async fn billing_catch_up(
     .await?;
     let now = Timestamp::now();
     let query = UsageQuery {
-        org_id: tenant,
+        org_id: org,
         license_id: None,
         granularity: Granularity::Day,
         from: now.plus_seconds(-86_400),

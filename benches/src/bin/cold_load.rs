@@ -28,6 +28,8 @@ use seatledger_ledger::domain::{
 use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
 };
+use seatledger_schema::OrgId;
+use seatledger_schema::{SessionId, UserId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -106,19 +108,19 @@ fn start(
 
 async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Vec<Row>> {
     let key = Arc::new(SigningKey::generate()?);
-    let tenant = Uuid::now_v7();
+    let org = OrgId::now_v7();
     let (large, small) = (Uuid::now_v7(), Uuid::now_v7());
     let (appender, task) = start(store, &key, true);
     for (license_id, seats) in [(large, 100_000), (small, 10)] {
         let issue = Command::IssueLicense {
-            license_id,
+            license_id: license_id.into(),
             name: Name::parse("cold load")?,
             seats: SeatCount::new(seats)?,
             expires_at: None,
             heartbeat_ttl_s: HeartbeatTtl::new(86_400)?,
             max_overage_percent: OveragePercent::default(),
         };
-        appender.submit(Submission::new(tenant, issue)).await?;
+        appender.submit(Submission::new(org, issue)).await?;
     }
     let workers: Vec<_> = (0..256u32)
         .map(|worker| {
@@ -130,12 +132,12 @@ async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Vec<Row>> 
                     first.get_or_insert(session_id);
                     let acquire = Command::AcquireSeat {
                         token_id: None,
-                        license_id: large,
-                        session_id,
-                        user_id: Uuid::now_v7(),
+                        license_id: large.into(),
+                        session_id: session_id.into(),
+                        user_id: UserId::now_v7(),
                         hardware_id: HardwareId::parse(&format!("hold-{n}"))?,
                     };
-                    let result = appender.submit(Submission::new(tenant, acquire)).await?;
+                    let result = appender.submit(Submission::new(org, acquire)).await?;
                     anyhow::ensure!(result.is_accepted(), "filling: {result:?}");
                 }
                 anyhow::Ok(first)
@@ -160,7 +162,7 @@ async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Vec<Row>> 
     let tail = version - snapshot.unwrap_or(0);
 
     let on = Licenses {
-        tenant,
+        org,
         large,
         held,
         small,
@@ -200,7 +202,7 @@ async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Vec<Row>> 
 
 /// The large license and one of its leases, and the small license.
 struct Licenses {
-    tenant: Uuid,
+    org: OrgId,
     large: Uuid,
     held: Uuid,
     small: Uuid,
@@ -216,23 +218,23 @@ impl Licenses {
         machine: u32,
     ) -> anyhow::Result<(Duration, Duration)> {
         let heartbeat = Command::Heartbeat {
-            license_id: self.large,
-            session_id: self.held,
+            license_id: self.large.into(),
+            session_id: self.held.into(),
             by: SeatActor::Unchecked,
         };
         let acquire = Command::AcquireSeat {
             token_id: None,
-            license_id: self.small,
-            session_id: Uuid::now_v7(),
-            user_id: Uuid::now_v7(),
+            license_id: self.small.into(),
+            session_id: SessionId::now_v7(),
+            user_id: UserId::now_v7(),
             hardware_id: HardwareId::parse(&format!("small-{machine}"))?,
         };
         let timed = |command: Command| {
             let appender = appender.clone();
-            let tenant = self.tenant;
+            let org = self.org;
             tokio::spawn(async move {
                 let started = Instant::now();
-                let result = appender.submit(Submission::new(tenant, command)).await?;
+                let result = appender.submit(Submission::new(org, command)).await?;
                 anyhow::ensure!(result.is_accepted(), "{result:?}");
                 anyhow::Ok(started.elapsed())
             })

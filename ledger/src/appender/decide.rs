@@ -7,6 +7,7 @@ use crate::domain::{decide, evolve, Rejection, StreamState};
 use crate::store::{CommandWrite, RecordedCommands, SnapshotWrite, StoreError, StreamWrite};
 use seatledger_schema::canonical::expected_hash;
 use seatledger_schema::{limits, ChainHash, Event, RecordedEvent, Timestamp};
+use seatledger_schema::{OrgId, SessionId};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -56,11 +57,11 @@ pub(super) fn stream_ids_of(submissions: &[Submission]) -> Vec<String> {
 }
 
 /// The idempotency keys `submissions` carry, each once.
-pub(super) fn keys_of(submissions: &[Submission]) -> Vec<(Uuid, String)> {
+pub(super) fn keys_of(submissions: &[Submission]) -> Vec<(OrgId, String)> {
     distinct(
         submissions
             .iter()
-            .filter_map(|s| s.command_id.as_ref().map(|id| (s.tenant_id, id.clone()))),
+            .filter_map(|s| s.command_id.as_ref().map(|id| (s.org_id, id.clone()))),
     )
 }
 
@@ -130,7 +131,7 @@ impl DecidedBatch {
         let key = submission
             .command_id
             .as_ref()
-            .map(|id| (submission.tenant_id, id.clone()));
+            .map(|id| (submission.org_id, id.clone()));
         if let Some((hash, result)) = key.as_ref().and_then(|key| recorded.get(key)) {
             return recorded_reply(submission, hash, result);
         }
@@ -141,12 +142,7 @@ impl DecidedBatch {
             }
             return Err(StoreError::Corrupt(format!("{stream_id} was not loaded")));
         };
-        let decision = decide(
-            &stream.state,
-            submission.tenant_id,
-            &submission.command,
-            now,
-        );
+        let decision = decide(&stream.state, submission.org_id, &submission.command, now);
         let payloads = match replayable_payloads(&decision.events, &stream_id) {
             Ok(payloads) => payloads,
             Err(error) => return Ok(Err(error)),
@@ -178,7 +174,7 @@ impl DecidedBatch {
                 (submission.request_hash.to_vec(), value.clone()),
             );
             self.command_writes.push(CommandWrite {
-                tenant_id: key.0,
+                org_id: key.0,
                 command_id: key.1,
                 request_hash: submission.request_hash.to_vec(),
                 result: value,
@@ -205,7 +201,7 @@ impl DecidedBatch {
             event_id: Uuid::now_v7(),
             stream_id: stream_id.to_owned(),
             stream_version: stream.version,
-            tenant_id: submission.tenant_id,
+            org_id: submission.org_id,
             event_type: event.event_type().to_owned(),
             schema_version: event.schema_version(),
             payload,
@@ -223,7 +219,7 @@ impl DecidedBatch {
 }
 
 /// The session an acquire or heartbeat granted or extended, if any.
-pub(super) fn touched_session(events: &[RecordedEvent]) -> Option<Uuid> {
+pub(super) fn touched_session(events: &[RecordedEvent]) -> Option<SessionId> {
     events
         .iter()
         .rev()
@@ -336,11 +332,12 @@ mod tests {
         SeatCount,
     };
     use proptest::prelude::*;
+    use seatledger_schema::{LicenseId, UserId};
 
-    const ORG: Uuid = Uuid::from_u128(1);
+    const ORG: OrgId = OrgId::from_u128(1);
 
-    fn license(n: u8) -> Uuid {
-        Uuid::from_u128(0x100 + u128::from(n))
+    fn license(n: u8) -> LicenseId {
+        LicenseId::from_u128(0x100 + u128::from(n))
     }
 
     /// Two licenses of two seats, issued (version 1 each).
@@ -412,8 +409,8 @@ mod tests {
                         Command::AcquireSeat {
                             token_id: None,
                             license_id: license(*l),
-                            session_id,
-                            user_id: Uuid::from_u128(u128::from(*machine)),
+                            session_id: session_id.into(),
+                            user_id: UserId::from_u128(u128::from(*machine)),
                             hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
                         }
                     }
@@ -421,7 +418,7 @@ mod tests {
                         let (l, session_id) = pick(n);
                         Command::Heartbeat {
                             license_id: license(l),
-                            session_id,
+                            session_id: session_id.into(),
                             by: SeatActor::Unchecked,
                         }
                     }
@@ -429,7 +426,7 @@ mod tests {
                         let (l, session_id) = pick(n);
                         Command::ReleaseSeat {
                             license_id: license(l),
-                            session_id,
+                            session_id: session_id.into(),
                             by: SeatActor::Unchecked,
                         }
                     }

@@ -268,7 +268,7 @@ impl Worker {
         }
         let mut recorded = std::mem::take(on_recorded);
         let unchecked_keys = distinct(submissions.iter().filter_map(|s| {
-            let key = (s.tenant_id, s.command_id.clone()?);
+            let key = (s.org_id, s.command_id.clone()?);
             (!recorded.contains_key(&key)).then_some(key)
         }));
         let now = self.clock.now();

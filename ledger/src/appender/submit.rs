@@ -2,16 +2,16 @@
 
 use crate::domain::{Command, Lease, LicenseView, Rejection};
 use crate::store::StoreError;
+use seatledger_schema::OrgId;
 use seatledger_schema::{Metadata, RecordedEvent, SeatTouch};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 /// A command with who asks and how to recognise a retry.
 #[derive(Clone, Debug)]
 pub struct Submission {
-    pub tenant_id: Uuid,
+    pub org_id: OrgId,
     pub command: Command,
     /// The client's idempotency key, if any.
     pub command_id: Option<String>,
@@ -23,9 +23,9 @@ pub struct Submission {
 
 impl Submission {
     /// A submission without an idempotency key.
-    pub fn new(tenant_id: Uuid, command: Command) -> Self {
+    pub fn new(org_id: OrgId, command: Command) -> Self {
         Submission {
-            tenant_id,
+            org_id,
             command,
             command_id: None,
             request_hash: [0; 32],

@@ -12,11 +12,11 @@ use crate::clock::Clock;
 use crate::keys::SigningKey;
 use crate::state_cache::StateCache;
 use crate::store::{BatchTx, RecordedCommands, SnapshotWrite, Store, StreamWrite};
+use seatledger_schema::OrgId;
 use seatledger_schema::{ChainHash, Timestamp};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use uuid::Uuid;
 
 pub(super) struct Worker {
     pub(super) store: Store,
@@ -225,5 +225,5 @@ pub(super) struct Prepared {
     pub(super) recorded: RecordedCommands,
     /// Idempotency keys of the batch that were looked up nowhere yet (it
     /// was decided before the batch in front of it was durable).
-    pub(super) unchecked_keys: Vec<(Uuid, String)>,
+    pub(super) unchecked_keys: Vec<(OrgId, String)>,
 }

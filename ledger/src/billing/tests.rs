@@ -12,8 +12,8 @@ use seatledger_schema::{
     SeatHeartbeat, SeatReleased,
 };
 
-const ORG: Uuid = Uuid::from_u128(0x0a);
-const LICENSE: Uuid = Uuid::from_u128(0x1c);
+const ORG: OrgId = OrgId::from_u128(0x0a);
+const LICENSE: LicenseId = LicenseId::from_u128(0x1c);
 /// 2027-01-15T08:00:00Z, on an hour boundary.
 const T0: i64 = 1_799_913_600_000_000;
 const SECOND: i64 = 1_000_000;
@@ -22,8 +22,8 @@ fn at(seconds: i64) -> Timestamp {
     Timestamp::from_micros_saturating(T0 + seconds * SECOND)
 }
 
-fn session(n: u128) -> Uuid {
-    Uuid::from_u128(0x5000 + n)
+fn session(n: u128) -> SessionId {
+    SessionId::from_u128(0x5000 + n)
 }
 
 fn acquired(n: u128, expires_s: i64, overage: bool) -> Event {
@@ -31,7 +31,7 @@ fn acquired(n: u128, expires_s: i64, overage: bool) -> Event {
         token_id: None,
         session_id: session(n),
         generation: n as u64,
-        user_id: Uuid::from_u128(0x100 + n),
+        user_id: UserId::from_u128(0x100 + n),
         hardware_id: format!("machine-{n}"),
         expires_at: at(expires_s),
         overage,
@@ -61,7 +61,7 @@ fn expired(n: u128) -> Event {
 
 fn denied() -> Event {
     Event::SeatDenied(SeatDenied {
-        user_id: Uuid::from_u128(0x999),
+        user_id: UserId::from_u128(0x999),
         hardware_id: "machine-x".into(),
         reason: DenialReason::NoSeats,
     })
@@ -83,7 +83,7 @@ fn record(position: i64, at: Timestamp, event: &Event) -> RecordedEvent {
         event_id: Uuid::from_u128(position as u128),
         stream_id: format!("license-{LICENSE}"),
         stream_version: position,
-        tenant_id: ORG,
+        org_id: ORG,
         event_type: event.event_type().into(),
         schema_version: event.schema_version(),
         payload: event.payload(),
@@ -372,23 +372,23 @@ fn history(seats: u32, overage: u32, steps: &[(Step, i64)]) -> Vec<RecordedEvent
             Some(Step::Acquire { user, machine }) => Command::AcquireSeat {
                 token_id: None,
                 license_id,
-                session_id: Uuid::from_u128(0x7000 + index as u128),
-                user_id: Uuid::from_u128(0x100 + u128::from(*user)),
+                session_id: SessionId::from_u128(0x7000 + index as u128),
+                user_id: UserId::from_u128(0x100 + u128::from(*user)),
                 hardware_id: HardwareId::parse(&format!("m-{user}-{machine}")).unwrap(),
             },
             Some(Step::Heartbeat(n)) => Command::Heartbeat {
                 license_id,
-                session_id: pick(n),
+                session_id: pick(n).into(),
                 by: crate::domain::SeatActor::Unchecked,
             },
             Some(Step::Release(n)) => Command::ReleaseSeat {
                 license_id,
-                session_id: pick(n),
+                session_id: pick(n).into(),
                 by: crate::domain::SeatActor::Unchecked,
             },
             Some(Step::Expire(n)) => Command::ExpireSeat {
                 license_id,
-                session_id: pick(n),
+                session_id: pick(n).into(),
             },
             Some(Step::Suspend) => Command::SuspendLicense {
                 license_id,
@@ -411,7 +411,7 @@ fn history(seats: u32, overage: u32, steps: &[(Step, i64)]) -> Vec<RecordedEvent
         let decision = decide(&state, ORG, &command, at(now));
         for event in &decision.events {
             if let Event::SeatAcquired(acquired) = event {
-                sessions.push(acquired.session_id);
+                sessions.push(acquired.session_id.into());
             }
             state = evolve(state, event);
             records.push(record(records.len() as i64 + 1, at(now), event));
@@ -430,7 +430,8 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
         machine: String,
         overage: bool,
     }
-    let mut open: BTreeMap<Uuid, (Timestamp, Timestamp, Uuid, String, bool)> = BTreeMap::new();
+    let mut open: BTreeMap<SessionId, (Timestamp, Timestamp, UserId, String, bool)> =
+        BTreeMap::new();
     let mut intervals = Vec::new();
     let mut denials: Vec<Timestamp> = Vec::new();
     for record in records {
@@ -455,7 +456,7 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
                     intervals.push(Interval {
                         start,
                         end,
-                        user,
+                        user: user.into(),
                         machine,
                         overage,
                     });
@@ -470,7 +471,7 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
                     intervals.push(Interval {
                         start,
                         end: t.min(expires),
-                        user,
+                        user: user.into(),
                         machine,
                         overage,
                     });
@@ -484,7 +485,7 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
         intervals.push(Interval {
             start,
             end: as_of.min(expires),
-            user,
+            user: user.into(),
             machine,
             overage,
         });
@@ -695,9 +696,9 @@ fn a_suspension_ending_every_lease_bills_as_its_per_lease_events_did() {
     let acquired = |n: u128, expires: i64| {
         Event::SeatAcquired(SeatAcquired {
             token_id: None,
-            session_id: Uuid::from_u128(n),
+            session_id: SessionId::from_u128(n),
             generation: n as u64,
-            user_id: Uuid::from_u128(0x100 + n),
+            user_id: UserId::from_u128(0x100 + n),
             hardware_id: format!("m{n}"),
             expires_at: at(expires),
             overage: false,
@@ -717,14 +718,14 @@ fn a_suspension_ending_every_lease_bills_as_its_per_lease_events_did() {
     old.push((
         at(100),
         Event::SeatReleased(SeatReleased {
-            session_id: Uuid::from_u128(1),
+            session_id: SessionId::from_u128(1),
             reason: ReleaseReason::Suspended,
         }),
     ));
     old.push((
         at(100),
         Event::SeatExpired(SeatExpired {
-            session_id: Uuid::from_u128(2),
+            session_id: SessionId::from_u128(2),
             last_heartbeat_at: at(20),
         }),
     ));

@@ -3,9 +3,8 @@
 //! rules.
 
 use super::types::*;
+use seatledger_schema::{LicenseId, OrgId, SessionId, TokenId, UserId};
 use seatledger_schema::{Role, Timestamp};
-use std::fmt;
-use uuid::Uuid;
 
 /// Who asks for a heartbeat or a release (seat authority).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,10 +12,10 @@ pub enum SeatActor {
     /// Not checked: replays, simulations and the operator's own tools.
     Unchecked,
     /// A user: may heartbeat and release only the leases they acquired.
-    Holder(Uuid),
+    Holder(UserId),
     /// An owner or admin: may also release (not heartbeat) another user's
     /// lease of the organization, recorded with reason `admin`.
-    Admin(Uuid),
+    Admin(UserId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,30 +23,27 @@ pub enum Command {
     /// Registers an organization, and with `owner` its first user, in one
     /// append.
     RegisterOrganization {
-        org_id: Uuid,
+        org_id: OrgId,
         name: Name,
         owner: Option<NewUser>,
     },
     /// Sets a user's role (`admin` or `member`; owners stay owners).
     ChangeUserRole {
-        org_id: Uuid,
-        user_id: Uuid,
+        org_id: OrgId,
+        user_id: UserId,
         role: Role,
     },
     /// Deactivates a user (not an owner).
-    DeactivateUser {
-        org_id: Uuid,
-        user_id: Uuid,
-    },
+    DeactivateUser { org_id: OrgId, user_id: UserId },
     RegisterUser {
-        org_id: Uuid,
-        user_id: Uuid,
+        org_id: OrgId,
+        user_id: UserId,
         email: Email,
         full_name: Name,
         role: Role,
     },
     IssueLicense {
-        license_id: Uuid,
+        license_id: LicenseId,
         name: Name,
         seats: SeatCount,
         expires_at: Option<Timestamp>,
@@ -55,56 +51,56 @@ pub enum Command {
         max_overage_percent: OveragePercent,
     },
     ChangeSeats {
-        license_id: Uuid,
+        license_id: LicenseId,
         seats: SeatCount,
     },
     RenewLicense {
-        license_id: Uuid,
+        license_id: LicenseId,
         expires_at: Option<Timestamp>,
     },
     /// Seats and/or expiry in one append (an admin's PATCH); absent fields
     /// are left as they are, `Some(None)` removes the expiry.
     UpdateLicense {
-        license_id: Uuid,
+        license_id: LicenseId,
         seats: Option<SeatCount>,
         expires_at: Option<Option<Timestamp>>,
     },
     SuspendLicense {
-        license_id: Uuid,
+        license_id: LicenseId,
         reason: Option<Reason>,
     },
     ReinstateLicense {
-        license_id: Uuid,
+        license_id: LicenseId,
         reason: Option<Reason>,
     },
     RevokeLicense {
-        license_id: Uuid,
+        license_id: LicenseId,
         reason: Option<Reason>,
     },
     /// `session_id` is used if a new lease is granted; a re-acquire keeps
     /// the existing lease's id.
     AcquireSeat {
-        license_id: Uuid,
-        session_id: Uuid,
-        user_id: Uuid,
+        license_id: LicenseId,
+        session_id: SessionId,
+        user_id: UserId,
         hardware_id: HardwareId,
         /// The client token acquiring (then `user_id` is its id), if any.
-        token_id: Option<Uuid>,
+        token_id: Option<TokenId>,
     },
     Heartbeat {
-        license_id: Uuid,
-        session_id: Uuid,
+        license_id: LicenseId,
+        session_id: SessionId,
         by: SeatActor,
     },
     ReleaseSeat {
-        license_id: Uuid,
-        session_id: Uuid,
+        license_id: LicenseId,
+        session_id: SessionId,
         by: SeatActor,
     },
     /// The reaper's: expires the lease if its `expires_at` has passed.
     ExpireSeat {
-        license_id: Uuid,
-        session_id: Uuid,
+        license_id: LicenseId,
+        session_id: SessionId,
     },
     /// `seatledger admin prune`'s: records that a segment left the live
     /// database for an archive file (on the stream `log-{partition}`).
@@ -114,49 +110,13 @@ pub enum Command {
 /// A user registered together with a new organization.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewUser {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub email: Email,
     pub full_name: Name,
     pub role: Role,
 }
 
-/// The stream a command is decided on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StreamId {
-    Org(Uuid),
-    License(Uuid),
-    /// The log's own stream of a partition (prunes).
-    Log(i16),
-}
-
-impl fmt::Display for StreamId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StreamId::Org(id) => write!(f, "org-{id}"),
-            StreamId::License(id) => write!(f, "license-{id}"),
-            StreamId::Log(partition) => write!(f, "log-{partition}"),
-        }
-    }
-}
-
-impl StreamId {
-    pub fn parse(text: &str) -> Option<StreamId> {
-        if let Some(id) = text.strip_prefix("org-") {
-            return Uuid::parse_str(id).ok().map(StreamId::Org);
-        }
-        if let Some(id) = text.strip_prefix("license-") {
-            return Uuid::parse_str(id).ok().map(StreamId::License);
-        }
-        if let Some(partition) = text.strip_prefix("log-") {
-            return partition
-                .parse::<i16>()
-                .ok()
-                .filter(|p| p.to_string() == partition)
-                .map(StreamId::Log);
-        }
-        None
-    }
-}
+pub use seatledger_schema::StreamId;
 
 impl Command {
     pub fn stream_id(&self) -> StreamId {

@@ -9,6 +9,7 @@ use seatledger_schema::{
     DenialReason, Event, LicenseIssued, LicenseRenewed, LicenseSeatsChanged, LicenseStatusChanged,
     ReleaseReason, SeatAcquired, SeatDenied, SeatExpired, SeatHeartbeat, SeatReleased, Timestamp,
 };
+use seatledger_schema::{LicenseId, OrgId, SessionId, TokenId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use uuid::Uuid;
@@ -34,8 +35,8 @@ impl LicenseStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LicenseTerms {
-    pub license_id: Uuid,
-    pub org_id: Uuid,
+    pub license_id: LicenseId,
+    pub org_id: OrgId,
     pub name: String,
     pub seats: u32,
     pub expires_at: Option<Timestamp>,
@@ -57,9 +58,9 @@ impl LicenseTerms {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     pub generation: u64,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub hardware_id: String,
     pub expires_at: Timestamp,
     pub overage: bool,
@@ -78,11 +79,11 @@ pub struct LicenseState {
     pub last_generation: u64,
     /// By session id, ordered: snapshots list them in order and the live
     /// sessions are paged by session id without sorting.
-    leases: BTreeMap<Uuid, Lease>,
-    by_machine: HashMap<(Uuid, String), Uuid>,
-    by_expiry: BTreeSet<(Timestamp, Uuid)>,
-    ended: VecDeque<Uuid>,
-    ended_set: HashSet<Uuid>,
+    leases: BTreeMap<SessionId, Lease>,
+    by_machine: HashMap<(UserId, String), SessionId>,
+    by_expiry: BTreeSet<(Timestamp, SessionId)>,
+    ended: VecDeque<SessionId>,
+    ended_set: HashSet<SessionId>,
 }
 
 impl Serialize for LicenseState {
@@ -94,11 +95,11 @@ impl Serialize for LicenseState {
             status: LicenseStatus,
             last_generation: u64,
             #[serde(serialize_with = "leases_in_order")]
-            leases: &'a BTreeMap<Uuid, Lease>,
-            ended: &'a VecDeque<Uuid>,
+            leases: &'a BTreeMap<SessionId, Lease>,
+            ended: &'a VecDeque<SessionId>,
         }
         fn leases_in_order<S: serde::Serializer>(
-            leases: &&BTreeMap<Uuid, Lease>,
+            leases: &&BTreeMap<SessionId, Lease>,
             serializer: S,
         ) -> Result<S::Ok, S::Error> {
             serializer.collect_seq(leases.values())
@@ -135,7 +136,7 @@ struct LicenseSnapshot {
     last_generation: u64,
     /// Sorted by session id so equal states serialize equally.
     leases: Vec<Lease>,
-    ended: Vec<Uuid>,
+    ended: Vec<SessionId>,
 }
 
 impl From<LicenseState> for LicenseSnapshot {
@@ -172,8 +173,8 @@ impl From<LicenseSnapshot> for LicenseState {
 /// A license as callers see it after a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LicenseView {
-    pub license_id: Uuid,
-    pub org_id: Uuid,
+    pub license_id: LicenseId,
+    pub org_id: OrgId,
     pub name: String,
     pub status: LicenseStatus,
     pub seats: u32,
@@ -192,7 +193,7 @@ impl LicenseState {
         self.leases.len() + self.ended.len()
     }
 
-    pub fn lease(&self, session_id: Uuid) -> Option<&Lease> {
+    pub fn lease(&self, session_id: SessionId) -> Option<&Lease> {
         self.leases.get(&session_id)
     }
 
@@ -207,7 +208,10 @@ impl LicenseState {
 
     /// Leases whose `expires_at` is after `now`.
     pub fn seats_used(&self, now: Timestamp) -> u32 {
-        let stale = self.by_expiry.range(..=(now, Uuid::max())).count();
+        let stale = self
+            .by_expiry
+            .range(..=(now, SessionId::from_uuid(Uuid::max())))
+            .count();
         u32::try_from(self.leases.len() - stale).unwrap_or(u32::MAX)
     }
 
@@ -217,7 +221,7 @@ impl LicenseState {
     pub fn live_leases_after(
         &self,
         now: Timestamp,
-        after: Option<Uuid>,
+        after: Option<SessionId>,
         limit: usize,
     ) -> Vec<Lease> {
         let range = match after {
@@ -237,11 +241,11 @@ impl LicenseState {
     /// Leases whose `expires_at` is at or before `now`, soonest first.
     pub fn stale_leases(&self, now: Timestamp) -> impl Iterator<Item = &Lease> {
         self.by_expiry
-            .range(..=(now, Uuid::max()))
+            .range(..=(now, SessionId::from_uuid(Uuid::max())))
             .filter_map(|(_, id)| self.leases.get(id))
     }
 
-    pub fn is_ended(&self, session_id: Uuid) -> bool {
+    pub fn is_ended(&self, session_id: SessionId) -> bool {
         self.ended_set.contains(&session_id)
     }
 
@@ -272,7 +276,7 @@ impl LicenseState {
         self.leases.insert(lease.session_id, lease);
     }
 
-    fn end_lease(&mut self, session_id: Uuid) {
+    fn end_lease(&mut self, session_id: SessionId) {
         if let Some(lease) = self.leases.remove(&session_id) {
             self.by_expiry.remove(&(lease.expires_at, session_id));
             let key = (lease.user_id, lease.hardware_id);
@@ -283,7 +287,7 @@ impl LicenseState {
         }
     }
 
-    fn remember_ended(&mut self, session_id: Uuid) {
+    fn remember_ended(&mut self, session_id: SessionId) {
         if self.ended_set.insert(session_id) {
             self.ended.push_back(session_id);
         }
@@ -316,9 +320,9 @@ impl LicenseState {
 
 /// The license's terms if it exists and belongs to `tenant_id`; another
 /// tenant's license is "not found", never "forbidden".
-fn terms_for(state: &LicenseState, tenant_id: Uuid) -> Result<&LicenseTerms, Rejection> {
+fn terms_for(state: &LicenseState, caller_org: OrgId) -> Result<&LicenseTerms, Rejection> {
     match &state.terms {
-        Some(terms) if terms.org_id == tenant_id => Ok(terms),
+        Some(terms) if terms.org_id == caller_org => Ok(terms),
         _ => Err(Rejection::LicenseNotFound),
     }
 }
@@ -328,7 +332,7 @@ fn terms_for(state: &LicenseState, tenant_id: Uuid) -> Result<&LicenseTerms, Rej
 /// does to a license; splitting it would hide that table across files.
 pub fn decide(
     state: &LicenseState,
-    tenant_id: Uuid,
+    caller_org: OrgId,
     command: &Command,
     now: Timestamp,
 ) -> Decision {
@@ -346,7 +350,7 @@ pub fn decide(
             }
             Decision::accept(vec![Event::LicenseIssued(LicenseIssued {
                 license_id: *license_id,
-                org_id: tenant_id,
+                org_id: caller_org,
                 name: name.as_str().to_owned(),
                 seats: seats.get(),
                 expires_at: *expires_at,
@@ -354,7 +358,7 @@ pub fn decide(
                 max_overage_percent: max_overage_percent.get(),
             })])
         }
-        Command::ChangeSeats { seats, .. } => admin(state, tenant_id, |terms| {
+        Command::ChangeSeats { seats, .. } => admin(state, caller_org, |terms| {
             if terms.seats == seats.get() {
                 return Ok(vec![]);
             }
@@ -362,7 +366,7 @@ pub fn decide(
                 seats: seats.get(),
             })])
         }),
-        Command::RenewLicense { expires_at, .. } => admin(state, tenant_id, |terms| {
+        Command::RenewLicense { expires_at, .. } => admin(state, caller_org, |terms| {
             if terms.expires_at == *expires_at {
                 return Ok(vec![]);
             }
@@ -372,7 +376,7 @@ pub fn decide(
         }),
         Command::UpdateLicense {
             seats, expires_at, ..
-        } => admin(state, tenant_id, |terms| {
+        } => admin(state, caller_org, |terms| {
             let mut events = Vec::new();
             if let Some(seats) = seats.filter(|seats| seats.get() != terms.seats) {
                 events.push(Event::LicenseSeatsChanged(LicenseSeatsChanged {
@@ -386,7 +390,7 @@ pub fn decide(
             }
             Ok(events)
         }),
-        Command::SuspendLicense { reason, .. } => admin(state, tenant_id, |_| {
+        Command::SuspendLicense { reason, .. } => admin(state, caller_org, |_| {
             if state.status == LicenseStatus::Suspended {
                 return Ok(vec![]);
             }
@@ -394,14 +398,14 @@ pub fn decide(
             // work per command; see `LicenseStatusChanged::ends_leases`).
             Ok(vec![Event::LicenseSuspended(ending_leases(reason))])
         }),
-        Command::ReinstateLicense { reason, .. } => admin(state, tenant_id, |_| {
+        Command::ReinstateLicense { reason, .. } => admin(state, caller_org, |_| {
             if state.status != LicenseStatus::Suspended {
                 return Err(Rejection::LicenseNotSuspended);
             }
             Ok(vec![Event::LicenseReinstated(status_change(reason))])
         }),
         Command::RevokeLicense { reason, .. } => {
-            if let Err(rejection) = terms_for(state, tenant_id) {
+            if let Err(rejection) = terms_for(state, caller_org) {
                 return Decision::reject(rejection);
             }
             if state.status == LicenseStatus::Revoked {
@@ -417,7 +421,7 @@ pub fn decide(
             ..
         } => acquire(
             state,
-            tenant_id,
+            caller_org,
             Acquirer {
                 session_id: *session_id,
                 user_id: *user_id,
@@ -427,13 +431,13 @@ pub fn decide(
             now,
         ),
         Command::Heartbeat { session_id, by, .. } => {
-            heartbeat(state, tenant_id, *session_id, *by, now)
+            heartbeat(state, caller_org, *session_id, *by, now)
         }
         Command::ReleaseSeat { session_id, by, .. } => {
-            release(state, tenant_id, *session_id, *by, now)
+            release(state, caller_org, *session_id, *by, now)
         }
         Command::ExpireSeat { session_id, .. } => {
-            if let Err(rejection) = terms_for(state, tenant_id) {
+            if let Err(rejection) = terms_for(state, caller_org) {
                 return Decision::reject(rejection);
             }
             match state.lease(*session_id) {
@@ -470,10 +474,10 @@ fn ending_leases(reason: &Option<super::types::Reason>) -> LicenseStatusChanged 
 /// An admin change: refused on a missing or revoked license.
 fn admin(
     state: &LicenseState,
-    tenant_id: Uuid,
+    caller_org: OrgId,
     change: impl FnOnce(&LicenseTerms) -> Result<Vec<Event>, Rejection>,
 ) -> Decision {
-    let terms = match terms_for(state, tenant_id) {
+    let terms = match terms_for(state, caller_org) {
         Ok(terms) => terms,
         Err(rejection) => return Decision::reject(rejection),
     };
@@ -486,7 +490,7 @@ fn admin(
     }
 }
 
-fn denial(user_id: Uuid, hardware_id: &str, reason: DenialReason) -> Event {
+fn denial(user_id: UserId, hardware_id: &str, reason: DenialReason) -> Event {
     Event::SeatDenied(SeatDenied {
         user_id,
         hardware_id: hardware_id.to_owned(),
@@ -496,14 +500,14 @@ fn denial(user_id: Uuid, hardware_id: &str, reason: DenialReason) -> Event {
 
 /// Who asks for a seat, and the session it would get.
 struct Acquirer {
-    session_id: Uuid,
-    user_id: Uuid,
-    token_id: Option<Uuid>,
+    session_id: SessionId,
+    user_id: UserId,
+    token_id: Option<TokenId>,
 }
 
 fn acquire(
     state: &LicenseState,
-    tenant_id: Uuid,
+    caller_org: OrgId,
     acquirer: Acquirer,
     hardware_id: &str,
     now: Timestamp,
@@ -513,7 +517,7 @@ fn acquire(
         user_id,
         token_id,
     } = acquirer;
-    let terms = match terms_for(state, tenant_id) {
+    let terms = match terms_for(state, caller_org) {
         Ok(terms) => terms,
         Err(rejection) => return Decision::reject(rejection),
     };
@@ -522,7 +526,7 @@ fn acquire(
     }
     let expires_at = now.plus_seconds(i64::from(terms.heartbeat_ttl_s));
     let mut events = Vec::new();
-    let mut expired: HashSet<Uuid> = HashSet::new();
+    let mut expired: HashSet<SessionId> = HashSet::new();
     if let Some(existing) = state
         .by_machine
         .get(&(user_id, hardware_id.to_owned()))
@@ -592,12 +596,12 @@ fn holds(by: SeatActor, lease: &Lease) -> bool {
 
 fn heartbeat(
     state: &LicenseState,
-    tenant_id: Uuid,
-    session_id: Uuid,
+    caller_org: OrgId,
+    session_id: SessionId,
     by: SeatActor,
     now: Timestamp,
 ) -> Decision {
-    let terms = match terms_for(state, tenant_id) {
+    let terms = match terms_for(state, caller_org) {
         Ok(terms) => terms,
         Err(rejection) => return Decision::reject(rejection),
     };
@@ -623,12 +627,12 @@ fn heartbeat(
 
 fn release(
     state: &LicenseState,
-    tenant_id: Uuid,
-    session_id: Uuid,
+    caller_org: OrgId,
+    session_id: SessionId,
     by: SeatActor,
     now: Timestamp,
 ) -> Decision {
-    if let Err(rejection) = terms_for(state, tenant_id) {
+    if let Err(rejection) = terms_for(state, caller_org) {
         return Decision::reject(rejection);
     }
     match state.lease(session_id) {

@@ -14,9 +14,9 @@ pub use org::OrgState;
 pub use rejection::Rejection;
 pub use types::*;
 
+use seatledger_schema::OrgId;
 use seatledger_schema::{Event, Timestamp};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// What `decide` answers: the events to append and, when the command was
 /// refused, why. A denial can carry events (`SeatDenied`, and the
@@ -75,7 +75,12 @@ impl StreamState {
 }
 
 /// Decides `command` for the tenant `tenant_id` against its stream's state.
-pub fn decide(state: &StreamState, tenant_id: Uuid, command: &Command, now: Timestamp) -> Decision {
+pub fn decide(
+    state: &StreamState,
+    caller_org: OrgId,
+    command: &Command,
+    now: Timestamp,
+) -> Decision {
     match command.stream_id() {
         StreamId::Org(_) => {
             let empty = OrgState::default();
@@ -83,7 +88,7 @@ pub fn decide(state: &StreamState, tenant_id: Uuid, command: &Command, now: Time
                 StreamState::Org(org) => org,
                 _ => &empty,
             };
-            org::decide(org, tenant_id, command, now)
+            org::decide(org, caller_org, command, now)
         }
         StreamId::License(_) => {
             let empty = LicenseState::default();
@@ -91,10 +96,10 @@ pub fn decide(state: &StreamState, tenant_id: Uuid, command: &Command, now: Time
                 StreamState::License(license) => license,
                 _ => &empty,
             };
-            license::decide(license, tenant_id, command, now)
+            license::decide(license, caller_org, command, now)
         }
         StreamId::Log(_) => match command {
-            Command::RecordPrune(pruned) if tenant_id.is_nil() => {
+            Command::RecordPrune(pruned) if caller_org.is_nil() => {
                 Decision::accept(vec![Event::LogPruned(pruned.clone())])
             }
             _ => Decision::reject(Rejection::OrganizationNotFound),

@@ -3,13 +3,14 @@
 use super::command::Command;
 use super::rejection::Rejection;
 use super::Decision;
+use seatledger_schema::OrgId;
+use seatledger_schema::UserId;
 use seatledger_schema::{
     Event, OrganizationRegistered, Role, Timestamp, UserDeactivated, UserRegistered,
     UserRoleChanged,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use uuid::Uuid;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgUser {
@@ -27,14 +28,14 @@ fn active() -> bool {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgState {
-    pub org_id: Option<Uuid>,
+    pub org_id: Option<OrgId>,
     pub name: String,
-    pub users: BTreeMap<Uuid, OrgUser>,
+    pub users: BTreeMap<UserId, OrgUser>,
 }
 
 /// An organization's decider: one arm per command. Long because it is the
 /// table of what every command does to an organization and its members.
-pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timestamp) -> Decision {
+pub fn decide(state: &OrgState, caller_org: OrgId, command: &Command, _now: Timestamp) -> Decision {
     match command {
         Command::RegisterOrganization {
             org_id,
@@ -44,7 +45,7 @@ pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timest
             if state.org_id.is_some() {
                 return Decision::reject(Rejection::OrganizationAlreadyExists);
             }
-            if *org_id != tenant_id {
+            if *org_id != caller_org {
                 return Decision::reject(Rejection::OrganizationNotFound);
             }
             let mut events = vec![Event::OrganizationRegistered(OrganizationRegistered {
@@ -68,7 +69,7 @@ pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timest
             full_name,
             role,
         } => {
-            if state.org_id != Some(*org_id) || *org_id != tenant_id {
+            if state.org_id != Some(*org_id) || *org_id != caller_org {
                 return Decision::reject(Rejection::OrganizationNotFound);
             }
             let taken = state.users.contains_key(user_id)
@@ -91,7 +92,7 @@ pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timest
             user_id,
             role,
         } => {
-            if state.org_id != Some(*org_id) || *org_id != tenant_id {
+            if state.org_id != Some(*org_id) || *org_id != caller_org {
                 return Decision::reject(Rejection::OrganizationNotFound);
             }
             match state.users.get(user_id) {
@@ -108,7 +109,7 @@ pub fn decide(state: &OrgState, tenant_id: Uuid, command: &Command, _now: Timest
             }
         }
         Command::DeactivateUser { org_id, user_id } => {
-            if state.org_id != Some(*org_id) || *org_id != tenant_id {
+            if state.org_id != Some(*org_id) || *org_id != caller_org {
                 return Decision::reject(Rejection::OrganizationNotFound);
             }
             match state.users.get(user_id) {

@@ -3,14 +3,17 @@
 
 use super::*;
 use proptest::prelude::*;
+use seatledger_schema::TokenId;
+use seatledger_schema::UserId;
 use seatledger_schema::{
     DenialReason, LicenseIssued, LicenseStatusChanged, OrganizationRegistered, ReleaseReason,
     SeatAcquired, SeatDenied, SeatExpired, SeatHeartbeat, SeatReleased,
 };
+use seatledger_schema::{LicenseId, SessionId};
 
-const ORG: Uuid = Uuid::from_u128(0x0a);
-const OTHER_ORG: Uuid = Uuid::from_u128(0x0b);
-const LICENSE: Uuid = Uuid::from_u128(0x1c);
+const ORG: OrgId = OrgId::from_u128(0x0a);
+const OTHER_ORG: OrgId = OrgId::from_u128(0x0b);
+const LICENSE: LicenseId = LicenseId::from_u128(0x1c);
 const T0: i64 = 1_800_000_000_000_000;
 const TTL: u32 = 60;
 
@@ -18,12 +21,12 @@ fn at(seconds: i64) -> Timestamp {
     Timestamp::from_micros_saturating(T0).plus_seconds(seconds)
 }
 
-fn user(n: u128) -> Uuid {
-    Uuid::from_u128(0x100 + n)
+fn user(n: u128) -> UserId {
+    UserId::from_u128(0x100 + n)
 }
 
-fn session(n: u128) -> Uuid {
-    Uuid::from_u128(0x5000 + n)
+fn session(n: u128) -> SessionId {
+    SessionId::from_u128(0x5000 + n)
 }
 
 fn issued(seats: u32, overage: u32, expires_at: Option<Timestamp>) -> Event {
@@ -625,7 +628,7 @@ fn update_license_changes_seats_and_expiry_together_and_only_what_differs() {
 }
 
 #[test]
-fn another_tenants_license_is_not_found_for_every_command() {
+fn another_orgs_license_is_not_found_for_every_command() {
     let state = given(&[issued(3, 0, None), acquired(1, 1, 0, false)]);
     let commands = vec![
         acquire(2),
@@ -698,7 +701,7 @@ fn organizations_register_once_and_users_once_per_email() {
         Decision::reject(Rejection::OrganizationAlreadyExists)
     );
 
-    let add = |user_id: Uuid, email: &str| Command::RegisterUser {
+    let add = |user_id: UserId, email: &str| Command::RegisterUser {
         org_id: ORG,
         user_id,
         email: Email::parse(email).unwrap(),
@@ -789,22 +792,22 @@ proptest! {
         let mut now = at(0);
         let mut log = vec![issued(seats, overage, None)];
         let mut state = given(&log);
-        let mut sessions: Vec<Uuid> = Vec::new();
+        let mut sessions: Vec<SessionId> = Vec::new();
         let mut last_generation = 0u64;
         let mut highest_limit = 0u32;
         for (index, op) in ops.into_iter().enumerate() {
-            let pick = |n: u8| sessions.get(n as usize % sessions.len().max(1)).copied().unwrap_or(Uuid::from_u128(0xdead));
+            let pick = |n: u8| sessions.get(n as usize % sessions.len().max(1)).copied().unwrap_or(SessionId::from_u128(0xdead));
             let command = match op {
                 Op::Advance(seconds) => { now = now.plus_seconds(i64::from(seconds)); continue; }
                 Op::Acquire { user, machine } => {
-                    let session_id = Uuid::from_u128(0x9000 + index as u128);
+                    let session_id = SessionId::from_u128(0x9000 + index as u128);
                     sessions.push(session_id);
                     Command::AcquireSeat {
                         // User 5 is a client token: its id is its user id.
-                        token_id: (user == 5).then(|| Uuid::from_u128(5)),
+                        token_id: (user == 5).then(|| TokenId::from_u128(5)),
                         license_id: LICENSE,
                         session_id,
-                        user_id: Uuid::from_u128(u128::from(user)),
+                        user_id: UserId::from_u128(u128::from(user)),
                         hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
                     }
                 }

@@ -8,6 +8,7 @@
 use crate::billing::{FoldChanges, Granularity, OpenLease, PeriodKey, PeriodUsage};
 use crate::store::{Store, StoreError};
 use seatledger_schema::Timestamp;
+use seatledger_schema::{LicenseId, OrgId, SessionId};
 use sqlx::{QueryBuilder, Row};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -18,9 +19,9 @@ pub const BILLING_FOLLOWER: &str = "billing";
 /// A lease past its expiry, as the reaper needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StaleLease {
-    pub tenant_id: Uuid,
-    pub license_id: Uuid,
-    pub session_id: Uuid,
+    pub org_id: OrgId,
+    pub license_id: LicenseId,
+    pub session_id: SessionId,
 }
 
 /// The stored part of a usage report (see [`read`]).
@@ -40,14 +41,14 @@ const _: () = assert!(ROWS_PER_STATEMENT * 9 < 32_766);
 pub struct Incomplete {
     pub partition: i16,
     pub position: i64,
-    pub org_id: Uuid,
+    pub org_id: OrgId,
 }
 
 /// What a report is asked for.
 #[derive(Clone, Copy, Debug)]
 pub struct UsageQuery {
-    pub org_id: Uuid,
-    pub license_id: Option<Uuid>,
+    pub org_id: OrgId,
+    pub license_id: Option<LicenseId>,
     pub granularity: Granularity,
     /// Periods that end after `from` and start before `to`.
     pub from: Timestamp,
@@ -81,7 +82,7 @@ pub async fn stale_leases(
 pub async fn open_leases(
     store: &Store,
     partition: i16,
-    org: Option<(Uuid, Option<Uuid>)>,
+    org: Option<(OrgId, Option<LicenseId>)>,
 ) -> Result<Vec<OpenLease>, StoreError> {
     match store {
         Store::Postgres(pool) => postgres::open_leases(pool, partition, org).await,
@@ -130,8 +131,10 @@ pub struct Stored {
     pub open: Vec<OpenLease>,
 }
 
-fn uuid(text: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text).map_err(|_| StoreError::Corrupt(format!("usage row: bad uuid {text:?}")))
+fn uuid<T: From<Uuid>>(text: &str) -> Result<T, StoreError> {
+    Uuid::parse_str(text)
+        .map(T::from)
+        .map_err(|_| StoreError::Corrupt(format!("usage row: bad uuid {text:?}")))
 }
 
 fn timestamp(micros: i64) -> Result<Timestamp, StoreError> {
@@ -181,7 +184,7 @@ macro_rules! backend {
             pub(super) async fn open_leases(
                 pool: &$pool,
                 partition: i16,
-                org: Option<(Uuid, Option<Uuid>)>,
+                org: Option<(OrgId, Option<LicenseId>)>,
             ) -> Result<Vec<OpenLease>, StoreError> {
                 let mut conn = pool.acquire().await?;
                 read_open_leases(&mut conn, partition, org).await
@@ -205,7 +208,7 @@ macro_rules! backend {
                 rows.iter()
                     .map(|row| {
                         Ok(StaleLease {
-                            tenant_id: uuid(row.try_get(0)?)?,
+                            org_id: uuid(row.try_get(0)?)?,
                             license_id: uuid(row.try_get(1)?)?,
                             session_id: uuid(row.try_get(2)?)?,
                         })
@@ -216,7 +219,7 @@ macro_rules! backend {
             async fn read_open_leases(
                 conn: &mut <Db as sqlx::Database>::Connection,
                 partition: i16,
-                org: Option<(Uuid, Option<Uuid>)>,
+                org: Option<(OrgId, Option<LicenseId>)>,
             ) -> Result<Vec<OpenLease>, StoreError> {
                 let mut query = QueryBuilder::<Db>::new(
                     "SELECT org_id, license_id, session_id, start_at, expires_at, user_id, \

@@ -25,6 +25,7 @@ use super::StoreError;
 use seatledger_schema::{
     canonical_bytes, chain_hash, ChainHash, Metadata, RecordedEvent, Timestamp,
 };
+use seatledger_schema::{OrgId, SessionId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -50,7 +51,7 @@ struct Line<S, P, M> {
     schema_version: i32,
     stream_id: S,
     stream_version: i64,
-    tenant_id: Uuid,
+    org_id: OrgId,
 }
 
 /// A block as stored.
@@ -84,11 +85,11 @@ pub(crate) fn stream_key(stream_id: &str) -> i64 {
     key_of(&format!("stream:{stream_id}"))
 }
 
-pub(crate) fn org_key(tenant_id: Uuid) -> i64 {
-    key_of(&format!("org:{tenant_id}"))
+pub(crate) fn org_key(org_id: OrgId) -> i64 {
+    key_of(&format!("org:{org_id}"))
 }
 
-pub(crate) fn session_key(session_id: Uuid) -> i64 {
+pub(crate) fn session_key(session_id: SessionId) -> i64 {
     key_of(&format!("session:{session_id}"))
 }
 
@@ -105,7 +106,7 @@ pub fn write_line(out: &mut Vec<u8>, event: &RecordedEvent) -> Result<(), serde_
         schema_version: event.schema_version,
         stream_id: event.stream_id.as_str(),
         stream_version: event.stream_version,
-        tenant_id: event.tenant_id,
+        org_id: event.org_id,
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.push(b'\n');
@@ -172,7 +173,7 @@ pub(crate) fn encode(events: &[RecordedEvent]) -> Result<EncodedBlock, StoreErro
             *entry = (*entry).max(value);
         };
         upto(stream_key(&event.stream_id), event.stream_version);
-        upto(org_key(event.tenant_id), event.position);
+        upto(org_key(event.org_id), event.position);
         if let Some(touch) = event.seat_touch() {
             if touch.kind == seatledger_schema::SeatTouchKind::Acquired {
                 upto(session_key(touch.session_id), event.position);
@@ -279,7 +280,7 @@ fn recorded<P, M>(
         event_id: line.event_id,
         stream_id: line.stream_id,
         stream_version: line.stream_version,
-        tenant_id: line.tenant_id,
+        org_id: line.org_id,
         event_type: line.event_type,
         schema_version: line.schema_version,
         payload: line.payload,

@@ -13,8 +13,8 @@
 use super::blocks::{self, BlockRow, EncodedBlock};
 use super::{hash_from, postgres, sqlite, StoreError};
 use seatledger_schema::{ChainHash, RecordedEvent};
+use seatledger_schema::{OrgId, SessionId};
 use sqlx::{PgConnection, SqliteConnection};
-use uuid::Uuid;
 
 /// A connection of either backend, for statements whose text both accept.
 pub(crate) enum Conn<'a> {
@@ -225,9 +225,9 @@ impl Conn<'_> {
 
     /// `tail` (a tenant's rows after `after`, up to `limit`) completed with
     /// the tenant's events in blocks.
-    pub(crate) async fn of_tenant(
+    pub(crate) async fn of_org(
         &mut self,
-        tenant_id: Uuid,
+        org_id: OrgId,
         partition: i16,
         after: i64,
         limit: usize,
@@ -243,12 +243,7 @@ impl Conn<'_> {
         let mut cursor = after;
         'blocks: while events.len() < limit {
             let found = self
-                .blocks_keyed(
-                    partition,
-                    blocks::org_key(tenant_id),
-                    cursor,
-                    BLOCKS_PER_FETCH,
-                )
+                .blocks_keyed(partition, blocks::org_key(org_id), cursor, BLOCKS_PER_FETCH)
                 .await?;
             if found.is_empty() {
                 break;
@@ -264,7 +259,7 @@ impl Conn<'_> {
                         .decode()?
                         .into_iter()
                         .filter(|event: &RecordedEvent| {
-                            event.tenant_id == tenant_id
+                            event.org_id == org_id
                                 && event.position > after
                                 && event.position < before
                         }),
@@ -355,8 +350,8 @@ impl Conn<'_> {
     /// The license stream and tenant of a session granted in a block.
     pub(crate) async fn session_in_blocks(
         &mut self,
-        session_id: Uuid,
-    ) -> Result<Option<(String, Uuid)>, StoreError> {
+        session_id: SessionId,
+    ) -> Result<Option<(String, OrgId)>, StoreError> {
         const SQL: &str = "SELECT DISTINCT partition FROM event_block_keys WHERE key = $1";
         let key = blocks::session_key(session_id);
         let partitions: Vec<i16> = on_conn!(self, |c| sqlx::query_scalar(SQL)
@@ -386,7 +381,7 @@ impl Conn<'_> {
                                 })
                             });
                     if let Some(event) = granted {
-                        return Ok(Some((event.stream_id, event.tenant_id)));
+                        return Ok(Some((event.stream_id, event.org_id)));
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! text, times as microseconds, `$n` placeholders).
 
 use crate::store::{Store, StoreError};
+use seatledger_schema::{LicenseId, OrgId, TokenId, UserId};
 use seatledger_schema::{Role, Timestamp};
 use sqlx::Row;
 use uuid::Uuid;
@@ -18,7 +19,7 @@ pub enum Revoked {
     /// The token with this hash.
     Token([u8; 32]),
     /// Every token of this user.
-    User(Uuid),
+    User(UserId),
     /// Announcements may have been missed (the listener reconnected):
     /// forget every cached token.
     Unknown,
@@ -43,7 +44,7 @@ pub async fn listen_revocations(pool: sqlx::PgPool, mut revoked: impl FnMut(Revo
                                 revoked(Revoked::Token(key));
                             }
                         } else if let Some(user) = payload.strip_prefix("user:") {
-                            if let Ok(user_id) = Uuid::parse_str(user) {
+                            if let Ok(user_id) = user.parse() {
                                 revoked(Revoked::User(user_id));
                             }
                         }
@@ -87,11 +88,11 @@ macro_rules! with_write_pool {
 pub struct Principal {
     /// The user; for a client token, the token's own id (its leases are
     /// the token's, not its creator's).
-    pub user_id: Uuid,
-    pub org_id: Uuid,
+    pub user_id: UserId,
+    pub org_id: OrgId,
     pub role: Role,
     /// Set when the caller is a client token (scope `seats`): its id.
-    pub client: Option<Uuid>,
+    pub client: Option<TokenId>,
 }
 
 /// What a live token grants: who, until when, and for a client token
@@ -102,18 +103,18 @@ pub struct TokenGrant {
     /// When the token was issued (its lifetime is `expires_at - issued_at`).
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
-    pub licenses: Option<std::sync::Arc<[Uuid]>>,
+    pub licenses: Option<std::sync::Arc<[LicenseId]>>,
 }
 
 /// A client token as listed (never its secret).
 #[derive(Clone, Debug)]
 pub struct ClientTokenRecord {
-    pub token_id: Uuid,
+    pub token_id: TokenId,
     pub name: String,
-    pub created_by: Uuid,
+    pub created_by: UserId,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
-    pub licenses: Option<Vec<Uuid>>,
+    pub licenses: Option<Vec<LicenseId>>,
 }
 
 /// The scope of a client token: seat operations only.
@@ -152,8 +153,9 @@ fn store_error(error: sqlx::Error) -> DirectoryError {
     DirectoryError::Store(StoreError::from(error))
 }
 
-fn parse_uuid(text: &str) -> Result<Uuid, DirectoryError> {
+fn parse_uuid<T: From<Uuid>>(text: &str) -> Result<T, DirectoryError> {
     Uuid::parse_str(text)
+        .map(T::from)
         .map_err(|e| DirectoryError::Store(StoreError::Corrupt(format!("directory id: {e}"))))
 }
 
@@ -162,7 +164,7 @@ fn micros(value: i64) -> Result<Timestamp, DirectoryError> {
         .map_err(|_| DirectoryError::Store(StoreError::Corrupt(format!("directory time {value}"))))
 }
 
-fn parse_licenses(text: &str) -> Result<Vec<Uuid>, DirectoryError> {
+fn parse_licenses(text: &str) -> Result<Vec<LicenseId>, DirectoryError> {
     serde_json::from_str(text)
         .map_err(|e| DirectoryError::Store(StoreError::Corrupt(format!("token licenses: {e}"))))
 }
@@ -215,7 +217,7 @@ impl Directory {
     }
 
     /// The user's registration event is recorded: the row is a user.
-    pub async fn confirm_user(&self, user_id: Uuid) -> Result<(), DirectoryError> {
+    pub async fn confirm_user(&self, user_id: UserId) -> Result<(), DirectoryError> {
         with_write_pool!(&self.store, |pool| sqlx::query(
             "UPDATE users SET pending_since = NULL WHERE user_id = $1"
         )
@@ -228,7 +230,7 @@ impl Directory {
 
     /// Undoes `insert_user` when the registration could not be recorded
     /// (only a pending row: a recorded user is never deleted).
-    pub async fn delete_user(&self, user_id: Uuid) -> Result<(), DirectoryError> {
+    pub async fn delete_user(&self, user_id: UserId) -> Result<(), DirectoryError> {
         with_write_pool!(&self.store, |pool| sqlx::query(
             "DELETE FROM users WHERE user_id = $1 AND pending_since IS NOT NULL"
         )
@@ -379,7 +381,7 @@ impl Directory {
     pub async fn insert_client_token(
         &self,
         token_hash: &[u8; 32],
-        org_id: Uuid,
+        org_id: OrgId,
         record: &ClientTokenRecord,
     ) -> Result<(), DirectoryError> {
         let licenses = record
@@ -408,7 +410,7 @@ impl Directory {
     /// The org's live client tokens, oldest first.
     pub async fn client_tokens_of(
         &self,
-        org_id: Uuid,
+        org_id: OrgId,
     ) -> Result<Vec<ClientTokenRecord>, DirectoryError> {
         type Row = (
             String,
@@ -447,8 +449,8 @@ impl Directory {
     /// was live (tells other replicas, as [`Self::revoke_tokens`] does).
     pub async fn revoke_client_token(
         &self,
-        org_id: Uuid,
-        token_id: Uuid,
+        org_id: OrgId,
+        token_id: TokenId,
         now: Timestamp,
     ) -> Result<Option<[u8; 32]>, DirectoryError> {
         let hash: Option<Vec<u8>> = with_write_pool!(&self.store, |pool| sqlx::query_scalar(
@@ -492,7 +494,7 @@ impl Directory {
     pub async fn revoke_tokens(
         &self,
         which: Revoke<'_>,
-        user_id: Uuid,
+        user_id: UserId,
         now: Timestamp,
     ) -> Result<u64, DirectoryError> {
         let (condition, hash) = match which {
@@ -524,7 +526,7 @@ impl Directory {
     /// Replaces a user's password hash.
     pub async fn set_password_hash(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         password_hash: &str,
     ) -> Result<(), DirectoryError> {
         with_write_pool!(&self.store, |pool| sqlx::query(
@@ -541,8 +543,8 @@ impl Directory {
     /// The organization's users by email: (id, email, role, deactivated).
     pub async fn users_of(
         &self,
-        org_id: Uuid,
-    ) -> Result<Vec<(Uuid, String, Role, bool)>, DirectoryError> {
+        org_id: OrgId,
+    ) -> Result<Vec<(UserId, String, Role, bool)>, DirectoryError> {
         let rows = on_pool!(&self.store, |pool| sqlx::query_as::<
             _,
             (String, String, String, Option<i64>),
@@ -566,7 +568,7 @@ impl Directory {
     }
 
     /// Sets a user's role (its tokens carry the old one: revoke them).
-    pub async fn set_role(&self, user_id: Uuid, role: Role) -> Result<(), DirectoryError> {
+    pub async fn set_role(&self, user_id: UserId, role: Role) -> Result<(), DirectoryError> {
         with_write_pool!(&self.store, |pool| sqlx::query(
             "UPDATE users SET role = $1 WHERE user_id = $2"
         )
@@ -579,7 +581,7 @@ impl Directory {
     }
 
     /// Marks a user deactivated (login finds them no more); idempotent.
-    pub async fn deactivate(&self, user_id: Uuid, now: Timestamp) -> Result<(), DirectoryError> {
+    pub async fn deactivate(&self, user_id: UserId, now: Timestamp) -> Result<(), DirectoryError> {
         with_write_pool!(&self.store, |pool| sqlx::query(
             "UPDATE users SET deactivated_at = $1 WHERE user_id = $2 AND deactivated_at IS NULL"
         )
@@ -594,7 +596,7 @@ impl Directory {
     /// A user's email and role.
     pub async fn user_by_id(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
     ) -> Result<Option<(String, String)>, DirectoryError> {
         on_pool!(&self.store, |pool| sqlx::query_as::<_, (String, String)>(
             "SELECT email, role FROM users WHERE user_id = $1"
@@ -609,8 +611,8 @@ impl Directory {
     pub async fn insert_license_key(
         &self,
         key_hash: &[u8; 32],
-        license_id: Uuid,
-        org_id: Uuid,
+        license_id: LicenseId,
+        org_id: OrgId,
     ) -> Result<(), DirectoryError> {
         with_write_pool!(&self.store, |pool| sqlx::query(
             "INSERT INTO license_keys (key_hash, license_id, org_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
@@ -629,7 +631,7 @@ impl Directory {
     pub async fn license_by_key(
         &self,
         key_hash: &[u8; 32],
-    ) -> Result<Option<(Uuid, Uuid)>, DirectoryError> {
+    ) -> Result<Option<(LicenseId, OrgId)>, DirectoryError> {
         let row = on_pool!(&self.store, |pool| {
             match sqlx::query("SELECT license_id, org_id FROM license_keys WHERE key_hash = $1")
                 .bind(key_hash.as_slice())
@@ -653,7 +655,10 @@ impl Directory {
 
     /// The org a license belongs to (from its key row; one indexed read,
     /// whatever the license's history holds).
-    pub async fn license_org(&self, license_id: Uuid) -> Result<Option<Uuid>, DirectoryError> {
+    pub async fn license_org(
+        &self,
+        license_id: LicenseId,
+    ) -> Result<Option<OrgId>, DirectoryError> {
         let org: Option<String> = on_pool!(&self.store, |pool| sqlx::query_scalar(
             "SELECT org_id FROM license_keys WHERE license_id = $1"
         )
@@ -665,7 +670,11 @@ impl Directory {
     }
 
     /// The org's licenses, oldest first, at most `limit`.
-    pub async fn licenses_of(&self, org_id: Uuid, limit: i64) -> Result<Vec<Uuid>, DirectoryError> {
+    pub async fn licenses_of(
+        &self,
+        org_id: OrgId,
+        limit: i64,
+    ) -> Result<Vec<LicenseId>, DirectoryError> {
         let ids: Vec<String> = on_pool!(&self.store, |pool| sqlx::query_scalar(
             "SELECT license_id FROM license_keys WHERE org_id = $1 ORDER BY created_at, license_id LIMIT $2"
         )

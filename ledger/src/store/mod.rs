@@ -28,11 +28,11 @@ mod sqlite;
 
 use compact::Conn;
 use seatledger_schema::{ChainHash, Checkpoint, RawRecordedEvent, RecordedEvent, Timestamp};
+use seatledger_schema::{OrgId, SessionId};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// What a store can fail with. Rejections are not errors; these are.
 #[derive(Debug, thiserror::Error)]
@@ -183,14 +183,14 @@ pub(crate) struct SnapshotWrite {
 }
 
 pub(crate) struct CommandWrite {
-    pub tenant_id: Uuid,
+    pub org_id: OrgId,
     pub command_id: String,
     pub request_hash: Vec<u8>,
     pub result: serde_json::Value,
 }
 
 /// A recorded command: its request hash and result.
-pub(crate) type RecordedCommands = HashMap<(Uuid, String), (Vec<u8>, serde_json::Value)>;
+pub(crate) type RecordedCommands = HashMap<(OrgId, String), (Vec<u8>, serde_json::Value)>;
 
 /// Maximum connections per pool.
 const POSTGRES_POOL_MAX: u32 = 16;
@@ -536,9 +536,9 @@ impl Store {
     }
 
     /// Up to `limit` events of one tenant with `position > after`, in order.
-    pub async fn read_tenant_after(
+    pub async fn read_org_after(
         &self,
-        tenant_id: Uuid,
+        org_id: OrgId,
         partition: i16,
         after: i64,
         limit: i64,
@@ -549,18 +549,17 @@ impl Store {
             Store::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
                 let tail =
-                    postgres::read_tenant_after(&mut conn, tenant_id, partition, after, limit)
-                        .await?;
+                    postgres::read_org_after(&mut conn, org_id, partition, after, limit).await?;
                 Conn::Pg(&mut conn)
-                    .of_tenant(tenant_id, partition, after, wanted, tail)
+                    .of_org(org_id, partition, after, wanted, tail)
                     .await
             }
             Store::Sqlite(pool, _) => {
                 let mut conn = pool.acquire().await?;
-                let tail = sqlite::read_tenant_after(&mut conn, tenant_id, partition, after, limit)
-                    .await?;
+                let tail =
+                    sqlite::read_org_after(&mut conn, org_id, partition, after, limit).await?;
                 Conn::Lite(&mut conn)
-                    .of_tenant(tenant_id, partition, after, wanted, tail)
+                    .of_org(org_id, partition, after, wanted, tail)
                     .await
             }
         }
@@ -737,8 +736,8 @@ impl Store {
     /// The license stream a session was granted on, and its tenant.
     pub async fn find_session(
         &self,
-        session_id: Uuid,
-    ) -> Result<Option<(String, Uuid)>, StoreError> {
+        session_id: SessionId,
+    ) -> Result<Option<(String, OrgId)>, StoreError> {
         match self {
             Store::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
@@ -1321,7 +1320,7 @@ impl BatchTx<'_> {
 
     pub async fn recorded_commands(
         &mut self,
-        keys: &[(Uuid, String)],
+        keys: &[(OrgId, String)],
     ) -> Result<RecordedCommands, StoreError> {
         if keys.is_empty() {
             return Ok(HashMap::new());

@@ -7,6 +7,7 @@ use super::{
 };
 use chrono::{DateTime, Utc};
 use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent};
+use seatledger_schema::{OrgId, SessionId};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -55,7 +56,7 @@ where
         event_id: row.try_get(2)?,
         stream_id: row.try_get(3)?,
         stream_version: row.try_get(4)?,
-        tenant_id: row.try_get(5)?,
+        org_id: row.try_get(5)?,
         event_type: row.try_get(6)?,
         schema_version: row.try_get(7)?,
         payload: payload.0,
@@ -108,9 +109,9 @@ where
     rows.iter().map(event_from_row).collect()
 }
 
-pub(crate) async fn read_tenant_after(
+pub(crate) async fn read_org_after(
     conn: &mut PgConnection,
-    tenant_id: Uuid,
+    org_id: OrgId,
     partition: i16,
     after: i64,
     limit: i64,
@@ -119,7 +120,7 @@ pub(crate) async fn read_tenant_after(
         "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND partition = $2 AND position > $3 ORDER BY position LIMIT $4"
     );
     let rows = sqlx::query(&sql)
-        .bind(tenant_id)
+        .bind(org_id)
         .bind(partition)
         .bind(after)
         .bind(limit)
@@ -146,8 +147,8 @@ pub(crate) async fn read_stream(
 
 pub(crate) async fn find_session(
     conn: &mut PgConnection,
-    session_id: Uuid,
-) -> Result<Option<(String, Uuid)>, StoreError> {
+    session_id: SessionId,
+) -> Result<Option<(String, OrgId)>, StoreError> {
     let row = sqlx::query(
         "SELECT stream_id, tenant_id FROM events WHERE event_type = 'SeatAcquired' AND payload->>'session_id' = $1 LIMIT 1",
     )
@@ -204,16 +205,16 @@ pub(crate) async fn load_stream(
 
 pub(crate) async fn recorded_commands(
     conn: &mut PgConnection,
-    keys: &[(Uuid, String)],
+    keys: &[(OrgId, String)],
 ) -> Result<RecordedCommands, StoreError> {
-    let tenants: Vec<Uuid> = keys.iter().map(|(tenant, _)| *tenant).collect();
+    let orgs: Vec<OrgId> = keys.iter().map(|(org, _)| *org).collect();
     let ids: Vec<&str> = keys.iter().map(|(_, id)| id.as_str()).collect();
     let rows = sqlx::query(
         "SELECT c.tenant_id, c.command_id, c.request_hash, c.result FROM commands c \
          JOIN UNNEST($1::uuid[], $2::text[]) AS k(tenant_id, command_id) \
            ON c.tenant_id = k.tenant_id AND c.command_id = k.command_id",
     )
-    .bind(&tenants)
+    .bind(&orgs)
     .bind(&ids)
     .fetch_all(conn)
     .await?;
@@ -234,7 +235,7 @@ struct EventColumns<'a> {
     event_ids: Vec<Uuid>,
     stream_ids: Vec<&'a str>,
     stream_versions: Vec<i64>,
-    tenant_ids: Vec<Uuid>,
+    org_ids: Vec<OrgId>,
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
     payloads: Vec<String>,
@@ -255,7 +256,7 @@ impl<'a> EventColumns<'a> {
             event_ids: Vec::with_capacity(events.len()),
             stream_ids: Vec::with_capacity(events.len()),
             stream_versions: Vec::with_capacity(events.len()),
-            tenant_ids: Vec::with_capacity(events.len()),
+            org_ids: Vec::with_capacity(events.len()),
             event_types: Vec::with_capacity(events.len()),
             schema_versions: Vec::with_capacity(events.len()),
             payloads: Vec::with_capacity(events.len()),
@@ -271,7 +272,7 @@ impl<'a> EventColumns<'a> {
             columns.event_ids.push(event.event_id);
             columns.stream_ids.push(event.stream_id.as_str());
             columns.stream_versions.push(event.stream_version);
-            columns.tenant_ids.push(event.tenant_id);
+            columns.org_ids.push(event.org_id);
             columns.event_types.push(event.event_type.as_str());
             columns.schema_versions.push(event.schema_version);
             columns.payloads.push(event.payload.to_string());
@@ -297,7 +298,7 @@ impl<'a> EventColumns<'a> {
             .bind(&self.event_ids)
             .bind(&self.stream_ids)
             .bind(&self.stream_versions)
-            .bind(&self.tenant_ids)
+            .bind(&self.org_ids)
             .bind(&self.event_types)
             .bind(&self.schema_versions)
             .bind(&self.payloads)
@@ -345,7 +346,7 @@ pub(crate) async fn write_batch(
     let stream_partitions: Vec<i16> = streams.iter().map(|w| w.partition).collect();
     let versions: Vec<i64> = streams.iter().map(|w| w.version).collect();
     let snapshots = SnapshotColumns::new(streams);
-    let tenants: Vec<Uuid> = commands.iter().map(|w| w.tenant_id).collect();
+    let orgs: Vec<OrgId> = commands.iter().map(|w| w.org_id).collect();
     let command_ids: Vec<&str> = commands.iter().map(|w| w.command_id.as_str()).collect();
     let request_hashes: Vec<&[u8]> = commands.iter().map(|w| w.request_hash.as_slice()).collect();
     let results: Vec<String> = commands.iter().map(|w| w.result.to_string()).collect();
@@ -367,7 +368,7 @@ pub(crate) async fn write_batch(
         .bind(&versions);
     snapshots
         .bind(query)
-        .bind(&tenants)
+        .bind(&orgs)
         .bind(&command_ids)
         .bind(&request_hashes)
         .bind(&results)

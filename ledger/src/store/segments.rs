@@ -8,6 +8,7 @@
 use super::compact::on_conn;
 use super::compact::Conn;
 use super::StoreError;
+use seatledger_schema::{OrgId, SessionId};
 
 /// One segment, as `event_segments` holds it.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -208,7 +209,7 @@ impl Conn<'_> {
 
 /// A session granted in a segment being pruned and live at the cut: its
 /// id, its license stream and its tenant.
-pub type PrunedSession = (uuid::Uuid, String, uuid::Uuid);
+pub type PrunedSession = (SessionId, String, OrgId);
 
 /// One segment's prune: which segment, its archive's SHA-256, the
 /// sessions to keep for the session lookup (granted in it and live at the
@@ -218,7 +219,7 @@ pub struct SegmentPrune<'a> {
     pub segment: i64,
     pub archive_sha256: &'a [u8; 32],
     pub sessions: &'a [PrunedSession],
-    pub forget: &'a [uuid::Uuid],
+    pub forget: &'a [SessionId],
 }
 
 impl Conn<'_> {
@@ -298,7 +299,7 @@ impl Conn<'_> {
     async fn keep_sessions(
         &mut self,
         sessions: &[PrunedSession],
-        forget: &[uuid::Uuid],
+        forget: &[SessionId],
     ) -> Result<(), StoreError> {
         match self {
             Conn::Pg(c) => {
@@ -308,14 +309,14 @@ impl Conn<'_> {
                         .execute(&mut **c)
                         .await?;
                 }
-                for (session_id, stream_id, tenant_id) in sessions {
+                for (session_id, stream_id, org_id) in sessions {
                     sqlx::query(
                         "INSERT INTO pruned_sessions (session_id, stream_id, tenant_id) \
                          VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                     )
                     .bind(session_id)
                     .bind(stream_id)
-                    .bind(tenant_id)
+                    .bind(org_id)
                     .execute(&mut **c)
                     .await?;
                 }
@@ -327,14 +328,14 @@ impl Conn<'_> {
                         .execute(&mut **c)
                         .await?;
                 }
-                for (session_id, stream_id, tenant_id) in sessions {
+                for (session_id, stream_id, org_id) in sessions {
                     sqlx::query(
                         "INSERT INTO pruned_sessions (session_id, stream_id, tenant_id) \
                          VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                     )
                     .bind(session_id.to_string())
                     .bind(stream_id)
-                    .bind(tenant_id.to_string())
+                    .bind(org_id.to_string())
                     .execute(&mut **c)
                     .await?;
                 }
@@ -382,29 +383,19 @@ impl Conn<'_> {
             )
             .fetch_all(&mut **c)
             .await?),
-            Conn::Lite(c) => {
-                let rows: Vec<(String, String, String)> =
-                    sqlx::query_as("SELECT session_id, stream_id, tenant_id FROM pruned_sessions")
-                        .fetch_all(&mut **c)
-                        .await?;
-                let uuid = |text: &str| {
-                    uuid::Uuid::parse_str(text)
-                        .map_err(|e| StoreError::Corrupt(format!("pruned_sessions: {e}")))
-                };
-                rows.into_iter()
-                    .map(|(session, stream_id, tenant)| {
-                        Ok((uuid(&session)?, stream_id, uuid(&tenant)?))
-                    })
-                    .collect()
-            }
+            Conn::Lite(c) => Ok(sqlx::query_as(
+                "SELECT session_id, stream_id, tenant_id FROM pruned_sessions",
+            )
+            .fetch_all(&mut **c)
+            .await?),
         }
     }
 
     /// The license stream and tenant of a session a prune kept.
     pub(crate) async fn pruned_session(
         &mut self,
-        session_id: uuid::Uuid,
-    ) -> Result<Option<(String, uuid::Uuid)>, StoreError> {
+        session_id: SessionId,
+    ) -> Result<Option<(String, OrgId)>, StoreError> {
         match self {
             Conn::Pg(c) => Ok(sqlx::query_as(
                 "SELECT stream_id, tenant_id FROM pruned_sessions WHERE session_id = $1",
@@ -412,20 +403,12 @@ impl Conn<'_> {
             .bind(session_id)
             .fetch_optional(&mut **c)
             .await?),
-            Conn::Lite(c) => {
-                let row: Option<(String, String)> = sqlx::query_as(
-                    "SELECT stream_id, tenant_id FROM pruned_sessions WHERE session_id = ?",
-                )
-                .bind(session_id.to_string())
-                .fetch_optional(&mut **c)
-                .await?;
-                row.map(|(stream_id, tenant)| {
-                    uuid::Uuid::parse_str(&tenant)
-                        .map(|tenant| (stream_id, tenant))
-                        .map_err(|e| StoreError::Corrupt(format!("pruned_sessions.tenant_id: {e}")))
-                })
-                .transpose()
-            }
+            Conn::Lite(c) => Ok(sqlx::query_as(
+                "SELECT stream_id, tenant_id FROM pruned_sessions WHERE session_id = ?",
+            )
+            .bind(session_id)
+            .fetch_optional(&mut **c)
+            .await?),
         }
     }
 }

@@ -8,6 +8,7 @@ use super::{
     StoreError, StreamWrite,
 };
 use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent, Timestamp};
+use seatledger_schema::{OrgId, SessionId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
@@ -26,8 +27,10 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 
-fn uuid_from(text: &str, what: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text).map_err(|e| corrupt(what, e))
+fn uuid_from<T: From<Uuid>>(text: &str, what: &str) -> Result<T, StoreError> {
+    Uuid::parse_str(text)
+        .map(T::from)
+        .map_err(|e| corrupt(what, e))
 }
 
 fn json_from<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
@@ -43,7 +46,7 @@ where
     M: serde::de::DeserializeOwned,
 {
     let event_id: &str = row.try_get(2)?;
-    let tenant_id: &str = row.try_get(5)?;
+    let org_id: &str = row.try_get(5)?;
     let payload: &str = row.try_get(8)?;
     let metadata: &str = row.try_get(9)?;
     let prev_hash: &[u8] = row.try_get(12)?;
@@ -54,7 +57,7 @@ where
         event_id: uuid_from(event_id, "event_id")?,
         stream_id: row.try_get(3)?,
         stream_version: row.try_get(4)?,
-        tenant_id: uuid_from(tenant_id, "tenant_id")?,
+        org_id: uuid_from(org_id, "tenant_id")?,
         event_type: row.try_get(6)?,
         schema_version: row.try_get(7)?,
         payload: json_from(payload, "payload")?,
@@ -110,9 +113,9 @@ where
     rows.iter().map(event_from_row).collect()
 }
 
-pub(crate) async fn read_tenant_after(
+pub(crate) async fn read_org_after(
     conn: &mut SqliteConnection,
-    tenant_id: Uuid,
+    org_id: OrgId,
     partition: i16,
     after: i64,
     limit: i64,
@@ -121,7 +124,7 @@ pub(crate) async fn read_tenant_after(
         "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND partition = ? AND position > ? ORDER BY position LIMIT ?"
     );
     let rows = sqlx::query(&sql)
-        .bind(tenant_id.to_string())
+        .bind(org_id.to_string())
         .bind(partition)
         .bind(after)
         .bind(limit)
@@ -148,8 +151,8 @@ pub(crate) async fn read_stream(
 
 pub(crate) async fn find_session(
     conn: &mut SqliteConnection,
-    session_id: Uuid,
-) -> Result<Option<(String, Uuid)>, StoreError> {
+    session_id: SessionId,
+) -> Result<Option<(String, OrgId)>, StoreError> {
     let row = sqlx::query(
         "SELECT stream_id, tenant_id FROM events \
          WHERE event_type = 'SeatAcquired' AND json_extract(payload, '$.session_id') = ? LIMIT 1",
@@ -159,10 +162,10 @@ pub(crate) async fn find_session(
     .await?;
     match row {
         Some(row) => {
-            let tenant: String = row.try_get("tenant_id")?;
+            let org: String = row.try_get("tenant_id")?;
             Ok(Some((
                 row.try_get("stream_id")?,
-                uuid_from(&tenant, "tenant_id")?,
+                uuid_from(&org, "tenant_id")?,
             )))
         }
         None => Ok(None),
@@ -260,21 +263,21 @@ pub(crate) async fn load_stream(
 
 pub(crate) async fn recorded_commands(
     conn: &mut SqliteConnection,
-    keys: &[(Uuid, String)],
+    keys: &[(OrgId, String)],
 ) -> Result<RecordedCommands, StoreError> {
     let mut recorded = HashMap::new();
-    for (tenant_id, command_id) in keys {
+    for (org_id, command_id) in keys {
         let row = sqlx::query(
             "SELECT request_hash, result FROM commands WHERE tenant_id = ? AND command_id = ?",
         )
-        .bind(tenant_id.to_string())
+        .bind(org_id.to_string())
         .bind(command_id)
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(row) = row {
             let result: String = row.try_get("result")?;
             recorded.insert(
-                (*tenant_id, command_id.clone()),
+                (*org_id, command_id.clone()),
                 (
                     row.try_get("request_hash")?,
                     json_from(&result, "command result")?,
@@ -314,7 +317,7 @@ fn push_insert_events<'a>(
                 .push_bind(event.event_id.to_string())
                 .push_bind(event.stream_id.as_str())
                 .push_bind(event.stream_version)
-                .push_bind(event.tenant_id.to_string())
+                .push_bind(event.org_id.to_string())
                 .push_bind(event.event_type.as_str())
                 .push_bind(event.schema_version)
                 .push_bind(event.payload.to_string())
@@ -430,7 +433,7 @@ fn push_insert_commands<'a>(
             "INSERT INTO commands (tenant_id, command_id, request_hash, result, recorded_at) ",
         );
         query.push_values(chunk, |mut row, write| {
-            row.push_bind(write.tenant_id.to_string())
+            row.push_bind(write.org_id.to_string())
                 .push_bind(write.command_id.as_str())
                 .push_bind(write.request_hash.as_slice())
                 .push_bind(write.result.to_string())

@@ -8,11 +8,12 @@ use seatledger_ledger::{
     Appender, AppenderConfig, Clock, CommandResult, CommitNotifier, SigningKey, Store, Submission,
     SystemClock,
 };
+use seatledger_schema::OrgId;
 use seatledger_schema::{verify_chain, ChainHash, RecordedEvent};
+use seatledger_schema::{LicenseId, SessionId, UserId};
 use std::sync::Arc;
-use uuid::Uuid;
 
-pub const ORG: Uuid = Uuid::from_u128(0xA11CE);
+pub const ORG: OrgId = OrgId::from_u128(0xA11CE);
 
 pub fn start(
     store: &Store,
@@ -36,7 +37,7 @@ pub fn start_default(store: &Store) -> (Appender, Arc<SigningKey>) {
     )
 }
 
-pub fn issue(license_id: Uuid, seats: u32) -> Command {
+pub fn issue(license_id: LicenseId, seats: u32) -> Command {
     Command::IssueLicense {
         license_id,
         name: Name::parse("IDE").unwrap(),
@@ -47,12 +48,12 @@ pub fn issue(license_id: Uuid, seats: u32) -> Command {
     }
 }
 
-pub fn acquire(license_id: Uuid, machine: usize) -> Command {
+pub fn acquire(license_id: LicenseId, machine: usize) -> Command {
     Command::AcquireSeat {
         token_id: None,
         license_id,
-        session_id: Uuid::now_v7(),
-        user_id: Uuid::from_u128(machine as u128),
+        session_id: SessionId::now_v7(),
+        user_id: UserId::from_u128(machine as u128),
         hardware_id: HardwareId::parse(&format!("machine-{machine}")).unwrap(),
     }
 }

@@ -5,14 +5,15 @@
 
 use seatledger_ledger::Store;
 use seatledger_schema::canonical::expected_hash;
+use seatledger_schema::OrgId;
 use seatledger_schema::{ChainHash, Metadata, RecordedEvent, Timestamp};
 use uuid::Uuid;
 
 /// Appends to `stream_id` of `tenant_id` a `SeatAcquired` whose payload no
 /// decoder accepts; returns its position.
-pub async fn plant_undecodable_event(store: &Store, tenant_id: Uuid, stream_id: &str) -> i64 {
+pub async fn plant_undecodable_event(store: &Store, org_id: OrgId, stream_id: &str) -> i64 {
     let payload = serde_json::json!({ "session_id": "not a uuid", "generation": -1 });
-    let position = plant_event(store, tenant_id, stream_id, "SeatAcquired", payload).await;
+    let position = plant_event(store, org_id, stream_id, "SeatAcquired", payload).await;
     let planted = store.read_after(0, position - 1, 1).await.unwrap();
     assert!(
         planted[0].event().is_err(),
@@ -26,7 +27,7 @@ pub async fn plant_undecodable_event(store: &Store, tenant_id: Uuid, stream_id: 
 /// parsers; returns its position.
 pub async fn plant_event(
     store: &Store,
-    tenant_id: Uuid,
+    org_id: OrgId,
     stream_id: &str,
     event_type: &str,
     payload: serde_json::Value,
@@ -39,7 +40,7 @@ pub async fn plant_event(
         event_id: Uuid::now_v7(),
         stream_id: stream_id.to_owned(),
         stream_version: version + 1,
-        tenant_id,
+        org_id,
         event_type: event_type.to_owned(),
         schema_version: 1,
         payload,

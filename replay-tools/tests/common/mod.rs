@@ -10,6 +10,7 @@ use seatledger_ledger::{
     Appender, AppenderConfig, CommitNotifier, SigningKey, Store, Submission, SystemClock,
 };
 use seatledger_replay::export::{self, ExportRange};
+use seatledger_schema::UserId;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -91,14 +92,17 @@ pub async fn ledger(store: &Store, key: Arc<SigningKey>) -> (Uuid, Uuid) {
     for (org, seats) in [(orgs.0, 50), (orgs.1, 3)] {
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
-            license_id,
+            license_id: license_id.into(),
             name: Name::parse("IDE").unwrap(),
             seats: SeatCount::new(seats).unwrap(),
             expires_at: None,
             heartbeat_ttl_s: HeartbeatTtl::default(),
             max_overage_percent: OveragePercent::default(),
         };
-        appender.submit(Submission::new(org, issue)).await.unwrap();
+        appender
+            .submit(Submission::new(org.into(), issue))
+            .await
+            .unwrap();
         licenses.push((org, license_id));
     }
     for machine in 0..20 {
@@ -106,13 +110,13 @@ pub async fn ledger(store: &Store, key: Arc<SigningKey>) -> (Uuid, Uuid) {
         let session_id = Uuid::now_v7();
         let acquire = Command::AcquireSeat {
             token_id: None,
-            license_id,
-            session_id,
-            user_id: Uuid::now_v7(),
+            license_id: license_id.into(),
+            session_id: session_id.into(),
+            user_id: UserId::now_v7(),
             hardware_id: HardwareId::parse(&format!("m{machine}")).unwrap(),
         };
         appender
-            .submit(Submission::new(org, acquire))
+            .submit(Submission::new(org.into(), acquire))
             .await
             .unwrap();
         if org == orgs.0 {
@@ -128,11 +132,14 @@ pub async fn ledger(store: &Store, key: Arc<SigningKey>) -> (Uuid, Uuid) {
                 for n in 0..130 {
                     let (org, license_id, session_id) = sessions[(worker + n) % sessions.len()];
                     let beat = Command::Heartbeat {
-                        license_id,
-                        session_id,
+                        license_id: license_id.into(),
+                        session_id: session_id.into(),
                         by: seatledger_ledger::domain::SeatActor::Unchecked,
                     };
-                    appender.submit(Submission::new(org, beat)).await.unwrap();
+                    appender
+                        .submit(Submission::new(org.into(), beat))
+                        .await
+                        .unwrap();
                 }
             })
         })

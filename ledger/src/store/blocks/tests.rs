@@ -34,7 +34,7 @@ fn sample() -> Vec<RecordedEvent> {
             payload: serde_json::json!({"session_id": Uuid::from_u128(n % 3), "expires_at": "2030-01-01T00:00:00.000000Z"}),
             metadata: Metadata::default(),
             event_id: Uuid::from_u128(1000 + n),
-            tenant: 0,
+            org: 0,
             stream: (n % 2) as u8,
             occurred_at: Timestamp::from_micros_saturating(n as i64),
             recorded_at: Timestamp::from_micros_saturating(n as i64),
@@ -96,12 +96,12 @@ fn a_block_of_the_wrong_length_or_format_is_refused() {
 /// each tenant with its last position, each granted session with its
 /// grant's position.
 #[test]
-fn keys_name_streams_tenants_and_granted_sessions() {
+fn keys_name_streams_orgs_and_granted_sessions() {
     let events = sample();
     let keys: std::collections::HashMap<i64, i64> =
         encode(&events).unwrap().keys.into_iter().collect();
     assert_eq!(keys[&stream_key(&events[0].stream_id)], 10);
     assert_eq!(keys[&stream_key(&events[1].stream_id)], 10);
-    assert_eq!(keys[&org_key(events[0].tenant_id)], 20);
+    assert_eq!(keys[&org_key(events[0].org_id)], 20);
     assert_eq!(keys.len(), 3, "heartbeats grant no session");
 }
