@@ -100,13 +100,13 @@ macro_rules! sqlx_id {
     ($name:ident) => {
         impl sqlx::Type<sqlx::Postgres> for $name {
             fn type_info() -> sqlx::postgres::PgTypeInfo {
-                <Uuid as sqlx::Type<sqlx::Postgres>>::type_info()
+                <uuid::Uuid as sqlx::Type<sqlx::Postgres>>::type_info()
             }
         }
 
         impl sqlx::postgres::PgHasArrayType for $name {
             fn array_type_info() -> sqlx::postgres::PgTypeInfo {
-                <Uuid as sqlx::postgres::PgHasArrayType>::array_type_info()
+                <uuid::Uuid as sqlx::postgres::PgHasArrayType>::array_type_info()
             }
         }
 
@@ -115,7 +115,7 @@ macro_rules! sqlx_id {
                 &self,
                 buf: &mut sqlx::postgres::PgArgumentBuffer,
             ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <Uuid as sqlx::Encode<'q, sqlx::Postgres>>::encode_by_ref(&self.0, buf)
+                <uuid::Uuid as sqlx::Encode<'q, sqlx::Postgres>>::encode_by_ref(&self.0, buf)
             }
         }
 
@@ -123,7 +123,7 @@ macro_rules! sqlx_id {
             fn decode(
                 value: sqlx::postgres::PgValueRef<'r>,
             ) -> Result<Self, sqlx::error::BoxDynError> {
-                <Uuid as sqlx::Decode<'r, sqlx::Postgres>>::decode(value).map($name)
+                <uuid::Uuid as sqlx::Decode<'r, sqlx::Postgres>>::decode(value).map($name)
             }
         }
 
@@ -147,11 +147,14 @@ macro_rules! sqlx_id {
                 value: sqlx::sqlite::SqliteValueRef<'r>,
             ) -> Result<Self, sqlx::error::BoxDynError> {
                 let text = <&str as sqlx::Decode<'r, sqlx::Sqlite>>::decode(value)?;
-                Ok($name(Uuid::parse_str(text)?))
+                Ok($name(uuid::Uuid::parse_str(text)?))
             }
         }
     };
 }
+
+#[cfg(feature = "sqlx")]
+pub(crate) use sqlx_id;
 
 #[cfg(not(feature = "sqlx"))]
 macro_rules! sqlx_id {

@@ -14,6 +14,8 @@ pub mod hash;
 pub mod ids;
 pub mod limits;
 pub mod secret;
+#[cfg(feature = "sqlx")]
+pub mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

@@ -11,7 +11,7 @@
 //! removes the rows in one transaction. Events read from both are kept once.
 
 use super::blocks::{self, BlockRow, EncodedBlock};
-use super::{hash_from, postgres, sqlite, StoreError};
+use super::{hash_from, StoreError};
 use seatledger_schema::{ChainHash, RecordedEvent};
 use seatledger_schema::{OrgId, SessionId};
 use sqlx::{PgConnection, SqliteConnection};
@@ -421,10 +421,9 @@ impl Conn<'_> {
         if end > head - keep.max(1) || end > signed.unwrap_or(0) {
             return Ok(None);
         }
-        let events: Vec<RecordedEvent> = match self {
-            Conn::Pg(c) => postgres::read_between(c, partition, start - 1, end, max_events).await?,
-            Conn::Lite(c) => sqlite::read_between(c, partition, start - 1, end, max_events).await?,
-        };
+        let events: Vec<RecordedEvent> = self
+            .tail_between(partition, start - 1, end, max_events)
+            .await?;
         let Some(first) = events.first() else {
             return Ok(None);
         };

@@ -24,10 +24,11 @@ mod segments;
 pub use segments::{PrunedSession, Segment, SegmentPrune};
 pub mod directory;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use compact::Conn;
-use seatledger_schema::{ChainHash, Checkpoint, RawRecordedEvent, RecordedEvent, Timestamp};
+use seatledger_schema::{ChainHash, Checkpoint, RawRecordedEvent, RecordedEvent};
 use seatledger_schema::{OrgId, SessionId};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -99,13 +100,6 @@ fn is_unavailable_code(code: Option<&str>) -> bool {
         code,
         Some("57P01" | "57P02" | "57P03" | "53300" | "55P03" | "55000" | "5" | "6" | "517")
     )
-}
-
-/// A stored instant, which must lie in `Timestamp`'s range: one outside
-/// it was not written by seatledger.
-pub(crate) fn stored_timestamp(micros: i64, what: &str) -> Result<Timestamp, StoreError> {
-    Timestamp::try_from_micros(micros)
-        .map_err(|e| StoreError::Corrupt(format!("{what} {micros} µs: {e}")))
 }
 
 impl StoreError {
@@ -432,18 +426,10 @@ impl Store {
 
     /// The last `(position, hash)` of a partition; `(0, GENESIS)` when empty.
     pub async fn head(&self, partition: i16) -> Result<(i64, ChainHash), StoreError> {
-        match self {
-            Store::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                let head = postgres::head(&mut conn, partition).await?;
-                or_blocks_head(head, Conn::Pg(&mut conn), partition).await
-            }
-            Store::Sqlite(pool, _) => {
-                let mut conn = pool.acquire().await?;
-                let head = sqlite::head(&mut conn, partition).await?;
-                or_blocks_head(head, Conn::Lite(&mut conn), partition).await
-            }
-        }
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        let head = conn.tail_head(partition).await?;
+        or_blocks_head(head, conn, partition).await
     }
 
     /// Up to `limit` events of `partition` with `position > after`, in order.
@@ -515,24 +501,10 @@ impl Store {
     {
         let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
         let wanted = usize::try_from(limit).unwrap_or(0);
-        match self {
-            Store::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                let tail =
-                    postgres::read_between(&mut conn, partition, after, through, limit).await?;
-                Conn::Pg(&mut conn)
-                    .between(partition, after, through, wanted, tail)
-                    .await
-            }
-            Store::Sqlite(pool, _) => {
-                let mut conn = pool.acquire().await?;
-                let tail =
-                    sqlite::read_between(&mut conn, partition, after, through, limit).await?;
-                Conn::Lite(&mut conn)
-                    .between(partition, after, through, wanted, tail)
-                    .await
-            }
-        }
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        let tail = conn.tail_between(partition, after, through, limit).await?;
+        conn.between(partition, after, through, wanted, tail).await
     }
 
     /// Up to `limit` events of one tenant with `position > after`, in order.
@@ -545,24 +517,10 @@ impl Store {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let limit = limit.clamp(0, seatledger_schema::limits::READ_BATCH_MAX);
         let wanted = usize::try_from(limit).unwrap_or(0);
-        match self {
-            Store::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                let tail =
-                    postgres::read_org_after(&mut conn, org_id, partition, after, limit).await?;
-                Conn::Pg(&mut conn)
-                    .of_org(org_id, partition, after, wanted, tail)
-                    .await
-            }
-            Store::Sqlite(pool, _) => {
-                let mut conn = pool.acquire().await?;
-                let tail =
-                    sqlite::read_org_after(&mut conn, org_id, partition, after, limit).await?;
-                Conn::Lite(&mut conn)
-                    .of_org(org_id, partition, after, wanted, tail)
-                    .await
-            }
-        }
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        let tail = conn.tail_of_org(org_id, partition, after, limit).await?;
+        conn.of_org(org_id, partition, after, wanted, tail).await
     }
 
     /// Every event of one stream, in stream order.
@@ -578,26 +536,13 @@ impl Store {
         after_version: i64,
         through_version: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        match self {
-            Store::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                let tail =
-                    postgres::read_stream(&mut conn, stream_id, after_version, through_version)
-                        .await?;
-                Conn::Pg(&mut conn)
-                    .of_stream(None, stream_id, after_version, through_version, tail)
-                    .await
-            }
-            Store::Sqlite(pool, _) => {
-                let mut conn = pool.acquire().await?;
-                let tail =
-                    sqlite::read_stream(&mut conn, stream_id, after_version, through_version)
-                        .await?;
-                Conn::Lite(&mut conn)
-                    .of_stream(None, stream_id, after_version, through_version, tail)
-                    .await
-            }
-        }
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        let tail = conn
+            .tail_of_stream(stream_id, after_version, through_version)
+            .await?;
+        conn.of_stream(None, stream_id, after_version, through_version, tail)
+            .await
     }
 
     /// Every stream of `partition` with its stored version and snapshot
@@ -710,18 +655,10 @@ impl Store {
         &self,
         stream_id: &str,
     ) -> Result<(i64, crate::domain::StreamState), StoreError> {
-        let loaded = match self {
-            Store::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                let loaded = postgres::load_stream(&mut conn, stream_id, None).await?;
-                loaded.with_blocks(Conn::Pg(&mut conn), stream_id).await?
-            }
-            Store::Sqlite(pool, _) => {
-                let mut conn = pool.acquire().await?;
-                let loaded = sqlite::load_stream(&mut conn, stream_id, None).await?;
-                loaded.with_blocks(Conn::Lite(&mut conn), stream_id).await?
-            }
-        };
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        let loaded = conn.load_stream(stream_id, None).await?;
+        let loaded = loaded.with_blocks(conn, stream_id).await?;
         let (version, state) = match loaded.snapshot {
             Some((version, state)) => (
                 version,
@@ -738,27 +675,14 @@ impl Store {
         &self,
         session_id: SessionId,
     ) -> Result<Option<(String, OrgId)>, StoreError> {
-        match self {
-            Store::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                match postgres::find_session(&mut conn, session_id).await? {
-                    Some(found) => Ok(Some(found)),
-                    None => match Conn::Pg(&mut conn).session_in_blocks(session_id).await? {
-                        Some(found) => Ok(Some(found)),
-                        None => Conn::Pg(&mut conn).pruned_session(session_id).await,
-                    },
-                }
-            }
-            Store::Sqlite(pool, _) => {
-                let mut conn = pool.acquire().await?;
-                match sqlite::find_session(&mut conn, session_id).await? {
-                    Some(found) => Ok(Some(found)),
-                    None => match Conn::Lite(&mut conn).session_in_blocks(session_id).await? {
-                        Some(found) => Ok(Some(found)),
-                        None => Conn::Lite(&mut conn).pruned_session(session_id).await,
-                    },
-                }
-            }
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        if let Some(found) = conn.session_in_tail(session_id).await? {
+            return Ok(Some(found));
+        }
+        match conn.session_in_blocks(session_id).await? {
+            Some(found) => Ok(Some(found)),
+            None => conn.pruned_session(session_id).await,
         }
     }
 
@@ -807,24 +731,17 @@ impl Store {
         latest: bool,
         block_hashes: bool,
     ) -> Result<Vec<(Checkpoint, Option<ChainHash>)>, StoreError> {
-        macro_rules! with_block_hashes {
-            ($backend:ident, $conn_kind:ident, $pool:expr) => {{
-                let mut conn = $pool.acquire().await?;
-                let mut rows =
-                    $backend::checkpoints_after(&mut conn, partition, after, limit, latest).await?;
-                let mut blocks = Conn::$conn_kind(&mut conn);
-                for (checkpoint, event_hash) in &mut rows {
-                    if event_hash.is_none() && block_hashes {
-                        *event_hash = blocks.block_hash_at(partition, checkpoint.position).await?;
-                    }
-                }
-                Ok(rows)
-            }};
+        let mut pooled = self.acquire().await?;
+        let mut conn = pooled.conn();
+        let mut rows = conn
+            .checkpoints_after(partition, after, limit, latest)
+            .await?;
+        for (checkpoint, event_hash) in &mut rows {
+            if event_hash.is_none() && block_hashes {
+                *event_hash = conn.block_hash_at(partition, checkpoint.position).await?;
+            }
         }
-        match self {
-            Store::Postgres(pool) => with_block_hashes!(postgres, Pg, pool),
-            Store::Sqlite(pool, _) => with_block_hashes!(sqlite, Lite, pool),
-        }
+        Ok(rows)
     }
 
     /// The last checkpoint of a partition, with its event's hash now.
@@ -990,10 +907,13 @@ impl Store {
     /// Forgets the key an older version kept in the database (after
     /// `seatledger admin export-key` wrote it to a file).
     pub async fn delete_signing_key(&self, key_id: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(pool) => postgres::delete_signing_key(pool, key_id).await,
-            Store::Sqlite(pool, _) => sqlite::delete_signing_key(pool, key_id).await,
-        }
+        const SQL: &str = "DELETE FROM signing_keys WHERE key_id = $1";
+        on_pool!(self, |pool| sqlx::query(SQL)
+            .bind(key_id)
+            .execute(pool)
+            .await
+            .map(drop)?);
+        Ok(())
     }
 
     /// Appends already-recorded events (an export of another store) after
@@ -1132,6 +1052,31 @@ impl Store {
     }
 }
 
+/// A connection of either backend taken from the store's pool.
+enum Pooled {
+    Pg(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Lite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
+impl Pooled {
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Pooled::Pg(conn) => Conn::Pg(conn),
+            Pooled::Lite(conn) => Conn::Lite(conn),
+        }
+    }
+}
+
+impl Store {
+    /// A connection from the pool, whichever the backend.
+    async fn acquire(&self) -> Result<Pooled, StoreError> {
+        Ok(match self {
+            Store::Postgres(pool) => Pooled::Pg(pool.acquire().await?),
+            Store::Sqlite(pool, _) => Pooled::Lite(pool.acquire().await?),
+        })
+    }
+}
+
 /// A PostgreSQL batch transaction: `BEGIN` and the partition lock in one
 /// simple query (one round trip), on a connection that is closed rather
 /// than reused unless the batch commits.
@@ -1247,11 +1192,9 @@ pub(crate) enum BatchTx<'a> {
 
 impl BatchTx<'_> {
     pub async fn head(&mut self, partition: i16) -> Result<(i64, ChainHash), StoreError> {
-        let head = match self {
-            BatchTx::Postgres(tx) => postgres::head(tx, partition).await?,
-            BatchTx::Sqlite(tx, _) => sqlite::head(tx, partition).await?,
-        };
-        or_blocks_head(head, self.conn(), partition).await
+        let mut conn = self.conn();
+        let head = conn.tail_head(partition).await?;
+        or_blocks_head(head, conn, partition).await
     }
 
     /// The transaction's connection, for statements both backends accept.
@@ -1311,11 +1254,9 @@ impl BatchTx<'_> {
         stream_id: &str,
         after_version: Option<i64>,
     ) -> Result<LoadedStream, StoreError> {
-        let loaded = match self {
-            BatchTx::Postgres(tx) => postgres::load_stream(tx, stream_id, after_version).await?,
-            BatchTx::Sqlite(tx, _) => sqlite::load_stream(tx, stream_id, after_version).await?,
-        };
-        loaded.with_blocks(self.conn(), stream_id).await
+        let mut conn = self.conn();
+        let loaded = conn.load_stream(stream_id, after_version).await?;
+        loaded.with_blocks(conn, stream_id).await
     }
 
     pub async fn recorded_commands(
@@ -1352,17 +1293,11 @@ impl BatchTx<'_> {
     }
 
     pub async fn last_checkpoint_position(&mut self, partition: i16) -> Result<i64, StoreError> {
-        match self {
-            BatchTx::Postgres(tx) => postgres::last_checkpoint_position(tx, partition).await,
-            BatchTx::Sqlite(tx, _) => sqlite::last_checkpoint_position(tx, partition).await,
-        }
+        self.conn().last_checkpoint_position(partition).await
     }
 
     pub async fn insert_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        match self {
-            BatchTx::Postgres(tx) => postgres::insert_checkpoint(tx, checkpoint).await,
-            BatchTx::Sqlite(tx, _) => sqlite::insert_checkpoint(tx, checkpoint).await,
-        }
+        self.conn().insert_checkpoint(checkpoint).await
     }
 
     /// Wakes followers in other processes when this transaction commits

@@ -2,15 +2,13 @@
 //! `INSERT … SELECT FROM UNNEST(arrays)` per table.
 
 use super::{
-    hash_from, stored_timestamp, CommandWrite, LoadedStream, RecordedCommands, SnapshotWrite,
-    StoreError, StreamWrite, NOTIFY_CHANNEL,
+    hash_from, CommandWrite, RecordedCommands, SnapshotWrite, StoreError, StreamWrite,
+    NOTIFY_CHANNEL,
 };
 use chrono::{DateTime, Utc};
-use seatledger_schema::{ChainHash, Checkpoint, RecordedEvent};
-use seatledger_schema::{OrgId, SessionId};
-use sqlx::postgres::PgRow;
-use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Row};
+use seatledger_schema::OrgId;
+use seatledger_schema::{ChainHash, RecordedEvent};
+use sqlx::{PgConnection, Row};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -28,139 +26,6 @@ pub(crate) fn compaction_lock_key(partition: i16) -> i64 {
     LOCK_NAMESPACE + 0x1_0000 + i64::from(partition)
 }
 
-const EVENT_COLUMNS: &str =
-    "partition, position, event_id, stream_id, stream_version, tenant_id, event_type, \
-     schema_version, payload, metadata, occurred_at, recorded_at, prev_hash, hash";
-
-/// Decodes a row of [`EVENT_COLUMNS`], each column by its index: by name,
-/// every lookup hashes the name (14 per row, a percent of the NATS
-/// publisher's CPU). `P` and `M` are how payload and metadata are held
-/// (parsed, or the stored text).
-fn event_from_row<P, M>(row: &PgRow) -> Result<RecordedEvent<P, M>, StoreError>
-where
-    P: serde::de::DeserializeOwned,
-    M: serde::de::DeserializeOwned,
-{
-    let payload: Json<P> = row.try_get(8)?;
-    let metadata: Json<M> = row.try_get(9).map_err(|e| {
-        let position: i64 = row.try_get(1).unwrap_or_default();
-        StoreError::Corrupt(format!("the event at position {position}: metadata: {e}"))
-    })?;
-    let occurred_at: DateTime<Utc> = row.try_get(10)?;
-    let recorded_at: DateTime<Utc> = row.try_get(11)?;
-    let prev_hash: &[u8] = row.try_get(12)?;
-    let hash: &[u8] = row.try_get(13)?;
-    Ok(RecordedEvent {
-        partition: row.try_get(0)?,
-        position: row.try_get(1)?,
-        event_id: row.try_get(2)?,
-        stream_id: row.try_get(3)?,
-        stream_version: row.try_get(4)?,
-        org_id: row.try_get(5)?,
-        event_type: row.try_get(6)?,
-        schema_version: row.try_get(7)?,
-        payload: payload.0,
-        metadata: metadata.0,
-        occurred_at: stored_timestamp(occurred_at.timestamp_micros(), "occurred_at")?,
-        recorded_at: stored_timestamp(recorded_at.timestamp_micros(), "recorded_at")?,
-        prev_hash: hash_from(prev_hash, "prev_hash")?,
-        hash: hash_from(hash, "hash")?,
-    })
-}
-
-pub(crate) async fn head(
-    conn: &mut PgConnection,
-    partition: i16,
-) -> Result<(i64, ChainHash), StoreError> {
-    let row = sqlx::query(
-        "SELECT position, hash FROM events WHERE partition = $1 ORDER BY position DESC LIMIT 1",
-    )
-    .bind(partition)
-    .fetch_optional(conn)
-    .await?;
-    match row {
-        Some(row) => {
-            let hash: Vec<u8> = row.try_get("hash")?;
-            Ok((row.try_get("position")?, hash_from(&hash, "hash")?))
-        }
-        None => Ok((0, ChainHash::GENESIS)),
-    }
-}
-
-pub(crate) async fn read_between<P, M>(
-    conn: &mut PgConnection,
-    partition: i16,
-    after: i64,
-    through: i64,
-    limit: i64,
-) -> Result<Vec<RecordedEvent<P, M>>, StoreError>
-where
-    P: serde::de::DeserializeOwned,
-    M: serde::de::DeserializeOwned,
-{
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE partition = $1 AND position > $2 AND position <= $3 ORDER BY position LIMIT $4");
-    let rows = sqlx::query(&sql)
-        .bind(partition)
-        .bind(after)
-        .bind(through)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(event_from_row).collect()
-}
-
-pub(crate) async fn read_org_after(
-    conn: &mut PgConnection,
-    org_id: OrgId,
-    partition: i16,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND partition = $2 AND position > $3 ORDER BY position LIMIT $4"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(org_id)
-        .bind(partition)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(event_from_row).collect()
-}
-
-pub(crate) async fn read_stream(
-    conn: &mut PgConnection,
-    stream_id: &str,
-    after_version: i64,
-    through_version: i64,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 AND stream_version <= $3 ORDER BY stream_version");
-    let rows = sqlx::query(&sql)
-        .bind(stream_id)
-        .bind(after_version)
-        .bind(through_version)
-        .fetch_all(conn)
-        .await?;
-    rows.iter().map(event_from_row).collect()
-}
-
-pub(crate) async fn find_session(
-    conn: &mut PgConnection,
-    session_id: SessionId,
-) -> Result<Option<(String, OrgId)>, StoreError> {
-    let row = sqlx::query(
-        "SELECT stream_id, tenant_id FROM events WHERE event_type = 'SeatAcquired' AND payload->>'session_id' = $1 LIMIT 1",
-    )
-    .bind(session_id.to_string())
-    .fetch_optional(conn)
-    .await?;
-    match row {
-        Some(row) => Ok(Some((row.try_get("stream_id")?, row.try_get("tenant_id")?))),
-        None => Ok(None),
-    }
-}
-
 pub(crate) async fn stream_versions(
     conn: &mut PgConnection,
     stream_ids: &[String],
@@ -172,35 +37,6 @@ pub(crate) async fn stream_versions(
     rows.iter()
         .map(|row| Ok((row.try_get("stream_id")?, row.try_get("version")?)))
         .collect()
-}
-
-pub(crate) async fn load_stream(
-    conn: &mut PgConnection,
-    stream_id: &str,
-    after_version: Option<i64>,
-) -> Result<LoadedStream, StoreError> {
-    let mut snapshot = None;
-    let mut from_version = after_version.unwrap_or(0);
-    if after_version.is_none() {
-        let row: Option<(i64, String)> =
-            sqlx::query_as("SELECT version, state FROM snapshots WHERE stream_id = $1")
-                .bind(stream_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some((version, state)) = row {
-            from_version = version;
-            let state = serde_json::from_str(&state).map_err(|error| {
-                StoreError::Corrupt(format!("stream state of {stream_id}: {error}"))
-            })?;
-            snapshot = Some((version, state));
-        }
-    }
-    let events = read_stream(conn, stream_id, from_version, i64::MAX).await?;
-    Ok(LoadedStream {
-        snapshot,
-        from_version,
-        events,
-    })
 }
 
 pub(crate) async fn recorded_commands(
@@ -497,93 +333,6 @@ pub(crate) async fn upsert_streams(
         .bind(&partitions)
         .bind(&versions);
     snapshots.bind(query).execute(conn).await?;
-    Ok(())
-}
-
-pub(crate) async fn last_checkpoint_position(
-    conn: &mut PgConnection,
-    partition: i16,
-) -> Result<i64, StoreError> {
-    let position: Option<i64> =
-        sqlx::query_scalar("SELECT max(position) FROM checkpoints WHERE partition = $1")
-            .bind(partition)
-            .fetch_one(conn)
-            .await?;
-    Ok(position.unwrap_or(0))
-}
-
-pub(crate) async fn insert_checkpoint(
-    conn: &mut PgConnection,
-    checkpoint: &Checkpoint,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO checkpoints (partition, position, hash, signed_at, key_id, signature) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(checkpoint.partition)
-    .bind(checkpoint.position)
-    .bind(checkpoint.hash.as_bytes().as_slice())
-    .bind(checkpoint.signed_at.to_datetime())
-    .bind(&checkpoint.key_id)
-    .bind(&checkpoint.signature)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Checkpoints of `partition` after position `after`, by position
-/// (`latest`: only the last one), each with the hash the event at its
-/// position has now (`None` if there is no such event).
-pub(crate) async fn checkpoints_after(
-    conn: &mut PgConnection,
-    partition: i16,
-    after: i64,
-    limit: i64,
-    latest: bool,
-) -> Result<Vec<(Checkpoint, Option<ChainHash>)>, StoreError> {
-    let sql = if latest {
-        "SELECT c.partition, c.position, c.hash, c.signed_at, c.key_id, c.signature, e.hash AS event_hash \
-         FROM checkpoints c LEFT JOIN events e ON e.partition = c.partition AND e.position = c.position \
-         WHERE c.partition = $1 AND c.position > $2 ORDER BY c.position DESC LIMIT $3"
-    } else {
-        "SELECT c.partition, c.position, c.hash, c.signed_at, c.key_id, c.signature, e.hash AS event_hash \
-         FROM checkpoints c LEFT JOIN events e ON e.partition = c.partition AND e.position = c.position \
-         WHERE c.partition = $1 AND c.position > $2 ORDER BY c.position LIMIT $3"
-    };
-    let rows = sqlx::query(sql)
-        .bind(partition)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            let hash: Vec<u8> = row.try_get("hash")?;
-            let event_hash: Option<Vec<u8>> = row.try_get("event_hash")?;
-            let checkpoint = Checkpoint {
-                partition: row.try_get("partition")?,
-                position: row.try_get("position")?,
-                hash: hash_from(&hash, "checkpoint hash")?,
-                signed_at: {
-                    let signed_at: DateTime<Utc> = row.try_get("signed_at")?;
-                    stored_timestamp(signed_at.timestamp_micros(), "signed_at")?
-                },
-                key_id: row.try_get("key_id")?,
-                signature: row.try_get("signature")?,
-            };
-            let event_hash = event_hash
-                .map(|bytes| hash_from(&bytes, "event hash"))
-                .transpose()?;
-            Ok((checkpoint, event_hash))
-        })
-        .collect()
-}
-
-pub(crate) async fn delete_signing_key(pool: &PgPool, key_id: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM signing_keys WHERE key_id = $1")
-        .bind(key_id)
-        .execute(pool)
-        .await?;
     Ok(())
 }
 
