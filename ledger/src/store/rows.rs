@@ -87,6 +87,20 @@ macro_rules! event_row {
 event_row!(PgRow);
 event_row!(SqliteRow);
 
+/// The events of the rows `$sql` selects (its columns [`EVENT_COLUMNS`]),
+/// with `$bind`s, on either backend's connection.
+macro_rules! fetch_events {
+    ($conn:expr, $sql:expr, $($bind:expr),+) => {
+        on_conn!($conn, |c| sqlx::query($sql)
+            $(.bind($bind))+
+            .fetch_all(&mut **c)
+            .await?
+            .iter()
+            .map(EventRow::event)
+            .collect())
+    };
+}
+
 /// A checkpoint row with the hash of the event at its position.
 type CheckpointRow = (
     i16,
@@ -131,16 +145,7 @@ impl Conn<'_> {
             "SELECT {EVENT_COLUMNS} FROM events WHERE partition = $1 AND position > $2 \
              AND position <= $3 ORDER BY position LIMIT $4"
         );
-        on_conn!(self, |c| sqlx::query(&sql)
-            .bind(partition)
-            .bind(after)
-            .bind(through)
-            .bind(limit)
-            .fetch_all(&mut **c)
-            .await?
-            .iter()
-            .map(EventRow::event)
-            .collect())
+        fetch_events!(self, &sql, partition, after, through, limit)
     }
 
     /// Up to `limit` rows of one organization's tail after `after`.
@@ -155,16 +160,7 @@ impl Conn<'_> {
             "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND partition = $2 \
              AND position > $3 ORDER BY position LIMIT $4"
         );
-        on_conn!(self, |c| sqlx::query(&sql)
-            .bind(org_id)
-            .bind(partition)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&mut **c)
-            .await?
-            .iter()
-            .map(EventRow::event)
-            .collect())
+        fetch_events!(self, &sql, org_id, partition, after, limit)
     }
 
     /// The rows of one stream with versions in `(after, through]`.
@@ -178,15 +174,7 @@ impl Conn<'_> {
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 \
              AND stream_version <= $3 ORDER BY stream_version"
         );
-        on_conn!(self, |c| sqlx::query(&sql)
-            .bind(stream_id)
-            .bind(after_version)
-            .bind(through_version)
-            .fetch_all(&mut **c)
-            .await?
-            .iter()
-            .map(EventRow::event)
-            .collect())
+        fetch_events!(self, &sql, stream_id, after_version, through_version)
     }
 
     /// A stream's snapshot (unless `after_version` is given) and its rows
