@@ -247,7 +247,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
 type AppenderCounter = (&'static str, &'static str, fn(&AppenderStats) -> &AtomicU64);
 
 /// The appender's counters: name (without `_total`), help, field.
-const APPENDER_COUNTERS: [AppenderCounter; 17] = [
+const APPENDER_COUNTERS: [AppenderCounter; 18] = [
     ("seatledger_appender_batches", "Appender batches committed.", |s| &s.batches),
     ("seatledger_appender_commands", "Commands decided in committed batches.", |s| &s.commands),
     ("seatledger_appender_events", "Events appended.", |s| &s.events),
@@ -260,6 +260,7 @@ const APPENDER_COUNTERS: [AppenderCounter; 17] = [
     ("seatledger_appender_snapshots_written_after_commit", "Large snapshots the snapshot writer stored after their batch committed.", |s| &s.snapshots_written_after_commit),
     ("seatledger_appender_snapshots_not_written", "Snapshots not stored (a store error, or the snapshot writer busy with two others): the stream's next snapshot comes one interval later and loads read a longer tail meanwhile.", |s| &s.snapshots_not_written),
     ("seatledger_appender_checkpoints", "Signed checkpoints written.", |s| &s.checkpoints),
+    ("seatledger_appender_leads", "Times the appender took the partition lock to lead (PostgreSQL); each costs a lock, a read of the head and an unlock.", |s| &s.leads),
     ("seatledger_appender_stream_loads", "Streams the appender read whole from the store because its cache did not hold them (once per stream after a start; a steady rate means the partition holds more than the cache and batches pay reloads).", |s| &s.stream_loads),
     ("seatledger_appender_streams_warmed", "Streams the appender loaded into its cache at start, before the server listened, because their first load would have held the partition lock long.", |s| &s.streams_warmed),
     ("seatledger_appender_cache_evictions", "Streams evicted from the appender's cache of states to make room.", |s| &s.cache_evictions),

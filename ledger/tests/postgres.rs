@@ -82,6 +82,31 @@ async fn two_appenders_on_separate_pools_grant_exactly_the_seat_limit(pool: sqlx
 /// A batch reads the clock only once it holds the partition lock: a batch
 /// that waited behind another replica's decides with the time after the
 /// wait, so `recorded_at` never goes backwards in position order.
+/// Commands that follow each other closely (one client, each sent once
+/// the one before is answered) are written under one lead: the appender
+/// waits `LEADER_IDLE_HOLD` for the next before it lets the lock go, so
+/// each costs one round trip, not a lock, a read of the head, the write
+/// and an unlock.
+#[sqlx::test(migrations = false)]
+async fn commands_in_quick_succession_are_written_under_one_lead(pool: sqlx::PgPool) {
+    let store = migrated(pool).await;
+    let (appender, _) = start_default(&store);
+    let license = Uuid::now_v7().into();
+    submit(&appender, issue(license, 100)).await;
+    let before = appender.stats().leads.load(Ordering::Relaxed);
+    for machine in 0..20 {
+        let result = submit(&appender, acquire(license, machine)).await;
+        assert!(result.is_accepted());
+    }
+    let leads = appender.stats().leads.load(Ordering::Relaxed) - before;
+    // Without the idle hold this is 20; a lead lasts at most
+    // LEADER_HOLD_MAX (50 ms), so a slow machine may need a few.
+    assert!(
+        leads <= 10,
+        "20 commands in a row took the lead {leads} times"
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_clock_is_read_after_the_partition_lock_is_taken(pool: sqlx::PgPool) {
     let store = migrated(pool.clone()).await;

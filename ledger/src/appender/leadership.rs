@@ -42,6 +42,7 @@ impl Worker {
             let Some(tx) = self.store.lead(self.config.partition).await? else {
                 return Ok(false);
             };
+            self.stats.leads.fetch_add(1, Ordering::Relaxed);
             self.leader = Some(Leader {
                 tx,
                 since: Instant::now(),

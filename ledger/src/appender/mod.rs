@@ -15,8 +15,9 @@
 //! the head and the versions of the streams it wrote, and writes each
 //! batch as one autocommit statement: one round trip instead of four
 //! (BEGIN + lock, head and versions, write, COMMIT). It lets go when its
-//! queue runs dry or after [`LEADER_HOLD_MAX`], so another replica's
-//! batches wait at most that long, and on any error (closing the
+//! queue has stayed dry for [`LEADER_IDLE_HOLD`] or after
+//! [`LEADER_HOLD_MAX`], so another replica's batches wait at most that
+//! long, and on any error (closing the
 //! connection, which PostgreSQL answers by releasing the lock). While
 //! another process holds the lock nothing it writes is trusted from
 //! memory: a new lead reads the head and the versions of every stream it
@@ -55,7 +56,7 @@ mod worker;
 mod write;
 
 pub use config::{
-    AppenderConfig, DEFER_SNAPSHOT_BYTES, LEADER_HOLD_MAX, LOCK_TIMEOUT,
+    AppenderConfig, DEFER_SNAPSHOT_BYTES, LEADER_HOLD_MAX, LEADER_IDLE_HOLD, LOCK_TIMEOUT,
     RETIRE_CONNECTION_AFTER_SNAPSHOT_BYTES, WARM_FROM_ENTRIES,
 };
 pub use notifier::CommitNotifier;

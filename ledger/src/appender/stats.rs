@@ -11,6 +11,10 @@ pub struct AppenderStats {
     pub failed_batches: AtomicU64,
     pub commit_micros_total: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Times the appender took the partition lock to lead (PostgreSQL).
+    /// Each lead costs a lock, a read of the head and an unlock, so a count
+    /// close to `batches` under load means the lead keeps being let go.
+    pub leads: AtomicU64,
     /// Loads of a stream that found it unreadable. A stream remembered as
     /// unreadable is not loaded again until its retry is due, so this
     /// grows by one per stream per retry, not per request.

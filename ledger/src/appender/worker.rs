@@ -1,7 +1,7 @@
 //! The appender task: takes commands from the queue in batches and hands
 //! each to the commit path.
 
-use super::config::{AppenderConfig, LEADER_HOLD_MAX};
+use super::config::{AppenderConfig, LEADER_HOLD_MAX, LEADER_IDLE_HOLD};
 use super::decide::{CachedStream, DecidedBatch, Working};
 use super::notifier::CommitNotifier;
 use super::snapshots::SnapshotWriter;
@@ -68,6 +68,9 @@ impl Worker {
                 }
             };
             next = self.process(batch, &mut receiver).await;
+            if next.is_none() && receiver.is_empty() {
+                next = self.next_while_leading(&mut receiver).await;
+            }
             let held_long = self
                 .leader
                 .as_ref()
@@ -88,6 +91,22 @@ impl Worker {
         }
         if let Some(writer) = self.snapshot_writer.take() {
             writer.finish().await;
+        }
+    }
+}
+
+impl Worker {
+    /// Waits up to [`LEADER_IDLE_HOLD`] (and no later than
+    /// [`LEADER_HOLD_MAX`] into the lead) for the next batch while still
+    /// leading, so that it is written in one round trip: letting go and
+    /// leading again costs three more (unlock; lock; the head and the
+    /// versions read again). `None` when nothing came, or when not leading.
+    async fn next_while_leading(&mut self, receiver: &mut mpsc::Receiver<Job>) -> Option<Next> {
+        let since = self.leader.as_ref()?.since;
+        let deadline = (Instant::now() + LEADER_IDLE_HOLD).min(since + LEADER_HOLD_MAX);
+        match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Some(job)) => Some(self.gather(job, receiver, true).await),
+            Ok(None) | Err(_) => None,
         }
     }
 }
