@@ -14,6 +14,7 @@ pub mod extract;
 pub mod framing;
 pub mod http;
 pub mod keyring;
+pub mod lease_token;
 pub mod login_guard;
 pub mod metrics;
 pub mod routes;

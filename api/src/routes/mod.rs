@@ -52,11 +52,23 @@ struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        // `Authorization: Lease <lease_token>` (heartbeat and release of
+        // that one lease). Not an IANA-registered HTTP scheme, so it is
+        // described as the header it is.
+        components.add_security_scheme(
+            "lease",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`Lease <lease_token>`: the `lease_token` an acquire answered; authorizes the heartbeats and the release of that lease only",
+            ))),
         );
     }
 }

@@ -6,6 +6,7 @@ use super::{accepted, metadata, submit, Idempotency};
 use crate::auth::{secret_hash, Principal, TokenLicenses};
 use crate::error::{ApiError, ProblemDoc};
 use crate::extract::{IdempotencyKey, JsonBody};
+use crate::lease_token::{lease_token, SeatCaller};
 use crate::state::AppState;
 use crate::tokens::{self, SeatClaims, SignedLicense};
 use axum::extract::State;
@@ -14,7 +15,7 @@ use axum::Json;
 use seatledger_ledger::domain::{Command, HardwareId, Rejection, SeatActor, StreamId};
 use seatledger_ledger::CommandResult;
 use seatledger_schema::LicenseKey;
-use seatledger_schema::{LicenseId, SessionId};
+use seatledger_schema::{LicenseId, OrgId, SessionId};
 use seatledger_schema::{SeatTouchKind, Timestamp};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -56,6 +57,10 @@ pub struct SeatResponse {
     /// Fencing token: increases with every grant on this license.
     pub generation: u64,
     pub signed_license: SignedLicense,
+    /// Authorizes this lease's heartbeats and release, and nothing else:
+    /// send `Authorization: Lease <lease_token>` instead of an API token.
+    /// The same for the whole life of the lease.
+    pub lease_token: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -96,6 +101,7 @@ fn seat_response(state: &AppState, result: &CommandResult) -> Result<SeatRespons
         seats_total: view.seats,
         generation: lease.generation,
         signed_license: tokens::sign(&state.keys.token, &claims),
+        lease_token: lease_token(&state.keys.ledger, lease.session_id),
     })
 }
 
@@ -135,6 +141,18 @@ async fn license_for_session(
     licenses: &TokenLicenses,
     session_id: SessionId,
 ) -> Result<LicenseId, ApiError> {
+    match session_license(state, session_id).await? {
+        Some((license_id, org_id)) if org_id == principal.org_id => in_scope(licenses, license_id),
+        _ => Err(ApiError::rejection(Rejection::SessionNotFound)),
+    }
+}
+
+/// The license a session was granted on, and its org: from the cache, or
+/// the log.
+async fn session_license(
+    state: &AppState,
+    session_id: SessionId,
+) -> Result<Option<(LicenseId, OrgId)>, ApiError> {
     let found = match state.caches.sessions.get(&session_id) {
         Some(found) => Some(found),
         None => {
@@ -154,9 +172,40 @@ async fn license_for_session(
             found
         }
     };
-    match found {
-        Some((license_id, org_id)) if org_id == principal.org_id => in_scope(licenses, license_id),
-        _ => Err(ApiError::rejection(Rejection::SessionNotFound)),
+    Ok(found)
+}
+
+/// What a heartbeat or release of `session_id` acts on, and as whom: a
+/// token's principal on a session of its org (and scope), or the bearer of
+/// that session's own lease token.
+async fn seat_target(
+    state: &AppState,
+    caller: &SeatCaller,
+    session_id: SessionId,
+) -> Result<(LicenseId, OrgId, SeatActor), ApiError> {
+    match caller {
+        SeatCaller::Token(principal, licenses) => {
+            let license_id = license_for_session(state, principal, licenses, session_id).await?;
+            Ok((license_id, principal.org_id, seat_actor(principal)))
+        }
+        SeatCaller::Lease(lease) if *lease != session_id => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "lease_token_mismatch",
+            "this lease token is another lease's: it authorizes only the lease it was answered with",
+        )),
+        SeatCaller::Lease(_) => match session_license(state, session_id).await? {
+            Some((license_id, org_id)) => Ok((license_id, org_id, SeatActor::Lease)),
+            None => Err(ApiError::rejection(Rejection::SessionNotFound)),
+        },
+    }
+}
+
+/// The id an idempotency key is kept under for `caller`: the user, or
+/// for a lease token its lease.
+fn idempotency_caller(caller: &SeatCaller) -> uuid::Uuid {
+    match caller {
+        SeatCaller::Token(principal, _) => principal.user_id.into(),
+        SeatCaller::Lease(session_id) => (*session_id).into(),
     }
 }
 
@@ -264,12 +313,12 @@ pub async fn acquire(
     post,
     path = "/api/v1/licenses/heartbeat",
     tag = "seats",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("lease" = [])),
     request_body = SessionRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 200, body = SeatResponse),
-        (status = 403, description = "`license_expired`; `not_lease_holder`: the lease was acquired by another user (only its holder heartbeats it); `license_not_in_token_scope`", body = ProblemDoc),
+        (status = 403, description = "`license_expired`; `not_lease_holder`: the lease was acquired by another user (only its holder heartbeats it); `license_not_in_token_scope`; `lease_token_mismatch`: the lease token is another lease's", body = ProblemDoc),
         (status = 404, description = "`session_not_found`", body = ProblemDoc),
         (status = 410, description = "`session_expired`", body = ProblemDoc),
         (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
@@ -278,31 +327,30 @@ pub async fn acquire(
 )]
 pub async fn heartbeat(
     State(state): State<AppState>,
-    principal: Principal,
-    licenses: TokenLicenses,
+    caller: SeatCaller,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     headers: HeaderMap,
     body: JsonBody<SessionRequest>,
 ) -> Result<Json<SeatResponse>, ApiError> {
     let session_id = body.value.session_id;
-    let license_id = license_for_session(&state, &principal, &licenses, session_id).await?;
+    let (license_id, org_id, by) = seat_target(&state, &caller, session_id).await?;
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
-        caller: principal.user_id.into(),
+        caller: idempotency_caller(&caller),
         route: HEARTBEAT_ROUTE,
         body: body.raw.as_ref(),
     });
     let command = Command::Heartbeat {
         license_id,
         session_id,
-        by: seat_actor(&principal),
+        by,
     };
     let result = accepted(
         submit(
             &state,
-            principal.org_id,
+            org_id,
             command,
-            metadata(Some(&principal), &headers),
+            metadata(caller.principal(), &headers),
             idempotency,
         )
         .await?,
@@ -326,12 +374,12 @@ fn seat_actor(principal: &Principal) -> SeatActor {
     post,
     path = "/api/v1/licenses/release",
     tag = "seats",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("lease" = [])),
     request_body = SessionRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 200, body = ReleaseResponse),
-        (status = 403, description = "`not_lease_holder`: a member releasing another user's lease (owners and admins may: reason `admin`); `license_not_in_token_scope`", body = ProblemDoc),
+        (status = 403, description = "`not_lease_holder`: a member releasing another user's lease (owners and admins may: reason `admin`); `license_not_in_token_scope`; `lease_token_mismatch`: the lease token is another lease's", body = ProblemDoc),
         (status = 404, description = "`session_not_found`", body = ProblemDoc),
         (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
         (status = 429, description = "`too_many_requests`: this token's seat operations per second (`--rate-limit-seat-ops-per-s`) are used up (Retry-After)", body = ProblemDoc)
@@ -339,31 +387,30 @@ fn seat_actor(principal: &Principal) -> SeatActor {
 )]
 pub async fn release(
     State(state): State<AppState>,
-    principal: Principal,
-    licenses: TokenLicenses,
+    caller: SeatCaller,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     headers: HeaderMap,
     body: JsonBody<SessionRequest>,
 ) -> Result<Json<ReleaseResponse>, ApiError> {
     let session_id = body.value.session_id;
-    let license_id = license_for_session(&state, &principal, &licenses, session_id).await?;
+    let (license_id, org_id, by) = seat_target(&state, &caller, session_id).await?;
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
-        caller: principal.user_id.into(),
+        caller: idempotency_caller(&caller),
         route: RELEASE_ROUTE,
         body: body.raw.as_ref(),
     });
     let command = Command::ReleaseSeat {
         license_id,
         session_id,
-        by: seat_actor(&principal),
+        by,
     };
     accepted(
         submit(
             &state,
-            principal.org_id,
+            org_id,
             command,
-            metadata(Some(&principal), &headers),
+            metadata(caller.principal(), &headers),
             idempotency,
         )
         .await?,

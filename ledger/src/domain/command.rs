@@ -16,6 +16,10 @@ pub enum SeatActor {
     /// An owner or admin: may also release (not heartbeat) another user's
     /// lease of the organization, recorded with reason `admin`.
     Admin(UserId),
+    /// The bearer of the lease's own token (`Authorization: Lease …`),
+    /// which only the acquire of that lease answered: acts as its holder.
+    /// The API checks that the token is the lease's before it says so.
+    Lease,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

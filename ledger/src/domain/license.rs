@@ -589,7 +589,7 @@ fn unavailable(
 /// Whether `by` may act on `lease` as its holder.
 fn holds(by: SeatActor, lease: &Lease) -> bool {
     match by {
-        SeatActor::Unchecked => true,
+        SeatActor::Unchecked | SeatActor::Lease => true,
         SeatActor::Holder(user_id) | SeatActor::Admin(user_id) => lease.user_id == user_id,
     }
 }

@@ -276,6 +276,24 @@ fn only_the_holder_heartbeats_a_lease_admins_included() {
 }
 
 #[test]
+fn the_bearer_of_a_lease_token_acts_as_that_leases_holder() {
+    let state = given(&[issued(2, 0, None), acquired(1, 1, 0, false)]);
+    let beat = when(&state, beat_by(1, SeatActor::Lease), at(10));
+    assert_eq!(beat.rejection, None, "{beat:?}");
+    assert!(
+        matches!(beat.events[..], [Event::SeatHeartbeat(_)]),
+        "{beat:?}"
+    );
+    assert_eq!(
+        when(&state, release_by(1, SeatActor::Lease), at(10)),
+        Decision::accept(vec![Event::SeatReleased(SeatReleased {
+            session_id: session(1),
+            reason: ReleaseReason::Client,
+        })])
+    );
+}
+
+#[test]
 fn a_member_releases_only_their_own_lease_and_an_admin_any_recorded_as_admin() {
     let state = given(&[issued(2, 0, None), acquired(1, 1, 0, false)]);
     assert_eq!(
