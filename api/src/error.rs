@@ -113,6 +113,7 @@ impl ApiError {
             | Rejection::LicenseSuspended
             | Rejection::LicenseRevoked
             | Rejection::NotLeaseHolder
+            | Rejection::ClientAuthNotAllowed
             | Rejection::OwnerIsPermanent => StatusCode::FORBIDDEN,
             Rejection::SessionExpired => StatusCode::GONE,
             Rejection::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

@@ -86,7 +86,8 @@ impl FromRequestParts<AppState> for SeatCaller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Lease "))
+            .and_then(|value| value.strip_prefix("Lease"))
+            .filter(|rest| rest.is_empty() || rest.starts_with(' '))
             .map(str::trim);
         let Some(token) = lease else {
             let principal = Principal::from_request_parts(parts, state).await?;

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod client_auth;
 pub mod config;
 /// The credentials directory lives in the storage layer.
 pub use seatledger_ledger::store::directory;

@@ -68,6 +68,7 @@ async fn write_log(store: &Store, key: Arc<SigningKey>) -> Log {
         let org = Uuid::now_v7();
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: license_id.into(),
             name: Name::parse("IDE").unwrap(),
             seats: SeatCount::new(seats).unwrap(),
@@ -86,6 +87,7 @@ async fn write_log(store: &Store, key: Arc<SigningKey>) -> Log {
         let (org, license_id) = licenses[machine % 2];
         let session_id = Uuid::now_v7();
         let acquire = Command::AcquireSeat {
+            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
             token_id: None,
             license_id: license_id.into(),
             session_id: session_id.into(),

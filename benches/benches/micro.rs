@@ -29,6 +29,7 @@ fn now() -> Timestamp {
 
 fn acquire(machine: u128) -> Command {
     Command::AcquireSeat {
+        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
         token_id: None,
         license_id: LICENSE,
         session_id: SessionId::from_u128(0x10_0000 + machine),
@@ -46,6 +47,7 @@ fn apply(state: StreamState, command: &Command) -> StreamState {
 /// A license with `seats` seats and `held` live leases.
 fn license(seats: u32, held: u128) -> StreamState {
     let issue = Command::IssueLicense {
+        client_auth: Default::default(),
         license_id: LICENSE,
         name: Name::parse("bench").unwrap(),
         seats: SeatCount::new(seats).unwrap(),

@@ -99,6 +99,7 @@ pub async fn fill_live_leases_signed(
                         let session_id = Uuid::now_v7();
                         sessions.push(session_id);
                         Command::AcquireSeat {
+                            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
                             token_id: None,
                             license_id: license_id.into(),
                             session_id: session_id.into(),
@@ -143,6 +144,7 @@ pub async fn fill_cycling_leases_signed(
                     let session_id = Uuid::now_v7();
                     let commands = [
                         Command::AcquireSeat {
+                            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
                             token_id: None,
                             license_id: license_id.into(),
                             session_id: session_id.into(),
@@ -197,6 +199,7 @@ async fn bench_licenses(
     let licenses: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
     for license_id in &licenses {
         let issue = Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: (*license_id).into(),
             name: Name::parse("bench")?,
             seats: SeatCount::new(seats)?,

@@ -32,7 +32,7 @@ use crate::hot::{StaleLease, Unreadable};
 use crate::runner::{Follower, FollowerError};
 use redis::aio::ConnectionManager;
 use seatledger_ledger::domain::{Lease, LicenseStatus, LicenseView, StreamId};
-use seatledger_schema::{Event, RecordedEvent, Timestamp};
+use seatledger_schema::{ClientAuth, Event, RecordedEvent, Timestamp};
 use seatledger_schema::{LicenseId, OrgId, SessionId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -584,6 +584,10 @@ fn view_from(
         expires_at,
         heartbeat_ttl_s: u32::try_from(number("heartbeat_ttl_s")?).ok()?,
         max_overage_percent,
+        client_auth: match fields.get("client_auth") {
+            Some(text) => ClientAuth::parse(text)?,
+            None => ClientAuth::Token,
+        },
     };
     Some(LicenseView {
         license_id,
@@ -596,6 +600,7 @@ fn view_from(
         expires_at,
         heartbeat_ttl_s: terms.heartbeat_ttl_s,
         max_overage_percent,
+        client_auth: terms.client_auth,
         last_generation: number("last_generation")?,
     })
 }
@@ -673,6 +678,8 @@ fn issued_fields(issued: &seatledger_schema::LicenseIssued) -> Vec<String> {
         issued.heartbeat_ttl_s.to_string(),
         "max_overage_percent".into(),
         issued.max_overage_percent.to_string(),
+        "client_auth".into(),
+        issued.client_auth.as_str().into(),
         "status".into(),
         LicenseStatus::Active.as_str().into(),
         "last_generation".into(),

@@ -53,6 +53,7 @@ fn start_appender(store: &Store, clock: &ManualClock, notifier: &CommitNotifier)
 
 fn issue(license_id: LicenseId, seats: u32) -> Command {
     Command::IssueLicense {
+        client_auth: Default::default(),
         license_id,
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(seats).unwrap(),
@@ -64,6 +65,7 @@ fn issue(license_id: LicenseId, seats: u32) -> Command {
 
 fn acquire(license_id: LicenseId, session_id: SessionId, machine: u8) -> Command {
     Command::AcquireSeat {
+        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
         token_id: None,
         license_id,
         session_id,

@@ -63,6 +63,7 @@ fn start_appender(store: &Store, notifier: &CommitNotifier) -> Appender {
 async fn workload(appender: &Appender, acquires: usize, concurrency: usize) {
     let license_id = Uuid::now_v7();
     let issue = Command::IssueLicense {
+        client_auth: Default::default(),
         license_id: license_id.into(),
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(100_000).unwrap(),
@@ -77,6 +78,7 @@ async fn workload(appender: &Appender, acquires: usize, concurrency: usize) {
             tokio::spawn(async move {
                 for n in (worker..acquires).step_by(concurrency) {
                     let acquire = Command::AcquireSeat {
+                        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
                         token_id: None,
                         license_id: license_id.into(),
                         session_id: SessionId::now_v7(),

@@ -268,6 +268,7 @@ impl Simulator {
         };
         let options = self.options;
         let issue = |seats: SeatCount| Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: options.license_id,
             name: name.clone(),
             seats,
@@ -310,6 +311,7 @@ impl Simulator {
         };
         let now = record.occurred_at;
         let acquire = Command::AcquireSeat {
+            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
             token_id: None,
             license_id: self.options.license_id,
             session_id,

@@ -28,6 +28,7 @@ fn t0() -> Timestamp {
 
 fn acquire(machine: u128) -> Command {
     Command::AcquireSeat {
+        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
         token_id: None,
         license_id: LICENSE,
         session_id: SessionId::from_u128(0x5e55_0000 + machine),
@@ -48,6 +49,7 @@ async fn history(store: &Store) {
         AppenderConfig::default(),
     );
     let issue = Command::IssueLicense {
+        client_auth: Default::default(),
         license_id: LICENSE,
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(3).unwrap(),

@@ -39,6 +39,7 @@ async fn two_orgs_one_broken(store: &Store, key: Arc<SigningKey>) -> (Uuid, i64)
     for org in [HEALTHY, BROKEN] {
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: license_id.into(),
             name: Name::parse("IDE").unwrap(),
             seats: SeatCount::new(5).unwrap(),
@@ -47,6 +48,7 @@ async fn two_orgs_one_broken(store: &Store, key: Arc<SigningKey>) -> (Uuid, i64)
             max_overage_percent: OveragePercent::default(),
         };
         let acquire = Command::AcquireSeat {
+            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
             token_id: None,
             license_id: license_id.into(),
             session_id: SessionId::now_v7(),

@@ -31,6 +31,7 @@ fn session(n: u128) -> SessionId {
 
 fn acquire(n: u128) -> Command {
     Command::AcquireSeat {
+        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
         token_id: None,
         license_id: LICENSE,
         session_id: session(n),
@@ -64,6 +65,7 @@ async fn history(store: &Store) {
         }
     };
     let issue = Command::IssueLicense {
+        client_auth: Default::default(),
         license_id: LICENSE,
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(2).unwrap(),

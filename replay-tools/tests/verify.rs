@@ -28,6 +28,7 @@ async fn ledger_with_events(store: &Store, key: Arc<SigningKey>) {
     let org = Uuid::now_v7();
     let license_id = Uuid::now_v7();
     let issue = Command::IssueLicense {
+        client_auth: Default::default(),
         license_id: license_id.into(),
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(50).unwrap(),
@@ -41,6 +42,7 @@ async fn ledger_with_events(store: &Store, key: Arc<SigningKey>) {
         .unwrap();
     for machine in 0..20 {
         let acquire = Command::AcquireSeat {
+            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
             token_id: None,
             license_id: license_id.into(),
             session_id: SessionId::now_v7(),
@@ -159,6 +161,7 @@ async fn verify_checks_snapshots_and_stream_versions() {
         let org = Uuid::now_v7();
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: license_id.into(),
             name: Name::parse("IDE").unwrap(),
             seats: SeatCount::new(5).unwrap(),
@@ -172,6 +175,7 @@ async fn verify_checks_snapshots_and_stream_versions() {
             .unwrap();
         let session_id = Uuid::now_v7();
         let acquire = Command::AcquireSeat {
+            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
             token_id: None,
             license_id: license_id.into(),
             session_id: session_id.into(),

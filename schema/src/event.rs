@@ -80,6 +80,48 @@ pub struct UserDeactivated {
     pub user_id: UserId,
 }
 
+/// Which credentials may acquire a license's seats: an organization's API
+/// token (`token`, the default, and what every license issued before the
+/// policy existed has), the license key alone (`license_key`,
+/// `Authorization: License <key>`), or either (`both`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Token,
+    LicenseKey,
+    Both,
+}
+
+impl ClientAuth {
+    pub fn is_token(&self) -> bool {
+        *self == ClientAuth::Token
+    }
+
+    pub fn allows_token(self) -> bool {
+        self != ClientAuth::LicenseKey
+    }
+
+    pub fn allows_license_key(self) -> bool {
+        self != ClientAuth::Token
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Token => "token",
+            ClientAuth::LicenseKey => "license_key",
+            ClientAuth::Both => "both",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ClientAuth> {
+        [ClientAuth::Token, ClientAuth::LicenseKey, ClientAuth::Both]
+            .into_iter()
+            .find(|policy| policy.as_str() == text)
+    }
+}
+
 fn default_heartbeat_ttl_s() -> u32 {
     crate::limits::HEARTBEAT_TTL_S_DEFAULT
 }
@@ -96,6 +138,9 @@ pub struct LicenseIssued {
     pub heartbeat_ttl_s: u32,
     #[serde(default)]
     pub max_overage_percent: u32,
+    /// Absent (so encoded and hashed as before) when `token`.
+    #[serde(default, skip_serializing_if = "ClientAuth::is_token")]
+    pub client_auth: ClientAuth,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

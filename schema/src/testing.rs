@@ -69,10 +69,15 @@ pub fn any_event() -> impl Strategy<Value = Event> {
             any::<u32>(),
             proptest::option::of(timestamp()),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            proptest::sample::select(vec![
+                crate::ClientAuth::Token,
+                crate::ClientAuth::LicenseKey,
+                crate::ClientAuth::Both,
+            ])
         )
             .prop_map(
-                |(license_id, org_id, name, seats, expires_at, ttl, overage)| {
+                |(license_id, org_id, name, seats, expires_at, ttl, overage, client_auth)| {
                     Event::LicenseIssued(LicenseIssued {
                         license_id,
                         org_id,
@@ -81,6 +86,7 @@ pub fn any_event() -> impl Strategy<Value = Event> {
                         expires_at,
                         heartbeat_ttl_s: ttl,
                         max_overage_percent: overage,
+                        client_auth,
                     })
                 }
             ),

@@ -20,8 +20,8 @@ use seatledger_ledger::domain::{
 };
 use seatledger_ledger::StoreError;
 use seatledger_projections::HotReadError;
-use seatledger_schema::LicenseKey;
 use seatledger_schema::{limits, Timestamp};
+use seatledger_schema::{ClientAuth, LicenseKey};
 use seatledger_schema::{LicenseId, OrgId, SessionId, UserId};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;
@@ -48,6 +48,8 @@ pub struct LicenseResponse {
     pub expires_at: Option<Timestamp>,
     pub heartbeat_ttl_s: u32,
     pub max_overage_percent: u32,
+    #[schema(value_type = ClientAuthDoc)]
+    pub client_auth: ClientAuth,
     /// The license key, shown once: only in the answer to issuing.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
@@ -67,6 +69,7 @@ impl From<LicenseView> for LicenseResponse {
             expires_at: view.expires_at,
             heartbeat_ttl_s: view.heartbeat_ttl_s,
             max_overage_percent: view.max_overage_percent,
+            client_auth: view.client_auth,
             key: None,
         }
     }
@@ -137,6 +140,24 @@ pub struct IssueLicenseRequest {
     /// Absent or `null`: the license does not expire.
     #[schema(value_type = Option<String>, format = DateTime, pattern = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
     pub expires_at: Option<Timestamp>,
+    /// Who may acquire its seats (default `token`).
+    #[schema(value_type = Option<ClientAuthDoc>)]
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Who may acquire a license's seats: `token` (an API token with the key
+/// in the body; the default), `license_key` (`Authorization: License
+/// <key>` alone, for client apps without an organization credential), or
+/// `both`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ClientAuth)]
+#[allow(dead_code)] // Documents `seatledger_schema::ClientAuth`.
+pub enum ClientAuthDoc {
+    Token,
+    LicenseKey,
+    Both,
 }
 
 const ISSUE_ROUTE: &str = "POST /api/v1/licenses";
@@ -183,6 +204,7 @@ pub async fn issue(
         .insert_license_key(&secret_hash(&key), license_id, admin.org_id)
         .await?;
     let command = Command::IssueLicense {
+        client_auth: request.client_auth.unwrap_or_default(),
         license_id,
         name,
         seats,

@@ -60,6 +60,13 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        components.add_security_scheme(
+            "license",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`License <key>`: the license key alone acquires a seat of that license, if its `client_auth` is `license_key` or `both`",
+            ))),
+        );
         // `Authorization: Lease <lease_token>` (heartbeat and release of
         // that one lease). Not an IANA-registered HTTP scheme, so it is
         // described as the header it is.

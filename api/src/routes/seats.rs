@@ -4,6 +4,7 @@
 
 use super::{accepted, metadata, submit, Idempotency};
 use crate::auth::{secret_hash, Principal, TokenLicenses};
+use crate::client_auth::AcquireCaller;
 use crate::error::{ApiError, ProblemDoc};
 use crate::extract::{IdempotencyKey, JsonBody};
 use crate::lease_token::{lease_token, SeatCaller};
@@ -12,10 +13,12 @@ use crate::tokens::{self, SeatClaims, SignedLicense};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use seatledger_ledger::domain::{Command, HardwareId, Rejection, SeatActor, StreamId};
+use seatledger_ledger::domain::{
+    AcquireCredential, Command, HardwareId, Rejection, SeatActor, StreamId,
+};
 use seatledger_ledger::CommandResult;
 use seatledger_schema::LicenseKey;
-use seatledger_schema::{LicenseId, OrgId, SessionId};
+use seatledger_schema::{LicenseId, OrgId, SessionId, UserId};
 use seatledger_schema::{SeatTouchKind, Timestamp};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,8 +26,12 @@ use utoipa::ToSchema;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
-    #[schema(value_type = String, min_length = 1)]
-    pub license_key: LicenseKey,
+    /// The license's key. Required with an API token; with
+    /// `Authorization: License <key>` it may be left out (if sent, it must
+    /// be that key).
+    #[schema(value_type = Option<String>, min_length = 1)]
+    #[serde(default)]
+    pub license_key: Option<LicenseKey>,
     /// Identifies this machine: 1 to 256 visible ASCII characters (`!` to
     /// `~`) and spaces.
     #[schema(
@@ -134,6 +141,41 @@ async fn license_for_key(
     }
 }
 
+/// The org and license an acquire is for: the body's key, for an API
+/// token; the header's, for a license key (a key in the body must then be
+/// the same one).
+async fn acquired_license(
+    state: &AppState,
+    caller: &AcquireCaller,
+    body_key: Option<&LicenseKey>,
+) -> Result<(OrgId, LicenseId), ApiError> {
+    match caller {
+        AcquireCaller::Token(principal, licenses) => {
+            let key = body_key.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    "license_key is required (or send Authorization: License <key>)",
+                )
+            })?;
+            let license_id = license_for_key(state, principal, licenses, key).await?;
+            Ok((principal.org_id, license_id))
+        }
+        AcquireCaller::LicenseKey {
+            license_id,
+            org_id,
+            key_hash,
+        } => match body_key {
+            Some(key) if secret_hash(key.expose()) != *key_hash => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "license_key in the body is not the key of the Authorization header",
+            )),
+            _ => Ok((*org_id, *license_id)),
+        },
+    }
+}
+
 /// The license a session is on, if it is the caller's org's.
 async fn license_for_session(
     state: &AppState,
@@ -235,14 +277,14 @@ const RELEASE_ROUTE: &str = "POST /api/v1/licenses/release";
     post,
     path = "/api/v1/licenses/acquire",
     tag = "seats",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("license" = [])),
     request_body = AcquireRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry safe: 1 to 200 visible ASCII characters", min_length = 1, max_length = 200, pattern = r"^[\x21-\x7e]+$")),
     responses(
         (status = 201, description = "a new lease", body = SeatResponse),
         (status = 200, description = "this machine's existing lease, extended", body = SeatResponse),
         (status = 400, description = "`malformed_json`, `invalid_idempotency_key`", body = ProblemDoc),
-        (status = 403, description = "`license_expired`, `license_suspended`, `license_revoked`; `license_not_in_token_scope`: a client token limited to other licenses", body = ProblemDoc),
+        (status = 403, description = "`license_expired`, `license_suspended`, `license_revoked`; `license_not_in_token_scope`: a client token limited to other licenses; `client_auth_not_allowed`: the license's `client_auth` refuses this kind of credential", body = ProblemDoc),
         (status = 404, description = "`license_not_found`", body = ProblemDoc),
         (status = 409, description = "`no_seats_available`", body = ProblemDoc),
         (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = ProblemDoc),
@@ -251,33 +293,48 @@ const RELEASE_ROUTE: &str = "POST /api/v1/licenses/release";
 )]
 pub async fn acquire(
     State(state): State<AppState>,
-    principal: Principal,
-    licenses: TokenLicenses,
+    caller: AcquireCaller,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     headers: HeaderMap,
     body: JsonBody<AcquireRequest>,
 ) -> Result<(StatusCode, Json<SeatResponse>), ApiError> {
     let hardware_id = HardwareId::parse(&body.value.hardware_id)?;
-    let license_id =
-        license_for_key(&state, &principal, &licenses, &body.value.license_key).await?;
+    let (org_id, license_id) =
+        acquired_license(&state, &caller, body.value.license_key.as_ref()).await?;
+    let (user_id, token_id, credential, idempotency_caller) = match &caller {
+        AcquireCaller::Token(principal, _) => (
+            principal.user_id,
+            principal.client,
+            AcquireCredential::Token,
+            principal.user_id.into(),
+        ),
+        // A lease of the key has no user; its lease token acts for it.
+        AcquireCaller::LicenseKey { license_id, .. } => (
+            UserId::nil(),
+            None,
+            AcquireCredential::LicenseKey,
+            (*license_id).into(),
+        ),
+    };
     let command = Command::AcquireSeat {
-        token_id: principal.client,
+        credential,
+        token_id,
         license_id,
         session_id: SessionId::now_v7(),
-        user_id: principal.user_id,
+        user_id,
         hardware_id,
     };
     let idempotency = idempotency_key.map(|key| Idempotency {
         key,
-        caller: principal.user_id.into(),
+        caller: idempotency_caller,
         route: ACQUIRE_ROUTE,
         body: body.raw.as_ref(),
     });
     let result = submit(
         &state,
-        principal.org_id,
+        org_id,
         command,
-        metadata(Some(&principal), &headers),
+        metadata(caller.principal(), &headers),
         idempotency,
     )
     .await?;
@@ -303,7 +360,7 @@ pub async fn acquire(
     state
         .caches
         .sessions
-        .insert(response.session_id, (response.license_id, principal.org_id));
+        .insert(response.session_id, (response.license_id, org_id));
     Ok((status, Json(response)))
 }
 

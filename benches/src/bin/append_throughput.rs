@@ -203,6 +203,7 @@ async fn run(
         let appender = &appenders[client % appenders.len()];
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: license_id.into(),
             name: Name::parse("bench")?,
             seats: SeatCount::new(10)?,
@@ -222,6 +223,7 @@ async fn run(
     let mut broken_workers = Vec::new();
     if broken_clients > 0 {
         let issue = Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: broken_license.into(),
             name: Name::parse("broken")?,
             seats: SeatCount::new(10)?,
@@ -240,6 +242,7 @@ async fn run(
                     .unwrap_or_else(|_| unreachable!());
                 while !stop.load(Ordering::Relaxed) {
                     let acquire = Command::AcquireSeat {
+                        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
                         token_id: None,
                         license_id: broken_license.into(),
                         session_id: SessionId::now_v7(),
@@ -273,6 +276,7 @@ async fn run(
                 while !stop.load(Ordering::Relaxed) {
                     let session_id = Uuid::now_v7();
                     let acquire = Command::AcquireSeat {
+                        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
                         token_id: None,
                         license_id: license_id.into(),
                         session_id: session_id.into(),

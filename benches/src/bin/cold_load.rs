@@ -113,6 +113,7 @@ async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Vec<Row>> 
     let (appender, task) = start(store, &key, true);
     for (license_id, seats) in [(large, 100_000), (small, 10)] {
         let issue = Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: license_id.into(),
             name: Name::parse("cold load")?,
             seats: SeatCount::new(seats)?,
@@ -131,6 +132,7 @@ async fn run(store: &Store, url: &str, leases: u32) -> anyhow::Result<Vec<Row>> 
                     let session_id = Uuid::now_v7();
                     first.get_or_insert(session_id);
                     let acquire = Command::AcquireSeat {
+                        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
                         token_id: None,
                         license_id: large.into(),
                         session_id: session_id.into(),
@@ -223,6 +225,7 @@ impl Licenses {
             by: SeatActor::Unchecked,
         };
         let acquire = Command::AcquireSeat {
+            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
             token_id: None,
             license_id: self.small.into(),
             session_id: SessionId::now_v7(),

@@ -345,6 +345,7 @@ mod tests {
         let mut working = Working::default();
         for n in 0..2 {
             let issue = Command::IssueLicense {
+                client_auth: Default::default(),
                 license_id: license(n),
                 name: Name::parse("IDE").unwrap(),
                 seats: SeatCount::new(2).unwrap(),
@@ -407,6 +408,7 @@ mod tests {
                         let session_id = Uuid::from_u128(0x9000 + index as u128);
                         sessions.push((*l, session_id));
                         Command::AcquireSeat {
+                            credential: crate::domain::AcquireCredential::Unchecked,
                             token_id: None,
                             license_id: license(*l),
                             session_id: session_id.into(),

@@ -344,6 +344,7 @@ fn granularity() -> impl Strategy<Value = Granularity> {
 /// Runs the steps through the decider; returns the recorded events.
 fn history(seats: u32, overage: u32, steps: &[(Step, i64)]) -> Vec<RecordedEvent> {
     let issue = Command::IssueLicense {
+        client_auth: Default::default(),
         license_id: LICENSE,
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(seats).unwrap(),
@@ -370,6 +371,7 @@ fn history(seats: u32, overage: u32, steps: &[(Step, i64)]) -> Vec<RecordedEvent
         let command = match step {
             None => issue.clone(),
             Some(Step::Acquire { user, machine }) => Command::AcquireSeat {
+                credential: crate::domain::AcquireCredential::Unchecked,
                 token_id: None,
                 license_id,
                 session_id: SessionId::from_u128(0x7000 + index as u128),

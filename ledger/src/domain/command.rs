@@ -3,8 +3,8 @@
 //! rules.
 
 use super::types::*;
+use seatledger_schema::{ClientAuth, Role, Timestamp};
 use seatledger_schema::{LicenseId, OrgId, SessionId, TokenId, UserId};
-use seatledger_schema::{Role, Timestamp};
 
 /// Who asks for a heartbeat or a release (seat authority).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +20,18 @@ pub enum SeatActor {
     /// which only the acquire of that lease answered: acts as its holder.
     /// The API checks that the token is the lease's before it says so.
     Lease,
+}
+
+/// What an acquire's caller authenticated with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcquireCredential {
+    /// Not checked: replays, simulations and the operator's own tools.
+    Unchecked,
+    /// An API token (a user's or a client token).
+    Token,
+    /// The license key alone (`Authorization: License <key>`); the lease
+    /// has no user (`user_id` is nil).
+    LicenseKey,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +59,8 @@ pub enum Command {
         role: Role,
     },
     IssueLicense {
+        /// Who may acquire its seats.
+        client_auth: ClientAuth,
         license_id: LicenseId,
         name: Name,
         seats: SeatCount,
@@ -90,6 +104,9 @@ pub enum Command {
         hardware_id: HardwareId,
         /// The client token acquiring (then `user_id` is its id), if any.
         token_id: Option<TokenId>,
+        /// What the caller authenticated with, checked against the
+        /// license's `client_auth`.
+        credential: AcquireCredential,
     },
     Heartbeat {
         license_id: LicenseId,

@@ -1,10 +1,11 @@
 //! The license stream: a license's lifecycle and every lease on it. This is
 //! the consistency boundary: one `decide` sees every seat of a license.
 
-use super::command::{Command, SeatActor};
+use super::command::{AcquireCredential, Command, SeatActor};
 use super::rejection::Rejection;
 use super::Decision;
 use seatledger_schema::limits::ENDED_SESSIONS_REMEMBERED;
+use seatledger_schema::ClientAuth;
 use seatledger_schema::{
     DenialReason, Event, LicenseIssued, LicenseRenewed, LicenseSeatsChanged, LicenseStatusChanged,
     ReleaseReason, SeatAcquired, SeatDenied, SeatExpired, SeatHeartbeat, SeatReleased, Timestamp,
@@ -42,6 +43,8 @@ pub struct LicenseTerms {
     pub expires_at: Option<Timestamp>,
     pub heartbeat_ttl_s: u32,
     pub max_overage_percent: u32,
+    #[serde(default, skip_serializing_if = "ClientAuth::is_token")]
+    pub client_auth: ClientAuth,
 }
 
 impl LicenseTerms {
@@ -183,6 +186,7 @@ pub struct LicenseView {
     pub expires_at: Option<Timestamp>,
     pub heartbeat_ttl_s: u32,
     pub max_overage_percent: u32,
+    pub client_auth: ClientAuth,
     pub last_generation: u64,
 }
 
@@ -262,6 +266,7 @@ impl LicenseState {
             expires_at: terms.expires_at,
             heartbeat_ttl_s: terms.heartbeat_ttl_s,
             max_overage_percent: terms.max_overage_percent,
+            client_auth: terms.client_auth,
             last_generation: self.last_generation,
         })
     }
@@ -338,6 +343,7 @@ pub fn decide(
 ) -> Decision {
     match command {
         Command::IssueLicense {
+            client_auth,
             license_id,
             name,
             seats,
@@ -356,6 +362,7 @@ pub fn decide(
                 expires_at: *expires_at,
                 heartbeat_ttl_s: heartbeat_ttl_s.get(),
                 max_overage_percent: max_overage_percent.get(),
+                client_auth: *client_auth,
             })])
         }
         Command::ChangeSeats { seats, .. } => admin(state, caller_org, |terms| {
@@ -418,6 +425,7 @@ pub fn decide(
             user_id,
             hardware_id,
             token_id,
+            credential,
             ..
         } => acquire(
             state,
@@ -426,6 +434,7 @@ pub fn decide(
                 session_id: *session_id,
                 user_id: *user_id,
                 token_id: *token_id,
+                credential: *credential,
             },
             hardware_id.as_str(),
             now,
@@ -503,6 +512,7 @@ struct Acquirer {
     session_id: SessionId,
     user_id: UserId,
     token_id: Option<TokenId>,
+    credential: AcquireCredential,
 }
 
 fn acquire(
@@ -516,11 +526,20 @@ fn acquire(
         session_id,
         user_id,
         token_id,
+        credential,
     } = acquirer;
     let terms = match terms_for(state, caller_org) {
         Ok(terms) => terms,
         Err(rejection) => return Decision::reject(rejection),
     };
+    let allowed = match credential {
+        AcquireCredential::Unchecked => true,
+        AcquireCredential::Token => terms.client_auth.allows_token(),
+        AcquireCredential::LicenseKey => terms.client_auth.allows_license_key(),
+    };
+    if !allowed {
+        return Decision::reject(Rejection::ClientAuthNotAllowed);
+    }
     if let Some((reason, rejection)) = unavailable(state.status, terms, now) {
         return Decision::deny(vec![denial(user_id, hardware_id, reason)], rejection);
     }
@@ -669,6 +688,7 @@ pub fn evolve(mut state: LicenseState, event: &Event) -> LicenseState {
                 expires_at: issued.expires_at,
                 heartbeat_ttl_s: issued.heartbeat_ttl_s,
                 max_overage_percent: issued.max_overage_percent,
+                client_auth: issued.client_auth,
             });
             state.status = LicenseStatus::Active;
         }

@@ -8,7 +8,7 @@ pub mod org;
 pub mod rejection;
 pub mod types;
 
-pub use command::{Command, NewUser, SeatActor, StreamId};
+pub use command::{AcquireCredential, Command, NewUser, SeatActor, StreamId};
 pub use license::{Lease, LicenseState, LicenseStatus, LicenseTerms, LicenseView};
 pub use org::OrgState;
 pub use rejection::Rejection;

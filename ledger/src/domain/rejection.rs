@@ -25,10 +25,13 @@ pub enum Rejection {
     UserNotFound,
     /// An owner's role cannot be changed, nor an owner deactivated.
     OwnerIsPermanent,
+    /// The license's `client_auth` does not let this kind of credential
+    /// acquire its seats.
+    ClientAuthNotAllowed,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 16] = [
+    pub const ALL: [Rejection; 17] = [
         Rejection::OrganizationNotFound,
         Rejection::OrganizationAlreadyExists,
         Rejection::UserAlreadyExists,
@@ -45,6 +48,7 @@ impl Rejection {
         Rejection::NotLeaseHolder,
         Rejection::UserNotFound,
         Rejection::OwnerIsPermanent,
+        Rejection::ClientAuthNotAllowed,
     ];
 
     /// The stable snake_case code clients match on.
@@ -66,6 +70,7 @@ impl Rejection {
             Rejection::NotLeaseHolder => "not_lease_holder",
             Rejection::UserNotFound => "user_not_found",
             Rejection::OwnerIsPermanent => "owner_is_permanent",
+            Rejection::ClientAuthNotAllowed => "client_auth_not_allowed",
         }
     }
 
@@ -92,6 +97,9 @@ impl Rejection {
             Rejection::UserNotFound => "user not found",
             Rejection::OwnerIsPermanent => {
                 "an owner's role cannot be changed and an owner cannot be deactivated"
+            }
+            Rejection::ClientAuthNotAllowed => {
+                "this license's client_auth does not let this credential acquire its seats"
             }
             Rejection::NotLeaseHolder => {
                 "this lease was acquired by another user: only they may heartbeat or release it (an owner or admin may release it)"

@@ -38,6 +38,7 @@ fn issued(seats: u32, overage: u32, expires_at: Option<Timestamp>) -> Event {
         expires_at,
         heartbeat_ttl_s: TTL,
         max_overage_percent: overage,
+        client_auth: Default::default(),
     })
 }
 
@@ -68,6 +69,7 @@ fn acquire(n: u128) -> Command {
 /// Session `session_n` requested by user `n` on machine `n`.
 fn acquire_as(n: u128, session_n: u128) -> Command {
     Command::AcquireSeat {
+        credential: crate::domain::AcquireCredential::Unchecked,
         token_id: None,
         license_id: LICENSE,
         session_id: session(session_n),
@@ -122,6 +124,7 @@ fn ending_leases(reason: Option<&str>) -> LicenseStatusChanged {
 #[test]
 fn issuing_a_license_records_its_terms_and_twice_is_rejected() {
     let issue = Command::IssueLicense {
+        client_auth: Default::default(),
         license_id: LICENSE,
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(3).unwrap(),
@@ -272,6 +275,44 @@ fn only_the_holder_heartbeats_a_lease_admins_included() {
             Decision::reject(Rejection::NotLeaseHolder),
             "{by:?}"
         );
+    }
+}
+
+#[test]
+fn client_auth_decides_which_credential_acquires() {
+    use seatledger_schema::ClientAuth;
+    let cases = [
+        (ClientAuth::Token, true, false),
+        (ClientAuth::LicenseKey, false, true),
+        (ClientAuth::Both, true, true),
+    ];
+    for (policy, token, key) in cases {
+        let mut issue = issued(2, 0, None);
+        if let Event::LicenseIssued(issued) = &mut issue {
+            issued.client_auth = policy;
+        }
+        let state = given(&[issue]);
+        for (credential, allowed) in [
+            (AcquireCredential::Token, token),
+            (AcquireCredential::LicenseKey, key),
+            (AcquireCredential::Unchecked, true),
+        ] {
+            let mut command = acquire(1);
+            if let Command::AcquireSeat { credential: c, .. } = &mut command {
+                *c = credential;
+            }
+            let decision = when(&state, command, at(10));
+            if allowed {
+                assert_eq!(decision.rejection, None, "{policy:?} {credential:?}");
+                assert!(matches!(decision.events[..], [Event::SeatAcquired(_)]));
+            } else {
+                assert_eq!(
+                    decision,
+                    Decision::reject(Rejection::ClientAuthNotAllowed),
+                    "{policy:?} {credential:?}: refused, nothing recorded"
+                );
+            }
+        }
     }
 }
 
@@ -821,6 +862,7 @@ proptest! {
                     let session_id = SessionId::from_u128(0x9000 + index as u128);
                     sessions.push(session_id);
                     Command::AcquireSeat {
+                        credential: crate::domain::AcquireCredential::Unchecked,
                         // User 5 is a client token: its id is its user id.
                         token_id: (user == 5).then(|| TokenId::from_u128(5)),
                         license_id: LICENSE,

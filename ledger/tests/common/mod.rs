@@ -39,6 +39,7 @@ pub fn start_default(store: &Store) -> (Appender, Arc<SigningKey>) {
 
 pub fn issue(license_id: LicenseId, seats: u32) -> Command {
     Command::IssueLicense {
+        client_auth: Default::default(),
         license_id,
         name: Name::parse("IDE").unwrap(),
         seats: SeatCount::new(seats).unwrap(),
@@ -50,6 +51,7 @@ pub fn issue(license_id: LicenseId, seats: u32) -> Command {
 
 pub fn acquire(license_id: LicenseId, machine: usize) -> Command {
     Command::AcquireSeat {
+        credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
         token_id: None,
         license_id,
         session_id: SessionId::now_v7(),

@@ -92,6 +92,7 @@ pub async fn ledger(store: &Store, key: Arc<SigningKey>) -> (Uuid, Uuid) {
     for (org, seats) in [(orgs.0, 50), (orgs.1, 3)] {
         let license_id = Uuid::now_v7();
         let issue = Command::IssueLicense {
+            client_auth: Default::default(),
             license_id: license_id.into(),
             name: Name::parse("IDE").unwrap(),
             seats: SeatCount::new(seats).unwrap(),
@@ -109,6 +110,7 @@ pub async fn ledger(store: &Store, key: Arc<SigningKey>) -> (Uuid, Uuid) {
         let (org, license_id) = licenses[machine % 2];
         let session_id = Uuid::now_v7();
         let acquire = Command::AcquireSeat {
+            credential: seatledger_ledger::domain::AcquireCredential::Unchecked,
             token_id: None,
             license_id: license_id.into(),
             session_id: session_id.into(),
