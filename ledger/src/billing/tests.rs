@@ -431,6 +431,9 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
         user: Uuid,
         machine: String,
         overage: bool,
+        /// Still held at `as_of` (where the interval is cut): it counts at
+        /// that instant too, so a lease granted at `as_of` is a seat held.
+        held_at_end: bool,
     }
     let mut open: BTreeMap<SessionId, (Timestamp, Timestamp, UserId, String, bool)> =
         BTreeMap::new();
@@ -461,6 +464,7 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
                         user: user.into(),
                         machine,
                         overage,
+                        held_at_end: false,
                     });
                 }
             }
@@ -476,6 +480,7 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
                         user: user.into(),
                         machine,
                         overage,
+                        held_at_end: false,
                     });
                 }
             }
@@ -490,12 +495,13 @@ fn model(granularity: Granularity, records: &[RecordedEvent], as_of: Timestamp) 
             user: user.into(),
             machine,
             overage,
+            held_at_end: expires > as_of,
         });
     }
     let covering = |x: Timestamp| {
         intervals
             .iter()
-            .filter(|i| i.start <= x && x < i.end)
+            .filter(|i| i.start <= x && (x < i.end || (i.held_at_end && x == i.end)))
             .count() as u32
     };
     let mut periods: BTreeSet<Timestamp> = BTreeSet::new();
