@@ -148,13 +148,13 @@ async fn the_license_key_acquires_where_client_auth_allows_it(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(list.status().as_u16(), 401);
-    // An API token without a key in the body: 422.
+    // An API token without a key in the body finds no license.
     let keyless = app
         .post(ACQUIRE, &owner.token, json!({"hardware_id": "m7"}))
         .await;
     assert_eq!(
         (keyless.status, keyless.body["code"].as_str()),
-        (422, Some("invalid_request"))
+        (404, Some("license_not_found"))
     );
     assert_eq!(app.events().await.len(), before, "nothing recorded");
 

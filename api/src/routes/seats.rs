@@ -26,10 +26,10 @@ use utoipa::ToSchema;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireRequest {
-    /// The license's key. Required with an API token; with
-    /// `Authorization: License <key>` it may be left out (if sent, it must
-    /// be that key).
-    #[schema(value_type = Option<String>, min_length = 1)]
+    /// The license's key. With an API token, leaving it out finds no
+    /// license (404 `license_not_found`); with `Authorization: License
+    /// <key>` it may be left out (if sent, it must be that key).
+    #[schema(value_type = String, min_length = 1)]
     #[serde(default)]
     pub license_key: Option<LicenseKey>,
     /// Identifies this machine: 1 to 256 visible ASCII characters (`!` to
@@ -151,11 +151,13 @@ async fn acquired_license(
 ) -> Result<(OrgId, LicenseId), ApiError> {
     match caller {
         AcquireCaller::Token(principal, licenses) => {
+            // No key names no license. 404 rather than 422: the document
+            // cannot say "required unless the License header is sent".
             let key = body_key.ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_request",
-                    "license_key is required (or send Authorization: License <key>)",
+                    StatusCode::NOT_FOUND,
+                    Rejection::LicenseNotFound.code(),
+                    "no license_key: send the license's key in the body (or Authorization: License <key>)",
                 )
             })?;
             let license_id = license_for_key(state, principal, licenses, key).await?;
