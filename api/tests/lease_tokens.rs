@@ -5,20 +5,7 @@
 mod common;
 
 use common::{Reply, TestApp};
-use serde_json::{json, Value};
-
-/// POSTs `body` to `route` with `authorization` as given (no bearer).
-async fn post_as(app: &TestApp, route: &str, authorization: &str, body: Value) -> Reply {
-    let response = app
-        .client
-        .post(app.url(route))
-        .header("authorization", authorization)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    TestApp::reply(response).await
-}
+use serde_json::json;
 
 fn lease_token(reply: &Reply) -> String {
     reply.body["lease_token"].as_str().unwrap().to_owned()
@@ -43,7 +30,9 @@ async fn a_lease_token_acts_on_its_lease_only(app: &TestApp) {
     let lease = format!("Lease {token}");
 
     // It heartbeats its own lease, and the answer carries the same token.
-    let beat = post_as(app, "/api/v1/licenses/heartbeat", &lease, session.clone()).await;
+    let beat = app
+        .post_as("/api/v1/licenses/heartbeat", &lease, session.clone())
+        .await;
     assert_eq!(beat.status, 200, "{:?}", beat.body);
     assert_eq!(lease_token(&beat), token);
     assert_eq!(beat.body["session_id"], first.body["session_id"]);
@@ -52,7 +41,7 @@ async fn a_lease_token_acts_on_its_lease_only(app: &TestApp) {
     // and every route that is not its lease's heartbeat or release (401).
     let before = app.events().await.len();
     for route in ["/api/v1/licenses/heartbeat", "/api/v1/licenses/release"] {
-        let reply = post_as(app, route, &lease, other_session.clone()).await;
+        let reply = app.post_as(route, &lease, other_session.clone()).await;
         assert_eq!(
             (reply.status, reply.body["code"].as_str()),
             (403, Some("lease_token_mismatch")),
@@ -66,13 +55,9 @@ async fn a_lease_token_acts_on_its_lease_only(app: &TestApp) {
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = format!("Lease {}", String::from_utf8(forged).unwrap());
     for authorization in [forged.as_str(), "Lease ", "Lease sll_x", "Lease slt_abc"] {
-        let reply = post_as(
-            app,
-            "/api/v1/licenses/heartbeat",
-            authorization,
-            session.clone(),
-        )
-        .await;
+        let reply = app
+            .post_as("/api/v1/licenses/heartbeat", authorization, session.clone())
+            .await;
         assert_eq!(
             (reply.status, reply.body["code"].as_str()),
             (401, Some("unauthorized")),
@@ -80,13 +65,13 @@ async fn a_lease_token_acts_on_its_lease_only(app: &TestApp) {
             reply.body
         );
     }
-    let acquire = post_as(
-        app,
-        "/api/v1/licenses/acquire",
-        &lease,
-        json!({"license_key": key, "hardware_id": "m3"}),
-    )
-    .await;
+    let acquire = app
+        .post_as(
+            "/api/v1/licenses/acquire",
+            &lease,
+            json!({"license_key": key, "hardware_id": "m3"}),
+        )
+        .await;
     assert_eq!(acquire.status, 401, "{:?}", acquire.body);
     let list = app
         .client
@@ -100,28 +85,30 @@ async fn a_lease_token_acts_on_its_lease_only(app: &TestApp) {
 
     // It releases its lease, as the lease's client, and again harmlessly;
     // the lease is then gone for its heartbeats.
-    let release = post_as(app, "/api/v1/licenses/release", &lease, session.clone()).await;
+    let release = app
+        .post_as("/api/v1/licenses/release", &lease, session.clone())
+        .await;
     assert_eq!(release.status, 200, "{:?}", release.body);
     let events = app.events().await;
     let released = events.last().unwrap();
     assert_eq!(released.event_type, "SeatReleased");
     assert_eq!(released.payload["reason"], "client");
     assert_eq!(released.payload["session_id"], first.body["session_id"]);
-    let again = post_as(app, "/api/v1/licenses/release", &lease, session.clone()).await;
+    let again = app
+        .post_as("/api/v1/licenses/release", &lease, session.clone())
+        .await;
     assert_eq!(again.status, 200, "{:?}", again.body);
-    let late = post_as(app, "/api/v1/licenses/heartbeat", &lease, session).await;
+    let late = app
+        .post_as("/api/v1/licenses/heartbeat", &lease, session)
+        .await;
     assert_eq!(late.status, 410, "{:?}", late.body);
 
     // The other lease's token still works for it; the organization's
     // token does too.
     let other = format!("Lease {other_token}");
-    let beat = post_as(
-        app,
-        "/api/v1/licenses/heartbeat",
-        &other,
-        other_session.clone(),
-    )
-    .await;
+    let beat = app
+        .post_as("/api/v1/licenses/heartbeat", &other, other_session.clone())
+        .await;
     assert_eq!(beat.status, 200, "{:?}", beat.body);
     let beat = app
         .heartbeat(&owner.token, &second.body["session_id"])

@@ -5,19 +5,7 @@
 mod common;
 
 use common::{Reply, TestApp};
-use serde_json::{json, Value};
-
-async fn post_as(app: &TestApp, route: &str, authorization: &str, body: Value) -> Reply {
-    let response = app
-        .client
-        .post(app.url(route))
-        .header("authorization", authorization)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    TestApp::reply(response).await
-}
+use serde_json::json;
 
 const ACQUIRE: &str = "/api/v1/licenses/acquire";
 
@@ -48,13 +36,13 @@ async fn the_license_key_acquires_where_client_auth_allows_it(app: &TestApp) {
 
     // The key alone acquires on its license; the lease has no user and
     // its token keeps it.
-    let seat = post_as(
-        app,
-        ACQUIRE,
-        &format!("License {key}"),
-        json!({"hardware_id": "m1"}),
-    )
-    .await;
+    let seat = app
+        .post_as(
+            ACQUIRE,
+            &format!("License {key}"),
+            json!({"hardware_id": "m1"}),
+        )
+        .await;
     assert_eq!(seat.status, 201, "{:?}", seat.body);
     assert_eq!(seat.body["license_id"].as_str(), Some(license_id.as_str()));
     let events = app.events().await;
@@ -64,36 +52,38 @@ async fn the_license_key_acquires_where_client_auth_allows_it(app: &TestApp) {
     assert_eq!(acquired.metadata.actor, None);
     let lease = format!("Lease {}", seat.body["lease_token"].as_str().unwrap());
     let session = json!({"session_id": seat.body["session_id"]});
-    let beat = post_as(app, "/api/v1/licenses/heartbeat", &lease, session.clone()).await;
+    let beat = app
+        .post_as("/api/v1/licenses/heartbeat", &lease, session.clone())
+        .await;
     assert_eq!(beat.status, 200, "{:?}", beat.body);
     // The same machine asks again: its lease back (200), not a second seat.
-    let again = post_as(
-        app,
-        ACQUIRE,
-        &format!("License {key}"),
-        json!({"hardware_id": "m1"}),
-    )
-    .await;
+    let again = app
+        .post_as(
+            ACQUIRE,
+            &format!("License {key}"),
+            json!({"hardware_id": "m1"}),
+        )
+        .await;
     assert_eq!(again.status, 200, "{:?}", again.body);
     assert_eq!(again.body["session_id"], seat.body["session_id"]);
     // The key in the body too, the same: fine; another key there: 422.
-    let same = post_as(
-        app,
-        ACQUIRE,
-        &format!("License {key}"),
-        json!({"hardware_id": "m2", "license_key": key}),
-    )
-    .await;
+    let same = app
+        .post_as(
+            ACQUIRE,
+            &format!("License {key}"),
+            json!({"hardware_id": "m2", "license_key": key}),
+        )
+        .await;
     assert_eq!(same.status, 201, "{:?}", same.body);
 
     let before = app.events().await.len();
-    let other = post_as(
-        app,
-        ACQUIRE,
-        &format!("License {key}"),
-        json!({"hardware_id": "m3", "license_key": both}),
-    )
-    .await;
+    let other = app
+        .post_as(
+            ACQUIRE,
+            &format!("License {key}"),
+            json!({"hardware_id": "m3", "license_key": both}),
+        )
+        .await;
     assert_eq!(
         (other.status, other.body["code"].as_str()),
         (422, Some("invalid_request"))
@@ -107,13 +97,13 @@ async fn the_license_key_acquires_where_client_auth_allows_it(app: &TestApp) {
         by_token.body
     );
     // The key cannot acquire a token-only license.
-    let refused = post_as(
-        app,
-        ACQUIRE,
-        &format!("License {token_only}"),
-        json!({"hardware_id": "m5"}),
-    )
-    .await;
+    let refused = app
+        .post_as(
+            ACQUIRE,
+            &format!("License {token_only}"),
+            json!({"hardware_id": "m5"}),
+        )
+        .await;
     assert_eq!(
         (refused.status, refused.body["code"].as_str()),
         (403, Some("client_auth_not_allowed")),
@@ -127,7 +117,9 @@ async fn the_license_key_acquires_where_client_auth_allows_it(app: &TestApp) {
         "License ".to_owned(),
         format!("License slk_{}", "A".repeat(300)),
     ] {
-        let reply = post_as(app, ACQUIRE, &authorization, json!({"hardware_id": "m6"})).await;
+        let reply = app
+            .post_as(ACQUIRE, &authorization, json!({"hardware_id": "m6"}))
+            .await;
         assert_eq!(
             (
                 reply.status,
@@ -159,13 +151,13 @@ async fn the_license_key_acquires_where_client_auth_allows_it(app: &TestApp) {
     assert_eq!(app.events().await.len(), before, "nothing recorded");
 
     // `both` takes either.
-    let by_key = post_as(
-        app,
-        ACQUIRE,
-        &format!("License {both}"),
-        json!({"hardware_id": "m8"}),
-    )
-    .await;
+    let by_key = app
+        .post_as(
+            ACQUIRE,
+            &format!("License {both}"),
+            json!({"hardware_id": "m8"}),
+        )
+        .await;
     assert_eq!(by_key.status, 201, "{:?}", by_key.body);
     let by_token = app.acquire(&owner, &both, "m9").await;
     assert_eq!(by_token.status, 201, "{:?}", by_token.body);

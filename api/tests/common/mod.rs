@@ -252,6 +252,20 @@ impl TestApp {
         }
     }
 
+    /// POSTs `body` to `path` with this `Authorization` header as given
+    /// (`License …`, `Lease …`), not a bearer token.
+    pub async fn post_as(&self, path: &str, authorization: &str, body: serde_json::Value) -> Reply {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header("authorization", authorization)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        Self::reply(response).await
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: serde_json::Value) -> Reply {
         self.send("POST", path, Some(token), Some(body)).await
     }
