@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Reply, TestApp};
+use common::TestApp;
 use serde_json::json;
 
 const ACQUIRE: &str = "/api/v1/licenses/acquire";
