@@ -123,6 +123,19 @@ pub async fn verify_password(password: Password, stored: Option<String>) -> bool
     .unwrap_or(false)
 }
 
+/// The credential of an `Authorization: <scheme> <credential>` header,
+/// trimmed, if the header uses `scheme`. A bare `<scheme>` (an empty
+/// credential, its space trimmed in transit) counts as that scheme.
+pub fn credential<'a>(parts: &'a Parts, scheme: &str) -> Option<&'a str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix(scheme))
+        .filter(|rest| rest.is_empty() || rest.starts_with(' '))
+        .map(str::trim)
+}
+
 fn unauthorized(detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
 }

@@ -3,12 +3,12 @@
 //! carry no organization credential. The license's `client_auth` says
 //! which it accepts; the appender checks it (`client_auth_not_allowed`).
 
-use crate::auth::{secret_hash, Principal, TokenLicenses};
+use crate::auth::{credential, secret_hash, Principal, TokenLicenses};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use seatledger_schema::{LicenseId, OrgId};
 
 /// The caller of an acquire.
@@ -48,16 +48,7 @@ impl FromRequestParts<AppState> for AcquireCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            // A bare `License` (an empty key, its space trimmed in transit)
-            // is a license key too.
-            .and_then(|value| value.strip_prefix("License"))
-            .filter(|rest| rest.is_empty() || rest.starts_with(' '))
-            .map(str::trim);
-        let Some(key) = key else {
+        let Some(key) = credential(parts, "License") else {
             let principal = Principal::from_request_parts(parts, state).await?;
             let licenses = TokenLicenses::from_request_parts(parts, state).await?;
             return Ok(AcquireCaller::Token(principal, licenses));

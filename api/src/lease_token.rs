@@ -12,12 +12,12 @@
 //! live at the time (their holders heartbeat with their API token, or
 //! acquire again).
 
-use crate::auth::{secret_hash, Principal, TokenLicenses};
+use crate::auth::{credential, secret_hash, Principal, TokenLicenses};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use base64::Engine;
 use seatledger_ledger::keys::SigningKey;
 use seatledger_schema::SessionId;
@@ -82,14 +82,7 @@ impl FromRequestParts<AppState> for SeatCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let lease = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Lease"))
-            .filter(|rest| rest.is_empty() || rest.starts_with(' '))
-            .map(str::trim);
-        let Some(token) = lease else {
+        let Some(token) = credential(parts, "Lease") else {
             let principal = Principal::from_request_parts(parts, state).await?;
             let licenses = TokenLicenses::from_request_parts(parts, state).await?;
             return Ok(SeatCaller::Token(principal, licenses));
